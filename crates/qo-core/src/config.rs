@@ -1,0 +1,130 @@
+//! Reading configuration: every setting is an environment variable read once at cold start.
+//! A missing or bad value is an error that names the variable and the value.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration variable was missing or bad.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable was not set.
+    #[error("configuration: {name} is required but not set")]
+    Missing {
+        /// The variable.
+        name: String,
+    },
+    /// A variable's value could not be used.
+    #[error("configuration: {name}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A source of variables: the process environment, or a map in tests.
+pub trait Env {
+    /// The variable's value, if set and not empty.
+    fn get(&self, name: &str) -> Option<String>;
+
+    /// A required string.
+    fn required(&self, name: &str) -> Result<String, ConfigError> {
+        self.get(name).ok_or_else(|| ConfigError::Missing {
+            name: name.to_string(),
+        })
+    }
+
+    /// A parsed value, or `default` when unset.
+    fn parsed<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name: name.to_string(),
+                value: v.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// A duration in milliseconds, or `default` when unset.
+    fn millis(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms: u64 = self.parsed(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// A duration in seconds (fractions allowed), or `default` when unset.
+    fn seconds(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        let s: f64 = self.parsed(name, default.as_secs_f64())?;
+        Duration::try_from_secs_f64(s).map_err(|e| ConfigError::Invalid {
+            name: name.to_string(),
+            value: s.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A fraction in `[lo, hi]`, or `default` when unset.
+    fn fraction(&self, name: &str, default: f64, lo: f64, hi: f64) -> Result<f64, ConfigError> {
+        let f: f64 = self.parsed(name, default)?;
+        if (lo..=hi).contains(&f) {
+            Ok(f)
+        } else {
+            Err(ConfigError::Invalid {
+                name: name.to_string(),
+                value: f.to_string(),
+                reason: format!("must be between {lo} and {hi}"),
+            })
+        }
+    }
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name)
+            .cloned()
+            .filter(|v| !v.trim().is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn errors_name_variable_and_value() {
+        let env: HashMap<String, String> = [("X_MS".to_string(), "ten".to_string())]
+            .into_iter()
+            .collect();
+        let e = env.millis("X_MS", Duration::ZERO).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: X_MS=\"ten\" is invalid: invalid digit found in string"
+        );
+        let e = env.required("QUEUE_URL").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: QUEUE_URL is required but not set"
+        );
+        assert_eq!(
+            env.millis("Y_MS", Duration::from_millis(7)),
+            Ok(Duration::from_millis(7))
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! The contracts: a [`Job`] (an SQS message body saying which HTTP request to make) and the
+//! [`WorkerEvent`]s the orchestrator sends to the worker.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// Largest job body accepted: under Lambda's oldest async payload limit (256 KB) with room for
+/// the event envelope.
+pub const MAX_JOB_BYTES: usize = 200 * 1024;
+
+/// An HTTP method a job may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    /// GET
+    #[default]
+    Get,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+    /// HEAD
+    Head,
+}
+
+impl Method {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Head => "HEAD",
+        }
+    }
+}
+
+/// One call to make: a request relative to the configured API base URL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// Idempotency key; the SQS message id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// HTTP method (GET by default).
+    #[serde(default)]
+    pub method: Method,
+    /// Path relative to the API base URL, starting with `/`.
+    pub path: String,
+    /// Query parameters.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub query: BTreeMap<String, String>,
+    /// Extra headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// JSON body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+/// Why a job was refused; the reason goes with it to the dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// The body was not a job.
+    #[error("malformed job: {0}")]
+    Malformed(String),
+    /// The body was too large.
+    #[error("job is {0} bytes; the limit is {MAX_JOB_BYTES}")]
+    TooLarge(usize),
+    /// The path was not a relative path.
+    #[error("job path `{0}` must be a path relative to the API base URL, starting with `/`")]
+    Path(String),
+    /// A header may not be set by a job.
+    #[error("job header `{0}` is not allowed")]
+    Header(String),
+}
+
+/// Headers a job may not set: the worker owns them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "proxy-authorization",
+];
+
+impl Job {
+    /// Parses and validates a message body.
+    pub fn parse(body: &str) -> Result<Job, JobError> {
+        if body.len() > MAX_JOB_BYTES {
+            return Err(JobError::TooLarge(body.len()));
+        }
+        let job: Job =
+            serde_json::from_str(body).map_err(|e| JobError::Malformed(e.to_string()))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Checks the path and headers.
+    pub fn validate(&self) -> Result<(), JobError> {
+        let p = &self.path;
+        let bad = !p.starts_with('/')
+            || p.starts_with("//")
+            || p.contains("://")
+            || p.contains('\\')
+            || p.split(['/', '?', '#']).any(|seg| seg == "..")
+            || p.chars().any(|c| c.is_control() || c == ' ')
+            || p.contains('#');
+        if bad {
+            return Err(JobError::Path(p.clone()));
+        }
+        for name in self.headers.keys() {
+            let lower = name.to_ascii_lowercase();
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+            if !token || RESERVED_HEADERS.contains(&lower.as_str()) {
+                return Err(JobError::Header(name.clone()));
+            }
+        }
+        for value in self.headers.values() {
+            if value.chars().any(|c| c == '\r' || c == '\n') {
+                return Err(JobError::Header(value.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a message came from and how to send it again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The SQS message id.
+    pub message_id: String,
+    /// How many times the job has been tried before (0 on first delivery).
+    #[serde(default)]
+    pub attempt: u32,
+    /// When the job was first enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueued_at: Option<Timestamp>,
+    /// FIFO message group, kept on re-queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// FIFO deduplication id, kept (suffixed by the attempt) on re-queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_id: Option<String>,
+}
+
+/// A job dispatched to the worker, with the slot it must call at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The job.
+    pub job: Job,
+    /// Its message and attempt.
+    pub origin: Origin,
+    /// Call the API at this time, not before; the pacer counted it there.
+    pub slot_at: Timestamp,
+    /// The circuit's epoch at dispatch: a failure report carries it.
+    pub epoch: u64,
+    /// When the orchestrator sent the event.
+    pub dispatched_at: Timestamp,
+}
+
+impl JobEvent {
+    /// The idempotency key: the job's id, or its message id.
+    pub fn job_id(&self) -> &str {
+        self.job.id.as_deref().unwrap_or(&self.origin.message_id)
+    }
+}
+
+/// A health check of the API, sent while the circuit is open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckEvent {
+    /// The circuit's epoch: success closes the circuit only at this epoch.
+    pub epoch: u64,
+    /// When the orchestrator sent it.
+    pub sent_at: Timestamp,
+}
+
+/// What the orchestrator sends to the worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// Call the API for a job.
+    Job(JobEvent),
+    /// Check the API's health.
+    HealthCheck(HealthCheckEvent),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_minimal_job() {
+        let j = Job::parse(r#"{"path":"/v1/items/42"}"#).expect("valid");
+        assert_eq!(j.method, Method::Get);
+        assert_eq!(j.path, "/v1/items/42");
+    }
+
+    #[test]
+    fn refuses_absolute_and_escaping_paths() {
+        for p in [
+            "https://evil.example/x",
+            "//evil.example/x",
+            "v1/items",
+            "/a/../../etc",
+            "/a b",
+            "/x#frag",
+        ] {
+            let body = serde_json::json!({ "path": p }).to_string();
+            assert!(matches!(Job::parse(&body), Err(JobError::Path(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn refuses_reserved_headers_and_unknown_fields() {
+        let e = Job::parse(r#"{"path":"/x","headers":{"Authorization":"Bearer steal"}}"#);
+        assert!(matches!(e, Err(JobError::Header(h)) if h == "Authorization"));
+        let e = Job::parse(r#"{"path":"/x","url":"https://elsewhere"}"#);
+        assert!(matches!(e, Err(JobError::Malformed(m)) if m.contains("url")));
+        assert!(matches!(
+            Job::parse("not json"),
+            Err(JobError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn worker_event_is_tagged() {
+        let ev = WorkerEvent::HealthCheck(HealthCheckEvent {
+            epoch: 3,
+            sent_at: Timestamp::from_millis(1),
+        });
+        let j = serde_json::to_value(&ev).expect("json");
+        assert_eq!(j["kind"], "health_check");
+        assert_eq!(j["epoch"], 3);
+    }
+}

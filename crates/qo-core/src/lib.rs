@@ -1,0 +1,33 @@
+//! The pure core of quota-orchestrator: no AWS SDK, no system clock.
+//!
+//! It decides when a call may happen ([`quota`]), whether calls may happen at all
+//! ([`circuit`]), what a job and a worker event are ([`job`]), and defines the ports the
+//! orchestrator loop and the worker are generic over ([`ports`]).
+//!
+//! # Layout
+//! - [`time`]: [`Timestamp`] and the [`Clock`] port; [`TokioClock`] doubles as a virtual clock
+//!   under tokio's paused time.
+//! - [`quota`]: the quota spec and the [`Pacer`] (GCRA pacing, window counts, calendar resets,
+//!   greedy or spread budgets, slow start).
+//! - [`circuit`]: the circuit breaker with epochs.
+//! - [`job`]: the job contract and the worker events.
+//! - [`control`]: the operator control record.
+//! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
+//! - [`observe`]: observations for metrics and reports.
+//! - [`config`]: environment variables, with errors that name the variable.
+
+pub mod circuit;
+pub mod config;
+pub mod control;
+pub mod job;
+pub mod observe;
+pub mod ports;
+pub mod quota;
+pub mod time;
+
+pub use circuit::{Circuit, CircuitPhase, CircuitPolicy, CircuitRefusal, CircuitState};
+pub use control::Control;
+pub use job::{HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
+pub use observe::{NoObserver, Observation, Observer};
+pub use quota::{Availability, BudgetMode, Pacer, PacingPolicy, QuotaSpec, QuotaState};
+pub use time::{Clock, Timestamp, TokioClock};

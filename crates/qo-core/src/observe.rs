@@ -1,0 +1,112 @@
+//! What happened, as structured observations: the loop and the worker report them to an
+//! [`Observer`]; adapters turn them into CloudWatch metrics (EMF) or a local report.
+
+use std::time::Duration;
+
+use crate::circuit::CircuitPhase;
+use crate::time::Timestamp;
+
+/// One thing that happened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// A job was handed to the worker for `slot`.
+    Dispatched {
+        /// Message id.
+        message_id: String,
+        /// The slot it must call at.
+        slot: Timestamp,
+    },
+    /// An invoke failed and the job was released.
+    InvokeFailed {
+        /// Message id.
+        message_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The worker called the API.
+    Called {
+        /// Job id.
+        job_id: String,
+        /// When it called.
+        at: Timestamp,
+        /// HTTP status, or `None` for a timeout or connection error.
+        status: Option<u16>,
+        /// From enqueue to call, when the enqueue time is known.
+        wait: Option<Duration>,
+    },
+    /// The job succeeded.
+    Succeeded {
+        /// Job id.
+        job_id: String,
+    },
+    /// The API answered 429.
+    Throttled {
+        /// Job id.
+        job_id: String,
+        /// Its Retry-After.
+        retry_after: Option<Duration>,
+    },
+    /// A job was put back on a queue.
+    Requeued {
+        /// Job id.
+        job_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A job went to the dead-letter queue.
+    DeadLettered {
+        /// Message id.
+        message_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A duplicate delivery was skipped.
+    Duplicate {
+        /// Job id.
+        job_id: String,
+    },
+    /// The circuit changed.
+    Circuit {
+        /// New phase.
+        phase: CircuitPhase,
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// A health check was sent.
+    HealthCheckSent {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A health check answered.
+    HealthCheck {
+        /// The epoch.
+        epoch: u64,
+        /// Whether the API was healthy.
+        healthy: bool,
+    },
+    /// The backlog seen by the orchestrator (messages held, approximately).
+    Backlog {
+        /// Messages held.
+        held: usize,
+    },
+}
+
+/// Receives observations. Must be cheap: it is called on the hot path.
+pub trait Observer: Send + Sync {
+    /// Records one observation.
+    fn observe(&self, o: Observation);
+}
+
+/// Drops every observation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn observe(&self, _o: Observation) {}
+}
+
+impl<F: Fn(Observation) + Send + Sync> Observer for F {
+    fn observe(&self, o: Observation) {
+        self(o)
+    }
+}

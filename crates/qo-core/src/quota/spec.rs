@@ -1,0 +1,374 @@
+//! The quota spec: `10/s,500/min,20000/day@calendar,300000/month`.
+//!
+//! Grammar: a comma list of tiers, each `LIMIT/PERIOD[@rolling|@calendar][:burst=B]`.
+//! Periods: `s`, `min`, `h`, `day`, `month` (with a few aliases). A rolling month is 30 days; a
+//! calendar tier resets at the UTC boundary of its period (the first of the month for `month`).
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The length of a tier's window.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    /// One second.
+    #[default]
+    Second,
+    /// One minute.
+    Minute,
+    /// One hour.
+    Hour,
+    /// One day (UTC midnight to midnight when calendar).
+    Day,
+    /// A month: 30 days when rolling, the UTC calendar month when calendar.
+    Month,
+}
+
+impl Period {
+    /// The nominal length (30 days for a month).
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            Period::Second => 1,
+            Period::Minute => 60,
+            Period::Hour => 3_600,
+            Period::Day => 86_400,
+            Period::Month => 30 * 86_400,
+        })
+    }
+
+    /// Short-term periods (second, minute) set the pace; longer ones are budgets.
+    pub fn is_pacing(self) -> bool {
+        matches!(self, Period::Second | Period::Minute)
+    }
+
+    /// The canonical unit text.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Period::Second => "s",
+            Period::Minute => "min",
+            Period::Hour => "h",
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Period> {
+        Some(match s {
+            "s" | "sec" | "second" => Period::Second,
+            "min" | "m" | "minute" => Period::Minute,
+            "h" | "hr" | "hour" => Period::Hour,
+            "d" | "day" => Period::Day,
+            "mo" | "month" => Period::Month,
+            _ => return None,
+        })
+    }
+}
+
+/// How a tier's window moves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    /// At most `limit` calls in any window of the period's length.
+    #[default]
+    Rolling,
+    /// At most `limit` calls between two UTC boundaries of the period.
+    Calendar,
+}
+
+/// One tier: at most `limit` calls per `period`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tier {
+    /// Calls allowed per window.
+    pub limit: NonZeroU32,
+    /// The window's length.
+    pub period: Period,
+    /// Rolling or calendar.
+    pub window: WindowKind,
+    /// Calls that may go back to back before pacing spaces them (1 = no burst).
+    pub burst: NonZeroU32,
+}
+
+impl Tier {
+    /// The tier's nominal rate in calls per second.
+    pub fn rate_per_s(&self) -> f64 {
+        f64::from(self.limit.get()) / self.period.duration().as_secs_f64()
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.limit, self.period.unit())?;
+        if self.window == WindowKind::Calendar {
+            f.write_str("@calendar")?;
+        }
+        if self.burst.get() > 1 {
+            write!(f, ":burst={}", self.burst)?;
+        }
+        Ok(())
+    }
+}
+
+/// A whole quota: one or more tiers, all of which must hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QuotaSpec {
+    tiers: Vec<Tier>,
+}
+
+/// A quota spec that could not be parsed; names the bad part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The spec was empty.
+    #[error("quota spec is empty; expected e.g. `10/s,500/min,20000/day`")]
+    Empty,
+    /// A tier was not `LIMIT/PERIOD`.
+    #[error("quota tier `{tier}`: expected LIMIT/PERIOD such as `10/s`")]
+    Shape {
+        /// The offending tier text.
+        tier: String,
+    },
+    /// The limit was not a positive integer.
+    #[error("quota tier `{tier}`: limit `{limit}` is not a positive integer")]
+    Limit {
+        /// The offending tier text.
+        tier: String,
+        /// The bad limit.
+        limit: String,
+    },
+    /// The period was unknown.
+    #[error("quota tier `{tier}`: unknown period `{period}` (use s, min, h, day or month)")]
+    Period {
+        /// The offending tier text.
+        tier: String,
+        /// The bad period.
+        period: String,
+    },
+    /// The window kind was unknown.
+    #[error("quota tier `{tier}`: unknown window `@{window}` (use @rolling or @calendar)")]
+    Window {
+        /// The offending tier text.
+        tier: String,
+        /// The bad window.
+        window: String,
+    },
+    /// The option was not `burst=N` with 1 <= N <= limit.
+    #[error("quota tier `{tier}`: bad option `{option}` (use :burst=N with 1 <= N <= limit)")]
+    Option {
+        /// The offending tier text.
+        tier: String,
+        /// The bad option.
+        option: String,
+    },
+    /// Two tiers had the same period and window.
+    #[error("quota spec has two `{period}` tiers; give each period once")]
+    Duplicate {
+        /// The repeated period.
+        period: String,
+    },
+}
+
+impl QuotaSpec {
+    /// A spec from tiers (at least one).
+    pub fn new(tiers: Vec<Tier>) -> Result<Self, SpecError> {
+        if tiers.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let mut seen = Vec::new();
+        for t in &tiers {
+            let key = (t.period, t.window);
+            if seen.contains(&key) {
+                return Err(SpecError::Duplicate {
+                    period: t.period.unit().to_string(),
+                });
+            }
+            seen.push(key);
+        }
+        Ok(QuotaSpec { tiers })
+    }
+
+    /// The tiers, in the order given.
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    /// The tightest short-term rate (calls per second): the pace a backlog is served at.
+    /// When the spec has only budget tiers, the tightest of those.
+    pub fn pacing_rate_per_s(&self) -> f64 {
+        let pacing = self
+            .tiers
+            .iter()
+            .filter(|t| t.period.is_pacing())
+            .map(Tier::rate_per_s)
+            .fold(f64::INFINITY, f64::min);
+        if pacing.is_finite() {
+            pacing
+        } else {
+            self.tiers
+                .iter()
+                .map(Tier::rate_per_s)
+                .fold(f64::INFINITY, f64::min)
+        }
+    }
+}
+
+fn parse_tier(raw: &str) -> Result<Tier, SpecError> {
+    let tier = raw.trim();
+    let err_shape = || SpecError::Shape {
+        tier: tier.to_string(),
+    };
+    let (main, option) = match tier.split_once(':') {
+        Some((m, o)) => (m, Some(o)),
+        None => (tier, None),
+    };
+    let (rate, window) = match main.split_once('@') {
+        Some((r, w)) => (r, Some(w)),
+        None => (main, None),
+    };
+    let (limit_s, period_s) = rate.split_once('/').ok_or_else(err_shape)?;
+    let limit_s = limit_s.trim().replace('_', "");
+    let limit = limit_s
+        .parse::<u32>()
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| SpecError::Limit {
+            tier: tier.to_string(),
+            limit: limit_s.clone(),
+        })?;
+    let period_s = period_s.trim();
+    let period = Period::parse(period_s).ok_or_else(|| SpecError::Period {
+        tier: tier.to_string(),
+        period: period_s.to_string(),
+    })?;
+    let window = match window.map(str::trim) {
+        None | Some("rolling") => WindowKind::Rolling,
+        Some("calendar") => WindowKind::Calendar,
+        Some(w) => {
+            return Err(SpecError::Window {
+                tier: tier.to_string(),
+                window: w.to_string(),
+            });
+        }
+    };
+    let burst = match option.map(str::trim) {
+        None => NonZeroU32::MIN,
+        Some(o) => o
+            .strip_prefix("burst=")
+            .and_then(|b| b.trim().parse::<u32>().ok())
+            .and_then(NonZeroU32::new)
+            .filter(|b| *b <= limit)
+            .ok_or_else(|| SpecError::Option {
+                tier: tier.to_string(),
+                option: o.to_string(),
+            })?,
+    };
+    Ok(Tier {
+        limit,
+        period,
+        window,
+        burst,
+    })
+}
+
+impl FromStr for QuotaSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let tiers = s
+            .split(',')
+            .map(parse_tier)
+            .collect::<Result<Vec<_>, _>>()?;
+        QuotaSpec::new(tiers)
+    }
+}
+
+impl fmt::Display for QuotaSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, t) in self.tiers.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{t}")?;
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for QuotaSpec {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<QuotaSpec> for String {
+    fn from(q: QuotaSpec) -> String {
+        q.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_example() {
+        let q: QuotaSpec = "10/s,500/min,20000/day@calendar,300000/month"
+            .parse()
+            .expect("valid");
+        assert_eq!(q.tiers().len(), 4);
+        assert_eq!(q.tiers()[2].window, WindowKind::Calendar);
+        assert_eq!(q.tiers()[3].period, Period::Month);
+        assert_eq!(
+            q.to_string(),
+            "10/s,500/min,20000/day@calendar,300000/month"
+        );
+        // 500/min is tighter than 10/s.
+        assert!((q.pacing_rate_per_s() - 500.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn burst_option_round_trips() {
+        let q: QuotaSpec = "10/s:burst=5".parse().expect("valid");
+        assert_eq!(q.tiers()[0].burst.get(), 5);
+        assert_eq!(q.to_string(), "10/s:burst=5");
+    }
+
+    #[test]
+    fn errors_name_the_bad_part() {
+        let e = "10/s,abc/min".parse::<QuotaSpec>().unwrap_err();
+        assert!(e.to_string().contains("`abc`"), "{e}");
+        let e = "10/s,5/fortnight".parse::<QuotaSpec>().unwrap_err();
+        assert!(e.to_string().contains("`fortnight`"), "{e}");
+        let e = "10/s@sliding".parse::<QuotaSpec>().unwrap_err();
+        assert!(e.to_string().contains("@sliding"), "{e}");
+        let e = "10/s:burst=50".parse::<QuotaSpec>().unwrap_err();
+        assert!(e.to_string().contains("burst=50"), "{e}");
+        assert_eq!("".parse::<QuotaSpec>().unwrap_err(), SpecError::Empty);
+        assert!(matches!(
+            "0/s".parse::<QuotaSpec>().unwrap_err(),
+            SpecError::Limit { .. }
+        ));
+        assert!(matches!(
+            "10/s,20/s".parse::<QuotaSpec>().unwrap_err(),
+            SpecError::Duplicate { .. }
+        ));
+    }
+
+    #[test]
+    fn serde_as_string() {
+        let q: QuotaSpec = "20/s".parse().expect("valid");
+        let j = serde_json::to_string(&q).expect("json");
+        assert_eq!(j, "\"20/s\"");
+        let back: QuotaSpec = serde_json::from_str(&j).expect("json");
+        assert_eq!(back, q);
+    }
+}
