@@ -102,6 +102,24 @@ pub trait JobSink: Send + Sync {
     -> Result<(), QueueError>;
 }
 
+/// What a redrive of the dead-letter queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RedriveReport {
+    /// Messages in the dead-letter queue before the redrive (approximate on SQS).
+    pub dead: u64,
+    /// Messages moved back to the job queue (0 on a dry run).
+    pub moved: u64,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+/// Moving dead-lettered jobs back to the job queue (attempt count reset).
+#[async_trait]
+pub trait Redrive: Send + Sync {
+    /// Moves up to `max` (all when `None`) messages; with `dry_run`, only counts them.
+    async fn redrive(&self, max: Option<u64>, dry_run: bool) -> Result<RedriveReport, QueueError>;
+}
+
 /// Re-queues a job with its attempt count raised, or dead-letters it past `max_attempts`.
 /// Returns true when it was re-queued.
 pub async fn requeue_or_dead_letter(

@@ -161,6 +161,10 @@ pub struct QuotaState {
     /// Slots handed out since the state was created.
     #[serde(default)]
     pub reserved_total: u64,
+    /// Set while a run is dispatching: no slot after this is handed out before a later save.
+    /// Found set at hydration, it means the last run stopped without saving its final usage.
+    #[serde(default)]
+    pub horizon: Option<Timestamp>,
 }
 
 /// Usage of one tier, for status reports.
@@ -408,6 +412,51 @@ impl Pacer {
     /// The earliest slot at or after `t`.
     pub fn next_slot(&self, t: Timestamp) -> Timestamp {
         self.check(t).earliest(t)
+    }
+
+    /// Sets the write-ahead horizon (see [`QuotaState::horizon`]); `None` on a clean stop.
+    pub fn set_horizon(&mut self, horizon: Option<Timestamp>) {
+        self.state.horizon = horizon;
+    }
+
+    /// The previous run stopped without saving: calls may have been made at full pace between
+    /// its last recorded slot and its horizon. Counts them conservatively, so that a restart
+    /// after a crash cannot exceed any tier.
+    pub fn assume_unrecorded_until(&mut self) {
+        let Some(horizon) = self.state.horizon.take() else {
+            return;
+        };
+        let from = self.state.last_slot.unwrap_or(horizon).min(horizon);
+        let rate = self.spec.pacing_rate_per_s();
+        let n = (horizon.since(from).as_secs_f64() * rate).ceil() as u32 + 1;
+        for i in 0..self.spec.tiers().len() {
+            let tier = self.spec.tiers()[i];
+            let interval = self.interval(&tier, horizon);
+            let paces = self.paces(&tier);
+            let counts = self.counts_rolling(&tier);
+            let width = self.bucket_width(&tier);
+            let usage = &mut self.state.tiers[i];
+            if paces {
+                usage.tat = Timestamp::from_micros(usage.tat.max(horizon).as_micros() + interval);
+            }
+            if counts {
+                let b = horizon.as_micros() / width;
+                match usage.buckets.back_mut() {
+                    Some((lb, c)) if *lb == b => *c += n,
+                    Some((lb, _)) if *lb > b => {}
+                    _ => usage.buckets.push_back((b, n)),
+                }
+            }
+            if tier.window == WindowKind::Calendar {
+                let idx = calendar_index(tier.period, horizon);
+                let used = match usage.calendar {
+                    Some((i, c)) if i == idx => c.saturating_add(n),
+                    _ => n,
+                };
+                usage.calendar = Some((idx, used));
+            }
+        }
+        self.state.last_slot = Some(horizon);
     }
 
     /// Records a call at slot `at` (which should come from [`Pacer::next_slot`]).
@@ -692,6 +741,22 @@ mod tests {
         assert_eq!(next_a, next_b);
         slots.extend(next_a);
         assert_eq!(next_b[0].since(last), Duration::from_millis(60));
+    }
+
+    #[test]
+    fn a_crash_is_counted_conservatively() {
+        let mut p = pacer("20/s,100/h");
+        let slots = drain(&mut p, t(0), 10);
+        let last = slots[9];
+        p.set_horizon(Some(last.plus(Duration::from_secs(2))));
+        // Saved here; the run then crashed. A new run hydrates the saved state.
+        let mut q = Pacer::hydrate(p.spec().clone(), *p.policy(), p.state().clone());
+        q.assume_unrecorded_until();
+        assert_eq!(q.state().horizon, None);
+        // Up to 2 s x 20/s + 1 = 41 unrecorded calls are assumed: the hour has 100 - 10 - 41 left.
+        let next = q.next_slot(last);
+        assert!(next >= last.plus(Duration::from_millis(2_050)), "{next:?}");
+        assert_eq!(q.report(next)[1].used, 51);
     }
 
     #[test]
