@@ -403,6 +403,16 @@ pub enum InvokeError {
     Transport(String),
 }
 
+impl InvokeError {
+    /// How long to wait before trying again, when Lambda said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InvokeError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
 /// Hands an event to the worker asynchronously (InvocationType=Event).
 #[async_trait]
 pub trait Invoker: Send + Sync {

@@ -1,1 +1,19 @@
-//! placeholder
+//! The orchestrator: paces a queue of jobs into asynchronous worker invocations, within every
+//! tier of the quota, while the circuit is closed; sends health checks while it is open.
+//!
+//! # Layout
+//! - [`config`]: [`OrchestratorConfig`], read once from the environment.
+//! - [`run`]: one run of the dispatch loop, generic over the ports.
+//! - [`handler`]: the Lambda handler (scheduled event or control event).
+//! - [`error`]: [`OrchestratorError`].
+//! - `bin/orchestrator.rs`: the Lambda `main` over the AWS adapters.
+
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod run;
+
+pub use config::{OrchestratorConfig, circuit_policy};
+pub use error::OrchestratorError;
+pub use handler::{OrchestratorEvent, OrchestratorResponse, handle};
+pub use run::{Ports, RunReport, StopReason, run};

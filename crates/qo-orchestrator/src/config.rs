@@ -1,0 +1,148 @@
+//! The orchestrator's configuration, read once from the environment.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use qo_core::config::{ConfigError, Env};
+use qo_core::quota::{BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
+use qo_core::CircuitPolicy;
+
+/// Everything the dispatch loop needs to know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrchestratorConfig {
+    /// The deployed quota (an operator's `qo quota set` overrides it at run time).
+    pub quota: QuotaSpec,
+    /// Pacing policy: budget mode, call tolerance, headroom, slow start.
+    pub pacing: PacingPolicy,
+    /// Circuit breaker policy.
+    pub circuit: CircuitPolicy,
+    /// How far ahead of its slot a job is handed to the worker (DISPATCH_LEAD_MS).
+    pub dispatch_lead: Duration,
+    /// How often the circuit and controls are re-read and the lease renewed (at most 1 s).
+    pub refresh_interval: Duration,
+    /// How often usage is saved (PERSIST_INTERVAL_S).
+    pub persist_interval: Duration,
+    /// Stop this long before the deadline (STOP_MARGIN_S).
+    pub stop_margin: Duration,
+    /// Stop after this long with nothing to do (IDLE_EXIT_S; `None`: never).
+    pub idle_exit: Option<Duration>,
+    /// Lease time to live (LEASE_TTL_S).
+    pub lease_ttl: Duration,
+    /// Invokes in flight at most (MAX_IN_FLIGHT).
+    pub max_in_flight: usize,
+    /// A held message not dispatched after this long is released (its visibility is limited).
+    pub max_hold: Duration,
+    /// This orchestrator's name in the lease.
+    pub owner: String,
+}
+
+impl OrchestratorConfig {
+    /// Defaults for a quota: as documented in the README.
+    pub fn with_quota(quota: QuotaSpec) -> Self {
+        OrchestratorConfig {
+            quota,
+            pacing: PacingPolicy::default(),
+            circuit: CircuitPolicy::default(),
+            dispatch_lead: Duration::from_millis(250),
+            refresh_interval: Duration::from_secs(1),
+            persist_interval: Duration::from_secs(2),
+            stop_margin: Duration::from_secs(5),
+            idle_exit: Some(Duration::from_secs(30)),
+            lease_ttl: Duration::from_secs(30),
+            max_in_flight: 64,
+            max_hold: Duration::from_secs(20),
+            owner: "orchestrator".to_string(),
+        }
+    }
+
+    /// Reads the configuration; a bad value is an error naming the variable and the value.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let quota: QuotaSpec = env.parsed("QUOTA_SPEC", "10/s".parse().map_err(|e: qo_core::quota::SpecError| ConfigError::Invalid {
+            name: "QUOTA_SPEC".into(),
+            value: "10/s".into(),
+            reason: e.to_string(),
+        })?)?;
+        let d = OrchestratorConfig::with_quota(quota);
+        let mode: BudgetMode = env.parsed("BUDGET_MODE", BudgetMode::Greedy)?;
+        let pacing = PacingPolicy {
+            mode,
+            call_tolerance: env.millis("CALL_TOLERANCE_MS", d.pacing.call_tolerance)?,
+            headroom: env.fraction("HEADROOM", 0.0, 0.0, 0.5)?,
+            slow_start: SlowStart {
+                duration: env.seconds("SLOW_START_S", d.pacing.slow_start.duration)?,
+                from_fraction: env.fraction("SLOW_START_FRACTION", 0.1, 0.01, 1.0)?,
+            },
+        };
+        let idle = env.seconds("IDLE_EXIT_S", Duration::from_secs(30))?;
+        let max_in_flight: usize = env.parsed("MAX_IN_FLIGHT", 64)?;
+        if max_in_flight == 0 {
+            return Err(ConfigError::Invalid {
+                name: "MAX_IN_FLIGHT".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(OrchestratorConfig {
+            pacing,
+            circuit: circuit_policy(env)?,
+            dispatch_lead: env.millis("DISPATCH_LEAD_MS", d.dispatch_lead)?,
+            persist_interval: env.seconds("PERSIST_INTERVAL_S", d.persist_interval)?,
+            stop_margin: env.seconds("STOP_MARGIN_S", d.stop_margin)?,
+            idle_exit: (!idle.is_zero()).then_some(idle),
+            lease_ttl: env.seconds("LEASE_TTL_S", d.lease_ttl)?,
+            max_in_flight,
+            owner: env
+                .get("AWS_LAMBDA_LOG_STREAM_NAME")
+                .unwrap_or_else(|| format!("orchestrator-{}", uuid::Uuid::new_v4())),
+            ..d
+        })
+    }
+}
+
+/// The circuit policy from CIRCUIT_* and HEALTH_CHECK_* variables (shared with the worker).
+pub fn circuit_policy(env: &impl Env) -> Result<CircuitPolicy, ConfigError> {
+    let d = CircuitPolicy::default();
+    let threshold: u32 = env.parsed("CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold.get())?;
+    let failure_threshold = NonZeroU32::new(threshold).ok_or_else(|| ConfigError::Invalid {
+        name: "CIRCUIT_FAILURE_THRESHOLD".into(),
+        value: threshold.to_string(),
+        reason: "must be at least 1".into(),
+    })?;
+    Ok(CircuitPolicy {
+        failure_threshold,
+        failure_window: env.seconds("CIRCUIT_FAILURE_WINDOW_S", d.failure_window)?,
+        probe_initial: env.seconds("HEALTH_CHECK_INITIAL_S", d.probe_initial)?,
+        probe_max: env.seconds("HEALTH_CHECK_MAX_S", d.probe_max)?,
+        probe_timeout: env.seconds("HEALTH_CHECK_TIMEOUT_S", d.probe_timeout)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = OrchestratorConfig::from_env(&env(&[("QUOTA_SPEC", "20/s"), ("IDLE_EXIT_S", "0")]))
+            .expect("valid");
+        assert_eq!(c.quota.to_string(), "20/s");
+        assert_eq!(c.idle_exit, None);
+        assert_eq!(c.dispatch_lead, Duration::from_millis(250));
+        assert_eq!(c.circuit.failure_threshold.get(), 3);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = OrchestratorConfig::from_env(&env(&[("QUOTA_SPEC", "20/fortnight")])).unwrap_err();
+        assert!(e.to_string().contains("QUOTA_SPEC") && e.to_string().contains("fortnight"), "{e}");
+        let e = OrchestratorConfig::from_env(&env(&[("HEADROOM", "0.9")])).unwrap_err();
+        assert!(e.to_string().contains("HEADROOM=\"0.9\""), "{e}");
+        let e = OrchestratorConfig::from_env(&env(&[("CIRCUIT_FAILURE_THRESHOLD", "0")])).unwrap_err();
+        assert!(e.to_string().contains("CIRCUIT_FAILURE_THRESHOLD"), "{e}");
+    }
+}

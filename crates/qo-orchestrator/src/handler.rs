@@ -1,0 +1,108 @@
+//! The Lambda handler: a scheduled event starts a run; a control event is applied directly.
+
+use std::time::Duration;
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use lambda_runtime::LambdaEvent;
+use serde::{Deserialize, Serialize};
+
+use qo_core::ports::{Invoker, JobSink, JobSource, LeaseStore, RecordStore, Redrive, RedriveReport};
+use qo_core::{ControlCommand, ControlOutcome, Timestamp, apply_command};
+
+use crate::config::OrchestratorConfig;
+use crate::error::OrchestratorError;
+use crate::run::{Ports, RunReport, run};
+
+/// What the orchestrator function is invoked with.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum OrchestratorEvent {
+    /// An operator's command (`{"action":"pause"}`), applied directly.
+    Control(ControlCommand),
+    /// The EventBridge schedule's tick: start a run.
+    Scheduled(EventBridgeEvent<serde_json::Value>),
+}
+
+/// What the handler answers.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OrchestratorResponse {
+    /// A run's report.
+    Run(RunReport),
+    /// A control command's outcome.
+    Control(ControlOutcome),
+    /// A redrive's report.
+    Redrive(RedriveReport),
+}
+
+/// Handles one invocation: runs until the Lambda deadline less the stop margin, or applies a
+/// control command.
+pub async fn handle<Q, S, I>(
+    ports: Ports<'_, Q, S, I>,
+    config: &OrchestratorConfig,
+    event: LambdaEvent<OrchestratorEvent>,
+) -> Result<OrchestratorResponse, OrchestratorError>
+where
+    Q: JobSource + JobSink + Redrive + ?Sized,
+    S: RecordStore + LeaseStore + ?Sized,
+    I: Invoker + ?Sized,
+{
+    let now = ports.clock.now();
+    match event.payload {
+        OrchestratorEvent::Control(ControlCommand::Redrive { max, dry_run }) => {
+            Ok(OrchestratorResponse::Redrive(ports.queue.redrive(max, dry_run).await?))
+        }
+        OrchestratorEvent::Control(command) => {
+            let outcome =
+                apply_command(ports.store, &command, now, "control-event", &config.circuit).await?;
+            Ok(OrchestratorResponse::Control(outcome))
+        }
+        OrchestratorEvent::Scheduled(_) => {
+            let deadline = deadline_of(&event.context, now);
+            Ok(OrchestratorResponse::Run(run(ports, config, deadline).await?))
+        }
+    }
+}
+
+/// The invocation's deadline; 60 s from now when the context has none (local tools).
+pub fn deadline_of(context: &lambda_runtime::Context, now: Timestamp) -> Timestamp {
+    if context.deadline > 0 {
+        Timestamp::from_millis(context.deadline)
+    } else {
+        now.plus(Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_events_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("events/ exists") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if !(name.starts_with("scheduled") || name.starts_with("control-")) || !name.ends_with(".json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let ev: OrchestratorEvent = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
+            if name.starts_with("scheduled") {
+                assert!(matches!(ev, OrchestratorEvent::Scheduled(_)), "{name}");
+            } else {
+                assert!(matches!(ev, OrchestratorEvent::Control(_)), "{name}");
+            }
+            seen += 1;
+        }
+        assert!(seen >= 2, "expected sample events in {}", dir.display());
+    }
+
+    #[test]
+    fn a_typo_in_a_control_event_is_not_a_run() {
+        let ev = serde_json::from_str::<OrchestratorEvent>(r#"{"action":"pasue"}"#);
+        assert!(ev.is_err());
+    }
+}
