@@ -90,10 +90,7 @@ pub async fn apply_command(
         ControlCommand::Pause | ControlCommand::Resume => {
             let paused = matches!(command, ControlCommand::Pause);
             update_record::<Control, _>(store, RecordKey::Control, |c| {
-                Some(Control {
-                    paused,
-                    ..stamp(c)
-                })
+                Some(Control { paused, ..stamp(c) })
             })
             .await?
             .value
@@ -130,10 +127,14 @@ pub async fn apply_command(
             .await?
             .value;
             circuit = Some((c.phase(), c.epoch));
-            load_record::<Control>(store, RecordKey::Control).await?.value
+            load_record::<Control>(store, RecordKey::Control)
+                .await?
+                .value
         }
         ControlCommand::Redrive { .. } => {
-            load_record::<Control>(store, RecordKey::Control).await?.value
+            load_record::<Control>(store, RecordKey::Control)
+                .await?
+                .value
         }
     };
     let action = serde_json::to_value(command)
@@ -156,11 +157,18 @@ mod tests {
         let c: ControlCommand = serde_json::from_str(r#"{"action":"pause"}"#).expect("json");
         assert_eq!(c, ControlCommand::Pause);
         let c: ControlCommand =
-            serde_json::from_str(r#"{"action":"set_quota","quota":"20/s,1000/min"}"#).expect("json");
+            serde_json::from_str(r#"{"action":"set_quota","quota":"20/s,1000/min"}"#)
+                .expect("json");
         assert!(matches!(c, ControlCommand::SetQuota { .. }));
         let c: ControlCommand =
             serde_json::from_str(r#"{"action":"redrive","max":100,"dry_run":true}"#).expect("json");
-        assert_eq!(c, ControlCommand::Redrive { max: Some(100), dry_run: true });
+        assert_eq!(
+            c,
+            ControlCommand::Redrive {
+                max: Some(100),
+                dry_run: true
+            }
+        );
         let e = serde_json::from_str::<ControlCommand>(r#"{"action":"set_quota","quota":"x/s"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("`x`"), "{e}");

@@ -191,6 +191,7 @@ pub struct HealthCheckEvent {
 /// What the orchestrator sends to the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // built once per dispatch and moved, never stored in bulk
 pub enum WorkerEvent {
     /// Call the API for a job.
     Job(JobEvent),

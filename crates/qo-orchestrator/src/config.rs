@@ -3,9 +3,9 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use qo_core::CircuitPolicy;
 use qo_core::config::{ConfigError, Env};
 use qo_core::quota::{BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
-use qo_core::CircuitPolicy;
 
 /// Everything the dispatch loop needs to know.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,11 +57,16 @@ impl OrchestratorConfig {
 
     /// Reads the configuration; a bad value is an error naming the variable and the value.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let quota: QuotaSpec = env.parsed("QUOTA_SPEC", "10/s".parse().map_err(|e: qo_core::quota::SpecError| ConfigError::Invalid {
-            name: "QUOTA_SPEC".into(),
-            value: "10/s".into(),
-            reason: e.to_string(),
-        })?)?;
+        let quota: QuotaSpec = env.parsed(
+            "QUOTA_SPEC",
+            "10/s"
+                .parse()
+                .map_err(|e: qo_core::quota::SpecError| ConfigError::Invalid {
+                    name: "QUOTA_SPEC".into(),
+                    value: "10/s".into(),
+                    reason: e.to_string(),
+                })?,
+        )?;
         let d = OrchestratorConfig::with_quota(quota);
         let mode: BudgetMode = env.parsed("BUDGET_MODE", BudgetMode::Greedy)?;
         let pacing = PacingPolicy {
@@ -123,7 +128,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -139,10 +147,14 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let e = OrchestratorConfig::from_env(&env(&[("QUOTA_SPEC", "20/fortnight")])).unwrap_err();
-        assert!(e.to_string().contains("QUOTA_SPEC") && e.to_string().contains("fortnight"), "{e}");
+        assert!(
+            e.to_string().contains("QUOTA_SPEC") && e.to_string().contains("fortnight"),
+            "{e}"
+        );
         let e = OrchestratorConfig::from_env(&env(&[("HEADROOM", "0.9")])).unwrap_err();
         assert!(e.to_string().contains("HEADROOM=\"0.9\""), "{e}");
-        let e = OrchestratorConfig::from_env(&env(&[("CIRCUIT_FAILURE_THRESHOLD", "0")])).unwrap_err();
+        let e =
+            OrchestratorConfig::from_env(&env(&[("CIRCUIT_FAILURE_THRESHOLD", "0")])).unwrap_err();
         assert!(e.to_string().contains("CIRCUIT_FAILURE_THRESHOLD"), "{e}");
     }
 }

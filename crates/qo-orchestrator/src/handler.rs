@@ -6,7 +6,9 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 
-use qo_core::ports::{Invoker, JobSink, JobSource, LeaseStore, RecordStore, Redrive, RedriveReport};
+use qo_core::ports::{
+    Invoker, JobSink, JobSource, LeaseStore, RecordStore, Redrive, RedriveReport,
+};
 use qo_core::{ControlCommand, ControlOutcome, Timestamp, apply_command};
 
 use crate::config::OrchestratorConfig;
@@ -49,9 +51,9 @@ where
 {
     let now = ports.clock.now();
     match event.payload {
-        OrchestratorEvent::Control(ControlCommand::Redrive { max, dry_run }) => {
-            Ok(OrchestratorResponse::Redrive(ports.queue.redrive(max, dry_run).await?))
-        }
+        OrchestratorEvent::Control(ControlCommand::Redrive { max, dry_run }) => Ok(
+            OrchestratorResponse::Redrive(ports.queue.redrive(max, dry_run).await?),
+        ),
         OrchestratorEvent::Control(command) => {
             let outcome =
                 apply_command(ports.store, &command, now, "control-event", &config.circuit).await?;
@@ -59,7 +61,9 @@ where
         }
         OrchestratorEvent::Scheduled(_) => {
             let deadline = deadline_of(&event.context, now);
-            Ok(OrchestratorResponse::Run(run(ports, config, deadline).await?))
+            Ok(OrchestratorResponse::Run(
+                run(ports, config, deadline).await?,
+            ))
         }
     }
 }
@@ -83,8 +87,14 @@ mod tests {
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("events/ exists") {
             let path = entry.expect("entry").path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if !(name.starts_with("scheduled") || name.starts_with("control-")) || !name.ends_with(".json") {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if !(name.starts_with("scheduled") || name.starts_with("control-"))
+                || !name.ends_with(".json")
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("read");

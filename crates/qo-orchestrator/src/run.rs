@@ -24,8 +24,8 @@ use qo_core::ports::{
 };
 use qo_core::quota::Availability;
 use qo_core::{
-    Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent,
-    Observation, Observer, Pacer, QuotaState, Timestamp, WorkerEvent,
+    Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
+    QuotaState, Timestamp, WorkerEvent,
 };
 
 use crate::config::OrchestratorConfig;
@@ -102,7 +102,8 @@ pub struct Ports<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     pub observer: &'a dyn Observer,
 }
 
-type InFlight<'a> = Pin<Box<dyn Future<Output = (Message, Result<(), qo_core::ports::InvokeError>)> + Send + 'a>>;
+type InFlight<'a> =
+    Pin<Box<dyn Future<Output = (Message, Result<(), qo_core::ports::InvokeError>)> + Send + 'a>>;
 
 struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     ports: Ports<'a, Q, S, I>,
@@ -145,10 +146,17 @@ where
     report.lease_token = lease.token;
 
     // 2. Hydrate quota usage, circuit and controls.
-    let control = load_record::<Control>(ports.store, RecordKey::Control).await?.value;
-    let circuit = load_record::<Circuit>(ports.store, RecordKey::Circuit).await?.value;
+    let control = load_record::<Control>(ports.store, RecordKey::Control)
+        .await?
+        .value;
+    let circuit = load_record::<Circuit>(ports.store, RecordKey::Circuit)
+        .await?
+        .value;
     let quota = load_record::<QuotaState>(ports.store, RecordKey::Quota).await?;
-    let spec = control.quota.clone().unwrap_or_else(|| config.quota.clone());
+    let spec = control
+        .quota
+        .clone()
+        .unwrap_or_else(|| config.quota.clone());
     let mut pacer = Pacer::hydrate(spec, config.pacing, quota.value);
     if pacer.state().horizon.is_some() {
         warn!("the previous run stopped without saving its usage; counting its horizon as used");
@@ -214,7 +222,11 @@ where
                 phase: circuit.phase(),
                 epoch: circuit.epoch,
             });
-            info!(phase = circuit.phase().as_str(), epoch = circuit.epoch, "circuit");
+            info!(
+                phase = circuit.phase().as_str(),
+                epoch = circuit.epoch,
+                "circuit"
+            );
         }
         if let Some(since) = circuit.closed_since()
             && since > Timestamp::EPOCH
@@ -236,13 +248,18 @@ where
         (rate * 10.0).clamp(1.0, 10.0) as u8
     }
 
-    async fn dispatch_until(&mut self, deadline: Timestamp) -> Result<StopReason, OrchestratorError> {
+    async fn dispatch_until(
+        &mut self,
+        deadline: Timestamp,
+    ) -> Result<StopReason, OrchestratorError> {
         let cfg = self.config;
         let stop_at = deadline.minus(cfg.stop_margin);
         let mut next_refresh = self.now();
         let mut next_persist = self.now();
         let mut idle_since = self.now();
         loop {
+            // In-memory ports never suspend: give the runtime a turn on every pass.
+            tokio::task::yield_now().await;
             let now = self.now();
             if now >= stop_at {
                 return Ok(StopReason::Deadline);
@@ -279,12 +296,17 @@ where
             }
 
             if self.held.is_empty() {
+                // A budget used up past this run's end: stop without receiving, so that no
+                // message is received (and counted by the queue's redrive policy) for nothing.
+                if let Availability::ExhaustedUntil { until, .. } =
+                    self.pacer.check(now.plus(cfg.dispatch_lead))
+                    && until >= stop_at
+                {
+                    info!(%until, "budget exhausted until its reset; stopping");
+                    return Ok(StopReason::Exhausted { until });
+                }
                 let wait = wake.since(now).min(Duration::from_secs(1));
-                let messages = self
-                    .ports
-                    .queue
-                    .receive(self.batch_size(), wait)
-                    .await?;
+                let messages = self.ports.queue.receive(self.batch_size(), wait).await?;
                 if messages.is_empty() {
                     self.poll_completions().await?;
                     if let Some(idle) = cfg.idle_exit
@@ -311,7 +333,10 @@ where
                 continue;
             }
 
-            let ask = now.plus(cfg.dispatch_lead);
+            // Ask for a slot at least half the lead ahead: a loop that wakes a little late
+            // (timers have millisecond grain, schedulers jitter) keeps the pace's slot instead
+            // of pushing every later slot back.
+            let ask = now.plus(cfg.dispatch_lead / 2);
             let slot = match self.pacer.check(ask) {
                 Availability::Now => ask,
                 Availability::NotBefore { at, .. } => at,
@@ -408,16 +433,29 @@ where
 
     /// Re-reads controls and the circuit, renews the lease.
     async fn refresh(&mut self, now: Timestamp) -> Result<Option<StopReason>, OrchestratorError> {
-        match self.ports.store.renew(&self.lease, now, self.config.lease_ttl).await {
+        match self
+            .ports
+            .store
+            .renew(&self.lease, now, self.config.lease_ttl)
+            .await
+        {
             Ok(lease) => self.lease = lease,
             Err(StoreError::LeaseLost { .. }) => {
-                warn!(token = self.lease.token, "lease lost: another orchestrator took over");
+                warn!(
+                    token = self.lease.token,
+                    "lease lost: another orchestrator took over"
+                );
                 return Ok(Some(StopReason::LeaseLost));
             }
             Err(e) => return Err(e.into()),
         }
-        let control = load_record::<Control>(self.ports.store, RecordKey::Control).await?.value;
-        let spec = control.quota.clone().unwrap_or_else(|| self.config.quota.clone());
+        let control = load_record::<Control>(self.ports.store, RecordKey::Control)
+            .await?
+            .value;
+        let spec = control
+            .quota
+            .clone()
+            .unwrap_or_else(|| self.config.quota.clone());
         if &spec != self.pacer.spec() {
             info!(from = %self.pacer.spec(), to = %spec, "quota changed");
             self.pacer.set_spec(spec);
@@ -429,7 +467,9 @@ where
             info!(paused = control.paused, "pause control changed");
         }
         self.control = control;
-        let circuit = load_record::<Circuit>(self.ports.store, RecordKey::Circuit).await?.value;
+        let circuit = load_record::<Circuit>(self.ports.store, RecordKey::Circuit)
+            .await?
+            .value;
         self.apply_circuit(circuit);
         self.poll_completions().await?;
         Ok(None)
@@ -451,7 +491,10 @@ where
         if !sent {
             return Ok(());
         }
-        let event = WorkerEvent::HealthCheck(HealthCheckEvent { epoch, sent_at: now });
+        let event = WorkerEvent::HealthCheck(HealthCheckEvent {
+            epoch,
+            sent_at: now,
+        });
         match self.ports.invoker.invoke(&event).await {
             Ok(()) => {
                 self.report.health_checks += 1;
@@ -460,7 +503,9 @@ where
                     .observe(Observation::HealthCheckSent { epoch });
                 info!(epoch, "health check sent");
             }
-            Err(e) => warn!(error = %e, "health check invoke failed; the next one follows its timeout"),
+            Err(e) => {
+                warn!(error = %e, "health check invoke failed; the next one follows its timeout")
+            }
         }
         Ok(())
     }

@@ -1,1 +1,38 @@
-//! placeholder
+//! A quota-enforcing HTTP API simulator with fault injection.
+//!
+//! `qo local` uses it as the default API, the worker's tests and the end-to-end tests use it to
+//! prove that the orchestrator never exceeds the quota: the simulator enforces every tier of a
+//! [`qo_core::QuotaSpec`] exactly, on the real arrival time of each call, answers 429 with
+//! `Retry-After` when a window is full, and reports the densest window it ever accepted.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), qo_sim::SimError> {
+//! let sim = qo_sim::SimServer::start(qo_sim::SimConfig::new("20/s".parse().expect("spec"))).await?;
+//! // ... point the worker at sim.url() ...
+//! let stats = sim.stats();
+//! assert!(stats.max_for("20/s").unwrap_or(0) <= 20);
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: [`SimConfig`], the quota, faults, latency, seed and key.
+//! - [`enforce`]: [`Enforcer`], the pure admission decision per tier (rolling and calendar).
+//! - [`window`]: [`max_in_window`] and [`max_in_calendar_period`] over a log of call times.
+//! - [`record`]: [`CallRecord`] and [`SimStats`].
+//! - [`server`]: the axum routes and the [`SimServer`] handle.
+//! - [`error`]: the error type, [`SimError`].
+
+pub mod config;
+pub mod enforce;
+pub mod error;
+pub mod record;
+pub mod server;
+pub mod window;
+
+pub use config::SimConfig;
+pub use enforce::{Admission, Enforcer};
+pub use error::SimError;
+pub use record::{CallKind, CallRecord, SimStats};
+pub use server::{HEALTH_PATH, SimServer};
+pub use window::{max_in_calendar_period, max_in_window};

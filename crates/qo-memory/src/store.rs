@@ -1,0 +1,553 @@
+//! [`MemoryStore`]: the state table in memory: versioned records ([`RecordStore`]), the
+//! orchestrator lease ([`LeaseStore`]) and idempotency records ([`IdempotencyStore`]), with the
+//! same conditions the DynamoDB adapter writes.
+//!
+//! - A record save succeeds only at the expected version (0: the record must not exist) and, with
+//!   a fence, only while the lease's token is that fence; the new version is the old plus one.
+//! - The lease is taken when free, expired, or already the taker's; each take's token is one more
+//!   than the largest token ever issued, so a taken-over holder's writes are fenced off. A renew
+//!   needs the token to be current (an expired lease nobody took can still be renewed).
+//! - A job claim is refused while another claim younger than the claim TTL stands
+//!   ([`Claim::InProgress`]) or while a completed record's TTL runs ([`Claim::AlreadyDone`]); an
+//!   expired done record counts as gone, as DynamoDB's TTL deletes it.
+//!
+//! Fault injection for tests: [`MemoryStore::fail_next_saves`] makes the next saves lose their
+//! race ([`StoreError::Conflict`]), to exercise retry loops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qo_core::ports::{
+    Claim, IdempotencyStore, Lease, LeaseStore, RecordKey, RecordStore, StoreError, Versioned,
+};
+use qo_core::time::Timestamp;
+
+/// Where a job's idempotency record stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Claimed at this time and not completed.
+    InProgress {
+        /// When it was claimed.
+        claimed_at: Timestamp,
+    },
+    /// Completed; the record is kept until `expires_at`.
+    Done {
+        /// When the record expires.
+        expires_at: Timestamp,
+    },
+}
+
+/// What the store was asked, for tests and reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Record loads.
+    pub loads: u64,
+    /// Record saves that were written.
+    pub saves: u64,
+    /// Record saves refused: version conflicts (injected ones included) and fenced writes.
+    pub refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<RecordKey, Versioned<serde_json::Value>>,
+    lease: Option<Lease>,
+    /// The largest token ever issued: tokens never go back, even after a release.
+    max_token: u64,
+    jobs: HashMap<String, JobStatus>,
+    fail_saves: u32,
+    stats: StoreStats,
+}
+
+/// The state table in memory. Cloning shares it, so the orchestrator, the worker and `qo` see
+/// one table.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryStore {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the next `n` record saves fail with [`StoreError::Conflict`] without writing, as if
+    /// another writer had won each race (replaces any count still pending; 0 turns it off).
+    pub fn fail_next_saves(&self, n: u32) {
+        self.lock().fail_saves = n;
+    }
+
+    /// A record as stored, without counting a load.
+    pub fn record(&self, key: RecordKey) -> Option<Versioned<serde_json::Value>> {
+        self.lock().records.get(&key).cloned()
+    }
+
+    /// The lease as stored (expired or not).
+    pub fn lease(&self) -> Option<Lease> {
+        self.lock().lease.clone()
+    }
+
+    /// A job's idempotency record as stored (expired or not).
+    pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
+        self.lock().jobs.get(job_id).copied()
+    }
+
+    /// How many jobs have a done record (expired or not).
+    pub fn done_count(&self) -> usize {
+        self.lock()
+            .jobs
+            .values()
+            .filter(|s| matches!(s, JobStatus::Done { .. }))
+            .count()
+    }
+
+    /// Counts of loads and saves so far.
+    pub fn stats(&self) -> StoreStats {
+        self.lock().stats
+    }
+}
+
+#[async_trait]
+impl RecordStore for MemoryStore {
+    async fn load(
+        &self,
+        key: RecordKey,
+    ) -> Result<Option<Versioned<serde_json::Value>>, StoreError> {
+        let mut st = self.lock();
+        st.stats.loads += 1;
+        Ok(st.records.get(&key).cloned())
+    }
+
+    async fn save(
+        &self,
+        key: RecordKey,
+        value: serde_json::Value,
+        expected: u64,
+        fence: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let mut st = self.lock();
+        let conflict = StoreError::Conflict {
+            key: key.as_str(),
+            expected,
+        };
+        if st.fail_saves > 0 {
+            st.fail_saves -= 1;
+            st.stats.refused += 1;
+            return Err(conflict);
+        }
+        if let Some(token) = fence
+            && st.lease.as_ref().map(|l| l.token) != Some(token)
+        {
+            st.stats.refused += 1;
+            return Err(StoreError::Fenced {
+                key: key.as_str(),
+                token,
+            });
+        }
+        let current = st.records.get(&key).map_or(0, |v| v.version);
+        if current != expected {
+            st.stats.refused += 1;
+            return Err(conflict);
+        }
+        let version = expected + 1;
+        st.records.insert(key, Versioned { value, version });
+        st.stats.saves += 1;
+        Ok(version)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
+        let mut st = self.lock();
+        if let Some(held) = &st.lease
+            && held.owner != owner
+            && held.expires_at > now
+        {
+            return Err(StoreError::LeaseHeld {
+                owner: held.owner.clone(),
+                until: held.expires_at,
+            });
+        }
+        st.max_token += 1;
+        let lease = Lease {
+            owner: owner.to_string(),
+            token: st.max_token,
+            expires_at: now.plus(ttl),
+        };
+        st.lease = Some(lease.clone());
+        Ok(lease)
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        let mut st = self.lock();
+        match &mut st.lease {
+            Some(held) if held.token == lease.token => {
+                held.expires_at = now.plus(ttl);
+                Ok(held.clone())
+            }
+            _ => Err(StoreError::LeaseLost { token: lease.token }),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        if st.lease.as_ref().is_some_and(|l| l.token == lease.token) {
+            st.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn current(&self) -> Result<Option<Lease>, StoreError> {
+        Ok(self.lease())
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn claim(
+        &self,
+        job_id: &str,
+        now: Timestamp,
+        claim_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut st = self.lock();
+        match st.jobs.get(job_id) {
+            Some(JobStatus::Done { expires_at }) if *expires_at > now => {
+                return Ok(Claim::AlreadyDone);
+            }
+            Some(JobStatus::InProgress { claimed_at }) if claimed_at.plus(claim_ttl) > now => {
+                return Ok(Claim::InProgress { since: *claimed_at });
+            }
+            _ => {}
+        }
+        st.jobs.insert(
+            job_id.to_string(),
+            JobStatus::InProgress { claimed_at: now },
+        );
+        Ok(Claim::Claimed)
+    }
+
+    async fn complete(
+        &self,
+        job_id: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.lock().jobs.insert(
+            job_id.to_string(),
+            JobStatus::Done {
+                expires_at: now.plus(ttl),
+            },
+        );
+        Ok(())
+    }
+
+    async fn abandon(&self, job_id: &str) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        if matches!(st.jobs.get(job_id), Some(JobStatus::InProgress { .. })) {
+            st.jobs.remove(job_id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qo_core::ports::update_record;
+    use serde_json::json;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    fn t(s: u64) -> Timestamp {
+        Timestamp::from_secs(s)
+    }
+
+    #[tokio::test]
+    async fn conditional_save_conflicts_on_a_stale_version() {
+        let s = MemoryStore::new();
+        assert_eq!(s.load(RecordKey::Quota).await.expect("load"), None);
+        let v1 = s
+            .save(RecordKey::Quota, json!({"n": 1}), 0, None)
+            .await
+            .expect("create");
+        assert_eq!(v1, 1);
+        // Creating again (expected 0) loses: the record exists.
+        let e = s.save(RecordKey::Quota, json!({"n": 9}), 0, None).await;
+        assert!(
+            matches!(
+                e,
+                Err(StoreError::Conflict {
+                    key: "quota",
+                    expected: 0
+                })
+            ),
+            "{e:?}"
+        );
+        let v2 = s
+            .save(RecordKey::Quota, json!({"n": 2}), 1, None)
+            .await
+            .expect("update at v1");
+        assert_eq!(v2, 2);
+        let e = s.save(RecordKey::Quota, json!({"n": 3}), 1, None).await;
+        assert!(
+            matches!(e, Err(StoreError::Conflict { expected: 1, .. })),
+            "{e:?}"
+        );
+        let got = s
+            .load(RecordKey::Quota)
+            .await
+            .expect("load")
+            .expect("exists");
+        assert_eq!(
+            got,
+            Versioned {
+                value: json!({"n": 2}),
+                version: 2
+            }
+        );
+        assert_eq!(s.record(RecordKey::Circuit), None, "records are separate");
+        assert_eq!(
+            s.stats(),
+            StoreStats {
+                loads: 2,
+                saves: 2,
+                refused: 2
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn injected_conflicts_are_retried_by_update_record() {
+        let s = MemoryStore::new();
+        s.fail_next_saves(3);
+        let got = update_record::<serde_json::Value, _>(&s, RecordKey::Control, |_| {
+            Some(json!({"paused": true}))
+        })
+        .await
+        .expect("succeeds on the fourth try");
+        assert_eq!(got.version, 1);
+        assert_eq!(s.stats().refused, 3);
+        // More injected failures than the loop's attempts: the conflict comes out.
+        s.fail_next_saves(100);
+        let e = update_record::<serde_json::Value, _>(&s, RecordKey::Control, |_| {
+            Some(json!({"paused": false}))
+        })
+        .await;
+        assert!(matches!(e, Err(StoreError::Conflict { .. })), "{e:?}");
+        s.fail_next_saves(0);
+        assert_eq!(
+            s.record(RecordKey::Control).expect("kept").value,
+            json!({"paused": true})
+        );
+    }
+
+    #[tokio::test]
+    async fn fenced_save_is_refused_after_take_over() {
+        let s = MemoryStore::new();
+        let a = s.take("a", t(0), TTL).await.expect("take");
+        s.save(RecordKey::Quota, json!(1), 0, Some(a.token))
+            .await
+            .expect("holder writes");
+        let b = s
+            .take("b", t(31), TTL)
+            .await
+            .expect("take over after expiry");
+        let e = s.save(RecordKey::Quota, json!(2), 1, Some(a.token)).await;
+        assert!(
+            matches!(e, Err(StoreError::Fenced { key: "quota", token }) if token == a.token),
+            "{e:?}"
+        );
+        assert_eq!(s.record(RecordKey::Quota).expect("kept").value, json!(1));
+        s.save(RecordKey::Quota, json!(2), 1, Some(b.token))
+            .await
+            .expect("new holder writes");
+        // Unfenced writes (the worker's) are not affected by the lease.
+        s.save(RecordKey::Quota, json!(3), 2, None)
+            .await
+            .expect("unfenced");
+        // After a release no fence holds.
+        s.release(&b).await.expect("release");
+        let e = s.save(RecordKey::Quota, json!(4), 3, Some(b.token)).await;
+        assert!(matches!(e, Err(StoreError::Fenced { .. })), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn lease_take_over_after_expiry_gives_a_bigger_token() {
+        let s = MemoryStore::new();
+        let a = s.take("a", t(0), TTL).await.expect("take");
+        let e = s.take("b", t(10), TTL).await;
+        assert!(
+            matches!(&e, Err(StoreError::LeaseHeld { owner, until }) if owner == "a" && *until == t(30)),
+            "{e:?}"
+        );
+        // The holder renews before expiry.
+        let a = s.renew(&a, t(20), TTL).await.expect("renew");
+        assert_eq!(a.expires_at, t(50));
+        assert!(
+            s.take("b", t(40), TTL).await.is_err(),
+            "renewed lease holds"
+        );
+        let b = s.take("b", t(50), TTL).await.expect("expired: take over");
+        assert!(b.token > a.token);
+        assert_eq!(b.owner, "b");
+        let e = s.renew(&a, t(51), TTL).await;
+        assert!(
+            matches!(e, Err(StoreError::LeaseLost { token }) if token == a.token),
+            "{e:?}"
+        );
+        // The old holder's release does not free the new holder's lease.
+        s.release(&a).await.expect("no-op");
+        assert_eq!(s.current().await.expect("current"), Some(b.clone()));
+    }
+
+    #[tokio::test]
+    async fn same_owner_retakes_with_a_bigger_token_and_tokens_survive_release() {
+        let s = MemoryStore::new();
+        let a1 = s.take("a", t(0), TTL).await.expect("take");
+        let a2 = s.take("a", t(1), TTL).await.expect("own lease");
+        assert!(a2.token > a1.token);
+        assert!(s.renew(&a1, t(2), TTL).await.is_err(), "older token lost");
+        s.release(&a2).await.expect("release");
+        assert_eq!(s.current().await.expect("current"), None);
+        assert!(
+            s.renew(&a2, t(3), TTL).await.is_err(),
+            "released lease is lost"
+        );
+        let b = s.take("b", t(3), TTL).await.expect("free");
+        assert!(b.token > a2.token);
+    }
+
+    #[tokio::test]
+    async fn expired_lease_nobody_took_can_be_renewed() {
+        let s = MemoryStore::new();
+        let a = s.take("a", t(0), TTL).await.expect("take");
+        let a2 = s.renew(&a, t(100), TTL).await.expect("still current");
+        assert_eq!((a2.token, a2.expires_at), (a.token, t(130)));
+    }
+
+    #[tokio::test]
+    async fn idempotency_claim_done_in_progress_expiry_and_abandon() {
+        let s = MemoryStore::new();
+        let claim_ttl = Duration::from_secs(120);
+        let keep = Duration::from_secs(86_400);
+
+        assert_eq!(
+            s.claim("j1", t(0), claim_ttl).await.expect("claim"),
+            Claim::Claimed
+        );
+        // A concurrent delivery sees the claim.
+        assert_eq!(
+            s.claim("j1", t(5), claim_ttl).await.expect("claim"),
+            Claim::InProgress { since: t(0) }
+        );
+        s.complete("j1", t(6), keep).await.expect("complete");
+        assert_eq!(
+            s.claim("j1", t(7), claim_ttl).await.expect("claim"),
+            Claim::AlreadyDone
+        );
+        assert_eq!(s.done_count(), 1);
+        // Abandoning a done job changes nothing.
+        s.abandon("j1").await.expect("abandon");
+        assert_eq!(
+            s.claim("j1", t(8), claim_ttl).await.expect("claim"),
+            Claim::AlreadyDone
+        );
+        // Past its TTL the done record is gone.
+        assert_eq!(
+            s.claim("j1", t(6 + 86_400), claim_ttl)
+                .await
+                .expect("claim"),
+            Claim::Claimed
+        );
+
+        // An expired claim can be claimed again.
+        assert_eq!(
+            s.claim("j2", t(0), claim_ttl).await.expect("claim"),
+            Claim::Claimed
+        );
+        assert_eq!(
+            s.claim("j2", t(119), claim_ttl).await.expect("claim"),
+            Claim::InProgress { since: t(0) }
+        );
+        assert_eq!(
+            s.claim("j2", t(120), claim_ttl).await.expect("claim"),
+            Claim::Claimed
+        );
+        assert_eq!(
+            s.job_status("j2"),
+            Some(JobStatus::InProgress { claimed_at: t(120) })
+        );
+
+        // Abandon allows a re-claim at once.
+        assert_eq!(
+            s.claim("j3", t(0), claim_ttl).await.expect("claim"),
+            Claim::Claimed
+        );
+        s.abandon("j3").await.expect("abandon");
+        assert_eq!(s.job_status("j3"), None);
+        assert_eq!(
+            s.claim("j3", t(1), claim_ttl).await.expect("claim"),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claims_let_exactly_one_through() {
+        let s = MemoryStore::new();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.claim("same", t(0), Duration::from_secs(60))
+                    .await
+                    .expect("claim")
+            }));
+        }
+        let mut claimed = 0;
+        for task in tasks {
+            if task.await.expect("task") == Claim::Claimed {
+                claimed += 1;
+            }
+        }
+        assert_eq!(claimed, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_updates_lose_no_increment() {
+        let s = MemoryStore::new();
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    // Retry whole updates: under contention one update_record may run out
+                    // of attempts, which is the caller's to handle.
+                    while update_record::<u64, _>(&s, RecordKey::Quota, |n| Some(n + 1))
+                        .await
+                        .is_err()
+                    {}
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        let got = s.record(RecordKey::Quota).expect("exists");
+        assert_eq!(got.value, json!(200));
+        assert_eq!(got.version, 200);
+    }
+}

@@ -1,0 +1,364 @@
+//! The dispatch loop over the in-memory adapters, on tokio's paused clock: a minute of
+//! dispatching runs in milliseconds, deterministically.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qo_core::ports::{JobSink, LeaseStore, RecordKey, load_record, save_record, update_record};
+use qo_core::{
+    Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Timestamp, TokioClock,
+    WorkerEvent,
+};
+use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore};
+use qo_orchestrator::{OrchestratorConfig, Ports, StopReason, run};
+
+/// A stand-in for the worker: waits for the slot, records the call time, and does what
+/// `verdict` says with the job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Verdict {
+    Succeed,
+    Requeue,
+}
+
+struct Harness {
+    clock: Arc<TokioClock>,
+    queue: MemoryQueue,
+    store: MemoryStore,
+    invoker: LocalInvoker,
+    calls: Arc<Mutex<Vec<Timestamp>>>,
+    health: Arc<Mutex<Vec<u64>>>,
+}
+
+fn start() -> Timestamp {
+    // 2026-11-21T00:00:00Z, mid-day of nothing in particular.
+    Timestamp::from_secs(1_795_219_200)
+}
+
+impl Harness {
+    fn new(
+        verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
+        let clock = Arc::new(TokioClock::starting_at(start()));
+        let queue = MemoryQueue::new(clock.clone());
+        let store = MemoryStore::new();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(Mutex::new(Vec::new()));
+        let handler = {
+            let clock = clock.clone();
+            let queue = queue.clone();
+            let store = store.clone();
+            let calls = calls.clone();
+            let health = health.clone();
+            let verdict = Arc::new(verdict);
+            move |ev: WorkerEvent| {
+                let clock = clock.clone();
+                let queue = queue.clone();
+                let store = store.clone();
+                let calls = calls.clone();
+                let health = health.clone();
+                let verdict = verdict.clone();
+                async move {
+                    match ev {
+                        WorkerEvent::Job(job) => {
+                            clock.sleep_until(job.slot_at).await;
+                            let n = {
+                                let mut c = calls.lock().expect("calls");
+                                c.push(clock.now());
+                                c.len()
+                            };
+                            if verdict(n) == Verdict::Requeue {
+                                let body = serde_json::to_string(&job.job).expect("json");
+                                let next = qo_core::Origin {
+                                    attempt: job.origin.attempt + 1,
+                                    ..job.origin.clone()
+                                };
+                                queue
+                                    .requeue(&body, &next, Duration::from_secs(1))
+                                    .await
+                                    .expect("requeue");
+                            }
+                        }
+                        WorkerEvent::HealthCheck(h) => {
+                            health.lock().expect("health").push(h.epoch);
+                            let now = clock.now();
+                            update_record::<Circuit, _>(&store, RecordKey::Circuit, |c| {
+                                c.record_probe_result(h.epoch, true, now, &CircuitPolicy::default())
+                                    .ok()
+                            })
+                            .await
+                            .expect("close");
+                        }
+                    }
+                }
+            }
+        };
+        let invoker =
+            LocalInvoker::with_options(clock.clone(), Arc::new(handler), options).expect("options");
+        Harness {
+            clock,
+            queue,
+            store,
+            invoker,
+            calls,
+            health,
+        }
+    }
+
+    fn enqueue(&self, n: usize) {
+        for i in 0..n {
+            self.queue.send(format!(r#"{{"path":"/items/{i}"}}"#));
+        }
+    }
+
+    async fn run_for(
+        &self,
+        config: &OrchestratorConfig,
+        d: Duration,
+    ) -> qo_orchestrator::RunReport {
+        let ports = Ports {
+            queue: &self.queue,
+            store: &self.store,
+            invoker: &self.invoker,
+            clock: self.clock.as_ref(),
+            observer: &NoObserver,
+        };
+        let deadline = self.clock.now().plus(d);
+        let report = run(ports, config, deadline).await.expect("run");
+        self.invoker.wait_idle().await;
+        report
+    }
+
+    fn calls(&self) -> Vec<Timestamp> {
+        let mut c = self.calls.lock().expect("calls").clone();
+        c.sort();
+        c
+    }
+}
+
+fn config(quota: &str) -> OrchestratorConfig {
+    let mut c = OrchestratorConfig::with_quota(quota.parse::<QuotaSpec>().expect("quota"));
+    c.idle_exit = Some(Duration::from_secs(2));
+    c.stop_margin = Duration::from_secs(1);
+    c
+}
+
+/// The most calls in any half-open window of length `w`.
+fn max_in_window(times: &[Timestamp], w: Duration) -> usize {
+    let mut best = 0;
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[hi].since(times[lo]) >= w {
+            lo += 1;
+        }
+        best = best.max(hi + 1 - lo);
+    }
+    best
+}
+
+#[tokio::test(start_paused = true)]
+async fn drains_a_backlog_at_the_quota_and_no_faster() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(400);
+    let report = h.run_for(&config("20/s"), Duration::from_secs(120)).await;
+    assert_eq!(report.dispatched, 400);
+    assert_eq!(report.stopped, StopReason::Idle);
+    let calls = h.calls();
+    assert_eq!(calls.len(), 400);
+    // Never more than 20 in any second...
+    assert!(max_in_window(&calls, Duration::from_secs(1)) <= 20);
+    // ...and the quota is used: at least 99% of 20/s between the first and the last call.
+    let span = calls[399].since(calls[0]).as_secs_f64();
+    let rate = 399.0 / span;
+    assert!(rate >= 0.99 * 20.0, "rate {rate:.3}/s");
+    // Every message was deleted once its invoke was accepted.
+    assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_continue_the_pace_without_a_burst() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(300);
+    let mut cfg = config("10/s,200/min");
+    cfg.idle_exit = None;
+    let mut tokens = Vec::new();
+    // Ten runs of 4 s each, back to back, each hydrating from the store.
+    for _ in 0..10 {
+        let r = h.run_for(&cfg, Duration::from_secs(4)).await;
+        tokens.push(r.lease_token);
+    }
+    let calls = h.calls();
+    assert!(max_in_window(&calls, Duration::from_secs(1)) <= 10);
+    assert!(max_in_window(&calls, Duration::from_secs(60)) <= 200);
+    assert!(
+        tokens.windows(2).all(|w| w[1] > w[0]),
+        "fencing tokens grow: {tokens:?}"
+    );
+    // 10 runs x (4 s - 1 s margin) at 200/min (the tighter tier): about 100 calls; the run
+    // boundaries cost little.
+    assert!(calls.len() >= 95, "{} calls", calls.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_messages_are_dead_lettered_with_the_reason() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.queue.send("not json");
+    h.queue
+        .send(r#"{"path":"https://elsewhere.example/steal"}"#);
+    h.enqueue(3);
+    let report = h.run_for(&config("10/s"), Duration::from_secs(30)).await;
+    assert_eq!(report.dead_lettered, 2);
+    assert_eq!(report.dispatched, 3);
+    let dead = h.queue.dead_letters();
+    assert!(dead.iter().any(|d| d.reason.contains("malformed job")));
+    assert!(
+        dead.iter()
+            .any(|d| d.reason.contains("relative to the API base URL"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_is_lost_when_invokes_and_calls_fail() {
+    let opts = InvokerOptions {
+        fail_rate: 0.2,
+        seed: 7,
+        ..InvokerOptions::default()
+    };
+    let h = Harness::new(
+        |n| {
+            if n % 3 == 0 {
+                Verdict::Requeue
+            } else {
+                Verdict::Succeed
+            }
+        },
+        opts,
+    );
+    h.enqueue(100);
+    let mut cfg = config("50/s");
+    cfg.idle_exit = Some(Duration::from_secs(5));
+    for _ in 0..6 {
+        h.run_for(&cfg, Duration::from_secs(20)).await;
+        if h.queue.is_drained() {
+            break;
+        }
+    }
+    // Every job ended: the queue is empty, nothing is in flight, nothing was dead-lettered.
+    assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+    assert!(h.queue.dead_letters().is_empty());
+    let stats = h.invoker.stats();
+    assert!(stats.failed > 0, "faults were injected: {stats:?}");
+    // Each job succeeded once; re-queued ones were called again.
+    let calls = h.calls().len();
+    assert!(calls >= 100 && calls < 200, "{calls} calls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_stops_dispatch_and_a_health_check_closes_it() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(50);
+    let now = h.clock.now();
+    let open = Circuit::closed_at(now).force_close(now);
+    let mut c = open.clone();
+    for i in 0..3 {
+        c = c
+            .record_failure(
+                c.epoch,
+                now.plus(Duration::from_millis(i)),
+                &CircuitPolicy::default(),
+            )
+            .expect("fail");
+    }
+    save_record(&h.store, RecordKey::Circuit, &c, 0, None)
+        .await
+        .expect("save");
+    let report = h.run_for(&config("10/s"), Duration::from_secs(30)).await;
+    // One health check after 5 s; the (fake) worker closes the circuit; the backlog drains.
+    assert_eq!(report.health_checks, 1);
+    assert_eq!(h.health.lock().expect("h").as_slice(), &[c.epoch]);
+    assert_eq!(report.dispatched, 50);
+    let calls = h.calls();
+    assert!(
+        calls[0] >= now.plus(Duration::from_secs(5)),
+        "no call before the circuit closed"
+    );
+    // Slow start: the first calls after closing are spaced wider than 100 ms.
+    assert!(calls[1].since(calls[0]) > Duration::from_millis(500));
+    let circuit = load_record::<Circuit>(&h.store, RecordKey::Circuit)
+        .await
+        .expect("c")
+        .value;
+    assert!(circuit.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_holds_dispatch_until_resumed() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(20);
+    let paused = Control {
+        paused: true,
+        ..Control::default()
+    };
+    save_record(&h.store, RecordKey::Control, &paused, 0, None)
+        .await
+        .expect("save");
+    let store = h.store.clone();
+    let clock = h.clock.clone();
+    let resume_at = clock.now().plus(Duration::from_secs(10));
+    tokio::spawn(async move {
+        clock.sleep_until(resume_at).await;
+        update_record::<Control, _>(&store, RecordKey::Control, |c| {
+            Some(Control {
+                paused: false,
+                ..c.clone()
+            })
+        })
+        .await
+        .expect("resume");
+    });
+    let report = h.run_for(&config("10/s"), Duration::from_secs(40)).await;
+    assert_eq!(report.dispatched, 20);
+    let calls = h.calls();
+    assert!(calls[0] >= resume_at, "a call happened while paused");
+    // Applied within a second of the resume.
+    assert!(
+        calls[0] <= resume_at.plus(Duration::from_millis(1_500)),
+        "{}",
+        calls[0].since(resume_at).as_millis()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_lease_holder_dispatches() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(5);
+    let other = h
+        .store
+        .take("someone-else", h.clock.now(), Duration::from_secs(30))
+        .await
+        .expect("take");
+    let report = h.run_for(&config("10/s"), Duration::from_secs(10)).await;
+    assert!(
+        matches!(report.stopped, StopReason::LeaseHeld { ref owner, .. } if owner == "someone-else")
+    );
+    assert_eq!(report.dispatched, 0);
+    assert!(h.calls().is_empty());
+    drop(other);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_day_budget_stops_the_run_until_the_reset() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(30);
+    let report = h
+        .run_for(&config("10/s,12/day@calendar"), Duration::from_secs(60))
+        .await;
+    assert_eq!(report.dispatched, 12);
+    assert!(
+        matches!(report.stopped, StopReason::Exhausted { .. }),
+        "{:?}",
+        report.stopped
+    );
+    // The rest wait, invisible until the reset, on the queue: not lost.
+    assert_eq!(h.queue.depths().pending(), 18);
+}

@@ -1,0 +1,370 @@
+//! The HTTP server: routes, fault injection, latency, and the [`SimServer`] handle.
+//!
+//! Routes:
+//! - [`HEALTH_PATH`] (any method): a health check, 200 `{"status":"ok"}`, or 503 in the outage.
+//! - `/_sim/stats`: the [`SimStats`] as JSON (never delayed, never faulted).
+//! - `/_sim/status/{code}`: answers `code` (200 to 599) with a JSON body, for tests of status
+//!   handling. Not an API call: it is neither counted nor subject to quota, faults or auth.
+//! - any other `/_sim/...` path: 404, not an API call.
+//! - everything else is an API call, decided in this order at its arrival time: the outage
+//!   (503), the key (401), a simulated failure at `fail_rate` (500), the quota (429 with
+//!   `Retry-After`, or 200 echoing the request).
+//!
+//! Only accepted (2xx) calls count against the quota: a faulted, refused or throttled call
+//! consumes nothing. This is the laxer reading of a real API (some count failed calls too); the
+//! orchestrator reserves a slot for every call it makes, so it holds under either reading.
+//!
+//! The arrival time is read from the clock under the server's one lock, so arrivals are
+//! decided in the order of their times; the simulated latency is slept afterwards.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Json, Response};
+use qo_core::{Clock, Timestamp, TokioClock};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::enforce::{Admission, Enforcer, retry_after_secs};
+use crate::record::{CallKind, CallRecord, Ledger, SimStats, with_maxima};
+use crate::{SimConfig, SimError};
+
+/// The health-check path.
+pub const HEALTH_PATH: &str = "/health";
+/// The prefix of the simulator's own paths (not API calls).
+pub const SIM_PREFIX: &str = "/_sim/";
+
+/// How long [`SimServer::shutdown`] waits for open connections before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+struct Inner {
+    enforcer: Enforcer,
+    rng: StdRng,
+    ledger: Ledger,
+}
+
+struct Shared {
+    config: SimConfig,
+    clock: Arc<dyn Clock>,
+    start: Timestamp,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the ledger half-written in a way that
+        // matters more than losing the simulator, so keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> SimStats {
+        let (counters, accepted) = {
+            let g = self.lock();
+            (g.ledger.counters.clone(), g.ledger.accepted.clone())
+        };
+        with_maxima(counters, &accepted, self.start, &self.config.quota)
+    }
+
+    fn draw_latency(&self, rng: &mut StdRng) -> Duration {
+        let (lo, hi) = (*self.config.latency.start(), *self.config.latency.end());
+        if lo >= hi {
+            return lo;
+        }
+        let lo_us = u64::try_from(lo.as_micros()).unwrap_or(u64::MAX);
+        let hi_us = u64::try_from(hi.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(rng.random_range(lo_us..=hi_us))
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(key) = &self.config.api_key else {
+            return true;
+        };
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|v| v == key)
+    }
+
+    /// Decides on a health check or API call; returns the answer and the latency to add.
+    fn decide(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body_len: usize,
+    ) -> (Response, Duration) {
+        let path = uri.path();
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let now = self.clock.now();
+        let since = now.since(self.start);
+        let outage = self.config.in_outage(since);
+        let (kind, response) = if path == HEALTH_PATH {
+            let r = if outage {
+                error(StatusCode::SERVICE_UNAVAILABLE, "simulated outage")
+            } else {
+                (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+            };
+            (CallKind::Health, r)
+        } else if outage {
+            (
+                CallKind::Api,
+                error(StatusCode::SERVICE_UNAVAILABLE, "simulated outage"),
+            )
+        } else if !self.authorized(headers) {
+            (
+                CallKind::Api,
+                error(StatusCode::UNAUTHORIZED, "missing or wrong API key"),
+            )
+        } else if inner.rng.random::<f64>() < self.config.fail_rate {
+            (
+                CallKind::Api,
+                error(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure"),
+            )
+        } else {
+            let r = match inner.enforcer.admit(now) {
+                Admission::Accepted => {
+                    let counter = inner.ledger.counters.accepted + 1;
+                    (
+                        StatusCode::OK,
+                        Json(json!({
+                            "ok": true,
+                            "method": method.as_str(),
+                            "path": path,
+                            "query": uri.query().unwrap_or(""),
+                            "counter": counter,
+                            "body_len": body_len,
+                        })),
+                    )
+                        .into_response()
+                }
+                Admission::Throttled { retry_after } => {
+                    let secs = retry_after_secs(retry_after);
+                    let mut r = (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Json(json!({"error": "quota exceeded", "retry_after_s": secs})),
+                    )
+                        .into_response();
+                    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+                    r
+                }
+            };
+            (CallKind::Api, r)
+        };
+        let status = response.status().as_u16();
+        tracing::debug!(method = %method, path, status, at_ms = since.as_millis(), "sim call");
+        inner.ledger.record(
+            now,
+            CallRecord {
+                at: since,
+                kind,
+                method: method.as_str().to_string(),
+                path: path.to_string(),
+                status,
+            },
+        );
+        let latency = self.draw_latency(&mut inner.rng);
+        (response, latency)
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": message, "status": status.as_u16()})),
+    )
+        .into_response()
+}
+
+fn sim_status(code: &str) -> Response {
+    match code
+        .parse::<u16>()
+        .ok()
+        .filter(|c| (200..=599).contains(c))
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        Some(status) => {
+            let body: Value = json!({
+                "status": status.as_u16(),
+                "reason": status.canonical_reason().unwrap_or(""),
+                "simulated": true,
+            });
+            (status, Json(body)).into_response()
+        }
+        None => error(
+            StatusCode::BAD_REQUEST,
+            &format!("/_sim/status/{code}: expected a status code from 200 to 599"),
+        ),
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    let (response, latency) = if let Some(rest) = path.strip_prefix(SIM_PREFIX) {
+        if rest == "stats" {
+            return Json(shared.stats()).into_response();
+        }
+        let response = match rest.strip_prefix("status/") {
+            Some(code) => sim_status(code),
+            None => error(StatusCode::NOT_FOUND, "unknown simulator path"),
+        };
+        let latency = shared.draw_latency(&mut shared.lock().rng);
+        (response, latency)
+    } else {
+        shared.decide(&method, &uri, &headers, body.len())
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    response
+}
+
+/// A running simulator. Dropping it stops the server at once; [`SimServer::shutdown`] stops it
+/// gracefully.
+pub struct SimServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimServer")
+            .field("addr", &self.addr)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimServer {
+    /// Starts a simulator on a free loopback port (127.0.0.1:0), following the system time.
+    pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), config).await
+    }
+
+    /// Starts a simulator on `addr` (for `qo sim`), following the system time.
+    pub async fn start_on(addr: SocketAddr, config: SimConfig) -> Result<SimServer, SimError> {
+        Self::start_with_clock(addr, config, Arc::new(TokioClock::system())).await
+    }
+
+    /// Starts a simulator on `addr` that reads arrival times from `clock` (e.g. a
+    /// [`TokioClock`] anchored just before a UTC midnight, to test calendar tiers).
+    pub async fn start_with_clock(
+        addr: SocketAddr,
+        config: SimConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SimServer, SimError> {
+        config.validate()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| SimError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| SimError::Bind { addr, source })?;
+        let shared = Arc::new(Shared {
+            start: clock.now(),
+            clock,
+            inner: Mutex::new(Inner {
+                enforcer: Enforcer::new(&config.quota),
+                rng: StdRng::seed_from_u64(config.seed),
+                ledger: Ledger::default(),
+            }),
+            config,
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator server failed");
+            }
+        });
+        tracing::info!(addr = %local, quota = %shared.config.quota, "simulator listening");
+        Ok(SimServer {
+            addr: local,
+            shared,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:40123` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The configuration being served.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    /// The counters and, per tier, the largest number of accepted calls in any window.
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats()
+    }
+
+    /// Arrival times of the accepted calls, since the server started, in order.
+    pub fn accepted_times(&self) -> Vec<Duration> {
+        let start = self.shared.start;
+        self.shared
+            .lock()
+            .ledger
+            .accepted
+            .iter()
+            .map(|t| t.since(start))
+            .collect()
+    }
+
+    /// Every API call and health check answered so far, in arrival order.
+    pub fn records(&self) -> Vec<CallRecord> {
+        self.shared.lock().ledger.records.clone()
+    }
+
+    /// Stops accepting connections, lets open ones finish (up to a few seconds), and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
