@@ -40,10 +40,17 @@ pyver="$(python3 -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
 hash="$(printf '%s\n' "${PINS[@]}" "python=$pyver" | sha256sum | cut -c1-16)"
 stamp="$VENV/.qo-setup-$hash"
 
-# 1. Python virtual environment (recreated when broken, e.g. its base interpreter is gone).
-if [[ -x "$VENV/bin/python3" ]] && ! "$VENV/bin/python3" -c 'import sys' >/dev/null 2>&1; then
-  say "existing .venv is broken: recreating it"
-  rm -rf "$VENV"
+# 1. Python virtual environment. Recreated when it no longer fits: its base interpreter is gone
+#    or has another version than python3, or the checkout moved (scripts point to the old path).
+if [[ -e "$VENV" ]]; then
+  venv_pyver="$("$VENV/bin/python3" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null || true)"
+  if [[ "$venv_pyver" != "$pyver" ]]; then
+    say "existing .venv has python '${venv_pyver:-none}', python3 is $pyver: recreating it"
+    rm -rf "$VENV"
+  elif ! head -n3 "$VENV/bin/pip" 2>/dev/null | grep -qF "$VENV/bin/python"; then
+    say "existing .venv was made for another path: recreating it"
+    rm -rf "$VENV"
+  fi
 fi
 if [[ ! -x "$VENV/bin/python3" ]]; then
   say "creating .venv with python $pyver"

@@ -1,1 +1,40 @@
-//! placeholder
+//! AWS adapters for the quota-orchestrator ports (`qo_core::ports`), over the AWS SDK for Rust:
+//! the job queues on SQS, the shared state on DynamoDB, the worker invoker on Lambda, and the
+//! API key from Secrets Manager or SSM.
+//!
+//! Every client is built from one [`SdkConfig`](aws_config::SdkConfig) made by
+//! [`load_config`]: explicit connect and read timeouts, a per-call timeout, and a bounded number
+//! of attempts, so a function's timeout can be checked against the SDK's worst case
+//! ([`check_function_timeout`]). An endpoint override points everything at a local emulator
+//! (moto) for `qo local` and the tests.
+//!
+//! # Layout
+//! - [`clients`]: [`SdkSettings`], [`load_config`], [`check_function_timeout`].
+//! - [`sqs`]: [`SqsQueue`] ([`JobSource`](qo_core::ports::JobSource) and
+//!   [`JobSink`](qo_core::ports::JobSink)), send / depths / redrive, [`ensure_queues`].
+//! - [`dynamo`]: [`DynamoStore`] ([`RecordStore`](qo_core::ports::RecordStore),
+//!   [`LeaseStore`](qo_core::ports::LeaseStore),
+//!   [`IdempotencyStore`](qo_core::ports::IdempotencyStore)), `ensure_table`.
+//! - [`lambda`]: [`LambdaInvoker`] ([`Invoker`](qo_core::ports::Invoker)) with its
+//!   [`InvokeLimiter`] and [`Backoff`].
+//! - [`secrets`]: [`load_api_key`] and the never-printed [`ApiKey`].
+//! - [`error`]: [`AwsError`] and the mapping of SDK errors into the ports' errors.
+
+#![deny(missing_docs)]
+
+pub mod clients;
+pub mod dynamo;
+pub mod error;
+pub mod lambda;
+pub mod secrets;
+pub mod sqs;
+
+pub use clients::{
+    DEFAULT_REGION, SdkSettings, TimeoutBudgetError, check_function_timeout, load_config,
+    with_static_credentials,
+};
+pub use dynamo::DynamoStore;
+pub use error::{AwsError, SdkFailure};
+pub use lambda::{Backoff, InvokeLimiter, InvokeSettings, LambdaInvoker};
+pub use secrets::{ApiKey, KeySource, load_api_key};
+pub use sqs::{QueueDepth, QueueUrls, RedriveReport, SqsQueue, ensure_queues};

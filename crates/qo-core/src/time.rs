@@ -108,6 +108,16 @@ pub trait Clock: Send + Sync {
     }
 }
 
+#[async_trait]
+impl<T: Clock + ?Sized> Clock for std::sync::Arc<T> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+    async fn sleep_until(&self, t: Timestamp) {
+        (**self).sleep_until(t).await
+    }
+}
+
 /// A clock that follows tokio's time, anchored to a UTC start.
 ///
 /// In a normal runtime it advances with real time; under `tokio::time::pause()` it is a virtual

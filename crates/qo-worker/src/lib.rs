@@ -1,1 +1,38 @@
-//! placeholder
+//! The worker: turns a job event into one HTTP call to the API, at its slot, and classifies the
+//! answer (done, back-off and re-queue, circuit failure and re-queue, or dead-letter); and checks
+//! the API's health while the circuit is open.
+//!
+//! The library is generic over the `qo_core` ports, so the same logic runs on AWS (the `worker`
+//! binary, over `qo-aws`) and in memory (tests and `qo local`, over `qo-memory`).
+//!
+//! # Layout
+//! - [`config`]: [`WorkerConfig`], read from the environment once.
+//! - [`clock`]: [`SystemClock`], the clock of the Lambda binary.
+//! - [`http`]: the [`HttpCall`] seam, [`ApiResponse`] and [`HttpError`].
+//! - [`client`]: [`ApiClient`], the reqwest implementation, and [`build_url`].
+//! - [`worker`]: [`Worker`] and its decisions.
+//! - [`outcome`]: [`Outcome`], the function's JSON result.
+//! - [`retry_after`]: parsing `Retry-After`.
+//! - [`excerpt`]: bounded body excerpts for dead-letter reasons.
+//! - [`lambda`]: the Lambda [`handler`].
+//! - [`error`]: the crate's error, [`WorkerError`].
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod excerpt;
+pub mod http;
+pub mod lambda;
+pub mod outcome;
+pub mod retry_after;
+pub mod worker;
+
+pub use client::{ApiClient, build_url};
+pub use clock::SystemClock;
+pub use config::WorkerConfig;
+pub use error::WorkerError;
+pub use http::{ApiResponse, HttpCall, HttpError};
+pub use lambda::handler;
+pub use outcome::Outcome;
+pub use worker::Worker;

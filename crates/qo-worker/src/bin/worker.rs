@@ -1,1 +1,112 @@
-fn main() {}
+//! The worker Lambda function: reads its configuration and builds its clients once per cold
+//! start, then hands each asynchronous event to [`qo_worker::handler`].
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use lambda_runtime::{Context, LambdaEvent, service_fn};
+use qo_aws::{DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config};
+use qo_core::config::{Env, ProcessEnv};
+use qo_core::{Timestamp, WorkerEvent};
+use qo_worker::lambda::check_timeout_budget;
+use qo_worker::{ApiClient, SystemClock, Worker, WorkerConfig, handler};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "worker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
+    let env = ProcessEnv;
+    let config = WorkerConfig::from_env(&env)?;
+    let sdk = SdkSettings::from_env(&env)?;
+    let table = env.required("TABLE_NAME")?;
+    let urls = QueueUrls::from_env(&env)?;
+
+    // AWS_ENDPOINT_URL (moto, locally) is honoured by the SDK itself.
+    let aws = load_config(&sdk, None).await;
+    let key = load_api_key(&env, &aws).await?;
+    match &key {
+        Some(k) => info!(source = ?k.source(), header = %config.auth_header, "API key loaded"),
+        None => info!("no API key configured: calls go without a credential"),
+    }
+    let client = ApiClient::new(&config, key.as_ref().map(|k| k.expose()))?;
+    drop(key);
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
+    info!(
+        api = %config.api_base_url,
+        connect_timeout_ms = ms(config.connect_timeout),
+        read_timeout_ms = ms(config.read_timeout),
+        max_slot_wait_ms = ms(config.max_slot_wait),
+        "worker ready"
+    );
+
+    let worker = Arc::new(Worker::new(config, client, store, queue, SystemClock));
+    let checked = Arc::new(AtomicBool::new(false));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<WorkerEvent>| {
+        let worker = Arc::clone(&worker);
+        let first = !checked.swap(true, Ordering::Relaxed);
+        async move {
+            if first {
+                check_function_timeout(&event.context, &sdk, worker.config());
+            }
+            handler(&worker, event).await
+        }
+    }))
+    .await
+}
+
+/// Once per cold start: the first invocation's time left is the function timeout; warns when
+/// it cannot cover the worst case.
+fn check_function_timeout(context: &Context, sdk: &SdkSettings, config: &WorkerConfig) {
+    if context.deadline == 0 {
+        return;
+    }
+    let now = Timestamp::from_system(SystemTime::now());
+    let timeout = Timestamp::from_millis(context.deadline).since(now);
+    if let Err(e) = check_timeout_budget(sdk, config, timeout) {
+        warn!(
+            error = %e,
+            "function timeout too short: raise it or lower the timeouts (margin = MAX_SLOT_WAIT_MS \
+             + API_CONNECT_TIMEOUT_MS + API_READ_TIMEOUT_MS + 2 s)"
+        );
+    }
+}
+
+/// JSON logs when the function's log format is JSON, compact text otherwise; `RUST_LOG`
+/// filters (default `info`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        // CloudWatch stamps each line.
+        builder.compact().without_time().init();
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

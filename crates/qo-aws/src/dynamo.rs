@@ -1,0 +1,616 @@
+//! The shared state over one DynamoDB table (partition key `pk`, TTL attribute `ttl`):
+//! [`DynamoStore`] is the [`RecordStore`], the [`LeaseStore`] and the [`IdempotencyStore`].
+//!
+//! | pk | attributes |
+//! |---|---|
+//! | `quota`, `circuit`, `control` | `doc` (S, the record's JSON), `version` (N); the circuit also `phase` (S), `epoch` (N) |
+//! | `lease` | `owner` (S), `token` (N), `expires_at_ms` (N) |
+//! | `job#<id>` | `status` (S: `in_progress` or `done`), `claimed_at_ms` (N), `ttl` (N, epoch s) |
+//!
+//! Every write that can race is conditional; a fenced record write is a transaction with a
+//! condition check on the lease's token.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
+    Put, ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem,
+};
+use qo_core::ports::{
+    Claim, IdempotencyStore, Lease, LeaseStore, RecordKey, RecordStore, StoreError, Versioned,
+};
+use qo_core::time::Timestamp;
+
+use crate::error::{AwsError, store_backend, store_err};
+
+/// The partition key attribute.
+pub const PK: &str = "pk";
+/// The TTL attribute (epoch seconds).
+pub const TTL: &str = "ttl";
+/// The lease item's partition key.
+pub const LEASE_PK: &str = "lease";
+/// An idempotency item's partition key prefix.
+pub const JOB_PREFIX: &str = "job#";
+
+const DOC: &str = "doc";
+const VERSION: &str = "version";
+const PHASE: &str = "phase";
+const EPOCH: &str = "epoch";
+const OWNER: &str = "owner";
+const TOKEN: &str = "token";
+const EXPIRES_AT_MS: &str = "expires_at_ms";
+const STATUS: &str = "status";
+const CLAIMED_AT_MS: &str = "claimed_at_ms";
+const COMPLETED_AT_MS: &str = "completed_at_ms";
+const IN_PROGRESS: &str = "in_progress";
+const DONE: &str = "done";
+/// DynamoDB's code for a failed condition inside a cancelled transaction.
+const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
+/// DynamoDB's code for a transaction that collided with another.
+const TRANSACTION_CONFLICT: &str = "TransactionConflict";
+/// Races retried by `take` and `claim` before giving up.
+const RACE_ATTEMPTS: usize = 3;
+/// How long [`DynamoStore::ensure_table`] waits for the table to become active.
+const TABLE_WAIT: Duration = Duration::from_secs(60);
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The shared state in one DynamoDB table.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    /// A store over `table` (`TABLE_NAME`).
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the table if it does not exist (on-demand capacity, partition key `pk` (S)),
+    /// waits until it is active, and turns on TTL on `ttl`. For local runs and tests.
+    pub async fn ensure_table(&self) -> Result<(), AwsError> {
+        let created = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(PK)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(|e| AwsError::invalid("dynamodb.CreateTable", e.to_string()))?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(PK)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(|e| AwsError::invalid("dynamodb.CreateTable", e.to_string()))?,
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_resource_in_use_exception()) => {}
+            Err(e) => return Err(AwsError::sdk("dynamodb.CreateTable", e)),
+        }
+        self.client
+            .wait_until_table_exists()
+            .table_name(&self.table)
+            .wait(TABLE_WAIT)
+            .await
+            .map_err(|e| AwsError::sdk("dynamodb.DescribeTable", e))?;
+        let ttl = self
+            .client
+            .describe_time_to_live()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("dynamodb.DescribeTimeToLive", e))?;
+        let on = ttl.time_to_live_description().is_some_and(|d| {
+            d.attribute_name() == Some(TTL)
+                && matches!(
+                    d.time_to_live_status(),
+                    Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+                )
+        });
+        if !on {
+            self.client
+                .update_time_to_live()
+                .table_name(&self.table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .enabled(true)
+                        .attribute_name(TTL)
+                        .build()
+                        .map_err(|e| {
+                            AwsError::invalid("dynamodb.UpdateTimeToLive", e.to_string())
+                        })?,
+                )
+                .send()
+                .await
+                .map_err(|e| AwsError::sdk("dynamodb.UpdateTimeToLive", e))?;
+        }
+        Ok(())
+    }
+
+    /// A strongly consistent read of one item.
+    async fn get(&self, pk: &str, op: &'static str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_err(op, e))?;
+        Ok(out.item)
+    }
+
+    async fn read_lease(&self) -> Result<Option<Lease>, StoreError> {
+        let Some(item) = self.get(LEASE_PK, "dynamodb.GetItem(lease)").await? else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| StoreError::Corrupt {
+            key: LEASE_PK,
+            reason: format!("attribute `{what}` is missing or not a number/string"),
+        };
+        Ok(Some(Lease {
+            owner: text(&item, OWNER)
+                .ok_or_else(|| corrupt(OWNER))?
+                .to_string(),
+            token: num(&item, TOKEN).ok_or_else(|| corrupt(TOKEN))?,
+            expires_at: Timestamp::from_millis(
+                num(&item, EXPIRES_AT_MS).ok_or_else(|| corrupt(EXPIRES_AT_MS))?,
+            ),
+        }))
+    }
+
+    async fn save_fenced(
+        &self,
+        key: RecordKey,
+        cond: Condition,
+        item: Item,
+        expected: u64,
+        token: u64,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "dynamodb.TransactWriteItems";
+        let invalid = |e: aws_sdk_dynamodb::error::BuildError| {
+            store_backend(OP, AwsError::invalid(OP, e.to_string()))
+        };
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key(PK, s(LEASE_PK))
+            .condition_expression("#token = :token")
+            .expression_attribute_names("#token", TOKEN)
+            .expression_attribute_values(":token", n(token))
+            .build()
+            .map_err(invalid)?;
+        let version = num(&item, VERSION).unwrap_or(expected + 1);
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond.expression)
+            .set_expression_attribute_names(Some(cond.names))
+            .set_expression_attribute_values(cond.values)
+            .build()
+            .map_err(invalid)?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await;
+        let err = match res {
+            Ok(_) => return Ok(version),
+            Err(e) => e,
+        };
+        let reasons: Vec<Option<String>> = match err.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) => {
+                c.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().map(str::to_string))
+                    .collect()
+            }
+            _ => return Err(store_err(OP, err)),
+        };
+        let code = |i: usize| reasons.get(i).and_then(|c| c.as_deref());
+        if code(0) == Some(CONDITIONAL_CHECK_FAILED) {
+            Err(StoreError::Fenced {
+                key: key.as_str(),
+                token,
+            })
+        } else if code(1) == Some(CONDITIONAL_CHECK_FAILED)
+            || reasons
+                .iter()
+                .any(|c| c.as_deref() == Some(TRANSACTION_CONFLICT))
+        {
+            Err(StoreError::Conflict {
+                key: key.as_str(),
+                expected,
+            })
+        } else {
+            Err(store_err(OP, err))
+        }
+    }
+}
+
+/// A condition expression with its names and values.
+struct Condition {
+    expression: &'static str,
+    names: HashMap<String, String>,
+    values: Option<HashMap<String, AttributeValue>>,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)?.as_s().ok().map(String::as_str)
+}
+
+fn num(item: &Item, name: &str) -> Option<u64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+fn names(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn values(pairs: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Whether an SDK error is a failed condition of a single-item write.
+fn condition_failed<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+/// Seconds since the epoch, rounded up, for the `ttl` attribute.
+fn ttl_secs(at: Timestamp) -> u64 {
+    at.as_micros().div_ceil(1_000_000)
+}
+
+#[async_trait]
+impl RecordStore for DynamoStore {
+    async fn load(
+        &self,
+        key: RecordKey,
+    ) -> Result<Option<Versioned<serde_json::Value>>, StoreError> {
+        let Some(item) = self.get(key.as_str(), "dynamodb.GetItem(record)").await? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: key.as_str(),
+            reason,
+        };
+        let doc = text(&item, DOC).ok_or_else(|| corrupt("no `doc` string".into()))?;
+        let value = serde_json::from_str(doc).map_err(|e| corrupt(format!("`doc`: {e}")))?;
+        let version = num(&item, VERSION).ok_or_else(|| corrupt("no `version` number".into()))?;
+        Ok(Some(Versioned { value, version }))
+    }
+
+    async fn save(
+        &self,
+        key: RecordKey,
+        value: serde_json::Value,
+        expected: u64,
+        fence: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "dynamodb.PutItem(record)";
+        let version = expected + 1;
+        let mut item: Item = HashMap::from([
+            (PK.to_string(), s(key.as_str())),
+            (DOC.to_string(), s(value.to_string())),
+            (VERSION.to_string(), n(version)),
+        ]);
+        if key == RecordKey::Circuit {
+            if let Some(phase) = value.get("state").and_then(|v| v.as_str()) {
+                item.insert(PHASE.to_string(), s(phase));
+            }
+            if let Some(epoch) = value.get("epoch").and_then(|v| v.as_u64()) {
+                item.insert(EPOCH.to_string(), n(epoch));
+            }
+        }
+        let cond = if expected == 0 {
+            Condition {
+                expression: "attribute_not_exists(#pk)",
+                names: names(&[("#pk", PK)]),
+                values: None,
+            }
+        } else {
+            Condition {
+                expression: "#version = :expected",
+                names: names(&[("#version", VERSION)]),
+                values: Some(values(vec![(":expected", n(expected))])),
+            }
+        };
+        if let Some(token) = fence {
+            return self.save_fenced(key, cond, item, expected, token).await;
+        }
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond.expression)
+            .set_expression_attribute_names(Some(cond.names))
+            .set_expression_attribute_values(cond.values)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(version),
+            Err(e) if condition_failed(&e) => Err(StoreError::Conflict {
+                key: key.as_str(),
+                expected,
+            }),
+            Err(e) => Err(store_err(OP, e)),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for DynamoStore {
+    async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
+        const OP: &str = "dynamodb.PutItem(lease)";
+        let expires_ms = now.plus(ttl).as_millis();
+        for _ in 0..RACE_ATTEMPTS {
+            let current = self.read_lease().await?;
+            let (cond, old_token) = match &current {
+                None => (
+                    Condition {
+                        expression: "attribute_not_exists(#pk)",
+                        names: names(&[("#pk", PK)]),
+                        values: None,
+                    },
+                    0,
+                ),
+                Some(l) if l.expires_at <= now || l.owner == owner => (
+                    // Race-free: the token we read is still there, and the lease is still free
+                    // or ours (a renewal in between keeps the token but moves the expiry).
+                    Condition {
+                        expression: "#token = :old AND (#exp <= :now OR #owner = :me)",
+                        names: names(&[
+                            ("#token", TOKEN),
+                            ("#exp", EXPIRES_AT_MS),
+                            ("#owner", OWNER),
+                        ]),
+                        values: Some(values(vec![
+                            (":old", n(l.token)),
+                            (":now", n(now.as_millis())),
+                            (":me", s(owner)),
+                        ])),
+                    },
+                    l.token,
+                ),
+                Some(l) => {
+                    return Err(StoreError::LeaseHeld {
+                        owner: l.owner.clone(),
+                        until: l.expires_at,
+                    });
+                }
+            };
+            let token = old_token + 1;
+            let res = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(PK, s(LEASE_PK))
+                .item(OWNER, s(owner))
+                .item(TOKEN, n(token))
+                .item(EXPIRES_AT_MS, n(expires_ms))
+                .condition_expression(cond.expression)
+                .set_expression_attribute_names(Some(cond.names))
+                .set_expression_attribute_values(cond.values)
+                .send()
+                .await;
+            match res {
+                Ok(_) => {
+                    return Ok(Lease {
+                        owner: owner.to_string(),
+                        token,
+                        expires_at: Timestamp::from_millis(expires_ms),
+                    });
+                }
+                Err(e) if condition_failed(&e) => continue,
+                Err(e) => return Err(store_err(OP, e)),
+            }
+        }
+        // Lost every race: report whoever holds it now.
+        match self.read_lease().await? {
+            Some(l) => Err(StoreError::LeaseHeld {
+                owner: l.owner,
+                until: l.expires_at,
+            }),
+            None => Err(store_backend(
+                OP,
+                AwsError::invalid(OP, "the lease kept changing while it was taken"),
+            )),
+        }
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        const OP: &str = "dynamodb.UpdateItem(lease)";
+        let expires_ms = now.plus(ttl).as_millis();
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(LEASE_PK))
+            .update_expression("SET #exp = :exp")
+            .condition_expression("#token = :t AND #owner = :me")
+            .expression_attribute_names("#exp", EXPIRES_AT_MS)
+            .expression_attribute_names("#token", TOKEN)
+            .expression_attribute_names("#owner", OWNER)
+            .expression_attribute_values(":exp", n(expires_ms))
+            .expression_attribute_values(":t", n(lease.token))
+            .expression_attribute_values(":me", s(&lease.owner))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Lease {
+                expires_at: Timestamp::from_millis(expires_ms),
+                ..lease.clone()
+            }),
+            Err(e) if condition_failed(&e) => Err(StoreError::LeaseLost { token: lease.token }),
+            Err(e) => Err(store_err(OP, e)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        const OP: &str = "dynamodb.DeleteItem(lease)";
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(LEASE_PK))
+            .condition_expression("#token = :t")
+            .expression_attribute_names("#token", TOKEN)
+            .expression_attribute_values(":t", n(lease.token))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Already lost: nothing to give up.
+            Err(e) if condition_failed(&e) => Ok(()),
+            Err(e) => Err(store_err(OP, e)),
+        }
+    }
+
+    async fn current(&self) -> Result<Option<Lease>, StoreError> {
+        self.read_lease().await
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoStore {
+    async fn claim(
+        &self,
+        job_id: &str,
+        now: Timestamp,
+        claim_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        const OP: &str = "dynamodb.PutItem(claim)";
+        let pk = format!("{JOB_PREFIX}{job_id}");
+        let stale = now.minus(claim_ttl).as_millis();
+        for _ in 0..RACE_ATTEMPTS {
+            let res = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(PK, s(&pk))
+                .item(STATUS, s(IN_PROGRESS))
+                .item(CLAIMED_AT_MS, n(now.as_millis()))
+                .item(TTL, n(ttl_secs(now.plus(claim_ttl))))
+                .condition_expression(
+                    "attribute_not_exists(#pk) OR (#status = :in_progress AND #claimed < :stale)",
+                )
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#status", STATUS)
+                .expression_attribute_names("#claimed", CLAIMED_AT_MS)
+                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+                .expression_attribute_values(":stale", n(stale))
+                .send()
+                .await;
+            match res {
+                Ok(_) => return Ok(Claim::Claimed),
+                Err(e) if condition_failed(&e) => {}
+                Err(e) => return Err(store_err(OP, e)),
+            }
+            let Some(item) = self.get(&pk, "dynamodb.GetItem(claim)").await? else {
+                // Abandoned in between: try again.
+                continue;
+            };
+            return match text(&item, STATUS) {
+                Some(DONE) => Ok(Claim::AlreadyDone),
+                _ => Ok(Claim::InProgress {
+                    since: Timestamp::from_millis(num(&item, CLAIMED_AT_MS).unwrap_or(0)),
+                }),
+            };
+        }
+        Err(store_backend(
+            OP,
+            AwsError::invalid(OP, format!("the claim on `{pk}` kept changing")),
+        ))
+    }
+
+    async fn complete(
+        &self,
+        job_id: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(format!("{JOB_PREFIX}{job_id}")))
+            .item(STATUS, s(DONE))
+            .item(COMPLETED_AT_MS, n(now.as_millis()))
+            .item(TTL, n(ttl_secs(now.plus(ttl))))
+            .send()
+            .await
+            .map_err(|e| store_err("dynamodb.PutItem(complete)", e))?;
+        Ok(())
+    }
+
+    async fn abandon(&self, job_id: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(format!("{JOB_PREFIX}{job_id}")))
+            .condition_expression("#status = :in_progress")
+            .expression_attribute_names("#status", STATUS)
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // Done meanwhile, or never claimed: nothing to drop.
+            Err(e) if condition_failed(&e) => Ok(()),
+            Err(e) => Err(store_err("dynamodb.DeleteItem(abandon)", e)),
+        }
+    }
+}

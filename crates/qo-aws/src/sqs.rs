@@ -1,0 +1,837 @@
+//! The job queues over SQS: [`SqsQueue`] is the [`JobSource`] and [`JobSink`] (main queue,
+//! optional retry queue, dead-letter queue), plus the operator's operations (send, depths,
+//! redrive) and [`ensure_queues`] for local runs and tests.
+//!
+//! Our own message attributes: `qo-attempt` (tries so far), `qo-enqueued-at-ms` (first enqueue,
+//! kept across re-queues), and on the dead-letter queue `qo-reason` and `qo-source-message-id`.
+//!
+//! FIFO queues (URL ending in `.fifo`) keep the message group on re-queue and dead-letter, and
+//! get a deduplication id derived from the original's. SQS does not support a per-message
+//! `DelaySeconds` on FIFO queues, so a FIFO re-queue is visible again at once: the delay is
+//! dropped (the orchestrator's pacing still applies).
+//!
+//! The retry queue is read with a short poll (wait 0) so that it never holds up the main
+//! queue's long poll; on SQS a short poll samples a subset of servers and can miss a message
+//! that is there, which a later poll then sees.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use qo_core::config::{ConfigError, Env};
+use qo_core::job::Origin;
+use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
+use qo_core::time::Timestamp;
+use rand::Rng;
+
+use crate::error::{AwsError, queue_backend, queue_err};
+
+/// Message attribute: how many times the job was tried before (a Number).
+pub const ATTR_ATTEMPT: &str = "qo-attempt";
+/// Message attribute: when the job was first enqueued, epoch milliseconds (a Number).
+pub const ATTR_ENQUEUED_AT_MS: &str = "qo-enqueued-at-ms";
+/// Dead-letter attribute: why the job was dead-lettered (a String).
+pub const ATTR_REASON: &str = "qo-reason";
+/// Dead-letter attribute: the message id the job had when it was dead-lettered (a String).
+pub const ATTR_SOURCE_MESSAGE_ID: &str = "qo-source-message-id";
+
+/// The longest `qo-reason` kept, in bytes; longer reasons are cut at a character boundary.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// SQS's longest long poll.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// SQS's longest per-message delay.
+pub const MAX_DELAY_S: u64 = 900;
+/// SQS's longest visibility timeout (12 h).
+pub const MAX_VISIBILITY_S: u64 = 43_200;
+/// `maxReceiveCount` of the redrive policy [`ensure_queues`] sets: high, because the
+/// orchestrator releases messages it could not dispatch (an open circuit, the end of its run),
+/// and each release counts as a receive.
+pub const REDRIVE_MAX_RECEIVE_COUNT: u32 = 100;
+/// The message group used on a FIFO queue when the job has none.
+pub const DEFAULT_GROUP: &str = "default";
+/// The message group used on a FIFO dead-letter queue when the job has none.
+pub const DLQ_GROUP: &str = "dlq";
+
+const MAX_BATCH: usize = 10;
+const MAX_DEDUP_ID: usize = 128;
+
+/// The queue URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueUrls {
+    /// The main job queue (`QUEUE_URL`).
+    pub main: String,
+    /// The retry queue, polled first (`RETRY_QUEUE_URL`, optional).
+    pub retry: Option<String>,
+    /// The dead-letter queue (`DLQ_URL`).
+    pub dlq: String,
+}
+
+impl QueueUrls {
+    /// Reads `QUEUE_URL`, `RETRY_QUEUE_URL` and `DLQ_URL`.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        Ok(QueueUrls {
+            main: env.required("QUEUE_URL")?,
+            retry: env.get("RETRY_QUEUE_URL"),
+            dlq: env.required("DLQ_URL")?,
+        })
+    }
+}
+
+/// Whether a queue URL names a FIFO queue.
+pub fn is_fifo(url: &str) -> bool {
+    url.ends_with(".fifo")
+}
+
+/// The approximate message counts of one queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// `main`, `retry` or `dlq`.
+    pub name: &'static str,
+    /// Its URL.
+    pub url: String,
+    /// Messages ready to receive.
+    pub visible: u64,
+    /// Messages received and neither deleted nor visible again.
+    pub in_flight: u64,
+    /// Messages sent with a delay that has not passed.
+    pub delayed: u64,
+}
+
+/// What [`SqsQueue::redrive`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedriveReport {
+    /// Messages on the dead-letter queue before (SQS's approximate count).
+    pub dead: u64,
+    /// Messages moved back to the main queue (0 on a dry run).
+    pub moved: u64,
+}
+
+/// The job queues over SQS.
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    urls: QueueUrls,
+    fifo: bool,
+}
+
+impl SqsQueue {
+    /// A queue set over `client`. FIFO-ness is read from each URL's `.fifo` suffix.
+    pub fn new(client: Client, urls: QueueUrls) -> Self {
+        let fifo = is_fifo(&urls.main);
+        SqsQueue { client, urls, fifo }
+    }
+
+    /// The URLs.
+    pub fn urls(&self) -> &QueueUrls {
+        &self.urls
+    }
+
+    /// Whether the main queue is FIFO.
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn url(&self, role: QueueRole) -> &str {
+        match role {
+            QueueRole::Main => &self.urls.main,
+            QueueRole::Retry => self.urls.retry.as_deref().unwrap_or(&self.urls.main),
+        }
+    }
+
+    /// Timeouts for a long poll of `wait`: the client's read, attempt and call timeouts grow
+    /// by `wait`, so the SDK does not cut off an answer SQS is entitled to hold back.
+    fn long_poll_override(&self, wait: Duration) -> Option<aws_sdk_sqs::config::Builder> {
+        if wait.is_zero() {
+            return None;
+        }
+        let config = self.client.config();
+        let base = config.timeout_config()?;
+        let attempts = config.retry_config().map_or(1, |r| r.max_attempts().max(1));
+        let mut t = base.to_builder();
+        t.set_read_timeout(base.read_timeout().map(|d| d + wait));
+        t.set_operation_attempt_timeout(base.operation_attempt_timeout().map(|d| d + wait));
+        t.set_operation_timeout(
+            base.operation_timeout()
+                .map(|d| d.saturating_add(wait.saturating_mul(attempts))),
+        );
+        Some(aws_sdk_sqs::config::Builder::default().timeout_config(t.build()))
+    }
+
+    async fn receive_raw(
+        &self,
+        url: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, QueueError> {
+        let max = i32::try_from(max.clamp(1, MAX_BATCH)).unwrap_or(1);
+        let req = self
+            .client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(max)
+            .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
+            .message_attribute_names("All");
+        let out = match self.long_poll_override(wait) {
+            Some(o) => req.customize().config_override(o).send().await,
+            None => req.send().await,
+        }
+        .map_err(|e| queue_err("sqs.ReceiveMessage", e))?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    async fn receive_from(
+        &self,
+        role: QueueRole,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        let raw = self.receive_raw(self.url(role), max, wait).await?;
+        raw.into_iter().map(|m| to_message(m, role)).collect()
+    }
+
+    /// Sends a new job to the main queue with `qo-enqueued-at-ms` = `now`; returns its message
+    /// id. On a FIFO queue it goes to group [`DEFAULT_GROUP`] with a random deduplication id.
+    pub async fn send_job(&self, body: &str, now: Timestamp) -> Result<String, QueueError> {
+        const OP: &str = "sqs.SendMessage";
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(&self.urls.main)
+            .message_body(body)
+            .message_attributes(
+                ATTR_ENQUEUED_AT_MS,
+                number_attr(now.as_millis()).map_err(|e| queue_backend(OP, e))?,
+            );
+        if self.fifo {
+            let mut rng = rand::rng();
+            let dedup = format!("{:016x}{:016x}", rng.random::<u64>(), rng.random::<u64>());
+            req = req
+                .message_group_id(DEFAULT_GROUP)
+                .message_deduplication_id(dedup);
+        }
+        let out = req.send().await.map_err(|e| queue_err(OP, e))?;
+        out.message_id
+            .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
+    }
+
+    /// The approximate depth of each queue: main, retry (if configured), dead-letter.
+    pub async fn depths(&self) -> Result<Vec<QueueDepth>, QueueError> {
+        let mut queues = vec![("main", self.urls.main.clone())];
+        if let Some(r) = &self.urls.retry {
+            queues.push(("retry", r.clone()));
+        }
+        queues.push(("dlq", self.urls.dlq.clone()));
+        let mut out = Vec::with_capacity(queues.len());
+        for (name, url) in queues {
+            out.push(self.depth(name, url).await?);
+        }
+        Ok(out)
+    }
+
+    async fn depth(&self, name: &'static str, url: String) -> Result<QueueDepth, QueueError> {
+        const OP: &str = "sqs.GetQueueAttributes";
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| queue_err(OP, e))?;
+        let attrs = out.attributes.unwrap_or_default();
+        let count = |a: QueueAttributeName| -> u64 {
+            attrs.get(&a).and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        Ok(QueueDepth {
+            name,
+            visible: count(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            url,
+        })
+    }
+
+    /// Moves up to `max` messages from the dead-letter queue back to the main queue, their
+    /// attempt count reset to 0 (their first enqueue time kept). A dry run only counts.
+    pub async fn redrive(&self, max: u64, dry_run: bool) -> Result<RedriveReport, QueueError> {
+        let dead = self.depth("dlq", self.urls.dlq.clone()).await?.visible;
+        let mut report = RedriveReport { dead, moved: 0 };
+        if dry_run {
+            return Ok(report);
+        }
+        while report.moved < max {
+            let want = usize::try_from((max - report.moved).min(MAX_BATCH as u64)).unwrap_or(1);
+            let batch = self
+                .receive_raw(&self.urls.dlq, want, Duration::from_secs(1))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            report.moved += self.move_to_main(batch).await?;
+        }
+        Ok(report)
+    }
+
+    /// Sends a batch of dead-letter messages to the main queue and deletes those sent.
+    async fn move_to_main(
+        &self,
+        batch: Vec<aws_sdk_sqs::types::Message>,
+    ) -> Result<u64, QueueError> {
+        const OP: &str = "sqs.SendMessageBatch";
+        let main_fifo = is_fifo(&self.urls.main);
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut receipts = Vec::with_capacity(batch.len());
+        for (i, m) in batch.into_iter().enumerate() {
+            let origin = origin_of(&m);
+            let receipt = m.receipt_handle.clone().unwrap_or_default();
+            let mut e = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(m.body.unwrap_or_default())
+                .message_attributes(
+                    ATTR_ATTEMPT,
+                    number_attr(0).map_err(|e| queue_backend(OP, e))?,
+                );
+            if let Some(at) = origin.enqueued_at {
+                e = e.message_attributes(
+                    ATTR_ENQUEUED_AT_MS,
+                    number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
+                );
+            }
+            if main_fifo {
+                e = e
+                    .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
+                    .message_deduplication_id(dedup_id(&origin.message_id, "redrive"));
+            }
+            entries.push(
+                e.build()
+                    .map_err(|e| queue_backend(OP, AwsError::invalid(OP, e.to_string())))?,
+            );
+            receipts.push(receipt);
+        }
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.urls.main)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| queue_err(OP, e))?;
+        let sent: Vec<String> = out
+            .successful
+            .iter()
+            .filter_map(|s| s.id.parse::<usize>().ok())
+            .filter_map(|i| receipts.get(i).cloned())
+            .collect();
+        self.delete_receipts(&self.urls.dlq, &sent).await?;
+        if let Some(f) = out.failed.first() {
+            return Err(QueueError::Partial {
+                op: "redrive",
+                failed: out.failed.len(),
+                detail: batch_failure(f),
+            });
+        }
+        Ok(sent.len() as u64)
+    }
+
+    async fn delete_receipts(&self, url: &str, receipts: &[String]) -> Result<(), QueueError> {
+        const OP: &str = "sqs.DeleteMessageBatch";
+        let mut failed = 0;
+        let mut first = None;
+        for chunk in receipts.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .build()
+                        .map_err(|e| queue_backend(OP, AwsError::invalid(OP, e.to_string())))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .delete_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| queue_err(OP, e))?;
+            failed += out.failed.len();
+            if first.is_none() {
+                first = out.failed.first().map(batch_failure);
+            }
+        }
+        match first {
+            Some(detail) => Err(QueueError::Partial {
+                op: "delete",
+                failed,
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn change_visibility(
+        &self,
+        url: &str,
+        receipts: &[&str],
+        seconds: i32,
+    ) -> Result<(), QueueError> {
+        const OP: &str = "sqs.ChangeMessageVisibilityBatch";
+        let mut failed = 0;
+        let mut first = None;
+        for chunk in receipts.chunks(MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(*r)
+                        .visibility_timeout(seconds)
+                        .build()
+                        .map_err(|e| queue_backend(OP, AwsError::invalid(OP, e.to_string())))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| queue_err(OP, e))?;
+            failed += out.failed.len();
+            if first.is_none() {
+                first = out.failed.first().map(batch_failure);
+            }
+        }
+        match first {
+            Some(detail) => Err(QueueError::Partial {
+                op: "release",
+                failed,
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The messages' receipts grouped by the queue they came from.
+    fn by_queue<'a>(&'a self, messages: &'a [Message]) -> Vec<(&'a str, Vec<&'a str>)> {
+        let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+        for m in messages {
+            let url = self.url(m.queue);
+            match groups.iter_mut().find(|(u, _)| *u == url) {
+                Some((_, v)) => v.push(&m.receipt),
+                None => groups.push((url, vec![&m.receipt])),
+            }
+        }
+        groups
+    }
+}
+
+#[async_trait]
+impl JobSource for SqsQueue {
+    async fn receive(&self, max: u8, wait: Duration) -> Result<Vec<Message>, QueueError> {
+        let max = usize::from(max.clamp(1, 10));
+        let mut out = Vec::new();
+        if self.urls.retry.is_some() {
+            out = self
+                .receive_from(QueueRole::Retry, max, Duration::ZERO)
+                .await?;
+        }
+        if out.len() < max {
+            // Messages in hand are not held back by a long poll.
+            let wait = if out.is_empty() {
+                whole_seconds(wait)
+            } else {
+                Duration::ZERO
+            };
+            let main = self
+                .receive_from(QueueRole::Main, max - out.len(), wait)
+                .await?;
+            out.extend(main);
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
+        let mut failed = 0;
+        let mut first = None;
+        for (url, receipts) in self.by_queue(messages) {
+            let receipts: Vec<String> = receipts.into_iter().map(str::to_string).collect();
+            match self.delete_receipts(url, &receipts).await {
+                Ok(()) => {}
+                Err(QueueError::Partial {
+                    failed: n, detail, ..
+                }) => {
+                    failed += n;
+                    first.get_or_insert(detail);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first {
+            Some(detail) => Err(QueueError::Partial {
+                op: "delete",
+                failed,
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError> {
+        let seconds = i32::try_from(ceil_secs(after).min(MAX_VISIBILITY_S)).unwrap_or(0);
+        let mut failed = 0;
+        let mut first = None;
+        for (url, receipts) in self.by_queue(messages) {
+            match self.change_visibility(url, &receipts, seconds).await {
+                Ok(()) => {}
+                Err(QueueError::Partial {
+                    failed: n, detail, ..
+                }) => {
+                    failed += n;
+                    first.get_or_insert(detail);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first {
+            Some(detail) => Err(QueueError::Partial {
+                op: "release",
+                failed,
+                detail,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl JobSink for SqsQueue {
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        const OP: &str = "sqs.SendMessage(dlq)";
+        let o = &letter.origin;
+        let reason = if letter.reason.trim().is_empty() {
+            "unspecified"
+        } else {
+            truncate(&letter.reason, MAX_REASON_BYTES)
+        };
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(&self.urls.dlq)
+            .message_body(&letter.body)
+            .message_attributes(
+                ATTR_REASON,
+                string_attr(reason).map_err(|e| queue_backend(OP, e))?,
+            )
+            .message_attributes(
+                ATTR_ATTEMPT,
+                number_attr(u64::from(o.attempt)).map_err(|e| queue_backend(OP, e))?,
+            );
+        if !o.message_id.is_empty() {
+            req = req.message_attributes(
+                ATTR_SOURCE_MESSAGE_ID,
+                string_attr(&o.message_id).map_err(|e| queue_backend(OP, e))?,
+            );
+        }
+        if let Some(at) = o.enqueued_at {
+            req = req.message_attributes(
+                ATTR_ENQUEUED_AT_MS,
+                number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
+            );
+        }
+        if is_fifo(&self.urls.dlq) {
+            let base = o.dedup_id.as_deref().unwrap_or(&o.message_id);
+            req = req
+                .message_group_id(o.group_id.as_deref().unwrap_or(DLQ_GROUP))
+                .message_deduplication_id(dedup_id(base, &format!("dlq-a{}", o.attempt)));
+        }
+        req.send().await.map_err(|e| queue_err(OP, e))?;
+        tracing::info!(
+            message_id = %o.message_id,
+            attempt = o.attempt,
+            reason,
+            "dead-lettered"
+        );
+        Ok(())
+    }
+
+    async fn requeue(
+        &self,
+        body: &str,
+        origin: &Origin,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        const OP: &str = "sqs.SendMessage(requeue)";
+        let url = self.urls.retry.as_deref().unwrap_or(&self.urls.main);
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            .message_attributes(
+                ATTR_ATTEMPT,
+                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(OP, e))?,
+            );
+        if let Some(at) = origin.enqueued_at {
+            req = req.message_attributes(
+                ATTR_ENQUEUED_AT_MS,
+                number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
+            );
+        }
+        if is_fifo(url) {
+            // FIFO queues refuse a per-message DelaySeconds: the delay is dropped.
+            let base = origin.dedup_id.as_deref().unwrap_or(&origin.message_id);
+            req = req
+                .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
+                .message_deduplication_id(dedup_id(base, &format!("a{}", origin.attempt)));
+        } else {
+            let secs = ceil_secs(delay).min(MAX_DELAY_S);
+            req = req.delay_seconds(i32::try_from(secs).unwrap_or(0));
+        }
+        req.send().await.map_err(|e| queue_err(OP, e))?;
+        Ok(())
+    }
+}
+
+/// Creates (or finds) the queues `<prefix>`, `<prefix>-retry` and `<prefix>-dlq` (with `.fifo`
+/// appended when `fifo`), the first two with a redrive policy to the third
+/// ([`REDRIVE_MAX_RECEIVE_COUNT`]). For local runs and tests.
+pub async fn ensure_queues(
+    client: &Client,
+    prefix: &str,
+    fifo: bool,
+) -> Result<QueueUrls, AwsError> {
+    let suffix = if fifo { ".fifo" } else { "" };
+    let dlq = create_queue(client, &format!("{prefix}-dlq{suffix}"), fifo, None).await?;
+    let arn = client
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(|e| AwsError::sdk("sqs.GetQueueAttributes", e))?
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| AwsError::invalid("sqs.GetQueueAttributes", "no QueueArn for the DLQ"))?;
+    let policy = serde_json::json!({
+        "deadLetterTargetArn": arn,
+        "maxReceiveCount": REDRIVE_MAX_RECEIVE_COUNT.to_string(),
+    })
+    .to_string();
+    let main = create_queue(client, &format!("{prefix}{suffix}"), fifo, Some(&policy)).await?;
+    let retry = create_queue(
+        client,
+        &format!("{prefix}-retry{suffix}"),
+        fifo,
+        Some(&policy),
+    )
+    .await?;
+    Ok(QueueUrls {
+        main,
+        retry: Some(retry),
+        dlq,
+    })
+}
+
+async fn create_queue(
+    client: &Client,
+    name: &str,
+    fifo: bool,
+    redrive_policy: Option<&str>,
+) -> Result<String, AwsError> {
+    const OP: &str = "sqs.CreateQueue";
+    let mut req = client.create_queue().queue_name(name);
+    if fifo {
+        req = req.attributes(QueueAttributeName::FifoQueue, "true");
+    }
+    if let Some(p) = redrive_policy {
+        req = req.attributes(QueueAttributeName::RedrivePolicy, p);
+    }
+    req.send()
+        .await
+        .map_err(|e| AwsError::sdk(OP, e))?
+        .queue_url
+        .ok_or_else(|| AwsError::invalid(OP, format!("no URL for queue `{name}`")))
+}
+
+/// A received SQS message as a port [`Message`].
+fn to_message(m: aws_sdk_sqs::types::Message, queue: QueueRole) -> Result<Message, QueueError> {
+    const OP: &str = "sqs.ReceiveMessage";
+    let origin = origin_of(&m);
+    let receipt = m.receipt_handle.ok_or_else(|| {
+        queue_backend(
+            OP,
+            AwsError::invalid(
+                OP,
+                format!("message {} without a receipt handle", origin.message_id),
+            ),
+        )
+    })?;
+    Ok(Message {
+        receipt,
+        queue,
+        body: m.body.unwrap_or_default(),
+        origin,
+    })
+}
+
+/// The origin a received message carries: our attributes first, SQS's as the fallback.
+fn origin_of(m: &aws_sdk_sqs::types::Message) -> Origin {
+    let system = m.attributes.as_ref();
+    let ours = m.message_attributes.as_ref();
+    let sys = |k: MessageSystemAttributeName| system.and_then(|a| a.get(&k)).cloned();
+    let our_number = |k: &str| -> Option<u64> {
+        let v = ours.and_then(|a| a.get(k)).and_then(|v| v.string_value())?;
+        match v.trim().parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                tracing::warn!(
+                    attribute = k,
+                    value = v,
+                    "ignoring a malformed message attribute"
+                );
+                None
+            }
+        }
+    };
+    let attempt = our_number(ATTR_ATTEMPT)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        .unwrap_or(0);
+    let enqueued_at = our_number(ATTR_ENQUEUED_AT_MS)
+        .or_else(|| sys(MessageSystemAttributeName::SentTimestamp)?.parse().ok())
+        .map(Timestamp::from_millis);
+    Origin {
+        message_id: m.message_id.clone().unwrap_or_default(),
+        attempt,
+        enqueued_at,
+        group_id: sys(MessageSystemAttributeName::MessageGroupId),
+        dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
+    }
+}
+
+fn string_attr(v: &str) -> Result<MessageAttributeValue, AwsError> {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .map_err(|e| AwsError::invalid("sqs.MessageAttributeValue", e.to_string()))
+}
+
+fn number_attr(v: u64) -> Result<MessageAttributeValue, AwsError> {
+    MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(v.to_string())
+        .build()
+        .map_err(|e| AwsError::invalid("sqs.MessageAttributeValue", e.to_string()))
+}
+
+fn batch_failure(f: &aws_sdk_sqs::types::BatchResultErrorEntry) -> String {
+    match f.message() {
+        Some(m) => format!("{}: {m}", f.code()),
+        None => f.code().to_string(),
+    }
+}
+
+/// A long-poll wait: rounded to the nearest whole second, at most [`MAX_WAIT`].
+fn whole_seconds(wait: Duration) -> Duration {
+    let rounded = (wait.as_millis() + 500) / 1000;
+    Duration::from_secs(u64::try_from(rounded).unwrap_or(u64::MAX)).min(MAX_WAIT)
+}
+
+/// Whole seconds, rounded up.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A FIFO deduplication id: `<base>-<suffix>`, where an attempt suffix `-a<N>` already on
+/// `base` is replaced, not stacked. Characters SQS refuses are dropped; a result longer than
+/// SQS's 128 characters keeps a prefix of `base` and a hash of all of it.
+fn dedup_id(base: &str, suffix: &str) -> String {
+    let base = strip_attempt(base);
+    let clean: String = base.chars().filter(|c| c.is_ascii_graphic()).collect();
+    let id = format!("{clean}-{suffix}");
+    if id.len() <= MAX_DEDUP_ID {
+        return id;
+    }
+    let mut h = DefaultHasher::new();
+    base.hash(&mut h);
+    let hash = format!("{:016x}", h.finish());
+    let keep = MAX_DEDUP_ID.saturating_sub(suffix.len() + hash.len() + 2);
+    format!("{}-{hash}-{suffix}", &clean[..keep.min(clean.len())])
+}
+
+fn strip_attempt(base: &str) -> &str {
+    match base.rsplit_once("-a") {
+        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_ids_replace_the_attempt_and_stay_short() {
+        assert_eq!(dedup_id("m-1", "a1"), "m-1-a1");
+        assert_eq!(dedup_id("m-1-a1", "a2"), "m-1-a2");
+        assert_eq!(dedup_id("m-1", "dlq-a3"), "m-1-dlq-a3");
+        let long = "x".repeat(200);
+        let id = dedup_id(&long, "a12");
+        assert_eq!(id.len(), MAX_DEDUP_ID);
+        assert!(id.ends_with("-a12"));
+        assert_ne!(id, dedup_id(&"x".repeat(199), "a12"));
+    }
+
+    #[test]
+    fn waits_and_delays_round() {
+        assert_eq!(whole_seconds(Duration::from_millis(400)), Duration::ZERO);
+        assert_eq!(
+            whole_seconds(Duration::from_millis(1500)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(whole_seconds(Duration::from_secs(60)), MAX_WAIT);
+        assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("hello", 10), "hello");
+    }
+}

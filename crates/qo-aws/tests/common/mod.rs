@@ -1,0 +1,32 @@
+//! Shared test setup: a private moto server and an SDK configuration pointed at it.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use qo_aws::{SdkSettings, load_config, with_static_credentials};
+use qo_testkit::{MotoServer, require};
+
+/// Short timeouts: moto answers in milliseconds.
+pub fn settings() -> SdkSettings {
+    SdkSettings {
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(5),
+        max_attempts: 2,
+    }
+}
+
+/// A moto server of this test's own and a configuration for it with static credentials;
+/// `None` (skip) when moto is not installed outside CI.
+pub async fn moto() -> Option<(MotoServer, SdkConfig)> {
+    let moto = require(MotoServer::start().await, "moto server")?;
+    let config = sdk_config(&moto.endpoint, settings()).await;
+    Some((moto, config))
+}
+
+/// An SDK configuration for `endpoint` with static test credentials.
+pub async fn sdk_config(endpoint: &str, settings: SdkSettings) -> SdkConfig {
+    let config = load_config(&settings, Some(endpoint)).await;
+    with_static_credentials(&config, "testing", "testing")
+}

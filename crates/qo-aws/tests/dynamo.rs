@@ -1,0 +1,475 @@
+//! The DynamoDB adapter against moto: conditional records, fencing, the lease, idempotency.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
+use qo_aws::DynamoStore;
+use qo_core::circuit::Circuit;
+use qo_core::ports::{
+    Claim, IdempotencyStore, LeaseStore, RecordKey, RecordStore, StoreError, Versioned,
+    load_record, save_record, update_record,
+};
+use qo_core::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+async fn store(config: &aws_config::SdkConfig) -> DynamoStore {
+    let s = DynamoStore::new(aws_sdk_dynamodb::Client::new(config), "qo-state");
+    s.ensure_table().await.expect("table");
+    s
+}
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+async fn raw_item(
+    s: &DynamoStore,
+    pk: &str,
+) -> Option<std::collections::HashMap<String, AttributeValue>> {
+    s.client()
+        .get_item()
+        .table_name(s.table())
+        .key("pk", AttributeValue::S(pk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+#[tokio::test]
+async fn ensure_table_is_idempotent_and_turns_on_ttl() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    s.ensure_table().await.expect("second ensure");
+    let ttl = s
+        .client()
+        .describe_time_to_live()
+        .table_name(s.table())
+        .send()
+        .await
+        .unwrap();
+    let d = ttl.time_to_live_description().expect("ttl description");
+    assert_eq!(d.attribute_name(), Some("ttl"));
+    assert_eq!(d.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+}
+
+#[tokio::test]
+async fn conditional_saves_refuse_a_stale_version() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    assert_eq!(s.load(RecordKey::Quota).await.unwrap(), None);
+
+    assert_eq!(
+        s.save(RecordKey::Quota, json!({"a": 1}), 0, None)
+            .await
+            .unwrap(),
+        1
+    );
+    // A second creator loses.
+    let e = s
+        .save(RecordKey::Quota, json!({"a": 2}), 0, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                key: "quota",
+                expected: 0
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.save(RecordKey::Quota, json!({"a": 3}), 1, None)
+            .await
+            .unwrap(),
+        2
+    );
+    // Two writers that both read version 1: the second loses.
+    let e = s
+        .save(RecordKey::Quota, json!({"a": 4}), 1, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                key: "quota",
+                expected: 1
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.load(RecordKey::Quota).await.unwrap(),
+        Some(Versioned {
+            value: json!({"a": 3}),
+            version: 2
+        })
+    );
+    // Records are independent.
+    assert_eq!(s.load(RecordKey::Control).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn circuit_record_carries_phase_and_epoch() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    let circuit = Circuit::closed_at(T0);
+    let v = save_record(&s, RecordKey::Circuit, &circuit, 0, None)
+        .await
+        .unwrap();
+    let item = raw_item(&s, "circuit").await.expect("item");
+    assert_eq!(item["phase"], AttributeValue::S("closed".into()));
+    assert_eq!(item["epoch"], AttributeValue::N(circuit.epoch.to_string()));
+    assert_eq!(item["version"], AttributeValue::N("1".into()));
+    let back: Versioned<Circuit> = load_record(&s, RecordKey::Circuit).await.unwrap();
+    assert_eq!(
+        back,
+        Versioned {
+            value: circuit,
+            version: v
+        }
+    );
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Counter {
+    n: u64,
+}
+
+/// A store that lets another writer in between the first read and the first write.
+struct Racy {
+    inner: DynamoStore,
+    raced: AtomicBool,
+}
+
+#[async_trait]
+impl RecordStore for Racy {
+    async fn load(
+        &self,
+        key: RecordKey,
+    ) -> Result<Option<Versioned<serde_json::Value>>, StoreError> {
+        self.inner.load(key).await
+    }
+
+    async fn save(
+        &self,
+        key: RecordKey,
+        value: serde_json::Value,
+        expected: u64,
+        fence: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        if !self.raced.swap(true, Ordering::SeqCst) {
+            let cur: Versioned<Counter> = load_record(&self.inner, key).await?;
+            let other = Counter {
+                n: cur.value.n + 100,
+            };
+            save_record(&self.inner, key, &other, cur.version, None).await?;
+        }
+        self.inner.save(key, value, expected, fence).await
+    }
+}
+
+#[tokio::test]
+async fn update_record_retries_from_a_fresh_read() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let racy = Racy {
+        inner: store(&config).await,
+        raced: AtomicBool::new(false),
+    };
+    // Version 1 exists: the race below is on `version = :expected`, not on creation.
+    save_record(&racy.inner, RecordKey::Quota, &Counter { n: 5 }, 0, None)
+        .await
+        .unwrap();
+    let calls = AtomicU32::new(0);
+    let out: Versioned<Counter> = update_record(&racy, RecordKey::Quota, |c: &Counter| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Some(Counter { n: c.n + 1 })
+    })
+    .await
+    .expect("update");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one lost race, one retry");
+    assert_eq!(
+        out.value,
+        Counter { n: 106 },
+        "the other writer's +100 is kept"
+    );
+    assert_eq!(out.version, 3);
+    let stored: Versioned<Counter> = load_record(&racy.inner, RecordKey::Quota).await.unwrap();
+    assert_eq!(stored, out);
+}
+
+#[tokio::test]
+async fn lease_take_over_after_expiry_fences_the_old_holder() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    let ttl = Duration::from_secs(30);
+    assert_eq!(s.current().await.unwrap(), None);
+
+    let a = s.take("a", T0, ttl).await.expect("free lease");
+    assert_eq!(a.token, 1);
+    assert_eq!(a.expires_at, T0.plus(ttl));
+    assert_eq!(s.current().await.unwrap(), Some(a.clone()));
+
+    // Held: another cannot take it; the holder may take it again (token grows).
+    let e = s
+        .take("b", T0.plus(Duration::from_secs(10)), ttl)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, StoreError::LeaseHeld { owner, until } if owner == "a" && *until == a.expires_at),
+        "{e:?}"
+    );
+    let a = s
+        .take("a", T0.plus(Duration::from_secs(1)), ttl)
+        .await
+        .unwrap();
+    assert_eq!(a.token, 2);
+    let a = s
+        .renew(&a, T0.plus(Duration::from_secs(5)), ttl)
+        .await
+        .expect("renew");
+    assert_eq!(a.expires_at, T0.plus(Duration::from_secs(35)));
+
+    // Fenced writes succeed while the token is current.
+    s.save(
+        RecordKey::Control,
+        json!({"paused": false}),
+        0,
+        Some(a.token),
+    )
+    .await
+    .expect("fenced write with the current token");
+
+    // After expiry, b takes over with a bigger token.
+    let later = T0.plus(Duration::from_secs(36));
+    let b = s.take("b", later, ttl).await.expect("take-over");
+    assert_eq!(b.token, 3);
+    assert!(b.token > a.token);
+
+    // The old holder is out: renew is LeaseLost, fenced saves are Fenced, release is a no-op.
+    let e = s.renew(&a, later, ttl).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLost { token: 2 }), "{e:?}");
+    let e = s
+        .save(
+            RecordKey::Control,
+            json!({"paused": true}),
+            1,
+            Some(a.token),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Fenced {
+                key: "control",
+                token: 2
+            }
+        ),
+        "{e:?}"
+    );
+    s.release(&a)
+        .await
+        .expect("releasing a lost lease is a no-op");
+    assert_eq!(s.current().await.unwrap(), Some(b.clone()));
+    assert_eq!(
+        s.load(RecordKey::Control).await.unwrap().unwrap().value,
+        json!({"paused": false}),
+        "the fenced write did not land"
+    );
+
+    // The new holder's fenced write with a stale version is a Conflict, not Fenced.
+    let e = s
+        .save(
+            RecordKey::Control,
+            json!({"paused": true}),
+            7,
+            Some(b.token),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                key: "control",
+                expected: 7
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.save(
+            RecordKey::Control,
+            json!({"paused": true}),
+            1,
+            Some(b.token)
+        )
+        .await
+        .unwrap(),
+        2
+    );
+
+    s.release(&b).await.unwrap();
+    assert_eq!(s.current().await.unwrap(), None);
+    let c = s.take("c", later, ttl).await.unwrap();
+    assert_eq!(c.token, 1, "a released lease starts over");
+}
+
+#[tokio::test]
+async fn concurrent_takes_have_one_winner() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = Arc::new(store(&config).await);
+    let ttl = Duration::from_secs(30);
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.take(&format!("o{i}"), T0, ttl).await
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(l) => winners.push(l),
+            Err(StoreError::LeaseHeld { .. }) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(s.current().await.unwrap(), Some(winners[0].clone()));
+}
+
+#[tokio::test]
+async fn idempotency_claims_once_and_reports_duplicates() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    let claim_ttl = Duration::from_secs(120);
+    let day = Duration::from_secs(86_400);
+
+    assert_eq!(s.claim("j1", T0, claim_ttl).await.unwrap(), Claim::Claimed);
+    assert_eq!(
+        s.claim("j1", T0.plus(Duration::from_secs(3)), claim_ttl)
+            .await
+            .unwrap(),
+        Claim::InProgress { since: T0 }
+    );
+    s.complete("j1", T0.plus(Duration::from_secs(4)), day)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim("j1", T0.plus(Duration::from_secs(5)), claim_ttl)
+            .await
+            .unwrap(),
+        Claim::AlreadyDone
+    );
+    // Long after, still done (until DynamoDB's TTL removes the item).
+    assert_eq!(
+        s.claim("j1", T0.plus(Duration::from_secs(3600)), claim_ttl)
+            .await
+            .unwrap(),
+        Claim::AlreadyDone
+    );
+    let item = raw_item(&s, "job#j1").await.unwrap();
+    assert_eq!(item["status"], AttributeValue::S("done".into()));
+    assert_eq!(
+        item["ttl"],
+        AttributeValue::N((T0.as_secs() + 4 + 86_400).to_string())
+    );
+    // Abandoning a done job changes nothing.
+    s.abandon("j1").await.unwrap();
+    assert_eq!(
+        s.claim("j1", T0, claim_ttl).await.unwrap(),
+        Claim::AlreadyDone
+    );
+
+    // An abandoned claim may be claimed again.
+    assert_eq!(s.claim("j2", T0, claim_ttl).await.unwrap(), Claim::Claimed);
+    s.abandon("j2").await.unwrap();
+    assert_eq!(raw_item(&s, "job#j2").await, None);
+    assert_eq!(s.claim("j2", T0, claim_ttl).await.unwrap(), Claim::Claimed);
+
+    // A claim older than the claim TTL that never completed is taken over.
+    let stale = T0.plus(claim_ttl).plus(Duration::from_secs(1));
+    assert_eq!(
+        s.claim("j2", stale, claim_ttl).await.unwrap(),
+        Claim::Claimed
+    );
+    assert_eq!(
+        s.claim("j2", stale, claim_ttl).await.unwrap(),
+        Claim::InProgress { since: stale }
+    );
+}
+
+#[tokio::test]
+async fn concurrent_claims_have_one_winner() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = Arc::new(store(&config).await);
+    let claim_ttl = Duration::from_secs(120);
+    let (x, y) = tokio::join!(
+        {
+            let s = s.clone();
+            async move { s.claim("dup", T0, claim_ttl).await }
+        },
+        {
+            let s = s.clone();
+            async move {
+                s.claim("dup", T0.plus(Duration::from_millis(1)), claim_ttl)
+                    .await
+            }
+        }
+    );
+    let mut answers = [x.unwrap(), y.unwrap()];
+    answers.sort_by_key(|c| matches!(c, Claim::Claimed));
+    assert!(
+        matches!(answers[0], Claim::InProgress { .. }),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], Claim::Claimed);
+}
+
+#[tokio::test]
+async fn corrupt_records_are_reported() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    s.client()
+        .put_item()
+        .table_name(s.table())
+        .item("pk", AttributeValue::S("quota".into()))
+        .item("doc", AttributeValue::S("{not json".into()))
+        .item("version", AttributeValue::N("3".into()))
+        .send()
+        .await
+        .unwrap();
+    let e = s.load(RecordKey::Quota).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Corrupt { key: "quota", .. }),
+        "{e:?}"
+    );
+}

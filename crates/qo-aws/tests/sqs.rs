@@ -1,0 +1,456 @@
+//! The SQS adapter against moto: every JobSource and JobSink operation, send, depths, redrive.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use qo_aws::{QueueUrls, SqsQueue, ensure_queues};
+use qo_core::job::Origin;
+use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
+use qo_core::time::Timestamp;
+
+fn now() -> Timestamp {
+    Timestamp::from_system(SystemTime::now())
+}
+
+async fn queues(config: &aws_config::SdkConfig, fifo: bool) -> (SqsQueue, aws_sdk_sqs::Client) {
+    let client = aws_sdk_sqs::Client::new(config);
+    let urls = ensure_queues(&client, "jobs", fifo).await.expect("queues");
+    (SqsQueue::new(client.clone(), urls), client)
+}
+
+/// Receives until `n` messages are in hand or `tries` receives came back empty.
+async fn receive_n(q: &SqsQueue, n: usize) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut empty = 0;
+    while out.len() < n && empty < 3 {
+        let want = u8::try_from((n - out.len()).min(10)).unwrap();
+        let got = q.receive(want, Duration::ZERO).await.expect("receive");
+        if got.is_empty() {
+            empty += 1;
+        }
+        out.extend(got);
+    }
+    out
+}
+
+fn depth_of(depths: &[qo_aws::QueueDepth], name: &str) -> (u64, u64, u64) {
+    let d = depths.iter().find(|d| d.name == name).expect(name);
+    (d.visible, d.in_flight, d.delayed)
+}
+
+/// Every message on `url` with all attributes, consumed (deleted) as read.
+async fn drain_raw(client: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut out = Vec::new();
+    loop {
+        let got = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("raw receive")
+            .messages
+            .unwrap_or_default();
+        if got.is_empty() {
+            return out;
+        }
+        for m in &got {
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .expect("raw delete");
+        }
+        out.extend(got);
+    }
+}
+
+fn attr<'a>(m: &'a aws_sdk_sqs::types::Message, name: &str) -> Option<&'a str> {
+    m.message_attributes()?.get(name)?.string_value()
+}
+
+#[tokio::test]
+async fn receive_carries_origin_and_batch_delete_handles_more_than_ten() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, _) = queues(&config, false).await;
+    let sent_at = Timestamp::from_millis(1_700_000_000_123);
+    let mut ids = Vec::new();
+    for i in 0..13 {
+        ids.push(
+            q.send_job(&format!(r#"{{"path":"/items/{i}"}}"#), sent_at)
+                .await
+                .expect("send"),
+        );
+    }
+    let got = receive_n(&q, 13).await;
+    assert_eq!(got.len(), 13);
+    for m in &got {
+        assert_eq!(m.queue, QueueRole::Main);
+        assert!(ids.contains(&m.origin.message_id));
+        assert_eq!(m.origin.attempt, 0);
+        assert_eq!(
+            m.origin.enqueued_at,
+            Some(sent_at),
+            "qo-enqueued-at-ms wins"
+        );
+        assert!(m.body.starts_with(r#"{"path":"/items/"#));
+    }
+    assert_eq!(
+        depth_of(&q.depths().await.unwrap(), "main"),
+        (0, 13, 0),
+        "all in flight"
+    );
+    q.delete(&got).await.expect("delete 13 in two batches");
+    assert_eq!(depth_of(&q.depths().await.unwrap(), "main"), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn enqueue_time_falls_back_to_sent_timestamp() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, false).await;
+    let before = now();
+    client
+        .send_message()
+        .queue_url(&q.urls().main)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
+    let got = receive_n(&q, 1).await;
+    let at = got[0].origin.enqueued_at.expect("SentTimestamp");
+    assert!(
+        at.as_millis() + 1000 >= before.as_millis(),
+        "{at} vs {before}"
+    );
+    assert_eq!(got[0].origin.attempt, 0);
+}
+
+#[tokio::test]
+async fn delete_reports_partial_failures() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, _) = queues(&config, false).await;
+    q.send_job("{}", now()).await.unwrap();
+    let mut got = receive_n(&q, 1).await;
+    let mut bogus = got[0].clone();
+    bogus.receipt = "not-a-receipt-handle".to_string();
+    got.push(bogus);
+    match q.delete(&got).await {
+        Err(QueueError::Partial { op, failed, .. }) => {
+            assert_eq!(op, "delete");
+            assert_eq!(failed, 1);
+        }
+        other => panic!("expected a partial failure, got {other:?}"),
+    }
+    // The good one was deleted.
+    assert_eq!(depth_of(&q.depths().await.unwrap(), "main"), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn release_makes_messages_receivable_again() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, _) = queues(&config, false).await;
+    let id = q.send_job("{}", now()).await.unwrap();
+    let first = receive_n(&q, 1).await;
+    assert!(
+        q.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+        "invisible while held"
+    );
+
+    q.release(&first, Duration::ZERO).await.expect("release");
+    let again = receive_n(&q, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].origin.message_id, id);
+
+    // A release with a delay keeps it hidden for that long.
+    q.release(&again, Duration::from_millis(1500))
+        .await
+        .expect("release later");
+    assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(receive_n(&q, 1).await[0].origin.message_id, id);
+}
+
+#[tokio::test]
+async fn long_poll_outlasts_the_read_timeout() {
+    let Some((moto, config)) = common::moto().await else {
+        return;
+    };
+    let (sender, _) = queues(&config, false).await;
+    // A read timeout shorter than the long poll: the adapter must stretch it for the poll.
+    let mut s = common::settings();
+    s.read_timeout = Duration::from_secs(1);
+    s.max_attempts = 1;
+    let short = common::sdk_config(&moto.endpoint, s).await;
+    let q = SqsQueue::new(aws_sdk_sqs::Client::new(&short), sender.urls().clone());
+    let start = Instant::now();
+    let got = q
+        .receive(10, Duration::from_secs(3))
+        .await
+        .expect("a long poll is not a read timeout");
+    assert!(got.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // And it returns early when a message arrives meanwhile.
+    let send = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        sender.send_job("{}", now()).await.unwrap()
+    });
+    let start = Instant::now();
+    let got = q
+        .receive(10, Duration::from_secs(10))
+        .await
+        .expect("receive");
+    let id = send.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].origin.message_id, id);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn dead_letter_carries_the_reason() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, false).await;
+    let long_reason = format!("API answered 400: {}", "x".repeat(5000));
+    q.dead_letter(DeadLetter {
+        body: r#"{"path":"/bad"}"#.to_string(),
+        reason: long_reason.clone(),
+        origin: Origin {
+            message_id: "m-123".to_string(),
+            attempt: 4,
+            enqueued_at: Some(Timestamp::from_millis(1_600_000_000_000)),
+            group_id: None,
+            dedup_id: None,
+        },
+    })
+    .await
+    .expect("dead-letter");
+    let dlq = drain_raw(&client, &q.urls().dlq).await;
+    assert_eq!(dlq.len(), 1);
+    let m = &dlq[0];
+    assert_eq!(m.body(), Some(r#"{"path":"/bad"}"#));
+    let reason = attr(m, "qo-reason").expect("reason");
+    assert!(reason.starts_with("API answered 400: xxx"));
+    assert_eq!(reason.len(), qo_aws::sqs::MAX_REASON_BYTES);
+    assert_eq!(attr(m, "qo-attempt"), Some("4"));
+    assert_eq!(attr(m, "qo-source-message-id"), Some("m-123"));
+    assert_eq!(attr(m, "qo-enqueued-at-ms"), Some("1600000000000"));
+}
+
+#[tokio::test]
+async fn requeue_sets_attempt_and_delay_on_the_retry_queue() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, _) = queues(&config, false).await;
+    let enqueued = Timestamp::from_millis(1_650_000_000_000);
+    q.send_job(r#"{"path":"/x"}"#, enqueued).await.unwrap();
+    let got = receive_n(&q, 1).await;
+    let next = Origin {
+        attempt: got[0].origin.attempt + 1,
+        ..got[0].origin.clone()
+    };
+    q.requeue(&got[0].body, &next, Duration::from_millis(1200))
+        .await
+        .expect("requeue");
+    q.delete(&got).await.unwrap();
+
+    let depths = q.depths().await.unwrap();
+    assert_eq!(
+        depth_of(&depths, "retry"),
+        (0, 0, 1),
+        "delayed on the retry queue"
+    );
+    assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let back = receive_n(&q, 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].queue, QueueRole::Retry);
+    assert_eq!(back[0].body, r#"{"path":"/x"}"#);
+    assert_eq!(back[0].origin.attempt, 1);
+    assert_eq!(
+        back[0].origin.enqueued_at,
+        Some(enqueued),
+        "first enqueue kept"
+    );
+}
+
+#[tokio::test]
+async fn retry_queue_is_polled_first() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, _) = queues(&config, false).await;
+    let main_id = q.send_job(r#"{"path":"/main"}"#, now()).await.unwrap();
+    q.requeue(
+        r#"{"path":"/retry"}"#,
+        &Origin {
+            message_id: "earlier".into(),
+            attempt: 1,
+            ..Origin::default()
+        },
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let one = q.receive(1, Duration::ZERO).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].queue, QueueRole::Retry);
+    assert_eq!(one[0].body, r#"{"path":"/retry"}"#);
+    let rest = q.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].queue, QueueRole::Main);
+    assert_eq!(rest[0].origin.message_id, main_id);
+
+    // Without a retry queue, re-queues go to the main queue.
+    let urls = QueueUrls {
+        retry: None,
+        ..q.urls().clone()
+    };
+    let plain = SqsQueue::new(q.client().clone(), urls);
+    plain
+        .requeue("{}", &Origin::default(), Duration::ZERO)
+        .await
+        .unwrap();
+    let got = receive_n(&plain, 1).await;
+    assert_eq!(got[0].queue, QueueRole::Main);
+    assert_eq!(got[0].body, "{}");
+}
+
+#[tokio::test]
+async fn fifo_requeue_keeps_the_message_group() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, true).await;
+    assert!(q.is_fifo());
+    client
+        .send_message()
+        .queue_url(&q.urls().main)
+        .message_body(r#"{"path":"/fifo"}"#)
+        .message_group_id("tenant-7")
+        .message_deduplication_id("job-42")
+        .send()
+        .await
+        .unwrap();
+    let got = receive_n(&q, 1).await;
+    assert_eq!(got[0].origin.group_id.as_deref(), Some("tenant-7"));
+    assert_eq!(got[0].origin.dedup_id.as_deref(), Some("job-42"));
+    let next = Origin {
+        attempt: 1,
+        ..got[0].origin.clone()
+    };
+    // FIFO queues take no per-message delay: it is dropped, not refused.
+    q.requeue(&got[0].body, &next, Duration::from_secs(30))
+        .await
+        .expect("FIFO requeue");
+    q.delete(&got).await.unwrap();
+    let back = receive_n(&q, 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].queue, QueueRole::Retry);
+    assert_eq!(back[0].origin.group_id.as_deref(), Some("tenant-7"));
+    assert_eq!(back[0].origin.dedup_id.as_deref(), Some("job-42-a1"));
+    assert_eq!(back[0].origin.attempt, 1);
+
+    // The next re-queue replaces the attempt suffix instead of stacking it, and a FIFO
+    // dead-letter keeps the group too.
+    let next = Origin {
+        attempt: 2,
+        ..back[0].origin.clone()
+    };
+    q.requeue(&back[0].body, &next, Duration::ZERO)
+        .await
+        .unwrap();
+    q.dead_letter(DeadLetter {
+        body: back[0].body.clone(),
+        reason: "gave up".into(),
+        origin: next.clone(),
+    })
+    .await
+    .expect("FIFO dead-letter");
+    q.delete(&back).await.unwrap();
+    let again = receive_n(&q, 1).await;
+    assert_eq!(again[0].origin.dedup_id.as_deref(), Some("job-42-a2"));
+    let dlq = drain_raw(&client, &q.urls().dlq).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0]
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .map(String::as_str),
+        Some("tenant-7")
+    );
+}
+
+#[tokio::test]
+async fn redrive_dry_run_counts_and_real_run_moves() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, _) = queues(&config, false).await;
+    for i in 0..3 {
+        q.dead_letter(DeadLetter {
+            body: format!(r#"{{"path":"/d/{i}"}}"#),
+            reason: "boom".into(),
+            origin: Origin {
+                message_id: format!("m{i}"),
+                attempt: 5,
+                enqueued_at: Some(Timestamp::from_millis(1_000 + i)),
+                ..Origin::default()
+            },
+        })
+        .await
+        .unwrap();
+    }
+    let dry = q.redrive(10, true).await.expect("dry run");
+    assert_eq!((dry.dead, dry.moved), (3, 0));
+    assert_eq!(
+        depth_of(&q.depths().await.unwrap(), "dlq"),
+        (3, 0, 0),
+        "untouched"
+    );
+
+    let real = q.redrive(2, false).await.expect("redrive");
+    assert_eq!((real.dead, real.moved), (3, 2));
+    let depths = q.depths().await.unwrap();
+    assert_eq!(depth_of(&depths, "dlq"), (1, 0, 0));
+    assert_eq!(depth_of(&depths, "main"), (2, 0, 0));
+    let moved = receive_n(&q, 2).await;
+    assert_eq!(moved.len(), 2);
+    for m in &moved {
+        assert_eq!(m.queue, QueueRole::Main);
+        assert_eq!(m.origin.attempt, 0, "attempts reset");
+        let n: u64 = m.body[12..13].parse().unwrap();
+        assert_eq!(
+            m.origin.enqueued_at,
+            Some(Timestamp::from_millis(1_000 + n))
+        );
+    }
+
+    let rest = q.redrive(10, false).await.unwrap();
+    assert_eq!((rest.dead, rest.moved), (1, 1));
+    assert_eq!(depth_of(&q.depths().await.unwrap(), "dlq"), (0, 0, 0));
+}

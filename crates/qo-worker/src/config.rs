@@ -1,0 +1,368 @@
+//! The worker's configuration: environment variables read once at cold start.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use qo_core::CircuitPolicy;
+use qo_core::config::{ConfigError, Env};
+use qo_core::job::Job;
+use reqwest::Url;
+use reqwest::header::HeaderName;
+
+use crate::error::WorkerError;
+
+/// Largest response excerpt a dead-letter reason may carry (SQS message attributes share the
+/// message's 256 KB; a reason needs far less).
+pub const MAX_EXCERPT_BYTES: usize = 16 * 1024;
+
+/// Everything the worker reads from the environment (the API key excepted: it comes from
+/// `API_KEY`, Secrets Manager or SSM, loaded by the binary and handed to
+/// [`crate::ApiClient::new`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerConfig {
+    /// `API_BASE_URL`: absolute http(s) URL; its path is kept and job paths are joined under it.
+    pub api_base_url: Url,
+    /// `API_HEALTH_PATH` (default /health): the health-check path, relative to the base URL.
+    pub health_path: String,
+    /// `API_KEY_HEADER` (default Authorization): the header that carries the API key.
+    pub auth_header: HeaderName,
+    /// `API_KEY_PREFIX` (default `"Bearer "` for `Authorization`, none for any other header):
+    /// written before the key.
+    pub auth_prefix: String,
+    /// `API_CONNECT_TIMEOUT_MS` (default 2000): TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// `API_READ_TIMEOUT_MS` (default 10000): read timeout; a call's whole budget is
+    /// connect + read.
+    pub read_timeout: Duration,
+    /// `CALL_TOLERANCE_MS` (default 5): how late after its slot a call may still be made.
+    pub call_tolerance: Duration,
+    /// `MAX_SLOT_WAIT_MS` (default 5000): an event whose slot is further ahead than this is
+    /// re-queued (clock skew guard) instead of being waited for.
+    pub max_slot_wait: Duration,
+    /// `IDEMPOTENCY_TTL_S` (default 86400): how long a done job is remembered.
+    pub idempotency_ttl: Duration,
+    /// `CLAIM_TTL_S` (default 120): after this an unfinished claim may be taken again.
+    pub claim_ttl: Duration,
+    /// `RESPONSE_EXCERPT_BYTES` (default 512): at most this much of a response body goes in a
+    /// dead-letter reason.
+    pub excerpt_bytes: usize,
+    /// `RETRY_DELAY_S` (default 5): re-queue delay after a 5xx, timeout or connection error.
+    pub retry_delay: Duration,
+    /// `MAX_ATTEMPTS` (default 5): a job is dead-lettered when it reaches this many attempts.
+    pub max_attempts: u32,
+    /// `CIRCUIT_*` and `HEALTH_CHECK_*`: the circuit breaker's policy.
+    pub circuit: CircuitPolicy,
+}
+
+impl WorkerConfig {
+    /// Reads the configuration; a missing or bad value is an error naming the variable and
+    /// the value.
+    pub fn from_env(env: &impl Env) -> Result<WorkerConfig, WorkerError> {
+        Ok(Self::read(env)?)
+    }
+
+    fn read(env: &impl Env) -> Result<WorkerConfig, ConfigError> {
+        let api_base_url = base_url(env)?;
+        let health_path = env
+            .get("API_HEALTH_PATH")
+            .unwrap_or_else(|| "/health".to_string());
+        if let Err(e) = (Job {
+            path: health_path.clone(),
+            ..Job::default()
+        })
+        .validate()
+        {
+            return Err(invalid("API_HEALTH_PATH", &health_path, e.to_string()));
+        }
+        let header_text = env
+            .get("API_KEY_HEADER")
+            .unwrap_or_else(|| "Authorization".to_string());
+        let auth_header = HeaderName::from_bytes(header_text.trim().as_bytes())
+            .map_err(|e| invalid("API_KEY_HEADER", &header_text, e.to_string()))?;
+        let auth_prefix = match env.get("API_KEY_PREFIX") {
+            Some(p) => p,
+            None if auth_header == reqwest::header::AUTHORIZATION => "Bearer ".to_string(),
+            None => String::new(),
+        };
+        if auth_prefix.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "API_KEY_PREFIX",
+                &auth_prefix,
+                "control characters are not allowed in a header".to_string(),
+            ));
+        }
+        let excerpt_bytes: usize = env.parsed("RESPONSE_EXCERPT_BYTES", 512)?;
+        if excerpt_bytes > MAX_EXCERPT_BYTES {
+            return Err(invalid(
+                "RESPONSE_EXCERPT_BYTES",
+                &excerpt_bytes.to_string(),
+                format!("must be at most {MAX_EXCERPT_BYTES}"),
+            ));
+        }
+        let max_attempts: u32 = env.parsed("MAX_ATTEMPTS", 5)?;
+        if max_attempts == 0 {
+            return Err(invalid(
+                "MAX_ATTEMPTS",
+                "0",
+                "must be at least 1".to_string(),
+            ));
+        }
+        Ok(WorkerConfig {
+            api_base_url,
+            health_path,
+            auth_header,
+            auth_prefix,
+            connect_timeout: positive(
+                env,
+                "API_CONNECT_TIMEOUT_MS",
+                env.millis("API_CONNECT_TIMEOUT_MS", Duration::from_millis(2_000))?,
+            )?,
+            read_timeout: positive(
+                env,
+                "API_READ_TIMEOUT_MS",
+                env.millis("API_READ_TIMEOUT_MS", Duration::from_millis(10_000))?,
+            )?,
+            call_tolerance: env.millis("CALL_TOLERANCE_MS", Duration::from_millis(5))?,
+            max_slot_wait: env.millis("MAX_SLOT_WAIT_MS", Duration::from_millis(5_000))?,
+            idempotency_ttl: positive(
+                env,
+                "IDEMPOTENCY_TTL_S",
+                env.seconds("IDEMPOTENCY_TTL_S", Duration::from_secs(86_400))?,
+            )?,
+            claim_ttl: positive(
+                env,
+                "CLAIM_TTL_S",
+                env.seconds("CLAIM_TTL_S", Duration::from_secs(120))?,
+            )?,
+            excerpt_bytes,
+            retry_delay: env.seconds("RETRY_DELAY_S", Duration::from_secs(5))?,
+            max_attempts,
+            circuit: circuit_policy_from_env(env)?,
+        })
+    }
+
+    /// The longest one API call may take: connect + read timeouts.
+    pub fn call_budget(&self) -> Duration {
+        self.connect_timeout.saturating_add(self.read_timeout)
+    }
+}
+
+/// Reads the circuit policy from `CIRCUIT_FAILURE_THRESHOLD` (default 3),
+/// `CIRCUIT_FAILURE_WINDOW_S` (default 60), `HEALTH_CHECK_INITIAL_S` (default 5),
+/// `HEALTH_CHECK_MAX_S` (default 300) and `HEALTH_CHECK_TIMEOUT_S` (default 30).
+pub fn circuit_policy_from_env(env: &impl Env) -> Result<CircuitPolicy, ConfigError> {
+    let d = CircuitPolicy::default();
+    let threshold: u32 = env.parsed("CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold.get())?;
+    let failure_threshold = NonZeroU32::new(threshold).ok_or_else(|| {
+        invalid(
+            "CIRCUIT_FAILURE_THRESHOLD",
+            "0",
+            "must be at least 1".to_string(),
+        )
+    })?;
+    let probe_initial = positive(
+        env,
+        "HEALTH_CHECK_INITIAL_S",
+        env.seconds("HEALTH_CHECK_INITIAL_S", d.probe_initial)?,
+    )?;
+    let probe_max = env.seconds("HEALTH_CHECK_MAX_S", d.probe_max)?;
+    if probe_max < probe_initial {
+        return Err(invalid(
+            "HEALTH_CHECK_MAX_S",
+            &probe_max.as_secs_f64().to_string(),
+            format!(
+                "must not be less than HEALTH_CHECK_INITIAL_S ({})",
+                probe_initial.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(CircuitPolicy {
+        failure_threshold,
+        failure_window: positive(
+            env,
+            "CIRCUIT_FAILURE_WINDOW_S",
+            env.seconds("CIRCUIT_FAILURE_WINDOW_S", d.failure_window)?,
+        )?,
+        probe_initial,
+        probe_max,
+        probe_timeout: positive(
+            env,
+            "HEALTH_CHECK_TIMEOUT_S",
+            env.seconds("HEALTH_CHECK_TIMEOUT_S", d.probe_timeout)?,
+        )?,
+    })
+}
+
+fn base_url(env: &impl Env) -> Result<Url, ConfigError> {
+    const NAME: &str = "API_BASE_URL";
+    let text = env.required(NAME)?;
+    let url = Url::parse(text.trim()).map_err(|e| invalid(NAME, &text, e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(NAME, &text, "must be an http or https URL".into()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(NAME, &text, "has no host".into()));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid(NAME, &text, "must not have a #fragment".into()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            NAME,
+            // The value may hold a password: do not echo it.
+            "<redacted>",
+            "must not carry credentials; use API_KEY, API_KEY_SECRET_ID or API_KEY_PARAMETER"
+                .into(),
+        ));
+    }
+    Ok(url)
+}
+
+fn positive(env: &impl Env, name: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        let value = env.get(name).unwrap_or_else(|| "0".to_string());
+        Err(invalid(
+            name,
+            &value,
+            "must be greater than zero".to_string(),
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+fn invalid(name: &str, value: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_string(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = WorkerConfig::from_env(&env(&[("API_BASE_URL", "https://api.example/v2/")]))
+            .expect("valid");
+        assert_eq!(c.api_base_url.path(), "/v2/");
+        assert_eq!(c.health_path, "/health");
+        assert_eq!(c.auth_header, reqwest::header::AUTHORIZATION);
+        assert_eq!(c.auth_prefix, "Bearer ");
+        assert_eq!(c.connect_timeout, Duration::from_millis(2_000));
+        assert_eq!(c.read_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.call_tolerance, Duration::from_millis(5));
+        assert_eq!(c.max_slot_wait, Duration::from_millis(5_000));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.claim_ttl, Duration::from_secs(120));
+        assert_eq!(c.excerpt_bytes, 512);
+        assert_eq!(c.retry_delay, Duration::from_secs(5));
+        assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.circuit, CircuitPolicy::default());
+        assert_eq!(c.call_budget(), Duration::from_secs(12));
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = WorkerConfig::from_env(&env(&[
+            ("API_BASE_URL", "http://127.0.0.1:9000"),
+            ("API_HEALTH_PATH", "/status/ok"),
+            ("API_KEY_HEADER", "X-Api-Key"),
+            ("API_CONNECT_TIMEOUT_MS", "100"),
+            ("API_READ_TIMEOUT_MS", "200"),
+            ("CALL_TOLERANCE_MS", "20"),
+            ("MAX_SLOT_WAIT_MS", "1000"),
+            ("IDEMPOTENCY_TTL_S", "60"),
+            ("CLAIM_TTL_S", "30"),
+            ("RESPONSE_EXCERPT_BYTES", "64"),
+            ("RETRY_DELAY_S", "0.5"),
+            ("MAX_ATTEMPTS", "2"),
+            ("CIRCUIT_FAILURE_THRESHOLD", "7"),
+            ("CIRCUIT_FAILURE_WINDOW_S", "10"),
+            ("HEALTH_CHECK_INITIAL_S", "1"),
+            ("HEALTH_CHECK_MAX_S", "8"),
+            ("HEALTH_CHECK_TIMEOUT_S", "3"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.health_path, "/status/ok");
+        assert_eq!(c.auth_header.as_str(), "x-api-key");
+        // Another header than Authorization has no prefix unless one is given.
+        assert_eq!(c.auth_prefix, "");
+        assert_eq!(c.connect_timeout, Duration::from_millis(100));
+        assert_eq!(c.read_timeout, Duration::from_millis(200));
+        assert_eq!(c.call_tolerance, Duration::from_millis(20));
+        assert_eq!(c.max_slot_wait, Duration::from_secs(1));
+        assert_eq!(c.idempotency_ttl, Duration::from_secs(60));
+        assert_eq!(c.claim_ttl, Duration::from_secs(30));
+        assert_eq!(c.excerpt_bytes, 64);
+        assert_eq!(c.retry_delay, Duration::from_millis(500));
+        assert_eq!(c.max_attempts, 2);
+        assert_eq!(c.circuit.failure_threshold.get(), 7);
+        assert_eq!(c.circuit.failure_window, Duration::from_secs(10));
+        assert_eq!(c.circuit.probe_initial, Duration::from_secs(1));
+        assert_eq!(c.circuit.probe_max, Duration::from_secs(8));
+        assert_eq!(c.circuit.probe_timeout, Duration::from_secs(3));
+        let c = WorkerConfig::from_env(&env(&[
+            ("API_BASE_URL", "http://h"),
+            ("API_KEY_PREFIX", "Token "),
+        ]))
+        .expect("valid");
+        assert_eq!(c.auth_prefix, "Token ");
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_value() {
+        let e = WorkerConfig::from_env(&env(&[])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: API_BASE_URL is required but not set"
+        );
+        for (url, why) in [
+            ("api.example/v1", "relative URL without a base"),
+            ("ftp://api.example/", "must be an http or https URL"),
+            ("https://api.example/#x", "fragment"),
+        ] {
+            let e = WorkerConfig::from_env(&env(&[("API_BASE_URL", url)])).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("API_BASE_URL"), "{text}");
+            assert!(text.contains(url), "{text}");
+            assert!(text.contains(why), "{text}");
+        }
+        let e =
+            WorkerConfig::from_env(&env(&[("API_BASE_URL", "https://u:hunter2@h/")])).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let cases = [
+            ("API_HEALTH_PATH", "health", "relative to the API base URL"),
+            ("API_HEALTH_PATH", "https://elsewhere/health", "relative"),
+            ("API_KEY_HEADER", "bad header", "invalid HTTP header name"),
+            ("API_READ_TIMEOUT_MS", "soon", "invalid digit"),
+            ("API_CONNECT_TIMEOUT_MS", "0", "greater than zero"),
+            ("MAX_ATTEMPTS", "0", "at least 1"),
+            ("CIRCUIT_FAILURE_THRESHOLD", "0", "at least 1"),
+            ("RESPONSE_EXCERPT_BYTES", "1000000", "at most"),
+            ("HEALTH_CHECK_MAX_S", "1", "HEALTH_CHECK_INITIAL_S"),
+            ("RETRY_DELAY_S", "-1", "negative"),
+        ];
+        for (name, value, why) in cases {
+            let e = WorkerConfig::from_env(&env(&[("API_BASE_URL", "http://h"), (name, value)]))
+                .unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(name), "{name}: {text}");
+            assert!(text.contains(why), "{name}: {text}");
+            assert!(
+                matches!(&e, WorkerError::Config(ConfigError::Invalid { value: v, .. }) if v == value),
+                "{name}: {text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The seam between the worker's decisions and the network: [`HttpCall`].
+//!
+//! [`crate::ApiClient`] implements it over reqwest; tests implement it in memory so the slot
+//! timing can run under tokio's paused time, where real sockets would not.
+
+use async_trait::async_trait;
+use qo_core::job::Job;
+
+/// What the API answered: enough to classify the call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The raw `Retry-After` header, if any.
+    pub retry_after: Option<String>,
+    /// The start of the body: a few bytes beyond the configured excerpt size at most (so the
+    /// excerpt can be cut on a character boundary); the rest is not read.
+    pub body_start: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// A response with a status and nothing else.
+    pub fn status(status: u16) -> Self {
+        ApiResponse {
+            status,
+            ..ApiResponse::default()
+        }
+    }
+}
+
+/// A call that got no HTTP answer, or could not be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// No answer within the connect or read timeout.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The connection could not be made.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The connection broke, or another transport failure.
+    #[error("transport failed: {0}")]
+    Transport(String),
+    /// The job cannot be turned into a request to the API (bad header, a path that escapes the
+    /// base URL): retrying cannot help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl HttpError {
+    /// Whether trying again later may work (counts as an API failure for the circuit).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, HttpError::Invalid(_))
+    }
+}
+
+/// Makes the worker's HTTP calls.
+#[async_trait]
+pub trait HttpCall: Send + Sync {
+    /// Calls the API for a job.
+    async fn call(&self, job: &Job) -> Result<ApiResponse, HttpError>;
+    /// Calls the API's health path.
+    async fn health(&self) -> Result<ApiResponse, HttpError>;
+}
+
+#[async_trait]
+impl<T: HttpCall + ?Sized> HttpCall for std::sync::Arc<T> {
+    async fn call(&self, job: &Job) -> Result<ApiResponse, HttpError> {
+        (**self).call(job).await
+    }
+    async fn health(&self) -> Result<ApiResponse, HttpError> {
+        (**self).health().await
+    }
+}

@@ -1,0 +1,91 @@
+//! [`Outcome`]: what became of one worker event; the Lambda function's JSON result.
+
+use serde::{Deserialize, Serialize};
+
+/// What became of an event. Every job outcome says where the job is now: done, on a queue
+/// (`requeued: true`), or on the dead-letter queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The API answered 2xx; the job is done.
+    Succeeded {
+        /// The job id.
+        job_id: String,
+        /// The HTTP status.
+        status: u16,
+        /// Whether the idempotency record was marked done (a failure is logged: a duplicate
+        /// delivery after the claim expires could then call again).
+        recorded: bool,
+    },
+    /// The job was already done, or another delivery holds its claim.
+    Duplicate {
+        /// The job id.
+        job_id: String,
+        /// Another delivery holds an unfinished claim: the job was re-queued to be looked at
+        /// again once that claim expires, so a delivery that died mid-call loses nothing.
+        in_progress: bool,
+        /// Whether a copy was re-queued (false: dropped as done, or dead-lettered).
+        requeued: bool,
+    },
+    /// The slot was further ahead than `MAX_SLOT_WAIT_MS` (clock skew): re-queued without a
+    /// call.
+    TooEarly {
+        /// The job id.
+        job_id: String,
+        /// How far ahead the slot was, in milliseconds.
+        early_by_ms: u64,
+        /// Re-queued (false: dead-lettered past the attempt limit).
+        requeued: bool,
+    },
+    /// The event arrived after its slot plus the tolerance: re-queued without a call, since a
+    /// call now would fall outside the quota the orchestrator counted it in.
+    Late {
+        /// The job id.
+        job_id: String,
+        /// How late, in milliseconds.
+        late_by_ms: u64,
+        /// Re-queued (false: dead-lettered past the attempt limit).
+        requeued: bool,
+    },
+    /// The API answered 429: the back-off was recorded and the job re-queued after it.
+    Throttled {
+        /// The job id.
+        job_id: String,
+        /// The back-off taken, in milliseconds.
+        retry_after_ms: u64,
+        /// Re-queued (false: dead-lettered past the attempt limit).
+        requeued: bool,
+    },
+    /// 5xx, timeout or connection error: counted against the circuit; the job re-queued.
+    Failed {
+        /// The job id.
+        job_id: String,
+        /// The HTTP status; `None` for a timeout or connection error.
+        status: Option<u16>,
+        /// Whether this failure opened the circuit.
+        opened_circuit: bool,
+        /// Re-queued (false: dead-lettered past the attempt limit).
+        requeued: bool,
+    },
+    /// Retrying cannot help (another 4xx, or a job that cannot be sent): dead-lettered.
+    DeadLettered {
+        /// The job id.
+        job_id: String,
+        /// The reason given to the dead-letter queue.
+        reason: String,
+    },
+    /// The health check answered 2xx.
+    Healthy {
+        /// The epoch the health check was sent under.
+        epoch: u64,
+        /// Whether it closed the circuit (false: stale epoch, or nothing to close).
+        closed: bool,
+    },
+    /// The health check failed.
+    Unhealthy {
+        /// The epoch the health check was sent under.
+        epoch: u64,
+        /// The HTTP status; `None` for a timeout or connection error.
+        status: Option<u16>,
+    },
+}

@@ -1,0 +1,510 @@
+//! [`Worker`]: one event in, one [`Outcome`] out; the job's fate written to the ports.
+//!
+//! A job event is claimed (one successful call per job), waited on until its slot ("dispatch
+//! ahead, call on time"), called, and classified:
+//!
+//! | answer | idempotency | shared state | the job |
+//! |---|---|---|---|
+//! | 2xx | done | none | finished |
+//! | 429 | abandoned | control `backoff_until` | re-queued after Retry-After |
+//! | 5xx, 408, timeout, no connection | abandoned | circuit failure | re-queued (`RETRY_DELAY_S`) |
+//! | other status | done | none | dead-lettered with `HTTP <status>: <excerpt>` |
+//!
+//! Shared state is written before the job is re-queued, and the claim is dropped before either:
+//! if any of these writes fails the event fails, Lambda retries it, and the retry finds the
+//! claim free (or, if even dropping it failed, held: see [`Outcome::Duplicate`]), so the job is
+//! never lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qo_core::ports::{
+    Claim, DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, requeue_or_dead_letter,
+    update_record,
+};
+use qo_core::{
+    Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver, Observation, Observer,
+    Timestamp, WorkerEvent,
+};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::client::ApiClient;
+use crate::config::WorkerConfig;
+use crate::error::WorkerError;
+use crate::excerpt::http_reason;
+use crate::http::{ApiResponse, HttpCall, HttpError};
+use crate::outcome::Outcome;
+use crate::retry_after::{parse_retry_after, retry_after_or_default};
+
+/// The longest delay a re-queue asks for (SQS's `DelaySeconds` limit).
+pub const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
+
+/// Who the worker says changed the control record.
+const CONTROL_WRITER: &str = "worker";
+
+/// The worker: generic over its state store, its job sink, its clock and its HTTP seam.
+pub struct Worker<S, Q, C, H = ApiClient> {
+    config: WorkerConfig,
+    http: H,
+    store: S,
+    sink: Q,
+    clock: C,
+    observer: Arc<dyn Observer>,
+}
+
+/// How an answer is handled.
+enum Class {
+    Success(u16),
+    Throttled(ApiResponse),
+    Failure(Option<u16>, String),
+    Final(String),
+}
+
+impl<S, Q, C, H> Worker<S, Q, C, H>
+where
+    S: RecordStore + IdempotencyStore,
+    Q: JobSink,
+    C: Clock,
+    H: HttpCall,
+{
+    /// A worker that reports to no observer.
+    pub fn new(config: WorkerConfig, http: H, store: S, sink: Q, clock: C) -> Self {
+        Worker {
+            config,
+            http,
+            store,
+            sink,
+            clock,
+            observer: Arc::new(NoObserver),
+        }
+    }
+
+    /// Reports observations to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.config
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The job sink.
+    pub fn sink(&self) -> &Q {
+        &self.sink
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The HTTP seam.
+    pub fn http(&self) -> &H {
+        &self.http
+    }
+
+    /// Handles one event. An `Err` means the job's fate could not be recorded (a queue or
+    /// store failure) and the event should be retried; every answer of the API is an `Ok`.
+    pub async fn handle(&self, event: WorkerEvent) -> Result<Outcome, WorkerError> {
+        match event {
+            WorkerEvent::Job(ev) => {
+                let span = info_span!(
+                    "job",
+                    message_id = %ev.origin.message_id,
+                    job_id = %ev.job_id(),
+                    attempt = ev.origin.attempt,
+                    epoch = ev.epoch,
+                );
+                self.handle_job(&ev).instrument(span).await
+            }
+            WorkerEvent::HealthCheck(ev) => {
+                let span = info_span!("health_check", epoch = ev.epoch);
+                self.handle_health(&ev).instrument(span).await
+            }
+        }
+    }
+
+    /// How much a Lambda invocation's remaining time (until `deadline`) falls short of what
+    /// `event` may need: the wait for its slot, one call (connect + read timeouts) and
+    /// `margin` for the writes after it. `None` when it is enough.
+    pub fn deadline_shortfall(
+        &self,
+        deadline: Timestamp,
+        event: &WorkerEvent,
+        margin: Duration,
+    ) -> Option<Duration> {
+        let now = self.clock.now();
+        let wait = match event {
+            WorkerEvent::Job(ev) => ev.slot_at.since(now).min(self.config.max_slot_wait),
+            WorkerEvent::HealthCheck(_) => Duration::ZERO,
+        };
+        let needed = wait
+            .saturating_add(self.config.call_budget())
+            .saturating_add(margin);
+        let remaining = deadline.since(now);
+        (remaining < needed).then(|| needed - remaining)
+    }
+
+    async fn handle_job(&self, ev: &JobEvent) -> Result<Outcome, WorkerError> {
+        let job_id = ev.job_id().to_string();
+        let now = self.clock.now();
+        match self
+            .store
+            .claim(&job_id, now, self.config.claim_ttl)
+            .await?
+        {
+            Claim::Claimed => {}
+            Claim::AlreadyDone => {
+                info!("duplicate delivery of a done job: skipped");
+                self.observe(Observation::Duplicate {
+                    job_id: job_id.clone(),
+                });
+                return Ok(Outcome::Duplicate {
+                    job_id,
+                    in_progress: false,
+                    requeued: false,
+                });
+            }
+            Claim::InProgress { since } => {
+                // Either another delivery is calling right now (it will finish or re-queue the
+                // job itself), or one died mid-call (a Lambda timeout) and its claim stays
+                // until it expires. Dropping the event would lose the job in the second case;
+                // a copy seen after the claim expires costs at most one more slot in the
+                // first, and is dropped then as a duplicate.
+                self.observe(Observation::Duplicate {
+                    job_id: job_id.clone(),
+                });
+                let delay = since
+                    .plus(self.config.claim_ttl)
+                    .since(now)
+                    .saturating_add(Duration::from_secs(1));
+                let why = format!("claimed by another delivery since {since}");
+                info!(%since, "job claimed by another delivery: re-queued for after the claim");
+                let requeued = self.requeue(ev, &job_id, delay, &why).await?;
+                return Ok(Outcome::Duplicate {
+                    job_id,
+                    in_progress: true,
+                    requeued,
+                });
+            }
+        }
+
+        if let Err(e) = ev.job.validate() {
+            return self.dead_letter(ev, job_id, e.to_string()).await;
+        }
+
+        // Dispatch ahead, call on time.
+        if ev.slot_at > now.plus(self.config.max_slot_wait) {
+            let early = ev.slot_at.since(now);
+            let why = format!(
+                "slot {} is {} ms ahead, beyond MAX_SLOT_WAIT_MS: clock skew?",
+                ev.slot_at,
+                early.as_millis()
+            );
+            warn!(early_ms = millis(early), "{why}");
+            self.store.abandon(&job_id).await?;
+            let requeued = self.requeue(ev, &job_id, Duration::ZERO, &why).await?;
+            return Ok(Outcome::TooEarly {
+                job_id,
+                early_by_ms: millis(early),
+                requeued,
+            });
+        }
+        self.clock.sleep_until(ev.slot_at).await;
+        let at = self.clock.now();
+        if at > ev.slot_at.plus(self.config.call_tolerance) {
+            let late = at.since(ev.slot_at);
+            let why = format!(
+                "arrived {} ms after its slot {}: too late to call inside the quota",
+                late.as_millis(),
+                ev.slot_at
+            );
+            warn!(late_ms = millis(late), "{why}");
+            self.store.abandon(&job_id).await?;
+            let requeued = self.requeue(ev, &job_id, Duration::ZERO, &why).await?;
+            return Ok(Outcome::Late {
+                job_id,
+                late_by_ms: millis(late),
+                requeued,
+            });
+        }
+
+        let answer = self.http.call(&ev.job).await;
+        let now = self.clock.now();
+        let called_status = match &answer {
+            Ok(r) => Some(Some(r.status)),
+            Err(e) if e.is_transient() => Some(None),
+            Err(_) => None,
+        };
+        if let Some(status) = called_status {
+            self.observe(Observation::Called {
+                job_id: job_id.clone(),
+                at,
+                status,
+                wait: ev.origin.enqueued_at.map(|t| at.since(t)),
+            });
+        }
+
+        match self.classify(answer) {
+            Class::Success(status) => {
+                let recorded = self.mark_done(&job_id, now).await;
+                info!(status, took_ms = millis(now.since(at)), "call succeeded");
+                self.observe(Observation::Succeeded {
+                    job_id: job_id.clone(),
+                });
+                Ok(Outcome::Succeeded {
+                    job_id,
+                    status,
+                    recorded,
+                })
+            }
+            Class::Throttled(response) => self.throttled(ev, job_id, &response, now).await,
+            Class::Failure(status, why) => self.failed(ev, job_id, status, &why, now).await,
+            Class::Final(reason) => self.dead_letter(ev, job_id, reason).await,
+        }
+    }
+
+    fn classify(&self, answer: Result<ApiResponse, HttpError>) -> Class {
+        match answer {
+            Ok(r) if (200..300).contains(&r.status) => Class::Success(r.status),
+            Ok(r) if r.status == 429 => Class::Throttled(r),
+            Ok(r) if r.status >= 500 || r.status == 408 => Class::Failure(
+                Some(r.status),
+                http_reason(r.status, &r.body_start, self.config.excerpt_bytes),
+            ),
+            Ok(r) => Class::Final(http_reason(
+                r.status,
+                &r.body_start,
+                self.config.excerpt_bytes,
+            )),
+            Err(e) if e.is_transient() => Class::Failure(None, e.to_string()),
+            Err(e) => Class::Final(e.to_string()),
+        }
+    }
+
+    async fn throttled(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        response: &ApiResponse,
+        now: Timestamp,
+    ) -> Result<Outcome, WorkerError> {
+        self.store.abandon(&job_id).await?;
+        let header = response.retry_after.as_deref();
+        let retry_after = retry_after_or_default(header, now);
+        self.observe(Observation::Throttled {
+            job_id: job_id.clone(),
+            retry_after: header.and_then(|h| parse_retry_after(h, now)),
+        });
+        let until = now.plus(retry_after);
+        update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
+            if c.backoff_until.is_some_and(|b| b >= until) {
+                return None;
+            }
+            Some(Control {
+                backoff_until: Some(until),
+                updated_by: Some(CONTROL_WRITER.to_string()),
+                updated_at: Some(now),
+                ..c.clone()
+            })
+        })
+        .await?;
+        let why = format!("HTTP 429: retry after {} ms", retry_after.as_millis());
+        warn!(retry_after_ms = millis(retry_after), %until, "throttled by the API");
+        let requeued = self.requeue(ev, &job_id, retry_after, &why).await?;
+        Ok(Outcome::Throttled {
+            job_id,
+            retry_after_ms: millis(retry_after),
+            requeued,
+        })
+    }
+
+    async fn failed(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        status: Option<u16>,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Outcome, WorkerError> {
+        self.store.abandon(&job_id).await?;
+        let policy = self.config.circuit;
+        let mut opened = false;
+        let circuit = update_record::<Circuit, _>(&self.store, RecordKey::Circuit, |c| {
+            opened = false;
+            // Refused: a report from an older epoch, or the circuit is already open.
+            let next = c.record_failure(ev.epoch, now, &policy).ok()?;
+            opened = !next.is_closed();
+            Some(next)
+        })
+        .await?;
+        if opened {
+            warn!(
+                epoch = circuit.value.epoch,
+                "this failure opened the circuit"
+            );
+            self.observe(Observation::Circuit {
+                phase: circuit.value.phase(),
+                epoch: circuit.value.epoch,
+            });
+        }
+        warn!(?status, reason = why, "call failed");
+        let requeued = self
+            .requeue(ev, &job_id, self.config.retry_delay, why)
+            .await?;
+        Ok(Outcome::Failed {
+            job_id,
+            status,
+            opened_circuit: opened,
+            requeued,
+        })
+    }
+
+    /// Dead-letters a job that cannot succeed, then marks it done so that a duplicate delivery
+    /// does not call again.
+    async fn dead_letter(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        reason: String,
+    ) -> Result<Outcome, WorkerError> {
+        let body = serde_json::to_string(&ev.job).map_err(WorkerError::Encode)?;
+        self.sink
+            .dead_letter(DeadLetter {
+                body,
+                reason: reason.clone(),
+                origin: ev.origin.clone(),
+            })
+            .await?;
+        warn!(reason = %reason, "dead-lettered");
+        self.observe(Observation::DeadLettered {
+            message_id: ev.origin.message_id.clone(),
+            reason: reason.clone(),
+        });
+        self.mark_done(&job_id, self.clock.now()).await;
+        Ok(Outcome::DeadLettered { job_id, reason })
+    }
+
+    /// Marks a job done, trying twice. A failure is logged, not returned: the job's fate is
+    /// already settled, and failing the event would have Lambda retry it, which after the
+    /// claim expires could call the API a second time.
+    async fn mark_done(&self, job_id: &str, now: Timestamp) -> bool {
+        let ttl = self.config.idempotency_ttl;
+        let mut last = None;
+        for _ in 0..2 {
+            match self.store.complete(job_id, now, ttl).await {
+                Ok(()) => return true,
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            error!(
+                error = %e,
+                "could not mark the job done: a duplicate delivery after the claim expires \
+                 may call again"
+            );
+        }
+        false
+    }
+
+    /// Re-queues the job (the attempt raised) or dead-letters it past `MAX_ATTEMPTS`.
+    async fn requeue(
+        &self,
+        ev: &JobEvent,
+        job_id: &str,
+        delay: Duration,
+        why: &str,
+    ) -> Result<bool, WorkerError> {
+        let body = serde_json::to_string(&ev.job).map_err(WorkerError::Encode)?;
+        let requeued = requeue_or_dead_letter(
+            &self.sink,
+            &body,
+            &ev.origin,
+            delay.min(MAX_REQUEUE_DELAY),
+            self.config.max_attempts,
+            why,
+        )
+        .await?;
+        if requeued {
+            info!(delay_ms = millis(delay), reason = why, "re-queued");
+            self.observe(Observation::Requeued {
+                job_id: job_id.to_string(),
+                reason: why.to_string(),
+            });
+        } else {
+            let reason = format!(
+                "gave up after {} attempts; last: {why}",
+                ev.origin.attempt.saturating_add(1)
+            );
+            warn!(reason = %reason, "dead-lettered");
+            self.observe(Observation::DeadLettered {
+                message_id: ev.origin.message_id.clone(),
+                reason,
+            });
+        }
+        Ok(requeued)
+    }
+
+    async fn handle_health(&self, ev: &HealthCheckEvent) -> Result<Outcome, WorkerError> {
+        let answer = self.http.health().await;
+        let now = self.clock.now();
+        let (healthy, status) = match &answer {
+            Ok(r) => ((200..300).contains(&r.status), Some(r.status)),
+            Err(_) => (false, None),
+        };
+        self.observe(Observation::HealthCheck {
+            epoch: ev.epoch,
+            healthy,
+        });
+        let policy = self.config.circuit;
+        let mut changed = false;
+        let circuit = update_record::<Circuit, _>(&self.store, RecordKey::Circuit, |c| {
+            changed = false;
+            // Refused: another epoch, forced open, or already closed.
+            let next = c
+                .record_probe_result(ev.epoch, healthy, now, &policy)
+                .ok()?;
+            changed = true;
+            Some(next)
+        })
+        .await?;
+        if changed {
+            self.observe(Observation::Circuit {
+                phase: circuit.value.phase(),
+                epoch: circuit.value.epoch,
+            });
+        }
+        if healthy {
+            let closed = changed && circuit.value.is_closed();
+            info!(?status, closed, "health check passed");
+            Ok(Outcome::Healthy {
+                epoch: ev.epoch,
+                closed,
+            })
+        } else {
+            match &answer {
+                Err(e) => warn!(error = %e, "health check failed"),
+                Ok(_) => warn!(?status, "health check failed"),
+            }
+            Ok(Outcome::Unhealthy {
+                epoch: ev.epoch,
+                status,
+            })
+        }
+    }
+
+    fn observe(&self, o: Observation) {
+        self.observer.observe(o);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,353 @@
+//! Slot timing and answer classification under tokio's paused time, with an HTTP layer in
+//! memory (sockets and paused time do not mix).
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_runtime::{Context, LambdaEvent};
+use qo_core::job::Job;
+use qo_core::ports::{IdempotencyStore, RecordKey, load_record};
+use qo_core::{Clock, Control, Observation, Timestamp, TokioClock, WorkerEvent};
+use qo_memory::JobStatus;
+use qo_worker::lambda::DEADLINE_MARGIN;
+use qo_worker::{ApiResponse, HttpError, Outcome, handler};
+use support::{FakeHttp, config, health, job, job_event, rig};
+
+/// 2023-11-14T22:13:20Z, a Tuesday.
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn setup(
+    answer: Result<ApiResponse, HttpError>,
+    extra: &[(&str, &str)],
+) -> (support::Rig<Arc<FakeHttp>>, Arc<FakeHttp>) {
+    let clock = TokioClock::starting_at(T0);
+    let http = Arc::new(FakeHttp::new(clock.clone(), answer));
+    let mut vars = vec![("CALL_TOLERANCE_MS", "5")];
+    vars.extend_from_slice(extra);
+    let r = rig(
+        config("http://api.test/v1", &vars),
+        Arc::clone(&http),
+        clock,
+    );
+    (r, http)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_event_waits_and_calls_exactly_at_its_slot() {
+    let (r, http) = setup(Ok(ApiResponse::status(204)), &[]);
+    let slot = T0.plus(ms(3_217));
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", slot, 0))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(out, Outcome::Succeeded { status: 204, .. }),
+        "{out:?}"
+    );
+    assert_eq!(http.calls(), vec![slot]);
+    assert!(r.seen.all().iter().any(|o| matches!(
+        o,
+        Observation::Called { at, wait: Some(w), .. }
+            if *at == slot && *w == Duration::from_secs(2)
+    )));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_within_the_tolerance_calls_at_once() {
+    let (r, http) = setup(Ok(ApiResponse::status(200)), &[]);
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0.minus(ms(4)), 0))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert_eq!(http.calls(), vec![T0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_event_is_requeued_without_a_call() {
+    let (r, http) = setup(Ok(ApiResponse::status(200)), &[]);
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0.minus(ms(1_000)), 3))
+        .await
+        .expect("handled");
+    assert_eq!(
+        out,
+        Outcome::Late {
+            job_id: "m-1".into(),
+            late_by_ms: 1_000,
+            requeued: true
+        }
+    );
+    assert!(http.calls().is_empty());
+    assert!(r.seen.called().is_empty());
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].delay, Duration::ZERO);
+    assert_eq!(q[0].origin.attempt, 1);
+    assert_eq!(r.store.job_status("m-1"), None, "claim dropped");
+    // A late event counts nothing against the circuit.
+    assert_eq!(r.store.record(RecordKey::Circuit), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_beyond_the_max_wait_is_requeued_without_waiting() {
+    let (r, http) = setup(
+        Ok(ApiResponse::status(200)),
+        &[("MAX_SLOT_WAIT_MS", "5000")],
+    );
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0.plus(ms(10_000)), 0))
+        .await
+        .expect("handled");
+    assert_eq!(
+        out,
+        Outcome::TooEarly {
+            job_id: "m-1".into(),
+            early_by_ms: 10_000,
+            requeued: true
+        }
+    );
+    assert_eq!(r.clock.now(), T0, "did not sleep");
+    assert!(http.calls().is_empty());
+    assert_eq!(r.sink.requeues()[0].delay, Duration::ZERO);
+    assert_eq!(r.store.job_status("m-1"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_claimed_by_another_delivery_is_requeued_for_after_the_claim() {
+    let (r, http) = setup(Ok(ApiResponse::status(200)), &[("CLAIM_TTL_S", "120")]);
+    r.store
+        .claim("job-7", T0, Duration::from_secs(120))
+        .await
+        .expect("claim");
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let now = r.clock.now();
+    let out = r
+        .worker
+        .handle(job(r#"{"id":"job-7","path":"/x"}"#, "m-1", now, 0))
+        .await
+        .expect("handled");
+    assert_eq!(
+        out,
+        Outcome::Duplicate {
+            job_id: "job-7".into(),
+            in_progress: true,
+            requeued: true
+        }
+    );
+    assert!(http.calls().is_empty());
+    // 100 s left on the claim, plus a second.
+    assert_eq!(r.sink.requeues()[0].delay, Duration::from_secs(101));
+    assert!(matches!(
+        r.store.job_status("job-7"),
+        Some(JobStatus::InProgress { claimed_at }) if claimed_at == T0
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_and_the_default() {
+    let dated = ApiResponse {
+        status: 429,
+        retry_after: Some("Tue, 14 Nov 2023 22:13:50 GMT".into()),
+        body_start: Vec::new(),
+    };
+    let (r, _) = setup(Ok(dated), &[]);
+    // Two lost races on the control record are retried, not lost.
+    r.store.fail_next_saves(2);
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(
+            out,
+            Outcome::Throttled {
+                retry_after_ms: 30_000,
+                requeued: true,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let control = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control");
+    assert_eq!(
+        control.value.backoff_until,
+        Some(T0.plus(Duration::from_secs(30)))
+    );
+    assert_eq!(r.sink.requeues()[0].delay, Duration::from_secs(30));
+
+    let (r, _) = setup(Ok(ApiResponse::status(429)), &[]);
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(
+            out,
+            Outcome::Throttled {
+                retry_after_ms: 1_000,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(r.seen.all().contains(&Observation::Throttled {
+        job_id: "m-1".into(),
+        retry_after: None
+    }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_retry_after_is_kept_in_control_but_the_requeue_delay_is_capped() {
+    let answer = ApiResponse {
+        status: 429,
+        retry_after: Some("3600".into()),
+        body_start: Vec::new(),
+    };
+    let (r, _) = setup(Ok(answer), &[]);
+    r.worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+        .await
+        .expect("handled");
+    let control = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control");
+    assert_eq!(
+        control.value.backoff_until,
+        Some(T0.plus(Duration::from_secs(3_600)))
+    );
+    assert_eq!(r.sink.requeues()[0].delay, Duration::from_secs(900));
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_timeout_408_is_a_failure_and_other_statuses_are_final() {
+    let (r, _) = setup(Ok(ApiResponse::status(408)), &[]);
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(
+            out,
+            Outcome::Failed {
+                status: Some(408),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+
+    for status in [301, 400, 403, 409, 422] {
+        let (r, _) = setup(Ok(ApiResponse::status(status)), &[]);
+        let out = r
+            .worker
+            .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+            .await
+            .expect("handled");
+        assert_eq!(
+            out,
+            Outcome::DeadLettered {
+                job_id: "m-1".into(),
+                reason: format!("HTTP {status}")
+            }
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_cannot_be_sent_is_dead_lettered_without_a_call() {
+    // Built by hand, as a bad orchestrator or a forged event might: never sent.
+    let (r, http) = setup(Ok(ApiResponse::status(200)), &[]);
+    let mut ev = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
+    ev.job = Job {
+        path: "https://elsewhere.example/steal".into(),
+        ..Job::default()
+    };
+    let out = r
+        .worker
+        .handle(WorkerEvent::Job(ev))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(&out, Outcome::DeadLettered { reason, .. } if reason.contains("relative")),
+        "{out:?}"
+    );
+    assert!(http.calls().is_empty());
+
+    let (r, _) = setup(Err(HttpError::Invalid("bad header value".into())), &[]);
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(&out, Outcome::DeadLettered { reason, .. } if reason.contains("bad header value")),
+        "{out:?}"
+    );
+    assert!(r.seen.called().is_empty(), "no call was made");
+    assert!(matches!(
+        r.store.job_status("m-1"),
+        Some(JobStatus::Done { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_check_that_times_out_is_unhealthy() {
+    let (r, http) = setup(Err(HttpError::Timeout("read".into())), &[]);
+    let out = r.worker.handle(health(0, T0)).await.expect("handled");
+    assert_eq!(
+        out,
+        Outcome::Unhealthy {
+            epoch: 0,
+            status: None
+        }
+    );
+    assert_eq!(http.health_calls.lock().expect("lock").len(), 1);
+    // Nothing to change on a closed circuit.
+    assert_eq!(r.store.record(RecordKey::Circuit), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_check_counts_the_slot_wait_and_one_call() {
+    let (r, _) = setup(Ok(ApiResponse::status(200)), &[]);
+    // Call budget 2 s + 10 s; margin 2 s.
+    let ev = job(r#"{"path":"/x"}"#, "m-1", T0.plus(ms(2_000)), 0);
+    assert_eq!(
+        r.worker
+            .deadline_shortfall(T0.plus(ms(1_000)), &ev, DEADLINE_MARGIN),
+        Some(ms(15_000))
+    );
+    assert_eq!(
+        r.worker
+            .deadline_shortfall(T0.plus(ms(16_000)), &ev, DEADLINE_MARGIN),
+        None
+    );
+    assert_eq!(
+        r.worker
+            .deadline_shortfall(T0.plus(ms(10_000)), &health(0, T0), DEADLINE_MARGIN),
+        Some(ms(4_000))
+    );
+
+    // A short deadline only warns: the event is still handled.
+    let mut ctx = Context::default();
+    ctx.deadline = T0.plus(ms(500)).as_millis();
+    let out = handler(&r.worker, LambdaEvent::new(ev, ctx))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+}

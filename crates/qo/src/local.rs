@@ -1,0 +1,254 @@
+//! `qo local`: the whole system on this machine.
+//!
+//! The real orchestrator loop and the real worker logic run over the in-memory adapters; the
+//! worker calls a real HTTP API over loopback: the built-in simulator, which enforces the same
+//! quota (429 with Retry-After past it), or any API given with `--api-url`. The invoker hands
+//! each event to the worker on its own task after a delivery delay, as Lambda's asynchronous
+//! queue does. The orchestrator runs as successive runs of at most `--run-seconds`, each one
+//! hydrating from the state store as a new Lambda invocation would.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing::warn;
+
+use qo_core::{Clock, QuotaSpec, TokioClock, WorkerEvent};
+use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
+use qo_orchestrator::{OrchestratorConfig, Ports, StopReason};
+use qo_sim::{SimConfig, SimServer};
+use qo_worker::{ApiClient, Worker, WorkerConfig};
+
+use crate::args::Range;
+use crate::report::{Collector, Report};
+
+/// Options of `qo local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// Jobs to enqueue.
+    #[arg(long, default_value_t = 200)]
+    jobs: u64,
+    /// The quota, e.g. `10/s,500/min,20000/day@calendar`.
+    #[arg(long, default_value = "20/s")]
+    quota: QuotaSpec,
+    /// Call this API instead of the built-in simulator.
+    #[arg(long)]
+    api_url: Option<String>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Each orchestrator run lasts at most this long, then the next one hydrates.
+    #[arg(long, default_value_t = 60.0)]
+    run_seconds: f64,
+    /// Delivery delay from invoke to worker, in milliseconds, e.g. `5..50`.
+    #[arg(long, default_value = "2..40")]
+    delivery_delay_ms: Range,
+    /// Dispatch this long ahead of each slot (must exceed the delivery delay).
+    #[arg(long, default_value_t = 250)]
+    dispatch_lead_ms: u64,
+    /// Built-in API: fraction of calls answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Built-in API: seconds from the start during which it answers 503, e.g. `5..10`.
+    #[arg(long)]
+    outage: Option<Range>,
+    /// Built-in API: latency of each answer, in milliseconds, e.g. `5..50`.
+    #[arg(long, default_value = "1..5")]
+    latency_ms: Range,
+    /// Greedy or spread use of day/month budgets.
+    #[arg(long, default_value = "greedy")]
+    budget_mode: qo_core::BudgetMode,
+    /// Seed of the random delays and faults.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    timeout_s: f64,
+}
+
+/// Runs the local system and prints the report.
+pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.delivery_delay_ms.max >= args.dispatch_lead_ms as f64 {
+        warn!(
+            "the delivery delay can exceed the dispatch lead: late events are re-queued, not called"
+        );
+    }
+    let clock = Arc::new(TokioClock::system());
+    let collector = Arc::new(Collector::default());
+
+    // The API: built in, or given.
+    let sim = match &args.api_url {
+        Some(_) => None,
+        None => {
+            let mut config = SimConfig::new(args.quota.clone());
+            config.fail_rate = args.fail_rate;
+            config.outage = args.outage.map(|r| r.seconds());
+            config.latency = args.latency_ms.millis();
+            config.seed = args.seed;
+            Some(SimServer::start(config).await?)
+        }
+    };
+    let api_url = match (&args.api_url, &sim) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => s.url(),
+        (None, None) => unreachable_api()?,
+    };
+
+    // The adapters: in memory, shared by the orchestrator and the worker.
+    let queue = MemoryQueue::with_options(
+        clock.clone(),
+        QueueOptions {
+            retry_queue: true,
+            ..QueueOptions::default()
+        },
+    );
+    let store = MemoryStore::new();
+
+    // The worker, behind an invoker that delivers like Lambda's async queue.
+    let mut worker_env = std::collections::HashMap::new();
+    worker_env.insert("API_BASE_URL".to_string(), api_url.clone());
+    worker_env.insert("RETRY_DELAY_S".to_string(), "1".to_string());
+    worker_env.insert("HEALTH_CHECK_INITIAL_S".to_string(), "1".to_string());
+    worker_env.insert("HEALTH_CHECK_MAX_S".to_string(), "8".to_string());
+    let worker_config = WorkerConfig::from_env(&worker_env)?;
+    let api = ApiClient::new(&worker_config, None)?;
+    let worker = Arc::new(
+        Worker::new(
+            worker_config.clone(),
+            api,
+            store.clone(),
+            queue.clone(),
+            clock.clone(),
+        )
+        .with_observer(collector.clone()),
+    );
+    let handler = {
+        let worker = worker.clone();
+        move |ev: WorkerEvent| {
+            let worker = worker.clone();
+            async move {
+                if let Err(e) = worker.handle(ev).await {
+                    warn!(error = %e, "worker failed");
+                }
+            }
+        }
+    };
+    let invoker = LocalInvoker::with_options(
+        clock.clone(),
+        Arc::new(handler),
+        InvokerOptions {
+            delay: args.delivery_delay_ms.millis(),
+            seed: args.seed,
+            ..InvokerOptions::default()
+        },
+    )?;
+
+    // The orchestrator's configuration: the defaults a deployment has, with the local flags.
+    let mut config = OrchestratorConfig::with_quota(args.quota.clone());
+    config.pacing.mode = args.budget_mode;
+    config.dispatch_lead = Duration::from_millis(args.dispatch_lead_ms);
+    config.circuit = worker_config.circuit;
+    config.stop_margin = Duration::from_millis(500);
+    config.idle_exit = Some(Duration::from_secs(2));
+    config.owner = "qo-local".to_string();
+
+    // The backlog.
+    for i in 0..args.jobs {
+        queue.send(format!(r#"{{"path":"/items/{i}"}}"#));
+    }
+
+    let bar = progress_bar(args.jobs);
+    let started = Instant::now();
+    let give_up = started + Duration::from_secs_f64(args.timeout_s);
+    let mut runs = 0u64;
+    let ticker = {
+        let bar = bar.clone();
+        let collector = collector.clone();
+        tokio::spawn(async move {
+            loop {
+                let c = collector.counts();
+                bar.set_position(c.succeeded + c.dead_lettered);
+                let rate = recent_rate(&c.success_times);
+                let circuit = c.circuit.map_or("closed", |p| p.as_str());
+                bar.set_message(format!(
+                    "{rate:.1}/s  circuit {circuit}  429s {}",
+                    c.throttled
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    while collector.finished() < args.jobs && Instant::now() < give_up {
+        runs += 1;
+        let ports = Ports {
+            queue: &queue,
+            store: &store,
+            invoker: &invoker,
+            clock: clock.as_ref(),
+            observer: collector.as_ref(),
+        };
+        let deadline = clock.now().plus(Duration::from_secs_f64(args.run_seconds));
+        let report = qo_orchestrator::run(ports, &config, deadline).await?;
+        if let StopReason::Exhausted { until } = report.stopped {
+            bar.println(format!("a budget is used up until {until}; stopping"));
+            break;
+        }
+        if report.dispatched == 0 && queue.depths().pending() == 0 {
+            // Nothing left anywhere: wait for the last deliveries.
+            invoker.wait_idle().await;
+            if queue.depths().pending() == 0 {
+                break;
+            }
+        }
+    }
+    invoker.wait_idle().await;
+    ticker.abort();
+    let counts = collector.counts();
+    bar.set_position(counts.succeeded + counts.dead_lettered);
+    bar.finish_and_clear();
+
+    let mut report = Report::new(args.jobs, &counts, started.elapsed(), &args.quota, runs);
+    if let Some(sim) = &sim {
+        report.api_max_in_any_window = Some(sim.stats().max_in_any_window);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.human());
+        if let Some(sim) = &sim {
+            println!(
+                "  API at {} answered {} calls, {} of them 429",
+                sim.url(),
+                sim.stats().calls,
+                sim.stats().throttled
+            );
+        }
+    }
+    Ok(())
+}
+
+fn unreachable_api() -> Result<String, Box<dyn std::error::Error>> {
+    Err("no API: give --api-url or let the built-in one start".into())
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} done  {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Successes per second over the last two seconds of calls.
+fn recent_rate(times: &[qo_core::Timestamp]) -> f64 {
+    let Some(last) = times.iter().max() else {
+        return 0.0;
+    };
+    let from = last.minus(Duration::from_secs(2));
+    times.iter().filter(|t| **t > from).count() as f64 / 2.0
+}

@@ -1,0 +1,244 @@
+//! Counting what happened (an [`Observer`]) and the report `qo local` prints.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use qo_core::{CircuitPhase, Observation, Observer, Timestamp};
+
+/// Counts observations from the orchestrator and the worker.
+#[derive(Debug, Default)]
+pub struct Collector {
+    inner: Mutex<Counts>,
+}
+
+/// The counts so far.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    pub dispatched: u64,
+    pub succeeded: u64,
+    pub throttled: u64,
+    pub dead_lettered: u64,
+    pub requeued: u64,
+    pub duplicates: u64,
+    pub invoke_failures: u64,
+    pub health_checks: u64,
+    pub circuit_openings: u64,
+    pub circuit: Option<CircuitPhase>,
+    pub success_times: Vec<Timestamp>,
+    pub waits: Vec<Duration>,
+    pub reasons: std::collections::BTreeMap<String, u64>,
+}
+
+impl Collector {
+    /// A snapshot of the counts.
+    pub fn counts(&self) -> Counts {
+        self.inner.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Jobs that reached an end: succeeded or dead-lettered.
+    pub fn finished(&self) -> u64 {
+        self.inner
+            .lock()
+            .map(|c| c.succeeded + c.dead_lettered)
+            .unwrap_or(0)
+    }
+}
+
+impl Observer for Collector {
+    fn observe(&self, o: Observation) {
+        let Ok(mut c) = self.inner.lock() else {
+            return;
+        };
+        match o {
+            Observation::Dispatched { .. } => c.dispatched += 1,
+            Observation::InvokeFailed { .. } => c.invoke_failures += 1,
+            Observation::Called {
+                status, at, wait, ..
+            } => {
+                if status.is_some_and(|s| (200..300).contains(&s)) {
+                    c.success_times.push(at);
+                    if let Some(w) = wait {
+                        c.waits.push(w);
+                    }
+                }
+            }
+            Observation::Succeeded { .. } => c.succeeded += 1,
+            Observation::Throttled { .. } => c.throttled += 1,
+            Observation::Requeued { reason, .. } => {
+                c.requeued += 1;
+                *c.reasons
+                    .entry(format!("re-queued: {}", short(&reason)))
+                    .or_default() += 1;
+            }
+            Observation::DeadLettered { reason, .. } => {
+                c.dead_lettered += 1;
+                *c.reasons
+                    .entry(format!("dead-lettered: {}", short(&reason)))
+                    .or_default() += 1;
+            }
+            Observation::Duplicate { .. } => c.duplicates += 1,
+            Observation::Circuit { phase, .. } => {
+                if phase == CircuitPhase::Open
+                    && c.circuit != Some(CircuitPhase::Open)
+                    && c.circuit != Some(CircuitPhase::HalfOpen)
+                {
+                    c.circuit_openings += 1;
+                }
+                c.circuit = Some(phase);
+            }
+            Observation::HealthCheckSent { .. } => c.health_checks += 1,
+            Observation::HealthCheck { .. } | Observation::Backlog { .. } => {}
+        }
+    }
+}
+
+/// The first words of a reason, so that like reasons count together.
+fn short(reason: &str) -> String {
+    reason.chars().take(60).collect()
+}
+
+/// The report of a local run (`--json` prints it as one object).
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub jobs: u64,
+    pub succeeded: u64,
+    /// 429 answers the worker saw.
+    pub throttled: u64,
+    pub dead_lettered: u64,
+    pub requeued: u64,
+    pub duplicates: u64,
+    pub invoke_failures: u64,
+    /// Wall time of the whole run, in seconds.
+    pub duration_s: f64,
+    /// Successful calls per second between the first and the last successful call.
+    pub achieved_rate_per_s: f64,
+    /// The tightest tier's rate.
+    pub quota_rate_per_s: f64,
+    /// achieved / quota, 0..1.
+    pub utilization: f64,
+    /// Enqueue to call, median, in milliseconds.
+    pub p50_wait_ms: f64,
+    /// Enqueue to call, 99th percentile, in milliseconds.
+    pub p99_wait_ms: f64,
+    /// Orchestrator runs (each hydrates from the state store, as a Lambda invocation does).
+    pub runs: u64,
+    pub circuit_openings: u64,
+    pub health_checks: u64,
+    pub quota: String,
+    /// What the API saw, when it is the built-in one: the most accepted calls in any window
+    /// of each tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_max_in_any_window: Option<Vec<(String, u64)>>,
+    /// Why jobs were re-queued or dead-lettered, with counts.
+    pub reasons: std::collections::BTreeMap<String, u64>,
+}
+
+impl Report {
+    /// Builds the report from the counts.
+    pub fn new(
+        jobs: u64,
+        counts: &Counts,
+        duration: Duration,
+        quota: &qo_core::QuotaSpec,
+        runs: u64,
+    ) -> Report {
+        let mut times = counts.success_times.clone();
+        times.sort();
+        let achieved = match (times.first(), times.last()) {
+            (Some(a), Some(b)) if times.len() > 1 && b > a => {
+                (times.len() - 1) as f64 / b.since(*a).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let quota_rate = quota.pacing_rate_per_s();
+        let mut waits: Vec<f64> = counts
+            .waits
+            .iter()
+            .map(|w| w.as_secs_f64() * 1000.0)
+            .collect();
+        waits.sort_by(f64::total_cmp);
+        let pct = |p: f64| -> f64 {
+            if waits.is_empty() {
+                return 0.0;
+            }
+            let i = ((p * waits.len() as f64).ceil() as usize).clamp(1, waits.len()) - 1;
+            (waits[i] * 10.0).round() / 10.0
+        };
+        let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        Report {
+            jobs,
+            succeeded: counts.succeeded,
+            throttled: counts.throttled,
+            dead_lettered: counts.dead_lettered,
+            requeued: counts.requeued,
+            duplicates: counts.duplicates,
+            invoke_failures: counts.invoke_failures,
+            duration_s: round3(duration.as_secs_f64()),
+            achieved_rate_per_s: round3(achieved),
+            quota_rate_per_s: round3(quota_rate),
+            utilization: round3((achieved / quota_rate).clamp(0.0, 1.0)),
+            p50_wait_ms: pct(0.50),
+            p99_wait_ms: pct(0.99),
+            runs,
+            circuit_openings: counts.circuit_openings,
+            health_checks: counts.health_checks,
+            quota: quota.to_string(),
+            api_max_in_any_window: None,
+            reasons: counts.reasons.clone(),
+        }
+    }
+
+    /// The human form.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let line = |s: &mut String, k: &str, v: String| s.push_str(&format!("  {k:<22} {v}\n"));
+        s.push_str("qo local: report\n");
+        line(&mut s, "quota", self.quota.clone());
+        line(&mut s, "jobs", self.jobs.to_string());
+        line(&mut s, "succeeded", self.succeeded.to_string());
+        line(&mut s, "throttled (429)", self.throttled.to_string());
+        line(&mut s, "dead-lettered", self.dead_lettered.to_string());
+        line(&mut s, "re-queued", self.requeued.to_string());
+        line(
+            &mut s,
+            "duration",
+            format!("{:.1} s in {} run(s)", self.duration_s, self.runs),
+        );
+        line(
+            &mut s,
+            "rate",
+            format!(
+                "{:.3}/s of {:.3}/s (utilization {:.3})",
+                self.achieved_rate_per_s, self.quota_rate_per_s, self.utilization
+            ),
+        );
+        line(
+            &mut s,
+            "wait p50 / p99",
+            format!("{:.0} ms / {:.0} ms", self.p50_wait_ms, self.p99_wait_ms),
+        );
+        line(
+            &mut s,
+            "circuit openings",
+            format!(
+                "{} ({} health checks)",
+                self.circuit_openings, self.health_checks
+            ),
+        );
+        for (reason, n) in &self.reasons {
+            line(&mut s, "", format!("{n} x {reason}"));
+        }
+        if let Some(w) = &self.api_max_in_any_window {
+            for (tier, max) in w {
+                line(
+                    &mut s,
+                    "API max in a window",
+                    format!("{max} calls for {tier}"),
+                );
+            }
+        }
+        s
+    }
+}
