@@ -10,8 +10,9 @@
 //!
 //! # Layout
 //! - [`clients`]: [`SdkSettings`], [`load_config`], [`check_function_timeout`].
-//! - [`sqs`]: [`SqsQueue`] ([`JobSource`](qo_core::ports::JobSource) and
-//!   [`JobSink`](qo_core::ports::JobSink)), send / depths / redrive, [`ensure_queues`].
+//! - [`sqs`]: [`SqsQueue`] ([`JobSource`](qo_core::ports::JobSource),
+//!   [`JobSink`](qo_core::ports::JobSink), [`Redrive`](qo_core::ports::Redrive)), send and
+//!   depths, [`ensure_queues`].
 //! - [`dynamo`]: [`DynamoStore`] ([`RecordStore`](qo_core::ports::RecordStore),
 //!   [`LeaseStore`](qo_core::ports::LeaseStore),
 //!   [`IdempotencyStore`](qo_core::ports::IdempotencyStore)), `ensure_table`.
@@ -26,6 +27,7 @@ pub mod clients;
 pub mod dynamo;
 pub mod error;
 pub mod lambda;
+pub mod metrics;
 pub mod secrets;
 pub mod sqs;
 
@@ -36,5 +38,6 @@ pub use clients::{
 pub use dynamo::DynamoStore;
 pub use error::{AwsError, SdkFailure};
 pub use lambda::{Backoff, InvokeLimiter, InvokeSettings, LambdaInvoker};
+pub use metrics::EmfMetrics;
 pub use secrets::{ApiKey, KeySource, load_api_key};
-pub use sqs::{QueueDepth, QueueUrls, RedriveReport, SqsQueue, ensure_queues};
+pub use sqs::{QueueDepth, QueueUrls, SqsQueue, ensure_queues};

@@ -1,6 +1,6 @@
-//! The job queues over SQS: [`SqsQueue`] is the [`JobSource`] and [`JobSink`] (main queue,
-//! optional retry queue, dead-letter queue), plus the operator's operations (send, depths,
-//! redrive) and [`ensure_queues`] for local runs and tests.
+//! The job queues over SQS: [`SqsQueue`] is the [`JobSource`], [`JobSink`] and [`Redrive`]
+//! (main queue, optional retry queue, dead-letter queue), plus the operator's operations (send,
+//! depths) and [`ensure_queues`] for local runs and tests.
 //!
 //! Our own message attributes: `qo-attempt` (tries so far), `qo-enqueued-at-ms` (first enqueue,
 //! kept across re-queues), and on the dead-letter queue `qo-reason` and `qo-source-message-id`.
@@ -26,7 +26,9 @@ use aws_sdk_sqs::types::{
 };
 use qo_core::config::{ConfigError, Env};
 use qo_core::job::Origin;
-use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
+use qo_core::ports::{
+    DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
+};
 use qo_core::time::Timestamp;
 use rand::Rng;
 
@@ -101,15 +103,6 @@ pub struct QueueDepth {
     pub in_flight: u64,
     /// Messages sent with a delay that has not passed.
     pub delayed: u64,
-}
-
-/// What [`SqsQueue::redrive`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RedriveReport {
-    /// Messages on the dead-letter queue before (SQS's approximate count).
-    pub dead: u64,
-    /// Messages moved back to the main queue (0 on a dry run).
-    pub moved: u64,
 }
 
 /// The job queues over SQS.
@@ -266,27 +259,6 @@ impl SqsQueue {
             delayed: count(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
             url,
         })
-    }
-
-    /// Moves up to `max` messages from the dead-letter queue back to the main queue, their
-    /// attempt count reset to 0 (their first enqueue time kept). A dry run only counts.
-    pub async fn redrive(&self, max: u64, dry_run: bool) -> Result<RedriveReport, QueueError> {
-        let dead = self.depth("dlq", self.urls.dlq.clone()).await?.visible;
-        let mut report = RedriveReport { dead, moved: 0 };
-        if dry_run {
-            return Ok(report);
-        }
-        while report.moved < max {
-            let want = usize::try_from((max - report.moved).min(MAX_BATCH as u64)).unwrap_or(1);
-            let batch = self
-                .receive_raw(&self.urls.dlq, want, Duration::from_secs(1))
-                .await?;
-            if batch.is_empty() {
-                break;
-            }
-            report.moved += self.move_to_main(batch).await?;
-        }
-        Ok(report)
     }
 
     /// Sends a batch of dead-letter messages to the main queue and deletes those sent.
@@ -612,6 +584,38 @@ impl JobSink for SqsQueue {
         }
         req.send().await.map_err(|e| queue_err(OP, e))?;
         Ok(())
+    }
+}
+
+/// Moves dead-lettered jobs back to the main queue: each is received from the dead-letter
+/// queue, sent to the main queue with `qo-attempt` 0 (its first enqueue time kept; on a FIFO
+/// queue its message group kept), then deleted from the dead-letter queue. `dead` is SQS's
+/// approximate count before; `None` moves until the dead-letter queue answers empty.
+#[async_trait]
+impl Redrive for SqsQueue {
+    async fn redrive(&self, max: Option<u64>, dry_run: bool) -> Result<RedriveReport, QueueError> {
+        let dead = self.depth("dlq", self.urls.dlq.clone()).await?.visible;
+        let mut report = RedriveReport {
+            dead,
+            moved: 0,
+            dry_run,
+        };
+        if dry_run {
+            return Ok(report);
+        }
+        let max = max.unwrap_or(u64::MAX);
+        while report.moved < max {
+            let want = usize::try_from((max - report.moved).min(MAX_BATCH as u64)).unwrap_or(1);
+            // A 1 s poll asks every SQS server, so an empty answer means empty.
+            let batch = self
+                .receive_raw(&self.urls.dlq, want, Duration::from_secs(1))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            report.moved += self.move_to_main(batch).await?;
+        }
+        Ok(report)
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use qo_aws::{QueueUrls, SqsQueue, ensure_queues};
 use qo_core::job::Origin;
-use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
+use qo_core::ports::{
+    DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
+};
 use qo_core::time::Timestamp;
 
 fn now() -> Timestamp {
@@ -425,15 +427,23 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
         .await
         .unwrap();
     }
-    let dry = q.redrive(10, true).await.expect("dry run");
-    assert_eq!((dry.dead, dry.moved), (3, 0));
+    let dry = q.redrive(Some(10), true).await.expect("dry run");
+    assert_eq!(
+        dry,
+        RedriveReport {
+            dead: 3,
+            moved: 0,
+            dry_run: true
+        }
+    );
     assert_eq!(
         depth_of(&q.depths().await.unwrap(), "dlq"),
         (3, 0, 0),
         "untouched"
     );
 
-    let real = q.redrive(2, false).await.expect("redrive");
+    let real = q.redrive(Some(2), false).await.expect("redrive");
+    assert!(!real.dry_run);
     assert_eq!((real.dead, real.moved), (3, 2));
     let depths = q.depths().await.unwrap();
     assert_eq!(depth_of(&depths, "dlq"), (1, 0, 0));
@@ -450,7 +460,7 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
         );
     }
 
-    let rest = q.redrive(10, false).await.unwrap();
+    let rest = q.redrive(None, false).await.unwrap();
     assert_eq!((rest.dead, rest.moved), (1, 1));
     assert_eq!(depth_of(&q.depths().await.unwrap(), "dlq"), (0, 0, 0));
 }

@@ -19,3 +19,24 @@ pub enum OrchestratorError {
     #[error("unrecognised event: {0}")]
     Event(String),
 }
+
+impl OrchestratorError {
+    /// A short, stable name of the kind of error (the Lambda error type).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OrchestratorError::Config(_) => "ConfigError",
+            OrchestratorError::Store(_) => "StateStoreError",
+            OrchestratorError::Queue(_) => "QueueError",
+            OrchestratorError::Event(_) => "EventError",
+        }
+    }
+}
+
+impl From<OrchestratorError> for lambda_runtime::Diagnostic {
+    fn from(e: OrchestratorError) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: e.kind().to_string(),
+            error_message: e.to_string(),
+        }
+    }
+}

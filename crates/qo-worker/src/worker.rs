@@ -187,7 +187,7 @@ where
                     .saturating_add(Duration::from_secs(1));
                 let why = format!("claimed by another delivery since {since}");
                 info!(%since, "job claimed by another delivery: re-queued for after the claim");
-                let requeued = self.requeue(ev, &job_id, delay, &why).await?;
+                let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
                 return Ok(Outcome::Duplicate {
                     job_id,
                     in_progress: true,
@@ -210,7 +210,9 @@ where
             );
             warn!(early_ms = millis(early), "{why}");
             self.store.abandon(&job_id).await?;
-            let requeued = self.requeue(ev, &job_id, Duration::ZERO, &why).await?;
+            let requeued = self
+                .requeue_untried(ev, &job_id, Duration::ZERO, &why)
+                .await?;
             return Ok(Outcome::TooEarly {
                 job_id,
                 early_by_ms: millis(early),
@@ -228,7 +230,9 @@ where
             );
             warn!(late_ms = millis(late), "{why}");
             self.store.abandon(&job_id).await?;
-            let requeued = self.requeue(ev, &job_id, Duration::ZERO, &why).await?;
+            let requeued = self
+                .requeue_untried(ev, &job_id, Duration::ZERO, &why)
+                .await?;
             return Ok(Outcome::Late {
                 job_id,
                 late_by_ms: millis(late),
@@ -414,6 +418,27 @@ where
         false
     }
 
+    /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt
+    /// count stays, so that delivery timing alone never sends a job to the dead-letter queue.
+    async fn requeue_untried(
+        &self,
+        ev: &JobEvent,
+        job_id: &str,
+        delay: Duration,
+        why: &str,
+    ) -> Result<bool, WorkerError> {
+        let body = requeue_body(ev, job_id)?;
+        self.sink
+            .requeue(&body, &ev.origin, delay.min(MAX_REQUEUE_DELAY))
+            .await?;
+        info!(delay_ms = millis(delay), reason = why, "re-queued untried");
+        self.observe(Observation::Requeued {
+            job_id: job_id.to_string(),
+            reason: why.to_string(),
+        });
+        Ok(true)
+    }
+
     /// Re-queues the job (the attempt raised) or dead-letters it past `MAX_ATTEMPTS`.
     async fn requeue(
         &self,
@@ -422,7 +447,7 @@ where
         delay: Duration,
         why: &str,
     ) -> Result<bool, WorkerError> {
-        let body = serde_json::to_string(&ev.job).map_err(WorkerError::Encode)?;
+        let body = requeue_body(ev, job_id)?;
         let requeued = requeue_or_dead_letter(
             &self.sink,
             &body,
@@ -507,4 +532,12 @@ where
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The body of a re-queued job: the job with its id made explicit, so that the idempotency
+/// key survives the new message id a queue gives it.
+fn requeue_body(ev: &JobEvent, job_id: &str) -> Result<String, WorkerError> {
+    let mut job = ev.job.clone();
+    job.id = Some(job_id.to_string());
+    serde_json::to_string(&job).map_err(WorkerError::Encode)
 }

@@ -92,7 +92,15 @@ async fn a_late_event_is_requeued_without_a_call() {
     let q = r.sink.requeues();
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].delay, Duration::ZERO);
-    assert_eq!(q[0].origin.attempt, 1);
+    assert_eq!(
+        q[0].origin.attempt, 3,
+        "delivery timing alone does not count an attempt"
+    );
+    assert!(
+        q[0].body.contains(r#""id":"m-1""#),
+        "the job id survives the re-queue: {}",
+        q[0].body
+    );
     assert_eq!(r.store.job_status("m-1"), None, "claim dropped");
     // A late event counts nothing against the circuit.
     assert_eq!(r.store.record(RecordKey::Circuit), None);

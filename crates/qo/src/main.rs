@@ -6,9 +6,12 @@
 //! - `report`: the observer that counts what happened, and the report it makes.
 //! - `args`: parsing of ranges such as `5..50`.
 //! - `sim`: `qo sim`, the quota-enforcing API on its own.
+//! - `ops`: operations on a deployed stack or a local endpoint: `qo status`, `pause`, `resume`,
+//!   `circuit`, `quota`, `redrive`, `send`, `setup`.
 
 mod args;
 mod local;
+mod ops;
 mod report;
 mod sim;
 
@@ -28,6 +31,8 @@ enum Command {
     Local(local::LocalArgs),
     /// Serve the quota-enforcing API simulator on its own.
     Sim(sim::SimArgs),
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +58,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Local(args) => local::run(args).await,
             Command::Sim(args) => sim::run(args).await,
+            Command::Ops(command) => ops::run(command).await.map_err(Into::into),
         }
     });
     match result {

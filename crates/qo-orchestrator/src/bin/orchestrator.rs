@@ -1,1 +1,88 @@
-fn main() {}
+//! The orchestrator Lambda function: reads its configuration and builds its clients once per
+//! cold start, then hands each invocation (a scheduled tick or a control event) to
+//! [`qo_orchestrator::handle`].
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lambda_runtime::{LambdaEvent, service_fn};
+use qo_aws::{
+    DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls, SdkSettings, SqsQueue,
+    check_function_timeout, load_config,
+};
+use qo_core::config::{Env, ProcessEnv};
+use qo_core::{Clock, TokioClock};
+use qo_orchestrator::{OrchestratorConfig, OrchestratorEvent, Ports, handle};
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "orchestrator stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), lambda_runtime::Error> {
+    let env = ProcessEnv;
+    let config = OrchestratorConfig::from_env(&env)?;
+    let sdk = SdkSettings::from_env(&env)?;
+    let table = env.required("TABLE_NAME")?;
+    let urls = QueueUrls::from_env(&env)?;
+    let worker = env.required("WORKER_FUNCTION_NAME")?;
+    let invoke = InvokeSettings::from_env(&env)?;
+    if let Some(timeout) = env.get("FUNCTION_TIMEOUT_S") {
+        let timeout: u64 = env.parsed("FUNCTION_TIMEOUT_S", 0)?;
+        if let Err(e) =
+            check_function_timeout(&sdk, Duration::from_secs(timeout), config.stop_margin)
+        {
+            warn!(error = %e, function_timeout_s = %timeout, "function timeout too short for the SDK settings");
+        }
+    }
+
+    // AWS_ENDPOINT_URL (moto, locally) is honoured by the SDK itself.
+    let aws = load_config(&sdk, None).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
+    let invoker = LambdaInvoker::new(&aws, worker, &invoke)?;
+    let metrics = EmfMetrics::from_env(&env, "orchestrator");
+    info!(quota = %config.quota, lead_ms = config.dispatch_lead.as_millis() as u64, "orchestrator ready");
+
+    let (config, store, queue, invoker, metrics) = (&config, &store, &queue, &invoker, &metrics);
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<OrchestratorEvent>| async move {
+            // Anchored to the wall clock at each invocation: a reused container does not drift.
+            let clock = TokioClock::system();
+            let ports = Ports {
+                queue,
+                store,
+                invoker,
+                clock: &clock,
+                observer: metrics,
+            };
+            let result = handle(ports, config, event).await;
+            metrics.flush(clock.now());
+            result
+        },
+    ))
+    .await
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time();
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,187 @@
+//! CloudWatch metrics in Embedded Metric Format: an [`Observer`] that counts observations and
+//! writes one EMF JSON line to stdout per flush. Lambda ships stdout to CloudWatch Logs, which
+//! extracts the metrics; no API call and no permission needed.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use qo_core::config::Env;
+use qo_core::{CircuitPhase, Observation, Observer, Timestamp};
+use serde_json::{Value, json};
+
+/// Counts observations; [`EmfMetrics::flush`] writes them as one EMF record.
+#[derive(Debug)]
+pub struct EmfMetrics {
+    namespace: String,
+    stack: String,
+    function: &'static str,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    values: BTreeMap<&'static str, f64>,
+    gauges: BTreeMap<&'static str, f64>,
+    latencies_ms: Vec<f64>,
+}
+
+impl EmfMetrics {
+    /// Metrics of `function` ("orchestrator" or "worker") in `METRICS_NAMESPACE` (default
+    /// `QuotaOrchestrator`) with the dimension `Stack` = `STACK_NAME` (default
+    /// `quota-orchestrator`).
+    pub fn from_env(env: &impl Env, function: &'static str) -> Self {
+        EmfMetrics {
+            namespace: env
+                .get("METRICS_NAMESPACE")
+                .unwrap_or_else(|| "QuotaOrchestrator".to_string()),
+            stack: env
+                .get("STACK_NAME")
+                .unwrap_or_else(|| "quota-orchestrator".to_string()),
+            function,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    fn with<F: FnOnce(&mut Counts)>(&self, f: F) {
+        if let Ok(mut c) = self.counts.lock() {
+            f(&mut c);
+        }
+    }
+
+    /// Adds to a counter.
+    pub fn add(&self, name: &'static str, n: f64) {
+        self.with(|c| *c.values.entry(name).or_default() += n);
+    }
+
+    /// Sets a gauge (last value wins).
+    pub fn gauge(&self, name: &'static str, v: f64) {
+        self.with(|c| {
+            c.gauges.insert(name, v);
+        });
+    }
+
+    /// The EMF record for the counts so far, and resets the counters (gauges are kept).
+    pub fn take_record(&self, now: Timestamp) -> Option<Value> {
+        let mut c = self.counts.lock().ok()?;
+        if c.values.is_empty() && c.gauges.is_empty() && c.latencies_ms.is_empty() {
+            return None;
+        }
+        let mut record = serde_json::Map::new();
+        let mut defs = Vec::new();
+        for (name, v) in std::mem::take(&mut c.values) {
+            record.insert(name.to_string(), json!(v));
+            defs.push(json!({"Name": name, "Unit": "Count"}));
+        }
+        for (name, v) in &c.gauges {
+            record.insert(name.to_string(), json!(v));
+            let unit = if *name == "QuotaUtilization" {
+                "Percent"
+            } else {
+                "None"
+            };
+            defs.push(json!({"Name": name, "Unit": unit}));
+        }
+        let lat = std::mem::take(&mut c.latencies_ms);
+        if !lat.is_empty() {
+            record.insert("CallLatency".into(), json!(lat));
+            defs.push(json!({"Name": "CallLatency", "Unit": "Milliseconds"}));
+        }
+        record.insert("Stack".into(), json!(self.stack));
+        record.insert("Function".into(), json!(self.function));
+        record.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": now.as_millis(),
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": [["Stack"]],
+                    "Metrics": defs,
+                }]
+            }),
+        );
+        Some(Value::Object(record))
+    }
+
+    /// Writes the counts so far as one EMF line on stdout.
+    pub fn flush(&self, now: Timestamp) {
+        if let Some(record) = self.take_record(now) {
+            println!("{record}");
+        }
+    }
+}
+
+impl Observer for EmfMetrics {
+    fn observe(&self, o: Observation) {
+        match o {
+            Observation::Dispatched { .. } => self.add("Dispatched", 1.0),
+            Observation::InvokeFailed { .. } => self.add("InvokeFailed", 1.0),
+            Observation::Called { status, .. } if status.is_none_or(|s| s >= 500) => {
+                self.add("Failures", 1.0)
+            }
+            Observation::Called { .. } => {}
+            Observation::Succeeded { .. } => self.add("Succeeded", 1.0),
+            Observation::Throttled { .. } => self.add("Throttled", 1.0),
+            Observation::Requeued { ref reason, .. } => {
+                self.add("Requeued", 1.0);
+                if reason.contains("after its slot") {
+                    self.add("LateDeliveries", 1.0);
+                }
+            }
+            Observation::DeadLettered { .. } => self.add("DeadLettered", 1.0),
+            Observation::Duplicate { .. } => self.add("Duplicates", 1.0),
+            Observation::Circuit { phase, .. } => self.gauge(
+                "CircuitOpen",
+                if phase == CircuitPhase::Closed {
+                    0.0
+                } else {
+                    1.0
+                },
+            ),
+            Observation::HealthCheckSent { .. } => self.add("HealthChecksSent", 1.0),
+            Observation::HealthCheck { .. } => {}
+            Observation::Backlog { held } => self.gauge("Backlog", held as f64),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn writes_an_emf_record() {
+        let env: HashMap<String, String> = [("STACK_NAME".to_string(), "s1".to_string())]
+            .into_iter()
+            .collect();
+        let m = EmfMetrics::from_env(&env, "orchestrator");
+        m.observe(Observation::Dispatched {
+            message_id: "a".into(),
+            slot: Timestamp::EPOCH,
+        });
+        m.observe(Observation::Dispatched {
+            message_id: "b".into(),
+            slot: Timestamp::EPOCH,
+        });
+        m.observe(Observation::Circuit {
+            phase: CircuitPhase::Open,
+            epoch: 1,
+        });
+        let r = m.take_record(Timestamp::from_millis(5)).expect("record");
+        assert_eq!(r["Dispatched"], 2.0);
+        assert_eq!(r["CircuitOpen"], 1.0);
+        assert_eq!(r["Stack"], "s1");
+        assert_eq!(
+            r["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+            "QuotaOrchestrator"
+        );
+        assert_eq!(
+            r["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0][0],
+            "Stack"
+        );
+        // Counters reset after a flush; gauges stay.
+        let r2 = m.take_record(Timestamp::from_millis(6)).expect("record");
+        assert!(r2.get("Dispatched").is_none());
+        assert_eq!(r2["CircuitOpen"], 1.0);
+    }
+}
