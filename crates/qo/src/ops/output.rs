@@ -19,11 +19,6 @@ pub fn emit<R: Serialize + Display>(report: &R, json: bool) -> Result<(), OpsErr
     Ok(())
 }
 
-/// RFC 3339, for JSON reports.
-pub fn rfc3339(t: Option<Timestamp>) -> Option<String> {
-    t.map(Timestamp::to_rfc3339)
-}
-
 /// `2025-01-02T03:04:05.000Z (in 4s)` or `(... 2m ago)`.
 pub fn when(t: Timestamp, now: Timestamp) -> String {
     if t >= now {

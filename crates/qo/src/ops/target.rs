@@ -182,11 +182,6 @@ impl Connection {
         Ok(Connection { config, target })
     }
 
-    /// The resolved target.
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
     /// The state store over the target's table.
     pub fn store(&self) -> Result<DynamoStore, OpsError> {
         let table = self.target.table()?;
@@ -209,7 +204,7 @@ impl Connection {
             aws_sdk_sqs::Client::new(&self.config),
             QueueUrls {
                 main,
-                retry: self.target.retry.clone(),
+                retry: self.target.retry_url().map(str::to_string),
                 dlq,
             },
         ))
