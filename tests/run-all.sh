@@ -66,9 +66,7 @@ stage_sam() {
     echo "template.yaml not present yet: SAM stages skipped"
     return 0
   fi
-  cfn-lint template.yaml
-  sam validate --lint
-  sam build --beta-features
+  bash "$REPO/tests/sam.sh"
 }
 
 # Emulator: end-to-end runs against the local stack (moto server + cargo lambda watch). Those
