@@ -2,10 +2,10 @@
 //! tier of the quota, while the circuit is closed; sends health checks while it is open.
 //!
 //! # Layout
-//! - [`config`]: [`OrchestratorConfig`], read once from the environment.
-//! - [`run`]: one run of the dispatch loop, generic over the ports.
-//! - [`handler`]: the Lambda handler (scheduled event or control event).
-//! - [`error`]: [`OrchestratorError`].
+//! - [`config`] - [`OrchestratorConfig`], read once from the environment.
+//! - [`run`] - one run of the dispatch loop, generic over the ports.
+//! - [`handler`] - the Lambda handler (scheduled event or control event).
+//! - [`error`] - [`OrchestratorError`].
 //! - `bin/orchestrator.rs`: the Lambda `main` over the AWS adapters.
 
 pub mod config;

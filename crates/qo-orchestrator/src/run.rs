@@ -281,13 +281,14 @@ where
             if !self.dispatching() {
                 self.release_held(Duration::ZERO).await?;
                 let mut wake = wake;
-                if !self.control.paused && !self.circuit.is_closed() {
-                    if let Some(due) = self.circuit.probe_due(&cfg.circuit) {
-                        if due <= now {
-                            self.send_health_check(now).await?;
-                        } else {
-                            wake = wake.min(due);
-                        }
+                if !self.control.paused
+                    && !self.circuit.is_closed()
+                    && let Some(due) = self.circuit.probe_due(&cfg.circuit)
+                {
+                    if due <= now {
+                        self.send_health_check(now).await?;
+                    } else {
+                        wake = wake.min(due);
                     }
                 }
                 idle_since = now;

@@ -14,7 +14,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::warn;
 
-use qo_core::{Clock, QuotaSpec, TokioClock, WorkerEvent};
+use qo_aws::{
+    DynamoStore, SdkSettings, SqsQueue, ensure_queues, load_config, with_static_credentials,
+};
+use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, QueueError, RecordStore};
+use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, Ports, StopReason};
 use qo_sim::{SimConfig, SimServer};
@@ -44,9 +48,10 @@ pub struct LocalArgs {
     /// Delivery delay from invoke to worker, in milliseconds, e.g. `5..50`.
     #[arg(long, default_value = "2..40")]
     delivery_delay_ms: Range,
-    /// Dispatch this long ahead of each slot (must exceed the delivery delay).
-    #[arg(long, default_value_t = 250)]
-    dispatch_lead_ms: u64,
+    /// Dispatch this long ahead of each slot (must exceed the delivery delay plus the
+    /// worker's claim of the job); default 250, or 1000 with `--aws-endpoint`.
+    #[arg(long)]
+    dispatch_lead_ms: Option<u64>,
     /// Built-in API: fraction of calls answered 500.
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
@@ -65,11 +70,58 @@ pub struct LocalArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600.0)]
     timeout_s: f64,
+    /// Use the AWS adapters (SQS, DynamoDB) against this endpoint (e.g. a moto server)
+    /// instead of the in-memory ones; the queues and the table are created there.
+    #[arg(long)]
+    aws_endpoint: Option<String>,
+}
+
+/// What the local run needs of a backend beyond the ports: filling and measuring the backlog.
+#[async_trait::async_trait]
+trait Backlog: JobSource + JobSink + Send + Sync {
+    /// Enqueues one job.
+    async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError>;
+    /// Messages still on the main and retry queues (visible, in flight or delayed).
+    async fn pending(&self) -> Result<u64, QueueError>;
+}
+
+#[async_trait::async_trait]
+impl Backlog for MemoryQueue {
+    async fn enqueue(&self, body: String, _now: Timestamp) -> Result<(), QueueError> {
+        self.send(body);
+        Ok(())
+    }
+    async fn pending(&self) -> Result<u64, QueueError> {
+        Ok(self.depths().pending() as u64)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backlog for SqsQueue {
+    async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError> {
+        self.send_job(&body, now).await.map(|_| ())
+    }
+    async fn pending(&self) -> Result<u64, QueueError> {
+        Ok(self
+            .depths()
+            .await?
+            .iter()
+            .filter(|d| d.name != "dlq")
+            .map(|d| d.visible + d.in_flight + d.delayed)
+            .sum())
+    }
 }
 
 /// Runs the local system and prints the report.
 pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.delivery_delay_ms.max >= args.dispatch_lead_ms as f64 {
+    let lead_ms = args
+        .dispatch_lead_ms
+        .unwrap_or(if args.aws_endpoint.is_some() {
+            1000
+        } else {
+            250
+        });
+    if args.delivery_delay_ms.max >= lead_ms as f64 {
         warn!(
             "the delivery delay can exceed the dispatch lead: late events are re-queued, not called"
         );
@@ -95,16 +147,66 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => unreachable_api()?,
     };
 
-    // The adapters: in memory, shared by the orchestrator and the worker.
-    let queue = MemoryQueue::with_options(
-        clock.clone(),
-        QueueOptions {
-            retry_queue: true,
-            ..QueueOptions::default()
-        },
-    );
-    let store = MemoryStore::new();
+    match &args.aws_endpoint {
+        None => {
+            // The adapters: in memory, shared by the orchestrator and the worker.
+            let queue = MemoryQueue::with_options(
+                clock.clone(),
+                QueueOptions {
+                    retry_queue: true,
+                    ..QueueOptions::default()
+                },
+            );
+            drive(
+                args,
+                clock,
+                collector,
+                sim,
+                api_url,
+                queue,
+                MemoryStore::new(),
+            )
+            .await
+        }
+        Some(endpoint) => {
+            // The AWS adapters, over the real SDKs, against the endpoint.
+            let settings = SdkSettings::default();
+            let sdk = with_static_credentials(
+                &load_config(&settings, Some(endpoint)).await,
+                "test",
+                "test",
+            );
+            let prefix = format!(
+                "qo-local-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), prefix.clone());
+            store.ensure_table().await?;
+            let urls = ensure_queues(&aws_sdk_sqs::Client::new(&sdk), &prefix, false).await?;
+            eprintln!(
+                "qo local: table {prefix} and queues {} (+ retry, dlq) at {endpoint}",
+                urls.main
+            );
+            let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), urls);
+            drive(args, clock, collector, sim, api_url, queue, store).await
+        }
+    }
+}
 
+/// Runs the orchestrator and the worker over `queue` and `store` until every job ended.
+async fn drive<Q, S>(
+    args: LocalArgs,
+    clock: Arc<TokioClock>,
+    collector: Arc<Collector>,
+    sim: Option<SimServer>,
+    api_url: String,
+    queue: Q,
+    store: S,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    Q: Backlog + Clone + 'static,
+    S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
+{
     // The worker, behind an invoker that delivers like Lambda's async queue.
     let mut worker_env = std::collections::HashMap::new();
     worker_env.insert("API_BASE_URL".to_string(), api_url.clone());
@@ -147,7 +249,13 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
     // The orchestrator's configuration: the defaults a deployment has, with the local flags.
     let mut config = OrchestratorConfig::with_quota(args.quota.clone());
     config.pacing.mode = args.budget_mode;
-    config.dispatch_lead = Duration::from_millis(args.dispatch_lead_ms);
+    config.dispatch_lead = Duration::from_millis(args.dispatch_lead_ms.unwrap_or(
+        if args.aws_endpoint.is_some() {
+            1000
+        } else {
+            250
+        },
+    ));
     config.circuit = worker_config.circuit;
     config.stop_margin = Duration::from_millis(500);
     config.idle_exit = Some(Duration::from_secs(2));
@@ -155,7 +263,9 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     // The backlog.
     for i in 0..args.jobs {
-        queue.send(format!(r#"{{"path":"/items/{i}"}}"#));
+        queue
+            .enqueue(format!(r#"{{"path":"/items/{i}"}}"#), clock.now())
+            .await?;
     }
 
     let bar = progress_bar(args.jobs);
@@ -195,10 +305,10 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
             bar.println(format!("a budget is used up until {until}; stopping"));
             break;
         }
-        if report.dispatched == 0 && queue.depths().pending() == 0 {
+        if report.dispatched == 0 && queue.pending().await? == 0 {
             // Nothing left anywhere: wait for the last deliveries.
             invoker.wait_idle().await;
-            if queue.depths().pending() == 0 {
+            if queue.pending().await? == 0 {
                 break;
             }
         }

@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Local(args) => local::run(args).await,
             Command::Sim(args) => sim::run(args).await,
-            Command::Ops(command) => ops::run(command).await.map_err(Into::into),
+            Command::Ops(command) => ops::run(command).await,
         }
     });
     match result {

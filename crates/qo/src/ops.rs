@@ -51,8 +51,16 @@ pub enum OpsCommand {
     Setup(setup::SetupArgs),
 }
 
-/// Runs an operation.
-pub async fn run(command: OpsCommand) -> Result<(), OpsError> {
+/// Runs an operation. The error is one line of text (its backend causes condensed); the whole
+/// chain is logged at debug level (`RUST_LOG=debug`).
+pub async fn run(command: OpsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    run_command(command).await.map_err(|e| {
+        tracing::debug!(error = ?e, "operation failed");
+        e.to_string().into()
+    })
+}
+
+async fn run_command(command: OpsCommand) -> Result<(), OpsError> {
     match command {
         OpsCommand::Status(args) => status::run(args).await,
         OpsCommand::Pause(args) => control::run(ControlCommand::Pause, args).await,

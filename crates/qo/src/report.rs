@@ -96,7 +96,23 @@ impl Observer for Collector {
 
 /// The first words of a reason, so that like reasons count together.
 fn short(reason: &str) -> String {
-    reason.chars().take(60).collect()
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+        if out.len() >= 60 {
+            break;
+        }
+    }
+    out
 }
 
 /// The report of a local run (`--json` prints it as one object).

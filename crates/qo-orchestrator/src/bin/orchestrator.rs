@@ -36,7 +36,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let urls = QueueUrls::from_env(&env)?;
     let worker = env.required("WORKER_FUNCTION_NAME")?;
     let invoke = InvokeSettings::from_env(&env)?;
-    if let Some(timeout) = env.get("FUNCTION_TIMEOUT_S") {
+    if env.get("FUNCTION_TIMEOUT_S").is_some() {
         let timeout: u64 = env.parsed("FUNCTION_TIMEOUT_S", 0)?;
         if let Err(e) =
             check_function_timeout(&sdk, Duration::from_secs(timeout), config.stop_margin)

@@ -4,6 +4,7 @@
 use qo_aws::{AwsError, SdkFailure};
 use qo_core::config::ConfigError;
 use qo_core::ports::{QueueError, StoreError};
+use std::error::Error;
 
 /// An operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +34,7 @@ pub enum OpsError {
         stack: String,
     },
     /// The stack's description could not be read.
-    #[error("cannot read stack `{stack}`: {source}")]
+    #[error("cannot read stack `{stack}`: {}", root(source))]
     Stack {
         /// The stack.
         stack: String,
@@ -45,7 +46,7 @@ pub enum OpsError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A state table operation failed.
-    #[error("{what} in table `{table}`: {source}")]
+    #[error("{what} in table `{table}`: {}", cause(source))]
     Store {
         /// What was being done.
         what: &'static str,
@@ -56,7 +57,7 @@ pub enum OpsError {
         source: StoreError,
     },
     /// A queue operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", cause(source))]
     Queue {
         /// What was being done, naming the queue.
         what: String,
@@ -65,7 +66,7 @@ pub enum OpsError {
         source: QueueError,
     },
     /// Creating local resources failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", cause(source))]
     Aws {
         /// What was being created.
         what: String,
@@ -124,4 +125,72 @@ pub enum OpsError {
     /// The report could not be written as JSON.
     #[error("cannot write the report as JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+/// A backend error in one line: the operation and the innermost cause, without the SDK's
+/// rendering of the whole response (which `RUST_LOG=debug` shows).
+fn cause(e: &(dyn Error + 'static)) -> String {
+    if let Some(StoreError::Backend { op, source }) = e.downcast_ref::<StoreError>() {
+        return format!("{op} failed: {}", root(source.as_ref()));
+    }
+    if let Some(QueueError::Backend { op, source }) = e.downcast_ref::<QueueError>() {
+        return format!("{op} failed: {}", root(source.as_ref()));
+    }
+    if let Some(AwsError::Sdk { op, source }) = e.downcast_ref::<AwsError>() {
+        return format!("{op} failed: {}", root(source));
+    }
+    e.to_string()
+}
+
+/// The innermost error's text: an SDK error's cause chain ends in what the service or the
+/// network said.
+fn root(e: &(dyn Error + 'static)) -> String {
+    let mut last = e;
+    let mut text = e.to_string();
+    while let Some(next) = last.source() {
+        let t = next.to_string();
+        if !t.trim().is_empty() {
+            text = t;
+        }
+        last = next;
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("dispatch failure (a long rendering of the whole response)")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn backend_errors_read_as_the_operation_and_the_innermost_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = OpsError::Store {
+            what: "reading the lease",
+            table: "t".into(),
+            source: StoreError::Backend {
+                op: "dynamodb.GetItem",
+                source: Box::new(SdkFailure::new(Outer(io))),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "reading the lease in table `t`: dynamodb.GetItem failed: connection refused"
+        );
+        let e = OpsError::Queue {
+            what: "redriving".into(),
+            source: QueueError::Partial {
+                op: "redrive",
+                failed: 1,
+                detail: "throttled".into(),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "redriving: queue redrive: 1 of the batch failed: throttled"
+        );
+    }
 }

@@ -131,10 +131,10 @@ where
             }
             Err(e) => out.failed.push((number, e.to_string())),
         }
-        if out.failed.is_empty() {
-            if let Some(line) = pending.next() {
-                in_flight.push(start(line));
-            }
+        if out.failed.is_empty()
+            && let Some(line) = pending.next()
+        {
+            in_flight.push(start(line));
         }
     }
     out.unsent = pending.map(|l| l.number).collect();

@@ -257,11 +257,11 @@ impl fmt::Display for StatusReport {
             match t.resets_at {
                 Some(r) => writeln!(
                     f,
-                    "  {:<22} {used:>12} used, resets {}",
+                    "  {:<20} {used:>11} used, resets {}",
                     t.tier,
                     when(r, now)
                 )?,
-                None => writeln!(f, "  {:<22} {used:>12} used", t.tier)?,
+                None => writeln!(f, "  {:<20} {used:>11} used", t.tier)?,
             }
         }
         let c = &self.circuit;
