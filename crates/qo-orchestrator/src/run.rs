@@ -592,7 +592,7 @@ where
 
     /// Saves usage, fenced by the lease: a run that lost its lease cannot overwrite.
     async fn persist(&mut self, horizon: Option<Timestamp>) -> Result<(), OrchestratorError> {
-        self.pacer.set_horizon(horizon);
+        self.pacer.set_horizon(self.now(), horizon);
         let version = save_record(
             self.ports.store,
             RecordKey::Quota,

@@ -165,6 +165,9 @@ pub struct QuotaState {
     /// Found set at hydration, it means the last run stopped without saving its final usage.
     #[serde(default)]
     pub horizon: Option<Timestamp>,
+    /// When the horizon was set (the save): calls before it are recorded in this state.
+    #[serde(default)]
+    pub saved_at: Option<Timestamp>,
 }
 
 /// Usage of one tier, for status reports.
@@ -414,9 +417,11 @@ impl Pacer {
         self.check(t).earliest(t)
     }
 
-    /// Sets the write-ahead horizon (see [`QuotaState::horizon`]); `None` on a clean stop.
-    pub fn set_horizon(&mut self, horizon: Option<Timestamp>) {
+    /// Sets the write-ahead horizon at a save made at `now` (see [`QuotaState::horizon`]);
+    /// `None` on a clean stop.
+    pub fn set_horizon(&mut self, now: Timestamp, horizon: Option<Timestamp>) {
         self.state.horizon = horizon;
+        self.state.saved_at = horizon.map(|_| now);
     }
 
     /// The previous run stopped without saving: calls may have been made at full pace between
@@ -426,7 +431,13 @@ impl Pacer {
         let Some(horizon) = self.state.horizon.take() else {
             return;
         };
-        let from = self.state.last_slot.unwrap_or(horizon).min(horizon);
+        let from = self
+            .state
+            .saved_at
+            .take()
+            .or(self.state.last_slot)
+            .unwrap_or(horizon)
+            .min(horizon);
         let rate = self.spec.pacing_rate_per_s();
         let n = (horizon.since(from).as_secs_f64() * rate).ceil() as u32 + 1;
         for i in 0..self.spec.tiers().len() {
@@ -442,8 +453,9 @@ impl Pacer {
             if counts {
                 let b = horizon.as_micros() / width;
                 match usage.buckets.back_mut() {
-                    Some((lb, c)) if *lb == b => *c += n,
-                    Some((lb, _)) if *lb > b => {}
+                    // Count them in the latest bucket: at or after the horizon's, so they
+                    // leave the window no earlier than the real calls did.
+                    Some((lb, c)) if *lb >= b => *c += n,
                     _ => usage.buckets.push_back((b, n)),
                 }
             }
@@ -748,7 +760,7 @@ mod tests {
         let mut p = pacer("20/s,100/h");
         let slots = drain(&mut p, t(0), 10);
         let last = slots[9];
-        p.set_horizon(Some(last.plus(Duration::from_secs(2))));
+        p.set_horizon(last, Some(last.plus(Duration::from_secs(2))));
         // Saved here; the run then crashed. A new run hydrates the saved state.
         let mut q = Pacer::hydrate(p.spec().clone(), *p.policy(), p.state().clone());
         q.assume_unrecorded_until();
