@@ -140,6 +140,7 @@ impl Observer for EmfMetrics {
             Observation::HealthCheckSent { .. } => self.add("HealthChecksSent", 1.0),
             Observation::HealthCheck { .. } => {}
             Observation::Backlog { held } => self.gauge("Backlog", held as f64),
+            Observation::BudgetExhausted { .. } => self.add("BudgetExhausted", 1.0),
         }
     }
 }

@@ -84,6 +84,13 @@ pub enum Observation {
         /// Whether the API was healthy.
         healthy: bool,
     },
+    /// A budget tier (hour, day, month) is used up until its reset.
+    BudgetExhausted {
+        /// The tier, as spec text.
+        tier: String,
+        /// Its reset.
+        until: Timestamp,
+    },
     /// The backlog seen by the orchestrator (messages held, approximately).
     Backlog {
         /// Messages held.

@@ -304,6 +304,7 @@ where
                     && until >= stop_at
                 {
                     info!(%until, "budget exhausted until its reset; stopping");
+                    self.observe_exhausted(until);
                     return Ok(StopReason::Exhausted { until });
                 }
                 let wait = wake.since(now).min(Duration::from_secs(1));
@@ -346,6 +347,7 @@ where
                     if until >= stop_at {
                         let tier = self.pacer.spec().tiers()[tier];
                         info!(%tier, %until, "budget exhausted until its reset; stopping");
+                        self.observe_exhausted(until);
                         let hide = until.since(now).min(Duration::from_secs(12 * 3600));
                         self.release_held(hide).await?;
                         return Ok(StopReason::Exhausted { until });
@@ -369,6 +371,19 @@ where
             }
             self.dispatch(slot, now);
         }
+    }
+
+    fn observe_exhausted(&self, until: Timestamp) {
+        let now = self.now();
+        let tier = match self.pacer.check(now.plus(self.config.dispatch_lead)) {
+            Availability::ExhaustedUntil { tier, .. } => {
+                self.pacer.spec().tiers()[tier].to_string()
+            }
+            _ => String::new(),
+        };
+        self.ports
+            .observer
+            .observe(Observation::BudgetExhausted { tier, until });
     }
 
     fn state_horizon_reached(&self, slot: Timestamp) -> bool {

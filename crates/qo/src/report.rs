@@ -89,7 +89,9 @@ impl Observer for Collector {
                 c.circuit = Some(phase);
             }
             Observation::HealthCheckSent { .. } => c.health_checks += 1,
-            Observation::HealthCheck { .. } | Observation::Backlog { .. } => {}
+            Observation::HealthCheck { .. }
+            | Observation::Backlog { .. }
+            | Observation::BudgetExhausted { .. } => {}
         }
     }
 }
