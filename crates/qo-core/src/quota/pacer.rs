@@ -545,6 +545,22 @@ impl Pacer {
                         };
                         (used, Some(calendar_start(tier.period, idx + 1)))
                     }
+                    WindowKind::Rolling if !self.counts_rolling(tier) => {
+                        // Paced only: the calls in the window follow from the pace, one per
+                        // interval up to the theoretical arrival time.
+                        let interval = self.interval(tier, t).max(1);
+                        let window_start = t
+                            .as_micros()
+                            .saturating_sub(duration_micros(tier.period.duration()));
+                        let used = usage
+                            .tat
+                            .as_micros()
+                            .saturating_sub(window_start)
+                            .div_ceil(interval)
+                            .min(u64::from(tier.limit.get()));
+                        let resets = (used > 0).then(|| usage.tat.max(t));
+                        (used, resets)
+                    }
                     WindowKind::Rolling => {
                         let width = self.bucket_width(tier);
                         let span = duration_micros(tier.period.duration()) + tol;
@@ -823,5 +839,9 @@ mod tests {
         assert_eq!(r[1].used, 7);
         assert_eq!(r[2].used, 7);
         assert_eq!(r[1].resets_at, Some(Timestamp::from_secs(86_400 * 20_001)));
+        // The paced 10/s tier: 7 calls 100 ms apart, the last 0.4 s before `now`.
+        assert_eq!(r[0].used, 7);
+        let later = p.report(start.plus(Duration::from_secs(5)));
+        assert_eq!(later[0].used, 0);
     }
 }
