@@ -27,6 +27,7 @@ pub mod clients;
 pub mod dynamo;
 pub mod error;
 pub mod lambda;
+pub mod logging;
 pub mod metrics;
 pub mod secrets;
 pub mod sqs;

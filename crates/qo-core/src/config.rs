@@ -84,6 +84,57 @@ pub trait Env {
     }
 }
 
+/// The circuit breaker's policy from `CIRCUIT_FAILURE_THRESHOLD`, `CIRCUIT_FAILURE_WINDOW_S`,
+/// `HEALTH_CHECK_INITIAL_S`, `HEALTH_CHECK_MAX_S` and `HEALTH_CHECK_TIMEOUT_S`: one reader for
+/// the orchestrator, the worker and `qo`, so they cannot disagree.
+pub fn circuit_policy(env: &impl Env) -> Result<crate::circuit::CircuitPolicy, ConfigError> {
+    let d = crate::circuit::CircuitPolicy::default();
+    let invalid = |name: &str, value: String, reason: String| ConfigError::Invalid {
+        name: name.to_string(),
+        value,
+        reason,
+    };
+    let positive = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+        let v = env.seconds(name, default)?;
+        if v.is_zero() {
+            Err(invalid(
+                name,
+                env.get(name).unwrap_or_else(|| "0".into()),
+                "must be greater than zero".into(),
+            ))
+        } else {
+            Ok(v)
+        }
+    };
+    let threshold: u32 = env.parsed("CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold.get())?;
+    let failure_threshold = std::num::NonZeroU32::new(threshold).ok_or_else(|| {
+        invalid(
+            "CIRCUIT_FAILURE_THRESHOLD",
+            threshold.to_string(),
+            "must be at least 1".into(),
+        )
+    })?;
+    let probe_initial = positive("HEALTH_CHECK_INITIAL_S", d.probe_initial)?;
+    let probe_max = env.seconds("HEALTH_CHECK_MAX_S", d.probe_max)?;
+    if probe_max < probe_initial {
+        return Err(invalid(
+            "HEALTH_CHECK_MAX_S",
+            probe_max.as_secs_f64().to_string(),
+            format!(
+                "must not be less than HEALTH_CHECK_INITIAL_S ({})",
+                probe_initial.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(crate::circuit::CircuitPolicy {
+        failure_threshold,
+        failure_window: positive("CIRCUIT_FAILURE_WINDOW_S", d.failure_window)?,
+        probe_initial,
+        probe_max,
+        probe_timeout: positive("HEALTH_CHECK_TIMEOUT_S", d.probe_timeout)?,
+    })
+}
+
 /// The process environment.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessEnv;

@@ -1,6 +1,5 @@
 //! The orchestrator's configuration, read once from the environment.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use qo_core::CircuitPolicy;
@@ -104,23 +103,7 @@ impl OrchestratorConfig {
     }
 }
 
-/// The circuit policy from CIRCUIT_* and HEALTH_CHECK_* variables (shared with the worker).
-pub fn circuit_policy(env: &impl Env) -> Result<CircuitPolicy, ConfigError> {
-    let d = CircuitPolicy::default();
-    let threshold: u32 = env.parsed("CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold.get())?;
-    let failure_threshold = NonZeroU32::new(threshold).ok_or_else(|| ConfigError::Invalid {
-        name: "CIRCUIT_FAILURE_THRESHOLD".into(),
-        value: threshold.to_string(),
-        reason: "must be at least 1".into(),
-    })?;
-    Ok(CircuitPolicy {
-        failure_threshold,
-        failure_window: env.seconds("CIRCUIT_FAILURE_WINDOW_S", d.failure_window)?,
-        probe_initial: env.seconds("HEALTH_CHECK_INITIAL_S", d.probe_initial)?,
-        probe_max: env.seconds("HEALTH_CHECK_MAX_S", d.probe_max)?,
-        probe_timeout: env.seconds("HEALTH_CHECK_TIMEOUT_S", d.probe_timeout)?,
-    })
-}
+pub use qo_core::config::circuit_policy;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,5 @@
 //! The worker's configuration: environment variables read once at cold start.
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use qo_core::CircuitPolicy;
@@ -151,46 +150,7 @@ impl WorkerConfig {
 /// `CIRCUIT_FAILURE_WINDOW_S` (default 60), `HEALTH_CHECK_INITIAL_S` (default 5),
 /// `HEALTH_CHECK_MAX_S` (default 300) and `HEALTH_CHECK_TIMEOUT_S` (default 30).
 pub fn circuit_policy_from_env(env: &impl Env) -> Result<CircuitPolicy, ConfigError> {
-    let d = CircuitPolicy::default();
-    let threshold: u32 = env.parsed("CIRCUIT_FAILURE_THRESHOLD", d.failure_threshold.get())?;
-    let failure_threshold = NonZeroU32::new(threshold).ok_or_else(|| {
-        invalid(
-            "CIRCUIT_FAILURE_THRESHOLD",
-            "0",
-            "must be at least 1".to_string(),
-        )
-    })?;
-    let probe_initial = positive(
-        env,
-        "HEALTH_CHECK_INITIAL_S",
-        env.seconds("HEALTH_CHECK_INITIAL_S", d.probe_initial)?,
-    )?;
-    let probe_max = env.seconds("HEALTH_CHECK_MAX_S", d.probe_max)?;
-    if probe_max < probe_initial {
-        return Err(invalid(
-            "HEALTH_CHECK_MAX_S",
-            &probe_max.as_secs_f64().to_string(),
-            format!(
-                "must not be less than HEALTH_CHECK_INITIAL_S ({})",
-                probe_initial.as_secs_f64()
-            ),
-        ));
-    }
-    Ok(CircuitPolicy {
-        failure_threshold,
-        failure_window: positive(
-            env,
-            "CIRCUIT_FAILURE_WINDOW_S",
-            env.seconds("CIRCUIT_FAILURE_WINDOW_S", d.failure_window)?,
-        )?,
-        probe_initial,
-        probe_max,
-        probe_timeout: positive(
-            env,
-            "HEALTH_CHECK_TIMEOUT_S",
-            env.seconds("HEALTH_CHECK_TIMEOUT_S", d.probe_timeout)?,
-        )?,
-    })
+    qo_core::config::circuit_policy(env)
 }
 
 fn base_url(env: &impl Env) -> Result<Url, ConfigError> {

@@ -14,11 +14,10 @@ use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, TokioClock};
 use qo_orchestrator::{OrchestratorConfig, OrchestratorEvent, Ports, handle};
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
+    qo_aws::logging::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -71,18 +70,4 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         },
     ))
     .await
-}
-
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .without_time();
-    if json {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
-    }
 }

@@ -13,11 +13,10 @@ use qo_core::{Timestamp, WorkerEvent};
 use qo_worker::lambda::check_timeout_budget;
 use qo_worker::{ApiClient, SystemClock, Worker, WorkerConfig, handler};
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
+    qo_aws::logging::init();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -85,28 +84,7 @@ fn check_function_timeout(context: &Context, sdk: &SdkSettings, config: &WorkerC
     }
 }
 
-/// JSON logs when the function's log format is JSON, compact text otherwise; `RUST_LOG`
-/// filters (default `info`).
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_target(false);
-    if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .init();
-    } else {
-        // CloudWatch stamps each line.
-        builder.compact().without_time().init();
-    }
-}
-
+/// Milliseconds, for logs.
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
