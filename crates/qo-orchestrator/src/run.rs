@@ -308,7 +308,7 @@ where
                     return Ok(StopReason::Exhausted { until });
                 }
                 let wait = wake.since(now).min(Duration::from_secs(1));
-                let messages = self.ports.queue.receive(self.batch_size(), wait).await?;
+                let messages = self.receive_while_invoking(wait).await?;
                 if messages.is_empty() {
                     self.poll_completions().await?;
                     if let Some(idle) = cfg.idle_exit
@@ -384,6 +384,31 @@ where
         self.ports
             .observer
             .observe(Observation::BudgetExhausted { tier, until });
+    }
+
+    /// Long-polls the queue while the invokes in flight keep going: a future that is not
+    /// polled sends nothing, and a job dispatched just before an empty poll would otherwise
+    /// reach the worker after its slot.
+    async fn receive_while_invoking(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Vec<Message>, OrchestratorError> {
+        let queue = self.ports.queue;
+        let receive = queue.receive(self.batch_size(), wait);
+        tokio::pin!(receive);
+        let mut finished = Vec::new();
+        let messages = loop {
+            tokio::select! {
+                r = &mut receive => break r?,
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    finished.push(done);
+                }
+            }
+        };
+        for done in finished {
+            self.complete(done).await?;
+        }
+        Ok(messages)
     }
 
     fn state_horizon_reached(&self, slot: Timestamp) -> bool {

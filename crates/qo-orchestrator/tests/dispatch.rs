@@ -27,6 +27,8 @@ struct Harness {
     invoker: LocalInvoker,
     calls: Arc<Mutex<Vec<Timestamp>>>,
     health: Arc<Mutex<Vec<u64>>>,
+    /// Events delivered after their slot, by how much.
+    late: Arc<Mutex<Vec<Duration>>>,
 }
 
 fn start() -> Timestamp {
@@ -44,7 +46,9 @@ impl Harness {
         let store = MemoryStore::new();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(Mutex::new(Vec::new()));
+        let late = Arc::new(Mutex::new(Vec::new()));
         let handler = {
+            let late = late.clone();
             let clock = clock.clone();
             let queue = queue.clone();
             let store = store.clone();
@@ -58,9 +62,15 @@ impl Harness {
                 let calls = calls.clone();
                 let health = health.clone();
                 let verdict = verdict.clone();
+                let late = late.clone();
                 async move {
                     match ev {
                         WorkerEvent::Job(job) => {
+                            if clock.now() > job.slot_at {
+                                late.lock()
+                                    .expect("late")
+                                    .push(clock.now().since(job.slot_at));
+                            }
                             clock.sleep_until(job.slot_at).await;
                             let n = {
                                 let mut c = calls.lock().expect("calls");
@@ -102,6 +112,7 @@ impl Harness {
             invoker,
             calls,
             health,
+            late,
         }
     }
 
@@ -173,6 +184,10 @@ async fn drains_a_backlog_at_the_quota_and_no_faster() {
     assert!(rate >= 0.99 * 20.0, "rate {rate:.3}/s");
     // Every message was deleted once its invoke was accepted.
     assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+    // Every event reached the worker before its slot, the last one too (it is dispatched
+    // just before the loop long-polls an empty queue).
+    let late = h.late.lock().expect("late").clone();
+    assert!(late.is_empty(), "late deliveries: {late:?}");
 }
 
 #[tokio::test(start_paused = true)]
