@@ -77,7 +77,9 @@ stage_emulator() {
     echo "template.yaml not present yet: SAM stages skipped"
     return 0
   fi
-  echo "emulator: the local-stack tests ran in stage test (crates/qo-testkit); nothing more yet"
+  # tests/emulator.sh runs each built bootstrap under qemu behind cargo-lambda's runtime
+  # emulator with every sample event; it is not part of this run yet (see its header).
+  echo "emulator: the local-stack tests ran in stage test (crates/qo-testkit); tests/emulator.sh is run by hand for now"
 }
 
 # --- run --------------------------------------------------------------------------------------

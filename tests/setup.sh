@@ -3,10 +3,13 @@
 #   - a Python virtual environment at <repo>/.venv with moto[server], cargo-lambda, ziglang,
 #     aws-sam-cli and cfn-lint (see PINS below);
 #   - a `zig` shim in .venv/bin that runs the ziglang package's zig binary;
-#   - the rustup components and targets the build needs (rustfmt, clippy, aarch64 Linux).
+#   - the rustup components and targets the build needs (rustfmt, clippy, aarch64 Linux);
+#   - the Debian packages qemu-user and libc6-arm64-cross (apt-get, as root), with which
+#     tests/emulator.sh runs the aarch64 Lambda binaries here.
 #
 # Idempotent: a stamp file named after a hash of the pin list makes a second run skip pip.
-# Needs only python3 (with venv and pip), cargo and rustup; reaches only package registries.
+# Needs only python3 (with venv and pip), cargo and rustup (and apt-get for the Debian packages);
+# reaches only package registries.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -105,7 +108,35 @@ else
   say "WARNING: rustup not found: cannot check components (${RUST_COMPONENTS[*]}) and targets (${RUST_TARGETS[*]})"
 fi
 
-# 5. Verify the tools. Every run checks that the executables exist; after an install they
+# 5. qemu user-mode emulation and the aarch64 glibc, for tests/emulator.sh, which runs the
+#    aarch64 bootstraps of `sam build` on this machine. Debian packages, installed with apt-get
+#    when missing: as root, or through `sudo -n`; otherwise a warning (that stage then fails).
+APT_PACKAGES=(qemu-user libc6-arm64-cross)
+if command -v qemu-aarch64 >/dev/null && [[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ]]; then
+  say "qemu-aarch64 and the aarch64 glibc present"
+elif ! command -v apt-get >/dev/null; then
+  say "WARNING: no apt-get: install qemu-aarch64 (user mode) and an aarch64 glibc in /usr/aarch64-linux-gnu for tests/emulator.sh"
+else
+  apt_get=()
+  if [[ "$(id -u)" -eq 0 ]]; then
+    apt_get=(env DEBIAN_FRONTEND=noninteractive apt-get)
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    apt_get=(sudo -n env DEBIAN_FRONTEND=noninteractive apt-get)
+  fi
+  if [[ ${#apt_get[@]} -eq 0 ]]; then
+    say "WARNING: not root and no password-less sudo: run 'apt-get install ${APT_PACKAGES[*]}' as root for tests/emulator.sh"
+  else
+    say "installing ${APT_PACKAGES[*]} (apt-get)"
+    "${apt_get[@]}" update -qq || die "apt-get update failed"
+    apt_log="$("${apt_get[@]}" install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" 2>&1)" ||
+      die "apt-get install ${APT_PACKAGES[*]} failed:"$'\n'"$apt_log"
+    command -v qemu-aarch64 >/dev/null || die "qemu-aarch64 is still missing after installing qemu-user"
+    [[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ]] ||
+      die "/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 is still missing after installing libc6-arm64-cross"
+  fi
+fi
+
+# 6. Verify the tools. Every run checks that the executables exist; after an install they
 #    are also run once.
 for exe in python3 moto_server cargo-lambda sam cfn-lint zig; do
   [[ -x "$VENV/bin/$exe" ]] || die ".venv/bin/$exe is missing"
