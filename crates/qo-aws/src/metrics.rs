@@ -6,10 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use qo_core::config::Env;
+use qo_core::quota::Utilization;
 use qo_core::{CircuitPhase, Observation, Observer, Timestamp};
 use serde_json::{Value, json};
 
 /// Counts observations; [`EmfMetrics::flush`] writes them as one EMF record.
+///
+/// Counters are summed and reset at each flush; gauges (`CircuitOpen`, `Backlog`) keep their
+/// last value; `QuotaUtilization` (Percent) is the calls dispatched over the calls the pace
+/// allowed while work waited, since the previous flush, and is left out when nothing waited.
 #[derive(Debug)]
 pub struct EmfMetrics {
     namespace: String,
@@ -23,6 +28,7 @@ struct Counts {
     values: BTreeMap<&'static str, f64>,
     gauges: BTreeMap<&'static str, f64>,
     latencies_ms: Vec<f64>,
+    utilization: Utilization,
 }
 
 impl EmfMetrics {
@@ -63,7 +69,11 @@ impl EmfMetrics {
     /// The EMF record for the counts so far, and resets the counters (gauges are kept).
     pub fn take_record(&self, now: Timestamp) -> Option<Value> {
         let mut c = self.counts.lock().ok()?;
-        if c.values.is_empty() && c.gauges.is_empty() && c.latencies_ms.is_empty() {
+        if c.values.is_empty()
+            && c.gauges.is_empty()
+            && c.latencies_ms.is_empty()
+            && c.utilization.fraction().is_none()
+        {
             return None;
         }
         let mut record = serde_json::Map::new();
@@ -74,12 +84,12 @@ impl EmfMetrics {
         }
         for (name, v) in &c.gauges {
             record.insert(name.to_string(), json!(v));
-            let unit = if *name == "QuotaUtilization" {
-                "Percent"
-            } else {
-                "None"
-            };
-            defs.push(json!({"Name": name, "Unit": unit}));
+            defs.push(json!({"Name": name, "Unit": "None"}));
+        }
+        if let Some(fraction) = std::mem::take(&mut c.utilization).fraction() {
+            let percent = (fraction * 1000.0).round() / 10.0;
+            record.insert("QuotaUtilization".into(), json!(percent));
+            defs.push(json!({"Name": "QuotaUtilization", "Unit": "Percent"}));
         }
         let lat = std::mem::take(&mut c.latencies_ms);
         if !lat.is_empty() {
@@ -141,6 +151,7 @@ impl Observer for EmfMetrics {
             Observation::HealthCheck { .. } => {}
             Observation::Backlog { held } => self.gauge("Backlog", held as f64),
             Observation::BudgetExhausted { .. } => self.add("BudgetExhausted", 1.0),
+            Observation::Utilization(u) => self.with(|c| c.utilization.add(u)),
         }
     }
 }
@@ -184,5 +195,29 @@ mod tests {
         let r2 = m.take_record(Timestamp::from_millis(6)).expect("record");
         assert!(r2.get("Dispatched").is_none());
         assert_eq!(r2["CircuitOpen"], 1.0);
+    }
+
+    #[test]
+    fn quota_utilization_is_a_percent_over_the_flush_interval() {
+        let m = EmfMetrics::from_env(&HashMap::<String, String>::new(), "orchestrator");
+        assert!(m.take_record(Timestamp::EPOCH).is_none());
+        m.observe(Observation::Utilization(Utilization {
+            calls: 90,
+            allowed: 100.0,
+        }));
+        m.observe(Observation::Utilization(Utilization {
+            calls: 9,
+            allowed: 20.0,
+        }));
+        let r = m.take_record(Timestamp::from_millis(1)).expect("record");
+        assert_eq!(r["QuotaUtilization"], 82.5);
+        let defs = r["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .expect("metric definitions");
+        assert!(defs.contains(&json!({"Name": "QuotaUtilization", "Unit": "Percent"})));
+        // Nothing waited since: no value rather than 0 %.
+        m.observe(Observation::Backlog { held: 0 });
+        let r2 = m.take_record(Timestamp::from_millis(2)).expect("record");
+        assert!(r2.get("QuotaUtilization").is_none(), "{r2}");
     }
 }

@@ -8,7 +8,7 @@
 //! - [`time`]: [`Timestamp`] and the [`Clock`] port; [`TokioClock`] doubles as a virtual clock
 //!   under tokio's paused time.
 //! - [`quota`]: the quota spec and the [`Pacer`] (GCRA pacing, window counts, calendar resets,
-//!   greedy or spread budgets, slow start).
+//!   greedy or spread budgets, slow start) and the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
 //! - [`job`]: the job contract and the worker events.
 //! - [`control`]: the operator control record.

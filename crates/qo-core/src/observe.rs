@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::circuit::CircuitPhase;
+use crate::quota::Utilization;
 use crate::time::Timestamp;
 
 /// One thing that happened.
@@ -96,6 +97,9 @@ pub enum Observation {
         /// Messages held.
         held: usize,
     },
+    /// Calls dispatched against the calls the pace allowed while work was waiting, since the
+    /// last such observation ([`crate::quota::UtilizationMeter`]).
+    Utilization(Utilization),
 }
 
 /// Receives observations. Must be cheap: it is called on the hot path.

@@ -22,7 +22,7 @@ use qo_core::ports::{
     DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, RecordKey, RecordStore,
     StoreError, load_record, save_record, update_record,
 };
-use qo_core::quota::Availability;
+use qo_core::quota::{Availability, Utilization, UtilizationMeter};
 use qo_core::{
     Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
     QuotaState, Timestamp, WorkerEvent,
@@ -56,7 +56,7 @@ pub enum StopReason {
 }
 
 /// What a run did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// Why it stopped.
     pub stopped: StopReason,
@@ -72,6 +72,9 @@ pub struct RunReport {
     pub health_checks: u64,
     /// The lease's fencing token (0 if none was taken).
     pub lease_token: u64,
+    /// Calls dispatched over the calls the quota's pace allowed while work was waiting
+    /// ([`UtilizationMeter`]); `None` when nothing waited.
+    pub quota_utilization: Option<f64>,
 }
 
 impl RunReport {
@@ -84,6 +87,7 @@ impl RunReport {
             invoke_failures: 0,
             health_checks: 0,
             lease_token: 0,
+            quota_utilization: None,
         }
     }
 }
@@ -116,6 +120,8 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     held: VecDeque<(Message, Job, Timestamp)>,
     in_flight: FuturesUnordered<InFlight<'a>>,
     to_delete: Vec<Message>,
+    meter: UtilizationMeter,
+    utilization: Utilization,
     report: RunReport,
 }
 
@@ -189,6 +195,8 @@ where
         held: VecDeque::new(),
         in_flight: FuturesUnordered::new(),
         to_delete: Vec::new(),
+        meter: UtilizationMeter::new(),
+        utilization: Utilization::default(),
         report,
     };
     lp.apply_circuit(circuit);
@@ -279,6 +287,7 @@ where
             let wake = next_refresh.min(next_persist).min(stop_at);
 
             if !self.dispatching() {
+                self.meter.close();
                 self.release_held(Duration::ZERO).await?;
                 let mut wake = wake;
                 if !self.control.paused
@@ -310,6 +319,8 @@ where
                 let wait = wake.since(now).min(Duration::from_secs(1));
                 let messages = self.receive_while_invoking(wait).await?;
                 if messages.is_empty() {
+                    // The backlog is gone: the time until the next job is not counted.
+                    self.meter.close();
                     self.poll_completions().await?;
                     if let Some(idle) = cfg.idle_exit
                         && self.in_flight.is_empty()
@@ -342,8 +353,13 @@ where
             let slot = match self.pacer.check(ask) {
                 Availability::Now => ask,
                 Availability::NotBefore { at, .. } => at,
-                Availability::BackingOff { until } => until,
+                Availability::BackingOff { until } => {
+                    // The API asked for the wait: not counted against the run's utilization.
+                    self.meter.close();
+                    until
+                }
                 Availability::ExhaustedUntil { until, tier } => {
+                    self.meter.close();
                     if until >= stop_at {
                         let tier = self.pacer.spec().tiers()[tier];
                         info!(%tier, %until, "budget exhausted until its reset; stopping");
@@ -420,6 +436,8 @@ where
             return;
         };
         self.pacer.reserve(slot);
+        self.meter
+            .record(slot, self.pacer.spec().pacing_rate_per_s());
         let event = WorkerEvent::Job(JobEvent {
             job,
             origin: message.origin.clone(),
@@ -499,6 +517,7 @@ where
             .unwrap_or_else(|| self.config.quota.clone());
         if &spec != self.pacer.spec() {
             info!(from = %self.pacer.spec(), to = %spec, "quota changed");
+            self.meter.close();
             self.pacer.set_spec(spec);
         }
         if let Some(until) = control.backoff_until {
@@ -630,8 +649,18 @@ where
         Ok(())
     }
 
+    /// Reports the utilization counted since the last report.
+    fn observe_utilization(&mut self) {
+        let u = self.meter.take();
+        if u.calls > 0 || u.allowed > 0.0 {
+            self.utilization.add(u);
+            self.ports.observer.observe(Observation::Utilization(u));
+        }
+    }
+
     /// Saves usage, fenced by the lease: a run that lost its lease cannot overwrite.
     async fn persist(&mut self, horizon: Option<Timestamp>) -> Result<(), OrchestratorError> {
+        self.observe_utilization();
         self.pacer.set_horizon(self.now(), horizon);
         let version = save_record(
             self.ports.store,
@@ -653,6 +682,8 @@ where
         }
         self.flush_deletes().await?;
         self.release_held(Duration::ZERO).await?;
+        self.observe_utilization();
+        self.report.quota_utilization = self.utilization.fraction();
         if matches!(stop, Some(StopReason::LeaseLost)) {
             return Ok(());
         }

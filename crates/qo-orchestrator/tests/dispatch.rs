@@ -182,12 +182,46 @@ async fn drains_a_backlog_at_the_quota_and_no_faster() {
     let span = calls[399].since(calls[0]).as_secs_f64();
     let rate = 399.0 / span;
     assert!(rate >= 0.99 * 20.0, "rate {rate:.3}/s");
+    // The run's own measure agrees.
+    let u = report.quota_utilization.expect("utilization");
+    assert!((0.99..=1.0).contains(&u), "utilization {u}");
     // Every message was deleted once its invoke was accepted.
     assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
     // Every event reached the worker before its slot, the last one too (it is dispatched
     // just before the loop long-polls an empty queue).
     let late = h.late.lock().expect("late").clone();
     assert!(late.is_empty(), "late deliveries: {late:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn utilization_counts_only_the_time_work_waited() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(100);
+    // A second backlog arrives after 20 s with nothing to do.
+    let later = {
+        let queue = h.queue.clone();
+        let clock = h.clock.clone();
+        tokio::spawn(async move {
+            clock
+                .sleep_until(start().plus(Duration::from_secs(25)))
+                .await;
+            for i in 0..100 {
+                queue.send(format!(r#"{{"path":"/later/{i}"}}"#));
+            }
+        })
+    };
+    let mut cfg = config("20/s");
+    cfg.idle_exit = Some(Duration::from_secs(30));
+    let report = h.run_for(&cfg, Duration::from_secs(120)).await;
+    later.await.expect("sender");
+    assert_eq!(report.dispatched, 200);
+    // Calls span 30 s for 200 calls (10 s of work): the idle 20 s does not count, so the
+    // run used the pace it had, less the call tolerance that widens each window (5 ms a
+    // second at 20/s: 0.995).
+    let calls = h.calls();
+    assert!(calls[199].since(calls[0]) > Duration::from_secs(25));
+    let u = report.quota_utilization.expect("utilization");
+    assert!((0.99..=1.0).contains(&u), "utilization {u}");
 }
 
 #[tokio::test(start_paused = true)]

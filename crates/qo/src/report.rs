@@ -91,6 +91,7 @@ impl Observer for Collector {
             Observation::HealthCheckSent { .. } => c.health_checks += 1,
             Observation::HealthCheck { .. }
             | Observation::Backlog { .. }
+            | Observation::Utilization(_)
             | Observation::BudgetExhausted { .. } => {}
         }
     }

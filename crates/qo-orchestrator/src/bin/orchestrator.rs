@@ -15,6 +15,9 @@ use qo_core::{Clock, TokioClock};
 use qo_orchestrator::{OrchestratorConfig, OrchestratorEvent, Ports, handle};
 use tracing::{error, info, warn};
 
+/// How often a running orchestrator writes its metrics (CloudWatch's standard resolution).
+const METRICS_INTERVAL: Duration = Duration::from_secs(60);
+
 #[tokio::main]
 async fn main() -> ExitCode {
     qo_aws::logging::init();
@@ -64,7 +67,20 @@ async fn run() -> Result<(), lambda_runtime::Error> {
                 clock: &clock,
                 observer: metrics,
             };
-            let result = handle(ports, config, event).await;
+            // A run lasts up to the function's timeout: metrics go out every minute, so that
+            // alarms see an open circuit or a backlog while it runs.
+            let work = handle(ports, config, event);
+            tokio::pin!(work);
+            let mut every = tokio::time::interval_at(
+                tokio::time::Instant::now() + METRICS_INTERVAL,
+                METRICS_INTERVAL,
+            );
+            let result = loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    _ = every.tick() => metrics.flush(clock.now()),
+                }
+            };
             metrics.flush(clock.now());
             result
         },
