@@ -69,17 +69,16 @@ stage_sam() {
   bash "$REPO/tests/sam.sh"
 }
 
-# Emulator: end-to-end runs against the local stack (moto server + cargo lambda watch). Those
-# tests are Rust tests that start the services through crates/qo-testkit, so they already ran
-# in stage_test; steps that need the built SAM artifacts go here.
+# Emulator: each bootstrap that stage sam built, run as Lambda would behind cargo-lambda's
+# runtime emulator (under qemu: they are aarch64), with every sample event in events/ and then
+# jobs through scheduled runs (tests/emulator.sh). The Rust end-to-end tests of stage test
+# cover the same path with host builds.
 stage_emulator() {
   if [[ ! -f template.yaml ]]; then
     echo "template.yaml not present yet: SAM stages skipped"
     return 0
   fi
-  # tests/emulator.sh runs each built bootstrap under qemu behind cargo-lambda's runtime
-  # emulator with every sample event; it is not part of this run yet (see its header).
-  echo "emulator: the local-stack tests ran in stage test (crates/qo-testkit); tests/emulator.sh is run by hand for now"
+  bash "$REPO/tests/emulator.sh"
 }
 
 # --- run --------------------------------------------------------------------------------------

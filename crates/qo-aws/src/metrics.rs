@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 /// Counts observations; [`EmfMetrics::flush`] writes them as one EMF record.
 ///
 /// Counters are summed and reset at each flush; gauges (`CircuitOpen`, `Backlog`) keep their
-/// last value; `QuotaUtilization` (Percent) is the calls dispatched over the calls the pace
+/// last value; `JobWait` (Milliseconds) lists each call's wait from enqueue to call;
+/// `QuotaUtilization` (Percent) is the calls dispatched over the calls the pace
 /// allowed while work waited, since the previous flush, and is left out when nothing waited.
 #[derive(Debug)]
 pub struct EmfMetrics {
@@ -27,7 +28,7 @@ pub struct EmfMetrics {
 struct Counts {
     values: BTreeMap<&'static str, f64>,
     gauges: BTreeMap<&'static str, f64>,
-    latencies_ms: Vec<f64>,
+    waits_ms: Vec<f64>,
     utilization: Utilization,
 }
 
@@ -71,7 +72,7 @@ impl EmfMetrics {
         let mut c = self.counts.lock().ok()?;
         if c.values.is_empty()
             && c.gauges.is_empty()
-            && c.latencies_ms.is_empty()
+            && c.waits_ms.is_empty()
             && c.utilization.fraction().is_none()
         {
             return None;
@@ -91,10 +92,10 @@ impl EmfMetrics {
             record.insert("QuotaUtilization".into(), json!(percent));
             defs.push(json!({"Name": "QuotaUtilization", "Unit": "Percent"}));
         }
-        let lat = std::mem::take(&mut c.latencies_ms);
-        if !lat.is_empty() {
-            record.insert("CallLatency".into(), json!(lat));
-            defs.push(json!({"Name": "CallLatency", "Unit": "Milliseconds"}));
+        let waits = std::mem::take(&mut c.waits_ms);
+        if !waits.is_empty() {
+            record.insert("JobWait".into(), json!(waits));
+            defs.push(json!({"Name": "JobWait", "Unit": "Milliseconds"}));
         }
         record.insert("Stack".into(), json!(self.stack));
         record.insert("Function".into(), json!(self.function));
@@ -125,10 +126,14 @@ impl Observer for EmfMetrics {
         match o {
             Observation::Dispatched { .. } => self.add("Dispatched", 1.0),
             Observation::InvokeFailed { .. } => self.add("InvokeFailed", 1.0),
-            Observation::Called { status, .. } if status.is_none_or(|s| s >= 500) => {
-                self.add("Failures", 1.0)
+            Observation::Called { status, wait, .. } => {
+                if let Some(wait) = wait {
+                    self.with(|c| c.waits_ms.push(wait.as_secs_f64() * 1000.0));
+                }
+                if status.is_none_or(|s| s >= 500) {
+                    self.add("Failures", 1.0);
+                }
             }
-            Observation::Called { .. } => {}
             Observation::Succeeded { .. } => self.add("Succeeded", 1.0),
             Observation::Throttled { .. } => self.add("Throttled", 1.0),
             Observation::Requeued { ref reason, .. } => {
@@ -195,6 +200,23 @@ mod tests {
         let r2 = m.take_record(Timestamp::from_millis(6)).expect("record");
         assert!(r2.get("Dispatched").is_none());
         assert_eq!(r2["CircuitOpen"], 1.0);
+    }
+
+    #[test]
+    fn calls_give_failures_and_waits() {
+        let m = EmfMetrics::from_env(&HashMap::<String, String>::new(), "worker");
+        for (status, wait_ms) in [(Some(200), 1500), (Some(503), 20), (None, 7)] {
+            m.observe(Observation::Called {
+                job_id: "j".into(),
+                at: Timestamp::EPOCH,
+                status,
+                wait: Some(std::time::Duration::from_millis(wait_ms)),
+            });
+        }
+        let r = m.take_record(Timestamp::EPOCH).expect("record");
+        assert_eq!(r["Failures"], 2.0);
+        assert_eq!(r["JobWait"], json!([1500.0, 20.0, 7.0]));
+        assert_eq!(r["Function"], "worker");
     }
 
     #[test]
