@@ -56,7 +56,29 @@ stage_clippy() {
 
 stage_test() {
   echo "CI=${CI:-<unset>} (CI=true or 1: tests that need a local service fail instead of skipping)"
+  # Each test that starts moto or `cargo lambda watch` (qo_testkit::require) writes a line here.
+  export QO_SERVICE_LOG="$REPO/target/qo-service-tests.log"
+  mkdir -p "$REPO/target"
+  rm -f "$QO_SERVICE_LOG"
   cargo test --workspace
+  service_summary "$QO_SERVICE_LOG"
+}
+
+# Counts the tests that ran against a local service, by service, and those that skipped.
+service_summary() {
+  local log="$1"
+  if [[ ! -s "$log" ]]; then
+    echo "run-all: no test started a local service (moto, cargo lambda watch)" >&2
+    return 1
+  fi
+  echo "run-all: tests that started a local service (outcome, service, tests):"
+  awk -F '\t' '
+    !seen[$0]++ { n[$1 "\t" $2]++ }
+    END { for (k in n) { split(k, p, "\t"); printf "  %-8s %-20s %d\n", p[1], p[2], n[k] } }
+  ' "$log" | sort
+  if grep -q '^skipped' "$log"; then
+    echo "run-all: some service tests skipped (their services could not start; CI=true fails instead)"
+  fi
 }
 
 # SAM: lint and validate the template, then build the functions the way a deployment would

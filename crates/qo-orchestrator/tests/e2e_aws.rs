@@ -84,7 +84,7 @@ impl Stack {
     /// tool is missing outside CI.
     async fn start() -> Option<Stack> {
         init_tracing();
-        let moto = require(MotoServer::start().await, "moto")?;
+        let moto = require(MotoServer::start().await, "moto server")?;
         let aws = sdk_config(
             &moto.endpoint,
             SdkSettings {

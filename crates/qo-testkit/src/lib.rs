@@ -187,16 +187,49 @@ pub fn in_ci() -> bool {
 /// # let _ = moto;
 /// # }
 /// ```
+///
+/// When `QO_SERVICE_LOG` names a file, each call appends one line to it,
+/// `started|skipped|failed<TAB>what<TAB>test name`, so that the test command can say how many
+/// tests ran against a real service (`tests/run-all.sh` prints the count).
 pub fn require<T>(r: Result<T, ServiceError>, what: &str) -> Option<T> {
     match r {
-        Ok(v) => Some(v),
+        Ok(v) => {
+            log_service_use("started", what);
+            Some(v)
+        }
         Err(e) if in_ci() => {
+            log_service_use("failed", what);
             panic!("{what} unavailable (CI is set, so this fails instead of skipping): {e}")
         }
         Err(e) => {
+            log_service_use("skipped", what);
             eprintln!("skipping: {what} unavailable: {e}");
             None
         }
+    }
+}
+
+/// Appends `outcome<TAB>what<TAB>test` to `QO_SERVICE_LOG`, if set. Best effort: a test
+/// does not fail because its ledger line could not be written.
+fn log_service_use(outcome: &str, what: &str) {
+    // This crate's own tests of `require` use no service.
+    if cfg!(test) {
+        return;
+    }
+    let Some(path) = std::env::var_os("QO_SERVICE_LOG").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let line = format!("{outcome}\t{what}\t{test}\n");
+    // One short write to a file opened for appending: lines of concurrent tests do not mix.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("QO_SERVICE_LOG {}: {e}", PathBuf::from(&path).display());
     }
 }
 

@@ -157,7 +157,7 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 
 #[tokio::test]
 async fn setup_prints_the_variables_and_can_run_again() {
-    let Some(moto) = require(MotoServer::start().await, "moto") else {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
     let mut qo = Qo::new(None);
@@ -201,7 +201,7 @@ async fn setup_prints_the_variables_and_can_run_again() {
 
 #[tokio::test]
 async fn send_validates_every_line_then_status_counts_the_jobs() {
-    let Some(moto) = require(MotoServer::start().await, "moto") else {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
     let mut qo = Qo::new(Some(&moto.endpoint));
@@ -236,7 +236,7 @@ async fn send_validates_every_line_then_status_counts_the_jobs() {
 
 #[tokio::test]
 async fn controls_change_what_status_shows() {
-    let Some(moto) = require(MotoServer::start().await, "moto") else {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
     let mut qo = Qo::new(Some(&moto.endpoint));
@@ -291,7 +291,7 @@ async fn controls_change_what_status_shows() {
 
 #[tokio::test]
 async fn redrive_counts_then_moves_the_dead_letters() {
-    let Some(moto) = require(MotoServer::start().await, "moto") else {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
     let mut qo = Qo::new(Some(&moto.endpoint));
@@ -350,7 +350,7 @@ async fn redrive_counts_then_moves_the_dead_letters() {
 
 #[tokio::test]
 async fn status_shows_usage_and_the_lease() {
-    let Some(moto) = require(MotoServer::start().await, "moto") else {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
     let mut qo = Qo::new(Some(&moto.endpoint));
@@ -395,7 +395,7 @@ async fn status_shows_usage_and_the_lease() {
 
 #[tokio::test]
 async fn a_stack_s_outputs_select_the_target() {
-    let Some(moto) = require(MotoServer::start().await, "moto") else {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
     let qo = Qo::new(Some(&moto.endpoint));
