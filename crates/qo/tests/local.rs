@@ -1,0 +1,84 @@
+//! `qo local` run as a user runs it (the built binary, `--json`): in memory, and over the AWS
+//! adapters against a moto server (`--aws-endpoint`). Both must drain the backlog with no call
+//! refused by the built-in API and never more than the quota in any window. Utilization is
+//! measured by the benchmark-style runs in the README, not asserted here: on a shared machine
+//! a late worker costs slots, never the quota.
+
+use std::process::Command;
+
+use qo_testkit::{MotoServer, require};
+use serde_json::Value;
+
+fn qo_local(extra: &[&str]) -> Value {
+    let mut args = vec![
+        "local",
+        "--json",
+        "--quota",
+        "20/s",
+        "--timeout-s",
+        "300",
+        "--seed",
+        "7",
+    ];
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_qo"))
+        .args(&args)
+        .env_clear()
+        .envs([
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/qo-test/config"),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                "/nonexistent/qo-test/credentials",
+            ),
+        ])
+        .output()
+        .expect("run qo local");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "qo {args:?} failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report: {e}\n{stdout}"))
+}
+
+fn assert_drained_within_the_quota(report: &Value, jobs: u64) {
+    assert_eq!(report["jobs"], jobs, "{report}");
+    assert_eq!(report["succeeded"], jobs, "{report}");
+    assert_eq!(report["throttled"], 0, "{report}");
+    assert_eq!(report["dead_lettered"], 0, "{report}");
+    let windows = report["api_max_in_any_window"]
+        .as_array()
+        .expect("api_max_in_any_window");
+    assert_eq!(windows.len(), 1, "{report}");
+    assert_eq!(windows[0][0], "20/s");
+    let most = windows[0][1].as_u64().expect("count");
+    assert!((1..=20).contains(&most), "{report}");
+    let utilization = report["utilization"].as_f64().expect("utilization");
+    assert!(utilization > 0.0 && utilization <= 1.0, "{report}");
+}
+
+#[test]
+fn local_drains_a_backlog_within_the_quota() {
+    let report = qo_local(&["--jobs", "60"]);
+    assert_drained_within_the_quota(&report, 60);
+}
+
+#[tokio::test]
+async fn local_over_the_aws_adapters_against_moto() {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+        return;
+    };
+    let endpoint = moto.endpoint.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        qo_local(&["--jobs", "40", "--aws-endpoint", &endpoint])
+    })
+    .await
+    .expect("qo local");
+    assert_drained_within_the_quota(&report, 40);
+}
