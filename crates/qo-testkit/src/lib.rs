@@ -163,6 +163,21 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The environment of a process that talks to a local endpoint with the AWS SDK and nothing
+/// else: dummy credentials, `us-east-1`, no instance metadata, no profile files. For a child
+/// process started with `env_clear()`.
+pub const OFFLINE_AWS_ENV: [(&str, &str); 6] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_CONFIG_FILE", "/nonexistent/qo-test/config"),
+    (
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/qo-test/credentials",
+    ),
+];
+
 /// Whether this run is in CI: the environment variable `CI` is `true` or `1`.
 pub fn in_ci() -> bool {
     matches!(

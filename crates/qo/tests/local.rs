@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use qo_testkit::{MotoServer, require};
+use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
 use serde_json::Value;
 
 fn qo_local(extra: &[&str]) -> Value {
@@ -24,17 +24,7 @@ fn qo_local(extra: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_qo"))
         .args(&args)
         .env_clear()
-        .envs([
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", "/nonexistent/qo-test/config"),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/qo-test/credentials",
-            ),
-        ])
+        .envs(OFFLINE_AWS_ENV)
         .output()
         .expect("run qo local");
     let stdout = String::from_utf8_lossy(&out.stdout);

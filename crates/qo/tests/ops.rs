@@ -13,7 +13,7 @@ use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, LeaseStore, RecordKey, save_record};
 use qo_core::quota::{Pacer, PacingPolicy, QuotaSpec};
 use qo_core::time::Timestamp;
-use qo_testkit::{MotoServer, require};
+use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
 use serde_json::Value;
 
 /// The `qo` binary with a fixed environment: dummy credentials, us-east-1, the moto endpoint,
@@ -24,21 +24,11 @@ struct Qo {
 
 impl Qo {
     fn new(endpoint: Option<&str>) -> Self {
-        let mut env: HashMap<String, String> = [
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("AWS_CONFIG_FILE", "/nonexistent/qo-test/config"),
-            (
-                "AWS_SHARED_CREDENTIALS_FILE",
-                "/nonexistent/qo-test/credentials",
-            ),
-            ("USER", "tester"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut env: HashMap<String, String> = OFFLINE_AWS_ENV
+            .into_iter()
+            .chain([("USER", "tester")])
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         if let Some(e) = endpoint {
             env.insert("AWS_ENDPOINT_URL".into(), e.to_string());
         }
