@@ -20,9 +20,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use qo_core::config::{ConfigError, Env};
 use qo_core::job::Origin;
@@ -291,10 +291,7 @@ impl SqsQueue {
                     .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
                     .message_deduplication_id(dedup_id(&origin.message_id, "redrive"));
             }
-            entries.push(
-                e.build()
-                    .map_err(|e| queue_backend(OP, AwsError::invalid(OP, e.to_string())))?,
-            );
+            entries.push(e.build().map_err(|e| invalid_entry(OP, e))?);
             receipts.push(receipt);
         }
         let out = self
@@ -324,9 +321,7 @@ impl SqsQueue {
 
     async fn delete_receipts(&self, url: &str, receipts: &[String]) -> Result<(), QueueError> {
         const OP: &str = "sqs.DeleteMessageBatch";
-        let mut failed = 0;
-        let mut first = None;
-        for chunk in receipts.chunks(MAX_BATCH) {
+        in_batches(receipts, "delete", |chunk| async move {
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -335,7 +330,7 @@ impl SqsQueue {
                         .id(i.to_string())
                         .receipt_handle(r)
                         .build()
-                        .map_err(|e| queue_backend(OP, AwsError::invalid(OP, e.to_string())))
+                        .map_err(|e| invalid_entry(OP, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let out = self
@@ -346,19 +341,9 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|e| queue_err(OP, e))?;
-            failed += out.failed.len();
-            if first.is_none() {
-                first = out.failed.first().map(batch_failure);
-            }
-        }
-        match first {
-            Some(detail) => Err(QueueError::Partial {
-                op: "delete",
-                failed,
-                detail,
-            }),
-            None => Ok(()),
-        }
+            Ok(out.failed)
+        })
+        .await
     }
 
     async fn change_visibility(
@@ -368,9 +353,7 @@ impl SqsQueue {
         seconds: i32,
     ) -> Result<(), QueueError> {
         const OP: &str = "sqs.ChangeMessageVisibilityBatch";
-        let mut failed = 0;
-        let mut first = None;
-        for chunk in receipts.chunks(MAX_BATCH) {
+        in_batches(receipts, "release", |chunk| async move {
             let entries = chunk
                 .iter()
                 .enumerate()
@@ -380,7 +363,7 @@ impl SqsQueue {
                         .receipt_handle(*r)
                         .visibility_timeout(seconds)
                         .build()
-                        .map_err(|e| queue_backend(OP, AwsError::invalid(OP, e.to_string())))
+                        .map_err(|e| invalid_entry(OP, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let out = self
@@ -391,19 +374,9 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|e| queue_err(OP, e))?;
-            failed += out.failed.len();
-            if first.is_none() {
-                first = out.failed.first().map(batch_failure);
-            }
-        }
-        match first {
-            Some(detail) => Err(QueueError::Partial {
-                op: "release",
-                failed,
-                detail,
-            }),
-            None => Ok(()),
-        }
+            Ok(out.failed)
+        })
+        .await
     }
 
     /// The messages' receipts grouped by the queue they came from.
@@ -751,7 +724,38 @@ fn number_attr(v: u64) -> Result<MessageAttributeValue, AwsError> {
         .map_err(|e| AwsError::invalid("sqs.MessageAttributeValue", e.to_string()))
 }
 
-fn batch_failure(f: &aws_sdk_sqs::types::BatchResultErrorEntry) -> String {
+/// Runs `send` over `items` in batches of at most ten (SQS's limit) and counts the entries SQS
+/// refused: any refusal is [`QueueError::Partial`] with the first one's reason.
+async fn in_batches<'a, T, F, Fut>(
+    items: &'a [T],
+    op: &'static str,
+    mut send: F,
+) -> Result<(), QueueError>
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, QueueError>>,
+{
+    let mut failed = 0;
+    let mut first = None;
+    for chunk in items.chunks(MAX_BATCH) {
+        let refused = send(chunk).await?;
+        failed += refused.len();
+        if first.is_none() {
+            first = refused.first().map(batch_failure);
+        }
+    }
+    match first {
+        Some(detail) => Err(QueueError::Partial { op, failed, detail }),
+        None => Ok(()),
+    }
+}
+
+/// A batch entry the SDK's builder refused (a required field missing).
+fn invalid_entry(op: &'static str, e: impl std::fmt::Display) -> QueueError {
+    queue_backend(op, AwsError::invalid(op, e.to_string()))
+}
+
+fn batch_failure(f: &BatchResultErrorEntry) -> String {
     match f.message() {
         Some(m) => format!("{}: {m}", f.code()),
         None => f.code().to_string(),
