@@ -209,10 +209,7 @@ where
                 early.as_millis()
             );
             warn!(early_ms = millis(early), "{why}");
-            self.store.abandon(&job_id).await?;
-            let requeued = self
-                .requeue_untried(ev, &job_id, Duration::ZERO, &why)
-                .await?;
+            let requeued = self.give_back(ev, &job_id, &why).await?;
             return Ok(Outcome::TooEarly {
                 job_id,
                 early_by_ms: millis(early),
@@ -229,10 +226,7 @@ where
                 ev.slot_at
             );
             warn!(late_ms = millis(late), "{why}");
-            self.store.abandon(&job_id).await?;
-            let requeued = self
-                .requeue_untried(ev, &job_id, Duration::ZERO, &why)
-                .await?;
+            let requeued = self.give_back(ev, &job_id, &why).await?;
             return Ok(Outcome::Late {
                 job_id,
                 late_by_ms: millis(late),
@@ -420,6 +414,12 @@ where
 
     /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt
     /// count stays, so that delivery timing alone never sends a job to the dead-letter queue.
+    /// Gives back a job it did not call: releases the claim and re-queues it untried, at once.
+    async fn give_back(&self, ev: &JobEvent, job_id: &str, why: &str) -> Result<bool, WorkerError> {
+        self.store.abandon(job_id).await?;
+        self.requeue_untried(ev, job_id, Duration::ZERO, why).await
+    }
+
     async fn requeue_untried(
         &self,
         ev: &JobEvent,
