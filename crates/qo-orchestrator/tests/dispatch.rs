@@ -31,6 +31,48 @@ struct Harness {
     late: Arc<Mutex<Vec<Duration>>>,
 }
 
+/// The most real time one run may take. On the paused clock a run takes milliseconds; a loop
+/// that spins without ever sleeping never lets virtual time advance, so no virtual timeout can
+/// end it.
+const WALL_CLOCK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Ends the test process, naming the test, when a run outlasts its wall-clock limit: a
+/// spinning loop fails the test instead of hanging the test command.
+struct Watchdog {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration) -> Self {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a dispatch test")
+            .to_string();
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if started.elapsed() > limit {
+                    eprintln!(
+                        "{test}: the run did not end within {limit:?} of real time \
+                         (a loop that never sleeps?); aborting the test process"
+                    );
+                    std::process::exit(101);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn start() -> Timestamp {
     // 2026-11-21T00:00:00Z, mid-day of nothing in particular.
     Timestamp::from_secs(1_795_219_200)
@@ -135,6 +177,7 @@ impl Harness {
             observer: &NoObserver,
         };
         let deadline = self.clock.now().plus(d);
+        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
         let report = run(ports, config, deadline).await.expect("run");
         self.invoker.wait_idle().await;
         report
