@@ -230,8 +230,24 @@ async fn drains_a_backlog_at_the_quota_and_no_faster() {
     assert!((0.99..=1.0).contains(&u), "utilization {u}");
     // Every message was deleted once its invoke was accepted.
     assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
-    // Every event reached the worker before its slot, the last one too (it is dispatched
-    // just before the loop long-polls an empty queue).
+    // Every event reached the worker before its slot (the long poll after the last one has
+    // its own test below).
+    let late = h.late.lock().expect("late").clone();
+    assert!(late.is_empty(), "late deliveries: {late:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_job_reaches_the_worker_before_its_slot_while_the_loop_long_polls() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    h.enqueue(1);
+    let mut cfg = config("20/s");
+    // Nothing else wakes the loop: after the dispatch it long-polls the empty queue for a
+    // whole second, and the invoke in flight must keep going meanwhile.
+    cfg.refresh_interval = Duration::from_secs(5);
+    cfg.persist_interval = Duration::from_secs(5);
+    let report = h.run_for(&cfg, Duration::from_secs(20)).await;
+    assert_eq!(report.dispatched, 1);
+    assert_eq!(h.calls().len(), 1);
     let late = h.late.lock().expect("late").clone();
     assert!(late.is_empty(), "late deliveries: {late:?}");
 }
