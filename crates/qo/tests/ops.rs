@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use qo_aws::{DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_config, with_static_credentials};
@@ -13,6 +14,9 @@ use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, LeaseStore, RecordKey, save_record};
 use qo_core::quota::{Pacer, PacingPolicy, QuotaSpec};
 use qo_core::time::Timestamp;
+use qo_core::{Observation, TokioClock, WorkerEvent};
+use qo_memory::LocalInvoker;
+use qo_orchestrator::{OrchestratorConfig, Ports, run};
 use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
 use serde_json::Value;
 
@@ -479,4 +483,113 @@ fn errors_name_what_is_wrong_before_any_call() {
     assert!(err.contains("cannot read /nonexistent/jobs.jsonl"), "{err}");
     let err = qo.fails(&["setup", "--prefix", "no spaces"], None);
     assert!(err.contains("--prefix \"no spaces\" is invalid"), "{err}");
+}
+
+/// The Done-when of the operator controls, over the real adapters: an orchestrator runs
+/// against moto (SQS, DynamoDB; the worker is an in-memory stand-in that accepts every event)
+/// while `qo pause` and `qo resume` run as a user runs them. Dispatch stops within about a
+/// second of the pause (the loop re-reads the control record every second) and restarts after
+/// the resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_a_running_orchestrator_and_resume_restarts_it() {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+        return;
+    };
+    let mut qo = Qo::new(Some(&moto.endpoint));
+    let vars = qo.setup("t7");
+    let jobs: String = (0..150)
+        .map(|i| format!("{{\"path\":\"/p/{i}\"}}\n"))
+        .collect();
+    qo.ok_with(&["send", "-"], Some(&jobs));
+
+    let config = sdk_config(&moto.endpoint).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &vars["TABLE_NAME"]);
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(&config),
+        QueueUrls {
+            main: vars["QUEUE_URL"].clone(),
+            retry: Some(vars["RETRY_QUEUE_URL"].clone()),
+            dlq: vars["DLQ_URL"].clone(),
+        },
+    );
+    let clock = Arc::new(TokioClock::system());
+    let invoker = LocalInvoker::new(clock.clone(), |_event: WorkerEvent| async {});
+    let dispatched: Arc<Mutex<Vec<Timestamp>>> = Arc::default();
+    let observer = {
+        let dispatched = dispatched.clone();
+        move |o: Observation| {
+            if let Observation::Dispatched { .. } = o {
+                dispatched.lock().expect("dispatched").push(now());
+            }
+        }
+    };
+    let mut orchestrator = OrchestratorConfig::with_quota("10/s".parse().expect("quota"));
+    orchestrator.idle_exit = None;
+    let ports = Ports {
+        queue: &queue,
+        store: &store,
+        invoker: &invoker,
+        clock: clock.as_ref(),
+        observer: &observer,
+    };
+    let deadline = now().plus(Duration::from_secs(16));
+
+    // `qo` blocks: run it on the blocking pool so the loop keeps going meanwhile.
+    let qo_env = qo.env.clone();
+    let operator = async move {
+        let at = |args: &'static [&'static str]| {
+            let qo = Qo {
+                env: qo_env.clone(),
+            };
+            async move {
+                tokio::task::spawn_blocking(move || qo.ok(args))
+                    .await
+                    .expect("qo");
+                now()
+            }
+        };
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let paused = at(&["pause"]).await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let resumed = at(&["resume"]).await;
+        (paused, resumed)
+    };
+    let (report, (paused, resumed)) = tokio::join!(run(ports, &orchestrator, deadline), operator);
+    let report = report.expect("run");
+    let times = dispatched.lock().expect("dispatched").clone();
+    assert_eq!(report.dispatched as usize, times.len());
+
+    let before = times.iter().filter(|t| **t < paused).count();
+    let last_before_resume = times.iter().filter(|t| **t < resumed).max().copied();
+    let first_after = times.iter().find(|t| **t >= resumed).copied();
+    let stopped_after = last_before_resume.map(|t| t.since(paused));
+    let restarted_after = first_after.map(|t| t.since(resumed));
+    let signed_ms = |t: Timestamp, from: Timestamp| {
+        (t.as_micros() as i64 - from.as_micros() as i64) as f64 / 1000.0
+    };
+    eprintln!(
+        "dispatched {} ({before} before the pause); the last before the resume at {:?} ms from \
+         `qo pause` returning; the first after it {:?} ms after `qo resume` returned",
+        times.len(),
+        last_before_resume.map(|t| signed_ms(t, paused)),
+        first_after.map(|t| signed_ms(t, resumed)),
+    );
+    assert!(
+        before >= 10,
+        "the run dispatched before the pause: {before}"
+    );
+    // The loop re-reads the control record every second (after renewing its lease): a second,
+    // plus those round trips to moto on a busy machine.
+    let stopped_after = stopped_after.expect("dispatches before the resume");
+    assert!(
+        stopped_after <= Duration::from_millis(1500),
+        "a dispatch {stopped_after:?} after the pause"
+    );
+    let restarted_after = restarted_after.expect("dispatch after the resume");
+    assert!(
+        restarted_after <= Duration::from_millis(2500),
+        "dispatch restarted {restarted_after:?} after the resume"
+    );
+    let s = qo.status();
+    assert_eq!(s["paused"], false, "{s}");
 }
