@@ -136,6 +136,18 @@ fn queue(status: &Value, name: &str) -> (u64, u64, u64) {
     (n("visible"), n("in_flight"), n("delayed"))
 }
 
+/// The SQS adapter over the queues `qo setup` printed.
+fn sqs_queue(config: &aws_config::SdkConfig, vars: &HashMap<String, String>) -> SqsQueue {
+    SqsQueue::new(
+        aws_sdk_sqs::Client::new(config),
+        QueueUrls {
+            main: vars["QUEUE_URL"].clone(),
+            retry: Some(vars["RETRY_QUEUE_URL"].clone()),
+            dlq: vars["DLQ_URL"].clone(),
+        },
+    )
+}
+
 fn jobs_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../events/jobs.jsonl")
 }
@@ -291,14 +303,7 @@ async fn redrive_counts_then_moves_the_dead_letters() {
     let mut qo = Qo::new(Some(&moto.endpoint));
     let vars = qo.setup("t4");
     let config = sdk_config(&moto.endpoint).await;
-    let sqs = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&config),
-        QueueUrls {
-            main: vars["QUEUE_URL"].clone(),
-            retry: Some(vars["RETRY_QUEUE_URL"].clone()),
-            dlq: vars["DLQ_URL"].clone(),
-        },
-    );
+    let sqs = sqs_queue(&config, &vars);
     for i in 1..=2 {
         sqs.dead_letter(DeadLetter {
             body: format!("{{\"path\":\"/dead/{i}\"}}"),
@@ -504,14 +509,7 @@ async fn pause_stops_a_running_orchestrator_and_resume_restarts_it() {
 
     let config = sdk_config(&moto.endpoint).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &vars["TABLE_NAME"]);
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&config),
-        QueueUrls {
-            main: vars["QUEUE_URL"].clone(),
-            retry: Some(vars["RETRY_QUEUE_URL"].clone()),
-            dlq: vars["DLQ_URL"].clone(),
-        },
-    );
+    let queue = sqs_queue(&config, &vars);
     let clock = Arc::new(TokioClock::system());
     let invoker = LocalInvoker::new(clock.clone(), |_event: WorkerEvent| async {});
     let dispatched: Arc<Mutex<Vec<Timestamp>>> = Arc::default();
