@@ -279,6 +279,7 @@ where
                 next_refresh = now.plus(cfg.refresh_interval);
             }
             if now >= next_persist {
+                self.observe_utilization();
                 self.flush_deletes().await?;
                 self.persist(Some(now.plus(cfg.persist_interval * 2 + cfg.dispatch_lead)))
                     .await?;
@@ -660,7 +661,6 @@ where
 
     /// Saves usage, fenced by the lease: a run that lost its lease cannot overwrite.
     async fn persist(&mut self, horizon: Option<Timestamp>) -> Result<(), OrchestratorError> {
-        self.observe_utilization();
         self.pacer.set_horizon(self.now(), horizon);
         let version = save_record(
             self.ports.store,
