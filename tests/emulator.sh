@@ -202,8 +202,11 @@ for fn in orchestrator worker; do
 done
 say "$("$CARGO_LAMBDA" lambda --version); $("$QEMU" --version | head -n1); aarch64 libraries from $AARCH64_SYSROOT"
 
-# `qo` (setup, send, sim): built for this machine.
-cargo build -q -p qo --bin qo
+# `qo` (setup, send, sim): built for this machine, by the same command as the test stage's
+# build (`cargo test --workspace`), so after that stage this builds nothing. A plain
+# `cargo build -p qo` selects other features (no dev-dependencies) and would compile every
+# dependency a second time, gigabytes more under target/.
+cargo test -q --workspace --no-run
 QO="$("$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' \
   < <(cargo metadata -q --format-version 1 --no-deps))/debug/qo"
 [[ -x "$QO" ]] || die "$QO was not built"

@@ -16,6 +16,11 @@ export PATH="$QO_VENV/bin:$PATH"
 # cargo-lambda (cargo-zigbuild) runs `$CARGO_ZIGBUILD_PYTHON_PATH -m ziglang` to find zig.
 export CARGO_ZIGBUILD_PYTHON_PATH="${CARGO_ZIGBUILD_PYTHON_PATH:-$QO_VENV/bin/python3}"
 export SAM_CLI_TELEMETRY=0
+# A fresh clone in CI builds everything once: incremental state (a GB or more under
+# target/debug/incremental) would only cost disk and time there.
+if [[ "${CI:-}" == true || "${CI:-}" == 1 ]]; then
+  export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
 
 CURRENT_STAGE="(start)"
 STARTED=$SECONDS
@@ -36,8 +41,19 @@ run_stage() {
   local t=$SECONDS
   printf '\n==> run-all: stage %s\n' "$1"
   "stage_$1"
-  printf '==> run-all: stage %s passed (%d s)\n' "$1" "$((SECONDS - t))"
+  printf '==> run-all: stage %s passed (%d s; target/ %s, free on its disk %s)\n' "$1" \
+    "$((SECONDS - t))" "$(disk_use target)" "$(disk_free .)"
   DONE+=("$1")
+}
+
+# The size of a directory ("-" when it does not exist yet), and the space left on the disk
+# holding PATH: a build that runs out of disk fails with os error 28 in whichever step was
+# writing, so each stage line says how much the build has taken.
+disk_use() {
+  if [[ -d "$1" ]]; then du -sh "$1" 2>/dev/null | cut -f1; else echo -; fi
+}
+disk_free() {
+  df -h --output=avail "$1" 2>/dev/null | tail -n1 | tr -d ' '
 }
 
 # --- stages -----------------------------------------------------------------------------------
