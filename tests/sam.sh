@@ -2,12 +2,21 @@
 # SAM checks, offline and without Docker:
 #   1. cfn-lint on template.yaml (errors, warnings and informational rules);
 #   2. `sam validate --lint`;
-#   3. the template's timeouts: FUNCTION_TIMEOUT_S is each function's Timeout, and the worker's
-#      default timeout covers the worst case of one job (the sum in template.yaml);
-#   4. events/: every sample is JSON, jobs.jsonl holds 20 jobs with relative paths;
-#   5. `sam build --beta-features` (options from samconfig.toml: cached, parallel), which runs
+#   3. the template under non-default parameter values: each set in PARAMETER_SETS below is
+#      checked against the parameters' own constraints and the template's Rules, rendered to a
+#      copy of the template with its Defaults swapped for the set's values (cfn-lint resolves a
+#      Ref to its parameter's Default; its --parameters option is dropped by the SAM transform
+#      in cfn-lint 1.58), and each copy goes through cfn-lint and `sam validate --lint`;
+#   4. for the defaults and every set, the template as CloudFormation would resolve it:
+#      FUNCTION_TIMEOUT_S is each function's Timeout, the worker's timeout covers the worst
+#      case of one job (seed 003: the sum in template.yaml), the worker's reservation and the
+#      orchestrator's WORKER_CONCURRENCY_CAP, queue retention, redrive and age alarms, the
+#      worker's asynchronous settings, the orchestrator's own ARN, the credential's
+#      permissions, alarm actions, and DynamoDB permissions scoped by dynamodb:LeadingKeys;
+#   5. events/: every sample is JSON, jobs.jsonl holds 20 jobs with relative paths;
+#   6. `sam build --beta-features` (options from samconfig.toml: cached, parallel), which runs
 #      `cargo lambda build --release --arm64 --bin <Binary>` with zig as the cross linker;
-#   6. .aws-sam/build/{Orchestrator,Worker}Function/bootstrap exist and are aarch64 ELF
+#   7. .aws-sam/build/{Orchestrator,Worker}Function/bootstrap exist and are aarch64 ELF
 #      executables (read from the ELF header: `file` may be absent).
 #
 # Usage: bash tests/sam.sh [--no-build]
@@ -29,7 +38,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-build) BUILD=0 ;;
     -h | --help)
-      sed -n '2,16p' "${BASH_SOURCE[0]}"
+      sed -n '2,24p' "${BASH_SOURCE[0]}"
       exit 0
       ;;
     *)
@@ -66,60 +75,356 @@ say "$(sam --version): sam validate --lint"
 sam validate --lint
 ok "sam validate --lint: valid"
 
-# 3 and 4. The timeouts and the event samples, read with cfn-lint's YAML loader (it knows the
-# short-form intrinsics such as !Ref).
-"$VENV/bin/python3" - <<'PY'
+# 3, 4 and 5. Parameter sets, the resolved template and the event samples, read with
+# cfn-lint's YAML loader (it knows the short-form intrinsics such as !Ref). The rendered copies
+# go to $RENDERED, one <set>.json each, linted below.
+RENDERED="$(mktemp -d "${TMPDIR:-/tmp}/qo-sam.XXXXXX")"
+trap 'rm -rf "$RENDERED"' EXIT
+"$VENV/bin/python3" - "$RENDERED" <<'PY'
 import json
 import pathlib
+import re
 import sys
 
 from cfnlint.decode import decode
 
-tpl, errors = decode("template.yaml")
-if errors:
-    sys.exit(f"template.yaml: {errors}")
-params = tpl["Parameters"]
-res = tpl["Resources"]
+RENDERED = pathlib.Path(sys.argv[1])
 
-
-def default(name):
-    return float(params[name]["Default"])
+# Non-default parameter values CI checks besides the defaults. Each must be a deployment a
+# user could make: its values are checked against the parameters' constraints and the Rules.
+PARAMETER_SETS = {
+    # A small account: no retry queue, no worker reservation, the credential in Secrets
+    # Manager under a customer managed key, alarms by e-mail, the shortest event age.
+    "small-account": {
+        "ApiBaseUrl": "https://api.example.com/v1",
+        "EnableRetryQueue": "false",
+        "WorkerConcurrency": 0,
+        "UnreservedWorkerCap": 5,
+        "ApiKeySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:quota-orchestrator/api-key-AbCdEf",
+        "KmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "AlarmEmail": "ops@example.com",
+        "QuotaSpec": "10/s,500/min,20000/day,300000/month",
+        "BudgetMode": "spread",
+        "MaxReceiveCount": 4,
+        "WorkerMaxEventAgeSeconds": 60,
+        "OrchestratorTimeout": 300,
+        "QueueAgeAlarmSeconds": 86400,
+    },
+    # A large reservation, the credential in Parameter Store, a slow API with longer timeouts,
+    # Lambda's longest event age.
+    "parameter-store": {
+        "ApiBaseUrl": "https://api.example.com",
+        "ApiKeyParameterName": "/quota-orchestrator/api-key",
+        "WorkerConcurrency": 200,
+        "ApiConnectTimeoutMs": 1000,
+        "ApiReadTimeoutMs": 30000,
+        "WorkerTimeout": 90,
+        "WorkerMaxEventAgeSeconds": 21600,
+        "WorkerThrottleAlarmThreshold": 10,
+        "WorkerAsyncEventAgeAlarmMs": 5000,
+        "LogRetentionDays": 7,
+    },
+}
+# Values for the defaults' check: ApiBaseUrl has no default.
+REQUIRED_FOR_DEFAULTS = {"ApiBaseUrl": "https://api.example.com"}
+PSEUDO = {
+    "AWS::StackName": "quota-orchestrator",
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::Partition": "aws",
+    "AWS::URLSuffix": "amazonaws.com",
+}
+NO_VALUE = object()
 
 
 def fail(msg):
     sys.exit(f"sam.sh: ERROR: {msg}")
 
 
-# FUNCTION_TIMEOUT_S must be the function's own Timeout, so the binary checks the real value.
-for fn in ("OrchestratorFunction", "WorkerFunction"):
-    props = res[fn]["Properties"]
-    timeout = props["Timeout"]
-    env = props["Environment"]["Variables"]
-    if env.get("FUNCTION_TIMEOUT_S") != timeout:
-        fail(f"{fn}: FUNCTION_TIMEOUT_S is {env.get('FUNCTION_TIMEOUT_S')}, its Timeout is {timeout}")
-    meta = res[fn].get("Metadata", {})
-    if meta.get("BuildMethod") != "rust-cargolambda" or not meta.get("BuildProperties", {}).get("Binary"):
-        fail(f"{fn}: Metadata needs BuildMethod rust-cargolambda and BuildProperties.Binary")
+tpl, errors = decode("template.yaml")
+if errors:
+    fail(f"template.yaml: {errors}")
+params = tpl["Parameters"]
 
-# The worker's worst case for one job, with the defaults (seed 003: attempts x (connect + read)
-# + margin). The SDK and slot-wait values are the binaries' defaults (not template parameters).
-MAX_SLOT_WAIT_S = 5.0
-API_ATTEMPTS = 1
-SDK_MAX_ATTEMPTS, SDK_CONNECT_S, SDK_READ_S = 3, 3.0, 5.0
-OTHER_CALLS_AND_MARGIN_S = 10.0
-api = API_ATTEMPTS * (default("ApiConnectTimeoutMs") + default("ApiReadTimeoutMs")) / 1000
-sdk = SDK_MAX_ATTEMPTS * (SDK_CONNECT_S + SDK_READ_S)
-need = MAX_SLOT_WAIT_S + api + sdk + OTHER_CALLS_AND_MARGIN_S
-have = default("WorkerTimeout")
-if have < need:
-    fail(f"WorkerTimeout default {have:g} s is below the worst case {need:g} s")
-print(
-    f"sam.sh: ok: WorkerTimeout {have:g} s >= slot wait {MAX_SLOT_WAIT_S:g} + API {api:g} "
-    f"+ SDK {sdk:g} + margin {OTHER_CALLS_AND_MARGIN_S:g} = {need:g} s"
-)
-stop_margin_s, idle_exit_s = 5, 30
-if default("OrchestratorTimeout") <= stop_margin_s + idle_exit_s:
-    fail("OrchestratorTimeout default leaves no time to dispatch")
+
+def check_constraints(name, values):
+    """The set is a deployment CloudFormation accepts: known names, each value within its
+    parameter's constraints."""
+    for key, value in values.items():
+        p = params.get(key)
+        if p is None:
+            fail(f"parameter set {name}: unknown parameter {key}")
+        text = str(value)
+        if "AllowedValues" in p and text not in [str(v) for v in p["AllowedValues"]]:
+            fail(f"parameter set {name}: {key}={text} is not one of {p['AllowedValues']}")
+        if "AllowedPattern" in p and not re.fullmatch(p["AllowedPattern"], text):
+            fail(f"parameter set {name}: {key}={text} does not match {p['AllowedPattern']}")
+        if "MinLength" in p and len(text) < int(p["MinLength"]):
+            fail(f"parameter set {name}: {key}={text} is shorter than {p['MinLength']}")
+        if p.get("Type") == "Number":
+            n = float(text)
+            if "MinValue" in p and n < float(p["MinValue"]):
+                fail(f"parameter set {name}: {key}={text} is below MinValue {p['MinValue']}")
+            if "MaxValue" in p and n > float(p["MaxValue"]):
+                fail(f"parameter set {name}: {key}={text} is above MaxValue {p['MaxValue']}")
+
+
+class Resolved:
+    """The template as CloudFormation resolves it for one set of parameter values: conditions
+    evaluated, Fn::If chosen, AWS::NoValue dropped, Refs and Subs of parameters and pseudo
+    parameters substituted; a resource's Ref or GetAtt stays symbolic (`<Name>`, `<Name.Attr>`)."""
+
+    def __init__(self, values):
+        self.values = {k: p.get("Default") for k, p in params.items()}
+        self.values.update(values)
+        missing = [k for k, v in self.values.items() if v is None]
+        if missing:
+            fail(f"no value for parameters {missing}")
+        self.conditions = {}
+        for name in tpl.get("Conditions", {}):
+            self.condition(name)
+        self.resources = {
+            name: self.value(res)
+            for name, res in tpl["Resources"].items()
+            if "Condition" not in res or self.condition(res["Condition"])
+        }
+
+    def condition(self, name):
+        if name not in self.conditions:
+            self.conditions[name] = bool(self.value(tpl["Conditions"][name]))
+        return self.conditions[name]
+
+    def ref(self, name):
+        if name == "AWS::NoValue":
+            return NO_VALUE
+        if name in PSEUDO:
+            return PSEUDO[name]
+        if name in self.values:
+            return self.values[name]
+        return f"<{name}>"
+
+    def sub(self, text, extra=None):
+        def one(m):
+            key = m.group(1)
+            if extra and key in extra:
+                return str(extra[key])
+            if "." in key:
+                return f"<{key}>"
+            return str(self.ref(key))
+
+        return re.sub(r"\$\{([^}!]+)\}", one, text)
+
+    def value(self, node):
+        if isinstance(node, dict):
+            if len(node) == 1:
+                (key, arg), = node.items()
+                if key == "Ref":
+                    return self.ref(arg)
+                if key == "Condition":
+                    return self.condition(arg)
+                if key == "Fn::If":
+                    return self.value(arg[1] if self.condition(arg[0]) else arg[2])
+                if key == "Fn::Equals":
+                    a, b = (self.value(x) for x in arg)
+                    return str(a) == str(b)
+                if key == "Fn::Not":
+                    return not self.value(arg[0])
+                if key == "Fn::And":
+                    return all(self.value(x) for x in arg)
+                if key == "Fn::Or":
+                    return any(self.value(x) for x in arg)
+                if key == "Fn::Sub":
+                    if isinstance(arg, list):
+                        return self.sub(arg[0], {k: self.value(v) for k, v in arg[1].items()})
+                    return self.sub(arg)
+                if key == "Fn::GetAtt":
+                    return f"<{arg[0]}.{arg[1]}>" if isinstance(arg, list) else f"<{arg}>"
+            out = {}
+            for k, v in node.items():
+                v = self.value(v)
+                if v is not NO_VALUE:
+                    out[str(k)] = v
+            return out
+        if isinstance(node, list):
+            return [v for v in (self.value(x) for x in node) if v is not NO_VALUE]
+        return node
+
+
+def num(v):
+    return float(v)
+
+
+def timeouts(name, r):
+    """Seed 003's rule for the worker, and FUNCTION_TIMEOUT_S wired to each Timeout."""
+    for fn in ("OrchestratorFunction", "WorkerFunction"):
+        props = r.resources[fn]["Properties"]
+        env = props["Environment"]["Variables"]
+        if str(env.get("FUNCTION_TIMEOUT_S")) != str(props["Timeout"]):
+            fail(f"{name}: {fn}: FUNCTION_TIMEOUT_S is {env.get('FUNCTION_TIMEOUT_S')}, its Timeout is {props['Timeout']}")
+        meta = tpl["Resources"][fn].get("Metadata", {})
+        if meta.get("BuildMethod") != "rust-cargolambda" or not meta.get("BuildProperties", {}).get("Binary"):
+            fail(f"{fn}: Metadata needs BuildMethod rust-cargolambda and BuildProperties.Binary")
+    # The worker's worst case for one job (seed 003: attempts x (connect + read) + margin).
+    # The SDK and slot-wait values are the binaries' defaults (not template parameters).
+    MAX_SLOT_WAIT_S = 5.0
+    API_ATTEMPTS = 1
+    SDK_MAX_ATTEMPTS, SDK_CONNECT_S, SDK_READ_S = 3, 3.0, 5.0
+    OTHER_CALLS_AND_MARGIN_S = 10.0
+    v = r.values
+    api = API_ATTEMPTS * (num(v["ApiConnectTimeoutMs"]) + num(v["ApiReadTimeoutMs"])) / 1000
+    sdk = SDK_MAX_ATTEMPTS * (SDK_CONNECT_S + SDK_READ_S)
+    need = MAX_SLOT_WAIT_S + api + sdk + OTHER_CALLS_AND_MARGIN_S
+    have = num(v["WorkerTimeout"])
+    if have < need:
+        fail(f"{name}: WorkerTimeout {have:g} s is below the worst case {need:g} s")
+    stop_margin_s, idle_exit_s = 5, 30
+    if num(v["OrchestratorTimeout"]) <= stop_margin_s + idle_exit_s:
+        fail(f"{name}: OrchestratorTimeout leaves no time to dispatch")
+    return (
+        f"WorkerTimeout {have:g} s >= slot wait {MAX_SLOT_WAIT_S:g} + API {api:g} "
+        f"+ SDK {sdk:g} + margin {OTHER_CALLS_AND_MARGIN_S:g} = {need:g} s"
+    )
+
+
+def statements(props):
+    return [s for doc in props.get("Policies", []) for s in doc.get("Statement", [])]
+
+
+def actions(stmt):
+    a = stmt.get("Action", [])
+    return [a] if isinstance(a, str) else a
+
+
+def resolved_checks(name, r):
+    v, res = r.values, r.resources
+    orch, worker = res["OrchestratorFunction"]["Properties"], res["WorkerFunction"]["Properties"]
+
+    # Concurrency: the worker's reservation, none with 0; the orchestrator's cap always >= 1.
+    wc = int(num(v["WorkerConcurrency"]))
+    reserved = worker.get("ReservedConcurrentExecutions")
+    if wc == 0 and reserved is not None:
+        fail(f"{name}: WorkerConcurrency 0 still reserves {reserved}")
+    if wc > 0 and int(num(reserved)) != wc:
+        fail(f"{name}: the worker reserves {reserved}, WorkerConcurrency is {wc}")
+    if int(num(orch.get("ReservedConcurrentExecutions", 0))) != 1:
+        fail(f"{name}: the orchestrator must reserve exactly 1")
+    cap = int(num(orch["Environment"]["Variables"].get("WORKER_CONCURRENCY_CAP", 0)))
+    want_cap = wc if wc > 0 else int(num(v["UnreservedWorkerCap"]))
+    if cap < 1 or cap != want_cap:
+        fail(f"{name}: WORKER_CONCURRENCY_CAP is {cap}, expected {want_cap}")
+
+    # Queues: 14-day retention, the dead-letter queue keeps at least as long, the redrive
+    # policy uses MaxReceiveCount, and each source queue has an age alarm below its retention.
+    retry = v["EnableRetryQueue"] == "true"
+    if ("RetryQueue" in res) != retry:
+        fail(f"{name}: RetryQueue exists: {'RetryQueue' in res}, EnableRetryQueue={v['EnableRetryQueue']}")
+    retry_url = res["OrchestratorFunction"]["Properties"]["Environment"]["Variables"].get("RETRY_QUEUE_URL")
+    glob_retry = r.value(tpl["Globals"]["Function"]["Environment"]["Variables"]["RETRY_QUEUE_URL"])
+    if (glob_retry != "") == (not retry) or retry_url not in (None, glob_retry):
+        fail(f"{name}: RETRY_QUEUE_URL is {glob_retry!r} with EnableRetryQueue={v['EnableRetryQueue']}")
+    dlq_retention = int(res["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"])
+    alarms = {n: a["Properties"] for n, a in res.items() if a["Type"] == "AWS::CloudWatch::Alarm"}
+    for q in ["JobQueue"] + (["RetryQueue"] if retry else []):
+        qp = res[q]["Properties"]
+        retention = int(qp["MessageRetentionPeriod"])
+        if retention != 1209600:
+            fail(f"{name}: {q} keeps messages {retention} s, expected 1209600 (14 days)")
+        if dlq_retention < retention:
+            fail(f"{name}: the dead-letter queue keeps messages less long than {q}")
+        if str(qp["RedrivePolicy"]["maxReceiveCount"]) != str(v["MaxReceiveCount"]):
+            fail(f"{name}: {q} maxReceiveCount is not MaxReceiveCount")
+        age = [
+            a for a in alarms.values()
+            if a.get("MetricName") == "ApproximateAgeOfOldestMessage"
+            and a["Dimensions"][0]["Value"] == f"<{q}.QueueName>"
+        ]
+        if len(age) != 1 or not num(age[0]["Threshold"]) < retention:
+            fail(f"{name}: {q} needs one ApproximateAgeOfOldestMessage alarm below its retention")
+
+    # The worker's asynchronous settings and its Lambda alarms.
+    eic = worker["EventInvokeConfig"]
+    age_s = int(num(eic.get("MaximumEventAgeInSeconds", 21600)))
+    if age_s != int(num(v["WorkerMaxEventAgeSeconds"])) or not 60 <= age_s <= 21600:
+        fail(f"{name}: worker MaximumEventAgeInSeconds {age_s} (Lambda allows 60 to 21600)")
+    if not 0 <= int(num(eic.get("MaximumRetryAttempts", 2))) <= 2:
+        fail(f"{name}: worker MaximumRetryAttempts out of 0 to 2")
+    if eic["DestinationConfig"]["OnFailure"]["Destination"] != "<WorkerFailureQueue.Arn>":
+        fail(f"{name}: the worker's OnFailure destination is not WorkerFailureQueue")
+    for metric in ("Throttles", "AsyncEventAge", "Errors"):
+        if not any(
+            a.get("Namespace") == "AWS/Lambda" and a.get("MetricName") == metric
+            and a["Dimensions"][0]["Value"] == "<WorkerFunction>"
+            for a in alarms.values()
+        ):
+            fail(f"{name}: no alarm on the worker's {metric}")
+
+    # Every alarm goes to the topic and tells the operator what it means.
+    for n, a in alarms.items():
+        if a.get("AlarmActions") != ["<AlarmTopic>"] or not str(a.get("AlarmDescription", "")).strip():
+            fail(f"{name}: {n} needs AlarmActions [AlarmTopic] and an AlarmDescription")
+        if len(str(a["AlarmDescription"])) > 1024:
+            fail(f"{name}: {n}'s AlarmDescription is over 1024 characters")
+    if ("AlarmEmailSubscription" in res) != (v["AlarmEmail"] != ""):
+        fail(f"{name}: the e-mail subscription does not follow AlarmEmail")
+
+    # The orchestrator may invoke itself: its own ARN, from its FunctionName.
+    fname = orch.get("FunctionName", "")
+    if len(fname) > 64:
+        fail(f"{name}: the orchestrator's name {fname} is over 64 characters")
+    arn = f"arn:{PSEUDO['AWS::Partition']}:lambda:{PSEUDO['AWS::Region']}:{PSEUDO['AWS::AccountId']}:function:{fname}"
+    invokes = [s["Resource"] for s in statements(orch) if "lambda:InvokeFunction" in actions(s)]
+    if sorted(map(str, invokes)) != sorted([arn, "<WorkerFunction.Arn>"]):
+        fail(f"{name}: the orchestrator invokes {invokes}, expected the worker and {arn}")
+
+    # The credential: the worker reads exactly the configured source.
+    env = worker["Environment"]["Variables"]
+    wsids = {s.get("Sid") for s in statements(worker)}
+    for key, var, sid in (
+        ("ApiKeySecretArn", "API_KEY_SECRET_ID", "ReadApiKeySecret"),
+        ("ApiKeyParameterName", "API_KEY_PARAMETER", "ReadApiKeyParameter"),
+        ("KmsKeyArn", None, "DecryptApiKey"),
+    ):
+        on = v[key] != ""
+        if var and (env.get(var) == v[key]) != on:
+            fail(f"{name}: {var} does not follow {key}")
+        if (sid in wsids) != on:
+            fail(f"{name}: statement {sid} does not follow {key}")
+
+    # Every DynamoDB permission of both roles is scoped to item keys.
+    for fn, props in (("OrchestratorFunction", orch), ("WorkerFunction", worker)):
+        for s in statements(props):
+            if any(a.startswith("dynamodb:") for a in actions(s)):
+                cond = s.get("Condition", {})
+                keys = [c.get("dynamodb:LeadingKeys") for c in cond.values()]
+                if not any(keys):
+                    fail(f"{name}: {fn} statement {s.get('Sid')} has no dynamodb:LeadingKeys condition")
+            if any(a in ("dynamodb:*", "sqs:*", "lambda:*") for a in actions(s)):
+                fail(f"{name}: {fn} statement {s.get('Sid')} grants a wildcard action")
+
+
+def rules_hold(name, r):
+    for rule_name, rule in tpl.get("Rules", {}).items():
+        if "RuleCondition" in rule and not r.value(rule["RuleCondition"]):
+            continue
+        for assertion in rule["Assertions"]:
+            if not r.value(assertion["Assert"]):
+                fail(f"parameter set {name}: rule {rule_name}: {assertion.get('AssertDescription')}")
+
+
+sets = {"defaults": dict(REQUIRED_FOR_DEFAULTS)}
+sets.update(PARAMETER_SETS)
+for name, values in sets.items():
+    check_constraints(name, values)
+    r = Resolved(values)
+    rules_hold(name, r)
+    summary = timeouts(name, r)
+    resolved_checks(name, r)
+    print(f"sam.sh: ok: {name}: resolved template checks pass; {summary}")
+    if name != "defaults":
+        rendered = json.loads(json.dumps(tpl))
+        for key, value in values.items():
+            rendered["Parameters"][key]["Default"] = value
+        (RENDERED / f"{name}.json").write_text(json.dumps(rendered, indent=1))
 
 # Event samples: JSON, with the shapes the functions take.
 events = pathlib.Path("events")
@@ -156,7 +461,15 @@ if len(jobs) != 20:
     fail(f"events/jobs.jsonl has {len(jobs)} jobs, expected 20")
 print(f"sam.sh: ok: events/: {len(expected)} samples and {len(jobs)} jobs parse")
 PY
-CHECKED+=("timeouts: FUNCTION_TIMEOUT_S wired, WorkerTimeout covers the worst case" "events/ samples parse")
+CHECKED+=("resolved template (defaults and every parameter set): timeouts, concurrency, queues, alarms, IAM" "events/ samples parse")
+
+# 3 (continued). The rendered copies through both linters.
+for f in "$RENDERED"/*.json; do
+  set_name="$(basename "$f" .json)"
+  cfn-lint --include-checks I -- "$f" || die "cfn-lint failed on the template with parameter set $set_name"
+  sam validate --lint --template-file "$f" >/dev/null || die "sam validate --lint failed with parameter set $set_name"
+  ok "parameter set $set_name: cfn-lint and sam validate --lint clean"
+done
 
 if [[ "$BUILD" == 0 ]]; then
   say "--no-build: sam build skipped"
