@@ -123,6 +123,7 @@ PARAMETER_SETS = {
         "WorkerThrottleAlarmThreshold": 10,
         "WorkerAsyncEventAgeAlarmMs": 5000,
         "LogRetentionDays": 7,
+        "WorkerSystemLogLevel": "WARN",
     },
 }
 # Values for the defaults' check: ApiBaseUrl has no default.
