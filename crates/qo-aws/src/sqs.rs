@@ -194,7 +194,8 @@ impl SqsQueue {
         wait: Duration,
     ) -> Result<Vec<Message>, QueueError> {
         let raw = self.receive_raw(self.url(role), max, wait).await?;
-        raw.into_iter().map(|m| to_message(m, role)).collect()
+        let now = Timestamp::from_system(std::time::SystemTime::now());
+        raw.into_iter().map(|m| to_message(m, role, now)).collect()
     }
 
     /// Sends a new job to the main queue with `qo-enqueued-at-ms` = `now`; returns its message
@@ -314,6 +315,7 @@ impl SqsQueue {
                 op: "redrive",
                 failed: out.failed.len(),
                 detail: batch_failure(f),
+                refused: Vec::new(),
             });
         }
         Ok(sent.len() as u64)
@@ -421,15 +423,20 @@ impl JobSource for SqsQueue {
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
         let mut failed = 0;
         let mut first = None;
+        let mut refused = Vec::new();
         for (url, receipts) in self.by_queue(messages) {
             let receipts: Vec<String> = receipts.into_iter().map(str::to_string).collect();
             match self.delete_receipts(url, &receipts).await {
                 Ok(()) => {}
                 Err(QueueError::Partial {
-                    failed: n, detail, ..
+                    failed: n,
+                    detail,
+                    refused: r,
+                    ..
                 }) => {
                     failed += n;
                     first.get_or_insert(detail);
+                    refused.extend(r);
                 }
                 Err(e) => return Err(e),
             }
@@ -439,6 +446,7 @@ impl JobSource for SqsQueue {
                 op: "delete",
                 failed,
                 detail,
+                refused,
             }),
             None => Ok(()),
         }
@@ -448,14 +456,19 @@ impl JobSource for SqsQueue {
         let seconds = i32::try_from(ceil_secs(after).min(MAX_VISIBILITY_S)).unwrap_or(0);
         let mut failed = 0;
         let mut first = None;
+        let mut refused = Vec::new();
         for (url, receipts) in self.by_queue(messages) {
             match self.change_visibility(url, &receipts, seconds).await {
                 Ok(()) => {}
                 Err(QueueError::Partial {
-                    failed: n, detail, ..
+                    failed: n,
+                    detail,
+                    refused: r,
+                    ..
                 }) => {
                     failed += n;
                     first.get_or_insert(detail);
+                    refused.extend(r);
                 }
                 Err(e) => return Err(e),
             }
@@ -465,6 +478,7 @@ impl JobSource for SqsQueue {
                 op: "release",
                 failed,
                 detail,
+                refused,
             }),
             None => Ok(()),
         }
@@ -654,9 +668,20 @@ async fn create_queue(
 }
 
 /// A received SQS message as a port [`Message`].
-fn to_message(m: aws_sdk_sqs::types::Message, queue: QueueRole) -> Result<Message, QueueError> {
+fn to_message(
+    m: aws_sdk_sqs::types::Message,
+    queue: QueueRole,
+    received_at: Timestamp,
+) -> Result<Message, QueueError> {
     const OP: &str = "sqs.ReceiveMessage";
     let origin = origin_of(&m);
+    let system = |k: MessageSystemAttributeName| -> Option<u64> {
+        m.attributes.as_ref()?.get(&k)?.trim().parse().ok()
+    };
+    let receive_count = system(MessageSystemAttributeName::ApproximateReceiveCount)
+        .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    let sent_at = system(MessageSystemAttributeName::SentTimestamp)
+        .map_or(received_at, Timestamp::from_millis);
     let receipt = m.receipt_handle.ok_or_else(|| {
         queue_backend(
             OP,
@@ -671,6 +696,9 @@ fn to_message(m: aws_sdk_sqs::types::Message, queue: QueueRole) -> Result<Messag
         queue,
         body: m.body.unwrap_or_default(),
         origin,
+        receive_count,
+        received_at,
+        sent_at,
     })
 }
 
@@ -725,27 +753,39 @@ fn number_attr(v: u64) -> Result<MessageAttributeValue, AwsError> {
 }
 
 /// Runs `send` over `items` in batches of at most ten (SQS's limit) and counts the entries SQS
-/// refused: any refusal is [`QueueError::Partial`] with the first one's reason.
+/// refused: any refusal is [`QueueError::Partial`] with the first one's reason and the refused
+/// receipts (each entry's id is its index in the batch).
 async fn in_batches<'a, T, F, Fut>(
     items: &'a [T],
     op: &'static str,
     mut send: F,
 ) -> Result<(), QueueError>
 where
+    T: AsRef<str>,
     F: FnMut(&'a [T]) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, QueueError>>,
 {
     let mut failed = 0;
     let mut first = None;
+    let mut receipts = Vec::new();
     for chunk in items.chunks(MAX_BATCH) {
         let refused = send(chunk).await?;
         failed += refused.len();
         if first.is_none() {
             first = refused.first().map(batch_failure);
         }
+        receipts.extend(refused.iter().filter_map(|f| {
+            let i: usize = f.id.parse().ok()?;
+            chunk.get(i).map(|r| r.as_ref().to_string())
+        }));
     }
     match first {
-        Some(detail) => Err(QueueError::Partial { op, failed, detail }),
+        Some(detail) => Err(QueueError::Partial {
+            op,
+            failed,
+            detail,
+            refused: receipts,
+        }),
         None => Ok(()),
     }
 }

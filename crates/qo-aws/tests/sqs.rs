@@ -149,9 +149,19 @@ async fn delete_reports_partial_failures() {
     bogus.receipt = "not-a-receipt-handle".to_string();
     got.push(bogus);
     match q.delete(&got).await {
-        Err(QueueError::Partial { op, failed, .. }) => {
+        Err(QueueError::Partial {
+            op,
+            failed,
+            refused,
+            ..
+        }) => {
             assert_eq!(op, "delete");
             assert_eq!(failed, 1);
+            assert_eq!(
+                refused,
+                ["not-a-receipt-handle"],
+                "the refused entry is named"
+            );
         }
         other => panic!("expected a partial failure, got {other:?}"),
     }

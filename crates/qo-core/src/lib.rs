@@ -15,6 +15,7 @@
 //! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
 //! - [`observe`]: observations for metrics and reports.
 //! - [`config`]: environment variables, with errors that name the variable.
+//! - [`sqs`]: what SQS allows and the queue attributes the template deploys.
 
 pub mod circuit;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod job;
 pub mod observe;
 pub mod ports;
 pub mod quota;
+pub mod sqs;
 pub mod time;
 
 pub use circuit::{Circuit, CircuitPhase, CircuitPolicy, CircuitRefusal, CircuitState};

@@ -42,6 +42,16 @@ pub struct Message {
     pub body: String,
     /// Message id, attempt count, enqueue time, FIFO ids.
     pub origin: Origin,
+    /// SQS's `ApproximateReceiveCount`: this receive included, so at least 1. Past the redrive
+    /// policy's `maxReceiveCount`, SQS moves the message to the dead-letter queue at its next
+    /// receive.
+    pub receive_count: u32,
+    /// When this receive happened: SQS counts its 12 h visibility limit from here.
+    pub received_at: Timestamp,
+    /// When this SQS message was sent (`SentTimestamp`): its retention counts from here, and a
+    /// release does not reset it. A re-queue is a new message with a new time; the job's first
+    /// enqueue stays in `origin.enqueued_at`.
+    pub sent_at: Timestamp,
 }
 
 /// A queue operation failed.
@@ -56,7 +66,7 @@ pub enum QueueError {
         #[source]
         source: BoxError,
     },
-    /// Some entries of a batch failed.
+    /// Some entries of a batch were refused; the others were done.
     #[error("queue {op}: {failed} of the batch failed: {detail}")]
     Partial {
         /// The operation.
@@ -65,7 +75,20 @@ pub enum QueueError {
         failed: usize,
         /// The first failure's message.
         detail: String,
+        /// The receipt handles of the refused entries (empty when the entries were sends).
+        refused: Vec<String>,
     },
+}
+
+impl QueueError {
+    /// The receipts a batch call refused: the entries worth trying again. Empty for an error
+    /// of the whole call.
+    pub fn refused(&self) -> &[String] {
+        match self {
+            QueueError::Partial { refused, .. } => refused,
+            QueueError::Backend { .. } => &[],
+        }
+    }
 }
 
 /// Where jobs come from: the orchestrator's side of the queue.

@@ -12,6 +12,23 @@ pub enum MemoryError {
     /// again since (SQS's `ReceiptHandleIsInvalid`).
     #[error("receipt handle `{0}` is not current (message deleted or received again)")]
     StaleReceipt(String),
+    /// A visibility change would keep the message invisible past 12 hours from its receive
+    /// (SQS refuses that entry with `InvalidParameterValue`).
+    #[error(
+        "visibility of {requested:?} from now reaches past 12 h after the receive ({received_ago:?} ago)"
+    )]
+    VisibilityTooLong {
+        /// The visibility asked for, from now.
+        requested: std::time::Duration,
+        /// How long ago the message was received.
+        received_ago: std::time::Duration,
+    },
+    /// A send asked for a delay SQS refuses (`DelaySeconds` is at most 900).
+    #[error("delay of {0:?} is past SQS's 900 s")]
+    DelayTooLong(std::time::Duration),
+    /// An entry refused on purpose by a test ([`crate::MemoryQueue::refuse_next`]).
+    #[error("entry refused (injected InternalError)")]
+    Injected,
     /// An option was out of range.
     #[error("option {name}={value} is invalid: {reason}")]
     InvalidOption {

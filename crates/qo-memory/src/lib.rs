@@ -25,5 +25,5 @@ pub mod store;
 
 pub use error::MemoryError;
 pub use invoker::{EventHandler, InvokerOptions, InvokerStats, LocalInvoker};
-pub use queue::{MemoryQueue, QueueDepths, QueueOptions, SendOptions};
+pub use queue::{BatchOp, Expired, MemoryQueue, QueueDepths, QueueOptions, Redriven, SendOptions};
 pub use store::{JobStatus, MemoryStore, StoreStats};

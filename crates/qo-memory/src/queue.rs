@@ -1,53 +1,64 @@
 //! [`MemoryQueue`]: a main queue, an optional retry queue and a dead-letter queue in memory, with
-//! SQS semantics.
+//! SQS semantics, the attributes of [`qo_core::sqs::QueueAttributes`], and SQS's limits.
 //!
 //! - Every message has a unique id and, per receive, a new receipt handle; an older handle no
 //!   longer deletes or releases it (SQS's `ReceiptHandleIsInvalid`). Batch operations apply to
-//!   the valid entries and report the others as [`QueueError::Partial`], as
-//!   `DeleteMessageBatch` and `ChangeMessageVisibilityBatch` do.
-//! - A received message stays invisible for the visibility timeout (30 s unless configured),
-//!   then comes back; [`JobSource::release`] changes its visibility (zero: at once).
+//!   the valid entries and report the others as [`QueueError::Partial`] with their receipts, as
+//!   `DeleteMessageBatch` and `ChangeMessageVisibilityBatch` do; a test can make the next
+//!   entries of a batch call be refused ([`MemoryQueue::refuse_next`]).
+//! - A received message stays invisible for the visibility timeout, then comes back;
+//!   [`JobSource::release`] changes its visibility (zero: at once). A change that would keep it
+//!   invisible past 12 h after its receive is refused for that entry.
+//! - Each receive adds one to the message's receive count, and a release does not take it
+//!   back. With a redrive policy (`max_receive_count`), a message already received that many
+//!   times moves to the dead-letter queue at its next receive, with no reason, as SQS does
+//!   ([`MemoryQueue::redriven`]).
+//! - Retention: a message older than the retention period (counted from its send; a release
+//!   does not reset it) is gone, visible or not. SQS leaves no trace; this queue keeps a record
+//!   ([`MemoryQueue::expired`]) so that a test or `qo local` can report what was lost.
 //! - A message sent with a delay ([`SendOptions::delay`], [`JobSink::requeue`]) is invisible
-//!   until then.
+//!   until then; a delay past 900 s is refused.
 //! - [`JobSource::receive`] takes from the retry queue first, then the main queue, and long-polls
 //!   up to `wait` when nothing is visible, waking on a send, a release or the next visibility
 //!   change. All times come from the injected [`Clock`], so it runs under tokio's paused time.
 //! - A re-queued job keeps its `origin.message_id`: it names the job across attempts, so the
 //!   idempotency key of a job without an explicit id does not change when it is retried.
-//! - FIFO (optional): `group_id` and `dedup_id` are kept in the [`Origin`]; a `dedup_id` seen in
-//!   the last 5 minutes is accepted and dropped, as SQS does (on re-queue the key is the
-//!   `dedup_id` suffixed by the attempt, so each attempt goes through once). Group ordering is
-//!   not enforced beyond send order.
+//! - FIFO (optional): `group_id` and `dedup_id` are kept in the [`Origin`]; a send whose
+//!   deduplication id was seen in the last 5 minutes is accepted and dropped, as SQS does. A
+//!   re-queue is deduplicated by an id unique to that send, as the SQS adapter sends it. A
+//!   message group is blocked while one of its messages is in flight.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
+use qo_core::sqs::{self, QueueAttributes};
 use qo_core::time::{Clock, Timestamp};
 use tokio::sync::Notify;
 
 use crate::error::MemoryError;
 
 /// SQS's default visibility timeout.
-pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_VISIBILITY_TIMEOUT: Duration = sqs::DEFAULT_VISIBILITY;
 
 /// How long a FIFO deduplication id is remembered (SQS: 5 minutes).
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(300);
+pub const DEDUP_WINDOW: Duration = sqs::DEDUP_WINDOW;
 
 /// The most messages one receive returns (SQS: 10).
-pub const MAX_RECEIVE: u8 = 10;
+pub const MAX_RECEIVE: u8 = sqs::MAX_BATCH as u8;
 
 /// How the queues behave.
 #[derive(Clone, Debug)]
 pub struct QueueOptions {
-    /// How long a received message stays invisible (default 30 s).
-    pub visibility_timeout: Duration,
+    /// Visibility timeout, retention and redrive policy of the main and retry queues
+    /// (default: SQS's defaults, no redrive policy; [`QueueOptions::template`]: the template's).
+    pub attributes: QueueAttributes,
     /// Whether there is a retry queue: re-queued jobs go there, and receive polls it first.
     pub retry_queue: bool,
-    /// FIFO queues: deduplication ids are honoured.
+    /// FIFO queues: deduplication ids and message groups are honoured.
     pub fifo: bool,
     /// Prefix of message ids and receipt handles, to tell queues apart (default `msg`).
     pub id_prefix: String,
@@ -56,7 +67,7 @@ pub struct QueueOptions {
 impl Default for QueueOptions {
     fn default() -> Self {
         QueueOptions {
-            visibility_timeout: DEFAULT_VISIBILITY_TIMEOUT,
+            attributes: QueueAttributes::AWS_DEFAULT,
             retry_queue: false,
             fifo: false,
             id_prefix: "msg".to_string(),
@@ -64,15 +75,35 @@ impl Default for QueueOptions {
     }
 }
 
+impl QueueOptions {
+    /// The queues as the template deploys them: its attributes and a retry queue.
+    pub fn template() -> Self {
+        QueueOptions {
+            attributes: QueueAttributes::TEMPLATE,
+            retry_queue: true,
+            ..QueueOptions::default()
+        }
+    }
+}
+
 /// How to send one message with [`MemoryQueue::send_with`].
 #[derive(Clone, Debug, Default)]
 pub struct SendOptions {
-    /// Invisible until this long after the send.
+    /// Invisible until this long after the send (at most 900 s).
     pub delay: Duration,
     /// FIFO message group.
     pub group_id: Option<String>,
     /// FIFO deduplication id.
     pub dedup_id: Option<String>,
+}
+
+/// A batch call whose entries a test can have refused ([`MemoryQueue::refuse_next`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchOp {
+    /// `DeleteMessageBatch`.
+    Delete,
+    /// `ChangeMessageVisibilityBatch`.
+    Release,
 }
 
 /// How many messages are where, as SQS's approximate counts say it.
@@ -90,8 +121,10 @@ pub struct QueueDepths {
     pub retry_in_flight: usize,
     /// Retry queue: re-queued with a delay that has not passed.
     pub retry_delayed: usize,
-    /// Dead-letter queue.
+    /// Dead-letter queue: what was sent there with a reason, and what the redrive policy moved.
     pub dead: usize,
+    /// Messages deleted by retention (SQS keeps no count of these).
+    pub expired: usize,
 }
 
 impl QueueDepths {
@@ -106,6 +139,32 @@ impl QueueDepths {
     }
 }
 
+/// A message the redrive policy moved to the dead-letter queue: no reason attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redriven {
+    /// Its body.
+    pub body: String,
+    /// Its origin as the queue knew it.
+    pub origin: Origin,
+    /// Its receive count when it moved.
+    pub receive_count: u32,
+    /// The queue it moved from.
+    pub from: QueueRole,
+}
+
+/// A message that retention deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    /// Its body.
+    pub body: String,
+    /// Its origin.
+    pub origin: Origin,
+    /// When it was sent.
+    pub sent_at: Timestamp,
+    /// The queue it was on.
+    pub from: QueueRole,
+}
+
 /// One stored message.
 #[derive(Debug)]
 struct Stored {
@@ -113,8 +172,19 @@ struct Stored {
     body: String,
     origin: Origin,
     visible_at: Timestamp,
+    sent_at: Timestamp,
     /// The current receipt number; `None` until first received.
     receipt: Option<u64>,
+    /// Receives so far.
+    receive_count: u32,
+    /// When it was last received.
+    received_at: Option<Timestamp>,
+}
+
+impl Stored {
+    fn in_flight(&self, now: Timestamp) -> bool {
+        self.receipt.is_some() && self.visible_at > now
+    }
 }
 
 /// Everything behind the lock.
@@ -127,9 +197,15 @@ struct State {
     /// Per queue, the messages ordered by the time they become visible, then by send order.
     main: BTreeSet<(Timestamp, u64)>,
     retry: BTreeSet<(Timestamp, u64)>,
+    /// Every message by its send time, for retention.
+    by_age: BTreeSet<(Timestamp, u64)>,
     dead: Vec<DeadLetter>,
+    redriven: Vec<Redriven>,
+    expired: Vec<Expired>,
     /// FIFO deduplication: key -> (message id, remembered until).
     dedup: HashMap<String, (String, Timestamp)>,
+    /// Entries still to refuse, per batch call.
+    refuse: HashMap<BatchOp, usize>,
 }
 
 impl State {
@@ -140,39 +216,112 @@ impl State {
         }
     }
 
-    /// Moves up to `want` visible messages of `role` into flight.
+    /// Removes a stored message from every index.
+    fn remove(&mut self, seq: u64) -> Option<Stored> {
+        let m = self.messages.remove(&seq)?;
+        self.lane(m.role).remove(&(m.visible_at, seq));
+        self.by_age.remove(&(m.sent_at, seq));
+        Some(m)
+    }
+
+    /// Deletes what is past `retention` at `now`, keeping a record of it.
+    fn expire(&mut self, now: Timestamp, retention: Duration) {
+        loop {
+            let Some(&(sent_at, seq)) = self.by_age.first() else {
+                return;
+            };
+            if now.since(sent_at) < retention {
+                return;
+            }
+            if let Some(m) = self.remove(seq) {
+                self.expired.push(Expired {
+                    body: m.body,
+                    origin: m.origin,
+                    sent_at,
+                    from: m.role,
+                });
+            }
+        }
+    }
+
+    /// FIFO groups with a message in flight.
+    fn busy_groups(&self, now: Timestamp) -> HashSet<String> {
+        self.messages
+            .values()
+            .filter(|m| m.in_flight(now))
+            .filter_map(|m| m.origin.group_id.clone())
+            .collect()
+    }
+
+    /// Moves up to `want` visible messages of `role` into flight; a message past the redrive
+    /// policy's count moves to the dead-letter queue instead.
     fn take(
         &mut self,
         role: QueueRole,
         now: Timestamp,
-        visibility: Duration,
-        prefix: &str,
+        options: &QueueOptions,
         want: usize,
         out: &mut Vec<Message>,
     ) {
-        let ready: Vec<(Timestamp, u64)> = self
-            .lane(role)
-            .range(..=(now, u64::MAX))
-            .take(want)
-            .copied()
-            .collect();
-        let hidden_until = now.plus(visibility);
+        let mut busy = if options.fifo {
+            self.busy_groups(now)
+        } else {
+            HashSet::new()
+        };
+        let ready: Vec<(Timestamp, u64)> =
+            self.lane(role).range(..=(now, u64::MAX)).copied().collect();
+        let hidden_until = now.plus(options.attributes.visibility_timeout);
+        let mut taken = 0;
         for key in ready {
+            if taken >= want {
+                break;
+            }
+            let Some(m) = self.messages.get(&key.1) else {
+                continue;
+            };
+            if let Some(g) = &m.origin.group_id
+                && busy.contains(g)
+            {
+                continue;
+            }
+            if let Some(max) = options.attributes.max_receive_count
+                && m.receive_count >= max
+            {
+                if let Some(m) = self.remove(key.1) {
+                    self.redriven.push(Redriven {
+                        body: m.body,
+                        origin: m.origin,
+                        receive_count: m.receive_count,
+                        from: m.role,
+                    });
+                }
+                continue;
+            }
             let receipt = self.next_receipt;
             self.next_receipt += 1;
             let lane = self.lane(role);
             lane.remove(&key);
             lane.insert((hidden_until, key.1));
-            if let Some(m) = self.messages.get_mut(&key.1) {
-                m.visible_at = hidden_until;
-                m.receipt = Some(receipt);
-                out.push(Message {
-                    receipt: receipt_handle(prefix, key.1, receipt),
-                    queue: m.role,
-                    body: m.body.clone(),
-                    origin: m.origin.clone(),
-                });
+            let Some(m) = self.messages.get_mut(&key.1) else {
+                continue;
+            };
+            m.visible_at = hidden_until;
+            m.receipt = Some(receipt);
+            m.receive_count += 1;
+            m.received_at = Some(now);
+            if let Some(g) = &m.origin.group_id {
+                busy.insert(g.clone());
             }
+            taken += 1;
+            out.push(Message {
+                receipt: receipt_handle(&options.id_prefix, key.1, receipt),
+                queue: m.role,
+                body: m.body.clone(),
+                origin: m.origin.clone(),
+                receive_count: m.receive_count,
+                received_at: now,
+                sent_at: m.sent_at,
+            });
         }
     }
 
@@ -206,6 +355,17 @@ impl State {
         self.dedup
             .insert(key, (id.to_string(), now.plus(DEDUP_WINDOW)));
         Ok(())
+    }
+
+    /// Whether to refuse the next entry of `op` (a test asked for it).
+    fn refuse_one(&mut self, op: BatchOp) -> bool {
+        match self.refuse.get_mut(&op) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -245,7 +405,7 @@ impl std::fmt::Debug for MemoryQueue {
 }
 
 impl MemoryQueue {
-    /// A main queue and a dead-letter queue, no retry queue, a 30 s visibility timeout.
+    /// A main queue and a dead-letter queue with SQS's default attributes, no retry queue.
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self::with_options(clock, QueueOptions::default())
     }
@@ -268,22 +428,49 @@ impl MemoryQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.inner
+        let mut st = self
+            .inner
             .state
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        st.expire(
+            self.inner.clock.now(),
+            self.inner.options.attributes.retention,
+        );
+        st
+    }
+
+    /// Makes the next `entries` entries of `op` batch calls be refused (as SQS may refuse single
+    /// entries of a batch while the call succeeds).
+    pub fn refuse_next(&self, op: BatchOp, entries: usize) {
+        *self.lock().refuse.entry(op).or_default() += entries;
     }
 
     /// Enqueues a job on the main queue, visible at once, attempt 0, `enqueued_at` now.
     /// Returns its message id.
     pub fn send(&self, body: impl Into<String>) -> String {
-        self.send_with(body, SendOptions::default())
+        let now = self.inner.clock.now();
+        self.enqueue(
+            QueueRole::Main,
+            body.into(),
+            Origin {
+                enqueued_at: Some(now),
+                ..Origin::default()
+            },
+            Duration::ZERO,
+            None,
+        )
     }
 
     /// Enqueues a job on the main queue with a delay and FIFO ids. Returns its message id (on a
     /// FIFO queue, a deduplication id seen in the last 5 minutes returns the first message's id
-    /// and enqueues nothing).
-    pub fn send_with(&self, body: impl Into<String>, options: SendOptions) -> String {
+    /// and enqueues nothing). A delay past 900 s is refused, as SQS refuses it.
+    pub fn send_with(
+        &self,
+        body: impl Into<String>,
+        options: SendOptions,
+    ) -> Result<String, QueueError> {
+        check_delay("send", options.delay)?;
         let now = self.inner.clock.now();
         let origin = Origin {
             message_id: String::new(),
@@ -293,13 +480,13 @@ impl MemoryQueue {
             dedup_id: options.dedup_id,
         };
         let dedup_key = origin.dedup_id.clone();
-        self.enqueue(
+        Ok(self.enqueue(
             QueueRole::Main,
             body.into(),
             origin,
             options.delay,
             dedup_key,
-        )
+        ))
     }
 
     /// Stores a message; assigns a message id when `origin` has none.
@@ -332,6 +519,7 @@ impl MemoryQueue {
             st.next_seq += 1;
             let visible_at = now.plus(delay);
             st.lane(role).insert((visible_at, seq));
+            st.by_age.insert((now, seq));
             let id = origin.message_id.clone();
             st.messages.insert(
                 seq,
@@ -340,7 +528,10 @@ impl MemoryQueue {
                     body,
                     origin,
                     visible_at,
+                    sent_at: now,
                     receipt: None,
+                    receive_count: 0,
+                    received_at: None,
                 },
             );
             id
@@ -354,7 +545,8 @@ impl MemoryQueue {
         let now = self.inner.clock.now();
         let st = self.lock();
         let mut d = QueueDepths {
-            dead: st.dead.len(),
+            dead: st.dead.len() + st.redriven.len(),
+            expired: st.expired.len(),
             ..QueueDepths::default()
         };
         for m in st.messages.values() {
@@ -371,9 +563,20 @@ impl MemoryQueue {
         d
     }
 
-    /// The dead-letter queue's content, oldest first.
+    /// What was sent to the dead-letter queue with a reason, oldest first. What the redrive
+    /// policy moved there is in [`MemoryQueue::redriven`]; [`QueueDepths::dead`] counts both.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.lock().dead.clone()
+    }
+
+    /// What the redrive policy moved to the dead-letter queue (no reason), oldest first.
+    pub fn redriven(&self) -> Vec<Redriven> {
+        self.lock().redriven.clone()
+    }
+
+    /// What retention deleted, oldest first.
+    pub fn expired(&self) -> Vec<Expired> {
+        self.lock().expired.clone()
     }
 
     /// True when the main and retry queues hold nothing (visible, in flight or delayed); dead
@@ -382,36 +585,59 @@ impl MemoryQueue {
         self.lock().messages.is_empty()
     }
 
-    /// Applies `f` to the message each entry's receipt designates; counts the stale ones.
+    /// Applies `f` to the message each entry's receipt designates; reports the entries it
+    /// refused, or that `f` refused, with their receipts.
     fn per_receipt(
         &self,
-        op: &'static str,
+        op: BatchOp,
         messages: &[Message],
-        mut f: impl FnMut(&mut State, u64),
+        mut f: impl FnMut(&mut State, u64) -> Result<(), MemoryError>,
     ) -> Result<(), QueueError> {
         let prefix = &self.inner.options.id_prefix;
-        let mut failed = 0;
+        let mut refused = Vec::new();
         let mut first = None;
         {
             let mut st = self.lock();
             for m in messages {
-                match st.resolve(&m.receipt, prefix) {
-                    Some(seq) => f(&mut st, seq),
-                    None => {
-                        failed += 1;
-                        first.get_or_insert_with(|| {
-                            MemoryError::StaleReceipt(m.receipt.clone()).to_string()
-                        });
+                let result = if st.refuse_one(op) {
+                    Err(MemoryError::Injected)
+                } else {
+                    match st.resolve(&m.receipt, prefix) {
+                        Some(seq) => f(&mut st, seq),
+                        None => Err(MemoryError::StaleReceipt(m.receipt.clone())),
                     }
+                };
+                if let Err(e) = result {
+                    refused.push(m.receipt.clone());
+                    first.get_or_insert_with(|| e.to_string());
                 }
             }
         }
         self.inner.changed.notify_waiters();
         match first {
             None => Ok(()),
-            Some(detail) => Err(QueueError::Partial { op, failed, detail }),
+            Some(detail) => Err(QueueError::Partial {
+                op: match op {
+                    BatchOp::Delete => "delete",
+                    BatchOp::Release => "release",
+                },
+                failed: refused.len(),
+                detail,
+                refused,
+            }),
         }
     }
+}
+
+/// Refuses a delay past SQS's 900 s.
+fn check_delay(op: &'static str, delay: Duration) -> Result<(), QueueError> {
+    if delay > sqs::MAX_DELAY {
+        return Err(QueueError::Backend {
+            op,
+            source: Box::new(MemoryError::DelayTooLong(delay)),
+        });
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -438,32 +664,29 @@ impl JobSource for MemoryQueue {
                 let mut st = self.lock();
                 let want = usize::from(max);
                 if options.retry_queue {
-                    st.take(
-                        QueueRole::Retry,
-                        now,
-                        options.visibility_timeout,
-                        &options.id_prefix,
-                        want,
-                        &mut out,
-                    );
+                    st.take(QueueRole::Retry, now, options, want, &mut out);
                 }
                 let want = want - out.len();
                 if want > 0 {
-                    st.take(
-                        QueueRole::Main,
-                        now,
-                        options.visibility_timeout,
-                        &options.id_prefix,
-                        want,
-                        &mut out,
-                    );
+                    st.take(QueueRole::Main, now, options, want, &mut out);
                 }
-                st.next_visible()
+                let oldest = st
+                    .by_age
+                    .first()
+                    .map(|k| k.0.plus(options.attributes.retention));
+                match (st.next_visible(), oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             if !out.is_empty() || now >= deadline {
                 return Ok(out);
             }
-            let wake = next.map_or(deadline, |t| t.min(deadline));
+            // Wake at the next visibility change (or expiry), but never spin on a message that
+            // is visible yet not receivable (its FIFO group is busy).
+            let wake = next
+                .filter(|t| *t > now)
+                .map_or(deadline, |t| t.min(deadline));
             tokio::select! {
                 () = &mut changed => {}
                 () = clock.sleep_until(wake) => {}
@@ -472,23 +695,32 @@ impl JobSource for MemoryQueue {
     }
 
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
-        self.per_receipt("delete", messages, |st, seq| {
-            if let Some(m) = st.messages.remove(&seq) {
-                st.lane(m.role).remove(&(m.visible_at, seq));
-            }
+        self.per_receipt(BatchOp::Delete, messages, |st, seq| {
+            st.remove(seq);
+            Ok(())
         })
     }
 
     async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError> {
-        let at = self.inner.clock.now().plus(after);
-        self.per_receipt("release", messages, |st, seq| {
-            if let Some(m) = st.messages.get_mut(&seq) {
-                let (role, old) = (m.role, m.visible_at);
-                m.visible_at = at;
-                let lane = st.lane(role);
-                lane.remove(&(old, seq));
-                lane.insert((at, seq));
+        let now = self.inner.clock.now();
+        let at = now.plus(after);
+        self.per_receipt(BatchOp::Release, messages, |st, seq| {
+            let Some(m) = st.messages.get_mut(&seq) else {
+                return Ok(());
+            };
+            let received = m.received_at.unwrap_or(now);
+            if at.since(received) > sqs::MAX_VISIBILITY {
+                return Err(MemoryError::VisibilityTooLong {
+                    requested: after,
+                    received_ago: now.since(received),
+                });
             }
+            let (role, old) = (m.role, m.visible_at);
+            m.visible_at = at;
+            let lane = st.lane(role);
+            lane.remove(&(old, seq));
+            lane.insert((at, seq));
+            Ok(())
         })
     }
 }
@@ -506,15 +738,18 @@ impl JobSink for MemoryQueue {
         origin: &Origin,
         delay: Duration,
     ) -> Result<(), QueueError> {
+        check_delay("requeue", delay)?;
         let role = if self.inner.options.retry_queue {
             QueueRole::Retry
         } else {
             QueueRole::Main
         };
-        let dedup_key = origin
-            .dedup_id
-            .as_ref()
-            .map(|d| format!("{d}/{}", origin.attempt));
+        // A deduplication id unique to this send: two re-queues of one attempt (an untried
+        // job given back twice within 5 minutes) are two sends, not a duplicate.
+        let dedup_key = origin.dedup_id.as_ref().map(|d| {
+            let n = self.lock().next_seq;
+            format!("{d}/{}/{n}", origin.attempt)
+        });
         self.enqueue(role, body.to_string(), origin.clone(), delay, dedup_key);
         Ok(())
     }
@@ -634,7 +869,7 @@ mod tests {
 
         let e = q.delete(&old).await.expect_err("stale receipt");
         assert!(
-            matches!(&e, QueueError::Partial { op: "delete", failed: 1, detail } if detail.contains(&old[0].receipt)),
+            matches!(&e, QueueError::Partial { op: "delete", failed: 1, detail, refused } if detail.contains(&old[0].receipt) && *refused == [old[0].receipt.clone()]),
             "{e}"
         );
         assert_eq!(q.depths().pending(), 2, "the stale delete removed nothing");
@@ -708,7 +943,8 @@ mod tests {
                 delay: Duration::from_secs(10),
                 ..SendOptions::default()
             },
-        );
+        )
+        .expect("send");
         assert_eq!(q.depths().main_delayed, 1);
         assert!(q.receive(1, NOW).await.expect("receive").is_empty());
         c.sleep(Duration::from_secs(10)).await;
@@ -784,7 +1020,8 @@ mod tests {
                 delay: Duration::from_secs(7),
                 ..SendOptions::default()
             },
-        );
+        )
+        .expect("send");
         let start = c.now();
         let got = q
             .receive(10, Duration::from_secs(20))
@@ -903,24 +1140,35 @@ mod tests {
             dedup_id: Some("d".into()),
             ..SendOptions::default()
         };
-        let a = q.send_with("x", opts.clone());
-        let b = q.send_with("x", opts.clone());
+        let a = q.send_with("x", opts.clone()).expect("send");
+        let b = q.send_with("x", opts.clone()).expect("send");
         assert_eq!(a, b);
         assert_eq!(q.depths().main_visible, 1);
         let got = q.receive(10, NOW).await.expect("receive");
         assert_eq!(got[0].origin.group_id.as_deref(), Some("g"));
         assert_eq!(got[0].origin.dedup_id.as_deref(), Some("d"));
-        // A re-queue of attempt 1 goes through once.
+        // Two re-queues of one attempt (an untried job given back twice within 5 minutes) are
+        // two sends with their own deduplication ids: neither is dropped.
         let next = Origin {
             attempt: 1,
             ..got[0].origin.clone()
         };
+        q.delete(&got).await.expect("delete");
         q.requeue("x", &next, NOW).await.expect("requeue");
+        let first = q.receive(10, NOW).await.expect("receive");
+        assert_eq!(first.len(), 1, "the first re-queue arrives");
+        q.delete(&first).await.expect("delete");
         q.requeue("x", &next, NOW).await.expect("requeue");
-        assert_eq!(q.depths().main_visible, 1);
+        let second = q.receive(10, NOW).await.expect("receive");
+        assert_eq!(
+            second.len(),
+            1,
+            "the second re-queue of the same attempt is not dropped"
+        );
+        q.delete(&second).await.expect("delete");
         c.sleep(DEDUP_WINDOW).await;
-        q.send_with("x", opts);
-        assert_eq!(q.depths().main_visible, 3, "window passed");
+        q.send_with("x", opts).expect("send");
+        assert_eq!(q.depths().main_visible, 1, "window passed");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,5 +1202,183 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n);
         assert!(q.is_drained());
+    }
+
+    fn template(clock: Arc<dyn Clock>) -> MemoryQueue {
+        MemoryQueue::with_options(clock, QueueOptions::template())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receive_count_grows_and_the_redrive_policy_moves_it_without_a_reason() {
+        let c = clock();
+        let q = template(c.clone());
+        let max = QueueAttributes::TEMPLATE
+            .max_receive_count
+            .expect("a policy");
+        q.send("job");
+        for n in 1..=max {
+            let got = q.receive(1, NOW).await.expect("receive");
+            assert_eq!(got.len(), 1, "receive {n}");
+            assert_eq!(got[0].receive_count, n, "each receive adds one");
+            // A release gives it back at once but does not take the receive back.
+            q.release(&got, NOW).await.expect("release");
+        }
+        assert!(q.receive(1, NOW).await.expect("receive").is_empty());
+        let moved = q.redriven();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].receive_count, max);
+        assert!(q.dead_letters().is_empty(), "no reason attached");
+        assert_eq!(q.depths().dead, 1);
+        assert!(q.is_drained());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_redrive_policy_the_count_only_grows() {
+        let q = MemoryQueue::new(clock());
+        q.send("job");
+        for n in 1..=20 {
+            let got = q.receive(1, NOW).await.expect("receive");
+            assert_eq!(got[0].receive_count, n);
+            q.release(&got, NOW).await.expect("release");
+        }
+        assert_eq!(q.depths().dead, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retention_deletes_a_message_visible_or_not_and_a_release_does_not_reset_it() {
+        let c = clock();
+        let q = template(c.clone());
+        let retention = QueueAttributes::TEMPLATE.retention;
+        q.send("old");
+        c.sleep(Duration::from_secs(3600)).await;
+        q.send("younger");
+        let got = q.receive(10, NOW).await.expect("receive");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].sent_at, Timestamp::from_secs(1_000));
+        q.release(&got, NOW).await.expect("release");
+        c.sleep(retention - Duration::from_secs(3601)).await;
+        assert_eq!(q.depths().pending(), 2, "not yet");
+        // Received again (in flight) when it expires: gone all the same.
+        let held = q.receive(10, NOW).await.expect("receive");
+        assert_eq!(held.len(), 2);
+        c.sleep(Duration::from_secs(1)).await;
+        assert_eq!(q.depths().pending(), 1);
+        let expired = q.expired();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].body, "old");
+        assert_eq!(q.depths().expired, 1);
+        assert!(
+            q.delete(&held[..1]).await.is_err(),
+            "its receipt went with it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_requeue_is_a_new_message_with_its_own_retention() {
+        let c = clock();
+        let q = MemoryQueue::new(c.clone());
+        q.send("job");
+        c.sleep(sqs::DEFAULT_RETENTION - Duration::from_secs(10))
+            .await;
+        let got = q.receive(1, NOW).await.expect("receive");
+        q.requeue("job", &got[0].origin, NOW)
+            .await
+            .expect("requeue");
+        q.delete(&got).await.expect("delete");
+        c.sleep(Duration::from_secs(60)).await;
+        let again = q.receive(1, NOW).await.expect("receive");
+        assert_eq!(
+            again.len(),
+            1,
+            "the re-sent copy outlives the original's retention"
+        );
+        assert!(q.expired().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn visibility_is_capped_at_12_hours_from_the_receive() {
+        let c = clock();
+        let q = template(c.clone());
+        q.send("a");
+        q.send("b");
+        let got = q.receive(10, NOW).await.expect("receive");
+        c.sleep(Duration::from_secs(600)).await;
+        // 12 h from now is past 12 h from the receive: refused, for that entry only.
+        let e = q
+            .release(&got[..1], sqs::MAX_VISIBILITY)
+            .await
+            .expect_err("past 12 h from the receive");
+        assert_eq!(e.refused(), [got[0].receipt.clone()]);
+        assert!(e.to_string().contains("12 h"), "{e}");
+        let ok = sqs::MAX_VISIBILITY - Duration::from_secs(600);
+        q.release(&got[1..], ok)
+            .await
+            .expect("up to 12 h from the receive");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_past_900_seconds_is_refused() {
+        let q = MemoryQueue::new(clock());
+        let too_long = sqs::MAX_DELAY + Duration::from_secs(1);
+        let e = q
+            .send_with(
+                "x",
+                SendOptions {
+                    delay: too_long,
+                    ..SendOptions::default()
+                },
+            )
+            .expect_err("past 900 s");
+        assert!(e.to_string().contains("900"), "{e}");
+        assert!(q.requeue("x", &Origin::default(), too_long).await.is_err());
+        q.requeue("x", &Origin::default(), sqs::MAX_DELAY)
+            .await
+            .expect("900 s is allowed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn injected_refusals_fail_single_entries_and_name_them() {
+        let q = MemoryQueue::new(clock());
+        for i in 0..3 {
+            q.send(format!("{i}"));
+        }
+        let got = q.receive(10, NOW).await.expect("receive");
+        q.refuse_next(BatchOp::Delete, 1);
+        let e = q.delete(&got).await.expect_err("one refused");
+        assert_eq!(e.refused(), [got[0].receipt.clone()]);
+        assert_eq!(q.depths().pending(), 1, "the other two were deleted");
+        q.delete(&got[..1])
+            .await
+            .expect("a retry of the refused entry");
+        assert!(q.is_drained());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fifo_group_is_blocked_while_one_of_its_messages_is_in_flight() {
+        let q = MemoryQueue::with_options(
+            clock(),
+            QueueOptions {
+                fifo: true,
+                ..QueueOptions::default()
+            },
+        );
+        for (body, group) in [("a1", "a"), ("a2", "a"), ("b1", "b")] {
+            q.send_with(
+                body,
+                SendOptions {
+                    group_id: Some(group.into()),
+                    dedup_id: Some(body.into()),
+                    ..SendOptions::default()
+                },
+            )
+            .expect("send");
+        }
+        let got = q.receive(10, NOW).await.expect("receive");
+        let bodies: Vec<_> = got.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["a1", "b1"], "one per group while in flight");
+        assert!(q.receive(10, NOW).await.expect("receive").is_empty());
+        q.delete(&got[..1]).await.expect("delete a1");
+        let next = q.receive(10, NOW).await.expect("receive");
+        assert_eq!(next[0].body, "a2");
     }
 }

@@ -34,13 +34,7 @@ pub struct RecordingSink {
 impl RecordingSink {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         RecordingSink {
-            queue: MemoryQueue::with_options(
-                clock,
-                QueueOptions {
-                    retry_queue: true,
-                    ..QueueOptions::default()
-                },
-            ),
+            queue: MemoryQueue::with_options(clock, QueueOptions::template()),
             requeues: Arc::default(),
             fail: Arc::default(),
         }

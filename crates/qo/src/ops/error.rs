@@ -186,6 +186,7 @@ mod tests {
                 op: "redrive",
                 failed: 1,
                 detail: "throttled".into(),
+                refused: Vec::new(),
             },
         };
         assert_eq!(

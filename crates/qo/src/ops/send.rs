@@ -332,6 +332,7 @@ mod tests {
                         op: "send",
                         failed: 1,
                         detail: "refused".into(),
+                        refused: Vec::new(),
                     })
                 } else {
                     Ok("id".to_string())
