@@ -5,6 +5,7 @@ use std::time::Duration;
 use qo_core::CircuitPolicy;
 use qo_core::config::{ConfigError, Env};
 use qo_core::quota::{BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
+use qo_core::sqs::{self, QueueAttributes};
 
 /// Everything the dispatch loop needs to know.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,8 +30,20 @@ pub struct OrchestratorConfig {
     pub lease_ttl: Duration,
     /// Invokes in flight at most (MAX_IN_FLIGHT).
     pub max_in_flight: usize,
-    /// A held message not dispatched after this long is released (its visibility is limited).
-    pub max_hold: Duration,
+    /// Receive at most what the pace can dispatch within this long (HOLD_HORIZON_S), and
+    /// only once the next slot is this near (plus `receive_ahead`): a message received long
+    /// before its slot is counted by the redrive policy and held invisible for nothing.
+    pub hold_horizon: Duration,
+    /// How long before the next dispatch time the queue is polled (SQS answers in tens of
+    /// milliseconds; a second leaves room).
+    pub receive_ahead: Duration,
+    /// The job and retry queues' visibility timeout (QUEUE_VISIBILITY_TIMEOUT_S; the template
+    /// sets it to the orchestrator's timeout): a held message's visibility is extended before
+    /// it runs out.
+    pub visibility_timeout: Duration,
+    /// The queues' retention (QUEUE_RETENTION_S): a message near it is given back as a fresh
+    /// copy rather than released.
+    pub retention: Duration,
     /// This orchestrator's name in the lease.
     pub owner: String,
 }
@@ -49,7 +62,10 @@ impl OrchestratorConfig {
             idle_exit: Some(Duration::from_secs(30)),
             lease_ttl: Duration::from_secs(30),
             max_in_flight: 64,
-            max_hold: Duration::from_secs(20),
+            hold_horizon: Duration::from_secs(10),
+            receive_ahead: Duration::from_secs(1),
+            visibility_timeout: QueueAttributes::TEMPLATE.visibility_timeout,
+            retention: QueueAttributes::TEMPLATE.retention,
             owner: "orchestrator".to_string(),
         }
     }
@@ -86,8 +102,28 @@ impl OrchestratorConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let visibility_timeout = env.seconds("QUEUE_VISIBILITY_TIMEOUT_S", d.visibility_timeout)?;
+        if visibility_timeout < Duration::from_secs(30) || visibility_timeout > sqs::MAX_VISIBILITY
+        {
+            return Err(ConfigError::Invalid {
+                name: "QUEUE_VISIBILITY_TIMEOUT_S".into(),
+                value: visibility_timeout.as_secs().to_string(),
+                reason: "must be from 30 s (held messages are kept by extending it) to 43200 s (SQS's 12 h)".into(),
+            });
+        }
+        let retention = env.seconds("QUEUE_RETENTION_S", d.retention)?;
+        if retention < Duration::from_secs(60) || retention > sqs::MAX_RETENTION {
+            return Err(ConfigError::Invalid {
+                name: "QUEUE_RETENTION_S".into(),
+                value: retention.as_secs().to_string(),
+                reason: "must be SQS's MessageRetentionPeriod: 60 to 1209600".into(),
+            });
+        }
         Ok(OrchestratorConfig {
             pacing,
+            hold_horizon: env.seconds("HOLD_HORIZON_S", d.hold_horizon)?,
+            visibility_timeout,
+            retention,
             circuit: circuit_policy(env)?,
             dispatch_lead: env.millis("DISPATCH_LEAD_MS", d.dispatch_lead)?,
             persist_interval: env.seconds("PERSIST_INTERVAL_S", d.persist_interval)?,

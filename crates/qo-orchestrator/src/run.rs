@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use qo_core::ports::{
-    DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, RecordKey, RecordStore,
-    StoreError, load_record, save_record, update_record,
+    DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, RecordKey,
+    RecordStore, StoreError, load_record, save_record, update_record,
 };
 use qo_core::quota::{Availability, Utilization, UtilizationMeter};
+use qo_core::sqs;
 use qo_core::{
     Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
     QuotaState, Timestamp, WorkerEvent,
@@ -75,6 +76,18 @@ pub struct RunReport {
     /// Calls dispatched over the calls the quota's pace allowed while work was waiting
     /// ([`UtilizationMeter`]); `None` when nothing waited.
     pub quota_utilization: Option<f64>,
+    /// Held messages given back as fresh copies (re-sent, original deleted) because they had
+    /// been received [`sqs::ROTATE_AFTER_RECEIVES`] times or were near their retention.
+    #[serde(default)]
+    pub rotated: u64,
+    /// Visibility extensions of held messages.
+    #[serde(default)]
+    pub extended: u64,
+    /// Batch entries the queue still refused after [`BATCH_ATTEMPTS`] tries (a refused delete
+    /// brings the message back after its visibility: the worker's idempotency record then
+    /// skips it; a refused release leaves it invisible until its timeout).
+    #[serde(default)]
+    pub refused_entries: u64,
 }
 
 impl RunReport {
@@ -88,6 +101,9 @@ impl RunReport {
             health_checks: 0,
             lease_token: 0,
             quota_utilization: None,
+            rotated: 0,
+            extended: 0,
+            refused_entries: 0,
         }
     }
 }
@@ -106,6 +122,24 @@ pub struct Ports<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     pub observer: &'a dyn Observer,
 }
 
+/// How many times a batch call is tried for the entries the queue refused.
+pub const BATCH_ATTEMPTS: u32 = 3;
+
+/// A received message waiting for its slot.
+struct Held {
+    message: Message,
+    job: Job,
+    /// When its visibility runs out (it comes back on the queue then).
+    visible_until: Timestamp,
+}
+
+/// A batch call on received messages.
+#[derive(Clone, Copy, Debug)]
+enum BatchCall {
+    Delete,
+    Release(Duration),
+}
+
 type InFlight<'a> =
     Pin<Box<dyn Future<Output = (Message, Result<(), qo_core::ports::InvokeError>)> + Send + 'a>>;
 
@@ -117,7 +151,7 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     circuit: Circuit,
     control: Control,
     lease: Lease,
-    held: VecDeque<(Message, Job, Timestamp)>,
+    held: VecDeque<Held>,
     in_flight: FuturesUnordered<InFlight<'a>>,
     to_delete: Vec<Message>,
     meter: UtilizationMeter,
@@ -249,11 +283,57 @@ where
         !self.control.paused && self.circuit.is_closed()
     }
 
-    /// Messages to fetch at once: what the pace can dispatch in about ten seconds (1 to 10),
-    /// so that held messages are not kept invisible for long.
-    fn batch_size(&self) -> u8 {
-        let rate = self.pacer.target_rate_per_s(self.now());
-        (rate * 10.0).clamp(1.0, 10.0) as u8
+    /// Messages to fetch at once: the slots the pacer would hand out within the hold horizon
+    /// (1 to 10), counted on a copy of the pacer, so that every constraint (spread budgets,
+    /// slow start, back-off, exhausted tiers) sizes the batch, not only the nominal rate.
+    fn batch_size(&self, now: Timestamp) -> u8 {
+        let horizon = now.plus(self.config.dispatch_lead + self.config.hold_horizon);
+        let mut pacer = self.pacer.clone();
+        let mut t = now.plus(self.config.dispatch_lead / 2);
+        let mut n = 0u8;
+        while usize::from(n) < sqs::MAX_BATCH {
+            let slot = match pacer.check(t) {
+                Availability::Now => t,
+                Availability::NotBefore { at, .. } => at,
+                Availability::BackingOff { until } | Availability::ExhaustedUntil { until, .. } => {
+                    until
+                }
+            };
+            if slot > horizon {
+                break;
+            }
+            pacer.reserve(slot);
+            n += 1;
+            t = slot;
+        }
+        n.max(1)
+    }
+
+    /// The slot the pacer would hand out for a call asked at `ask`.
+    fn slot_for(&self, ask: Timestamp) -> (Timestamp, Availability) {
+        let a = self.pacer.check(ask);
+        let slot = match a {
+            Availability::Now => ask,
+            Availability::NotBefore { at, .. } => at,
+            Availability::BackingOff { until } | Availability::ExhaustedUntil { until, .. } => {
+                until
+            }
+        };
+        (slot, a)
+    }
+
+    /// When the first held message's visibility needs extending.
+    fn visibility_due(&self) -> Option<Timestamp> {
+        let margin = self.extend_margin();
+        self.held
+            .iter()
+            .map(|h| h.visible_until.minus(margin))
+            .min()
+    }
+
+    /// How long before its visibility runs out a held message is extended.
+    fn extend_margin(&self) -> Duration {
+        (self.config.visibility_timeout / 3).min(Duration::from_secs(30))
     }
 
     async fn dispatch_until(
@@ -307,15 +387,25 @@ where
             }
 
             if self.held.is_empty() {
-                // A budget used up past this run's end: stop without receiving, so that no
-                // message is received (and counted by the queue's redrive policy) for nothing.
-                if let Availability::ExhaustedUntil { until, .. } =
-                    self.pacer.check(now.plus(cfg.dispatch_lead))
+                // Receive only what can be dispatched soon: every receive counts toward the
+                // redrive policy's maxReceiveCount, and a held message is invisible for nothing.
+                let (slot, availability) = self.slot_for(now.plus(cfg.dispatch_lead / 2));
+                if let Availability::ExhaustedUntil { until, .. } = availability
                     && until >= stop_at
                 {
+                    // A budget used up past this run's end: stop without receiving.
                     info!(%until, "budget exhausted until its reset; stopping");
                     self.observe_exhausted(until);
                     return Ok(StopReason::Exhausted { until });
+                }
+                let receive_at = slot.minus(cfg.dispatch_lead).minus(cfg.receive_ahead);
+                if receive_at > now {
+                    if !matches!(availability, Availability::NotBefore { .. }) {
+                        // A back-off or an exhausted budget: not counted against utilization.
+                        self.meter.close();
+                    }
+                    self.wait_until(receive_at.min(wake)).await?;
+                    continue;
                 }
                 let wait = wake.since(now).min(Duration::from_secs(1));
                 let messages = self.receive_while_invoking(wait).await?;
@@ -339,13 +429,16 @@ where
                 continue;
             }
 
-            // Release what has been held too long (its visibility is limited).
-            if let Some((_, _, at)) = self.held.front()
-                && now.since(*at) > cfg.max_hold
-            {
-                self.release_held(Duration::ZERO).await?;
-                continue;
-            }
+            // Keep what is held: extend its visibility before it runs out, rather than give
+            // it back and receive it again (each receive counts toward maxReceiveCount).
+            let wake = match self.visibility_due() {
+                Some(due) if due <= now => {
+                    self.extend_held(now).await?;
+                    continue;
+                }
+                Some(due) => wake.min(due),
+                None => wake,
+            };
 
             // Ask for a slot at least half the lead ahead: a loop that wakes a little late
             // (timers have millisecond grain, schedulers jitter) keeps the pace's slot instead
@@ -365,8 +458,9 @@ where
                         let tier = self.pacer.spec().tiers()[tier];
                         info!(%tier, %until, "budget exhausted until its reset; stopping");
                         self.observe_exhausted(until);
-                        let hide = until.since(now).min(Duration::from_secs(12 * 3600));
-                        self.release_held(hide).await?;
+                        // Given back at once (SQS refuses a visibility past 12 h from the
+                        // receive): the next runs do not receive before the reset.
+                        self.release_held(Duration::ZERO).await?;
                         return Ok(StopReason::Exhausted { until });
                     }
                     until
@@ -411,7 +505,7 @@ where
         wait: Duration,
     ) -> Result<Vec<Message>, OrchestratorError> {
         let queue = self.ports.queue;
-        let receive = queue.receive(self.batch_size(), wait);
+        let receive = queue.receive(self.batch_size(self.now()), wait);
         tokio::pin!(receive);
         let mut finished = Vec::new();
         let messages = loop {
@@ -433,7 +527,7 @@ where
     }
 
     fn dispatch(&mut self, slot: Timestamp, now: Timestamp) {
-        let Some((message, job, _)) = self.held.pop_front() else {
+        let Some(Held { message, job, .. }) = self.held.pop_front() else {
             return;
         };
         self.pacer.reserve(slot);
@@ -464,10 +558,16 @@ where
 
     /// Validates received messages: a bad one goes to the dead-letter queue with the reason.
     async fn accept(&mut self, messages: Vec<Message>) -> Result<(), OrchestratorError> {
-        let now = self.now();
         for m in messages {
             match Job::parse(&m.body) {
-                Ok(job) => self.held.push_back((m, job, now)),
+                Ok(job) => {
+                    let visible_until = m.received_at.plus(self.config.visibility_timeout);
+                    self.held.push_back(Held {
+                        message: m,
+                        job,
+                        visible_until,
+                    });
+                }
                 Err(e) => {
                     let reason = e.to_string();
                     warn!(message_id = %m.origin.message_id, %reason, "invalid job: dead-lettered");
@@ -619,8 +719,7 @@ where
                     reason: e.to_string(),
                 });
                 let delay = e.retry_after().unwrap_or(Duration::ZERO);
-                self.ports.queue.release(&[message], delay).await?;
-                self.report.released += 1;
+                self.give_back(vec![message], delay).await?;
             }
         }
         Ok(())
@@ -631,10 +730,9 @@ where
             return Ok(());
         }
         let batch = std::mem::take(&mut self.to_delete);
-        for chunk in batch.chunks(10) {
-            self.ports.queue.delete(chunk).await?;
-        }
-        debug!(count = batch.len(), "deleted dispatched messages");
+        let count = batch.len();
+        self.settle(BatchCall::Delete, batch).await?;
+        debug!(count, "deleted dispatched messages");
         Ok(())
     }
 
@@ -642,11 +740,175 @@ where
         if self.held.is_empty() {
             return Ok(());
         }
-        let messages: Vec<Message> = self.held.drain(..).map(|(m, _, _)| m).collect();
-        for chunk in messages.chunks(10) {
-            self.ports.queue.release(chunk, after).await?;
-        }
+        let messages: Vec<Message> = self.held.drain(..).map(|h| h.message).collect();
+        self.give_back(messages, after).await
+    }
+
+    /// Whether a message must go back as a fresh copy: received often enough that a release
+    /// would bring it toward the redrive policy's count, or near its retention.
+    fn must_rotate(&self, m: &Message, now: Timestamp) -> bool {
+        m.receive_count >= sqs::ROTATE_AFTER_RECEIVES
+            || now.since(m.sent_at) + sqs::ROTATE_BEFORE_EXPIRY >= self.config.retention
+    }
+
+    /// Gives undispatched messages back to the queue, visible after `after`: released, or,
+    /// where [`Self::must_rotate`] says so, re-sent as a new message (receive count 0, a new
+    /// retention period; same body, job id and attempt) and the original deleted.
+    async fn give_back(
+        &mut self,
+        messages: Vec<Message>,
+        after: Duration,
+    ) -> Result<(), OrchestratorError> {
+        let now = self.now();
         self.report.released += messages.len() as u64;
+        let (rotate, release): (Vec<Message>, Vec<Message>) =
+            messages.into_iter().partition(|m| self.must_rotate(m, now));
+        let mut release = release;
+        let mut resent = Vec::new();
+        for m in rotate {
+            match self
+                .ports
+                .queue
+                .requeue(&m.body, &m.origin, after.min(sqs::MAX_DELAY))
+                .await
+            {
+                Ok(()) => resent.push(m),
+                Err(e) => {
+                    warn!(message_id = %m.origin.message_id, error = %e, "could not re-send a fresh copy; releasing it");
+                    release.push(m);
+                }
+            }
+        }
+        if !resent.is_empty() {
+            info!(
+                count = resent.len(),
+                "gave back messages as fresh copies (receive count or age)"
+            );
+            self.report.rotated += resent.len() as u64;
+            self.settle(BatchCall::Delete, resent).await?;
+        }
+        self.settle(BatchCall::Release(after), release).await
+    }
+
+    /// Extends the visibility of the held messages that are near its end, up to SQS's 12 h
+    /// from their receive; one that cannot be extended enough goes back as a fresh copy.
+    async fn extend_held(&mut self, now: Timestamp) -> Result<(), OrchestratorError> {
+        let margin = self.extend_margin();
+        let mut extend = Vec::new();
+        let mut give_back = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.held.len());
+        for mut h in self.held.drain(..) {
+            if h.visible_until.minus(margin) > now {
+                keep.push_back(h);
+                continue;
+            }
+            let left = sqs::MAX_VISIBILITY
+                .saturating_sub(now.since(h.message.received_at))
+                .saturating_sub(Duration::from_secs(1));
+            let by = self.config.visibility_timeout.min(left);
+            if by <= margin {
+                give_back.push(h.message);
+            } else {
+                h.visible_until = now.plus(by);
+                extend.push((h.message.clone(), by));
+                keep.push_back(h);
+            }
+        }
+        self.held = keep;
+        for (m, by) in extend {
+            self.report.extended += 1;
+            self.settle(BatchCall::Release(by), vec![m]).await?;
+        }
+        if !give_back.is_empty() {
+            let held_for = give_back.len();
+            info!(
+                count = held_for,
+                "held messages reached 12 h from their receive"
+            );
+            self.rotate_all(give_back).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives messages back as fresh copies, whatever their count.
+    async fn rotate_all(&mut self, messages: Vec<Message>) -> Result<(), OrchestratorError> {
+        let mut resent = Vec::new();
+        for m in messages {
+            self.ports
+                .queue
+                .requeue(&m.body, &m.origin, Duration::ZERO)
+                .await?;
+            resent.push(m);
+        }
+        self.report.released += resent.len() as u64;
+        self.report.rotated += resent.len() as u64;
+        self.settle(BatchCall::Delete, resent).await
+    }
+
+    /// Runs a batch call in batches of ten and tries the entries the queue refused again, up to
+    /// [`BATCH_ATTEMPTS`] times (SQS can refuse single entries while the call succeeds). What is
+    /// still refused is counted and logged, and the run goes on: only a failure of a whole call
+    /// is an error.
+    async fn settle(
+        &mut self,
+        call: BatchCall,
+        mut messages: Vec<Message>,
+    ) -> Result<(), OrchestratorError> {
+        let queue = self.ports.queue;
+        for attempt in 1..=BATCH_ATTEMPTS {
+            if messages.is_empty() {
+                return Ok(());
+            }
+            let mut refused = Vec::new();
+            let mut unnamed = 0;
+            let mut last = None;
+            for chunk in messages.chunks(sqs::MAX_BATCH) {
+                let result = match call {
+                    BatchCall::Delete => queue.delete(chunk).await,
+                    BatchCall::Release(after) => queue.release(chunk, after).await,
+                };
+                match result {
+                    Ok(()) => {}
+                    Err(e @ QueueError::Partial { .. }) => {
+                        let named = e.refused();
+                        let before = refused.len();
+                        refused
+                            .extend(chunk.iter().filter(|m| named.contains(&m.receipt)).cloned());
+                        if let QueueError::Partial { failed, .. } = &e {
+                            unnamed += failed.saturating_sub(refused.len() - before);
+                        }
+                        last = Some(e.to_string());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if unnamed > 0 {
+                self.report.refused_entries += unnamed as u64;
+            }
+            if refused.is_empty() {
+                return Ok(());
+            }
+            if attempt == BATCH_ATTEMPTS {
+                warn!(
+                    ?call,
+                    count = refused.len(),
+                    last = last.as_deref().unwrap_or(""),
+                    "queue still refused entries after {BATCH_ATTEMPTS} tries; carrying on"
+                );
+                self.report.refused_entries += refused.len() as u64;
+                return Ok(());
+            }
+            debug!(
+                ?call,
+                count = refused.len(),
+                "queue refused entries; trying them again"
+            );
+            self.ports
+                .clock
+                .sleep(Duration::from_millis(20 * u64::from(attempt)))
+                .await;
+            messages = refused;
+        }
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use qo_core::{
     Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Timestamp, TokioClock,
     WorkerEvent,
 };
-use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore};
+use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, Ports, StopReason, run};
 
 /// A stand-in for the worker: waits for the slot, records the call time, and does what
@@ -84,7 +84,8 @@ impl Harness {
         options: InvokerOptions,
     ) -> Self {
         let clock = Arc::new(TokioClock::starting_at(start()));
-        let queue = MemoryQueue::new(clock.clone());
+        // The queues as the template deploys them (redrive policy, retention, visibility).
+        let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
         let store = MemoryStore::new();
         let calls = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(Mutex::new(Vec::new()));

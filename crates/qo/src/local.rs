@@ -150,13 +150,7 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
     match &args.aws_endpoint {
         None => {
             // The adapters: in memory, shared by the orchestrator and the worker.
-            let queue = MemoryQueue::with_options(
-                clock.clone(),
-                QueueOptions {
-                    retry_queue: true,
-                    ..QueueOptions::default()
-                },
-            );
+            let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
             drive(
                 args,
                 clock,
