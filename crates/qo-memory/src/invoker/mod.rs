@@ -10,6 +10,8 @@
 //! ([`InvokeError::Throttled`] or [`InvokeError::Transport`], half each), and a fraction of
 //! accepted events are delivered twice, as Lambda may.
 
+mod schedule;
+
 use std::future::Future;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -24,6 +26,10 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::error::MemoryError;
+
+pub use schedule::{
+    THROTTLE_BACKOFF_FIRST, THROTTLE_BACKOFF_MAX, function_error_retry_delay, throttle_backoff,
+};
 
 /// Largest event payload accepted: Lambda's async limit in older accounts (256 KiB).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
