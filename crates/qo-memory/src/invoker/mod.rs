@@ -1,19 +1,54 @@
-//! [`LocalInvoker`]: Lambda's asynchronous invoke in memory.
+//! [`LocalInvoker`]: Lambda's asynchronous invoke in memory, behaving as the service does.
 //!
-//! [`Invoker::invoke`] returns as soon as the event is accepted (AWS answers 202 then); each
-//! event then goes to the [`EventHandler`] on its own spawned task after a delivery delay drawn
-//! uniformly from [`InvokerOptions::delay`], so events arrive late and out of order as they do
-//! from Lambda's async queue. The event goes through its JSON wire form on the way (a payload over
-//! Lambda's oldest async limit is rejected), and the delay is slept on the injected [`Clock`].
+//! # The model
 //!
-//! Faults, drawn from a seeded random generator so a run repeats: a fraction of invokes fail
-//! ([`InvokeError::Throttled`] or [`InvokeError::Transport`], half each), and a fraction of
-//! accepted events are delivered twice, as Lambda may.
+//! - [`Invoker::invoke`] returns `Ok` as soon as the event is queued (AWS answers 202 then),
+//!   whatever the function's state: a saturated function does not refuse an async event. The
+//!   event goes through its JSON wire form (a payload over [`MAX_EVENT_BYTES`], Lambda's
+//!   oldest async limit, is rejected) and a fraction `fail_rate` of invokes fail at the API
+//!   (`Throttled` or `Transport`).
+//! - Each accepted event is first tried after a delay drawn from `delay` (default 2 to 20 ms),
+//!   so events arrive late and out of order; a fraction `duplicate_rate` is delivered twice,
+//!   each copy on its own schedule, as Lambda's eventually consistent queue may.
+//! - At most `concurrency` execution environments are busy at once (default unbounded; the
+//!   template reserves 50). An attempt that finds them all busy is **throttled**: the event
+//!   stays queued and is tried again after [`throttle_backoff`] (1 s doubling to 5 min).
+//!   Throttling never counts against the retries.
+//! - A new environment waits `cold_start` (default 22 ms, the published Rust init on arm64)
+//!   before its first run; an environment goes back to a warm pool after each run and is
+//!   reused without init until it has idled `keep_warm` (default 5 min). A panicking handler
+//!   loses its environment.
+//! - A run whose handler returns an error (see [`EventHandler`], [`HandlerOutput`]) or panics
+//!   is a **function error**, retried after [`function_error_retry_delay`] (1 min, then 2 min)
+//!   up to `maximum_retry_attempts` times (default 2).
+//! - An event whose retries are spent, or whose next attempt would come after
+//!   `maximum_event_age` (default 6 h) from its invoke, goes to the **on-failure destination**:
+//!   a [`FailureRecord`] with the event, its [`FailureCondition`] (`RetriesExhausted`,
+//!   `EventAgeExceeded`), its runs and throttles and the times, read with
+//!   [`LocalInvoker::failures`]. That is the worker's on-failure queue.
+//!
+//! Every wait is on the injected [`Clock`] (tests run on tokio's paused clock) and every
+//! random draw comes from a generator seeded with `seed`, so a run repeats.
+//! [`LocalInvoker::wait_idle`] resolves once no copy is queued, waiting out a back-off or a
+//! retry, initialising or running.
+//!
+//! Not modelled: Lambda lengthening the retry interval and reading its queue more slowly when
+//! the queue is long, events dropped from the queue without delivery, function timeouts.
+//!
+//! # Layout
+//! - `options`: [`InvokerOptions`] and their defaults;
+//! - `handler`: [`EventHandler`], [`HandlerOutput`], [`FunctionError`];
+//! - `schedule`: [`throttle_backoff`] and [`function_error_retry_delay`];
+//! - `environments`: concurrency and the warm pool; `delivery`: one event copy's life;
+//! - `failure`: [`FailureRecord`] and [`FailureCondition`].
 
+mod delivery;
+mod environments;
+mod failure;
+mod handler;
+mod options;
 mod schedule;
 
-use std::future::Future;
-use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -26,7 +61,15 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
 use crate::error::MemoryError;
+use delivery::{Outstanding, deliver};
+use environments::Environments;
 
+pub use failure::{FailureCondition, FailureRecord};
+pub use handler::{EventHandler, FunctionError, HandlerOutput};
+pub use options::{
+    DEFAULT_COLD_START, DEFAULT_KEEP_WARM, DEFAULT_MAXIMUM_EVENT_AGE,
+    DEFAULT_MAXIMUM_RETRY_ATTEMPTS, InvokerOptions, MIN_MAXIMUM_EVENT_AGE,
+};
 pub use schedule::{
     THROTTLE_BACKOFF_FIRST, THROTTLE_BACKOFF_MAX, function_error_retry_delay, throttle_backoff,
 };
@@ -34,79 +77,9 @@ pub use schedule::{
 /// Largest event payload accepted: Lambda's async limit in older accounts (256 KiB).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
-/// The reason a throttled invoke carries (one of Lambda's `TooManyRequestsException` reasons).
+/// The reason an injected invoke throttle carries (one of Lambda's `TooManyRequestsException`
+/// reasons).
 pub const THROTTLE_REASON: &str = "ReservedFunctionConcurrentInvocationLimitExceeded";
-
-/// What receives the delivered events: the worker, in a test or the local run.
-///
-/// Any `Fn(WorkerEvent) -> impl Future<Output = ()>` closure is one:
-/// `LocalInvoker::new(clock, move |ev| { let w = w.clone(); async move { w.handle(ev).await } })`.
-#[async_trait]
-pub trait EventHandler: Send + Sync + 'static {
-    /// Handles one delivered event.
-    async fn handle(&self, event: WorkerEvent);
-}
-
-#[async_trait]
-impl<F, Fut> EventHandler for F
-where
-    F: Fn(WorkerEvent) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    async fn handle(&self, event: WorkerEvent) {
-        self(event).await;
-    }
-}
-
-/// How the invoker delivers and fails.
-#[derive(Clone, Debug)]
-pub struct InvokerOptions {
-    /// Delivery delay range, drawn uniformly per delivery (default 2 to 20 ms).
-    pub delay: RangeInclusive<Duration>,
-    /// Fraction of invokes that fail, 0 to 1 (default 0).
-    pub fail_rate: f64,
-    /// Fraction of accepted events delivered twice, 0 to 1 (default 0).
-    pub duplicate_rate: f64,
-    /// Seed of the random draws (default 0).
-    pub seed: u64,
-}
-
-impl Default for InvokerOptions {
-    fn default() -> Self {
-        InvokerOptions {
-            delay: Duration::from_millis(2)..=Duration::from_millis(20),
-            fail_rate: 0.0,
-            duplicate_rate: 0.0,
-            seed: 0,
-        }
-    }
-}
-
-impl InvokerOptions {
-    /// Checks the rates and the delay range.
-    pub fn validate(&self) -> Result<(), MemoryError> {
-        for (name, rate) in [
-            ("fail_rate", self.fail_rate),
-            ("duplicate_rate", self.duplicate_rate),
-        ] {
-            if !(0.0..=1.0).contains(&rate) {
-                return Err(MemoryError::InvalidOption {
-                    name,
-                    value: rate.to_string(),
-                    reason: "must be a fraction from 0 to 1",
-                });
-            }
-        }
-        if self.delay.start() > self.delay.end() {
-            return Err(MemoryError::InvalidOption {
-                name: "delay",
-                value: format!("{:?}", self.delay),
-                reason: "the range's start is after its end",
-            });
-        }
-        Ok(())
-    }
-}
 
 /// Counts of what the invoker did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,10 +90,22 @@ pub struct InvokerStats {
     pub accepted: u64,
     /// Invokes that failed (injected faults and rejected payloads).
     pub failed: u64,
-    /// Deliveries handed to the handler (duplicates included).
+    /// Extra copies of accepted events queued (each is delivered on its own).
+    pub duplicates: u64,
+    /// Handler runs started (duplicates and retries included).
     pub delivered: u64,
-    /// Deliveries whose handler returned.
+    /// Handler runs that succeeded.
     pub completed: u64,
+    /// Handler runs that failed (returned an error or panicked).
+    pub function_errors: u64,
+    /// Attempts that found the concurrency all busy and went back to the queue.
+    pub throttled: u64,
+    /// Runs that started a new execution environment (and waited out its init).
+    pub cold_starts: u64,
+    /// Records sent to the on-failure destination.
+    pub on_failure: u64,
+    /// The most execution environments busy at once.
+    pub peak_concurrency: u64,
 }
 
 struct Inner {
@@ -129,12 +114,26 @@ struct Inner {
     options: InvokerOptions,
     rng: Mutex<StdRng>,
     stats: Mutex<InvokerStats>,
-    /// Accepted deliveries not yet completed (waiting out their delay or running).
+    environments: Environments,
+    failures: Mutex<Vec<FailureRecord>>,
+    /// Accepted copies not yet ended (queued, waiting to retry, initialising or running).
     outstanding: watch::Sender<usize>,
 }
 
-/// Lambda's asynchronous invoke in memory: queues each event and hands it to the handler on its
-/// own task after a random delay. Cloning shares it.
+impl Inner {
+    fn failures_mut(&self) -> MutexGuard<'_, Vec<FailureRecord>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn lock_stats(inner: &Inner) -> MutexGuard<'_, InvokerStats> {
+    inner.stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lambda's asynchronous invoke in memory: queues each event, then runs the handler under the
+/// function's concurrency with Lambda's throttling back-off, init delays, function-error
+/// retries and on-failure destination (see the [module](self) for the model). Cloning shares
+/// it.
 #[derive(Clone)]
 pub struct LocalInvoker {
     inner: Arc<Inner>,
@@ -149,15 +148,6 @@ impl std::fmt::Debug for LocalInvoker {
     }
 }
 
-/// Decrements the outstanding count when a delivery ends, even by a panic in the handler.
-struct Outstanding(Arc<Inner>);
-
-impl Drop for Outstanding {
-    fn drop(&mut self) {
-        self.0.outstanding.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
-
 /// What one invoke drew.
 struct Draw {
     fail: Option<InvokeError>,
@@ -165,12 +155,13 @@ struct Draw {
 }
 
 impl LocalInvoker {
-    /// An invoker with the default options: 2 to 20 ms delivery delay, no faults.
+    /// An invoker with the default options (AWS's values: unbounded concurrency, 6 h event age,
+    /// 2 retries, 22 ms cold start) and no injected faults.
     pub fn new(clock: Arc<dyn Clock>, handler: impl EventHandler) -> Self {
         Self::build(clock, Arc::new(handler), InvokerOptions::default())
     }
 
-    /// An invoker with `options`; refuses rates outside 0 to 1 and an inverted delay range.
+    /// An invoker with `options`; refuses what [`InvokerOptions::validate`] refuses.
     pub fn with_options(
         clock: Arc<dyn Clock>,
         handler: Arc<dyn EventHandler>,
@@ -186,6 +177,7 @@ impl LocalInvoker {
         options: InvokerOptions,
     ) -> Self {
         let rng = StdRng::seed_from_u64(options.seed);
+        let environments = Environments::new(options.concurrency, options.keep_warm);
         LocalInvoker {
             inner: Arc::new(Inner {
                 clock,
@@ -193,30 +185,51 @@ impl LocalInvoker {
                 options,
                 rng: Mutex::new(rng),
                 stats: Mutex::new(InvokerStats::default()),
+                environments,
+                failures: Mutex::new(Vec::new()),
                 outstanding: watch::channel(0).0,
             }),
         }
     }
 
-    fn stats_mut(&self) -> MutexGuard<'_, InvokerStats> {
-        self.inner
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// The options in force.
+    pub fn options(&self) -> &InvokerOptions {
+        &self.inner.options
     }
 
     /// Counts so far.
     pub fn stats(&self) -> InvokerStats {
-        *self.stats_mut()
+        let peak = self.inner.environments.peak();
+        InvokerStats {
+            peak_concurrency: u64::try_from(peak).unwrap_or(u64::MAX),
+            ..*lock_stats(&self.inner)
+        }
     }
 
-    /// Deliveries accepted and not yet completed.
+    /// The on-failure destination's records so far, oldest first.
+    pub fn failures(&self) -> Vec<FailureRecord> {
+        self.inner.failures_mut().clone()
+    }
+
+    /// Takes the on-failure destination's records out (as a redrive reads its queue), oldest
+    /// first.
+    pub fn take_failures(&self) -> Vec<FailureRecord> {
+        std::mem::take(&mut *self.inner.failures_mut())
+    }
+
+    /// Execution environments busy now (in init or running the handler).
+    pub fn busy(&self) -> usize {
+        self.inner.environments.busy()
+    }
+
+    /// Accepted copies not yet ended: queued, waiting out a throttling back-off or a retry
+    /// delay, initialising or running.
     pub fn outstanding(&self) -> usize {
         *self.inner.outstanding.borrow()
     }
 
-    /// Resolves when every accepted delivery has completed: none is waiting out its delay and
-    /// none is still running in the handler.
+    /// Resolves when every accepted copy has ended (its handler succeeded, or it went to the
+    /// on-failure destination): none is queued, waiting to be retried, or running.
     pub async fn wait_idle(&self) {
         let mut rx = self.inner.outstanding.subscribe();
         // The sender lives in `inner`, which `self` holds: the channel cannot close.
@@ -275,33 +288,25 @@ impl LocalInvoker {
 #[async_trait]
 impl Invoker for LocalInvoker {
     async fn invoke(&self, event: &WorkerEvent) -> Result<(), InvokeError> {
-        self.stats_mut().invokes += 1;
+        lock_stats(&self.inner).invokes += 1;
         let draw = self.draw();
         let delivered = match draw.fail.map_or_else(|| Self::wire(event), Err) {
             Ok(ev) => ev,
             Err(e) => {
-                self.stats_mut().failed += 1;
+                lock_stats(&self.inner).failed += 1;
                 return Err(e);
             }
         };
-        self.stats_mut().accepted += 1;
+        let accepted_at = self.inner.clock.now();
+        {
+            let mut stats = lock_stats(&self.inner);
+            stats.accepted += 1;
+            stats.duplicates += draw.delays.len().saturating_sub(1) as u64;
+        }
         for delay in draw.delays {
-            self.inner.outstanding.send_modify(|n| *n += 1);
-            let guard = Outstanding(self.inner.clone());
-            let ev = delivered.clone();
-            tokio::spawn(async move {
-                let inner = &guard.0;
-                inner.clock.sleep(delay).await;
-                lock_stats(inner).delivered += 1;
-                inner.handler.handle(ev).await;
-                lock_stats(inner).completed += 1;
-                drop(guard);
-            });
+            let outstanding = Outstanding::take(self.inner.clone());
+            tokio::spawn(deliver(outstanding, delivered.clone(), accepted_at, delay));
         }
         Ok(())
     }
-}
-
-fn lock_stats(inner: &Inner) -> MutexGuard<'_, InvokerStats> {
-    inner.stats.lock().unwrap_or_else(PoisonError::into_inner)
 }
