@@ -29,6 +29,7 @@ use qo_core::job::Origin;
 use qo_core::ports::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
 };
+use qo_core::sqs::QueueAttributes;
 use qo_core::time::Timestamp;
 use rand::Rng;
 
@@ -51,10 +52,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(20);
 pub const MAX_DELAY_S: u64 = 900;
 /// SQS's longest visibility timeout (12 h).
 pub const MAX_VISIBILITY_S: u64 = 43_200;
-/// `maxReceiveCount` of the redrive policy [`ensure_queues`] sets: high, because the
-/// orchestrator releases messages it could not dispatch (an open circuit, the end of its run),
-/// and each release counts as a receive.
-pub const REDRIVE_MAX_RECEIVE_COUNT: u32 = 100;
 /// The message group used on a FIFO queue when the job has none.
 pub const DEFAULT_GROUP: &str = "default";
 /// The message group used on a FIFO dead-letter queue when the job has none.
@@ -607,12 +604,24 @@ impl Redrive for SqsQueue {
 }
 
 /// Creates (or finds) the queues `<prefix>`, `<prefix>-retry` and `<prefix>-dlq` (with `.fifo`
-/// appended when `fifo`), the first two with a redrive policy to the third
-/// ([`REDRIVE_MAX_RECEIVE_COUNT`]). For local runs and tests.
+/// appended when `fifo`), the first two with the template's attributes
+/// ([`QueueAttributes::TEMPLATE`]: visibility, retention, a redrive policy to the third), so
+/// that local runs and tests see the queues a deployment has.
 pub async fn ensure_queues(
     client: &Client,
     prefix: &str,
     fifo: bool,
+) -> Result<QueueUrls, AwsError> {
+    ensure_queues_with(client, prefix, fifo, QueueAttributes::TEMPLATE).await
+}
+
+/// [`ensure_queues`] with other attributes for the job and retry queues (a test of a
+/// behaviour at another visibility timeout, say).
+pub async fn ensure_queues_with(
+    client: &Client,
+    prefix: &str,
+    fifo: bool,
+    attributes: QueueAttributes,
 ) -> Result<QueueUrls, AwsError> {
     let suffix = if fifo { ".fifo" } else { "" };
     let dlq = create_queue(client, &format!("{prefix}-dlq{suffix}"), fifo, None).await?;
@@ -628,17 +637,12 @@ pub async fn ensure_queues(
         .ok_or_else(|| AwsError::invalid("sqs.GetQueueAttributes", "no QueueArn for the DLQ"))?;
     let policy = serde_json::json!({
         "deadLetterTargetArn": arn,
-        "maxReceiveCount": REDRIVE_MAX_RECEIVE_COUNT.to_string(),
+        "maxReceiveCount": attributes.max_receive_count.unwrap_or(0).to_string(),
     })
     .to_string();
-    let main = create_queue(client, &format!("{prefix}{suffix}"), fifo, Some(&policy)).await?;
-    let retry = create_queue(
-        client,
-        &format!("{prefix}-retry{suffix}"),
-        fifo,
-        Some(&policy),
-    )
-    .await?;
+    let with = Some((&attributes, policy.as_str()));
+    let main = create_queue(client, &format!("{prefix}{suffix}"), fifo, with).await?;
+    let retry = create_queue(client, &format!("{prefix}-retry{suffix}"), fifo, with).await?;
     Ok(QueueUrls {
         main,
         retry: Some(retry),
@@ -650,15 +654,35 @@ async fn create_queue(
     client: &Client,
     name: &str,
     fifo: bool,
-    redrive_policy: Option<&str>,
+    attributes: Option<(&QueueAttributes, &str)>,
 ) -> Result<String, AwsError> {
     const OP: &str = "sqs.CreateQueue";
     let mut req = client.create_queue().queue_name(name);
     if fifo {
         req = req.attributes(QueueAttributeName::FifoQueue, "true");
     }
-    if let Some(p) = redrive_policy {
-        req = req.attributes(QueueAttributeName::RedrivePolicy, p);
+    match attributes {
+        Some((a, redrive_policy)) => {
+            req = req
+                .attributes(
+                    QueueAttributeName::VisibilityTimeout,
+                    a.visibility_timeout.as_secs().to_string(),
+                )
+                .attributes(
+                    QueueAttributeName::MessageRetentionPeriod,
+                    a.retention.as_secs().to_string(),
+                );
+            if a.max_receive_count.is_some() {
+                req = req.attributes(QueueAttributeName::RedrivePolicy, redrive_policy);
+            }
+        }
+        None => {
+            // The dead-letter queue: the longest retention, as the template sets it.
+            req = req.attributes(
+                QueueAttributeName::MessageRetentionPeriod,
+                qo_core::sqs::MAX_RETENTION.as_secs().to_string(),
+            );
+        }
     }
     req.send()
         .await

@@ -14,7 +14,9 @@
 //!   [`qo_core::ports::LeaseStore`], [`qo_core::ports::IdempotencyStore`]), with injected
 //!   save conflicts.
 //! - [`invoker`]: [`LocalInvoker`], asynchronous invoke of the worker
-//!   ([`qo_core::ports::Invoker`]) with random delivery delays, injected failures and duplicate
+//!   ([`qo_core::ports::Invoker`]) as Lambda runs it: reserved concurrency with throttling
+//!   back-off, cold starts and warm reuse, function-error retries, the on-failure destination
+//!   ([`FailureRecord`]), random delivery delays, injected invoke failures and duplicate
 //!   deliveries.
 //! - [`error`]: [`MemoryError`], what these adapters refuse on their own account.
 
@@ -24,6 +26,9 @@ pub mod queue;
 pub mod store;
 
 pub use error::MemoryError;
-pub use invoker::{EventHandler, InvokerOptions, InvokerStats, LocalInvoker};
+pub use invoker::{
+    EventHandler, FailureCondition, FailureRecord, FunctionError, HandlerOutput, InvokerOptions,
+    InvokerStats, LocalInvoker,
+};
 pub use queue::{BatchOp, Expired, MemoryQueue, QueueDepths, QueueOptions, Redriven, SendOptions};
 pub use store::{JobStatus, MemoryStore, StoreStats};
