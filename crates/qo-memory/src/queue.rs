@@ -206,6 +206,8 @@ struct State {
     dedup: HashMap<String, (String, Timestamp)>,
     /// Entries still to refuse, per batch call.
     refuse: HashMap<BatchOp, usize>,
+    /// The highest receive count any message reached.
+    peak_receive_count: u32,
 }
 
 impl State {
@@ -309,10 +311,15 @@ impl State {
             m.receipt = Some(receipt);
             m.receive_count += 1;
             m.received_at = Some(now);
+            let count = m.receive_count;
             if let Some(g) = &m.origin.group_id {
                 busy.insert(g.clone());
             }
             taken += 1;
+            self.peak_receive_count = self.peak_receive_count.max(count);
+            let Some(m) = self.messages.get(&key.1) else {
+                continue;
+            };
             out.push(Message {
                 receipt: receipt_handle(&options.id_prefix, key.1, receipt),
                 queue: m.role,
@@ -572,6 +579,12 @@ impl MemoryQueue {
     /// What the redrive policy moved to the dead-letter queue (no reason), oldest first.
     pub fn redriven(&self) -> Vec<Redriven> {
         self.lock().redriven.clone()
+    }
+
+    /// The highest receive count any message reached so far: how near the redrive policy
+    /// normal operation came.
+    pub fn peak_receive_count(&self) -> u32 {
+        self.lock().peak_receive_count
     }
 
     /// What retention deleted, oldest first.

@@ -1,0 +1,324 @@
+//! The harness of the loop tests: the dispatch loop over the in-memory adapters (the queues
+//! with the template's attributes), a stand-in worker that waits for each slot and does what a
+//! test's verdict says, on tokio's paused clock: a day of dispatching runs in milliseconds.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qo_core::ports::{JobSink, RecordKey, update_record};
+use qo_core::{
+    Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Timestamp, TokioClock,
+    WorkerEvent,
+};
+use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
+use qo_orchestrator::{OrchestratorConfig, Ports, run, run as run_loop};
+
+/// A stand-in for the worker: waits for the slot, records the call time, and does what
+/// `verdict` says with the job.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verdict {
+    /// The call succeeded.
+    Succeed,
+    /// A failure: re-queued after 1 s with its attempt raised.
+    Requeue,
+    /// A 429 with `Retry-After`: the back-off goes in the control record (as the worker writes
+    /// it) and the job is re-queued after the wait (at most SQS's 900 s).
+    Throttle(Duration),
+}
+
+pub struct Harness {
+    pub clock: Arc<TokioClock>,
+    pub queue: MemoryQueue,
+    pub store: MemoryStore,
+    pub invoker: LocalInvoker,
+    pub calls: Arc<Mutex<Vec<Timestamp>>>,
+    pub health: Arc<Mutex<Vec<u64>>>,
+    /// Events delivered after their slot, by how much.
+    pub late: Arc<Mutex<Vec<Duration>>>,
+    /// The paths of the jobs whose call succeeded, once each.
+    pub succeeded: Arc<Mutex<Vec<String>>>,
+}
+
+/// The most real time one run may take. On the paused clock a run takes milliseconds; a loop
+/// that spins without ever sleeping never lets virtual time advance, so no virtual timeout can
+/// end it.
+pub const WALL_CLOCK_LIMIT: Duration = Duration::from_secs(120);
+
+/// Ends the test process, naming the test, when a run outlasts its wall-clock limit: a
+/// spinning loop fails the test instead of hanging the test command.
+pub struct Watchdog {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn start(limit: Duration) -> Self {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a dispatch test")
+            .to_string();
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                if started.elapsed() > limit {
+                    eprintln!(
+                        "{test}: the run did not end within {limit:?} of real time \
+                         (a loop that never sleeps?); aborting the test process"
+                    );
+                    std::process::exit(101);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pub fn start() -> Timestamp {
+    // 2026-11-21T00:00:00Z, mid-day of nothing in particular.
+    Timestamp::from_secs(1_795_219_200)
+}
+
+impl Harness {
+    pub fn new(
+        verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
+        Self::starting_at(start(), verdict, options)
+    }
+
+    /// A harness whose clock starts at `at`.
+    pub fn starting_at(
+        at: Timestamp,
+        verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
+        Self::build(at, QueueOptions::template(), verdict, options)
+    }
+
+    /// A harness over queues made with `queue_options`.
+    pub fn with_queues(
+        queue_options: QueueOptions,
+        verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
+        Self::build(start(), queue_options, verdict, options)
+    }
+
+    fn build(
+        at: Timestamp,
+        queue_options: QueueOptions,
+        verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
+        let clock = Arc::new(TokioClock::starting_at(at));
+        // The queues as the template deploys them (redrive policy, retention, visibility).
+        let queue = MemoryQueue::with_options(clock.clone(), queue_options);
+        let store = MemoryStore::new();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(Mutex::new(Vec::new()));
+        let late = Arc::new(Mutex::new(Vec::new()));
+        let succeeded = Arc::new(Mutex::new(Vec::new()));
+        let handler = {
+            let succeeded = succeeded.clone();
+            let late = late.clone();
+            let clock = clock.clone();
+            let queue = queue.clone();
+            let store = store.clone();
+            let calls = calls.clone();
+            let health = health.clone();
+            let verdict = Arc::new(verdict);
+            move |ev: WorkerEvent| {
+                let clock = clock.clone();
+                let queue = queue.clone();
+                let store = store.clone();
+                let calls = calls.clone();
+                let health = health.clone();
+                let verdict = verdict.clone();
+                let late = late.clone();
+                let succeeded = succeeded.clone();
+                async move {
+                    match ev {
+                        WorkerEvent::Job(job) => {
+                            if clock.now() > job.slot_at {
+                                late.lock()
+                                    .expect("late")
+                                    .push(clock.now().since(job.slot_at));
+                            }
+                            clock.sleep_until(job.slot_at).await;
+                            let n = {
+                                let mut c = calls.lock().expect("calls");
+                                c.push(clock.now());
+                                c.len()
+                            };
+                            let body = serde_json::to_string(&job.job).expect("json");
+                            let next = qo_core::Origin {
+                                attempt: job.origin.attempt + 1,
+                                ..job.origin.clone()
+                            };
+                            match verdict(n) {
+                                Verdict::Succeed => {
+                                    succeeded
+                                        .lock()
+                                        .expect("succeeded")
+                                        .push(job.job.path.clone());
+                                }
+                                Verdict::Requeue => {
+                                    queue
+                                        .requeue(&body, &next, Duration::from_secs(1))
+                                        .await
+                                        .expect("requeue");
+                                }
+                                Verdict::Throttle(wait) => {
+                                    let until = clock.now().plus(wait);
+                                    update_record::<Control, _>(&store, RecordKey::Control, |c| {
+                                        let mut c = c.clone();
+                                        c.backoff_until = Some(until);
+                                        Some(c)
+                                    })
+                                    .await
+                                    .expect("back-off");
+                                    queue
+                                        .requeue(&body, &next, wait.min(qo_core::sqs::MAX_DELAY))
+                                        .await
+                                        .expect("requeue");
+                                }
+                            }
+                        }
+                        WorkerEvent::HealthCheck(h) => {
+                            health.lock().expect("health").push(h.epoch);
+                            let now = clock.now();
+                            update_record::<Circuit, _>(&store, RecordKey::Circuit, |c| {
+                                c.record_probe_result(h.epoch, true, now, &CircuitPolicy::default())
+                                    .ok()
+                            })
+                            .await
+                            .expect("close");
+                        }
+                    }
+                }
+            }
+        };
+        let invoker =
+            LocalInvoker::with_options(clock.clone(), Arc::new(handler), options).expect("options");
+        Harness {
+            clock,
+            queue,
+            store,
+            invoker,
+            calls,
+            health,
+            late,
+            succeeded,
+        }
+    }
+
+    pub fn enqueue(&self, n: usize) {
+        for i in 0..n {
+            self.queue.send(format!(r#"{{"path":"/items/{i}"}}"#));
+        }
+    }
+
+    pub async fn run_for(
+        &self,
+        config: &OrchestratorConfig,
+        d: Duration,
+    ) -> qo_orchestrator::RunReport {
+        let ports = Ports {
+            queue: &self.queue,
+            store: &self.store,
+            invoker: &self.invoker,
+            clock: self.clock.as_ref(),
+            observer: &NoObserver,
+        };
+        let deadline = self.clock.now().plus(d);
+        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
+        let report = run(ports, config, deadline).await.expect("run");
+        self.invoker.wait_idle().await;
+        report
+    }
+
+    pub fn calls(&self) -> Vec<Timestamp> {
+        let mut c = self.calls.lock().expect("calls").clone();
+        c.sort();
+        c
+    }
+
+    /// The harness clock's time.
+    pub fn clock_now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The paths of the jobs that succeeded, sorted, duplicates kept.
+    pub fn succeeded(&self) -> Vec<String> {
+        let mut s = self.succeeded.lock().expect("succeeded").clone();
+        s.sort();
+        s
+    }
+
+    /// Runs the orchestrator as a deployment does: a run of at most `run` starts at each
+    /// minute tick (a tick that finds a run going is dropped), until `jobs` jobs succeeded or
+    /// `limit` passed. Every run must end without an error. Returns the reports.
+    pub async fn drive(
+        &self,
+        config: &OrchestratorConfig,
+        run: Duration,
+        jobs: usize,
+        limit: Duration,
+    ) -> Vec<qo_orchestrator::RunReport> {
+        let end = self.clock.now().plus(limit);
+        let mut reports = Vec::new();
+        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
+        while self.succeeded().len() < jobs && self.clock.now() < end {
+            let ports = Ports {
+                queue: &self.queue,
+                store: &self.store,
+                invoker: &self.invoker,
+                clock: self.clock.as_ref(),
+                observer: &NoObserver,
+            };
+            let deadline = self.clock.now().plus(run);
+            let report = run_loop(ports, config, deadline)
+                .await
+                .unwrap_or_else(|e| panic!("run {} ended with an error: {e}", reports.len() + 1));
+            reports.push(report);
+            // The next tick of the minute schedule.
+            let now = self.clock.now().as_millis();
+            let next = (now / 60_000 + 1) * 60_000;
+            self.clock.sleep_until(Timestamp::from_millis(next)).await;
+        }
+        self.invoker.wait_idle().await;
+        reports
+    }
+
+    /// The jobs on the dead-letter queue: sent there with a reason, or moved by the redrive
+    /// policy.
+    pub fn dead(&self) -> usize {
+        self.queue.depths().dead
+    }
+}
+
+pub fn config(quota: &str) -> OrchestratorConfig {
+    let mut c = OrchestratorConfig::with_quota(quota.parse::<QuotaSpec>().expect("quota"));
+    c.idle_exit = Some(Duration::from_secs(2));
+    c.stop_margin = Duration::from_secs(1);
+    c
+}
+
+/// The most calls in any window of length `w` (qo-sim's count, over the offsets from the
+/// first call; `times` sorted).
+pub fn max_in_window(times: &[Timestamp], w: Duration) -> usize {
+    let Some(first) = times.first() else {
+        return 0;
+    };
+    let offsets: Vec<Duration> = times.iter().map(|t| t.since(*first)).collect();
+    qo_sim::max_in_window(&offsets, w)
+}
