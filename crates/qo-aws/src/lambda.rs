@@ -26,8 +26,11 @@ use rand::Rng;
 /// The invoker's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InvokeSettings {
-    /// Invokes per second, sustained (`INVOKE_RATE_PER_S`, 100).
-    pub rate_per_s: f64,
+    /// Invokes per second, sustained (`INVOKE_RATE_PER_S`); `None` (the default, or 0): no
+    /// client-side limit. The pacer already spaces invokes at the quota, and Lambda limits
+    /// asynchronous invokes only by the function's concurrency, so a fixed rate here could
+    /// only cap a quota faster than itself.
+    pub rate_per_s: Option<f64>,
     /// Invokes allowed at once above the rate (`INVOKE_BURST`, 20).
     pub burst: u32,
     /// Retries after the first attempt on throttling and server errors (`INVOKE_MAX_RETRIES`, 4).
@@ -37,7 +40,7 @@ pub struct InvokeSettings {
 impl Default for InvokeSettings {
     fn default() -> Self {
         InvokeSettings {
-            rate_per_s: 100.0,
+            rate_per_s: None,
             burst: 20,
             max_retries: 4,
         }
@@ -48,13 +51,30 @@ impl InvokeSettings {
     /// Reads `INVOKE_RATE_PER_S`, `INVOKE_BURST` and `INVOKE_MAX_RETRIES`.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let d = InvokeSettings::default();
+        let rate: f64 = env.parsed("INVOKE_RATE_PER_S", 0.0)?;
         let s = InvokeSettings {
-            rate_per_s: env.parsed("INVOKE_RATE_PER_S", d.rate_per_s)?,
+            rate_per_s: (rate != 0.0).then_some(rate),
             burst: env.parsed("INVOKE_BURST", d.burst)?,
             max_retries: env.parsed("INVOKE_MAX_RETRIES", d.max_retries)?,
         };
-        InvokeLimiter::new(s.rate_per_s, s.burst)?;
+        // Checked with a nominal rate when none is set: a bad burst is refused either way.
+        InvokeLimiter::new(s.rate_per_s.unwrap_or(1.0), s.burst)?;
         Ok(s)
+    }
+
+    /// Refuses a client-side rate below `pace` (the quota's calls per second), which would cap
+    /// the quota: the error names `INVOKE_RATE_PER_S` and both numbers.
+    pub fn check_covers(&self, pace: f64) -> Result<(), ConfigError> {
+        match self.rate_per_s {
+            Some(rate) if rate < pace => Err(ConfigError::Invalid {
+                name: "INVOKE_RATE_PER_S".into(),
+                value: rate.to_string(),
+                reason: format!(
+                    "is below the quota's pace of {pace}/s and would cap it; raise it or unset it"
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -172,7 +192,7 @@ impl Backoff {
 pub struct LambdaInvoker {
     client: Client,
     function_name: String,
-    limiter: InvokeLimiter,
+    limiter: Option<InvokeLimiter>,
     max_retries: u32,
     backoff: Backoff,
 }
@@ -191,7 +211,10 @@ impl LambdaInvoker {
         Ok(LambdaInvoker {
             client: Client::from_conf(conf),
             function_name: function_name.into(),
-            limiter: InvokeLimiter::new(settings.rate_per_s, settings.burst)?,
+            limiter: settings
+                .rate_per_s
+                .map(|rate| InvokeLimiter::new(rate, settings.burst))
+                .transpose()?,
             max_retries: settings.max_retries,
             backoff: Backoff::default(),
         })
@@ -209,7 +232,9 @@ impl LambdaInvoker {
     }
 
     async fn attempt(&self, payload: &[u8]) -> Result<(), Failure> {
-        self.limiter.acquire().await;
+        if let Some(limiter) = &self.limiter {
+            limiter.acquire().await;
+        }
         let res = self
             .client
             .invoke()
@@ -377,6 +402,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn no_client_side_limit_by_default_and_a_set_one_must_cover_the_quota() {
+        use std::collections::HashMap;
+        let none: HashMap<String, String> = HashMap::new();
+        let s = InvokeSettings::from_env(&none).expect("defaults");
+        assert_eq!(s.rate_per_s, None);
+        s.check_covers(5_000.0).expect("nothing to cap");
+        let set: HashMap<String, String> =
+            [("INVOKE_RATE_PER_S".to_string(), "100".to_string())].into();
+        let s = InvokeSettings::from_env(&set).expect("set");
+        s.check_covers(100.0).expect("covers its own rate");
+        let e = s.check_covers(1_000.0).expect_err("caps a faster quota");
+        assert!(
+            e.to_string().contains("INVOKE_RATE_PER_S") && e.to_string().contains("1000"),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn limiter_allows_the_burst_then_paces() {
         let l = InvokeLimiter::new(20.0, 3).unwrap();
@@ -394,5 +437,53 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+}
+
+/// An asynchronous invoke of one function with a JSON payload, not paced and not retried: the
+/// orchestrator's invoke of itself at its deadline, so that the next run starts within
+/// seconds. While the calling run still holds the function's reserved concurrency of 1, Lambda
+/// accepts the event and retries it as a throttled event (about 1 s, then doubling, within the
+/// function's `MaximumEventAgeInSeconds`), so it starts once the calling run has returned.
+#[derive(Clone, Debug)]
+pub struct AsyncInvoke {
+    client: Client,
+    function_name: String,
+}
+
+impl AsyncInvoke {
+    /// Builds the client once (cold start).
+    pub fn new(sdk_config: &SdkConfig, function_name: impl Into<String>) -> Self {
+        AsyncInvoke {
+            client: Client::new(sdk_config),
+            function_name: function_name.into(),
+        }
+    }
+
+    /// The function invoked.
+    pub fn function_name(&self) -> &str {
+        &self.function_name
+    }
+
+    /// Sends `payload` with `InvocationType=Event`; `Ok` once Lambda accepted it (202, or 200
+    /// from an emulator).
+    pub async fn invoke(&self, payload: &serde_json::Value) -> Result<(), InvokeError> {
+        let bytes = serde_json::to_vec(payload)
+            .map_err(|e| InvokeError::Rejected(format!("payload is not serializable: {e}")))?;
+        let out = self
+            .client
+            .invoke()
+            .function_name(&self.function_name)
+            .invocation_type(InvocationType::Event)
+            .payload(Blob::new(bytes))
+            .send()
+            .await
+            .map_err(|e| InvokeError::Transport(DisplayErrorContext(&e).to_string()))?;
+        match out.status_code() {
+            202 | 200 => Ok(()),
+            other => Err(InvokeError::Transport(format!(
+                "Invoke answered status {other}, expected 202"
+            ))),
+        }
     }
 }

@@ -38,7 +38,7 @@ pub use clients::{
 };
 pub use dynamo::DynamoStore;
 pub use error::{AwsError, SdkFailure};
-pub use lambda::{Backoff, InvokeLimiter, InvokeSettings, LambdaInvoker};
+pub use lambda::{AsyncInvoke, Backoff, InvokeLimiter, InvokeSettings, LambdaInvoker};
 pub use metrics::EmfMetrics;
 pub use secrets::{ApiKey, KeySource, load_api_key};
 pub use sqs::{QueueDepth, QueueUrls, SqsQueue, ensure_queues, ensure_queues_with};

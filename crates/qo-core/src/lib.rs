@@ -15,12 +15,14 @@
 //! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
 //! - [`observe`]: observations for metrics and reports.
 //! - [`config`]: environment variables, with errors that name the variable.
-//! - [`sqs`]: what SQS allows and the queue attributes the template deploys.
+//! - [`sqs`]: what SQS allows and the queue attributes the template deploys; [`lambda`]: the
+//!   worker function's asynchronous settings the template deploys.
 
 pub mod circuit;
 pub mod config;
 pub mod control;
 pub mod job;
+pub mod lambda;
 pub mod observe;
 pub mod ports;
 pub mod quota;

@@ -68,6 +68,24 @@ where
     }
 }
 
+/// The event a run sends its own function at its deadline ([`RunReport::continue_now`]), so
+/// that the next run starts within seconds instead of at the next schedule tick: a scheduled
+/// event whose source says where it came from.
+pub fn continuation_event(now: Timestamp) -> serde_json::Value {
+    serde_json::json!({
+        "version": "0",
+        "id": format!("continuation-{}", uuid::Uuid::new_v4()),
+        "detail-type": "Scheduled Event",
+        "source": CONTINUATION_SOURCE,
+        "time": now.to_string(),
+        "resources": [],
+        "detail": {},
+    })
+}
+
+/// The `source` of a [`continuation_event`].
+pub const CONTINUATION_SOURCE: &str = "quota-orchestrator.continuation";
+
 /// The invocation's deadline; 60 s from now when the context has none (local tools).
 pub fn deadline_of(context: &lambda_runtime::Context, now: Timestamp) -> Timestamp {
     if context.deadline > 0 {
@@ -108,6 +126,16 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 2, "expected sample events in {}", dir.display());
+    }
+
+    #[test]
+    fn the_continuation_event_is_a_scheduled_run() {
+        let ev = continuation_event(Timestamp::from_secs(1_795_219_200));
+        let parsed: OrchestratorEvent = serde_json::from_value(ev).expect("parses");
+        match parsed {
+            OrchestratorEvent::Scheduled(e) => assert_eq!(e.source, CONTINUATION_SOURCE),
+            other => panic!("not a run: {other:?}"),
+        }
     }
 
     #[test]

@@ -15,5 +15,7 @@ pub mod run;
 
 pub use config::{OrchestratorConfig, circuit_policy};
 pub use error::OrchestratorError;
-pub use handler::{OrchestratorEvent, OrchestratorResponse, handle};
+pub use handler::{
+    CONTINUATION_SOURCE, OrchestratorEvent, OrchestratorResponse, continuation_event, handle,
+};
 pub use run::{Ports, RunReport, StopReason, run};

@@ -83,6 +83,10 @@ pub struct RunReport {
     /// Visibility extensions of held messages.
     #[serde(default)]
     pub extended: u64,
+    /// Whether the next run should start at once rather than at the next schedule tick: the
+    /// run reached its deadline with dispatch allowed (not paused), so work is likely waiting.
+    #[serde(default)]
+    pub continue_now: bool,
     /// Batch entries the queue still refused after [`BATCH_ATTEMPTS`] tries (a refused delete
     /// brings the message back after its visibility: the worker's idempotency record then
     /// skips it; a refused release leaves it invisible until its timeout).
@@ -103,6 +107,7 @@ impl RunReport {
             quota_utilization: None,
             rotated: 0,
             extended: 0,
+            continue_now: false,
             refused_entries: 0,
         }
     }
@@ -238,6 +243,7 @@ where
     let stop = lp.finish(result.as_ref().ok().cloned()).await;
     match (result, stop) {
         (Ok(reason), Ok(())) => {
+            lp.report.continue_now = reason == StopReason::Deadline && !lp.control.paused;
             lp.report.stopped = reason;
             info!(?lp.report, "run stopped");
             Ok(lp.report)

@@ -13,7 +13,7 @@ use support::{Harness, Verdict, config, max_in_window, start};
 
 #[tokio::test(start_paused = true)]
 async fn drains_a_backlog_at_the_quota_and_no_faster() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(400);
     let report = h.run_for(&config("20/s"), Duration::from_secs(120)).await;
     assert_eq!(report.dispatched, 400);
@@ -39,7 +39,7 @@ async fn drains_a_backlog_at_the_quota_and_no_faster() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lone_job_reaches_the_worker_before_its_slot_while_the_loop_long_polls() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(1);
     let mut cfg = config("20/s");
     // Nothing else wakes the loop: after the dispatch it long-polls the empty queue for a
@@ -55,7 +55,7 @@ async fn a_lone_job_reaches_the_worker_before_its_slot_while_the_loop_long_polls
 
 #[tokio::test(start_paused = true)]
 async fn utilization_counts_only_the_time_work_waited() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(100);
     // A second backlog arrives after 20 s with nothing to do.
     let later = {
@@ -86,7 +86,7 @@ async fn utilization_counts_only_the_time_work_waited() {
 
 #[tokio::test(start_paused = true)]
 async fn restarts_continue_the_pace_without_a_burst() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(300);
     let mut cfg = config("10/s,200/min");
     cfg.idle_exit = None;
@@ -110,7 +110,7 @@ async fn restarts_continue_the_pace_without_a_burst() {
 
 #[tokio::test(start_paused = true)]
 async fn bad_messages_are_dead_lettered_with_the_reason() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.queue.send("not json");
     h.queue
         .send(r#"{"path":"https://elsewhere.example/steal"}"#);
@@ -131,7 +131,7 @@ async fn nothing_is_lost_when_invokes_and_calls_fail() {
     let opts = InvokerOptions {
         fail_rate: 0.2,
         seed: 7,
-        ..InvokerOptions::default()
+        ..InvokerOptions::template()
     };
     let h = Harness::new(
         |n| {
@@ -164,7 +164,7 @@ async fn nothing_is_lost_when_invokes_and_calls_fail() {
 
 #[tokio::test(start_paused = true)]
 async fn an_open_circuit_stops_dispatch_and_a_health_check_closes_it() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(50);
     let now = h.clock.now();
     let open = Circuit::closed_at(now).force_close(now);
@@ -202,7 +202,7 @@ async fn an_open_circuit_stops_dispatch_and_a_health_check_closes_it() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_holds_dispatch_until_resumed() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(20);
     let paused = Control {
         paused: true,
@@ -239,7 +239,7 @@ async fn pause_holds_dispatch_until_resumed() {
 
 #[tokio::test(start_paused = true)]
 async fn only_the_lease_holder_dispatches() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(5);
     let other = h
         .store
@@ -257,7 +257,7 @@ async fn only_the_lease_holder_dispatches() {
 
 #[tokio::test(start_paused = true)]
 async fn a_day_budget_stops_the_run_until_the_reset() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(30);
     let report = h
         .run_for(&config("10/s,12/day@calendar"), Duration::from_secs(60))
@@ -270,4 +270,28 @@ async fn a_day_budget_stops_the_run_until_the_reset() {
     );
     // The rest wait, invisible until the reset, on the queue: not lost.
     assert_eq!(h.queue.depths().pending(), 18);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_reaches_its_deadline_asks_for_the_next_one_at_once() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
+    h.enqueue(100);
+    let busy = h.run_for(&config("5/s"), Duration::from_secs(10)).await;
+    assert_eq!(busy.stopped, StopReason::Deadline);
+    assert!(busy.continue_now, "work is waiting: {busy:?}");
+    let rest = h.run_for(&config("50/s"), Duration::from_secs(60)).await;
+    assert_eq!(rest.stopped, StopReason::Idle);
+    assert!(!rest.continue_now, "an idle run leaves it to the schedule");
+    // Paused at the deadline: the schedule's next tick is soon enough.
+    h.enqueue(5);
+    let paused = Control {
+        paused: true,
+        ..Control::default()
+    };
+    update_record::<Control, _>(&h.store, RecordKey::Control, |_| Some(paused.clone()))
+        .await
+        .expect("pause");
+    let r = h.run_for(&config("5/s"), Duration::from_secs(10)).await;
+    assert_eq!(r.stopped, StopReason::Deadline);
+    assert!(!r.continue_now);
 }

@@ -50,7 +50,7 @@ async fn a_retry_after_of_150_s_dead_letters_nothing() {
                 Verdict::Succeed
             }
         },
-        InvokerOptions::default(),
+        InvokerOptions::template(),
     );
     h.enqueue(JOBS);
     let started = h.clock_now();
@@ -85,7 +85,7 @@ async fn a_day_budget_used_up_13_hours_before_its_reset_dead_letters_nothing() {
     let h = Harness::starting_at(
         Timestamp::from_secs(day + 11 * 3600),
         |_| Verdict::Succeed,
-        InvokerOptions::default(),
+        InvokerOptions::template(),
     );
     h.enqueue(JOBS);
     let reports = h
@@ -106,7 +106,7 @@ async fn a_day_budget_used_up_13_hours_before_its_reset_dead_letters_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_one_per_minute_quota_dead_letters_nothing() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(JOBS);
     h.drive(&config("1/min"), RUN, JOBS, Duration::from_secs(3600))
         .await;
@@ -117,7 +117,7 @@ async fn a_one_per_minute_quota_dead_letters_nothing() {
 #[tokio::test(start_paused = true)]
 async fn spread_mode_dead_letters_nothing() {
     // A day budget of 2,000 spread over the day: one call every 43 s or so.
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(JOBS);
     let mut c = config("10/s,2000/day");
     c.pacing.mode = BudgetMode::Spread;
@@ -133,7 +133,7 @@ async fn spread_mode_dead_letters_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn refused_batch_entries_are_tried_again_and_do_not_end_the_run() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(JOBS);
     // SQS refuses single entries now and then: two deletes and one release (at the run's end).
     h.queue.refuse_next(BatchOp::Delete, 2);
@@ -156,7 +156,7 @@ async fn refused_batch_entries_are_tried_again_and_do_not_end_the_run() {
 
 #[tokio::test(start_paused = true)]
 async fn entries_refused_for_good_are_counted_and_the_run_goes_on() {
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(3);
     // Every delete of the first run refused, each of its three tries.
     h.queue.refuse_next(BatchOp::Delete, 9);
@@ -182,7 +182,7 @@ async fn held_messages_are_kept_by_extending_their_visibility() {
             ..QueueOptions::template()
         },
         |_| Verdict::Succeed,
-        InvokerOptions::default(),
+        InvokerOptions::template(),
     );
     h.enqueue(5);
     let mut c = config("1/min");
@@ -204,7 +204,7 @@ async fn held_messages_are_kept_by_extending_their_visibility() {
 async fn a_flapping_pause_gives_back_fresh_copies_instead_of_raising_receive_counts() {
     use qo_core::ports::{RecordKey, update_record};
     use qo_core::{Clock, Control};
-    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::default());
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(JOBS);
     // An operator pauses and resumes every 5 s, twelve times: each pause gives back what the
     // loop holds, and each resume receives it again.

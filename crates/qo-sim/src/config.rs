@@ -28,6 +28,9 @@ pub struct SimConfig {
     pub seed: u64,
     /// When set, API calls must carry `Authorization: Bearer <key>` or get 401.
     pub api_key: Option<String>,
+    /// When set, the first API call is answered 429 with this `Retry-After` (whole seconds),
+    /// as an API whose limit another client used up answers; the call is not counted.
+    pub first_retry_after: Option<Duration>,
 }
 
 impl SimConfig {
@@ -40,6 +43,7 @@ impl SimConfig {
             latency: Duration::ZERO..=Duration::ZERO,
             seed: 0,
             api_key: None,
+            first_retry_after: None,
         }
     }
 

@@ -96,6 +96,7 @@ impl Shared {
     }
 
     /// Decides on a health check or API call; returns the answer and the latency to add.
+    /// (A first-call 429 checks that no call was recorded before it.)
     fn decide(
         &self,
         method: &Method,
@@ -126,6 +127,10 @@ impl Shared {
                 CallKind::Api,
                 error(StatusCode::UNAUTHORIZED, "missing or wrong API key"),
             )
+        } else if let Some(wait) = self.config.first_retry_after
+            && !inner.ledger.records.iter().any(|r| r.kind == CallKind::Api)
+        {
+            (CallKind::Api, throttled(wait))
         } else if inner.rng.random::<f64>() < self.config.fail_rate {
             (
                 CallKind::Api,
@@ -148,16 +153,7 @@ impl Shared {
                     )
                         .into_response()
                 }
-                Admission::Throttled { retry_after } => {
-                    let secs = retry_after_secs(retry_after);
-                    let mut r = (
-                        StatusCode::TOO_MANY_REQUESTS,
-                        Json(json!({"error": "quota exceeded", "retry_after_s": secs})),
-                    )
-                        .into_response();
-                    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-                    r
-                }
+                Admission::Throttled { retry_after } => throttled(retry_after),
             };
             (CallKind::Api, r)
         };
@@ -367,4 +363,16 @@ impl Drop for SimServer {
             task.abort();
         }
     }
+}
+
+/// A 429 with `Retry-After` in whole seconds (rounded up, at least 1).
+fn throttled(retry_after: Duration) -> Response {
+    let secs = retry_after_secs(retry_after);
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        Json(json!({"error": "quota exceeded", "retry_after_s": secs})),
+    )
+        .into_response();
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    r
 }

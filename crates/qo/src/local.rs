@@ -15,9 +15,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::warn;
 
 use qo_aws::{
-    DynamoStore, SdkSettings, SqsQueue, ensure_queues, load_config, with_static_credentials,
+    DynamoStore, SdkSettings, SqsQueue, ensure_queues_with, load_config, with_static_credentials,
 };
 use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, QueueError, RecordStore};
+use qo_core::sqs::QueueAttributes;
 use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, Ports, StopReason};
@@ -25,7 +26,7 @@ use qo_sim::{SimConfig, SimServer};
 use qo_worker::{ApiClient, Worker, WorkerConfig};
 
 use crate::args::Range;
-use crate::report::{Collector, Report};
+use crate::report::{Collector, Elsewhere, Report};
 
 /// Options of `qo local`.
 #[derive(Debug, Args)]
@@ -58,6 +59,10 @@ pub struct LocalArgs {
     /// Built-in API: seconds from the start during which it answers 503, e.g. `5..10`.
     #[arg(long)]
     outage: Option<Range>,
+    /// Built-in API: answer the first call 429 with this `Retry-After`, in seconds (an API
+    /// whose limit another client used up).
+    #[arg(long)]
+    first_429_retry_after_s: Option<u64>,
     /// Built-in API: latency of each answer, in milliseconds, e.g. `5..50`.
     #[arg(long, default_value = "1..5")]
     latency_ms: Range,
@@ -70,6 +75,10 @@ pub struct LocalArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 3600.0)]
     timeout_s: f64,
+    /// The queues' redrive policy: a message received this many times moves to the
+    /// dead-letter queue at its next receive (default: the template's, 10).
+    #[arg(long)]
+    max_receive_count: Option<u32>,
     /// Use the AWS adapters (SQS, DynamoDB) against this endpoint (e.g. a moto server)
     /// instead of the in-memory ones; the queues and the table are created there.
     #[arg(long)]
@@ -83,6 +92,9 @@ trait Backlog: JobSource + JobSink + Send + Sync {
     async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError>;
     /// Messages still on the main and retry queues (visible, in flight or delayed).
     async fn pending(&self) -> Result<u64, QueueError>;
+    /// Jobs the queue ended by itself: moved to the dead-letter queue by the redrive policy
+    /// (`reasoned` of the dead letters were sent there with a reason), and deleted by retention.
+    async fn ended_by_queue(&self, reasoned: u64) -> Result<(u64, u64), QueueError>;
 }
 
 #[async_trait::async_trait]
@@ -93,6 +105,9 @@ impl Backlog for MemoryQueue {
     }
     async fn pending(&self) -> Result<u64, QueueError> {
         Ok(self.depths().pending() as u64)
+    }
+    async fn ended_by_queue(&self, _reasoned: u64) -> Result<(u64, u64), QueueError> {
+        Ok((self.redriven().len() as u64, self.expired().len() as u64))
     }
 }
 
@@ -109,6 +124,18 @@ impl Backlog for SqsQueue {
             .filter(|d| d.name != "dlq")
             .map(|d| d.visible + d.in_flight + d.delayed)
             .sum())
+    }
+    async fn ended_by_queue(&self, reasoned: u64) -> Result<(u64, u64), QueueError> {
+        // SQS tells neither which dead letters came by the redrive policy nor what retention
+        // deleted: the dead-letter queue's depth beyond what was sent with a reason, and 0.
+        let dead: u64 = self
+            .depths()
+            .await?
+            .iter()
+            .filter(|d| d.name == "dlq")
+            .map(|d| d.visible + d.in_flight + d.delayed)
+            .sum();
+        Ok((dead.saturating_sub(reasoned), 0))
     }
 }
 
@@ -138,6 +165,7 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
             config.outage = args.outage.map(|r| r.seconds());
             config.latency = args.latency_ms.millis();
             config.seed = args.seed;
+            config.first_retry_after = args.first_429_retry_after_s.map(Duration::from_secs);
             Some(SimServer::start(config).await?)
         }
     };
@@ -150,7 +178,13 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
     match &args.aws_endpoint {
         None => {
             // The adapters: in memory, shared by the orchestrator and the worker.
-            let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+            let queue = MemoryQueue::with_options(
+                clock.clone(),
+                QueueOptions {
+                    attributes: queue_attributes(&args),
+                    ..QueueOptions::template()
+                },
+            );
             drive(
                 args,
                 clock,
@@ -176,7 +210,13 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
             );
             let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), prefix.clone());
             store.ensure_table().await?;
-            let urls = ensure_queues(&aws_sdk_sqs::Client::new(&sdk), &prefix, false).await?;
+            let urls = ensure_queues_with(
+                &aws_sdk_sqs::Client::new(&sdk),
+                &prefix,
+                false,
+                queue_attributes(&args),
+            )
+            .await?;
             eprintln!(
                 "qo local: table {prefix} and queues {} (+ retry, dlq) at {endpoint}",
                 urls.main
@@ -223,10 +263,12 @@ where
         let worker = worker.clone();
         move |ev: WorkerEvent| {
             let worker = worker.clone();
+            // An error is a function error: Lambda retries the event (1 min, then 2 min) and
+            // then sends it to the on-failure destination.
             async move {
-                if let Err(e) = worker.handle(ev).await {
+                worker.handle(ev).await.inspect_err(|e| {
                     warn!(error = %e, "worker failed");
-                }
+                })
             }
         }
     };
@@ -236,7 +278,7 @@ where
         InvokerOptions {
             delay: args.delivery_delay_ms.millis(),
             seed: args.seed,
-            ..InvokerOptions::default()
+            ..InvokerOptions::template()
         },
     )?;
 
@@ -284,7 +326,23 @@ where
         })
     };
 
-    while collector.finished() < args.jobs && Instant::now() < give_up {
+    let elsewhere = |reasoned: u64| {
+        let queue = queue.clone();
+        let failures = invoker.failures().len() as u64;
+        async move {
+            let (by_sqs, expired) = queue.ended_by_queue(reasoned).await?;
+            Ok::<_, QueueError>(Elsewhere {
+                dead_lettered_by_sqs: by_sqs,
+                expired,
+                worker_failures: failures,
+                pending: queue.pending().await?,
+            })
+        }
+    };
+    while collector.finished() + elsewhere(collector.counts().dead_lettered).await?.ended()
+        < args.jobs
+        && Instant::now() < give_up
+    {
         runs += 1;
         let ports = Ports {
             queue: &queue,
@@ -314,6 +372,7 @@ where
     bar.finish_and_clear();
 
     let mut report = Report::new(args.jobs, &counts, started.elapsed(), &args.quota, runs);
+    report.account(elsewhere(counts.dead_lettered).await?);
     if let Some(sim) = &sim {
         report.api_max_in_any_window = Some(sim.stats().max_in_any_window);
     }
@@ -330,7 +389,20 @@ where
             );
         }
     }
-    Ok(())
+    match report.lost() {
+        None => Ok(()),
+        Some(why) => Err(format!("not every job ended as a job should: {why}").into()),
+    }
+}
+
+/// The job and retry queues' attributes: the template's, with `--max-receive-count`.
+fn queue_attributes(args: &LocalArgs) -> QueueAttributes {
+    QueueAttributes {
+        max_receive_count: args
+            .max_receive_count
+            .or(QueueAttributes::TEMPLATE.max_receive_count),
+        ..QueueAttributes::TEMPLATE
+    }
 }
 
 fn unreachable_api() -> Result<String, Box<dyn std::error::Error>> {

@@ -152,6 +152,39 @@ pub struct Report {
     pub api_max_in_any_window: Option<Vec<(String, u64)>>,
     /// Why jobs were re-queued or dead-lettered, with counts.
     pub reasons: std::collections::BTreeMap<String, u64>,
+    /// Jobs SQS's redrive policy moved to the dead-letter queue by itself: untried, with no
+    /// reason (their receive count passed `maxReceiveCount`).
+    pub dead_lettered_by_sqs: u64,
+    /// Jobs deleted by the queue's retention (the in-memory queue records them; SQS leaves no
+    /// trace, so over SQS they show as unaccounted).
+    pub expired: u64,
+    /// Jobs whose worker event Lambda gave up on (event age or retries) and sent to the
+    /// worker's on-failure destination; `qo redrive --worker-failures` brings them back.
+    pub worker_failures: u64,
+    /// Jobs still on the job or retry queue at the end (the run timed out).
+    pub pending: u64,
+    /// Jobs that are nowhere: not succeeded, dead-lettered, pending, or in a failure queue.
+    pub unaccounted: u64,
+}
+
+/// Where jobs ended beyond what the orchestrator and the worker observed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Elsewhere {
+    /// Moved to the dead-letter queue by the redrive policy.
+    pub dead_lettered_by_sqs: u64,
+    /// Deleted by retention.
+    pub expired: u64,
+    /// In the worker's on-failure destination.
+    pub worker_failures: u64,
+    /// Still on a queue.
+    pub pending: u64,
+}
+
+impl Elsewhere {
+    /// Jobs that reached an end outside the worker's report.
+    pub fn ended(&self) -> u64 {
+        self.dead_lettered_by_sqs + self.expired + self.worker_failures
+    }
 }
 
 impl Report {
@@ -206,7 +239,45 @@ impl Report {
             quota: quota.to_string(),
             api_max_in_any_window: None,
             reasons: counts.reasons.clone(),
+            dead_lettered_by_sqs: 0,
+            expired: 0,
+            worker_failures: 0,
+            pending: 0,
+            unaccounted: 0,
         }
+    }
+
+    /// Adds where the other jobs are, and counts the jobs that are nowhere.
+    pub fn account(&mut self, elsewhere: Elsewhere) {
+        self.dead_lettered_by_sqs = elsewhere.dead_lettered_by_sqs;
+        self.expired = elsewhere.expired;
+        self.worker_failures = elsewhere.worker_failures;
+        self.pending = elsewhere.pending;
+        let known = self.succeeded + self.dead_lettered + elsewhere.ended() + elsewhere.pending;
+        self.unaccounted = self.jobs.saturating_sub(known);
+    }
+
+    /// Why the run failed its jobs, if it did: jobs lost, expired, or left untried in a
+    /// dead-letter or failure queue without a reason of ours. `None` when every job succeeded,
+    /// was dead-lettered with its reason, or is still pending.
+    pub fn lost(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.unaccounted, "unaccounted for"),
+            (self.expired, "deleted by the queue's retention"),
+            (
+                self.dead_lettered_by_sqs,
+                "moved to the dead-letter queue by SQS's redrive policy, untried",
+            ),
+            (
+                self.worker_failures,
+                "in the worker's on-failure queue (Lambda gave up on their events)",
+            ),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
     }
 
     /// The human form.
@@ -220,6 +291,17 @@ impl Report {
         line(&mut s, "throttled (429)", self.throttled.to_string());
         line(&mut s, "dead-lettered", self.dead_lettered.to_string());
         line(&mut s, "re-queued", self.requeued.to_string());
+        for (k, v) in [
+            ("dead-lettered by SQS", self.dead_lettered_by_sqs),
+            ("expired (retention)", self.expired),
+            ("worker failures", self.worker_failures),
+            ("still pending", self.pending),
+            ("unaccounted for", self.unaccounted),
+        ] {
+            if v > 0 {
+                line(&mut s, k, v.to_string());
+            }
+        }
         line(
             &mut s,
             "duration",

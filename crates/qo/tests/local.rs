@@ -72,3 +72,77 @@ async fn local_over_the_aws_adapters_against_moto() {
     .expect("qo local");
     assert_drained_within_the_quota(&report, 40);
 }
+
+/// The run the issue reported: over moto with the template's queue attributes (its redrive
+/// policy among them), the API's first answer a 429 with `Retry-After: 150`. Every job must
+/// succeed, none may reach the dead-letter queue (SQS's own move included), and the report
+/// must account for every job.
+#[tokio::test]
+async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+        return;
+    };
+    let endpoint = moto.endpoint.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        qo_local(&[
+            "--jobs",
+            "20",
+            "--aws-endpoint",
+            &endpoint,
+            "--first-429-retry-after-s",
+            "150",
+        ])
+    })
+    .await
+    .expect("qo local");
+    assert_eq!(report["succeeded"], 20, "{report}");
+    assert_eq!(report["throttled"], 1, "{report}");
+    assert_eq!(report["dead_lettered"], 0, "{report}");
+    assert_eq!(report["dead_lettered_by_sqs"], 0, "{report}");
+    assert_eq!(report["unaccounted"], 0, "{report}");
+    assert!(report["duration_s"].as_f64().expect("duration") >= 150.0);
+}
+
+/// `qo local` fails, with the report printed, when jobs did not end as jobs should: here with
+/// a redrive policy of one receive and runs of one second, so that the messages a run gives
+/// back at its end are moved to the dead-letter queue by moto's redrive, as SQS would.
+#[tokio::test]
+async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+        return;
+    };
+    let endpoint = moto.endpoint.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_qo"))
+            .args([
+                "local",
+                "--json",
+                "--jobs",
+                "5",
+                "--quota",
+                "1/s",
+                "--run-seconds",
+                "1.5",
+                "--timeout-s",
+                "60",
+                "--aws-endpoint",
+                &endpoint,
+                "--max-receive-count",
+                "1",
+            ])
+            .env_clear()
+            .envs(OFFLINE_AWS_ENV)
+            .output()
+            .expect("run qo local")
+    })
+    .await
+    .expect("qo local");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("report: {e}\n{stdout}\n{stderr}"));
+    let by_sqs = report["dead_lettered_by_sqs"].as_u64().expect("count");
+    assert!(by_sqs > 0, "{report}\n{stderr}");
+    assert!(!out.status.success(), "{report}");
+    assert!(stderr.contains("redrive policy"), "{stderr}");
+}

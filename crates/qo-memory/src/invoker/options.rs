@@ -4,6 +4,8 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use qo_core::lambda::WorkerFunction;
+
 use crate::error::MemoryError;
 
 /// Lambda's default `MaximumEventAgeInSeconds`, also its largest: 6 hours.
@@ -74,6 +76,18 @@ impl Default for InvokerOptions {
 }
 
 impl InvokerOptions {
+    /// The worker function as the template deploys it ([`WorkerFunction::TEMPLATE`]): its
+    /// reserved concurrency, event age and retries; the other fields as [`Default`].
+    pub fn template() -> Self {
+        let w = WorkerFunction::TEMPLATE;
+        InvokerOptions {
+            concurrency: w.reserved_concurrency,
+            maximum_event_age: w.maximum_event_age,
+            maximum_retry_attempts: w.maximum_retry_attempts,
+            ..InvokerOptions::default()
+        }
+    }
+
     /// Checks the rates, the delay range, and the values Lambda itself would refuse.
     pub fn validate(&self) -> Result<(), MemoryError> {
         for (name, rate) in [

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use qo_aws::{
-    DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls, SdkSettings, SqsQueue,
-    check_function_timeout, load_config,
+    AsyncInvoke, DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls, SdkSettings,
+    SqsQueue, check_function_timeout, load_config,
 };
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, TokioClock};
-use qo_orchestrator::{OrchestratorConfig, OrchestratorEvent, Ports, handle};
+use qo_orchestrator::{
+    OrchestratorConfig, OrchestratorEvent, OrchestratorResponse, Ports, continuation_event, handle,
+};
 use tracing::{error, info, warn};
 
 /// How often a running orchestrator writes its metrics (CloudWatch's standard resolution).
@@ -38,6 +40,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let urls = QueueUrls::from_env(&env)?;
     let worker = env.required("WORKER_FUNCTION_NAME")?;
     let invoke = InvokeSettings::from_env(&env)?;
+    invoke.check_covers(config.quota.pacing_rate_per_s())?;
     if env.get("FUNCTION_TIMEOUT_S").is_some() {
         let timeout: u64 = env.parsed("FUNCTION_TIMEOUT_S", 0)?;
         if let Err(e) =
@@ -53,9 +56,19 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
     let invoker = LambdaInvoker::new(&aws, worker, &invoke)?;
     let metrics = EmfMetrics::from_env(&env, "orchestrator");
+    // At its deadline a run with work left invokes this function again (CONTINUE_AT_DEADLINE,
+    // default true; Lambda names the function in AWS_LAMBDA_FUNCTION_NAME).
+    let continuation = match (
+        env.parsed("CONTINUE_AT_DEADLINE", true)?,
+        env.get("AWS_LAMBDA_FUNCTION_NAME"),
+    ) {
+        (true, Some(name)) => Some(AsyncInvoke::new(&aws, name)),
+        _ => None,
+    };
     info!(quota = %config.quota, lead_ms = config.dispatch_lead.as_millis() as u64, "orchestrator ready");
 
-    let (config, store, queue, invoker, metrics) = (&config, &store, &queue, &invoker, &metrics);
+    let (config, store, queue, invoker, metrics, continuation) =
+        (&config, &store, &queue, &invoker, &metrics, &continuation);
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<OrchestratorEvent>| async move {
             // Anchored to the wall clock at each invocation: a reused container does not drift.
@@ -82,6 +95,16 @@ async fn run() -> Result<(), lambda_runtime::Error> {
                 }
             };
             metrics.flush(clock.now());
+            if let (Ok(OrchestratorResponse::Run(report)), Some(next)) = (&result, continuation)
+                && report.continue_now
+            {
+                match next.invoke(&continuation_event(clock.now())).await {
+                    Ok(()) => info!(function = next.function_name(), "next run invoked"),
+                    Err(e) => {
+                        warn!(error = %e, "could not invoke the next run; the schedule starts it")
+                    }
+                }
+            }
             result
         },
     ))
