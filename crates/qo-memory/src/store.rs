@@ -8,8 +8,10 @@
 //!   than the largest token ever issued, so a taken-over holder's writes are fenced off. A renew
 //!   needs the token to be current (an expired lease nobody took can still be renewed).
 //! - A job claim is refused while another claim younger than the claim TTL stands
-//!   ([`Claim::InProgress`]) or while a completed record's TTL runs ([`Claim::AlreadyDone`]); an
-//!   expired done record counts as gone, as DynamoDB's TTL deletes it.
+//!   ([`Claim::InProgress`]) or while a completed record exists ([`Claim::AlreadyDone`]).
+//! - TTL is lazy, as DynamoDB's is: an item past its TTL stays readable (a done record still
+//!   answers [`Claim::AlreadyDone`]) until it is swept, which DynamoDB does within days and
+//!   this store does only when [`MemoryStore::sweep_expired`] is called.
 //!
 //! Fault injection for tests: [`MemoryStore::fail_next_saves`] makes the next saves lose their
 //! race ([`StoreError::Conflict`]), to exercise retry loops.
@@ -59,6 +61,7 @@ struct State {
     jobs: HashMap<String, JobStatus>,
     fail_saves: u32,
     stats: StoreStats,
+    latency: Duration,
 }
 
 /// The state table in memory. Cloning shares it, so the orchestrator, the worker and `qo` see
@@ -76,6 +79,34 @@ impl MemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes the idempotency records past their TTL at `now`, as DynamoDB's TTL sweep does
+    /// some time (often days) after they expire: a done record past `expires_at`, and a claim
+    /// past `claim_ttl` (the DynamoDB adapter writes a claim's TTL that far ahead). Returns how
+    /// many went.
+    pub fn sweep_expired(&self, now: Timestamp, claim_ttl: Duration) -> usize {
+        let mut st = self.lock();
+        let before = st.jobs.len();
+        st.jobs.retain(|_, status| match status {
+            JobStatus::Done { expires_at } => *expires_at > now,
+            JobStatus::InProgress { claimed_at } => claimed_at.plus(claim_ttl) > now,
+        });
+        before - st.jobs.len()
+    }
+
+    /// Makes every call take `latency` (on tokio's clock, so paused time jumps it), as a
+    /// DynamoDB round trip does: a loop that stops its other work while it waits shows.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Waits out the configured latency.
+    async fn round_trip(&self) {
+        let latency = self.lock().latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
     }
 
     /// Makes the next `n` record saves fail with [`StoreError::Conflict`] without writing, as if
@@ -120,6 +151,7 @@ impl RecordStore for MemoryStore {
         &self,
         key: RecordKey,
     ) -> Result<Option<Versioned<serde_json::Value>>, StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         st.stats.loads += 1;
         Ok(st.records.get(&key).cloned())
@@ -132,6 +164,7 @@ impl RecordStore for MemoryStore {
         expected: u64,
         fence: Option<u64>,
     ) -> Result<u64, StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         let conflict = StoreError::Conflict {
             key: key.as_str(),
@@ -166,6 +199,7 @@ impl RecordStore for MemoryStore {
 #[async_trait]
 impl LeaseStore for MemoryStore {
     async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         if let Some(held) = &st.lease
             && held.owner != owner
@@ -192,6 +226,7 @@ impl LeaseStore for MemoryStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         match &mut st.lease {
             Some(held) if held.token == lease.token => {
@@ -203,6 +238,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         if st.lease.as_ref().is_some_and(|l| l.token == lease.token) {
             st.lease = None;
@@ -211,6 +247,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn current(&self) -> Result<Option<Lease>, StoreError> {
+        self.round_trip().await;
         Ok(self.lease())
     }
 }
@@ -223,9 +260,11 @@ impl IdempotencyStore for MemoryStore {
         now: Timestamp,
         claim_ttl: Duration,
     ) -> Result<Claim, StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         match st.jobs.get(job_id) {
-            Some(JobStatus::Done { expires_at }) if *expires_at > now => {
+            // Past its TTL but not swept: still there, as in DynamoDB.
+            Some(JobStatus::Done { .. }) => {
                 return Ok(Claim::AlreadyDone);
             }
             Some(JobStatus::InProgress { claimed_at }) if claimed_at.plus(claim_ttl) > now => {
@@ -246,6 +285,7 @@ impl IdempotencyStore for MemoryStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        self.round_trip().await;
         self.lock().jobs.insert(
             job_id.to_string(),
             JobStatus::Done {
@@ -256,6 +296,7 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn abandon(&self, job_id: &str) -> Result<(), StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
         if matches!(st.jobs.get(job_id), Some(JobStatus::InProgress { .. })) {
             st.jobs.remove(job_id);
@@ -466,9 +507,17 @@ mod tests {
             s.claim("j1", t(8), claim_ttl).await.expect("claim"),
             Claim::AlreadyDone
         );
-        // Past its TTL the done record is gone.
+        // Past its TTL the done record stays until swept (DynamoDB's TTL is lazy)...
         assert_eq!(
             s.claim("j1", t(6 + 86_400), claim_ttl)
+                .await
+                .expect("claim"),
+            Claim::AlreadyDone
+        );
+        // ...and is gone once swept.
+        assert_eq!(s.sweep_expired(t(6 + 86_400), claim_ttl), 1);
+        assert_eq!(
+            s.claim("j1", t(7 + 86_400), claim_ttl)
                 .await
                 .expect("claim"),
             Claim::Claimed

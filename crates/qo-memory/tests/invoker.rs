@@ -45,6 +45,8 @@ fn epoch_of(ev: &WorkerEvent) -> u64 {
 fn fixed(options: InvokerOptions) -> InvokerOptions {
     InvokerOptions {
         delay: Duration::from_millis(10)..=Duration::from_millis(10),
+        // The times below count from the accepted invoke.
+        api_latency: Duration::ZERO,
         ..options
     }
 }
@@ -487,6 +489,7 @@ async fn delivers_every_event_exactly_once_within_the_delay_range() {
     let options = InvokerOptions {
         delay: Duration::from_millis(100)..=Duration::from_millis(300),
         cold_start: Duration::ZERO,
+        api_latency: Duration::ZERO,
         seed: 7,
         ..InvokerOptions::default()
     };
@@ -706,5 +709,19 @@ async fn closures_returning_unit_or_a_result_are_handlers() {
     assert_eq!(
         fallible.failures()[0].last_error.as_deref(),
         Some("an error occurred when formatting an argument")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invoke_takes_the_api_latency_before_it_is_accepted() {
+    let c = clock();
+    let (_log, handler) = probe(c.clone(), |_| Duration::ZERO, never);
+    let inv =
+        LocalInvoker::with_options(c.clone(), handler, InvokerOptions::default()).expect("options");
+    inv.invoke(&event(1)).await.expect("accepted");
+    assert_eq!(
+        c.now().since(START),
+        qo_memory::invoker::DEFAULT_API_LATENCY,
+        "the caller waited for the 202"
     );
 }

@@ -512,11 +512,20 @@ where
     ) -> Result<Vec<Message>, OrchestratorError> {
         let queue = self.ports.queue;
         let receive = queue.receive(self.batch_size(self.now()), wait);
-        tokio::pin!(receive);
+        Ok(self.while_invoking(receive).await??)
+    }
+
+    /// Awaits `work` (a queue or store call that does not borrow the loop) while the invokes
+    /// in flight keep going, then handles those that finished meanwhile.
+    async fn while_invoking<T>(
+        &mut self,
+        work: impl Future<Output = T>,
+    ) -> Result<T, OrchestratorError> {
+        tokio::pin!(work);
         let mut finished = Vec::new();
-        let messages = loop {
+        let out = loop {
             tokio::select! {
-                r = &mut receive => break r?,
+                r = &mut work => break r,
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     finished.push(done);
                 }
@@ -525,7 +534,7 @@ where
         for done in finished {
             self.complete(done).await?;
         }
-        Ok(messages)
+        Ok(out)
     }
 
     fn state_horizon_reached(&self, slot: Timestamp) -> bool {
@@ -597,27 +606,38 @@ where
         Ok(())
     }
 
-    /// Re-reads controls and the circuit, renews the lease.
+    /// Re-reads controls and the circuit, and renews the lease once a third of its time to
+    /// live has passed (not at every refresh: a write a second is most of an idle run's cost,
+    /// and the quota saves are fenced by the lease's token anyway). The invokes in flight keep
+    /// going meanwhile.
     async fn refresh(&mut self, now: Timestamp) -> Result<Option<StopReason>, OrchestratorError> {
-        match self
-            .ports
-            .store
-            .renew(&self.lease, now, self.config.lease_ttl)
-            .await
-        {
-            Ok(lease) => self.lease = lease,
-            Err(StoreError::LeaseLost { .. }) => {
+        let ttl = self.config.lease_ttl;
+        let renew = (now >= self.lease.expires_at.minus(ttl * 2 / 3)).then(|| self.lease.clone());
+        let store = self.ports.store;
+        let (renewed, control, circuit) = self
+            .while_invoking(async move {
+                let renewed = match renew {
+                    Some(lease) => Some(store.renew(&lease, now, ttl).await),
+                    None => None,
+                };
+                let control = load_record::<Control>(store, RecordKey::Control).await;
+                let circuit = load_record::<Circuit>(store, RecordKey::Circuit).await;
+                (renewed, control, circuit)
+            })
+            .await?;
+        match renewed {
+            None => {}
+            Some(Ok(lease)) => self.lease = lease,
+            Some(Err(StoreError::LeaseLost { .. })) => {
                 warn!(
                     token = self.lease.token,
                     "lease lost: another orchestrator took over"
                 );
                 return Ok(Some(StopReason::LeaseLost));
             }
-            Err(e) => return Err(e.into()),
+            Some(Err(e)) => return Err(e.into()),
         }
-        let control = load_record::<Control>(self.ports.store, RecordKey::Control)
-            .await?
-            .value;
+        let control = control?.value;
         let spec = control
             .quota
             .clone()
@@ -634,10 +654,7 @@ where
             info!(paused = control.paused, "pause control changed");
         }
         self.control = control;
-        let circuit = load_record::<Circuit>(self.ports.store, RecordKey::Circuit)
-            .await?
-            .value;
-        self.apply_circuit(circuit);
+        self.apply_circuit(circuit?.value);
         self.poll_completions().await?;
         Ok(None)
     }
@@ -930,14 +947,14 @@ where
     /// Saves usage, fenced by the lease: a run that lost its lease cannot overwrite.
     async fn persist(&mut self, horizon: Option<Timestamp>) -> Result<(), OrchestratorError> {
         self.pacer.set_horizon(self.now(), horizon);
-        let version = save_record(
-            self.ports.store,
-            RecordKey::Quota,
-            self.pacer.state(),
-            self.quota_version,
-            Some(self.lease.token),
-        )
-        .await?;
+        let store = self.ports.store;
+        let state = self.pacer.state().clone();
+        let (expected, token) = (self.quota_version, self.lease.token);
+        let version = self
+            .while_invoking(async move {
+                save_record(store, RecordKey::Quota, &state, expected, Some(token)).await
+            })
+            .await??;
         self.quota_version = version;
         Ok(())
     }

@@ -295,3 +295,17 @@ async fn a_run_that_reaches_its_deadline_asks_for_the_next_one_at_once() {
     assert_eq!(r.stopped, StopReason::Deadline);
     assert!(!r.continue_now);
 }
+
+#[tokio::test(start_paused = true)]
+async fn invokes_in_flight_keep_moving_while_the_loop_waits_on_the_state_store() {
+    // A slow table: every read and write takes 120 ms. The loop re-reads the circuit and the
+    // controls every second and saves usage every two; an invoke it does not poll meanwhile
+    // reaches the worker after its slot.
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
+    h.store.set_latency(Duration::from_millis(120));
+    h.enqueue(200);
+    let report = h.run_for(&config("20/s"), Duration::from_secs(60)).await;
+    assert_eq!(report.dispatched, 200);
+    let late = h.late.lock().expect("late").clone();
+    assert!(late.is_empty(), "{} late deliveries: {late:?}", late.len());
+}

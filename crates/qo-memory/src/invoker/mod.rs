@@ -67,7 +67,7 @@ use environments::Environments;
 pub use failure::{FailureCondition, FailureRecord};
 pub use handler::{EventHandler, FunctionError, HandlerOutput};
 pub use options::{
-    DEFAULT_COLD_START, DEFAULT_KEEP_WARM, DEFAULT_MAXIMUM_EVENT_AGE,
+    DEFAULT_API_LATENCY, DEFAULT_COLD_START, DEFAULT_KEEP_WARM, DEFAULT_MAXIMUM_EVENT_AGE,
     DEFAULT_MAXIMUM_RETRY_ATTEMPTS, InvokerOptions, MIN_MAXIMUM_EVENT_AGE,
 };
 pub use schedule::{
@@ -289,6 +289,10 @@ impl LocalInvoker {
 impl Invoker for LocalInvoker {
     async fn invoke(&self, event: &WorkerEvent) -> Result<(), InvokeError> {
         lock_stats(&self.inner).invokes += 1;
+        let latency = self.inner.options.api_latency;
+        if !latency.is_zero() {
+            self.inner.clock.sleep(latency).await;
+        }
         let draw = self.draw();
         let delivered = match draw.fail.map_or_else(|| Self::wire(event), Err) {
             Ok(ev) => ev,

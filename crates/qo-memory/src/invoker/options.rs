@@ -26,10 +26,18 @@ pub const DEFAULT_COLD_START: Duration = Duration::from_millis(22);
 /// time" and documents no figure; 5 minutes errs on the short side (more cold starts).
 pub const DEFAULT_KEEP_WARM: Duration = Duration::from_secs(5 * 60);
 
+/// How long the Invoke API takes to answer (202) once called: a round trip to Lambda's
+/// regional endpoint, tens of milliseconds.
+pub const DEFAULT_API_LATENCY: Duration = Duration::from_millis(20);
+
 /// How the invoker delivers, throttles, retries and fails. Each field's default is AWS's own
 /// value (or, where AWS gives none, the less friendly choice).
 #[derive(Clone, Debug)]
 pub struct InvokerOptions {
+    /// How long [`Invoker::invoke`](qo_core::ports::Invoker::invoke) takes before the event is
+    /// accepted (default 20 ms): the caller's future must be polled that long, as an HTTP call
+    /// to the Invoke API must.
+    pub api_latency: Duration,
     /// Delay from the accepted invoke to the first attempt, drawn uniformly per delivery
     /// (default 2 to 20 ms: "usually milliseconds").
     pub delay: RangeInclusive<Duration>,
@@ -62,6 +70,7 @@ pub struct InvokerOptions {
 impl Default for InvokerOptions {
     fn default() -> Self {
         InvokerOptions {
+            api_latency: DEFAULT_API_LATENCY,
             delay: Duration::from_millis(2)..=Duration::from_millis(20),
             fail_rate: 0.0,
             duplicate_rate: 0.0,
