@@ -51,6 +51,9 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// `CIRCUIT_*` and `HEALTH_CHECK_*`: the circuit breaker's policy.
     pub circuit: CircuitPolicy,
+    /// `CREDENTIAL_REREAD_S` (default 60): after the API refuses the key (401/403) it is
+    /// re-read at most once per this long; calls back off until the next re-read.
+    pub credential_reread: Duration,
 }
 
 impl WorkerConfig {
@@ -137,6 +140,11 @@ impl WorkerConfig {
             retry_delay: env.seconds("RETRY_DELAY_S", Duration::from_secs(5))?,
             max_attempts,
             circuit: circuit_policy_from_env(env)?,
+            credential_reread: positive(
+                env,
+                "CREDENTIAL_REREAD_S",
+                env.seconds("CREDENTIAL_REREAD_S", Duration::from_secs(60))?,
+            )?,
         })
     }
 

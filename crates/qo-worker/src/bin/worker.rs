@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
+use aws_config::SdkConfig;
 use lambda_runtime::{Context, LambdaEvent, service_fn};
-use qo_aws::{DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config};
+use qo_aws::{ApiKey, DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config};
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Timestamp, WorkerEvent};
 use qo_worker::lambda::check_timeout_budget;
-use qo_worker::{ApiClient, SystemClock, Worker, WorkerConfig, handler};
+use qo_worker::{
+    ApiClient, CredentialError, CredentialSource, SystemClock, Worker, WorkerConfig, handler,
+};
 use tracing::{error, info, warn};
 
 #[tokio::main]
@@ -52,7 +56,10 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         "worker ready"
     );
 
-    let worker = Arc::new(Worker::new(config, client, store, queue, SystemClock));
+    let source = Arc::new(SecretStoreKey { aws: aws.clone() });
+    let worker = Arc::new(
+        Worker::new(config, client, store, queue, SystemClock).with_credential_source(source),
+    );
     let checked = Arc::new(AtomicBool::new(false));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<WorkerEvent>| {
         let worker = Arc::clone(&worker);
@@ -81,6 +88,21 @@ fn check_function_timeout(context: &Context, sdk: &SdkSettings, config: &WorkerC
             "function timeout too short: raise it or lower the timeouts (margin = MAX_SLOT_WAIT_MS \
              + API_CONNECT_TIMEOUT_MS + API_READ_TIMEOUT_MS + 2 s)"
         );
+    }
+}
+
+/// The API key re-read from where the cold start read it (`API_KEY`, Secrets Manager or SSM),
+/// after the API refused the key in use.
+struct SecretStoreKey {
+    aws: SdkConfig,
+}
+
+#[async_trait]
+impl CredentialSource for SecretStoreKey {
+    async fn load(&self) -> Result<Option<ApiKey>, CredentialError> {
+        load_api_key(&ProcessEnv, &self.aws)
+            .await
+            .map_err(|e| CredentialError(Box::new(e)))
     }
 }
 
