@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use lambda_runtime::{Context, LambdaEvent, service_fn};
-use qo_aws::{ApiKey, DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config};
+use qo_aws::{
+    ApiKey, DynamoStore, EmfMetrics, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config,
+};
 use qo_core::config::{Env, ProcessEnv};
-use qo_core::{Timestamp, WorkerEvent};
+use qo_core::{Clock, Timestamp, WorkerEvent};
 use qo_worker::lambda::check_timeout_budget;
 use qo_worker::{
     ApiClient, CredentialError, CredentialSource, SystemClock, Worker, WorkerConfig, handler,
@@ -57,18 +59,27 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     );
 
     let source = Arc::new(SecretStoreKey { aws: aws.clone() });
+    // Metrics (Succeeded, Throttled, Failures, Requeued, LateDeliveries, Duplicates,
+    // CredentialRejected, JobWait, ...) as one EMF line on stdout per invocation.
+    let metrics = Arc::new(EmfMetrics::from_env(&env, "worker"));
     let worker = Arc::new(
-        Worker::new(config, client, store, queue, SystemClock).with_credential_source(source),
+        Worker::new(config, client, store, queue, SystemClock)
+            .with_credential_source(source)
+            .with_observer(Arc::clone(&metrics) as Arc<dyn qo_core::Observer>),
     );
     let checked = Arc::new(AtomicBool::new(false));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<WorkerEvent>| {
         let worker = Arc::clone(&worker);
+        let metrics = Arc::clone(&metrics);
         let first = !checked.swap(true, Ordering::Relaxed);
         async move {
             if first {
                 check_function_timeout(&event.context, &sdk, worker.config());
             }
-            handler(&worker, event).await
+            let result = handler(&worker, event).await;
+            // Before the answer goes back: Lambda may freeze the environment right after.
+            metrics.flush(worker.clock().now());
+            result
         }
     }))
     .await
