@@ -15,9 +15,10 @@
 //! - A re-queued job keeps its `origin.message_id`: it names the job across attempts, so the
 //!   idempotency key of a job without an explicit id does not change when it is retried.
 //! - FIFO (optional): `group_id` and `dedup_id` are kept in the [`Origin`]; a `dedup_id` seen in
-//!   the last 5 minutes is accepted and dropped, as SQS does (on re-queue the key is the
-//!   `dedup_id` suffixed by the attempt, so each attempt goes through once). Group ordering is
-//!   not enforced beyond send order.
+//!   the last 5 minutes is accepted and dropped, as SQS does. A re-queue is a send with a
+//!   deduplication id of its own, as the SQS adapter's is (`qo_aws::sqs::unique_dedup_id`): two
+//!   untried re-queues of the same attempt both go through. Group ordering is not enforced
+//!   beyond send order.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -511,11 +512,8 @@ impl JobSink for MemoryQueue {
         } else {
             QueueRole::Main
         };
-        let dedup_key = origin
-            .dedup_id
-            .as_ref()
-            .map(|d| format!("{d}/{}", origin.attempt));
-        self.enqueue(role, body.to_string(), origin.clone(), delay, dedup_key);
+        // Each re-queue has a deduplication id of its own (as SqsQueue's): never dropped.
+        self.enqueue(role, body.to_string(), origin.clone(), delay, None);
         Ok(())
     }
 }
@@ -910,14 +908,17 @@ mod tests {
         let got = q.receive(10, NOW).await.expect("receive");
         assert_eq!(got[0].origin.group_id.as_deref(), Some("g"));
         assert_eq!(got[0].origin.dedup_id.as_deref(), Some("d"));
-        // A re-queue of attempt 1 goes through once.
-        let next = Origin {
-            attempt: 1,
-            ..got[0].origin.clone()
-        };
-        q.requeue("x", &next, NOW).await.expect("requeue");
-        q.requeue("x", &next, NOW).await.expect("requeue");
-        assert_eq!(q.depths().main_visible, 1);
+        // Re-queues have ids of their own: two of the same attempt both go through.
+        q.requeue("x", &got[0].origin, NOW).await.expect("requeue");
+        q.requeue("x", &got[0].origin, NOW).await.expect("requeue");
+        q.delete(&got).await.expect("delete");
+        assert_eq!(q.depths().main_visible, 2);
+        q.send_with("x", opts.clone());
+        assert_eq!(
+            q.depths().main_visible,
+            2,
+            "a repeat of the send is still dropped"
+        );
         c.sleep(DEDUP_WINDOW).await;
         q.send_with("x", opts);
         assert_eq!(q.depths().main_visible, 3, "window passed");
