@@ -102,24 +102,40 @@ for fn in ("OrchestratorFunction", "WorkerFunction"):
         fail(f"{fn}: Metadata needs BuildMethod rust-cargolambda and BuildProperties.Binary")
 
 # The worker's worst case for one job, with the defaults (seed 003: attempts x (connect + read)
-# + margin). The SDK and slot-wait values are the binaries' defaults (not template parameters).
-MAX_SLOT_WAIT_S = 5.0
+# + margin), as qo_worker::lambda::WorstCase counts it: the slot wait and tolerance, one API
+# call, the 5 AWS SDK calls after it on the longest path, a 2 s margin. The SDK, slot-wait and
+# tolerance values are the binaries' defaults (not template parameters).
+MAX_SLOT_WAIT_S, CALL_TOLERANCE_S = 5.0, 0.005
 API_ATTEMPTS = 1
 SDK_MAX_ATTEMPTS, SDK_CONNECT_S, SDK_READ_S = 3, 3.0, 5.0
-OTHER_CALLS_AND_MARGIN_S = 10.0
+SDK_CALLS_AFTER_THE_CALL = 5
+MARGIN_S = 2.0
 api = API_ATTEMPTS * (default("ApiConnectTimeoutMs") + default("ApiReadTimeoutMs")) / 1000
 sdk = SDK_MAX_ATTEMPTS * (SDK_CONNECT_S + SDK_READ_S)
-need = MAX_SLOT_WAIT_S + api + sdk + OTHER_CALLS_AND_MARGIN_S
+need = MAX_SLOT_WAIT_S + CALL_TOLERANCE_S + api + SDK_CALLS_AFTER_THE_CALL * sdk + MARGIN_S
 have = default("WorkerTimeout")
 if have < need:
     fail(f"WorkerTimeout default {have:g} s is below the worst case {need:g} s")
 print(
-    f"sam.sh: ok: WorkerTimeout {have:g} s >= slot wait {MAX_SLOT_WAIT_S:g} + API {api:g} "
-    f"+ SDK {sdk:g} + margin {OTHER_CALLS_AND_MARGIN_S:g} = {need:g} s"
+    f"sam.sh: ok: WorkerTimeout {have:g} s >= slot wait {MAX_SLOT_WAIT_S + CALL_TOLERANCE_S:g} "
+    f"+ API {api:g} + {SDK_CALLS_AFTER_THE_CALL} x SDK {sdk:g} + margin {MARGIN_S:g} = {need:g} s"
 )
-stop_margin_s, idle_exit_s = 5, 30
+# The orchestrator's stop margin defaults to its worst-case finish
+# (qo_orchestrator::config::FinishBudget): invokes in flight, SQS batches for MAX_IN_FLIGHT
+# deletes and 10 held releases, a fenced save, the lease release; its timeout must hold one SDK
+# call + that margin, and leave time to dispatch.
+INVOKE_MAX_RETRIES, INVOKE_RETRY_WAIT_S, MAX_IN_FLIGHT, MAX_HELD = 4, 10.0, 64, 10
+invokes = (INVOKE_MAX_RETRIES + 1) * (SDK_CONNECT_S + SDK_READ_S) + INVOKE_MAX_RETRIES * INVOKE_RETRY_WAIT_S
+batches = -(-(MAX_IN_FLIGHT + 9) // 10) + -(-MAX_HELD // 10)
+stop_margin_s = invokes + (batches + 2) * sdk
+idle_exit_s = 30
+for name in ("Default", "MinValue"):
+    value = float(params["OrchestratorTimeout"][name])
+    if value < sdk + stop_margin_s:
+        fail(f"OrchestratorTimeout {name} {value:g} s is below one SDK call + the stop margin {sdk + stop_margin_s:g} s")
 if default("OrchestratorTimeout") <= stop_margin_s + idle_exit_s:
     fail("OrchestratorTimeout default leaves no time to dispatch")
+print(f"sam.sh: ok: OrchestratorTimeout >= SDK {sdk:g} + stop margin {stop_margin_s:g} s")
 
 # Event samples: JSON, with the shapes the functions take.
 events = pathlib.Path("events")
