@@ -163,7 +163,7 @@ impl SqsQueue {
         Some(aws_sdk_sqs::config::Builder::default().timeout_config(t.build()))
     }
 
-    async fn receive_raw(
+    pub(crate) async fn receive_raw(
         &self,
         url: &str,
         max: usize,
@@ -215,6 +215,39 @@ impl SqsQueue {
         if self.fifo {
             req = req
                 .message_group_id(DEFAULT_GROUP)
+                .message_deduplication_id(unique_dedup_id());
+        }
+        let out = req.send().await.map_err(|e| queue_err(OP, e))?;
+        out.message_id
+            .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
+    }
+
+    /// Sends a job back to the main queue as a new message, keeping what its `origin` says:
+    /// the attempt count (`qo-attempt`), the first enqueue time (`qo-enqueued-at-ms`) and, on
+    /// a FIFO queue, the message group (with a deduplication id of its own). Returns the new
+    /// message id. For jobs that come back from outside the queues (the worker's on-failure
+    /// destination); `body` should carry the job's id, so that its idempotency key survives the
+    /// new message id.
+    pub async fn resend_job(&self, body: &str, origin: &Origin) -> Result<String, QueueError> {
+        const OP: &str = "sqs.SendMessage(resend)";
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(&self.urls.main)
+            .message_body(body)
+            .message_attributes(
+                ATTR_ATTEMPT,
+                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(OP, e))?,
+            );
+        if let Some(at) = origin.enqueued_at {
+            req = req.message_attributes(
+                ATTR_ENQUEUED_AT_MS,
+                number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
+            );
+        }
+        if self.fifo {
+            req = req
+                .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
                 .message_deduplication_id(unique_dedup_id());
         }
         let out = req.send().await.map_err(|e| queue_err(OP, e))?;
@@ -319,7 +352,11 @@ impl SqsQueue {
         Ok(sent.len() as u64)
     }
 
-    async fn delete_receipts(&self, url: &str, receipts: &[String]) -> Result<(), QueueError> {
+    pub(crate) async fn delete_receipts(
+        &self,
+        url: &str,
+        receipts: &[String],
+    ) -> Result<(), QueueError> {
         const OP: &str = "sqs.DeleteMessageBatch";
         in_batches(receipts, "delete", |chunk| async move {
             let entries = chunk
@@ -346,7 +383,7 @@ impl SqsQueue {
         .await
     }
 
-    async fn change_visibility(
+    pub(crate) async fn change_visibility(
         &self,
         url: &str,
         receipts: &[&str],
