@@ -41,10 +41,12 @@ QEMU="${QO_QEMU:-qemu-aarch64}"
 AARCH64_SYSROOT="${QO_AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}"
 
 # The functions' timeouts here (seconds): the deadline each invocation gets. The orchestrator's
-# is short so that a run that does not stop when idle shows as `deadline`; the worker's is the
-# template's default.
-ORCHESTRATOR_TIMEOUT_S=30
-WORKER_TIMEOUT_S=60
+# is short, just above what its start-up check needs (one SDK call + its stop margin, the
+# worst-case finish: 24 s + 344 s with the default SDK settings), so that a run that does not
+# stop when idle shows as `deadline` after 56 s of dispatch; the worker's is the template's
+# default.
+ORCHESTRATOR_TIMEOUT_S=400
+WORKER_TIMEOUT_S=150
 # Worker instances polling at once (QO_EMULATOR_WORKERS). Lambda starts as many as the events
 # in flight need; here the pool is fixed, and cargo-lambda's emulator hands each event to
 # whichever instance asks first. At 20 calls/s an event holds an instance for the dispatch
@@ -356,7 +358,7 @@ function_env() {
       # The worker is invoked through cargo-lambda's Invoke API (by way of the proxy, which logs
       # each invoke), everything else goes to moto.
       FN_ENV+=(WORKER_FUNCTION_NAME=worker "AWS_ENDPOINT_URL_LAMBDA=http://127.0.0.1:$PROXY_PORT"
-        IDLE_EXIT_S=2 STOP_MARGIN_S=1)
+        IDLE_EXIT_S=2)
       ;;
     worker) FN_ENV+=("API_BASE_URL=$SIM") ;;
   esac

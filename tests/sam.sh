@@ -107,7 +107,7 @@ PARAMETER_SETS = {
         "BudgetMode": "spread",
         "MaxReceiveCount": 4,
         "WorkerMaxEventAgeSeconds": 60,
-        "OrchestratorTimeout": 300,
+        "OrchestratorTimeout": 600,
         "QueueAgeAlarmSeconds": 86400,
     },
     # A large reservation, the credential in Parameter Store, a slow API with longer timeouts,
@@ -118,7 +118,7 @@ PARAMETER_SETS = {
         "WorkerConcurrency": 200,
         "ApiConnectTimeoutMs": 1000,
         "ApiReadTimeoutMs": 30000,
-        "WorkerTimeout": 90,
+        "WorkerTimeout": 180,
         "WorkerMaxEventAgeSeconds": 21600,
         "WorkerThrottleAlarmThreshold": 10,
         "WorkerAsyncEventAgeAlarmMs": 5000,
@@ -265,25 +265,40 @@ def timeouts(name, r):
         meta = tpl["Resources"][fn].get("Metadata", {})
         if meta.get("BuildMethod") != "rust-cargolambda" or not meta.get("BuildProperties", {}).get("Binary"):
             fail(f"{fn}: Metadata needs BuildMethod rust-cargolambda and BuildProperties.Binary")
-    # The worker's worst case for one job (seed 003: attempts x (connect + read) + margin).
-    # The SDK and slot-wait values are the binaries' defaults (not template parameters).
-    MAX_SLOT_WAIT_S = 5.0
+    # The worker's worst case for one job, as qo_worker::lambda::WorstCase counts it (seed 003:
+    # attempts x (connect + read) + margin): the slot wait and tolerance, one API call, the 5
+    # AWS SDK calls after it on the longest path, a 2 s margin. The SDK, slot-wait and
+    # tolerance values are the binaries' defaults (not template parameters).
+    MAX_SLOT_WAIT_S, CALL_TOLERANCE_S = 5.0, 0.005
     API_ATTEMPTS = 1
     SDK_MAX_ATTEMPTS, SDK_CONNECT_S, SDK_READ_S = 3, 3.0, 5.0
-    OTHER_CALLS_AND_MARGIN_S = 10.0
+    SDK_CALLS_AFTER_THE_CALL = 5
+    MARGIN_S = 2.0
     v = r.values
     api = API_ATTEMPTS * (num(v["ApiConnectTimeoutMs"]) + num(v["ApiReadTimeoutMs"])) / 1000
     sdk = SDK_MAX_ATTEMPTS * (SDK_CONNECT_S + SDK_READ_S)
-    need = MAX_SLOT_WAIT_S + api + sdk + OTHER_CALLS_AND_MARGIN_S
+    need = MAX_SLOT_WAIT_S + CALL_TOLERANCE_S + api + SDK_CALLS_AFTER_THE_CALL * sdk + MARGIN_S
     have = num(v["WorkerTimeout"])
     if have < need:
         fail(f"{name}: WorkerTimeout {have:g} s is below the worst case {need:g} s")
-    stop_margin_s, idle_exit_s = 5, 30
-    if num(v["OrchestratorTimeout"]) <= stop_margin_s + idle_exit_s:
+    # The orchestrator's stop margin defaults to its worst-case finish
+    # (qo_orchestrator::config::FinishBudget): invokes in flight, SQS batches for MAX_IN_FLIGHT
+    # deletes and 10 held releases, a fenced save, the lease release. Its timeout must hold one
+    # SDK call + that margin, and leave time to dispatch.
+    INVOKE_MAX_RETRIES, INVOKE_RETRY_WAIT_S, MAX_IN_FLIGHT, MAX_HELD = 4, 10.0, 64, 10
+    invokes = (INVOKE_MAX_RETRIES + 1) * (SDK_CONNECT_S + SDK_READ_S) + INVOKE_MAX_RETRIES * INVOKE_RETRY_WAIT_S
+    batches = -(-(MAX_IN_FLIGHT + 9) // 10) + -(-MAX_HELD // 10)
+    stop_margin_s = invokes + (batches + 2) * sdk
+    idle_exit_s = 30
+    orch = num(v["OrchestratorTimeout"])
+    if orch < sdk + stop_margin_s:
+        fail(f"{name}: OrchestratorTimeout {orch:g} s is below one SDK call + the stop margin {sdk + stop_margin_s:g} s")
+    if orch <= stop_margin_s + idle_exit_s:
         fail(f"{name}: OrchestratorTimeout leaves no time to dispatch")
     return (
-        f"WorkerTimeout {have:g} s >= slot wait {MAX_SLOT_WAIT_S:g} + API {api:g} "
-        f"+ SDK {sdk:g} + margin {OTHER_CALLS_AND_MARGIN_S:g} = {need:g} s"
+        f"WorkerTimeout {have:g} s >= slot wait {MAX_SLOT_WAIT_S + CALL_TOLERANCE_S:g} + API {api:g} "
+        f"+ {SDK_CALLS_AFTER_THE_CALL} x SDK {sdk:g} + margin {MARGIN_S:g} = {need:g} s; "
+        f"OrchestratorTimeout {orch:g} s >= SDK {sdk:g} + stop margin {stop_margin_s:g} s"
     )
 
 

@@ -19,6 +19,8 @@
 //! - [`lambda`]: [`LambdaInvoker`] ([`Invoker`](qo_core::ports::Invoker)) with its
 //!   [`InvokeLimiter`] and [`Backoff`].
 //! - [`secrets`]: [`load_api_key`] and the never-printed [`ApiKey`].
+//! - [`worker_failures`]: bringing back the worker's on-failure queue
+//!   ([`redrive_worker_failures`]).
 //! - [`error`]: [`AwsError`] and the mapping of SDK errors into the ports' errors.
 
 #![deny(missing_docs)]
@@ -31,6 +33,7 @@ pub mod logging;
 pub mod metrics;
 pub mod secrets;
 pub mod sqs;
+pub mod worker_failures;
 
 pub use clients::{
     DEFAULT_REGION, SdkSettings, TimeoutBudgetError, check_function_timeout, load_config,
@@ -42,3 +45,4 @@ pub use lambda::{AsyncInvoke, Backoff, InvokeLimiter, InvokeSettings, LambdaInvo
 pub use metrics::EmfMetrics;
 pub use secrets::{ApiKey, KeySource, load_api_key};
 pub use sqs::{QueueDepth, QueueUrls, SqsQueue, ensure_queues, ensure_queues_with};
+pub use worker_failures::{WorkerFailuresReport, redrive_worker_failures};

@@ -144,6 +144,7 @@ impl Observer for EmfMetrics {
             }
             Observation::DeadLettered { .. } => self.add("DeadLettered", 1.0),
             Observation::Duplicate { .. } => self.add("Duplicates", 1.0),
+            Observation::CredentialRejected { .. } => self.add("CredentialRejected", 1.0),
             Observation::Circuit { phase, .. } => self.gauge(
                 "CircuitOpen",
                 if phase == CircuitPhase::Closed {

@@ -5,8 +5,12 @@
 //! Our own message attributes: `qo-attempt` (tries so far), `qo-enqueued-at-ms` (first enqueue,
 //! kept across re-queues), and on the dead-letter queue `qo-reason` and `qo-source-message-id`.
 //!
-//! FIFO queues (URL ending in `.fifo`) keep the message group on re-queue and dead-letter, and
-//! get a deduplication id derived from the original's. SQS does not support a per-message
+//! FIFO queues (URL ending in `.fifo`) keep the message group on re-queue, dead-letter and
+//! redrive, and every send gets a deduplication id of its own ([`unique_dedup_id`]): SQS accepts
+//! and drops a send whose id it saw in the last 5 minutes, so an id derived from the job (its
+//! message id and attempt) lost the second untried re-queue of the same attempt, or a job
+//! redriven twice within 5 minutes. Each of our sends is a deliberate new copy; duplicates are
+//! caught by the worker's idempotency record, not by SQS. SQS does not support a per-message
 //! `DelaySeconds` on FIFO queues, so a FIFO re-queue is visible again at once: the delay is
 //! dropped (the orchestrator's pacing still applies).
 //!
@@ -14,7 +18,6 @@
 //! queue's long poll; on SQS a short poll samples a subset of servers and can miss a message
 //! that is there, which a later poll then sees.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,7 +61,6 @@ pub const DEFAULT_GROUP: &str = "default";
 pub const DLQ_GROUP: &str = "dlq";
 
 const MAX_BATCH: usize = 10;
-const MAX_DEDUP_ID: usize = 128;
 
 /// The queue URLs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,7 +160,7 @@ impl SqsQueue {
         Some(aws_sdk_sqs::config::Builder::default().timeout_config(t.build()))
     }
 
-    async fn receive_raw(
+    pub(crate) async fn receive_raw(
         &self,
         url: &str,
         max: usize,
@@ -209,11 +211,42 @@ impl SqsQueue {
                 number_attr(now.as_millis()).map_err(|e| queue_backend(OP, e))?,
             );
         if self.fifo {
-            let mut rng = rand::rng();
-            let dedup = format!("{:016x}{:016x}", rng.random::<u64>(), rng.random::<u64>());
             req = req
                 .message_group_id(DEFAULT_GROUP)
-                .message_deduplication_id(dedup);
+                .message_deduplication_id(unique_dedup_id());
+        }
+        let out = req.send().await.map_err(|e| queue_err(OP, e))?;
+        out.message_id
+            .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
+    }
+
+    /// Sends a job back to the main queue as a new message, keeping what its `origin` says:
+    /// the attempt count (`qo-attempt`), the first enqueue time (`qo-enqueued-at-ms`) and, on
+    /// a FIFO queue, the message group (with a deduplication id of its own). Returns the new
+    /// message id. For jobs that come back from outside the queues (the worker's on-failure
+    /// destination); `body` should carry the job's id, so that its idempotency key survives the
+    /// new message id.
+    pub async fn resend_job(&self, body: &str, origin: &Origin) -> Result<String, QueueError> {
+        const OP: &str = "sqs.SendMessage(resend)";
+        let mut req = self
+            .client
+            .send_message()
+            .queue_url(&self.urls.main)
+            .message_body(body)
+            .message_attributes(
+                ATTR_ATTEMPT,
+                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(OP, e))?,
+            );
+        if let Some(at) = origin.enqueued_at {
+            req = req.message_attributes(
+                ATTR_ENQUEUED_AT_MS,
+                number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
+            );
+        }
+        if self.fifo {
+            req = req
+                .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
+                .message_deduplication_id(unique_dedup_id());
         }
         let out = req.send().await.map_err(|e| queue_err(OP, e))?;
         out.message_id
@@ -287,7 +320,7 @@ impl SqsQueue {
             if main_fifo {
                 e = e
                     .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
-                    .message_deduplication_id(dedup_id(&origin.message_id, "redrive"));
+                    .message_deduplication_id(unique_dedup_id());
             }
             entries.push(e.build().map_err(|e| invalid_entry(OP, e))?);
             receipts.push(receipt);
@@ -318,7 +351,11 @@ impl SqsQueue {
         Ok(sent.len() as u64)
     }
 
-    async fn delete_receipts(&self, url: &str, receipts: &[String]) -> Result<(), QueueError> {
+    pub(crate) async fn delete_receipts(
+        &self,
+        url: &str,
+        receipts: &[String],
+    ) -> Result<(), QueueError> {
         const OP: &str = "sqs.DeleteMessageBatch";
         in_batches(receipts, "delete", |chunk| async move {
             let entries = chunk
@@ -345,7 +382,7 @@ impl SqsQueue {
         .await
     }
 
-    async fn change_visibility(
+    pub(crate) async fn change_visibility(
         &self,
         url: &str,
         receipts: &[&str],
@@ -518,10 +555,9 @@ impl JobSink for SqsQueue {
             );
         }
         if is_fifo(&self.urls.dlq) {
-            let base = o.dedup_id.as_deref().unwrap_or(&o.message_id);
             req = req
                 .message_group_id(o.group_id.as_deref().unwrap_or(DLQ_GROUP))
-                .message_deduplication_id(dedup_id(base, &format!("dlq-a{}", o.attempt)));
+                .message_deduplication_id(unique_dedup_id());
         }
         req.send().await.map_err(|e| queue_err(OP, e))?;
         tracing::info!(
@@ -558,10 +594,9 @@ impl JobSink for SqsQueue {
         }
         if is_fifo(url) {
             // FIFO queues refuse a per-message DelaySeconds: the delay is dropped.
-            let base = origin.dedup_id.as_deref().unwrap_or(&origin.message_id);
             req = req
                 .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
-                .message_deduplication_id(dedup_id(base, &format!("a{}", origin.attempt)));
+                .message_deduplication_id(unique_dedup_id());
         } else {
             let secs = ceil_secs(delay).min(MAX_DELAY_S);
             req = req.delay_seconds(i32::try_from(secs).unwrap_or(0));
@@ -849,28 +884,11 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A FIFO deduplication id: `<base>-<suffix>`, where an attempt suffix `-a<N>` already on
-/// `base` is replaced, not stacked. Characters SQS refuses are dropped; a result longer than
-/// SQS's 128 characters keeps a prefix of `base` and a hash of all of it.
-fn dedup_id(base: &str, suffix: &str) -> String {
-    let base = strip_attempt(base);
-    let clean: String = base.chars().filter(|c| c.is_ascii_graphic()).collect();
-    let id = format!("{clean}-{suffix}");
-    if id.len() <= MAX_DEDUP_ID {
-        return id;
-    }
-    let mut h = DefaultHasher::new();
-    base.hash(&mut h);
-    let hash = format!("{:016x}", h.finish());
-    let keep = MAX_DEDUP_ID.saturating_sub(suffix.len() + hash.len() + 2);
-    format!("{}-{hash}-{suffix}", &clean[..keep.min(clean.len())])
-}
-
-fn strip_attempt(base: &str) -> &str {
-    match base.rsplit_once("-a") {
-        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head,
-        _ => base,
-    }
+/// A FIFO deduplication id of its own for one send: 128 random bits as 32 hex characters
+/// (SQS allows up to 128 alphanumeric and punctuation characters).
+pub fn unique_dedup_id() -> String {
+    let mut rng = rand::rng();
+    format!("{:016x}{:016x}", rng.random::<u64>(), rng.random::<u64>())
 }
 
 #[cfg(test)]
@@ -878,15 +896,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dedup_ids_replace_the_attempt_and_stay_short() {
-        assert_eq!(dedup_id("m-1", "a1"), "m-1-a1");
-        assert_eq!(dedup_id("m-1-a1", "a2"), "m-1-a2");
-        assert_eq!(dedup_id("m-1", "dlq-a3"), "m-1-dlq-a3");
-        let long = "x".repeat(200);
-        let id = dedup_id(&long, "a12");
-        assert_eq!(id.len(), MAX_DEDUP_ID);
-        assert!(id.ends_with("-a12"));
-        assert_ne!(id, dedup_id(&"x".repeat(199), "a12"));
+    fn dedup_ids_are_unique_per_send() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| unique_dedup_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(
+            ids.iter()
+                .all(|i| i.len() == 32 && i.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
     }
 
     #[test]

@@ -384,11 +384,12 @@ async fn fifo_requeue_keeps_the_message_group() {
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].queue, QueueRole::Retry);
     assert_eq!(back[0].origin.group_id.as_deref(), Some("tenant-7"));
-    assert_eq!(back[0].origin.dedup_id.as_deref(), Some("job-42-a1"));
+    let first_id = back[0].origin.dedup_id.clone().expect("a dedup id");
+    assert_ne!(first_id, "job-42", "a deduplication id of its own");
     assert_eq!(back[0].origin.attempt, 1);
 
-    // The next re-queue replaces the attempt suffix instead of stacking it, and a FIFO
-    // dead-letter keeps the group too.
+    // The next re-queue gets another id of its own, and a FIFO dead-letter keeps the group
+    // too.
     let next = Origin {
         attempt: 2,
         ..back[0].origin.clone()
@@ -405,7 +406,10 @@ async fn fifo_requeue_keeps_the_message_group() {
     .expect("FIFO dead-letter");
     q.delete(&back).await.unwrap();
     let again = receive_n(&q, 1).await;
-    assert_eq!(again[0].origin.dedup_id.as_deref(), Some("job-42-a2"));
+    assert_eq!(again.len(), 1);
+    let second_id = again[0].origin.dedup_id.clone().expect("a dedup id");
+    assert_ne!(second_id, first_id);
+    assert_ne!(second_id, "job-42");
     let dlq = drain_raw(&client, &q.urls().dlq).await;
     assert_eq!(dlq.len(), 1);
     assert_eq!(
@@ -415,6 +419,64 @@ async fn fifo_requeue_keeps_the_message_group() {
             .map(String::as_str),
         Some("tenant-7")
     );
+}
+
+/// SQS (and moto) accept and drop a FIFO send whose deduplication id was seen in the last 5
+/// minutes. The worker re-queues a job untried with the same attempt (late, claimed elsewhere,
+/// a refused credential), possibly twice within 5 minutes: each must arrive.
+#[tokio::test]
+async fn fifo_untried_requeues_of_the_same_attempt_within_five_minutes_both_arrive() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, true).await;
+    // First, that moto honours deduplication at all: a second send with the same id is
+    // accepted and dropped.
+    for _ in 0..2 {
+        client
+            .send_message()
+            .queue_url(&q.urls().main)
+            .message_body(r#"{"id":"job-9","path":"/fifo"}"#)
+            .message_group_id("tenant-9")
+            .message_deduplication_id("job-9")
+            .send()
+            .await
+            .expect("send");
+    }
+    let got = receive_n(&q, 2).await;
+    assert_eq!(got.len(), 1, "moto dropped the duplicate send");
+    q.delete(&got).await.unwrap();
+
+    // Two untried re-queues of attempt 0, each of the copy the previous one made.
+    let mut current = got;
+    for round in 1..=2 {
+        q.requeue(&current[0].body, &current[0].origin, Duration::ZERO)
+            .await
+            .expect("requeue");
+        q.delete(&current).await.unwrap();
+        let back = receive_n(&q, 1).await;
+        assert_eq!(back.len(), 1, "re-queue {round} was received, not dropped");
+        assert_eq!(back[0].origin.attempt, 0);
+        assert_eq!(back[0].origin.group_id.as_deref(), Some("tenant-9"));
+        current = back;
+    }
+    // And a dead letter and a redrive of the same job twice within the window (a guard: the
+    // old redrive id, the dead letter's own message id, was already unique per send).
+    for round in 1..=2 {
+        q.dead_letter(DeadLetter {
+            body: current[0].body.clone(),
+            reason: "HTTP 404".into(),
+            origin: current[0].origin.clone(),
+        })
+        .await
+        .expect("dead-letter");
+        q.delete(&current).await.unwrap();
+        let report = q.redrive(None, false).await.expect("redrive");
+        assert_eq!(report.moved, 1, "redrive {round} moved the dead letter");
+        let back = receive_n(&q, 1).await;
+        assert_eq!(back.len(), 1, "redrive {round} was received, not dropped");
+        current = back;
+    }
 }
 
 #[tokio::test]

@@ -15,15 +15,33 @@ pub struct Control {
     /// A quota that replaces the configured one, without a redeploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaSpec>,
-    /// The API answered 429: no call before this.
+    /// The API answered 429 (or rejected the credential): no call before this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_until: Option<Timestamp>,
+    /// Why `backoff_until` was set, for status and alarms (absent in records written before
+    /// it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_reason: Option<BackoffReason>,
     /// Who changed it last, for status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<String>,
     /// When it changed last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Timestamp>,
+}
+
+/// Why the worker asked the orchestrator to stop calling for a while.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackoffReason {
+    /// The API answered 429 (its `Retry-After`, or the default delay).
+    Throttled,
+    /// The API answered 401 or 403 and the credential, re-read, had not changed: calls wait
+    /// for the next re-read (a rotated key) instead of dead-lettering every job.
+    CredentialRejected {
+        /// The HTTP status (401 or 403).
+        status: u16,
+    },
 }
 
 /// An operator's command, as `qo` sends it and as a control event carries it

@@ -47,6 +47,17 @@ pub enum Observation {
         /// Its Retry-After.
         retry_after: Option<Duration>,
     },
+    /// The API answered 401 or 403: the credential, not the job, was refused. The job went
+    /// back untried; an alarm should page (a rotated or revoked key).
+    CredentialRejected {
+        /// Job id.
+        job_id: String,
+        /// The HTTP status (401 or 403).
+        status: u16,
+        /// Whether the credential, re-read after the refusal, had changed (a rotation the
+        /// worker had not seen yet): the job is then retried at once, with no back-off.
+        key_changed: bool,
+    },
     /// A job was put back on a queue.
     Requeued {
         /// Job id.

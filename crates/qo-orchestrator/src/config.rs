@@ -141,6 +141,96 @@ impl OrchestratorConfig {
 
 pub use qo_core::config::circuit_policy;
 
+/// The most messages the loop holds undispatched at once: one receive (SQS's 10).
+pub const MAX_HELD: usize = 10;
+
+/// What the orchestrator's finish may take at worst (seed 003), from its settings. At its stop
+/// the loop waits for the invokes in flight, deletes what they dispatched and releases what it
+/// held (batches of 10), saves usage once (fenced) and releases the lease, one after the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinishBudget {
+    /// One AWS SDK call (SQS, DynamoDB): `SDK_MAX_ATTEMPTS` x (`SDK_CONNECT_TIMEOUT_MS` +
+    /// `SDK_READ_TIMEOUT_MS`).
+    pub sdk_call: Duration,
+    /// One Invoke attempt (the Lambda client makes one, the invoker retries):
+    /// `SDK_CONNECT_TIMEOUT_MS` + `SDK_READ_TIMEOUT_MS`.
+    pub invoke_attempt: Duration,
+    /// `INVOKE_MAX_RETRIES`.
+    pub invoke_retries: u32,
+    /// The longest wait before an Invoke retry (the back-off's ceiling, or the largest
+    /// `retryAfterSeconds` waited out).
+    pub invoke_retry_wait: Duration,
+    /// `MAX_IN_FLIGHT`: invokes that may be in flight, each a message to delete.
+    pub max_in_flight: usize,
+}
+
+impl FinishBudget {
+    /// The longest wait for the invokes in flight (they run at once):
+    /// (retries + 1) x attempt + retries x retry wait.
+    pub fn invokes(&self) -> Duration {
+        self.invoke_attempt
+            .saturating_mul(self.invoke_retries.saturating_add(1))
+            .saturating_add(self.invoke_retry_wait.saturating_mul(self.invoke_retries))
+    }
+
+    /// SQS batch calls at the stop: deletes of up to `MAX_IN_FLIGHT` dispatched messages plus
+    /// the up to 9 already waiting for a full batch, and the release of up to [`MAX_HELD`].
+    pub fn batches(&self) -> u32 {
+        let deletes = self.max_in_flight.saturating_add(9).div_ceil(10);
+        let releases = MAX_HELD.div_ceil(10);
+        u32::try_from(deletes + releases).unwrap_or(u32::MAX)
+    }
+
+    /// The whole finish: the invokes, the batches, one fenced save and the lease release.
+    pub fn total(&self) -> Duration {
+        self.invokes().saturating_add(
+            self.sdk_call
+                .saturating_mul(self.batches().saturating_add(2)),
+        )
+    }
+}
+
+/// `STOP_MARGIN_S` is shorter than the worst-case finish.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "STOP_MARGIN_S={} is shorter than the orchestrator's worst-case finish of {} s: the invokes \
+     in flight ((INVOKE_MAX_RETRIES={} + 1) x (SDK_CONNECT_TIMEOUT_MS + SDK_READ_TIMEOUT_MS={} ms) \
+     + {} x {} s between retries = {} s), then {} SQS batch calls (deletes of MAX_IN_FLIGHT={} and \
+     releases of {} held), a fenced save and the lease release: {} x {} s (SDK_MAX_ATTEMPTS x \
+     (SDK_CONNECT_TIMEOUT_MS + SDK_READ_TIMEOUT_MS)); leave STOP_MARGIN_S unset (it defaults to \
+     the worst case) or lower these",
+    .stop_margin.as_secs(), .budget.total().as_secs_f64(), .budget.invoke_retries,
+    .budget.invoke_attempt.as_millis(), .budget.invoke_retries,
+    .budget.invoke_retry_wait.as_secs_f64(), .budget.invokes().as_secs_f64(),
+    .budget.batches(), .budget.max_in_flight, MAX_HELD, .budget.batches() + 2,
+    .budget.sdk_call.as_secs_f64()
+)]
+pub struct StopMarginError {
+    /// `STOP_MARGIN_S`.
+    pub stop_margin: Duration,
+    /// The finish it must cover.
+    pub budget: FinishBudget,
+}
+
+/// The stop margin: `STOP_MARGIN_S` when given (`explicit`), refused when shorter than the
+/// worst-case finish; else the worst-case finish rounded up to whole seconds.
+pub fn stop_margin(
+    explicit: Option<Duration>,
+    budget: &FinishBudget,
+) -> Result<Duration, StopMarginError> {
+    let worst = budget.total();
+    match explicit {
+        Some(margin) if margin < worst => Err(StopMarginError {
+            stop_margin: margin,
+            budget: *budget,
+        }),
+        Some(margin) => Ok(margin),
+        None => Ok(Duration::from_secs(
+            worst.as_secs() + u64::from(worst.subsec_nanos() > 0),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +251,57 @@ mod tests {
         assert_eq!(c.idle_exit, None);
         assert_eq!(c.dispatch_lead, Duration::from_millis(250));
         assert_eq!(c.circuit.failure_threshold.get(), 3);
+    }
+
+    fn defaults_budget() -> FinishBudget {
+        // The defaults: SDK 3 x (3 + 5) s, Invoke attempts 3 + 5 s, 4 retries at most 10 s
+        // apart, 64 in flight.
+        FinishBudget {
+            sdk_call: Duration::from_secs(24),
+            invoke_attempt: Duration::from_secs(8),
+            invoke_retries: 4,
+            invoke_retry_wait: Duration::from_secs(10),
+            max_in_flight: 64,
+        }
+    }
+
+    #[test]
+    fn the_worst_case_finish_counts_invokes_batches_the_save_and_the_lease() {
+        let b = defaults_budget();
+        // 5 x 8 + 4 x 10 = 80 s for the invokes.
+        assert_eq!(b.invokes(), Duration::from_secs(80));
+        // (64 + 9) / 10 -> 8 delete batches, 1 release batch.
+        assert_eq!(b.batches(), 9);
+        // 80 + (9 + 2) x 24 = 344 s.
+        assert_eq!(b.total(), Duration::from_secs(344));
+        assert_eq!(stop_margin(None, &b), Ok(Duration::from_secs(344)));
+        assert_eq!(
+            stop_margin(Some(Duration::from_secs(400)), &b),
+            Ok(Duration::from_secs(400))
+        );
+        let e = stop_margin(Some(Duration::from_secs(5)), &b).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 344 s: the \
+             invokes in flight ((INVOKE_MAX_RETRIES=4 + 1) x (SDK_CONNECT_TIMEOUT_MS + \
+             SDK_READ_TIMEOUT_MS=8000 ms) + 4 x 10 s between retries = 80 s), then 9 SQS batch \
+             calls (deletes of MAX_IN_FLIGHT=64 and releases of 10 held), a fenced save and the \
+             lease release: 11 x 24 s (SDK_MAX_ATTEMPTS x (SDK_CONNECT_TIMEOUT_MS + \
+             SDK_READ_TIMEOUT_MS)); leave STOP_MARGIN_S unset (it defaults to the worst case) or \
+             lower these"
+        );
+        // Small settings: SDK 2 x (0.5 + 1) s, no Invoke retry, 16 in flight:
+        // 1.5 + (3 + 1 + 2) x 3 = 19.5 s, rounded up to 20 s.
+        let small = FinishBudget {
+            sdk_call: Duration::from_secs(3),
+            invoke_attempt: Duration::from_millis(1_500),
+            invoke_retries: 0,
+            invoke_retry_wait: Duration::from_secs(10),
+            max_in_flight: 16,
+        };
+        assert_eq!(small.batches(), 4);
+        assert_eq!(small.total(), Duration::from_millis(19_500));
+        assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(20)));
     }
 
     #[test]

@@ -126,6 +126,10 @@ impl Stack {
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env("RETRY_DELAY_S", "1")
+            // The template's WorkerTimeout. Without it the worker would check the first
+            // invocation's deadline, and cargo-lambda 1.9.2 sends one in 1970
+            // (`Lambda-Runtime-Deadline-Ms: 600000`): it would refuse every event.
+            .env("FUNCTION_TIMEOUT_S", "150")
             .env(
                 "HEALTH_CHECK_INITIAL_S",
                 HEALTH_CHECK_INITIAL.as_secs().to_string(),

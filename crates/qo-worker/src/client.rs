@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use qo_core::job::{Job, Method};
@@ -20,12 +21,17 @@ const EXCERPT_SLACK: usize = 4;
 /// Requests go only to the configured base URL: a job's path is joined under the base path and
 /// the result is checked to stay there; redirects are not followed, so the credential header is
 /// never sent anywhere else.
+///
+/// The credential can be replaced while the client is in use ([`HttpCall::set_api_key`], after
+/// the API refused it); clones share it.
 #[derive(Clone)]
 pub struct ApiClient {
     client: Client,
     base: Url,
     health_path: String,
-    credential: Option<(HeaderName, HeaderValue)>,
+    auth_header: HeaderName,
+    auth_prefix: String,
+    credential: Arc<RwLock<Option<(HeaderName, HeaderValue)>>>,
     body_limit: usize,
 }
 
@@ -34,10 +40,7 @@ impl fmt::Debug for ApiClient {
         f.debug_struct("ApiClient")
             .field("base", &self.base.as_str())
             .field("health_path", &self.health_path)
-            .field(
-                "credential",
-                &self.credential.as_ref().map(|(name, _)| name.as_str()),
-            )
+            .field("credential", &self.credential_header())
             .finish_non_exhaustive()
     }
 }
@@ -57,25 +60,27 @@ impl ApiClient {
             ))
             .build()
             .map_err(WorkerError::Client)?;
-        let credential = match api_key.map(str::trim).filter(|k| !k.is_empty()) {
-            None => None,
-            Some(key) => {
-                let mut value = HeaderValue::from_str(&format!("{}{key}", config.auth_prefix))
-                    .map_err(|_| WorkerError::Credential {
-                        header: config.auth_header.to_string(),
-                        reason: "the prefix and key must be visible ASCII".to_string(),
-                    })?;
-                value.set_sensitive(true);
-                Some((config.auth_header.clone(), value))
-            }
-        };
+        let credential = credential(&config.auth_header, &config.auth_prefix, api_key)?;
         Ok(ApiClient {
             client,
             base: config.api_base_url.clone(),
             health_path: config.health_path.clone(),
-            credential,
+            auth_header: config.auth_header.clone(),
+            auth_prefix: config.auth_prefix.clone(),
+            credential: Arc::new(RwLock::new(credential)),
             body_limit: config.excerpt_bytes + EXCERPT_SLACK,
         })
+    }
+
+    fn credential(&self) -> Option<(HeaderName, HeaderValue)> {
+        self.credential
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn credential_header(&self) -> Option<String> {
+        self.credential().map(|(name, _)| name.as_str().to_string())
     }
 
     /// The base URL jobs are joined under.
@@ -85,7 +90,7 @@ impl ApiClient {
 
     /// Whether a credential header is sent.
     pub fn has_credential(&self) -> bool {
-        self.credential.is_some()
+        self.credential().is_some()
     }
 
     /// Builds the request for a job (without sending it).
@@ -115,8 +120,8 @@ impl ApiClient {
         let mut request = builder
             .build()
             .map_err(|e| HttpError::Invalid(e.without_url().to_string()))?;
-        if let Some((name, value)) = &self.credential {
-            request.headers_mut().insert(name.clone(), value.clone());
+        if let Some((name, value)) = self.credential() {
+            request.headers_mut().insert(name, value);
         }
         Ok(request)
     }
@@ -160,6 +165,39 @@ impl HttpCall for ApiClient {
         let url = build_url(&self.base, &self.health_path, &Default::default())?;
         let request = self.finish(self.client.get(url))?;
         self.send(request).await
+    }
+
+    fn set_api_key(&self, key: Option<&str>) -> Result<bool, WorkerError> {
+        let next = credential(&self.auth_header, &self.auth_prefix, key)?;
+        let mut current = self
+            .credential
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let changed =
+            current.as_ref().map(|(_, v)| v.as_bytes()) != next.as_ref().map(|(_, v)| v.as_bytes());
+        *current = next;
+        Ok(changed)
+    }
+}
+
+/// The credential header for `api_key` (blank or absent: none), marked sensitive.
+fn credential(
+    header: &HeaderName,
+    prefix: &str,
+    api_key: Option<&str>,
+) -> Result<Option<(HeaderName, HeaderValue)>, WorkerError> {
+    match api_key.map(str::trim).filter(|k| !k.is_empty()) {
+        None => Ok(None),
+        Some(key) => {
+            let mut value = HeaderValue::from_str(&format!("{prefix}{key}")).map_err(|_| {
+                WorkerError::Credential {
+                    header: header.to_string(),
+                    reason: "the prefix and key must be visible ASCII".to_string(),
+                }
+            })?;
+            value.set_sensitive(true);
+            Ok(Some((header.clone(), value)))
+        }
     }
 }
 
@@ -364,6 +402,20 @@ mod tests {
         assert!(!none.has_credential());
         let r = none.request(&job).expect("request");
         assert_eq!(r.headers()["x-api-key"], "forged");
+    }
+
+    #[test]
+    fn a_replaced_key_is_sent_from_then_on() {
+        let c = ApiClient::new(&config("http://h/"), Some("old")).expect("client");
+        let job = Job::parse(r#"{"path":"/x"}"#).expect("job");
+        assert!(!c.set_api_key(Some("old")).expect("set"), "the same key");
+        assert!(c.set_api_key(Some(" new ")).expect("set"));
+        let r = c.request(&job).expect("request");
+        assert_eq!(r.headers()["authorization"], "Bearer new");
+        assert!(r.headers()["authorization"].is_sensitive());
+        assert!(c.set_api_key(None).expect("set"));
+        assert!(!c.has_credential());
+        assert!(c.set_api_key(Some("bad\nkey")).is_err());
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub struct WorkerConfig {
     pub max_slot_wait: Duration,
     /// `IDEMPOTENCY_TTL_S` (default 86400): how long a done job is remembered.
     pub idempotency_ttl: Duration,
-    /// `CLAIM_TTL_S` (default 120): after this an unfinished claim may be taken again.
+    /// `CLAIM_TTL_S` (default `FUNCTION_TIMEOUT_S`, else 900, Lambda's longest timeout): after
+    /// this an unfinished claim may be taken again. It must outlive the invocation that holds
+    /// it: a value shorter than `FUNCTION_TIMEOUT_S` is refused.
     pub claim_ttl: Duration,
     /// `RESPONSE_EXCERPT_BYTES` (default 512): at most this much of a response body goes in a
     /// dead-letter reason.
@@ -51,6 +53,9 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// `CIRCUIT_*` and `HEALTH_CHECK_*`: the circuit breaker's policy.
     pub circuit: CircuitPolicy,
+    /// `CREDENTIAL_REREAD_S` (default 60): after the API refuses the key (401/403) it is
+    /// re-read at most once per this long; calls back off until the next re-read.
+    pub credential_reread: Duration,
 }
 
 impl WorkerConfig {
@@ -128,15 +133,16 @@ impl WorkerConfig {
                 "IDEMPOTENCY_TTL_S",
                 env.seconds("IDEMPOTENCY_TTL_S", Duration::from_secs(86_400))?,
             )?,
-            claim_ttl: positive(
-                env,
-                "CLAIM_TTL_S",
-                env.seconds("CLAIM_TTL_S", Duration::from_secs(120))?,
-            )?,
+            claim_ttl: claim_ttl(env)?,
             excerpt_bytes,
             retry_delay: env.seconds("RETRY_DELAY_S", Duration::from_secs(5))?,
             max_attempts,
             circuit: circuit_policy_from_env(env)?,
+            credential_reread: positive(
+                env,
+                "CREDENTIAL_REREAD_S",
+                env.seconds("CREDENTIAL_REREAD_S", Duration::from_secs(60))?,
+            )?,
         })
     }
 
@@ -144,6 +150,43 @@ impl WorkerConfig {
     pub fn call_budget(&self) -> Duration {
         self.connect_timeout.saturating_add(self.read_timeout)
     }
+}
+
+/// Lambda's longest function timeout: the default claim TTL when the function timeout is not
+/// known.
+pub const MAX_FUNCTION_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// `CLAIM_TTL_S`, defaulting to `FUNCTION_TIMEOUT_S` (else [`MAX_FUNCTION_TIMEOUT`]); refused
+/// when shorter than `FUNCTION_TIMEOUT_S`: a claim must outlive the invocation that holds it,
+/// or a second delivery could claim and call while the first is still calling.
+fn claim_ttl(env: &impl Env) -> Result<Duration, ConfigError> {
+    let timeout = match env.get("FUNCTION_TIMEOUT_S") {
+        Some(_) => Some(positive(
+            env,
+            "FUNCTION_TIMEOUT_S",
+            env.seconds("FUNCTION_TIMEOUT_S", Duration::ZERO)?,
+        )?),
+        None => None,
+    };
+    let ttl = positive(
+        env,
+        "CLAIM_TTL_S",
+        env.seconds("CLAIM_TTL_S", timeout.unwrap_or(MAX_FUNCTION_TIMEOUT))?,
+    )?;
+    if let Some(timeout) = timeout
+        && ttl < timeout
+    {
+        return Err(invalid(
+            "CLAIM_TTL_S",
+            &ttl.as_secs().to_string(),
+            format!(
+                "shorter than FUNCTION_TIMEOUT_S={}: a claim must outlive the invocation that \
+                 holds it; raise it or leave it unset (it defaults to FUNCTION_TIMEOUT_S)",
+                timeout.as_secs()
+            ),
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Reads the circuit policy from `CIRCUIT_FAILURE_THRESHOLD` (default 3),
@@ -224,12 +267,37 @@ mod tests {
         assert_eq!(c.call_tolerance, Duration::from_millis(5));
         assert_eq!(c.max_slot_wait, Duration::from_millis(5_000));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
-        assert_eq!(c.claim_ttl, Duration::from_secs(120));
+        assert_eq!(
+            c.claim_ttl,
+            Duration::from_secs(900),
+            "Lambda's longest timeout"
+        );
+        assert_eq!(c.credential_reread, Duration::from_secs(60));
         assert_eq!(c.excerpt_bytes, 512);
         assert_eq!(c.retry_delay, Duration::from_secs(5));
         assert_eq!(c.max_attempts, 5);
         assert_eq!(c.circuit, CircuitPolicy::default());
         assert_eq!(c.call_budget(), Duration::from_secs(12));
+    }
+
+    #[test]
+    fn the_claim_ttl_follows_the_function_timeout_and_may_not_be_shorter() {
+        let base = [("API_BASE_URL", "http://h"), ("FUNCTION_TIMEOUT_S", "150")];
+        let c = WorkerConfig::from_env(&env(&base)).expect("valid");
+        assert_eq!(c.claim_ttl, Duration::from_secs(150));
+        let mut longer = base.to_vec();
+        longer.push(("CLAIM_TTL_S", "300"));
+        let c = WorkerConfig::from_env(&env(&longer)).expect("valid");
+        assert_eq!(c.claim_ttl, Duration::from_secs(300));
+        let mut shorter = base.to_vec();
+        shorter.push(("CLAIM_TTL_S", "120"));
+        let e = WorkerConfig::from_env(&env(&shorter)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: CLAIM_TTL_S=\"120\" is invalid: shorter than FUNCTION_TIMEOUT_S=150: a claim must outlive the \
+             invocation that holds it; raise it or leave it unset (it defaults to \
+             FUNCTION_TIMEOUT_S)"
+        );
     }
 
     #[test]

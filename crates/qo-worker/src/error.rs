@@ -30,6 +30,10 @@ pub enum WorkerError {
     /// A state-store operation (idempotency, circuit, control) failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The function timeout cannot cover the worst case (or `CLAIM_TTL_S` is shorter than
+    /// it): the worker refuses events rather than be killed mid-write.
+    #[error(transparent)]
+    TimeoutBudget(#[from] crate::lambda::TimeoutBudgetError),
     /// The job could not be encoded back to JSON for a re-queue.
     #[error("encoding the job for a re-queue failed")]
     Encode(#[source] serde_json::Error),
@@ -45,6 +49,7 @@ impl WorkerError {
             WorkerError::Queue(_) => "Queue",
             WorkerError::Store(_) => "Store",
             WorkerError::Encode(_) => "Encode",
+            WorkerError::TimeoutBudget(_) => "TimeoutBudget",
         }
     }
 }

@@ -6,6 +6,8 @@
 use async_trait::async_trait;
 use qo_core::job::Job;
 
+use crate::error::WorkerError;
+
 /// What the API answered: enough to classify the call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApiResponse {
@@ -60,6 +62,9 @@ pub trait HttpCall: Send + Sync {
     async fn call(&self, job: &Job) -> Result<ApiResponse, HttpError>;
     /// Calls the API's health path.
     async fn health(&self) -> Result<ApiResponse, HttpError>;
+    /// Replaces the API key sent with each call (re-read after the API refused the one in
+    /// use; `None`: send none). Returns whether it differs from the key in use.
+    fn set_api_key(&self, key: Option<&str>) -> Result<bool, WorkerError>;
 }
 
 #[async_trait]
@@ -69,5 +74,8 @@ impl<T: HttpCall + ?Sized> HttpCall for std::sync::Arc<T> {
     }
     async fn health(&self) -> Result<ApiResponse, HttpError> {
         (**self).health().await
+    }
+    fn set_api_key(&self, key: Option<&str>) -> Result<bool, WorkerError> {
+        (**self).set_api_key(key)
     }
 }

@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`config`]: [`WorkerConfig`], read from the environment once.
 //! - [`clock`]: [`SystemClock`], the clock of the Lambda binary.
+//! - [`credential`]: [`CredentialSource`], the key re-read after a 401 or 403.
 //! - [`http`]: the [`HttpCall`] seam, [`ApiResponse`] and [`HttpError`].
 //! - [`client`]: [`ApiClient`], the reqwest implementation, and [`build_url`].
 //! - [`worker`]: [`Worker`] and its decisions.
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod credential;
 pub mod error;
 pub mod excerpt;
 pub mod http;
@@ -31,6 +33,7 @@ pub mod worker;
 pub use client::{ApiClient, build_url};
 pub use clock::SystemClock;
 pub use config::WorkerConfig;
+pub use credential::{CredentialError, CredentialSource};
 pub use error::WorkerError;
 pub use http::{ApiResponse, HttpCall, HttpError};
 pub use lambda::handler;

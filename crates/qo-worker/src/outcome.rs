@@ -67,6 +67,33 @@ pub enum Outcome {
         /// Re-queued (false: dead-lettered past the attempt limit).
         requeued: bool,
     },
+    /// The API answered 401 or 403: the credential was refused, not the job. The job went back
+    /// untried (its attempt count kept); unless the re-read key had changed, calls back off
+    /// until the next re-read.
+    CredentialRejected {
+        /// The job id.
+        job_id: String,
+        /// The HTTP status (401 or 403).
+        status: u16,
+        /// Whether the key, re-read at once, differed from the refused one (then no back-off).
+        key_changed: bool,
+        /// The back-off asked of the orchestrator, in milliseconds (0 when the key changed).
+        backoff_ms: u64,
+        /// Re-queued.
+        requeued: bool,
+    },
+    /// The key in use was refused (401/403) and was re-read less than `CREDENTIAL_REREAD_S`
+    /// ago: the job went back untried, without a call, to be delivered after the next re-read.
+    CredentialPending {
+        /// The job id.
+        job_id: String,
+        /// The refusal's HTTP status.
+        status: u16,
+        /// The delay of the re-queue, in milliseconds.
+        backoff_ms: u64,
+        /// Re-queued.
+        requeued: bool,
+    },
     /// Retrying cannot help (another 4xx, or a job that cannot be sent): dead-lettered.
     DeadLettered {
         /// The job id.

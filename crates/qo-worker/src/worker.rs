@@ -7,8 +7,19 @@
 //! |---|---|---|---|
 //! | 2xx | done | none | finished |
 //! | 429 | abandoned | control `backoff_until` | re-queued after Retry-After |
+//! | 401, 403 | abandoned | control `backoff_until` (unless the re-read key changed) | re-queued untried |
 //! | 5xx, 408, timeout, no connection | abandoned | circuit failure | re-queued (`RETRY_DELAY_S`) |
-//! | other status | done | none | dead-lettered with `HTTP <status>: <excerpt>` |
+//! | other status | abandoned | none | dead-lettered with `HTTP <status>: <excerpt>` |
+//!
+//! A dead-lettered job is not marked done: `qo redrive` sends it back, and the delivery that
+//! follows must call it, not skip it as a duplicate.
+//!
+//! 401 and 403 mean the credential, not the job: the key is re-read (at most once per
+//! `CREDENTIAL_REREAD_S`, through a [`CredentialSource`]); if it changed (a rotation this
+//! execution environment had not seen) the job is re-queued at once, otherwise the control
+//! record's back-off ([`BackoffReason::CredentialRejected`]) stops calls until the next
+//! re-read, and the job waits untried. Every refusal is a
+//! [`Observation::CredentialRejected`] (the `CredentialRejected` metric an alarm pages on).
 //!
 //! Shared state is written before the job is re-queued, and the claim is dropped before either:
 //! if any of these writes fails the event fails, Lambda retries it, and the retry finds the
@@ -23,13 +34,14 @@ use qo_core::ports::{
     update_record,
 };
 use qo_core::{
-    Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver, Observation, Observer,
-    Timestamp, WorkerEvent,
+    BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver, Observation,
+    Observer, Timestamp, WorkerEvent,
 };
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::client::ApiClient;
 use crate::config::WorkerConfig;
+use crate::credential::{BeforeCall, CredentialSource, Rereads};
 use crate::error::WorkerError;
 use crate::excerpt::http_reason;
 use crate::http::{ApiResponse, HttpCall, HttpError};
@@ -50,6 +62,7 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     sink: Q,
     clock: C,
     observer: Arc<dyn Observer>,
+    rereads: Rereads,
 }
 
 /// How an answer is handled.
@@ -57,6 +70,7 @@ enum Class {
     Success(u16),
     Throttled(ApiResponse),
     Failure(Option<u16>, String),
+    CredentialRejected(u16),
     Final(String),
 }
 
@@ -69,7 +83,9 @@ where
 {
     /// A worker that reports to no observer.
     pub fn new(config: WorkerConfig, http: H, store: S, sink: Q, clock: C) -> Self {
+        let rereads = Rereads::new(None, config.credential_reread);
         Worker {
+            rereads,
             config,
             http,
             store,
@@ -82,6 +98,14 @@ where
     /// Reports observations to `observer`.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// Re-reads the API key from `source` after the API refuses it (401/403), at most once
+    /// per `CREDENTIAL_REREAD_S`. Without one, a refused key backs calls off by that interval
+    /// each time and is never replaced.
+    pub fn with_credential_source(mut self, source: Arc<dyn CredentialSource>) -> Self {
+        self.rereads.set_source(source);
         self
     }
 
@@ -216,6 +240,28 @@ where
                 requeued,
             });
         }
+        // The key in use was refused and may have been rotated since: read it again before
+        // spending a slot on it (before the wait, so the read does not make the call late).
+        match self.rereads.before_call(now) {
+            BeforeCall::Call => {}
+            BeforeCall::RereadThenCall => {
+                self.reread_credential(now).await;
+            }
+            BeforeCall::Wait { status, until } => {
+                let delay = until.since(now);
+                self.store.abandon(&job_id).await?;
+                let why = format!(
+                    "HTTP {status}: the credential was refused; no call before its re-read"
+                );
+                let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
+                return Ok(Outcome::CredentialPending {
+                    job_id,
+                    status,
+                    backoff_ms: millis(delay),
+                    requeued,
+                });
+            }
+        }
         self.clock.sleep_until(ev.slot_at).await;
         let at = self.clock.now();
         if at > ev.slot_at.plus(self.config.call_tolerance) {
@@ -252,6 +298,7 @@ where
 
         match self.classify(answer) {
             Class::Success(status) => {
+                self.rereads.clear();
                 let recorded = self.mark_done(&job_id, now).await;
                 info!(status, took_ms = millis(now.since(at)), "call succeeded");
                 self.observe(Observation::Succeeded {
@@ -265,6 +312,9 @@ where
             }
             Class::Throttled(response) => self.throttled(ev, job_id, &response, now).await,
             Class::Failure(status, why) => self.failed(ev, job_id, status, &why, now).await,
+            Class::CredentialRejected(status) => {
+                self.credential_rejected(ev, job_id, status, now).await
+            }
             Class::Final(reason) => self.dead_letter(ev, job_id, reason).await,
         }
     }
@@ -273,6 +323,7 @@ where
         match answer {
             Ok(r) if (200..300).contains(&r.status) => Class::Success(r.status),
             Ok(r) if r.status == 429 => Class::Throttled(r),
+            Ok(r) if r.status == 401 || r.status == 403 => Class::CredentialRejected(r.status),
             Ok(r) if r.status >= 500 || r.status == 408 => Class::Failure(
                 Some(r.status),
                 http_reason(r.status, &r.body_start, self.config.excerpt_bytes),
@@ -308,6 +359,7 @@ where
             }
             Some(Control {
                 backoff_until: Some(until),
+                backoff_reason: Some(BackoffReason::Throttled),
                 updated_by: Some(CONTROL_WRITER.to_string()),
                 updated_at: Some(now),
                 ..c.clone()
@@ -365,8 +417,96 @@ where
         })
     }
 
-    /// Dead-letters a job that cannot succeed, then marks it done so that a duplicate delivery
-    /// does not call again.
+    /// 401 or 403: the credential was refused, not the job. Re-reads the key if a re-read is
+    /// due; unless it changed, backs calls off (the control record) until the next re-read;
+    /// re-queues the job untried either way.
+    async fn credential_rejected(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        status: u16,
+        now: Timestamp,
+    ) -> Result<Outcome, WorkerError> {
+        self.store.abandon(&job_id).await?;
+        self.rereads.refused(status);
+        let key_changed = self.reread_credential(now).await;
+        if key_changed {
+            // A new key, not known to be refused: the next delivery calls with it.
+            self.rereads.clear();
+        }
+        self.observe(Observation::CredentialRejected {
+            job_id: job_id.clone(),
+            status,
+            key_changed,
+        });
+        let delay = if key_changed {
+            Duration::ZERO
+        } else {
+            let until = self.rereads.next_at(now);
+            update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
+                if c.backoff_until.is_some_and(|b| b >= until) {
+                    return None;
+                }
+                Some(Control {
+                    backoff_until: Some(until),
+                    backoff_reason: Some(BackoffReason::CredentialRejected { status }),
+                    updated_by: Some(CONTROL_WRITER.to_string()),
+                    updated_at: Some(now),
+                    ..c.clone()
+                })
+            })
+            .await?;
+            until.since(now)
+        };
+        error!(
+            status,
+            key_changed,
+            backoff_ms = millis(delay),
+            "the API refused the credential: the job goes back untried"
+        );
+        let why = format!("HTTP {status}: credential refused");
+        let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
+        Ok(Outcome::CredentialRejected {
+            job_id,
+            status,
+            key_changed,
+            backoff_ms: millis(delay),
+            requeued,
+        })
+    }
+
+    /// Re-reads the key when a re-read is due and hands it to the HTTP layer; returns whether
+    /// it changed. A failed read is logged and keeps the key in use.
+    async fn reread_credential(&self, now: Timestamp) -> bool {
+        if !self.rereads.take_slot(now) {
+            return false;
+        }
+        let Some(source) = self.rereads.source() else {
+            return false;
+        };
+        let key = match source.load().await {
+            Ok(key) => key,
+            Err(e) => {
+                error!(error = %e, source = ?std::error::Error::source(&e), "could not re-read the API key: keeping the one in use");
+                return false;
+            }
+        };
+        match self.http.set_api_key(key.as_ref().map(|k| k.expose())) {
+            Ok(changed) => {
+                info!(changed, "API key re-read");
+                changed
+            }
+            Err(e) => {
+                error!(error = %e, "the re-read API key cannot be used: keeping the one in use");
+                false
+            }
+        }
+    }
+
+    /// Dead-letters a job that cannot succeed, then drops its claim: it is not marked done,
+    /// so a redrive of the dead-letter queue gets it called again. (A duplicate delivery of
+    /// the same event calls again too, and dead-letters a second copy; it cannot succeed
+    /// twice.)
     async fn dead_letter(
         &self,
         ev: &JobEvent,
@@ -386,7 +526,7 @@ where
             message_id: ev.origin.message_id.clone(),
             reason: reason.clone(),
         });
-        self.mark_done(&job_id, self.clock.now()).await;
+        self.release_claim(&job_id).await;
         Ok(Outcome::DeadLettered { job_id, reason })
     }
 
@@ -410,6 +550,22 @@ where
             );
         }
         false
+    }
+
+    /// Drops the claim of a dead-lettered job, trying twice. A failure is logged, not
+    /// returned: the job is already on the dead-letter queue, and the claim expires after
+    /// `CLAIM_TTL_S` (a redrive before then is re-queued until it does).
+    async fn release_claim(&self, job_id: &str) {
+        let mut last = None;
+        for _ in 0..2 {
+            match self.store.abandon(job_id).await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            error!(error = %e, "could not drop the claim of a dead-lettered job: it expires after CLAIM_TTL_S");
+        }
     }
 
     /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt

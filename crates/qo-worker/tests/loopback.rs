@@ -274,14 +274,8 @@ async fn other_4xx_is_dead_lettered_with_an_excerpt_and_not_called_again() {
         r#"{"method":"GET","path":"/_sim/status/404"}"#
     );
     assert!(r.sink.requeues().is_empty());
-    assert!(matches!(
-        r.store.job_status("m-404"),
-        Some(JobStatus::Done { .. })
-    ));
-    // A duplicate delivery neither calls nor dead-letters again.
-    let again = r.worker.handle(ev).await.expect("handled");
-    assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
-    assert_eq!(r.sink.dead_letters().len(), 1);
+    // Not marked done: a redrive must get it called again (tests/redrive.rs).
+    assert_eq!(r.store.job_status("m-404"), None);
     assert_eq!(r.seen.called().len(), 1);
 }
 
@@ -427,10 +421,20 @@ async fn the_api_key_is_sent_in_the_configured_header() {
         .handle(job(r#"{"path":"/x"}"#, "m-2", bad.clock.now(), 0))
         .await
         .expect("handled");
+    // The credential, not the job: re-queued untried, nothing dead-lettered.
     assert!(
-        matches!(&out, Outcome::DeadLettered { reason, .. } if reason.starts_with("HTTP 401")),
+        matches!(
+            &out,
+            Outcome::CredentialRejected {
+                status: 401,
+                requeued: true,
+                ..
+            }
+        ),
         "{out:?}"
     );
+    assert!(bad.sink.dead_letters().is_empty());
+    assert_eq!(bad.sink.requeues()[0].origin.attempt, 0);
 }
 
 async fn open_circuit(store: &qo_memory::MemoryStore, opens: u32) -> Circuit {

@@ -245,6 +245,8 @@ where
     let mut worker_env = std::collections::HashMap::new();
     worker_env.insert("API_BASE_URL".to_string(), api_url.clone());
     worker_env.insert("RETRY_DELAY_S".to_string(), "1".to_string());
+    // The template's WorkerTimeout: CLAIM_TTL_S follows it, as in a deployment.
+    worker_env.insert("FUNCTION_TIMEOUT_S".to_string(), "150".to_string());
     worker_env.insert("HEALTH_CHECK_INITIAL_S".to_string(), "1".to_string());
     worker_env.insert("HEALTH_CHECK_MAX_S".to_string(), "8".to_string());
     let worker_config = WorkerConfig::from_env(&worker_env)?;

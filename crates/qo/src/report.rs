@@ -79,6 +79,11 @@ impl Observer for Collector {
                     .or_default() += 1;
             }
             Observation::Duplicate { .. } => c.duplicates += 1,
+            Observation::CredentialRejected { status, .. } => {
+                *c.reasons
+                    .entry(format!("credential rejected: HTTP {status}"))
+                    .or_default() += 1;
+            }
             Observation::Circuit { phase, .. } => {
                 if phase == CircuitPhase::Open
                     && c.circuit != Some(CircuitPhase::Open)

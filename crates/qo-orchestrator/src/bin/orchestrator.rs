@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use qo_aws::{
-    AsyncInvoke, DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls, SdkSettings,
+    AsyncInvoke, Backoff, DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls,
+    SdkSettings,
     SqsQueue, check_function_timeout, load_config,
 };
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, TokioClock};
+use qo_orchestrator::config::{FinishBudget, stop_margin};
 use qo_orchestrator::{
     OrchestratorConfig, OrchestratorEvent, OrchestratorResponse, Ports, continuation_event, handle,
 };
@@ -34,20 +36,37 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), lambda_runtime::Error> {
     let env = ProcessEnv;
-    let config = OrchestratorConfig::from_env(&env)?;
+    let mut config = OrchestratorConfig::from_env(&env)?;
     let sdk = SdkSettings::from_env(&env)?;
     let table = env.required("TABLE_NAME")?;
     let urls = QueueUrls::from_env(&env)?;
     let worker = env.required("WORKER_FUNCTION_NAME")?;
     let invoke = InvokeSettings::from_env(&env)?;
     invoke.check_covers(config.quota.pacing_rate_per_s())?;
+    // Seed 003: the stop margin covers the worst-case finish; the function timeout covers the
+    // first SDK call and the stop margin. Either failing refuses to start (an init error).
+    let backoff = Backoff::default();
+    let budget = FinishBudget {
+        sdk_call: sdk.operation_timeout(),
+        invoke_attempt: sdk.attempt_timeout(),
+        invoke_retries: invoke.max_retries,
+        invoke_retry_wait: backoff.cap.max(backoff.retry_after_limit),
+        max_in_flight: config.max_in_flight,
+    };
+    let explicit = match env.get("STOP_MARGIN_S") {
+        Some(_) => Some(config.stop_margin),
+        None => None,
+    };
+    config.stop_margin = stop_margin(explicit, &budget)?;
+    info!(
+        stop_margin_s = config.stop_margin.as_secs(),
+        worst_finish_ms = u64::try_from(budget.total().as_millis()).unwrap_or(u64::MAX),
+        explicit = explicit.is_some(),
+        "stop margin"
+    );
     if env.get("FUNCTION_TIMEOUT_S").is_some() {
-        let timeout: u64 = env.parsed("FUNCTION_TIMEOUT_S", 0)?;
-        if let Err(e) =
-            check_function_timeout(&sdk, Duration::from_secs(timeout), config.stop_margin)
-        {
-            warn!(error = %e, function_timeout_s = %timeout, "function timeout too short for the SDK settings");
-        }
+        let timeout = env.seconds("FUNCTION_TIMEOUT_S", Duration::ZERO)?;
+        check_function_timeout(&sdk, timeout, config.stop_margin)?;
     }
 
     // AWS_ENDPOINT_URL (moto, locally) is honoured by the SDK itself.

@@ -3,16 +3,24 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
+use aws_config::SdkConfig;
 use lambda_runtime::{Context, LambdaEvent, service_fn};
-use qo_aws::{DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config};
+use qo_aws::{
+    ApiKey, DynamoStore, EmfMetrics, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config,
+};
 use qo_core::config::{Env, ProcessEnv};
-use qo_core::{Timestamp, WorkerEvent};
-use qo_worker::lambda::check_timeout_budget;
-use qo_worker::{ApiClient, SystemClock, Worker, WorkerConfig, handler};
-use tracing::{error, info, warn};
+use qo_core::{Clock, Timestamp, WorkerEvent};
+use qo_worker::lambda::{TimeoutBudgetError, TimeoutSource, check_timeout_budget};
+use qo_worker::{
+    ApiClient, CredentialError, CredentialSource, SystemClock, Worker, WorkerConfig, WorkerError,
+    handler,
+};
+use tracing::{error, info};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -32,6 +40,16 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let sdk = SdkSettings::from_env(&env)?;
     let table = env.required("TABLE_NAME")?;
     let urls = QueueUrls::from_env(&env)?;
+    // Seed 003: refuse to start when the function timeout cannot cover the worst case (Lambda
+    // reports the exit as an init error). Without FUNCTION_TIMEOUT_S, the first invocation's
+    // deadline is checked instead.
+    let declared = match env.get("FUNCTION_TIMEOUT_S") {
+        Some(_) => Some(env.seconds("FUNCTION_TIMEOUT_S", Duration::ZERO)?),
+        None => None,
+    };
+    if let Some(timeout) = declared {
+        check_timeout_budget(&sdk, &config, timeout, TimeoutSource::Variable)?;
+    }
 
     // AWS_ENDPOINT_URL (moto, locally) is honoured by the SDK itself.
     let aws = load_config(&sdk, None).await;
@@ -52,35 +70,69 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         "worker ready"
     );
 
-    let worker = Arc::new(Worker::new(config, client, store, queue, SystemClock));
-    let checked = Arc::new(AtomicBool::new(false));
+    let source = Arc::new(SecretStoreKey { aws: aws.clone() });
+    // Metrics (Succeeded, Throttled, Failures, Requeued, LateDeliveries, Duplicates,
+    // CredentialRejected, JobWait, ...) as one EMF line on stdout per invocation.
+    let metrics = Arc::new(EmfMetrics::from_env(&env, "worker"));
+    let worker = Arc::new(
+        Worker::new(config, client, store, queue, SystemClock)
+            .with_credential_source(source)
+            .with_observer(Arc::clone(&metrics) as Arc<dyn qo_core::Observer>),
+    );
+    let checked = Arc::new(AtomicBool::new(declared.is_some()));
+    let refused: Arc<OnceLock<TimeoutBudgetError>> = Arc::new(OnceLock::new());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<WorkerEvent>| {
         let worker = Arc::clone(&worker);
+        let metrics = Arc::clone(&metrics);
+        let refused = Arc::clone(&refused);
         let first = !checked.swap(true, Ordering::Relaxed);
         async move {
-            if first {
-                check_function_timeout(&event.context, &sdk, worker.config());
+            if first && let Err(e) = check_first_deadline(&event.context, &sdk, worker.config()) {
+                error!(error = %e, "function timeout too short: refusing every event");
+                let _ = refused.set(e);
             }
-            handler(&worker, event).await
+            // An event is not handled under a timeout that cannot cover it: it fails, Lambda
+            // retries it and then sends it to the on-failure destination (`qo redrive
+            // --worker-failures` brings it back once the timeout is fixed).
+            if let Some(e) = refused.get() {
+                return Err(WorkerError::TimeoutBudget(e.clone()));
+            }
+            let result = handler(&worker, event).await;
+            // Before the answer goes back: Lambda may freeze the environment right after.
+            metrics.flush(worker.clock().now());
+            result
         }
     }))
     .await
 }
 
-/// Once per cold start: the first invocation's time left is the function timeout; warns when
-/// it cannot cover the worst case.
-fn check_function_timeout(context: &Context, sdk: &SdkSettings, config: &WorkerConfig) {
+/// Once per cold start without `FUNCTION_TIMEOUT_S`: the first invocation's time left is the
+/// function timeout.
+fn check_first_deadline(
+    context: &Context,
+    sdk: &SdkSettings,
+    config: &WorkerConfig,
+) -> Result<(), TimeoutBudgetError> {
     if context.deadline == 0 {
-        return;
+        return Ok(());
     }
     let now = Timestamp::from_system(SystemTime::now());
     let timeout = Timestamp::from_millis(context.deadline).since(now);
-    if let Err(e) = check_timeout_budget(sdk, config, timeout) {
-        warn!(
-            error = %e,
-            "function timeout too short: raise it or lower the timeouts (margin = MAX_SLOT_WAIT_MS \
-             + API_CONNECT_TIMEOUT_MS + API_READ_TIMEOUT_MS + 2 s)"
-        );
+    check_timeout_budget(sdk, config, timeout, TimeoutSource::FirstDeadline)
+}
+
+/// The API key re-read from where the cold start read it (`API_KEY`, Secrets Manager or SSM),
+/// after the API refused the key in use.
+struct SecretStoreKey {
+    aws: SdkConfig,
+}
+
+#[async_trait]
+impl CredentialSource for SecretStoreKey {
+    async fn load(&self) -> Result<Option<ApiKey>, CredentialError> {
+        load_api_key(&ProcessEnv, &self.aws)
+            .await
+            .map_err(|e| CredentialError(Box::new(e)))
     }
 }
 

@@ -112,6 +112,7 @@ pub struct FakeHttp {
     pub answer: Mutex<Result<ApiResponse, HttpError>>,
     pub calls: Mutex<Vec<Timestamp>>,
     pub health_calls: Mutex<Vec<Timestamp>>,
+    pub key: Mutex<Option<String>>,
 }
 
 impl FakeHttp {
@@ -121,6 +122,7 @@ impl FakeHttp {
             answer: Mutex::new(answer),
             calls: Mutex::default(),
             health_calls: Mutex::default(),
+            key: Mutex::default(),
         }
     }
 
@@ -142,6 +144,14 @@ impl HttpCall for FakeHttp {
             .expect("lock")
             .push(self.clock.now());
         self.answer.lock().expect("lock").clone()
+    }
+
+    fn set_api_key(&self, key: Option<&str>) -> Result<bool, qo_worker::WorkerError> {
+        let mut current = self.key.lock().expect("lock");
+        let next = key.map(str::to_string);
+        let changed = *current != next;
+        *current = next;
+        Ok(changed)
     }
 }
 

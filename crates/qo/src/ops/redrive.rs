@@ -1,9 +1,12 @@
 //! `qo redrive`: moves dead-lettered jobs back to the job queue (their attempt count reset),
-//! or with `--dry-run` only counts them.
+//! or with `--dry-run` only counts them. `qo redrive --worker-failures` brings back what
+//! reached the worker's on-failure queue instead (Lambda's invocation records): job events go
+//! back to the job queue, health checks are deleted, anything else stays and is reported.
 
 use std::fmt;
 
 use clap::Args;
+use qo_aws::worker_failures::{LeftRecord, WorkerFailuresReport, redrive_worker_failures};
 use qo_core::config::ProcessEnv;
 use qo_core::ports::{Redrive, RedriveReport};
 use serde::Serialize;
@@ -21,6 +24,19 @@ pub struct RedriveArgs {
     /// Move at most this many (default: all).
     #[arg(long, value_name = "N")]
     max: Option<u64>,
+    /// Bring back the worker's on-failure queue (events Lambda gave up on) instead of the
+    /// dead-letter queue.
+    #[arg(long)]
+    worker_failures: bool,
+    /// The worker's on-failure queue [env: WORKER_FAILURE_QUEUE_URL; stack output
+    /// WorkerFailureQueueUrl].
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "worker_failures",
+        conflicts_with = "stack"
+    )]
+    worker_failure_queue_url: Option<String>,
     #[command(flatten)]
     target: TargetArgs,
     /// Print one JSON object.
@@ -66,9 +82,91 @@ impl RedriveOutput {
     }
 }
 
+/// What `qo redrive --worker-failures` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerFailuresOutput {
+    /// The worker's on-failure queue.
+    pub worker_failure_queue_url: String,
+    /// The job queue.
+    pub queue_url: String,
+    /// Records read.
+    pub records: u64,
+    /// Jobs sent back to the job queue (a dry run: that would be).
+    pub jobs: u64,
+    /// Health-check records deleted (a dry run: that would be).
+    pub health_checks: u64,
+    /// Records left on the queue, and why.
+    pub left: Vec<LeftRecord>,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+impl WorkerFailuresOutput {
+    fn new(report: WorkerFailuresReport, queue_url: &str, failure_url: &str) -> Self {
+        WorkerFailuresOutput {
+            worker_failure_queue_url: failure_url.to_string(),
+            queue_url: queue_url.to_string(),
+            records: report.records,
+            jobs: report.jobs,
+            health_checks: report.health_checks,
+            left: report.left,
+            dry_run: report.dry_run,
+        }
+    }
+}
+
+impl fmt::Display for WorkerFailuresOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "worker-failure queue: {} record(s)", self.records)?;
+        if self.dry_run {
+            writeln!(
+                f,
+                "dry run: {} job(s) would go back to the job queue, {} health-check record(s) \
+                 would be deleted",
+                self.jobs, self.health_checks
+            )?;
+        } else {
+            writeln!(
+                f,
+                "sent {} job(s) back to the job queue, deleted {} health-check record(s)",
+                self.jobs, self.health_checks
+            )?;
+        }
+        if !self.left.is_empty() {
+            writeln!(f, "left {} record(s) on the queue:", self.left.len())?;
+            for l in &self.left {
+                writeln!(f, "  {}: {}", l.message_id, l.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the redrive and prints the counts.
 pub async fn run(args: RedriveArgs) -> Result<(), OpsError> {
     let conn = Connection::open(&args.target, &ProcessEnv).await?;
+    if args.worker_failures {
+        let failure_url = match args
+            .worker_failure_queue_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(u) => u.to_string(),
+            None => conn.target().worker_failure_url()?.to_string(),
+        };
+        let queues = conn.queues(false)?;
+        let main = queues.urls().main.clone();
+        let report = redrive_worker_failures(&queues, &failure_url, args.max, args.dry_run)
+            .await
+            .map_err(|source| OpsError::Queue {
+                what: format!("redriving {failure_url} to {main}"),
+                source,
+            })?;
+        return emit(
+            &WorkerFailuresOutput::new(report, &main, &failure_url),
+            args.json,
+        );
+    }
     let queues = conn.queues(true)?;
     let (main, dlq) = (queues.urls().main.clone(), queues.urls().dlq.clone());
     let report = queues

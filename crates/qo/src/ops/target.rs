@@ -18,6 +18,8 @@ pub const OUTPUT_QUEUE: &str = "JobQueueUrl";
 pub const OUTPUT_RETRY: &str = "RetryQueueUrl";
 /// Stack output: the dead-letter queue's URL.
 pub const OUTPUT_DLQ: &str = "DeadLetterQueueUrl";
+/// Stack output: the worker's on-failure queue's URL.
+pub const OUTPUT_WORKER_FAILURES: &str = "WorkerFailureQueueUrl";
 
 /// Where the operation acts: shared by every operation but `qo setup`.
 #[derive(Clone, Debug, Default, Args)]
@@ -62,6 +64,7 @@ pub struct Target {
     main: Option<String>,
     retry: Option<String>,
     dlq: Option<String>,
+    worker_failures: Option<String>,
 }
 
 impl Target {
@@ -78,6 +81,9 @@ impl Target {
             main: pick(&args.queue_url, "QUEUE_URL"),
             retry: pick(&args.retry_queue_url, "RETRY_QUEUE_URL"),
             dlq: pick(&args.dlq_url, "DLQ_URL"),
+            worker_failures: env
+                .get("WORKER_FAILURE_QUEUE_URL")
+                .filter(|v| !v.trim().is_empty()),
         }
     }
 
@@ -92,6 +98,7 @@ impl Target {
             main: None,
             retry: None,
             dlq: None,
+            worker_failures: None,
         };
         for (key, value) in outputs {
             let slot = match key {
@@ -99,6 +106,7 @@ impl Target {
                 OUTPUT_QUEUE => &mut t.main,
                 OUTPUT_RETRY => &mut t.retry,
                 OUTPUT_DLQ => &mut t.dlq,
+                OUTPUT_WORKER_FAILURES => &mut t.worker_failures,
                 _ => continue,
             };
             *slot = Some(value.to_string()).filter(|v| !v.trim().is_empty());
@@ -161,6 +169,17 @@ impl Target {
     pub fn retry_url(&self) -> Option<&str> {
         self.retry.as_deref()
     }
+
+    /// The worker's on-failure queue's URL (`WORKER_FAILURE_QUEUE_URL`, or the stack output).
+    pub fn worker_failure_url(&self) -> Result<&str, OpsError> {
+        self.need(
+            &self.worker_failures,
+            "worker-failure queue",
+            "--worker-failure-queue-url URL",
+            "WORKER_FAILURE_QUEUE_URL",
+            OUTPUT_WORKER_FAILURES,
+        )
+    }
 }
 
 /// The SDK configuration and the resolved target.
@@ -180,6 +199,11 @@ impl Connection {
             None => Target::given(args, env),
         };
         Ok(Connection { config, target })
+    }
+
+    /// The resolved target.
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     /// The state store over the target's table.
@@ -310,6 +334,11 @@ mod tests {
         );
         let e = t.table().unwrap_err().to_string();
         assert!(e.contains("--table T") && e.contains("TABLE_NAME"), "{e}");
+        assert_eq!(
+            t.worker_failure_url().unwrap_err().to_string(),
+            "no worker-failure queue: give --worker-failure-queue-url URL (or set \
+             WORKER_FAILURE_QUEUE_URL), or --stack NAME"
+        );
     }
 
     #[test]
@@ -320,8 +349,13 @@ mod tests {
                 (OUTPUT_TABLE, "prod-state"),
                 (OUTPUT_QUEUE, "https://sqs/jobs"),
                 (OUTPUT_DLQ, "https://sqs/dlq"),
+                (OUTPUT_WORKER_FAILURES, "https://sqs/worker-failures"),
                 ("WorkerFunctionName", "w"),
             ],
+        );
+        assert_eq!(
+            t.worker_failure_url().unwrap(),
+            "https://sqs/worker-failures"
         );
         assert_eq!(t.table().unwrap(), "prod-state");
         assert_eq!(t.queue_url().unwrap(), "https://sqs/jobs");

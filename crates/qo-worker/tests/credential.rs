@@ -1,0 +1,271 @@
+//! 401 and 403 mean the credential, not the job: no job is dead-lettered, calls back off
+//! (the control record, with a typed reason), and a rotated key is picked up by a bounded
+//! re-read. In memory under tokio's paused time: an API that accepts one key, a secret store
+//! whose value the test rotates.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qo_aws::{ApiKey, KeySource};
+use qo_core::job::Job;
+use qo_core::ports::{RecordKey, load_record};
+use qo_core::{BackoffReason, Clock, Control, Observation, Timestamp, TokioClock};
+use qo_worker::{
+    ApiResponse, CredentialError, CredentialSource, HttpCall, HttpError, Outcome, WorkerError,
+};
+use support::{config, job, rig};
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+/// An API that answers 200 to one key and `refusal` to any other; records the key of each
+/// call.
+struct KeyedApi {
+    good: String,
+    refusal: u16,
+    key: Mutex<Option<String>>,
+    calls: Mutex<Vec<Option<String>>>,
+}
+
+impl KeyedApi {
+    fn new(good: &str, refusal: u16, initial: &str) -> Self {
+        KeyedApi {
+            good: good.to_string(),
+            refusal,
+            key: Mutex::new(Some(initial.to_string())),
+            calls: Mutex::default(),
+        }
+    }
+
+    fn calls(&self) -> Vec<Option<String>> {
+        self.calls.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl HttpCall for KeyedApi {
+    async fn call(&self, _job: &Job) -> Result<ApiResponse, HttpError> {
+        let key = self.key.lock().expect("lock").clone();
+        self.calls.lock().expect("lock").push(key.clone());
+        let status = if key.as_deref() == Some(self.good.as_str()) {
+            200
+        } else {
+            self.refusal
+        };
+        Ok(ApiResponse::status(status))
+    }
+
+    async fn health(&self) -> Result<ApiResponse, HttpError> {
+        Ok(ApiResponse::status(200))
+    }
+
+    fn set_api_key(&self, key: Option<&str>) -> Result<bool, WorkerError> {
+        let mut current = self.key.lock().expect("lock");
+        let next = key.map(str::to_string);
+        let changed = *current != next;
+        *current = next;
+        Ok(changed)
+    }
+}
+
+/// A secret store: the test rotates its value; counts reads.
+#[derive(Default)]
+struct Secret {
+    value: Mutex<String>,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl CredentialSource for Secret {
+    async fn load(&self) -> Result<Option<ApiKey>, CredentialError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let v = self.value.lock().expect("lock").clone();
+        Ok(Some(ApiKey::new(v, KeySource::Secret("api-key".into()))))
+    }
+}
+
+fn requeued_untried(r: &support::Rig<Arc<KeyedApi>>) -> Vec<(u32, Duration)> {
+    r.sink
+        .requeues()
+        .iter()
+        .map(|q| (q.origin.attempt, q.delay))
+        .collect()
+}
+
+async fn refused_then_rotated(refusal: u16) {
+    let clock = TokioClock::starting_at(T0);
+    let api = Arc::new(KeyedApi::new("new-key", refusal, "old-key"));
+    let secret = Arc::new(Secret::default());
+    *secret.value.lock().expect("lock") = "old-key".to_string();
+    let mut r = rig(
+        config(
+            "http://api.test/v1",
+            &[("CALL_TOLERANCE_MS", "5"), ("CREDENTIAL_REREAD_S", "60")],
+        ),
+        Arc::clone(&api),
+        clock.clone(),
+    );
+    r.worker = r
+        .worker
+        .with_credential_source(Arc::clone(&secret) as Arc<dyn CredentialSource>);
+
+    // 1. The key is refused; the re-read finds the same key: back off until the next re-read.
+    let out = r
+        .worker
+        .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a", T0, 0))
+        .await
+        .expect("handled");
+    assert_eq!(
+        out,
+        Outcome::CredentialRejected {
+            job_id: "a".into(),
+            status: refusal,
+            key_changed: false,
+            backoff_ms: 60_000,
+            requeued: true,
+        }
+    );
+    assert_eq!(secret.reads.load(Ordering::SeqCst), 1);
+    let control = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control")
+        .value;
+    assert_eq!(
+        control.backoff_until,
+        Some(T0.plus(Duration::from_secs(60)))
+    );
+    assert_eq!(
+        control.backoff_reason,
+        Some(BackoffReason::CredentialRejected { status: refusal })
+    );
+    assert!(r.seen.all().contains(&Observation::CredentialRejected {
+        job_id: "a".into(),
+        status: refusal,
+        key_changed: false,
+    }));
+    // Untried: the attempt count stays 0.
+    assert_eq!(requeued_untried(&r), vec![(0, Duration::from_secs(60))]);
+
+    // 2. The secret is rotated. A job delivered 10 s later (dispatched before the back-off was
+    //    seen) is not called on the refused key, and the store is not read again yet.
+    *secret.value.lock().expect("lock") = "new-key".to_string();
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let t10 = clock.now();
+    let out = r
+        .worker
+        .handle(job(r#"{"id":"b","path":"/x"}"#, "m-b", t10, 0))
+        .await
+        .expect("handled");
+    assert_eq!(
+        out,
+        Outcome::CredentialPending {
+            job_id: "b".into(),
+            status: refusal,
+            backoff_ms: 50_000,
+            requeued: true,
+        }
+    );
+    assert_eq!(
+        api.calls().len(),
+        1,
+        "no call on a refused key before its re-read"
+    );
+    assert_eq!(
+        secret.reads.load(Ordering::SeqCst),
+        1,
+        "re-reads are bounded"
+    );
+
+    // 3. After the interval, the next delivery re-reads first and calls with the new key; the
+    //    other job succeeds too. Nothing was dead-lettered.
+    tokio::time::advance(Duration::from_secs(50)).await;
+    let t60 = clock.now();
+    for (id, m) in [("a", "m-a2"), ("b", "m-b2")] {
+        let body = format!(r#"{{"id":"{id}","path":"/x"}}"#);
+        let out = r
+            .worker
+            .handle(job(&body, m, t60, 0))
+            .await
+            .expect("handled");
+        assert!(
+            matches!(&out, Outcome::Succeeded { job_id, status: 200, .. } if job_id == id),
+            "{out:?}"
+        );
+    }
+    assert_eq!(secret.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        api.calls(),
+        vec![
+            Some("old-key".to_string()),
+            Some("new-key".to_string()),
+            Some("new-key".to_string())
+        ]
+    );
+    assert!(
+        r.sink.dead_letters().is_empty(),
+        "{:?}",
+        r.sink.dead_letters()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_403_then_a_rotated_key_dead_letters_nothing_and_the_jobs_succeed() {
+    refused_then_rotated(403).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_then_a_rotated_key_dead_letters_nothing_and_the_jobs_succeed() {
+    refused_then_rotated(401).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_environment_with_a_stale_key_picks_up_the_rotation_without_a_back_off() {
+    // Another environment already rotated: this one still holds the old key, the store has the
+    // new one. The first refusal re-reads, sees a change, and gives the job back at once.
+    let clock = TokioClock::starting_at(T0);
+    let api = Arc::new(KeyedApi::new("new-key", 403, "old-key"));
+    let secret = Arc::new(Secret::default());
+    *secret.value.lock().expect("lock") = "new-key".to_string();
+    let mut r = rig(
+        config("http://api.test/v1", &[("CALL_TOLERANCE_MS", "5")]),
+        Arc::clone(&api),
+        clock.clone(),
+    );
+    r.worker = r
+        .worker
+        .with_credential_source(Arc::clone(&secret) as Arc<dyn CredentialSource>);
+    let out = r
+        .worker
+        .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a", T0, 0))
+        .await
+        .expect("handled");
+    assert_eq!(
+        out,
+        Outcome::CredentialRejected {
+            job_id: "a".into(),
+            status: 403,
+            key_changed: true,
+            backoff_ms: 0,
+            requeued: true,
+        }
+    );
+    let control = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control")
+        .value;
+    assert_eq!(
+        control.backoff_until, None,
+        "no back-off for a key that changed"
+    );
+    assert_eq!(requeued_untried(&r), vec![(0, Duration::ZERO)]);
+    let out = r
+        .worker
+        .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a2", T0, 0))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert!(r.sink.dead_letters().is_empty());
+}
