@@ -24,7 +24,8 @@ async fn redrive_and_receive(r: &support::Rig<Arc<FakeHttp>>, now: Timestamp) ->
     let new_id = r
         .sink
         .queue
-        .send_with(dead[0].body.clone(), SendOptions::default());
+        .send_with(dead[0].body.clone(), SendOptions::default())
+        .expect("send");
     assert_ne!(new_id, dead[0].origin.message_id, "a fresh message id");
     let messages = r
         .sink

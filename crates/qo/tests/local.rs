@@ -9,6 +9,11 @@ use std::process::Command;
 use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
 use serde_json::Value;
 
+/// One `qo local` at a time: each runs an orchestrator, its workers and an API on this
+/// machine's two cores, and two at once bunch each other's calls at the API (a call that leaves
+/// on time but arrives late is another window's), which these tests would count as 429s.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn qo_local(extra: &[&str]) -> Value {
     let mut args = vec![
         "local",
@@ -55,12 +60,14 @@ fn assert_drained_within_the_quota(report: &Value, jobs: u64) {
 
 #[test]
 fn local_drains_a_backlog_within_the_quota() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
     let report = qo_local(&["--jobs", "60"]);
     assert_drained_within_the_quota(&report, 60);
 }
 
 #[tokio::test]
 async fn local_over_the_aws_adapters_against_moto() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
@@ -79,6 +86,7 @@ async fn local_over_the_aws_adapters_against_moto() {
 /// must account for every job.
 #[tokio::test]
 async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };
@@ -108,6 +116,7 @@ async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
 /// back at its end are moved to the dead-letter queue by moto's redrive, as SQS would.
 #[tokio::test]
 async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };

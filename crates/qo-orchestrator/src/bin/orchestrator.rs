@@ -8,8 +8,7 @@ use std::time::Duration;
 use lambda_runtime::{LambdaEvent, service_fn};
 use qo_aws::{
     AsyncInvoke, Backoff, DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls,
-    SdkSettings,
-    SqsQueue, check_function_timeout, load_config,
+    SdkSettings, SqsQueue, check_function_timeout, load_config,
 };
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, TokioClock};
