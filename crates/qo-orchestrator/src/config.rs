@@ -44,6 +44,14 @@ pub struct OrchestratorConfig {
     /// The queues' retention (QUEUE_RETENTION_S): a message near it is given back as a fresh
     /// copy rather than released.
     pub retention: Duration,
+    /// Worker events kept in progress at most (WORKER_CONCURRENCY_CAP; `None`: no cap): an
+    /// event counts from its dispatch until `worker_busy` after its slot. The template sets it
+    /// to the worker's reserved concurrency, or, for an unreserved worker, to a cap that leaves
+    /// the account's unreserved pool to its other functions.
+    pub worker_concurrency_cap: Option<usize>,
+    /// How long after its slot a worker event is counted in progress (WORKER_BUSY_MS, 1000): its
+    /// call and the writes after it.
+    pub worker_busy: Duration,
     /// This orchestrator's name in the lease.
     pub owner: String,
 }
@@ -63,6 +71,8 @@ impl OrchestratorConfig {
             lease_ttl: Duration::from_secs(30),
             max_in_flight: 64,
             hold_horizon: Duration::from_secs(10),
+            worker_concurrency_cap: None,
+            worker_busy: Duration::from_secs(1),
             receive_ahead: Duration::from_secs(1),
             visibility_timeout: QueueAttributes::TEMPLATE.visibility_timeout,
             retention: QueueAttributes::TEMPLATE.retention,
@@ -119,8 +129,11 @@ impl OrchestratorConfig {
                 reason: "must be SQS's MessageRetentionPeriod: 60 to 1209600".into(),
             });
         }
+        let cap: usize = env.parsed("WORKER_CONCURRENCY_CAP", 0)?;
         Ok(OrchestratorConfig {
             pacing,
+            worker_concurrency_cap: (cap > 0).then_some(cap),
+            worker_busy: env.millis("WORKER_BUSY_MS", d.worker_busy)?,
             hold_horizon: env.seconds("HOLD_HORIZON_S", d.hold_horizon)?,
             visibility_timeout,
             retention,

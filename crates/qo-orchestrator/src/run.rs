@@ -158,6 +158,9 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     lease: Lease,
     held: VecDeque<Held>,
     in_flight: FuturesUnordered<InFlight<'a>>,
+    /// When each dispatched worker event stops counting against the concurrency cap (its slot
+    /// plus `worker_busy`), oldest first.
+    busy_until: VecDeque<Timestamp>,
     to_delete: Vec<Message>,
     meter: UtilizationMeter,
     utilization: Utilization,
@@ -233,6 +236,7 @@ where
         lease,
         held: VecDeque::new(),
         in_flight: FuturesUnordered::new(),
+        busy_until: VecDeque::new(),
         to_delete: Vec::new(),
         meter: UtilizationMeter::new(),
         utilization: Utilization::default(),
@@ -482,6 +486,10 @@ where
                 next_persist = now;
                 continue;
             }
+            if let Some(free_at) = self.worker_cap_reached(now) {
+                self.wait_until(free_at.min(wake)).await?;
+                continue;
+            }
             if self.in_flight.len() >= cfg.max_in_flight {
                 self.wait_until(wake).await?;
                 continue;
@@ -537,6 +545,18 @@ where
         Ok(out)
     }
 
+    /// When the worker concurrency cap is reached: the time the oldest event in progress stops
+    /// counting. `None` when another event may go.
+    fn worker_cap_reached(&mut self, now: Timestamp) -> Option<Timestamp> {
+        let cap = self.config.worker_concurrency_cap?;
+        while self.busy_until.front().is_some_and(|t| *t <= now) {
+            self.busy_until.pop_front();
+        }
+        (self.busy_until.len() >= cap)
+            .then(|| self.busy_until.front().copied())
+            .flatten()
+    }
+
     fn state_horizon_reached(&self, slot: Timestamp) -> bool {
         self.pacer.state().horizon.is_some_and(|h| slot > h)
     }
@@ -546,6 +566,10 @@ where
             return;
         };
         self.pacer.reserve(slot);
+        if self.config.worker_concurrency_cap.is_some() {
+            self.busy_until
+                .push_back(slot.plus(self.config.worker_busy));
+        }
         self.meter
             .record(slot, self.pacer.spec().pacing_rate_per_s());
         let event = WorkerEvent::Job(JobEvent {

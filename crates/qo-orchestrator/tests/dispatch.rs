@@ -309,3 +309,20 @@ async fn invokes_in_flight_keep_moving_while_the_loop_waits_on_the_state_store()
     let late = h.late.lock().expect("late").clone();
     assert!(late.is_empty(), "{} late deliveries: {late:?}", late.len());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_worker_concurrency_cap_bounds_the_events_in_progress() {
+    // An unreserved worker with a cap of 3: an event counts from its dispatch until a second
+    // after its slot, so at most 3 slots fall in any second and a little more.
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
+    h.enqueue(30);
+    let mut c = config("20/s");
+    c.worker_concurrency_cap = Some(3);
+    let report = h.run_for(&c, Duration::from_secs(60)).await;
+    assert_eq!(report.dispatched, 30);
+    let calls = h.calls();
+    assert!(max_in_window(&calls, Duration::from_secs(1)) <= 3);
+    // And the cap, not the quota (20/s), set the pace: under 3 a second.
+    let rate = 29.0 / calls[29].since(calls[0]).as_secs_f64();
+    assert!((2.0..3.0).contains(&rate), "rate {rate:.2}/s");
+}
