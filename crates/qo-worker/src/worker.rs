@@ -37,7 +37,7 @@ use qo_core::{
     BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver, Observation,
     Observer, Timestamp, WorkerEvent,
 };
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::client::ApiClient;
 use crate::config::WorkerConfig;
@@ -300,7 +300,9 @@ where
             Class::Success(status) => {
                 self.rereads.clear();
                 let recorded = self.mark_done(&job_id, now).await;
-                info!(status, took_ms = millis(now.since(at)), "call succeeded");
+                // DEBUG, not INFO: a line per successful job is most of a job's log bytes, and
+                // the EMF line already counts it (Succeeded, JobWait). Failures stay at INFO.
+                debug!(status, took_ms = millis(now.since(at)), "call succeeded");
                 self.observe(Observation::Succeeded {
                     job_id: job_id.clone(),
                 });
