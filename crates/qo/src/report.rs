@@ -348,3 +348,46 @@ impl Report {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(jobs: u64, succeeded: u64, dead_lettered: u64) -> Report {
+        let counts = Counts {
+            succeeded,
+            dead_lettered,
+            ..Counts::default()
+        };
+        let quota: qo_core::QuotaSpec = "20/s".parse().expect("quota");
+        Report::new(jobs, &counts, Duration::from_secs(1), &quota, 1)
+    }
+
+    #[test]
+    fn every_job_is_somewhere_or_counted_as_nowhere() {
+        let mut r = report(10, 6, 1);
+        r.account(Elsewhere {
+            dead_lettered_by_sqs: 1,
+            expired: 1,
+            worker_failures: 0,
+            pending: 0,
+        });
+        assert_eq!(r.unaccounted, 1, "10 - 6 - 1 - 1 - 1");
+        let why = r.lost().expect("jobs were lost");
+        assert!(why.contains("1 unaccounted for"), "{why}");
+        assert!(why.contains("1 deleted by the queue's retention"), "{why}");
+        assert!(why.contains("redrive policy"), "{why}");
+        assert!(r.human().contains("expired (retention)"));
+    }
+
+    #[test]
+    fn succeeded_dead_lettered_with_a_reason_or_pending_is_no_loss() {
+        let mut r = report(10, 7, 2);
+        r.account(Elsewhere {
+            pending: 1,
+            ..Elsewhere::default()
+        });
+        assert_eq!(r.unaccounted, 0);
+        assert_eq!(r.lost(), None);
+    }
+}
