@@ -127,6 +127,15 @@ pub struct Ports<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     pub observer: &'a dyn Observer,
 }
 
+/// The slot an answer of the pacer gives for a call asked at `ask`.
+fn slot_of(a: &Availability, ask: Timestamp) -> Timestamp {
+    match *a {
+        Availability::Now => ask,
+        Availability::NotBefore { at, .. } => at,
+        Availability::BackingOff { until } | Availability::ExhaustedUntil { until, .. } => until,
+    }
+}
+
 /// How many times a batch call is tried for the entries the queue refused.
 pub const BATCH_ATTEMPTS: u32 = 3;
 
@@ -302,13 +311,7 @@ where
         let mut t = now.plus(self.config.dispatch_lead / 2);
         let mut n = 0u8;
         while usize::from(n) < sqs::MAX_BATCH {
-            let slot = match pacer.check(t) {
-                Availability::Now => t,
-                Availability::NotBefore { at, .. } => at,
-                Availability::BackingOff { until } | Availability::ExhaustedUntil { until, .. } => {
-                    until
-                }
-            };
+            let slot = slot_of(&pacer.check(t), t);
             if slot > horizon {
                 break;
             }
@@ -322,14 +325,7 @@ where
     /// The slot the pacer would hand out for a call asked at `ask`.
     fn slot_for(&self, ask: Timestamp) -> (Timestamp, Availability) {
         let a = self.pacer.check(ask);
-        let slot = match a {
-            Availability::Now => ask,
-            Availability::NotBefore { at, .. } => at,
-            Availability::BackingOff { until } | Availability::ExhaustedUntil { until, .. } => {
-                until
-            }
-        };
-        (slot, a)
+        (slot_of(&a, ask), a)
     }
 
     /// When the first held message's visibility needs extending.
@@ -808,11 +804,23 @@ where
     ) -> Result<(), OrchestratorError> {
         let now = self.now();
         self.report.released += messages.len() as u64;
-        let (rotate, release): (Vec<Message>, Vec<Message>) =
+        let (rotate, mut release): (Vec<Message>, Vec<Message>) =
             messages.into_iter().partition(|m| self.must_rotate(m, now));
-        let mut release = release;
+        release.extend(self.resend_fresh(rotate, after).await?);
+        self.settle(BatchCall::Release(after), release).await
+    }
+
+    /// Re-sends each message as a fresh copy (receive count 0, a new retention period; same
+    /// body, job id and attempt) visible after `after`, then deletes the originals. Returns the
+    /// messages it could not re-send, still held, for the caller to release.
+    async fn resend_fresh(
+        &mut self,
+        messages: Vec<Message>,
+        after: Duration,
+    ) -> Result<Vec<Message>, OrchestratorError> {
         let mut resent = Vec::new();
-        for m in rotate {
+        let mut failed = Vec::new();
+        for m in messages {
             match self
                 .ports
                 .queue
@@ -822,19 +830,19 @@ where
                 Ok(()) => resent.push(m),
                 Err(e) => {
                     warn!(message_id = %m.origin.message_id, error = %e, "could not re-send a fresh copy; releasing it");
-                    release.push(m);
+                    failed.push(m);
                 }
             }
         }
         if !resent.is_empty() {
             info!(
                 count = resent.len(),
-                "gave back messages as fresh copies (receive count or age)"
+                "gave back messages as fresh copies (receive count, age or 12 h held)"
             );
             self.report.rotated += resent.len() as u64;
             self.settle(BatchCall::Delete, resent).await?;
         }
-        self.settle(BatchCall::Release(after), release).await
+        Ok(failed)
     }
 
     /// Extends the visibility of the held messages that are near its end, up to SQS's 12 h
@@ -867,29 +875,13 @@ where
             self.settle(BatchCall::Release(by), vec![m]).await?;
         }
         if !give_back.is_empty() {
-            let held_for = give_back.len();
-            info!(
-                count = held_for,
-                "held messages reached 12 h from their receive"
-            );
-            self.rotate_all(give_back).await?;
+            // Held for 12 h since the receive: SQS allows no more visibility.
+            self.report.released += give_back.len() as u64;
+            let failed = self.resend_fresh(give_back, Duration::ZERO).await?;
+            self.settle(BatchCall::Release(Duration::ZERO), failed)
+                .await?;
         }
         Ok(())
-    }
-
-    /// Gives messages back as fresh copies, whatever their count.
-    async fn rotate_all(&mut self, messages: Vec<Message>) -> Result<(), OrchestratorError> {
-        let mut resent = Vec::new();
-        for m in messages {
-            self.ports
-                .queue
-                .requeue(&m.body, &m.origin, Duration::ZERO)
-                .await?;
-            resent.push(m);
-        }
-        self.report.released += resent.len() as u64;
-        self.report.rotated += resent.len() as u64;
-        self.settle(BatchCall::Delete, resent).await
     }
 
     /// Runs a batch call in batches of ten and tries the entries the queue refused again, up to
