@@ -228,29 +228,43 @@ impl SqsQueue {
     /// new message id.
     pub async fn resend_job(&self, body: &str, origin: &Origin) -> Result<String, QueueError> {
         const OP: &str = "sqs.SendMessage(resend)";
+        let req = self.job_send(OP, &self.urls.main, body, origin)?;
+        let out = req.send().await.map_err(|e| queue_err(OP, e))?;
+        out.message_id
+            .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
+    }
+
+    /// A SendMessage of a job to `url` carrying its attempt and first enqueue time, and on a
+    /// FIFO queue its message group and a deduplication id unique to this send.
+    fn job_send(
+        &self,
+        op: &'static str,
+        url: &str,
+        body: &str,
+        origin: &Origin,
+    ) -> Result<aws_sdk_sqs::operation::send_message::builders::SendMessageFluentBuilder, QueueError>
+    {
         let mut req = self
             .client
             .send_message()
-            .queue_url(&self.urls.main)
+            .queue_url(url)
             .message_body(body)
             .message_attributes(
                 ATTR_ATTEMPT,
-                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(OP, e))?,
+                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(op, e))?,
             );
         if let Some(at) = origin.enqueued_at {
             req = req.message_attributes(
                 ATTR_ENQUEUED_AT_MS,
-                number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
+                number_attr(at.as_millis()).map_err(|e| queue_backend(op, e))?,
             );
         }
-        if self.fifo {
+        if is_fifo(url) {
             req = req
                 .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
                 .message_deduplication_id(unique_dedup_id());
         }
-        let out = req.send().await.map_err(|e| queue_err(OP, e))?;
-        out.message_id
-            .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
+        Ok(req)
     }
 
     /// The approximate depth of each queue: main, retry (if configured), dead-letter.
@@ -577,27 +591,9 @@ impl JobSink for SqsQueue {
     ) -> Result<(), QueueError> {
         const OP: &str = "sqs.SendMessage(requeue)";
         let url = self.urls.retry.as_deref().unwrap_or(&self.urls.main);
-        let mut req = self
-            .client
-            .send_message()
-            .queue_url(url)
-            .message_body(body)
-            .message_attributes(
-                ATTR_ATTEMPT,
-                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(OP, e))?,
-            );
-        if let Some(at) = origin.enqueued_at {
-            req = req.message_attributes(
-                ATTR_ENQUEUED_AT_MS,
-                number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
-            );
-        }
-        if is_fifo(url) {
-            // FIFO queues refuse a per-message DelaySeconds: the delay is dropped.
-            req = req
-                .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
-                .message_deduplication_id(unique_dedup_id());
-        } else {
+        let mut req = self.job_send(OP, url, body, origin)?;
+        if !is_fifo(url) {
+            // FIFO queues refuse a per-message DelaySeconds: there the delay is dropped.
             let secs = ceil_secs(delay).min(MAX_DELAY_S);
             req = req.delay_seconds(i32::try_from(secs).unwrap_or(0));
         }
