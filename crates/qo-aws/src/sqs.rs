@@ -785,6 +785,7 @@ fn origin_of(m: &aws_sdk_sqs::types::Message) -> Origin {
     Origin {
         message_id: m.message_id.clone().unwrap_or_default(),
         attempt,
+        throttled: 0,
         enqueued_at,
         group_id: sys(MessageSystemAttributeName::MessageGroupId),
         dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),

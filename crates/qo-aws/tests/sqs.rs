@@ -253,6 +253,7 @@ async fn dead_letter_carries_the_reason() {
         origin: Origin {
             message_id: "m-123".to_string(),
             attempt: 4,
+            throttled: 0,
             enqueued_at: Some(Timestamp::from_millis(1_600_000_000_000)),
             group_id: None,
             dedup_id: None,

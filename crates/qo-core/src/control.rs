@@ -22,12 +22,65 @@ pub struct Control {
     /// it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_reason: Option<BackoffReason>,
+    /// The 429s the worker has seen: the orchestrator's rate controller lowers the pace on
+    /// each new one (written on the 429 path only, never on a success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttles: Option<Throttles>,
+    /// The API's own count of its window, from its rate-limit headers, when it sends them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_window: Option<ApiWindow>,
     /// Who changed it last, for status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<String>,
     /// When it changed last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Timestamp>,
+}
+
+/// The 429s the worker has counted, so the orchestrator can tell a new one from one it has
+/// already reacted to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttles {
+    /// 429s answered since the record was created; it only grows.
+    pub count: u64,
+    /// When the latest 429 was answered.
+    pub last_at: Timestamp,
+    /// The slot (`slot_at`) of the call the latest 429 answered.
+    pub last_slot: Timestamp,
+}
+
+impl Throttles {
+    /// The counter after one more 429, answered at `at` for the call of slot `slot`.
+    pub fn record(previous: Option<Throttles>, at: Timestamp, slot: Timestamp) -> Throttles {
+        let prior = previous.unwrap_or(Throttles {
+            count: 0,
+            last_at: at,
+            last_slot: slot,
+        });
+        Throttles {
+            count: prior.count.saturating_add(1),
+            last_at: prior.last_at.max(at),
+            last_slot: prior.last_slot.max(slot),
+        }
+    }
+}
+
+/// The API's rate-limit headers as the worker read them (`X-RateLimit-Limit` / `-Remaining` /
+/// `-Reset`, or the IETF `RateLimit-Policy` / `RateLimit` fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiWindow {
+    /// The window's limit, when the API says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// The window's length in seconds, when the API says it (the IETF policy's `w`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_s: Option<u64>,
+    /// Calls left in the current window.
+    pub remaining: u64,
+    /// When the window resets (its remaining count back to the limit).
+    pub reset_at: Timestamp,
+    /// When the answer that carried it arrived.
+    pub observed_at: Timestamp,
 }
 
 /// Why the worker asked the orchestrator to stop calling for a while.

@@ -138,6 +138,10 @@ impl Job {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Where a message came from and how to send it again.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
@@ -146,6 +150,10 @@ pub struct Origin {
     /// How many times the job has been tried before (0 on first delivery).
     #[serde(default)]
     pub attempt: u32,
+    /// How many times the API answered this job 429. A 429 is a pacing signal, not the job's
+    /// failure: it raises this count, never `attempt`, and has a bound of its own.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub throttled: u32,
     /// When the job was first enqueued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_at: Option<Timestamp>,

@@ -30,7 +30,9 @@ pub mod sqs;
 pub mod time;
 
 pub use circuit::{Circuit, CircuitPhase, CircuitPolicy, CircuitRefusal, CircuitState};
-pub use control::{BackoffReason, Control, ControlCommand, ControlOutcome, apply_command};
+pub use control::{
+    ApiWindow, BackoffReason, Control, ControlCommand, ControlOutcome, Throttles, apply_command,
+};
 pub use job::{HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
 pub use observe::{NoObserver, Observation, Observer};
 pub use quota::{Availability, BudgetMode, Pacer, PacingPolicy, QuotaSpec, QuotaState};

@@ -482,6 +482,7 @@ impl MemoryQueue {
         let origin = Origin {
             message_id: String::new(),
             attempt: 0,
+            throttled: 0,
             enqueued_at: Some(now),
             group_id: options.group_id,
             dedup_id: options.dedup_id,

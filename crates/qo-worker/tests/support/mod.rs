@@ -199,6 +199,7 @@ pub fn job_event(body: &str, message_id: &str, slot_at: Timestamp, epoch: u64) -
         origin: Origin {
             message_id: message_id.to_string(),
             attempt: 0,
+            throttled: 0,
             enqueued_at: Some(slot_at.minus(Duration::from_secs(2))),
             group_id: None,
             dedup_id: None,
