@@ -158,6 +158,14 @@ impl Observer for EmfMetrics {
             Observation::Backlog { held } => self.gauge("Backlog", held as f64),
             Observation::BudgetExhausted { .. } => self.add("BudgetExhausted", 1.0),
             Observation::Utilization(u) => self.with(|c| c.utilization.add(u)),
+            Observation::Pace {
+                rate_per_s,
+                ceiling_per_s,
+            } => {
+                self.gauge("PaceRate", rate_per_s);
+                self.gauge("PaceCeiling", ceiling_per_s);
+            }
+            Observation::PaceDecreased(_) => self.add("PaceDecreases", 1.0),
         }
     }
 }

@@ -38,8 +38,8 @@ pub struct Control {
 }
 
 /// The 429s the worker has counted, so the orchestrator can tell a new one from one it has
-/// already reacted to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// already reacted to, and which of its slots the API refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Throttles {
     /// 429s answered since the record was created; it only grows.
     pub count: u64,
@@ -47,21 +47,43 @@ pub struct Throttles {
     pub last_at: Timestamp,
     /// The slot (`slot_at`) of the call the latest 429 answered.
     pub last_slot: Timestamp,
+    /// The slots of the latest [`Throttles::RECENT`] 429s, oldest first.
+    #[serde(default)]
+    pub recent_slots: Vec<Timestamp>,
 }
 
 impl Throttles {
+    /// How many throttled slots the record keeps.
+    pub const RECENT: usize = 32;
+
     /// The counter after one more 429, answered at `at` for the call of slot `slot`.
-    pub fn record(previous: Option<Throttles>, at: Timestamp, slot: Timestamp) -> Throttles {
-        let prior = previous.unwrap_or(Throttles {
+    pub fn record(previous: Option<&Throttles>, at: Timestamp, slot: Timestamp) -> Throttles {
+        let mut next = previous.cloned().unwrap_or(Throttles {
             count: 0,
             last_at: at,
             last_slot: slot,
+            recent_slots: Vec::new(),
         });
-        Throttles {
-            count: prior.count.saturating_add(1),
-            last_at: prior.last_at.max(at),
-            last_slot: prior.last_slot.max(slot),
+        next.count = next.count.saturating_add(1);
+        next.last_at = next.last_at.max(at);
+        next.last_slot = next.last_slot.max(slot);
+        let pos = next.recent_slots.partition_point(|s| *s <= slot);
+        next.recent_slots.insert(pos, slot);
+        if next.recent_slots.len() > Self::RECENT {
+            let excess = next.recent_slots.len() - Self::RECENT;
+            next.recent_slots.drain(..excess);
         }
+        next
+    }
+
+    /// The earliest throttled slot at or after `from` (any, when `None`).
+    pub fn first_slot_from(&self, from: Option<Timestamp>) -> Option<Timestamp> {
+        let keep = |s: &Timestamp| from.is_none_or(|f| *s >= f);
+        self.recent_slots
+            .iter()
+            .copied()
+            .find(keep)
+            .or_else(|| Some(self.last_slot).filter(keep))
     }
 }
 

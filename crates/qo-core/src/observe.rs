@@ -108,6 +108,15 @@ pub enum Observation {
         /// Messages held.
         held: usize,
     },
+    /// The pace now: the rate learned from the API's throttles against the configured one.
+    Pace {
+        /// The rate paced at, calls per second (at most the ceiling).
+        rate_per_s: f64,
+        /// The configured quota's pace, calls per second.
+        ceiling_per_s: f64,
+    },
+    /// The API throttled a call paced at the current rate: the rate went down.
+    PaceDecreased(crate::quota::Decrease),
     /// Calls dispatched against the calls the pace allowed while work was waiting, since the
     /// last such observation ([`crate::quota::UtilizationMeter`]).
     Utilization(Utilization),

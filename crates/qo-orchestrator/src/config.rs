@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use qo_core::CircuitPolicy;
 use qo_core::config::{ConfigError, Env};
-use qo_core::quota::{BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
+use qo_core::quota::{AdaptivePolicy, BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
 use qo_core::sqs::{self, QueueAttributes};
 
 /// Everything the dispatch loop needs to know.
@@ -102,6 +102,7 @@ impl OrchestratorConfig {
                 duration: env.seconds("SLOW_START_S", d.pacing.slow_start.duration)?,
                 from_fraction: env.fraction("SLOW_START_FRACTION", 0.1, 0.01, 1.0)?,
             },
+            adaptive: adaptive_policy(env, d.pacing.adaptive)?,
         };
         let idle = env.seconds("IDLE_EXIT_S", Duration::from_secs(30))?;
         let max_in_flight: usize = env.parsed("MAX_IN_FLIGHT", 64)?;
@@ -244,6 +245,30 @@ pub fn stop_margin(
     }
 }
 
+/// The adaptive pacing policy: `ADAPTIVE_PACING` (`on`/`off`), `ADAPTIVE_DECREASE`,
+/// `ADAPTIVE_MARGIN`, `ADAPTIVE_FLOOR`, `ADAPTIVE_HOLD_S`, `ADAPTIVE_PROBE_S`.
+fn adaptive_policy(env: &impl Env, d: AdaptivePolicy) -> Result<AdaptivePolicy, ConfigError> {
+    let enabled = match env.get("ADAPTIVE_PACING").as_deref().map(str::trim) {
+        None | Some("on") | Some("true") => true,
+        Some("off") | Some("false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                name: "ADAPTIVE_PACING".into(),
+                value: other.into(),
+                reason: "must be on or off".into(),
+            });
+        }
+    };
+    Ok(AdaptivePolicy {
+        enabled,
+        decrease: env.fraction("ADAPTIVE_DECREASE", d.decrease, 0.1, 0.99)?,
+        margin: env.fraction("ADAPTIVE_MARGIN", d.margin, 0.5, 1.0)?,
+        floor: env.fraction("ADAPTIVE_FLOOR", d.floor, 0.001, 1.0)?,
+        hold: env.seconds("ADAPTIVE_HOLD_S", d.hold)?,
+        probe: env.seconds("ADAPTIVE_PROBE_S", d.probe)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +279,23 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn adaptive_pacing_is_read_and_checked() {
+        let c = OrchestratorConfig::from_env(&env(&[])).expect("defaults");
+        assert!(c.pacing.adaptive.enabled);
+        let c = OrchestratorConfig::from_env(&env(&[
+            ("ADAPTIVE_PACING", "off"),
+            ("ADAPTIVE_HOLD_S", "120"),
+        ]))
+        .expect("off");
+        assert!(!c.pacing.adaptive.enabled);
+        assert_eq!(c.pacing.adaptive.hold, Duration::from_secs(120));
+        let e = OrchestratorConfig::from_env(&env(&[("ADAPTIVE_PACING", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("ADAPTIVE_PACING"), "{e}");
+        let e = OrchestratorConfig::from_env(&env(&[("ADAPTIVE_MARGIN", "1.5")])).unwrap_err();
+        assert!(e.to_string().contains("ADAPTIVE_MARGIN"), "{e}");
     }
 
     #[test]

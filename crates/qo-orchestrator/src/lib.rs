@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`] - [`OrchestratorConfig`], read once from the environment.
 //! - [`run`] - one run of the dispatch loop, generic over the ports.
+//! - [`slots`] - [`slots::SlotLog`], recent slots, to judge the API's limit when it throttles.
 //! - [`handler`] - the Lambda handler (scheduled event or control event).
 //! - [`error`] - [`OrchestratorError`].
 //! - `bin/orchestrator.rs`: the Lambda `main` over the AWS adapters.
@@ -12,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod run;
+pub mod slots;
 
 pub use config::{OrchestratorConfig, circuit_policy};
 pub use error::OrchestratorError;

@@ -22,7 +22,7 @@ use qo_core::ports::{
     DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, RecordKey,
     RecordStore, StoreError, load_record, save_record, update_record,
 };
-use qo_core::quota::{Availability, Utilization, UtilizationMeter};
+use qo_core::quota::{Availability, Reaction, Utilization, UtilizationMeter};
 use qo_core::sqs;
 use qo_core::{
     Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
@@ -31,6 +31,7 @@ use qo_core::{
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
+use crate::slots::SlotLog;
 
 /// Why a run stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +93,12 @@ pub struct RunReport {
     /// skips it; a refused release leaves it invisible until its timeout).
     #[serde(default)]
     pub refused_entries: u64,
+    /// Decreases of the learned rate: the API throttled a call paced at the current rate.
+    #[serde(default)]
+    pub pace_decreases: u64,
+    /// The learned rate at the stop, calls per second, when it was under the configured pace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pace_per_s: Option<f64>,
 }
 
 impl RunReport {
@@ -109,6 +116,8 @@ impl RunReport {
             extended: 0,
             continue_now: false,
             refused_entries: 0,
+            pace_decreases: 0,
+            pace_per_s: None,
         }
     }
 }
@@ -173,6 +182,8 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     to_delete: Vec<Message>,
     meter: UtilizationMeter,
     utilization: Utilization,
+    /// Recent slots, to judge the API's limit when it throttles.
+    slots: SlotLog,
     report: RunReport,
 }
 
@@ -219,6 +230,7 @@ where
         warn!("the previous run stopped without saving its usage; counting its horizon as used");
         pacer.assume_unrecorded_until();
     }
+    let slots = SlotLog::new(pacer.spec().pacing_period());
     if let Some(until) = control.backoff_until {
         pacer.back_off_until(until);
     }
@@ -249,9 +261,11 @@ where
         to_delete: Vec::new(),
         meter: UtilizationMeter::new(),
         utilization: Utilization::default(),
+        slots,
         report,
     };
     lp.apply_circuit(circuit);
+    lp.react_to_throttles(now);
     let result = lp.dispatch_until(deadline).await;
     let stop = lp.finish(result.as_ref().ok().cloned()).await;
     match (result, stop) {
@@ -562,6 +576,7 @@ where
             return;
         };
         self.pacer.reserve(slot);
+        self.slots.push(slot);
         if self.config.worker_concurrency_cap.is_some() {
             self.busy_until
                 .push_back(slot.plus(self.config.worker_busy));
@@ -665,6 +680,7 @@ where
         if &spec != self.pacer.spec() {
             info!(from = %self.pacer.spec(), to = %spec, "quota changed");
             self.meter.close();
+            self.slots.set_period(spec.pacing_period());
             self.pacer.set_spec(spec);
         }
         if let Some(until) = control.backoff_until {
@@ -674,6 +690,11 @@ where
             info!(paused = control.paused, "pause control changed");
         }
         self.control = control;
+        self.react_to_throttles(now);
+        self.ports.observer.observe(Observation::Pace {
+            rate_per_s: self.pacer.target_rate_per_s(now),
+            ceiling_per_s: self.pacer.spec().pacing_rate_per_s(),
+        });
         self.apply_circuit(circuit?.value);
         self.poll_completions().await?;
         Ok(None)
@@ -960,9 +981,39 @@ where
         }
     }
 
+    /// Lowers the pace when the API throttled a call paced at the current rate (the control
+    /// record's counter, written by the worker on each 429; see [`qo_core::quota::adaptive`]).
+    fn react_to_throttles(&mut self, now: Timestamp) {
+        let Some(throttles) = self.control.throttles.clone() else {
+            return;
+        };
+        let slots = &self.slots;
+        match self.pacer.on_throttles(&throttles, now, |slot| {
+            slots.estimate_per_s(slot, &throttles.recent_slots)
+        }) {
+            Reaction::Unchanged => {}
+            Reaction::AlreadyDecreased { new } | Reaction::Disabled { new } => {
+                debug!(new, "throttles of slots paced at the previous rate");
+            }
+            Reaction::Decreased(d) => {
+                warn!(
+                    from_per_s = d.from_per_s,
+                    to_per_s = d.to_per_s,
+                    estimate_per_s = d.estimate_per_s,
+                    basis = ?d.basis,
+                    "the API throttled a call paced at the current rate: pace lowered"
+                );
+                self.report.pace_decreases += 1;
+                self.ports.observer.observe(Observation::PaceDecreased(d));
+            }
+        }
+    }
+
     /// Saves usage, fenced by the lease: a run that lost its lease cannot overwrite.
     async fn persist(&mut self, horizon: Option<Timestamp>) -> Result<(), OrchestratorError> {
-        self.pacer.set_horizon(self.now(), horizon);
+        let now = self.now();
+        self.pacer.settle_adaptive(now);
+        self.pacer.set_horizon(now, horizon);
         let store = self.ports.store;
         let state = self.pacer.state().clone();
         let (expected, token) = (self.quota_version, self.lease.token);
@@ -985,6 +1036,9 @@ where
         self.release_held(Duration::ZERO).await?;
         self.observe_utilization();
         self.report.quota_utilization = self.utilization.fraction();
+        let now = self.now();
+        self.report.pace_per_s =
+            (self.pacer.adaptive_fraction(now) < 1.0).then(|| self.pacer.target_rate_per_s(now));
         if matches!(stop, Some(StopReason::LeaseLost)) {
             return Ok(());
         }

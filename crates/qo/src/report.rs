@@ -29,6 +29,10 @@ pub struct Counts {
     pub success_times: Vec<Timestamp>,
     pub waits: Vec<Duration>,
     pub reasons: std::collections::BTreeMap<String, u64>,
+    /// Decreases of the learned rate (the API throttled a call paced at the current rate).
+    pub pace_decreases: u64,
+    /// The latest pace: (rate paced at, configured ceiling), calls per second.
+    pub pace: Option<(f64, f64)>,
 }
 
 impl Collector {
@@ -94,6 +98,11 @@ impl Observer for Collector {
                 c.circuit = Some(phase);
             }
             Observation::HealthCheckSent { .. } => c.health_checks += 1,
+            Observation::PaceDecreased(_) => c.pace_decreases += 1,
+            Observation::Pace {
+                rate_per_s,
+                ceiling_per_s,
+            } => c.pace = Some((rate_per_s, ceiling_per_s)),
             Observation::HealthCheck { .. }
             | Observation::Backlog { .. }
             | Observation::Utilization(_)

@@ -17,7 +17,9 @@ use std::time::Duration;
 use chrono::{Datelike, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::adaptive::{Adaptive, AdaptivePolicy, Reaction};
 use super::spec::{Period, QuotaSpec, Tier, WindowKind};
+use crate::control::Throttles;
 use crate::time::{Timestamp, duration_micros};
 
 /// How budget tiers (hour, day, month) are used.
@@ -71,6 +73,9 @@ pub struct PacingPolicy {
     pub headroom: f64,
     /// The ramp after the circuit closes.
     pub slow_start: SlowStart,
+    /// The rate learned from the API's throttles, under the configured quota.
+    #[serde(default)]
+    pub adaptive: AdaptivePolicy,
 }
 
 impl Default for PacingPolicy {
@@ -80,6 +85,7 @@ impl Default for PacingPolicy {
             call_tolerance: Duration::from_millis(5),
             headroom: 0.0,
             slow_start: SlowStart::default(),
+            adaptive: AdaptivePolicy::default(),
         }
     }
 }
@@ -168,6 +174,9 @@ pub struct QuotaState {
     /// When the horizon was set (the save): calls before it are recorded in this state.
     #[serde(default)]
     pub saved_at: Option<Timestamp>,
+    /// The rate learned from the API's throttles, so a new run starts where the last ended.
+    #[serde(default)]
+    pub adaptive: Adaptive,
 }
 
 /// Usage of one tier, for status reports.
@@ -276,10 +285,57 @@ impl Pacer {
         }
     }
 
+    /// The fraction of the configured pace the learned rate allows at `t` ([`Adaptive`]).
+    pub fn adaptive_fraction(&self, t: Timestamp) -> f64 {
+        let ceiling = self.spec.pacing_rate_per_s();
+        if ceiling <= 0.0 {
+            return 1.0;
+        }
+        (self
+            .state
+            .adaptive
+            .rate_per_s(t, ceiling, &self.policy.adaptive)
+            / ceiling)
+            .clamp(0.0, 1.0)
+    }
+
+    /// The fraction of the configured pace allowed at `t`: the lower of the slow-start ramp and
+    /// the learned rate.
+    pub fn pace_fraction(&self, t: Timestamp) -> f64 {
+        self.ramp_fraction(t).min(self.adaptive_fraction(t))
+    }
+
     /// The rate (calls per second) pacing aims at now: the tightest short-term tier, less
-    /// headroom, scaled by the slow-start ramp.
+    /// headroom, scaled by the slow-start ramp or the learned rate, whichever is lower.
     pub fn target_rate_per_s(&self, t: Timestamp) -> f64 {
-        self.spec.pacing_rate_per_s() * (1.0 - self.policy.headroom) * self.ramp_fraction(t)
+        self.spec.pacing_rate_per_s() * (1.0 - self.policy.headroom) * self.pace_fraction(t)
+    }
+
+    /// Reacts at `now` to the control record's throttle counter (see [`Adaptive::on_throttles`]);
+    /// `estimate(slot)` is the API's limit judged from the calls before `slot`, if known.
+    pub fn on_throttles(
+        &mut self,
+        throttles: &Throttles,
+        now: Timestamp,
+        estimate: impl FnOnce(Timestamp) -> Option<f64>,
+    ) -> Reaction {
+        let ceiling = self.spec.pacing_rate_per_s();
+        let policy = self.policy.adaptive;
+        let paced_from = self
+            .state
+            .last_slot
+            .unwrap_or(now)
+            .max(now)
+            .plus(self.spec.pacing_period());
+        self.state
+            .adaptive
+            .on_throttles(throttles, now, paced_from, ceiling, &policy, estimate)
+    }
+
+    /// Forgets a learned rate that has climbed back to the ceiling.
+    pub fn settle_adaptive(&mut self, t: Timestamp) {
+        let policy = self.policy.adaptive;
+        self.state.adaptive.settle(t, &policy);
     }
 
     fn window_micros(&self, tier: &Tier) -> u64 {
@@ -300,7 +356,7 @@ impl Pacer {
         let base = self.window_micros(tier) as f64 / f64::from(tier.limit.get());
         let headroom = 1.0 - self.policy.headroom.clamp(0.0, 0.5);
         let ramp = if tier.period.is_pacing() {
-            self.ramp_fraction(t)
+            self.pace_fraction(t).max(1e-6)
         } else {
             1.0
         };
@@ -377,12 +433,22 @@ impl Pacer {
 
     /// May a call happen at `t`? Rich: now, not before T, exhausted until the reset at T, or
     /// backing off until T.
+    ///
+    /// During a back-off the answer is the first slot the tiers allow from its end: the calls
+    /// after it are paced (at the learned rate) from there, not sent in a burst at its end.
     pub fn check(&self, t: Timestamp) -> Availability {
         if let Some(until) = self.state.backoff_until
             && until > t
         {
-            return Availability::BackingOff { until };
+            return Availability::BackingOff {
+                until: self.check_tiers(until).earliest(until),
+            };
         }
+        self.check_tiers(t)
+    }
+
+    /// The tiers' answer at `t`, the back-off aside.
+    fn check_tiers(&self, t: Timestamp) -> Availability {
         let mut at = t;
         let mut result = Availability::Now;
         // Constraints are monotone; a few passes reach the fixed point.

@@ -197,6 +197,16 @@ impl QuotaSpec {
         &self.tiers
     }
 
+    /// The period of the tier that sets the pace (the tightest second or minute tier): the
+    /// window the calls before a throttled one are counted over. A second when none paces.
+    pub fn pacing_period(&self) -> std::time::Duration {
+        self.tiers
+            .iter()
+            .filter(|t| t.period.is_pacing())
+            .min_by(|a, b| a.rate_per_s().total_cmp(&b.rate_per_s()))
+            .map_or(std::time::Duration::from_secs(1), |t| t.period.duration())
+    }
+
     /// The tightest short-term rate (calls per second): the pace a backlog is served at.
     /// When the spec has only budget tiers, the tightest of those.
     pub fn pacing_rate_per_s(&self) -> f64 {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use qo_core::ports::{JobSink, RecordKey, update_record};
 use qo_core::{
-    Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Timestamp, TokioClock,
-    WorkerEvent,
+    Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Throttles, Timestamp,
+    TokioClock, WorkerEvent,
 };
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, Ports, run, run as run_loop};
@@ -38,6 +38,8 @@ pub struct Harness {
     pub late: Arc<Mutex<Vec<Duration>>>,
     /// The paths of the jobs whose call succeeded, once each.
     pub succeeded: Arc<Mutex<Vec<String>>>,
+    /// The times of the calls answered 429.
+    pub throttled: Arc<Mutex<Vec<Timestamp>>>,
 }
 
 /// The most real time one run may take. On the paused clock a run takes milliseconds; a loop
@@ -95,6 +97,14 @@ impl Harness {
         Self::starting_at(start(), verdict, options)
     }
 
+    /// A harness whose verdict also sees the call's time (an API with a limit of its own).
+    pub fn with_api(
+        verdict: impl Fn(usize, Timestamp) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
+        Self::build_timed(start(), QueueOptions::template(), verdict, options)
+    }
+
     /// A harness whose clock starts at `at`.
     pub fn starting_at(
         at: Timestamp,
@@ -119,6 +129,15 @@ impl Harness {
         verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
         options: InvokerOptions,
     ) -> Self {
+        Self::build_timed(at, queue_options, move |n, _| verdict(n), options)
+    }
+
+    fn build_timed(
+        at: Timestamp,
+        queue_options: QueueOptions,
+        verdict: impl Fn(usize, Timestamp) -> Verdict + Send + Sync + 'static,
+        options: InvokerOptions,
+    ) -> Self {
         let clock = Arc::new(TokioClock::starting_at(at));
         // The queues as the template deploys them (redrive policy, retention, visibility).
         let queue = MemoryQueue::with_options(clock.clone(), queue_options);
@@ -127,7 +146,9 @@ impl Harness {
         let health = Arc::new(Mutex::new(Vec::new()));
         let late = Arc::new(Mutex::new(Vec::new()));
         let succeeded = Arc::new(Mutex::new(Vec::new()));
+        let throttled = Arc::new(Mutex::new(Vec::new()));
         let handler = {
+            let throttled = throttled.clone();
             let succeeded = succeeded.clone();
             let late = late.clone();
             let clock = clock.clone();
@@ -145,6 +166,7 @@ impl Harness {
                 let verdict = verdict.clone();
                 let late = late.clone();
                 let succeeded = succeeded.clone();
+                let throttled = throttled.clone();
                 async move {
                     match ev {
                         WorkerEvent::Job(job) => {
@@ -154,9 +176,10 @@ impl Harness {
                                     .push(clock.now().since(job.slot_at));
                             }
                             clock.sleep_until(job.slot_at).await;
+                            let called_at = clock.now();
                             let n = {
                                 let mut c = calls.lock().expect("calls");
-                                c.push(clock.now());
+                                c.push(called_at);
                                 c.len()
                             };
                             let body = serde_json::to_string(&job.job).expect("json");
@@ -164,7 +187,7 @@ impl Harness {
                                 attempt: job.origin.attempt + 1,
                                 ..job.origin.clone()
                             };
-                            match verdict(n) {
+                            match verdict(n, called_at) {
                                 Verdict::Succeed => {
                                     succeeded
                                         .lock()
@@ -178,10 +201,17 @@ impl Harness {
                                         .expect("requeue");
                                 }
                                 Verdict::Throttle(wait) => {
-                                    let until = clock.now().plus(wait);
+                                    let now = clock.now();
+                                    let until = now.plus(wait);
+                                    throttled.lock().expect("throttled").push(called_at);
                                     update_record::<Control, _>(&store, RecordKey::Control, |c| {
                                         let mut c = c.clone();
-                                        c.backoff_until = Some(until);
+                                        c.backoff_until = c.backoff_until.max(Some(until));
+                                        c.throttles = Some(Throttles::record(
+                                            c.throttles.as_ref(),
+                                            now,
+                                            job.slot_at,
+                                        ));
                                         Some(c)
                                     })
                                     .await
@@ -218,6 +248,7 @@ impl Harness {
             health,
             late,
             succeeded,
+            throttled,
         }
     }
 

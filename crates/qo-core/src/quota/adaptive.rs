@@ -1,0 +1,347 @@
+//! Closed-loop pacing: a rate under the configured quota, learned from the API's 429s.
+//!
+//! The configured quota is a ceiling, not a fact: a key shared with another client, a limit that
+//! differs from the documentation or a provider that counts differently all make the API's real
+//! limit tighter. [`Adaptive`] lowers the paced rate when the API throttles a call that was paced
+//! at the current rate, and climbs back toward the ceiling when it stops:
+//!
+//! - **decrease**: when the calls just before the throttled slot tell the API's limit (the
+//!   slots handed out in the tier's period before it, counted from the end of the last
+//!   back-off), the rate becomes `margin x` that estimate; otherwise it becomes `decrease x` the
+//!   rate that was throttled (multiplicative decrease, as the AWS SDKs' adaptive retry mode);
+//! - **hold**: for `hold` the rate stays where the decrease put it (the API's limit is rarely
+//!   a moving target, and each new throttle costs a `Retry-After` pause);
+//! - **probe**: then it climbs on a convex (cubic) curve that reaches the ceiling after `probe`,
+//!   slowly at first, as TCP CUBIC probes past its last maximum.
+//!
+//! Only throttles of slots paced wholly at the current rate count: a slot within one window of
+//! a call paced at the old rate (the calls already dispatched when the rate went down) was bound
+//! to be throttled too, and must not lower the rate again. The state is
+//! saved with the quota usage, so a new run starts at the rate the last one learned.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::Throttles;
+use crate::time::Timestamp;
+
+/// How the rate adapts to the API's throttles.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdaptivePolicy {
+    /// Off: pace at the configured quota (a 429 still pauses until its `Retry-After`).
+    pub enabled: bool,
+    /// With no estimate of the API's limit, the rate after a decrease is this fraction of the
+    /// rate that was throttled, in (0, 1).
+    pub decrease: f64,
+    /// With an estimate, the rate after a decrease is this fraction of it, in (0, 1]: room for
+    /// the jitter of call times.
+    pub margin: f64,
+    /// The rate never goes below this fraction of the ceiling, in (0, 1].
+    pub floor: f64,
+    /// How long the rate stays at its decreased value before probing upward.
+    pub hold: Duration,
+    /// How long the probe takes from the decreased rate to the ceiling.
+    pub probe: Duration,
+}
+
+impl Default for AdaptivePolicy {
+    fn default() -> Self {
+        AdaptivePolicy {
+            enabled: true,
+            decrease: 0.7,
+            margin: 0.98,
+            floor: 0.02,
+            hold: Duration::from_secs(30),
+            probe: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How the rate after a decrease was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecreaseBasis {
+    /// From the calls accepted in the period before the throttled one: `margin x` estimate.
+    Estimate,
+    /// No estimate (too little history, or one no lower than the rate): `decrease x` rate.
+    Multiplicative,
+    /// Either would go under the floor: the floor.
+    Floor,
+}
+
+/// A decrease of the rate: where it started, what it was based on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decrease {
+    /// When it was decided: slots from here on are paced at the new rate.
+    pub at: Timestamp,
+    /// The first slot whose window holds no call paced at the old rate (the last slot handed
+    /// out before the decrease, plus the window): a throttle of an earlier slot is the old
+    /// rate's.
+    pub paced_from: Timestamp,
+    /// The rate that was throttled, calls per second.
+    pub from_per_s: f64,
+    /// The rate it set, calls per second.
+    pub to_per_s: f64,
+    /// The estimate of the API's limit it used, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate_per_s: Option<f64>,
+    /// How `to_per_s` was chosen.
+    pub basis: DecreaseBasis,
+}
+
+/// What the controller made of the control record's throttle counter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reaction {
+    /// No throttle it had not seen.
+    Unchanged,
+    /// New throttles, all of slots paced before the last decrease: no further decrease.
+    AlreadyDecreased {
+        /// How many new throttles.
+        new: u64,
+    },
+    /// New throttles while adaptation is off: counted, the rate stays.
+    Disabled {
+        /// How many new throttles.
+        new: u64,
+    },
+    /// The rate went down.
+    Decreased(Decrease),
+}
+
+/// The learned rate: persisted with the quota usage ([`crate::QuotaState`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Adaptive {
+    /// The control record's throttle count already reacted to.
+    #[serde(default)]
+    pub seen: u64,
+    /// The last decrease, while its curve is below the ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<Decrease>,
+}
+
+impl Adaptive {
+    /// The rate allowed at `t`, calls per second, at most `ceiling` (the configured pace).
+    pub fn rate_per_s(&self, t: Timestamp, ceiling: f64, policy: &AdaptivePolicy) -> f64 {
+        let Some(d) = self.last.filter(|_| policy.enabled) else {
+            return ceiling;
+        };
+        let floor = ceiling * policy.floor.clamp(0.0, 1.0);
+        let low = d.to_per_s.clamp(floor, ceiling);
+        let since = t.since(d.at);
+        if since <= policy.hold {
+            return low;
+        }
+        let probe = policy.probe.as_secs_f64();
+        if probe <= 0.0 {
+            return ceiling;
+        }
+        let x = ((since - policy.hold).as_secs_f64() / probe).min(1.0);
+        low + (ceiling - low) * x * x * x
+    }
+
+    /// Whether the rate is below `ceiling` at `t` (a decrease still in force).
+    pub fn is_limiting(&self, t: Timestamp, ceiling: f64, policy: &AdaptivePolicy) -> bool {
+        self.rate_per_s(t, ceiling, policy) < ceiling
+    }
+
+    /// Reacts to the control record's throttle counter at `now`. `paced_from` is where a
+    /// decrease made now takes full effect (see [`Decrease::paced_from`]); `estimate(slot)` is
+    /// the API's limit judged from the calls it accepted in the window before `slot`, asked for
+    /// the first throttled slot paced at the current rate.
+    pub fn on_throttles(
+        &mut self,
+        throttles: &Throttles,
+        now: Timestamp,
+        paced_from: Timestamp,
+        ceiling: f64,
+        policy: &AdaptivePolicy,
+        estimate: impl FnOnce(Timestamp) -> Option<f64>,
+    ) -> Reaction {
+        if throttles.count <= self.seen {
+            // A counter lower than the one seen: the record was reset; start from it.
+            self.seen = self.seen.min(throttles.count);
+            return Reaction::Unchanged;
+        }
+        let new = throttles.count - self.seen;
+        self.seen = throttles.count;
+        if !policy.enabled {
+            return Reaction::Disabled { new };
+        }
+        let Some(slot) = throttles.first_slot_from(self.last.map(|d| d.paced_from)) else {
+            return Reaction::AlreadyDecreased { new };
+        };
+        let rate = self.rate_per_s(slot.min(now), ceiling, policy);
+        let floor = ceiling * policy.floor.clamp(0.0, 1.0);
+        let estimate = estimate(slot).filter(|e| e.is_finite() && *e > 0.0 && *e < rate);
+        let (to, basis) = match estimate {
+            Some(e) => (e * policy.margin, DecreaseBasis::Estimate),
+            None => (rate * policy.decrease, DecreaseBasis::Multiplicative),
+        };
+        let (to, basis) = if to < floor {
+            (floor, DecreaseBasis::Floor)
+        } else {
+            (to, basis)
+        };
+        let d = Decrease {
+            at: now,
+            paced_from: paced_from.max(now),
+            from_per_s: rate,
+            to_per_s: to,
+            estimate_per_s: estimate,
+            basis,
+        };
+        self.last = Some(d);
+        Reaction::Decreased(d)
+    }
+
+    /// Forgets a decrease whose curve has reached the ceiling (keeps the saved state small).
+    pub fn settle(&mut self, t: Timestamp, policy: &AdaptivePolicy) {
+        if !policy.enabled
+            || self
+                .last
+                .is_some_and(|d| t.since(d.at) >= policy.hold + policy.probe)
+        {
+            self.last = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: f64) -> Timestamp {
+        Timestamp::from_millis((1_000_000.0 + s * 1000.0) as u64)
+    }
+
+    fn throttled(count: u64, slots: &[f64]) -> Throttles {
+        let mut th: Option<Throttles> = None;
+        for s in slots {
+            th = Some(Throttles::record(th.as_ref(), t(*s), t(*s)));
+        }
+        let mut th = th.expect("slots");
+        th.count = count;
+        th
+    }
+
+    #[test]
+    fn an_estimate_sets_the_rate_just_under_it() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        let r = a.on_throttles(
+            &throttled(3, &[0.75, 0.8, 0.85]),
+            t(1.0),
+            t(1.0),
+            20.0,
+            &p,
+            |slot| {
+                assert_eq!(slot, t(0.75), "asked for the first throttled slot");
+                Some(15.0)
+            },
+        );
+        let Reaction::Decreased(d) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(d.basis, DecreaseBasis::Estimate);
+        assert!((d.to_per_s - 14.7).abs() < 1e-9, "{d:?}");
+        assert!((a.rate_per_s(t(20.0), 20.0, &p) - 14.7).abs() < 1e-9);
+    }
+
+    #[test]
+    fn no_estimate_decreases_multiplicatively() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        let r = a.on_throttles(&throttled(1, &[5.0]), t(5.5), t(5.5), 20.0, &p, |_| {
+            Some(25.0)
+        });
+        let Reaction::Decreased(d) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(d.basis, DecreaseBasis::Multiplicative);
+        assert!((d.to_per_s - 14.0).abs() < 1e-9, "{d:?}");
+    }
+
+    #[test]
+    fn throttles_of_slots_paced_before_the_decrease_do_not_decrease_again() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        a.on_throttles(&throttled(1, &[1.0]), t(1.2), t(1.2), 20.0, &p, |_| None);
+        let after = a.rate_per_s(t(1.3), 20.0, &p);
+        let r = a.on_throttles(
+            &throttled(4, &[1.0, 1.05, 1.1, 1.15]),
+            t(2.0),
+            t(2.0),
+            20.0,
+            &p,
+            |_| None,
+        );
+        assert_eq!(r, Reaction::AlreadyDecreased { new: 3 });
+        assert_eq!(a.rate_per_s(t(2.0), 20.0, &p), after);
+        // A slot paced after the decrease, throttled: down again.
+        let r = a.on_throttles(
+            &throttled(5, &[1.0, 1.05, 1.1, 1.15, 2.5]),
+            t(3.0),
+            t(3.0),
+            20.0,
+            &p,
+            |_| None,
+        );
+        assert!(matches!(r, Reaction::Decreased(_)), "{r:?}");
+        assert!(a.rate_per_s(t(3.0), 20.0, &p) < after);
+    }
+
+    #[test]
+    fn holds_then_probes_back_to_the_ceiling() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        a.on_throttles(&throttled(1, &[0.0]), t(0.0), t(0.0), 20.0, &p, |_| {
+            Some(10.0)
+        });
+        let at = |s| a.rate_per_s(t(s), 20.0, &p);
+        assert!((at(29.0) - 9.8).abs() < 1e-9);
+        assert!(
+            at(35.0) > 9.8 && at(35.0) < 10.0,
+            "slow at first: {}",
+            at(35.0)
+        );
+        assert!(at(50.0) > at(40.0));
+        assert_eq!(at(60.0), 20.0);
+        assert_eq!(at(600.0), 20.0);
+        let mut settled = a;
+        settled.settle(t(59.0), &p);
+        assert!(settled.last.is_some());
+        settled.settle(t(60.0), &p);
+        assert_eq!(settled.last, None);
+    }
+
+    #[test]
+    fn never_under_the_floor_nor_over_the_ceiling() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        for i in 1..50u64 {
+            let s = i as f64 * 2.0;
+            let th = throttled(i, &[s]);
+            a.on_throttles(&th, t(s + 0.1), t(s + 0.1), 20.0, &p, |_| None);
+            let r = a.rate_per_s(t(s + 0.2), 20.0, &p);
+            assert!(r >= 20.0 * p.floor - 1e-9 && r <= 20.0, "{r}");
+        }
+        assert!((a.rate_per_s(t(100.0), 20.0, &p) - 0.4).abs() < 1e-9);
+        // A lower ceiling (an operator's change) caps the learned rate.
+        assert!(a.rate_per_s(t(1000.0), 5.0, &p) <= 5.0);
+    }
+
+    #[test]
+    fn disabled_counts_but_keeps_the_ceiling() {
+        let p = AdaptivePolicy {
+            enabled: false,
+            ..AdaptivePolicy::default()
+        };
+        let mut a = Adaptive::default();
+        let r = a.on_throttles(&throttled(2, &[1.0, 1.1]), t(2.0), t(2.0), 20.0, &p, |_| {
+            Some(5.0)
+        });
+        assert_eq!(r, Reaction::Disabled { new: 2 });
+        assert_eq!(a.rate_per_s(t(2.0), 20.0, &p), 20.0);
+    }
+}

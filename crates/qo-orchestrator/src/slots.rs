@@ -1,0 +1,82 @@
+//! [`SlotLog`]: the slots this run handed out lately, to judge the API's limit when it throttles.
+//!
+//! When the API throttles a call paced at the current rate, the calls it accepted just before
+//! tell its limit: the slots handed out in the pacing tier's period before the throttled one,
+//! less those it throttled. Calls of an earlier run are not in the log, so the count can only
+//! be too low: a rate under the API's limit, never over it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use qo_core::Timestamp;
+
+/// The most slots kept (a per-minute tier of 10,000 calls needs no more).
+const MAX_SLOTS: usize = 10_000;
+
+/// Recent slots, oldest first.
+#[derive(Debug)]
+pub struct SlotLog {
+    slots: VecDeque<Timestamp>,
+    /// The period counted over: the pacing tier's.
+    period: Duration,
+}
+
+impl SlotLog {
+    /// An empty log, counting over `period`.
+    pub fn new(period: Duration) -> Self {
+        SlotLog {
+            slots: VecDeque::new(),
+            period,
+        }
+    }
+
+    /// Counts over `period` from now on (the quota changed).
+    pub fn set_period(&mut self, period: Duration) {
+        self.period = period;
+    }
+
+    /// Records a slot handed out.
+    pub fn push(&mut self, slot: Timestamp) {
+        self.slots.push_back(slot);
+        let keep_from = slot.minus(self.period.saturating_mul(2));
+        while self.slots.len() > MAX_SLOTS || self.slots.front().is_some_and(|s| *s < keep_from) {
+            self.slots.pop_front();
+        }
+    }
+
+    /// The API's limit as the calls before `slot` tell it, calls per second: the slots in
+    /// `[slot - period, slot)` that were not `throttled`, over the period. `None` when none
+    /// counts.
+    pub fn estimate_per_s(&self, slot: Timestamp, throttled: &[Timestamp]) -> Option<f64> {
+        let from = slot.minus(self.period);
+        let within = |s: &&Timestamp| **s >= from && **s < slot;
+        let sent = self.slots.iter().filter(within).count();
+        let refused = throttled.iter().filter(within).count();
+        let n = sent.saturating_sub(refused);
+        let period = self.period.as_secs_f64();
+        (n > 0 && period > 0.0).then(|| n as f64 / period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Timestamp {
+        Timestamp::from_millis(1_000_000 + ms)
+    }
+
+    #[test]
+    fn counts_the_accepted_calls_of_the_period_before_the_throttled_slot() {
+        let mut log = SlotLog::new(Duration::from_secs(1));
+        for i in 0..40 {
+            log.push(t(i * 50)); // 20/s
+        }
+        // Throttled at 0.75 s: 15 calls before it since the start.
+        assert_eq!(log.estimate_per_s(t(750), &[]), Some(15.0));
+        // Later, a second of 20/s before it, 5 of them throttled: 15 accepted.
+        let refused: Vec<Timestamp> = (0..5).map(|i| t(800 + i * 200)).collect();
+        assert_eq!(log.estimate_per_s(t(1800), &refused), Some(15.0));
+        assert_eq!(log.estimate_per_s(t(0), &[]), None);
+    }
+}

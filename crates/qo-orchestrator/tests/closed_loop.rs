@@ -1,0 +1,210 @@
+//! Closed-loop pacing on the paused clock: the API's real limit differs from the configured
+//! quota, and the pace follows it (issue: a 429 is a pacing signal).
+//!
+//! The API here is a strict rolling window (at most `limit` accepted calls in any second,
+//! `Retry-After` in whole seconds, at least 1, as the simulator answers), whose limit can
+//! change with time. The stand-in worker writes each 429 to the control record as the worker
+//! does (back-off and the throttle counter).
+
+mod support;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qo_core::ports::{RecordKey, load_record};
+use qo_core::{QuotaState, Timestamp};
+use qo_memory::InvokerOptions;
+use support::{Harness, Verdict, config, max_in_window, start};
+
+/// A strict rolling-window API whose limit is a function of the time since the start.
+struct RollingApi {
+    accepted: VecDeque<Timestamp>,
+    limit_at: Box<dyn Fn(Duration) -> usize + Send>,
+}
+
+impl RollingApi {
+    fn new(limit_at: impl Fn(Duration) -> usize + Send + 'static) -> Self {
+        RollingApi {
+            accepted: VecDeque::new(),
+            limit_at: Box::new(limit_at),
+        }
+    }
+
+    fn answer(&mut self, t: Timestamp) -> Verdict {
+        let limit = (self.limit_at)(t.since(start()));
+        let second = Duration::from_secs(1);
+        while self.accepted.front().is_some_and(|a| a.plus(second) <= t) {
+            self.accepted.pop_front();
+        }
+        if self.accepted.len() < limit {
+            self.accepted.push_back(t);
+            return Verdict::Succeed;
+        }
+        // Until enough of the window leaves it, in whole seconds (at least 1).
+        let excess = self.accepted.len() + 1 - limit.max(1);
+        let frees = self.accepted[excess - 1].plus(second).since(t);
+        let secs = frees.as_secs() + u64::from(frees.subsec_nanos() > 0);
+        Verdict::Throttle(Duration::from_secs(secs.max(1)))
+    }
+}
+
+fn harness(limit_at: impl Fn(Duration) -> usize + Send + 'static) -> Harness {
+    let api = Arc::new(Mutex::new(RollingApi::new(limit_at)));
+    Harness::with_api(
+        move |_, t| api.lock().expect("api").answer(t),
+        InvokerOptions::template(),
+    )
+}
+
+/// Successful calls per second from the first call to the last success.
+fn success_rate(h: &Harness) -> f64 {
+    let calls = h.calls();
+    let throttled: Vec<Timestamp> = h.throttled.lock().expect("throttled").clone();
+    let ok: Vec<Timestamp> = calls
+        .iter()
+        .copied()
+        .filter(|c| !throttled.contains(c))
+        .collect();
+    let (Some(first), Some(last)) = (calls.first(), ok.last()) else {
+        return 0.0;
+    };
+    ok.len() as f64 / last.since(*first).as_secs_f64()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_tighter_than_the_quota_is_learned_and_used() {
+    // Configured 20/s, the API allows 15/s (a key shared, a limit misdocumented).
+    let h = harness(|_| 15);
+    h.enqueue(600);
+    let cfg = config("20/s");
+    let reports = h
+        .drive(
+            &cfg,
+            Duration::from_secs(300),
+            600,
+            Duration::from_secs(900),
+        )
+        .await;
+    assert_eq!(h.succeeded().len(), 600, "{reports:?}");
+    assert_eq!(h.dead(), 0);
+    let throttled = h.throttled.lock().expect("throttled").len();
+    let calls = h.calls().len();
+    let rate = success_rate(&h);
+    eprintln!(
+        "limit 15/s, quota 20/s: {rate:.2}/s, {throttled} of {calls} calls throttled, \
+         decreases {}",
+        reports.iter().map(|r| r.pace_decreases).sum::<u64>()
+    );
+    assert!(rate >= 0.95 * 15.0, "{rate:.2}/s is under 95% of 15/s");
+    assert!(
+        throttled as f64 <= 0.03 * calls as f64,
+        "{throttled} of {calls} calls throttled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_ceiling_nothing_is_throttled_and_the_quota_is_used() {
+    let h = harness(|_| 20);
+    h.enqueue(600);
+    let cfg = config("20/s");
+    let reports = h
+        .drive(
+            &cfg,
+            Duration::from_secs(300),
+            600,
+            Duration::from_secs(900),
+        )
+        .await;
+    assert_eq!(h.succeeded().len(), 600);
+    assert_eq!(h.throttled.lock().expect("throttled").len(), 0);
+    assert!(reports.iter().all(|r| r.pace_decreases == 0));
+    let rate = success_rate(&h);
+    assert!(rate >= 0.99 * 20.0, "{rate:.2}/s");
+    assert!(max_in_window(&h.calls(), Duration::from_secs(1)) <= 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_learned_rate_survives_a_restart() {
+    let h = harness(|_| 10);
+    h.enqueue(100);
+    let cfg = config("20/s");
+    // One short run: it meets the limit and learns it.
+    let first = h.run_for(&cfg, Duration::from_secs(8)).await;
+    assert!(first.pace_decreases >= 1, "{first:?}");
+    let saved = load_record::<QuotaState>(&h.store, RecordKey::Quota)
+        .await
+        .expect("state")
+        .value;
+    let learned = saved.adaptive.last.expect("a learned rate is saved");
+    assert!(learned.to_per_s <= 10.0, "{learned:?}");
+    // The next run starts at it: no second decrease, and no burst at the configured 20/s.
+    let before = h.throttled.lock().expect("throttled").len();
+    let from = h.clock_now();
+    let second = h.run_for(&cfg, Duration::from_secs(8)).await;
+    let after: Vec<Timestamp> = h.calls().into_iter().filter(|c| *c >= from).collect();
+    assert!(!after.is_empty());
+    assert!(
+        max_in_window(&after, Duration::from_secs(1)) <= 10,
+        "the second run called faster than it learned"
+    );
+    assert_eq!(h.throttled.lock().expect("throttled").len(), before);
+    assert_eq!(second.pace_decreases, 0, "{second:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_follows_a_limit_that_halves_and_comes_back() {
+    // 20/s, then 10/s from 30 s to 90 s, then 20/s again.
+    let h = harness(|t| {
+        if (30..90).contains(&t.as_secs()) {
+            10
+        } else {
+            20
+        }
+    });
+    h.enqueue(2_400);
+    let cfg = config("20/s");
+    h.drive(
+        &cfg,
+        Duration::from_secs(600),
+        2_400,
+        Duration::from_secs(900),
+    )
+    .await;
+    assert_eq!(h.succeeded().len(), 2_400);
+    assert_eq!(h.dead(), 0);
+    let calls = h.calls();
+    let per_s = |from: u64, to: u64| {
+        let (a, b) = (
+            start().plus(Duration::from_secs(from)),
+            start().plus(Duration::from_secs(to)),
+        );
+        calls.iter().filter(|c| **c >= a && **c < b).count() as f64 / (to - from) as f64
+    };
+    let throttled: Vec<u64> = h
+        .throttled
+        .lock()
+        .expect("throttled")
+        .iter()
+        .map(|t| t.since(start()).as_secs())
+        .collect();
+    eprintln!(
+        "halving: 20-30 s {:.1}/s, 40-90 s {:.1}/s, 150-160 s {:.1}/s; throttled at {throttled:?}",
+        per_s(20, 30),
+        per_s(40, 90),
+        per_s(150, 160)
+    );
+    // Within 10 s of the halving the rate is the new limit's; after that only a probe upward
+    // (after the hold) meets a throttle now and then.
+    let probing = throttled.iter().filter(|s| (40..90).contains(*s)).count();
+    assert!(probing <= 3, "{throttled:?}");
+    assert!(per_s(40, 90) >= 0.9 * 10.0 && per_s(40, 90) <= 10.0);
+    // Back at the quota within the hold and the probe after the limit came back.
+    let policy = cfg.pacing.adaptive;
+    let back = 90 + (policy.hold + policy.probe).as_secs();
+    assert!(
+        per_s(back, back + 10) >= 0.95 * 20.0,
+        "{:.1}/s",
+        per_s(back, back + 10)
+    );
+}
