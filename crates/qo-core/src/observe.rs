@@ -115,7 +115,8 @@ pub enum Observation {
         /// The configured quota's pace, calls per second.
         ceiling_per_s: f64,
     },
-    /// The API throttled a call paced at the current rate: the rate went down.
+    /// The pace went down: the API throttled a call paced at the current rate, or its
+    /// rate-limit headers said less was left.
     PaceDecreased(crate::quota::Decrease),
     /// Calls dispatched against the calls the pace allowed while work was waiting, since the
     /// last such observation ([`crate::quota::UtilizationMeter`]).

@@ -984,13 +984,30 @@ where
     /// Lowers the pace when the API throttled a call paced at the current rate (the control
     /// record's counter, written by the worker on each 429; see [`qo_core::quota::adaptive`]).
     fn react_to_throttles(&mut self, now: Timestamp) {
+        if let Some(window) = self.control.api_window {
+            // The API's own count: the calls of its window that were not ours were another
+            // client's. Its window is the one it says, or the pacing tier's.
+            let length = window
+                .window_s
+                .map_or(self.pacer.spec().pacing_period(), Duration::from_secs);
+            let ours = self
+                .slots
+                .count_between(window.reset_at.minus(length), window.observed_at);
+            let reaction = self.pacer.on_api_window(&window, ours, now);
+            self.record_reaction(reaction);
+        }
         let Some(throttles) = self.control.throttles.clone() else {
             return;
         };
         let slots = &self.slots;
-        match self.pacer.on_throttles(&throttles, now, |slot| {
+        let reaction = self.pacer.on_throttles(&throttles, now, |slot| {
             slots.estimate_per_s(slot, &throttles.recent_slots)
-        }) {
+        });
+        self.record_reaction(reaction);
+    }
+
+    fn record_reaction(&mut self, reaction: Reaction) {
+        match reaction {
             Reaction::Unchanged => {}
             Reaction::AlreadyDecreased { new } | Reaction::Disabled { new } => {
                 debug!(new, "throttles of slots paced at the previous rate");
@@ -1001,7 +1018,7 @@ where
                     to_per_s = d.to_per_s,
                     estimate_per_s = d.estimate_per_s,
                     basis = ?d.basis,
-                    "the API throttled a call paced at the current rate: pace lowered"
+                    "pace lowered to the API's limit (a 429 of a call paced at the current rate, or its rate-limit headers)"
                 );
                 self.report.pace_decreases += 1;
                 self.ports.observer.observe(Observation::PaceDecreased(d));

@@ -44,6 +44,14 @@ impl SlotLog {
         }
     }
 
+    /// How many slots lie in `[from, to]`.
+    pub fn count_between(&self, from: Timestamp, to: Timestamp) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| **s >= from && **s <= to)
+            .count() as u64
+    }
+
     /// The API's limit as the calls before `slot` tell it, calls per second: the slots in
     /// `[slot - period, slot)` that were not `throttled`, over the period. `None` when none
     /// counts.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::Throttles;
+use crate::control::{ApiWindow, Throttles};
 use crate::time::Timestamp;
 
 /// How the rate adapts to the API's throttles.
@@ -66,6 +66,9 @@ pub enum DecreaseBasis {
     Estimate,
     /// No estimate (too little history, or one no lower than the rate): `decrease x` rate.
     Multiplicative,
+    /// The API's rate-limit headers: its limit less what other clients of the key used in its
+    /// window, `margin x` that.
+    ApiWindow,
     /// Either would go under the floor: the floor.
     Floor,
 }
@@ -118,6 +121,9 @@ pub struct Adaptive {
     /// The last decrease, while its curve is below the ceiling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<Decrease>,
+    /// The API's latest window report already reacted to (its `observed_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_seen: Option<Timestamp>,
 }
 
 impl Adaptive {
@@ -190,6 +196,59 @@ impl Adaptive {
             to_per_s: to,
             estimate_per_s: estimate,
             basis,
+        };
+        self.last = Some(d);
+        Reaction::Decreased(d)
+    }
+
+    /// Reacts to the API's own count of its window (its rate-limit headers), reported at
+    /// `window.observed_at`: `ours` of the calls it counted were this orchestrator's (its slots
+    /// in the window), the rest another client's. When the API's limit less the others' use is
+    /// under the current rate, the rate becomes `margin x` that. `period` is the window's length
+    /// when the API does not say it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_api_window(
+        &mut self,
+        window: &ApiWindow,
+        ours: u64,
+        period: Duration,
+        now: Timestamp,
+        paced_from: Timestamp,
+        ceiling: f64,
+        policy: &AdaptivePolicy,
+    ) -> Reaction {
+        if self.window_seen.is_some_and(|s| s >= window.observed_at) {
+            return Reaction::Unchanged;
+        }
+        self.window_seen = Some(window.observed_at);
+        let Some(limit) = window.limit else {
+            return Reaction::Unchanged;
+        };
+        if !policy.enabled {
+            return Reaction::Disabled { new: 1 };
+        }
+        let length = window
+            .window_s
+            .map_or(period, Duration::from_secs)
+            .as_secs_f64();
+        if length <= 0.0 {
+            return Reaction::Unchanged;
+        }
+        let used = limit.saturating_sub(window.remaining);
+        let others = used.saturating_sub(ours);
+        let available = limit.saturating_sub(others) as f64 / length;
+        let rate = self.rate_per_s(now, ceiling, policy);
+        let to = (available * policy.margin).max(ceiling * policy.floor.clamp(0.0, 1.0));
+        if to >= rate {
+            return Reaction::Unchanged;
+        }
+        let d = Decrease {
+            at: now,
+            paced_from: paced_from.max(now),
+            from_per_s: rate,
+            to_per_s: to,
+            estimate_per_s: Some(available),
+            basis: DecreaseBasis::ApiWindow,
         };
         self.last = Some(d);
         Reaction::Decreased(d)
@@ -329,6 +388,40 @@ mod tests {
         assert!((a.rate_per_s(t(100.0), 20.0, &p) - 0.4).abs() < 1e-9);
         // A lower ceiling (an operator's change) caps the learned rate.
         assert!(a.rate_per_s(t(1000.0), 5.0, &p) <= 5.0);
+    }
+
+    #[test]
+    fn the_api_window_tells_what_another_client_uses() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        // Limit 20 a second; 19 used, 14 of them ours: another client takes 5.
+        let w = ApiWindow {
+            limit: Some(20),
+            window_s: Some(1),
+            remaining: 1,
+            reset_at: t(1.0),
+            observed_at: t(0.9),
+        };
+        let r = a.on_api_window(&w, 14, Duration::from_secs(1), t(1.0), t(2.0), 20.0, &p);
+        let Reaction::Decreased(d) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(d.basis, DecreaseBasis::ApiWindow);
+        assert!((d.to_per_s - 15.0 * 0.98).abs() < 1e-9, "{d:?}");
+        // The same report again changes nothing; one that leaves room changes nothing either.
+        assert_eq!(
+            a.on_api_window(&w, 14, Duration::from_secs(1), t(1.1), t(2.0), 20.0, &p),
+            Reaction::Unchanged
+        );
+        let roomy = ApiWindow {
+            remaining: 10,
+            observed_at: t(1.5),
+            ..w
+        };
+        assert_eq!(
+            a.on_api_window(&roomy, 10, Duration::from_secs(1), t(1.5), t(2.0), 20.0, &p),
+            Reaction::Unchanged
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adaptive::{Adaptive, AdaptivePolicy, Reaction};
 use super::spec::{Period, QuotaSpec, Tier, WindowKind};
-use crate::control::Throttles;
+use crate::control::{ApiWindow, Throttles};
 use crate::time::{Timestamp, duration_micros};
 
 /// How budget tiers (hour, day, month) are used.
@@ -330,6 +330,22 @@ impl Pacer {
         self.state
             .adaptive
             .on_throttles(throttles, now, paced_from, ceiling, &policy, estimate)
+    }
+
+    /// Reacts at `now` to the API's report of its window (see [`Adaptive::on_api_window`]);
+    /// `ours` is how many of this orchestrator's slots fell in that window. With nothing left
+    /// in the window, no call before it resets.
+    pub fn on_api_window(&mut self, window: &ApiWindow, ours: u64, now: Timestamp) -> Reaction {
+        if window.remaining == 0 && window.reset_at > now {
+            self.back_off_until(window.reset_at);
+        }
+        let ceiling = self.spec.pacing_rate_per_s();
+        let policy = self.policy.adaptive;
+        let period = self.spec.pacing_period();
+        let paced_from = self.state.last_slot.unwrap_or(now).max(now).plus(period);
+        self.state
+            .adaptive
+            .on_api_window(window, ours, period, now, paced_from, ceiling, &policy)
     }
 
     /// Forgets a learned rate that has climbed back to the ceiling.
