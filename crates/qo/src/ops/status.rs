@@ -9,8 +9,10 @@ use qo_aws::sqs::QueueDepth;
 use qo_core::circuit::{Circuit, CircuitPolicy, CircuitState};
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::ports::{Lease, LeaseStore, RecordKey, load_record};
-use qo_core::quota::{Pacer, PacingPolicy, QuotaSpec, QuotaState, TierReport};
-use qo_core::{Control, Timestamp};
+use qo_core::quota::{
+    Decrease, DecreaseBasis, Pacer, PacingPolicy, QuotaSpec, QuotaState, TierReport,
+};
+use qo_core::{BackoffReason, Control, Timestamp};
 use serde::Serialize;
 
 use super::error::OpsError;
@@ -49,6 +51,10 @@ pub struct StatusReport {
     /// No call before this (the API's Retry-After), if set.
     #[serde(serialize_with = "ser_opt_time")]
     pub backoff_until: Option<Timestamp>,
+    /// Why the worker set the back-off (a 429, or a refused credential).
+    pub backoff_reason: Option<BackoffReason>,
+    /// The pace: the rate learned from the API's throttles against the quota's.
+    pub pace: PaceStatus,
     /// Who changed the controls last.
     pub updated_by: Option<String>,
     /// When the controls changed last.
@@ -58,6 +64,19 @@ pub struct StatusReport {
     pub queues: Vec<QueueStatus>,
     /// Messages on the dead-letter queue (visible, in flight and delayed).
     pub dead_letters: u64,
+}
+
+/// The pace now: closed-loop pacing's learned rate under the quota.
+#[derive(Clone, Debug, Serialize)]
+pub struct PaceStatus {
+    /// The rate paced at now, calls per second.
+    pub rate_per_s: f64,
+    /// The quota's pace, calls per second (the ceiling).
+    pub ceiling_per_s: f64,
+    /// The last decrease, while the pace is below the ceiling.
+    pub lowered: Option<Decrease>,
+    /// 429s the worker has counted.
+    pub throttles: u64,
 }
 
 /// The quota in force.
@@ -176,11 +195,24 @@ impl StatusReport {
             .quota
             .clone()
             .unwrap_or_else(|| deployed.clone());
-        let tiers = Pacer::hydrate(spec.clone(), pacing, snap.quota.clone())
+        let pacer = Pacer::hydrate(spec.clone(), pacing, snap.quota.clone());
+        let tiers = pacer
             .report(now)
             .into_iter()
             .map(TierStatus::from)
             .collect();
+        let ceiling_per_s = spec.pacing_rate_per_s();
+        let rate_per_s = ceiling_per_s * pacer.adaptive_fraction(now);
+        let pace = PaceStatus {
+            rate_per_s,
+            ceiling_per_s,
+            lowered: snap
+                .quota
+                .adaptive
+                .last
+                .filter(|_| rate_per_s < ceiling_per_s),
+            throttles: snap.control.throttles.as_ref().map_or(0, |t| t.count),
+        };
         let c = &snap.circuit;
         let (since, forced) = match c.state {
             CircuitState::Closed { since, .. } => (since, false),
@@ -230,6 +262,8 @@ impl StatusReport {
             }),
             paused: snap.control.paused,
             backoff_until: snap.control.backoff_until.max(snap.quota.backoff_until),
+            backoff_reason: snap.control.backoff_reason,
+            pace,
             updated_by: snap.control.updated_by,
             updated_at: snap.control.updated_at,
             queues,
@@ -305,9 +339,47 @@ impl fmt::Display for StatusReport {
                 "no"
             }
         )?;
-        match self.backoff_until {
-            Some(b) if b > now => writeln!(f, "backoff       until {}", when(b, now))?,
+        match (self.backoff_until, self.backoff_reason) {
+            (Some(b), reason) if b > now => {
+                let why = match reason {
+                    Some(BackoffReason::Throttled) => " (the API answered 429)".to_string(),
+                    Some(BackoffReason::CredentialRejected { status }) => {
+                        format!(" (the API refused the credential: HTTP {status})")
+                    }
+                    None => String::new(),
+                };
+                writeln!(f, "backoff       until {}{why}", when(b, now))?
+            }
             _ => writeln!(f, "backoff       none")?,
+        }
+        let p = &self.pace;
+        match &p.lowered {
+            Some(d) => writeln!(
+                f,
+                "pace          {:.2}/s of {:.2}/s, lowered {} from {:.2}/s ({}); {} 429s counted",
+                p.rate_per_s,
+                p.ceiling_per_s,
+                when(d.at, now),
+                d.from_per_s,
+                match d.basis {
+                    DecreaseBasis::Estimate => format!(
+                        "the API accepted {:.2}/s before a 429",
+                        d.estimate_per_s.unwrap_or_default()
+                    ),
+                    DecreaseBasis::Multiplicative => "a 429".to_string(),
+                    DecreaseBasis::ApiWindow => format!(
+                        "its rate-limit headers left {:.2}/s",
+                        d.estimate_per_s.unwrap_or_default()
+                    ),
+                    DecreaseBasis::Floor => "a 429, at the floor".to_string(),
+                },
+                p.throttles
+            )?,
+            None => writeln!(
+                f,
+                "pace          {:.2}/s (the quota's); {} 429s counted",
+                p.rate_per_s, p.throttles
+            )?,
         }
         if let (Some(by), Some(at)) = (&self.updated_by, self.updated_at) {
             writeln!(f, "controls      last changed by {by} at {}", when(at, now))?;
@@ -414,6 +486,43 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn a_lowered_pace_and_the_backoff_reason_are_reported() {
+        let now = Timestamp::from_secs(1_700_000_000);
+        let deployed: QuotaSpec = "20/s".parse().unwrap();
+        let mut snap = snapshot();
+        let throttles = qo_core::Throttles::record(
+            None,
+            now.minus(Duration::from_secs(5)),
+            now.minus(Duration::from_secs(5)),
+        );
+        let mut pacer = Pacer::new(deployed.clone(), PacingPolicy::default());
+        pacer.on_throttles(&throttles, now.minus(Duration::from_secs(4)), |_| {
+            Some(15.0)
+        });
+        snap.quota = pacer.state().clone();
+        snap.control.throttles = Some(throttles);
+        snap.control.backoff_until = Some(now.plus(Duration::from_secs(1)));
+        snap.control.backoff_reason = Some(BackoffReason::Throttled);
+        let report = StatusReport::build(
+            snap,
+            now,
+            &deployed,
+            PacingPolicy::default(),
+            &CircuitPolicy::default(),
+        );
+        assert!(
+            (report.pace.rate_per_s - 14.7).abs() < 1e-9,
+            "{:?}",
+            report.pace
+        );
+        let text = report.to_string();
+        assert!(text.contains("pace          14.70/s of 20.00/s"), "{text}");
+        assert!(text.contains("accepted 15.00/s before a 429"), "{text}");
+        assert!(text.contains("(the API answered 429)"), "{text}");
+        assert!(text.contains("1 429s counted"), "{text}");
     }
 
     #[test]
