@@ -123,6 +123,7 @@ PARAMETER_SETS = {
         "WorkerThrottleAlarmThreshold": 10,
         "WorkerAsyncEventAgeAlarmMs": 5000,
         "LogRetentionDays": 7,
+        "AdaptivePacing": "off",
         "WorkerSystemLogLevel": "WARN",
     },
 }
