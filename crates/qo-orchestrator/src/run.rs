@@ -691,10 +691,14 @@ where
         }
         self.control = control;
         self.react_to_throttles(now);
-        self.ports.observer.observe(Observation::Pace {
-            rate_per_s: self.pacer.target_rate_per_s(now),
-            ceiling_per_s: self.pacer.spec().pacing_rate_per_s(),
-        });
+        if self.pacer.adaptive_fraction(now) < 1.0 {
+            // Only while the learned rate is under the quota: at the quota there is nothing to
+            // show, and each metric published costs by the hour.
+            self.ports.observer.observe(Observation::Pace {
+                rate_per_s: self.pacer.target_rate_per_s(now),
+                ceiling_per_s: self.pacer.spec().pacing_rate_per_s(),
+            });
+        }
         self.apply_circuit(circuit?.value);
         self.poll_completions().await?;
         Ok(None)
