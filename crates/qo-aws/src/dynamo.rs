@@ -3,7 +3,7 @@
 //!
 //! | pk | attributes |
 //! |---|---|
-//! | `quota`, `circuit`, `control` | `doc` (S, the record's JSON), `version` (N); the circuit also `phase` (S), `epoch` (N) |
+//! | `quota`, `circuit`, `control`, `sweep` | `doc` (S, the record's JSON), `version` (N); the circuit also `phase` (S), `epoch` (N) |
 //! | `lease` | `owner` (S), `token` (N), `expires_at_ms` (N) |
 //! | `job#<id>` | `status` (S: `in_progress` or `done`), `claimed_at_ms` (N), `ttl` (N, epoch s) |
 //!

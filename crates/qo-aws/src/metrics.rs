@@ -166,6 +166,12 @@ impl Observer for EmfMetrics {
                 self.gauge("PaceCeiling", ceiling_per_s);
             }
             Observation::PaceDecreased(_) => self.add("PaceDecreases", 1.0),
+            Observation::Swept { resent, completed } => {
+                self.add("SweptCopies", resent as f64);
+                if completed {
+                    self.add("SweepPassesCompleted", 1.0);
+                }
+            }
         }
     }
 }

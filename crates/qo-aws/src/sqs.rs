@@ -186,7 +186,7 @@ impl SqsQueue {
         Ok(out.messages.unwrap_or_default())
     }
 
-    async fn receive_from(
+    async fn receive_one(
         &self,
         role: QueueRole,
         max: usize,
@@ -244,20 +244,9 @@ impl SqsQueue {
         origin: &Origin,
     ) -> Result<aws_sdk_sqs::operation::send_message::builders::SendMessageFluentBuilder, QueueError>
     {
-        let mut req = self
-            .client
-            .send_message()
-            .queue_url(url)
-            .message_body(body)
-            .message_attributes(
-                ATTR_ATTEMPT,
-                number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(op, e))?,
-            );
-        if let Some(at) = origin.enqueued_at {
-            req = req.message_attributes(
-                ATTR_ENQUEUED_AT_MS,
-                number_attr(at.as_millis()).map_err(|e| queue_backend(op, e))?,
-            );
+        let mut req = self.client.send_message().queue_url(url).message_body(body);
+        for (name, value) in job_attributes(op, origin)? {
+            req = req.message_attributes(name, value);
         }
         if is_fifo(url) {
             req = req
@@ -265,6 +254,58 @@ impl SqsQueue {
                 .message_deduplication_id(unique_dedup_id());
         }
         Ok(req)
+    }
+
+    /// Sends fresh copies of `messages` (all received from `url`) with one SendMessageBatch
+    /// per ten; returns the receipts of the originals whose copy SQS refused, and the first
+    /// refusal's reason.
+    async fn resend_batch(
+        &self,
+        url: &str,
+        messages: &[&Message],
+        delay: Duration,
+    ) -> Result<(Vec<String>, Option<String>), QueueError> {
+        const OP: &str = "sqs.SendMessageBatch(resend)";
+        let fifo = is_fifo(url);
+        let delay = i32::try_from(ceil_secs(delay).min(MAX_DELAY_S)).unwrap_or(0);
+        let mut refused = Vec::new();
+        let mut first = None;
+        for chunk in messages.chunks(MAX_BATCH) {
+            let mut entries = Vec::with_capacity(chunk.len());
+            for (i, m) in chunk.iter().enumerate() {
+                let mut e = SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(&m.body);
+                for (name, value) in job_attributes(OP, &m.origin)? {
+                    e = e.message_attributes(name, value);
+                }
+                if fifo {
+                    // No per-message delay on a FIFO queue (SQS refuses it).
+                    e = e
+                        .message_group_id(m.origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
+                        .message_deduplication_id(unique_dedup_id());
+                } else {
+                    e = e.delay_seconds(delay);
+                }
+                entries.push(e.build().map_err(|e| invalid_entry(OP, e))?);
+            }
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| queue_err(OP, e))?;
+            if first.is_none() {
+                first = out.failed.first().map(batch_failure);
+            }
+            refused.extend(out.failed.iter().filter_map(|f| {
+                let i: usize = f.id.parse().ok()?;
+                chunk.get(i).map(|m| m.receipt.clone())
+            }));
+        }
+        Ok((refused, first))
     }
 
     /// The approximate depth of each queue: main, retry (if configured), dead-letter.
@@ -450,7 +491,7 @@ impl JobSource for SqsQueue {
         let mut out = Vec::new();
         if self.urls.retry.is_some() {
             out = self
-                .receive_from(QueueRole::Retry, max, Duration::ZERO)
+                .receive_one(QueueRole::Retry, max, Duration::ZERO)
                 .await?;
         }
         if out.len() < max {
@@ -461,7 +502,7 @@ impl JobSource for SqsQueue {
                 Duration::ZERO
             };
             let main = self
-                .receive_from(QueueRole::Main, max - out.len(), wait)
+                .receive_one(QueueRole::Main, max - out.len(), wait)
                 .await?;
             out.extend(main);
         }
@@ -493,6 +534,46 @@ impl JobSource for SqsQueue {
             Some(detail) => Err(QueueError::Partial {
                 op: "delete",
                 failed,
+                detail,
+                refused,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    async fn receive_from(
+        &self,
+        role: QueueRole,
+        max: u8,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        if role == QueueRole::Retry && self.urls.retry.is_none() {
+            return Ok(Vec::new());
+        }
+        self.receive_one(role, usize::from(max.clamp(1, 10)), whole_seconds(wait))
+            .await
+    }
+
+    async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
+        let mut groups: Vec<(&str, Vec<&Message>)> = Vec::new();
+        for m in messages {
+            let url = self.url(m.queue);
+            match groups.iter_mut().find(|(u, _)| *u == url) {
+                Some((_, v)) => v.push(m),
+                None => groups.push((url, vec![m])),
+            }
+        }
+        let mut refused = Vec::new();
+        let mut first = None;
+        for (url, batch) in groups {
+            let (r, f) = self.resend_batch(url, &batch, delay).await?;
+            refused.extend(r);
+            first = first.or(f);
+        }
+        match first {
+            Some(detail) => Err(QueueError::Partial {
+                op: "resend",
+                failed: refused.len(),
                 detail,
                 refused,
             }),
@@ -790,6 +871,25 @@ fn origin_of(m: &aws_sdk_sqs::types::Message) -> Origin {
         group_id: sys(MessageSystemAttributeName::MessageGroupId),
         dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
     }
+}
+
+/// Our message attributes of a job's send: its attempt (`qo-attempt`) and first enqueue time
+/// (`qo-enqueued-at-ms`), as a re-queue, a re-send and a fresh copy carry them.
+fn job_attributes(
+    op: &'static str,
+    origin: &Origin,
+) -> Result<Vec<(&'static str, MessageAttributeValue)>, QueueError> {
+    let mut attrs = vec![(
+        ATTR_ATTEMPT,
+        number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(op, e))?,
+    )];
+    if let Some(at) = origin.enqueued_at {
+        attrs.push((
+            ATTR_ENQUEUED_AT_MS,
+            number_attr(at.as_millis()).map_err(|e| queue_backend(op, e))?,
+        ));
+    }
+    Ok(attrs)
 }
 
 fn string_attr(v: &str) -> Result<MessageAttributeValue, AwsError> {

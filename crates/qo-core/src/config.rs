@@ -23,6 +23,38 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A queue variable names a FIFO queue (its URL ends in `.fifo`).
+    #[error(
+        "configuration: {name}={value:?} is a FIFO queue (its name ends in `.fifo`): FIFO queues \
+         refuse a per-message DelaySeconds, and the worker's re-queue with back-off, the retry \
+         queue and the orchestrator's retention sweep all send with one; use a standard queue"
+    )]
+    FifoQueue {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// The queue variables whose queues are sent to with a per-message delay: `QUEUE_URL` and
+/// `RETRY_QUEUE_URL`.
+pub const DELAYED_QUEUE_VARS: [&str; 2] = ["QUEUE_URL", "RETRY_QUEUE_URL"];
+
+/// Refuses a FIFO queue in any of [`DELAYED_QUEUE_VARS`]: SQS does not support a per-message
+/// `DelaySeconds` on FIFO queues (only a queue-wide delay), and the system relies on it.
+pub fn refuse_fifo_queues(env: &(impl Env + ?Sized)) -> Result<(), ConfigError> {
+    for name in DELAYED_QUEUE_VARS {
+        if let Some(value) = env.get(name)
+            && value.trim_end_matches('/').ends_with(".fifo")
+        {
+            return Err(ConfigError::FifoQueue {
+                name: name.to_string(),
+                value,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A source of variables: the process environment, or a map in tests.

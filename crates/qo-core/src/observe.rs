@@ -118,6 +118,14 @@ pub enum Observation {
     /// The pace went down: the API throttled a call paced at the current rate, or its
     /// rate-limit headers said less was left.
     PaceDecreased(crate::quota::Decrease),
+    /// The orchestrator's retention sweep re-sent waiting messages as fresh copies (so that
+    /// none is deleted by the queue's retention while nobody receives it).
+    Swept {
+        /// Copies made by this run's part of the pass.
+        resent: u64,
+        /// Whether the pass completed in this run.
+        completed: bool,
+    },
     /// Calls dispatched against the calls the pace allowed while work was waiting, since the
     /// last such observation ([`crate::quota::UtilizationMeter`]).
     Utilization(Utilization),

@@ -3,7 +3,7 @@
 //!
 //! | port | orchestrator | worker |
 //! |---|---|---|
-//! | [`JobSource`] receive, delete, release | yes | |
+//! | [`JobSource`] receive, delete, release, re-send fresh copies | yes | |
 //! | [`JobSink`] dead-letter, re-queue | yes | yes |
 //! | [`RecordStore`] quota, circuit, control records | yes | yes |
 //! | [`LeaseStore`] one dispatching orchestrator | yes | |
@@ -101,6 +101,22 @@ pub trait JobSource: Send + Sync {
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError>;
     /// Makes messages visible again after `after` (zero: at once).
     async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError>;
+    /// Up to `max` (1 to 10) messages of the `role` queue only (the retry queue is not polled
+    /// first), waiting up to `wait`; no retry queue answers empty. For the retention sweep,
+    /// which goes through one queue at a time.
+    async fn receive_from(
+        &self,
+        role: QueueRole,
+        max: u8,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError>;
+    /// Re-sends received messages as fresh copies, each on the queue it came from: a new
+    /// message (receive count 0, its retention counted from now) with the same body and what
+    /// its `origin` carries (attempt, first enqueue time, FIFO group), invisible for `delay`
+    /// (at most 900 s). The originals are left as they are: the caller deletes those whose
+    /// copy was accepted. Copies refused are reported as [`QueueError::Partial`] with the
+    /// originals' receipts.
+    async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError>;
 }
 
 /// A job that cannot succeed, with why.
@@ -180,6 +196,8 @@ pub enum RecordKey {
     Circuit,
     /// Operator controls and the API's back-off ([`crate::control::Control`]).
     Control,
+    /// The orchestrator's retention sweep: its pass in progress and the last one completed.
+    Sweep,
 }
 
 impl RecordKey {
@@ -189,6 +207,7 @@ impl RecordKey {
             RecordKey::Quota => "quota",
             RecordKey::Circuit => "circuit",
             RecordKey::Control => "control",
+            RecordKey::Sweep => "sweep",
         }
     }
 }

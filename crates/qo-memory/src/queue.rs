@@ -18,9 +18,12 @@
 //!   ([`MemoryQueue::expired`]) so that a test or `qo local` can report what was lost.
 //! - A message sent with a delay ([`SendOptions::delay`], [`JobSink::requeue`]) is invisible
 //!   until then; a delay past 900 s is refused.
-//! - [`JobSource::receive`] takes from the retry queue first, then the main queue, and long-polls
+//! - [`JobSource::receive`] takes from the retry queue first, then the main queue
+//!   ([`JobSource::receive_from`]: one queue only), and long-polls
 //!   up to `wait` when nothing is visible, waking on a send, a release or the next visibility
 //!   change. All times come from the injected [`Clock`], so it runs under tokio's paused time.
+//! - [`JobSource::resend`] stores a fresh copy of a received message on the queue it came from
+//!   (receive count 0, sent now), as the SQS adapter's SendMessageBatch makes one.
 //! - A re-queued job keeps its `origin.message_id`: it names the job across attempts, so the
 //!   idempotency key of a job without an explicit id does not change when it is retried.
 //! - FIFO (optional): `group_id` and `dedup_id` are kept in the [`Origin`]; a send whose
@@ -654,9 +657,14 @@ fn check_delay(op: &'static str, delay: Duration) -> Result<(), QueueError> {
     Ok(())
 }
 
-#[async_trait]
-impl JobSource for MemoryQueue {
-    async fn receive(&self, max: u8, wait: Duration) -> Result<Vec<Message>, QueueError> {
+impl MemoryQueue {
+    /// Receives from `lanes` in order, long-polling up to `wait` when none has a message.
+    async fn receive_lanes(
+        &self,
+        lanes: &[QueueRole],
+        max: u8,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
         if !(1..=MAX_RECEIVE).contains(&max) {
             return Err(QueueError::Backend {
                 op: "receive",
@@ -676,13 +684,11 @@ impl JobSource for MemoryQueue {
             let mut out = Vec::new();
             let next = {
                 let mut st = self.lock();
-                let want = usize::from(max);
-                if options.retry_queue {
-                    st.take(QueueRole::Retry, now, options, want, &mut out);
-                }
-                let want = want - out.len();
-                if want > 0 {
-                    st.take(QueueRole::Main, now, options, want, &mut out);
+                for &role in lanes {
+                    let want = usize::from(max) - out.len();
+                    if want > 0 {
+                        st.take(role, now, options, want, &mut out);
+                    }
                 }
                 let oldest = st
                     .by_age
@@ -706,6 +712,60 @@ impl JobSource for MemoryQueue {
                 () = clock.sleep_until(wake) => {}
             }
         }
+    }
+
+    /// The queue a message of `role` lives on: the main queue when there is no retry queue.
+    fn lane_of(&self, role: QueueRole) -> QueueRole {
+        if self.inner.options.retry_queue {
+            role
+        } else {
+            QueueRole::Main
+        }
+    }
+}
+
+#[async_trait]
+impl JobSource for MemoryQueue {
+    async fn receive(&self, max: u8, wait: Duration) -> Result<Vec<Message>, QueueError> {
+        if self.inner.options.retry_queue {
+            self.receive_lanes(&[QueueRole::Retry, QueueRole::Main], max, wait)
+                .await
+        } else {
+            self.receive_lanes(&[QueueRole::Main], max, wait).await
+        }
+    }
+
+    async fn receive_from(
+        &self,
+        role: QueueRole,
+        max: u8,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        let lanes: &[QueueRole] = match role {
+            QueueRole::Retry if !self.inner.options.retry_queue => &[],
+            QueueRole::Retry => &[QueueRole::Retry],
+            QueueRole::Main => &[QueueRole::Main],
+        };
+        self.receive_lanes(lanes, max, wait).await
+    }
+
+    async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
+        check_delay("resend", delay)?;
+        for m in messages {
+            // A deduplication id unique to this send, as for a re-queue.
+            let dedup_key = m.origin.dedup_id.as_ref().map(|d| {
+                let n = self.lock().next_seq;
+                format!("{d}/{}/{n}", m.origin.attempt)
+            });
+            self.enqueue(
+                self.lane_of(m.queue),
+                m.body.clone(),
+                m.origin.clone(),
+                delay,
+                dedup_key,
+            );
+        }
+        Ok(())
     }
 
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
@@ -1394,5 +1454,64 @@ mod tests {
         q.delete(&got[..1]).await.expect("delete a1");
         let next = q.receive(10, NOW).await.expect("receive");
         assert_eq!(next[0].body, "a2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn receive_from_takes_one_queue_and_resend_makes_a_fresh_copy_there() {
+        let c = clock();
+        let q = template(c.clone());
+        q.send("main");
+        let origin = Origin {
+            attempt: 3,
+            throttled: 2,
+            enqueued_at: Some(Timestamp::from_secs(10)),
+            ..Origin::default()
+        };
+        q.requeue("retry", &origin, NOW).await.expect("requeue");
+        c.sleep(Duration::from_secs(60)).await;
+        let main = q
+            .receive_from(QueueRole::Main, 10, NOW)
+            .await
+            .expect("receive main");
+        assert_eq!(main.len(), 1, "the retry queue is not polled first");
+        assert_eq!(main[0].body, "main");
+        let retry = q
+            .receive_from(QueueRole::Retry, 10, NOW)
+            .await
+            .expect("receive retry");
+        assert_eq!(retry[0].body, "retry");
+        assert_eq!(retry[0].receive_count, 1);
+
+        let both = [main[0].clone(), retry[0].clone()];
+        q.resend(&both, Duration::from_secs(900))
+            .await
+            .expect("resend");
+        q.delete(&both).await.expect("delete originals");
+        let d = q.depths();
+        assert_eq!((d.main_delayed, d.retry_delayed), (1, 1), "{d:?}");
+        c.sleep(Duration::from_secs(900)).await;
+        let copy = q
+            .receive_from(QueueRole::Retry, 10, NOW)
+            .await
+            .expect("receive copy");
+        assert_eq!(copy[0].receive_count, 1, "a new message: this receive only");
+        assert_eq!(copy[0].sent_at, Timestamp::from_secs(1_060));
+        assert_eq!(
+            copy[0].origin, retry[0].origin,
+            "attempt, throttles, enqueue kept"
+        );
+        assert!(
+            q.resend(&copy, Duration::from_secs(901)).await.is_err(),
+            "a delay past 900 s is refused"
+        );
+        let none = MemoryQueue::new(c.clone());
+        none.send("x");
+        assert!(
+            none.receive_from(QueueRole::Retry, 10, NOW)
+                .await
+                .expect("receive")
+                .is_empty(),
+            "no retry queue"
+        );
     }
 }

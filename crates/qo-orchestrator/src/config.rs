@@ -52,6 +52,14 @@ pub struct OrchestratorConfig {
     /// How long after its slot a worker event is counted in progress (WORKER_BUSY_MS, 1000): its
     /// call and the writes after it.
     pub worker_busy: Duration,
+    /// How often the retention sweep makes a pass (SWEEP_INTERVAL_S, default half of
+    /// QUEUE_RETENTION_S: 7 days; 0: off): re-sends every waiting message as a fresh copy
+    /// before retention deletes it ([`crate::sweep`]). At most half the retention: the other
+    /// half bounds the pass.
+    pub sweep_interval: Option<Duration>,
+    /// The longest a run spends on a pass before it dispatches (SWEEP_RUN_S, 60); the pass
+    /// goes on in the next run.
+    pub sweep_run: Duration,
     /// This orchestrator's name in the lease.
     pub owner: String,
 }
@@ -76,12 +84,16 @@ impl OrchestratorConfig {
             receive_ahead: Duration::from_secs(1),
             visibility_timeout: QueueAttributes::TEMPLATE.visibility_timeout,
             retention: QueueAttributes::TEMPLATE.retention,
+            sweep_interval: Some(QueueAttributes::TEMPLATE.retention / 2),
+            sweep_run: DEFAULT_SWEEP_RUN,
             owner: "orchestrator".to_string(),
         }
     }
 
     /// Reads the configuration; a bad value is an error naming the variable and the value.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        // Delayed sends (the retry queue, the sweep's copies): no FIFO queue.
+        qo_core::config::refuse_fifo_queues(env)?;
         let quota: QuotaSpec = env.parsed(
             "QUOTA_SPEC",
             "10/s"
@@ -130,6 +142,32 @@ impl OrchestratorConfig {
                 reason: "must be SQS's MessageRetentionPeriod: 60 to 1209600".into(),
             });
         }
+        let sweep_interval = env.seconds("SWEEP_INTERVAL_S", retention / 2)?;
+        if sweep_interval > retention / 2 {
+            return Err(ConfigError::Invalid {
+                name: "SWEEP_INTERVAL_S".into(),
+                value: sweep_interval.as_secs().to_string(),
+                reason: format!(
+                    "must be at most half of QUEUE_RETENTION_S ({} s): a message sent just after \
+                     a pass began is copied by the next pass, an interval later, and that pass \
+                     must reach it before retention does (0 turns the sweep off)",
+                    retention.as_secs() / 2
+                ),
+            });
+        }
+        let sweep_run = env.seconds("SWEEP_RUN_S", d.sweep_run)?;
+        if sweep_run.is_zero() || sweep_run >= visibility_timeout {
+            return Err(ConfigError::Invalid {
+                name: "SWEEP_RUN_S".into(),
+                value: sweep_run.as_secs().to_string(),
+                reason: format!(
+                    "must be from 1 s to under QUEUE_VISIBILITY_TIMEOUT_S ({} s): the sweep keeps \
+                     what it received invisible for its run's part (turn the sweep off with \
+                     SWEEP_INTERVAL_S=0)",
+                    visibility_timeout.as_secs()
+                ),
+            });
+        }
         let cap: usize = env.parsed("WORKER_CONCURRENCY_CAP", 0)?;
         Ok(OrchestratorConfig {
             pacing,
@@ -145,6 +183,8 @@ impl OrchestratorConfig {
             idle_exit: (!idle.is_zero()).then_some(idle),
             lease_ttl: env.seconds("LEASE_TTL_S", d.lease_ttl)?,
             max_in_flight,
+            sweep_interval: (!sweep_interval.is_zero()).then_some(sweep_interval),
+            sweep_run,
             owner: env
                 .get("AWS_LAMBDA_LOG_STREAM_NAME")
                 .unwrap_or_else(|| format!("orchestrator-{}", uuid::Uuid::new_v4())),
@@ -154,6 +194,9 @@ impl OrchestratorConfig {
 }
 
 pub use qo_core::config::circuit_policy;
+
+/// `SWEEP_RUN_S`'s default: a minute of each run, at most, on a sweep pass.
+pub const DEFAULT_SWEEP_RUN: Duration = Duration::from_secs(60);
 
 /// The most messages the loop holds undispatched at once: one receive (SQS's 10).
 pub const MAX_HELD: usize = 10;
@@ -357,6 +400,51 @@ mod tests {
         assert_eq!(small.batches(), 4);
         assert_eq!(small.total(), Duration::from_millis(19_500));
         assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn the_sweep_defaults_to_half_the_retention_and_refuses_more() {
+        let c = OrchestratorConfig::from_env(&env(&[])).expect("valid");
+        assert_eq!(c.sweep_interval, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(c.sweep_run, Duration::from_secs(60));
+        let c =
+            OrchestratorConfig::from_env(&env(&[("QUEUE_RETENTION_S", "345600")])).expect("valid");
+        assert_eq!(c.sweep_interval, Some(Duration::from_secs(2 * 86_400)));
+        let c = OrchestratorConfig::from_env(&env(&[("SWEEP_INTERVAL_S", "0")])).expect("valid");
+        assert_eq!(c.sweep_interval, None, "0 turns it off");
+        let e = OrchestratorConfig::from_env(&env(&[("SWEEP_INTERVAL_S", "864000")])).unwrap_err();
+        assert!(
+            e.to_string().contains("SWEEP_INTERVAL_S=\"864000\"")
+                && e.to_string()
+                    .contains("half of QUEUE_RETENTION_S (604800 s)"),
+            "{e}"
+        );
+        let e = OrchestratorConfig::from_env(&env(&[("SWEEP_RUN_S", "0")])).unwrap_err();
+        assert!(e.to_string().contains("SWEEP_RUN_S=\"0\""), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_queue_is_refused_naming_the_variable_the_value_and_why() {
+        for name in ["QUEUE_URL", "RETRY_QUEUE_URL"] {
+            let url = "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs-retry.fifo";
+            let e = OrchestratorConfig::from_env(&env(&[(name, url)])).unwrap_err();
+            assert_eq!(
+                e,
+                ConfigError::FifoQueue {
+                    name: name.into(),
+                    value: url.into()
+                }
+            );
+            let text = e.to_string();
+            for part in [name, url, "per-message DelaySeconds", "standard queue"] {
+                assert!(text.contains(part), "missing `{part}` in: {text}");
+            }
+        }
+        OrchestratorConfig::from_env(&env(&[(
+            "QUEUE_URL",
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
+        )]))
+        .expect("a standard queue is fine");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`config`] - [`OrchestratorConfig`], read once from the environment.
 //! - [`run`] - one run of the dispatch loop, generic over the ports.
 //! - [`slots`] - [`slots::SlotLog`], recent slots, to judge the API's limit when it throttles.
+//! - [`sweep`] - the retention sweep: waiting messages re-sent as fresh copies before SQS's
+//!   retention deletes them.
 //! - [`handler`] - the Lambda handler (scheduled event or control event).
 //! - [`error`] - [`OrchestratorError`].
 //! - `bin/orchestrator.rs`: the Lambda `main` over the AWS adapters.
@@ -14,6 +16,7 @@ pub mod error;
 pub mod handler;
 pub mod run;
 pub mod slots;
+pub mod sweep;
 
 pub use config::{OrchestratorConfig, circuit_policy};
 pub use error::OrchestratorError;

@@ -99,6 +99,9 @@ pub struct RunReport {
     /// The learned rate at the stop, calls per second, when it was under the configured pace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pace_per_s: Option<f64>,
+    /// This run's part of a retention sweep pass ([`crate::sweep`]); `None` when none was due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepReport>,
 }
 
 impl RunReport {
@@ -118,6 +121,7 @@ impl RunReport {
             refused_entries: 0,
             pace_decreases: 0,
             pace_per_s: None,
+            sweep: None,
         }
     }
 }
@@ -212,6 +216,17 @@ where
         Err(e) => return Err(e.into()),
     };
     report.lease_token = lease.token;
+
+    // The retention sweep, when a pass is due or in progress (its own module; bounded, and
+    // never an error of the run).
+    let mut lease = lease;
+    report.sweep = crate::sweep::run_if_due(
+        &ports,
+        config,
+        &mut lease,
+        deadline.minus(config.stop_margin),
+    )
+    .await;
 
     // 2. Hydrate quota usage, circuit and controls.
     let control = load_record::<Control>(ports.store, RecordKey::Control)

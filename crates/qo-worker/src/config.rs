@@ -66,6 +66,8 @@ impl WorkerConfig {
     }
 
     fn read(env: &impl Env) -> Result<WorkerConfig, ConfigError> {
+        // The worker re-queues with a delay (back-off, Retry-After): no FIFO queue.
+        qo_core::config::refuse_fifo_queues(env)?;
         let api_base_url = base_url(env)?;
         let health_path = env
             .get("API_HEALTH_PATH")
@@ -252,6 +254,30 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_fifo_queue_is_refused_naming_the_variable_the_value_and_why() {
+        for name in ["QUEUE_URL", "RETRY_QUEUE_URL"] {
+            let url = "https://sqs.us-east-1.amazonaws.com/123456789012/jobs.fifo";
+            let e = WorkerConfig::from_env(&env(&[
+                ("API_BASE_URL", "https://api.example/"),
+                (
+                    "QUEUE_URL",
+                    "https://sqs.us-east-1.amazonaws.com/123456789012/jobs",
+                ),
+                (name, url),
+            ]))
+            .unwrap_err();
+            assert!(
+                matches!(&e, WorkerError::Config(ConfigError::FifoQueue { name: n, value }) if n == name && value == url),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            for part in [name, url, "per-message DelaySeconds"] {
+                assert!(text.contains(part), "missing `{part}` in: {text}");
+            }
+        }
     }
 
     #[test]

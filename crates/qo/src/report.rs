@@ -106,7 +106,8 @@ impl Observer for Collector {
             Observation::HealthCheck { .. }
             | Observation::Backlog { .. }
             | Observation::Utilization(_)
-            | Observation::BudgetExhausted { .. } => {}
+            | Observation::BudgetExhausted { .. }
+            | Observation::Swept { .. } => {}
         }
     }
 }

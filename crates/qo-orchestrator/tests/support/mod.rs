@@ -288,6 +288,13 @@ impl Harness {
         self.clock.now()
     }
 
+    /// How many distinct jobs succeeded (a job called twice counts once).
+    pub fn distinct_succeeded(&self) -> usize {
+        let mut s = self.succeeded();
+        s.dedup();
+        s.len()
+    }
+
     /// The paths of the jobs that succeeded, sorted, duplicates kept.
     pub fn succeeded(&self) -> Vec<String> {
         let mut s = self.succeeded.lock().expect("succeeded").clone();
@@ -308,7 +315,7 @@ impl Harness {
         let end = self.clock.now().plus(limit);
         let mut reports = Vec::new();
         let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
-        while self.succeeded().len() < jobs && self.clock.now() < end {
+        while self.distinct_succeeded() < jobs && self.clock.now() < end {
             let ports = Ports {
                 queue: &self.queue,
                 store: &self.store,

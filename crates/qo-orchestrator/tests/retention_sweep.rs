@@ -1,0 +1,249 @@
+//! The retention sweep over queues with the template's attributes (14 days' retention, a
+//! redrive policy at 10 receives) on tokio's paused clock: a backlog that waits a month for its
+//! budget loses nothing to retention and dead-letters nothing; without the sweep the same
+//! backlog expires (so the model bites). And one pass copies each waiting job once, keeping its
+//! attempt and first enqueue time, across runs.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qo_core::ports::LeaseStore;
+use qo_core::ports::{
+    JobSink, JobSource, Message, QueueError, QueueRole, RecordKey, load_record, save_record,
+};
+use qo_core::{Clock, NoObserver, Origin, TokioClock};
+use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
+use qo_orchestrator::sweep::{SweepRecord, run_if_due};
+use qo_orchestrator::{OrchestratorConfig, Ports};
+use support::{Harness, Verdict, config};
+
+const DAY: Duration = Duration::from_secs(86_400);
+const JOBS: usize = 15;
+
+/// 15 jobs behind a budget of 5 a month (rolling 30 days): 5 go at once, 5 wait 30 days, 5 more.
+async fn month_behind_budget(sweep: bool) -> (Harness, Vec<qo_orchestrator::RunReport>) {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
+    h.enqueue(JOBS);
+    let mut c = config("5/month");
+    if !sweep {
+        c.sweep_interval = None;
+    }
+    let reports = h.drive(&c, Duration::from_secs(60), JOBS, DAY * 31).await;
+    (h, reports)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_waiting_a_month_for_its_budget_loses_nothing_to_retention() {
+    let (h, reports) = month_behind_budget(true).await;
+    assert!(
+        h.queue.expired().is_empty(),
+        "expired: {:?}",
+        h.queue.expired()
+    );
+    assert_eq!(h.dead(), 0, "dead letters: {:?}", h.queue.redriven());
+    let mut done = h.succeeded();
+    assert_eq!(
+        done.len(),
+        10,
+        "5 at once, 5 when the month rolled: {done:?}"
+    );
+    done.dedup();
+    assert_eq!(done.len(), 10, "each once");
+    assert_eq!(h.queue.depths().pending(), 5, "{:?}", h.queue.depths());
+    assert!(
+        h.queue.peak_receive_count() <= 2,
+        "{}",
+        h.queue.peak_receive_count()
+    );
+    // The first run writes the sweep record; passes every 7 days after: days 7, 14, 21, 28.
+    let passes = reports
+        .iter()
+        .filter(|r| r.sweep.as_ref().is_some_and(|s| s.completed))
+        .count();
+    assert_eq!(passes, 4, "completed passes");
+    let resent: u64 = reports
+        .iter()
+        .filter_map(|r| r.sweep.as_ref())
+        .map(|s| s.resent)
+        .sum();
+    // Each of the four passes copies the 10 waiting.
+    assert_eq!(resent, 4 * 10, "copies");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_sweep_the_same_backlog_expires() {
+    let (h, _) = month_behind_budget(false).await;
+    assert_eq!(
+        h.queue.expired().len(),
+        JOBS - 5,
+        "retention deleted the waiting jobs"
+    );
+}
+
+/// A queue whose every call takes SQS's tens of milliseconds, so that a pass bounded by
+/// `SWEEP_RUN_S` ends its run's part with work left.
+struct Slow {
+    inner: MemoryQueue,
+    clock: Arc<TokioClock>,
+}
+
+const LATENCY: Duration = Duration::from_millis(200);
+
+#[async_trait]
+impl JobSource for Slow {
+    async fn receive(&self, max: u8, wait: Duration) -> Result<Vec<Message>, QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.receive(max, wait).await
+    }
+    async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.delete(messages).await
+    }
+    async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.release(messages, after).await
+    }
+    async fn receive_from(
+        &self,
+        role: QueueRole,
+        max: u8,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.receive_from(role, max, wait).await
+    }
+    async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.resend(messages, delay).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pass_over_several_runs_copies_each_job_once_keeping_its_attempt() {
+    let clock = Arc::new(TokioClock::starting_at(support::start()));
+    let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+    let store = MemoryStore::new();
+    let invoker = LocalInvoker::new(clock.clone(), |_: qo_core::WorkerEvent| async {});
+    // 30 jobs on the main queue and 12 re-queued ones (attempt 1 to 3, throttled once) on the
+    // retry queue, all a day old.
+    for i in 0..30 {
+        queue.send(format!(r#"{{"path":"/main/{i}"}}"#));
+    }
+    for i in 0..12u32 {
+        let origin = Origin {
+            attempt: 1 + i % 3,
+            throttled: 1,
+            enqueued_at: Some(support::start()),
+            ..Origin::default()
+        };
+        queue
+            .requeue(
+                &format!(r#"{{"path":"/retry/{i}"}}"#),
+                &origin,
+                Duration::ZERO,
+            )
+            .await
+            .expect("requeue");
+    }
+    clock.sleep(DAY).await;
+    let slow = Slow {
+        inner: queue.clone(),
+        clock: clock.clone(),
+    };
+    let mut c = OrchestratorConfig::with_quota("1/s".parse().expect("quota"));
+    c.sweep_run = Duration::from_secs(1);
+    let ports = Ports {
+        queue: &slow,
+        store: &store,
+        invoker: &invoker,
+        clock: clock.as_ref(),
+        observer: &NoObserver,
+    };
+
+    // A deployment whose last pass began 7 days ago: one is due.
+    let last = SweepRecord {
+        last_started_at: Some(clock.now().minus(DAY * 7)),
+        ..SweepRecord::default()
+    };
+    save_record(&store, RecordKey::Sweep, &last, 0, None)
+        .await
+        .expect("sweep record");
+
+    let mut parts = Vec::new();
+    for _ in 0..20 {
+        let mut lease = store
+            .take("test", clock.now(), c.lease_ttl)
+            .await
+            .expect("lease");
+        let stop = clock.now().plus(Duration::from_secs(600));
+        let part = run_if_due(&ports, &c, &mut lease, stop).await;
+        store.release(&lease).await.expect("release");
+        let Some(part) = part else { break };
+        let completed = part.completed;
+        parts.push(part);
+        if completed {
+            break;
+        }
+        // The next minute's run; the copies made so far are visible meanwhile.
+        clock.sleep(Duration::from_secs(60)).await;
+    }
+    assert!(parts.len() >= 3, "the pass spanned runs: {parts:?}");
+    assert!(parts.last().is_some_and(|p| p.completed), "{parts:?}");
+    let resent: u64 = parts.iter().map(|p| p.resent).sum();
+    assert_eq!(resent, 42, "each waiting job copied once: {parts:?}");
+    assert!(parts.iter().all(|p| p.refused == 0 && p.undeleted == 0));
+    let record = load_record::<SweepRecord>(&store, RecordKey::Sweep)
+        .await
+        .expect("record")
+        .value;
+    assert_eq!(record.started_at, None, "no pass in progress");
+    assert_eq!(record.last_resent, 42);
+    assert_eq!(record.last_started_at, parts[0].started_at);
+
+    // Every job is there once, as a message sent during the pass, its origin kept.
+    let pass_began = parts[0].started_at.expect("began");
+    let mut seen = Vec::new();
+    loop {
+        let got = queue.receive(10, Duration::ZERO).await.expect("receive");
+        if got.is_empty() {
+            break;
+        }
+        for m in &got {
+            assert!(m.sent_at >= pass_began, "a fresh copy: {m:?}");
+            // This receive, plus at most one per run's part of the pass that met it as a
+            // copy (held, then released): far from the redrive policy's 10.
+            assert!(m.receive_count <= 1 + parts.len() as u32, "{m:?}");
+            assert!(m.receive_count <= 3, "{m:?}");
+            if m.body.contains("/retry/") {
+                assert_eq!(m.queue, QueueRole::Retry, "stays on its queue");
+                assert!((1..=3).contains(&m.origin.attempt), "{m:?}");
+                assert_eq!(m.origin.throttled, 1);
+            } else {
+                assert_eq!(m.origin.attempt, 0);
+            }
+            assert_eq!(
+                m.origin.enqueued_at,
+                Some(support::start()),
+                "first enqueue kept"
+            );
+            seen.push(m.body.clone());
+        }
+        queue.delete(&got).await.expect("delete");
+    }
+    seen.sort();
+    let n = seen.len();
+    seen.dedup();
+    assert_eq!((n, seen.len()), (42, 42), "each job once");
+    assert!(queue.expired().is_empty() && queue.depths().dead == 0);
+
+    // Not due again until 7 days after the pass began.
+    let mut lease = store
+        .take("test", clock.now(), c.lease_ttl)
+        .await
+        .expect("lease");
+    let stop = clock.now().plus(Duration::from_secs(600));
+    assert_eq!(run_if_due(&ports, &c, &mut lease, stop).await, None);
+}
