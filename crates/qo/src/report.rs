@@ -97,6 +97,7 @@ impl Observer for Collector {
             Observation::HealthCheck { .. }
             | Observation::Backlog { .. }
             | Observation::Utilization(_)
+            | Observation::ApiRemaining { .. }
             | Observation::BudgetExhausted { .. } => {}
         }
     }
