@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 /// Counters are summed and reset at each flush; gauges (`CircuitOpen`, `Backlog`) keep their
 /// last value; `JobWait` (Milliseconds) lists each call's wait from enqueue to call;
 /// `QuotaUtilization` (Percent) is the calls dispatched over the calls the pace
-/// allowed while work waited, since the previous flush, and is left out when nothing waited.
+/// allowed while work waited, since the previous flush, and is left out when nothing waited;
+/// `ApiRemaining` (Count) is the fewest calls the API said were left in its window since the
+/// previous flush, left out when no answer carried rate-limit headers.
 #[derive(Debug)]
 pub struct EmfMetrics {
     namespace: String,
@@ -30,6 +32,7 @@ struct Counts {
     gauges: BTreeMap<&'static str, f64>,
     waits_ms: Vec<f64>,
     utilization: Utilization,
+    api_remaining: Option<f64>,
 }
 
 impl EmfMetrics {
@@ -74,6 +77,7 @@ impl EmfMetrics {
             && c.gauges.is_empty()
             && c.waits_ms.is_empty()
             && c.utilization.fraction().is_none()
+            && c.api_remaining.is_none()
         {
             return None;
         }
@@ -91,6 +95,10 @@ impl EmfMetrics {
             let percent = (fraction * 1000.0).round() / 10.0;
             record.insert("QuotaUtilization".into(), json!(percent));
             defs.push(json!({"Name": "QuotaUtilization", "Unit": "Percent"}));
+        }
+        if let Some(remaining) = c.api_remaining.take() {
+            record.insert("ApiRemaining".into(), json!(remaining));
+            defs.push(json!({"Name": "ApiRemaining", "Unit": "Count"}));
         }
         let waits = std::mem::take(&mut c.waits_ms);
         if !waits.is_empty() {
@@ -172,6 +180,10 @@ impl Observer for EmfMetrics {
                     self.add("SweepPassesCompleted", 1.0);
                 }
             }
+            Observation::ApiRemaining { remaining, .. } => self.with(|c| {
+                let r = remaining as f64;
+                c.api_remaining = Some(c.api_remaining.map_or(r, |m| m.min(r)));
+            }),
         }
     }
 }
@@ -232,6 +244,25 @@ mod tests {
         assert_eq!(r["Failures"], 2.0);
         assert_eq!(r["JobWait"], json!([1500.0, 20.0, 7.0]));
         assert_eq!(r["Function"], "worker");
+    }
+
+    #[test]
+    fn api_remaining_is_the_low_water_mark_of_the_flush_interval() {
+        let m = EmfMetrics::from_env(&HashMap::<String, String>::new(), "worker");
+        for remaining in [40, 3, 17] {
+            m.observe(Observation::ApiRemaining {
+                remaining,
+                limit: Some(60),
+            });
+        }
+        let r = m.take_record(Timestamp::EPOCH).expect("record");
+        assert_eq!(r["ApiRemaining"], 3.0);
+        let defs = r["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .expect("metric definitions");
+        assert!(defs.contains(&json!({"Name": "ApiRemaining", "Unit": "Count"})));
+        // No answer with headers since: no value, not a stale one.
+        assert!(m.take_record(Timestamp::from_millis(1)).is_none());
     }
 
     #[test]

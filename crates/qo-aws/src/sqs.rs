@@ -2,8 +2,15 @@
 //! (main queue, optional retry queue, dead-letter queue), plus the operator's operations (send,
 //! depths) and [`ensure_queues`] for local runs and tests.
 //!
-//! Our own message attributes: `qo-attempt` (tries so far), `qo-enqueued-at-ms` (first enqueue,
-//! kept across re-queues), and on the dead-letter queue `qo-reason` and `qo-source-message-id`.
+//! Our own message attributes:
+//!
+//! | attribute | type | what | written by | when absent |
+//! |---|---|---|---|---|
+//! | `qo-attempt` | Number | failed tries so far (`Origin::attempt`) | re-queue, resend, dead-letter; 0 on redrive | 0 |
+//! | `qo-throttled` | Number | 429s answered so far (`Origin::throttled`), never counted as attempts | re-queue, resend, dead-letter, when not 0; dropped on redrive | 0 |
+//! | `qo-enqueued-at-ms` | Number | first enqueue, kept across re-queues | every send | `SentTimestamp` |
+//! | `qo-reason` | String | why it was dead-lettered | dead-letter | |
+//! | `qo-source-message-id` | String | its message id when dead-lettered | dead-letter | |
 //!
 //! FIFO queues (URL ending in `.fifo`) keep the message group on re-queue, dead-letter and
 //! redrive, and every send gets a deduplication id of its own ([`unique_dedup_id`]): SQS accepts
@@ -40,6 +47,8 @@ use crate::error::{AwsError, queue_backend, queue_err};
 
 /// Message attribute: how many times the job was tried before (a Number).
 pub const ATTR_ATTEMPT: &str = "qo-attempt";
+/// Message attribute: how many times the API answered the job 429 (a Number; absent: 0).
+pub const ATTR_THROTTLED: &str = "qo-throttled";
 /// Message attribute: when the job was first enqueued, epoch milliseconds (a Number).
 pub const ATTR_ENQUEUED_AT_MS: &str = "qo-enqueued-at-ms";
 /// Dead-letter attribute: why the job was dead-lettered (a String).
@@ -221,8 +230,8 @@ impl SqsQueue {
     }
 
     /// Sends a job back to the main queue as a new message, keeping what its `origin` says:
-    /// the attempt count (`qo-attempt`), the first enqueue time (`qo-enqueued-at-ms`) and, on
-    /// a FIFO queue, the message group (with a deduplication id of its own). Returns the new
+    /// the attempt count (`qo-attempt`), the 429 count (`qo-throttled`), the first enqueue time
+    /// (`qo-enqueued-at-ms`) and, on a FIFO queue, the message group (with a deduplication id of its own). Returns the new
     /// message id. For jobs that come back from outside the queues (the worker's on-failure
     /// destination); `body` should carry the job's id, so that its idempotency key survives the
     /// new message id.
@@ -234,7 +243,8 @@ impl SqsQueue {
             .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
     }
 
-    /// A SendMessage of a job to `url` carrying its attempt and first enqueue time, and on a
+    /// A SendMessage of a job to `url` carrying its attempt, its 429 count (when not 0) and
+    /// first enqueue time, and on a
     /// FIFO queue its message group and a deduplication id unique to this send.
     fn job_send(
         &self,
@@ -637,6 +647,12 @@ impl JobSink for SqsQueue {
                 ATTR_ATTEMPT,
                 number_attr(u64::from(o.attempt)).map_err(|e| queue_backend(OP, e))?,
             );
+        if o.throttled > 0 {
+            req = req.message_attributes(
+                ATTR_THROTTLED,
+                number_attr(u64::from(o.throttled)).map_err(|e| queue_backend(OP, e))?,
+            );
+        }
         if !o.message_id.is_empty() {
             req = req.message_attributes(
                 ATTR_SOURCE_MESSAGE_ID,
@@ -860,13 +876,16 @@ fn origin_of(m: &aws_sdk_sqs::types::Message) -> Origin {
     let attempt = our_number(ATTR_ATTEMPT)
         .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
         .unwrap_or(0);
+    let throttled = our_number(ATTR_THROTTLED)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+        .unwrap_or(0);
     let enqueued_at = our_number(ATTR_ENQUEUED_AT_MS)
         .or_else(|| sys(MessageSystemAttributeName::SentTimestamp)?.parse().ok())
         .map(Timestamp::from_millis);
     Origin {
         message_id: m.message_id.clone().unwrap_or_default(),
         attempt,
-        throttled: 0,
+        throttled,
         enqueued_at,
         group_id: sys(MessageSystemAttributeName::MessageGroupId),
         dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
@@ -883,6 +902,12 @@ fn job_attributes(
         ATTR_ATTEMPT,
         number_attr(u64::from(origin.attempt)).map_err(|e| queue_backend(op, e))?,
     )];
+    if origin.throttled > 0 {
+        attrs.push((
+            ATTR_THROTTLED,
+            number_attr(u64::from(origin.throttled)).map_err(|e| queue_backend(op, e))?,
+        ));
+    }
     if let Some(at) = origin.enqueued_at {
         attrs.push((
             ATTR_ENQUEUED_AT_MS,

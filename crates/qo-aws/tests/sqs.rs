@@ -311,6 +311,67 @@ async fn requeue_sets_attempt_and_delay_on_the_retry_queue() {
     );
 }
 
+/// A 429 raises `throttled`, never `attempt`: the count crosses the wire in `qo-throttled`
+/// (absent while 0), survives a re-queue and goes on a dead letter; a redrive drops it.
+#[tokio::test]
+async fn the_429_count_round_trips_in_qo_throttled() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, false).await;
+    q.send_job(r#"{"path":"/t"}"#, now()).await.unwrap();
+    let got = receive_n(&q, 1).await;
+    assert_eq!(got[0].origin.throttled, 0, "a fresh job has none");
+    let once = Origin {
+        throttled: 1,
+        ..got[0].origin.clone()
+    };
+    q.requeue(&got[0].body, &once, Duration::ZERO)
+        .await
+        .expect("requeue");
+    q.delete(&got).await.unwrap();
+    let back = receive_n(&q, 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!((back[0].origin.attempt, back[0].origin.throttled), (0, 1));
+    let twice = Origin {
+        attempt: 2,
+        throttled: 37,
+        ..back[0].origin.clone()
+    };
+    q.requeue(&back[0].body, &twice, Duration::ZERO)
+        .await
+        .expect("requeue");
+    q.delete(&back).await.unwrap();
+    let raw = drain_raw(&client, q.urls().retry.as_deref().expect("retry queue")).await;
+    assert_eq!(raw.len(), 1);
+    assert_eq!(attr(&raw[0], "qo-throttled"), Some("37"));
+    assert_eq!(attr(&raw[0], "qo-attempt"), Some("2"));
+
+    // Zero is not written.
+    q.requeue(r#"{"path":"/z"}"#, &Origin::default(), Duration::ZERO)
+        .await
+        .expect("requeue");
+    let raw = drain_raw(&client, q.urls().retry.as_deref().expect("retry queue")).await;
+    assert_eq!(attr(&raw[0], "qo-throttled"), None);
+
+    // A dead letter keeps it; a redrive starts the job afresh.
+    q.dead_letter(DeadLetter {
+        body: r#"{"path":"/d"}"#.into(),
+        reason: "answered HTTP 429 100 times (MAX_THROTTLED); last retry after 1000 ms".into(),
+        origin: Origin {
+            message_id: "m-9".into(),
+            throttled: 100,
+            ..Origin::default()
+        },
+    })
+    .await
+    .unwrap();
+    q.redrive(None, false).await.expect("redrive");
+    let moved = receive_n(&q, 1).await;
+    assert_eq!(moved.len(), 1);
+    assert_eq!((moved[0].origin.attempt, moved[0].origin.throttled), (0, 0));
+}
+
 #[tokio::test]
 async fn retry_queue_is_polled_first() {
     let Some((_moto, config)) = common::moto().await else {

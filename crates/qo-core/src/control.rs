@@ -105,6 +105,14 @@ pub struct ApiWindow {
     pub observed_at: Timestamp,
 }
 
+impl ApiWindow {
+    /// Whether this observation should replace `stored`: it was observed later (an older or
+    /// equally old one never overwrites what is there).
+    pub fn supersedes(&self, stored: Option<&ApiWindow>) -> bool {
+        stored.is_none_or(|s| self.observed_at > s.observed_at)
+    }
+}
+
 /// Why the worker asked the orchestrator to stop calling for a while.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -244,6 +252,21 @@ pub async fn apply_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_replaces_only_an_older_one() {
+        let w = |ms| ApiWindow {
+            limit: Some(10),
+            window_s: None,
+            remaining: 1,
+            reset_at: Timestamp::from_millis(9_000),
+            observed_at: Timestamp::from_millis(ms),
+        };
+        assert!(w(5).supersedes(None));
+        assert!(w(5).supersedes(Some(&w(4))));
+        assert!(!w(5).supersedes(Some(&w(5))));
+        assert!(!w(5).supersedes(Some(&w(6))));
+    }
 
     #[test]
     fn commands_parse_from_control_events() {

@@ -47,6 +47,14 @@ pub enum Observation {
         /// Its Retry-After.
         retry_after: Option<Duration>,
     },
+    /// The API's own count of the calls left in its window, from its rate-limit headers
+    /// (read on every answer that carries them; no write to shared state).
+    ApiRemaining {
+        /// Calls left.
+        remaining: u64,
+        /// The window's limit, when the API says it.
+        limit: Option<u64>,
+    },
     /// The API answered 401 or 403: the credential, not the job, was refused. The job went
     /// back untried; an alarm should page (a rotated or revoked key).
     CredentialRejected {

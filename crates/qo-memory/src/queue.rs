@@ -25,7 +25,9 @@
 //! - [`JobSource::resend`] stores a fresh copy of a received message on the queue it came from
 //!   (receive count 0, sent now), as the SQS adapter's SendMessageBatch makes one.
 //! - A re-queued job keeps its `origin.message_id`: it names the job across attempts, so the
-//!   idempotency key of a job without an explicit id does not change when it is retried.
+//!   idempotency key of a job without an explicit id does not change when it is retried. It
+//!   keeps the counts the re-queue gives it, as the SQS adapter's attributes carry them:
+//!   `attempt` (`qo-attempt`) and `throttled` (`qo-throttled`, the 429s answered).
 //! - FIFO (optional): `group_id` and `dedup_id` are kept in the [`Origin`]; a send whose
 //!   deduplication id was seen in the last 5 minutes is accepted and dropped, as SQS does. A
 //!   re-queue is deduplicated by an id unique to that send, as the SQS adapter sends it. A
@@ -1005,6 +1007,24 @@ mod tests {
             again[0].origin.enqueued_at,
             Some(Timestamp::from_secs(1_000))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requeue_keeps_the_429_count() {
+        let q = with_retry(clock());
+        q.send("job");
+        let got = q.receive(1, NOW).await.expect("receive");
+        assert_eq!(got[0].origin.throttled, 0);
+        let next = Origin {
+            throttled: got[0].origin.throttled + 1,
+            ..got[0].origin.clone()
+        };
+        q.requeue("job", &next, Duration::ZERO)
+            .await
+            .expect("requeue");
+        q.delete(&got).await.expect("delete");
+        let again = q.receive(1, NOW).await.expect("receive");
+        assert_eq!((again[0].origin.attempt, again[0].origin.throttled), (0, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -188,6 +188,8 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     utilization: Utilization,
     /// Recent slots, to judge the API's limit when it throttles.
     slots: SlotLog,
+    /// Whether the last refresh published the pace (it was under the quota).
+    pace_shown: bool,
     report: RunReport,
 }
 
@@ -277,6 +279,7 @@ where
         meter: UtilizationMeter::new(),
         utilization: Utilization::default(),
         slots,
+        pace_shown: false,
         report,
     };
     lp.apply_circuit(circuit);
@@ -706,14 +709,17 @@ where
         }
         self.control = control;
         self.react_to_throttles(now);
-        if self.pacer.adaptive_fraction(now) < 1.0 {
-            // Only while the learned rate is under the quota: at the quota there is nothing to
-            // show, and each metric published costs by the hour.
+        let limited = self.pacer.adaptive_fraction(now) < 1.0;
+        if limited || self.pace_shown {
+            // While the learned rate is under the quota, and once more when it is back (the
+            // metric is a gauge: it would keep the last lowered value). At the quota nothing
+            // is published: each metric costs by the hour.
             self.ports.observer.observe(Observation::Pace {
                 rate_per_s: self.pacer.target_rate_per_s(now),
                 ceiling_per_s: self.pacer.spec().pacing_rate_per_s(),
             });
         }
+        self.pace_shown = limited;
         self.apply_circuit(circuit?.value);
         self.poll_completions().await?;
         Ok(None)

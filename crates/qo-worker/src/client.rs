@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use qo_core::job::{Job, Method};
@@ -12,11 +13,29 @@ use reqwest::{Client, Url};
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
 use crate::http::{ApiResponse, HttpCall, HttpError};
+use crate::ratelimit::RateHeaders;
 
 /// Extra body bytes read beyond the excerpt size, so a character cut by the limit is whole.
 const EXCERPT_SLACK: usize = 4;
 
+/// How long an idle pooled connection to the API is kept: longer than the orchestrator's
+/// cadence (its EventBridge schedule is one minute, and at a slow pace one execution
+/// environment may see a call only every few minutes), so that a warm execution environment
+/// calls on a connection it already has instead of connecting (DNS, TCP, TLS) after its slot.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// TCP keepalive on the API connections: keeps NAT and load-balancer state alive between
+/// calls while the environment runs (a frozen environment sends nothing; a connection the
+/// server closed meanwhile is found dead at checkout and a new one made).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Calls the API: one reqwest client (connection pool, timeouts) for the life of the process.
+///
+/// The pool outlives invocations: the client is built once at cold start and its idle
+/// connections are kept [`POOL_IDLE_TIMEOUT`] with [`TCP_KEEPALIVE`], so the call at a slot
+/// usually goes out on a warm connection and the worker's lateness check (made just before
+/// the call) is not followed by a connect. No call is ever made to warm a connection: every
+/// request would count against the API's quota.
 ///
 /// Requests go only to the configured base URL: a job's path is joined under the base path and
 /// the result is checked to stay there; redirects are not followed, so the credential header is
@@ -33,6 +52,8 @@ pub struct ApiClient {
     auth_prefix: String,
     credential: Arc<RwLock<Option<(HeaderName, HeaderValue)>>>,
     body_limit: usize,
+    /// The rate-limit headers kept from each answer (`RATE_LIMIT_HEADERS`).
+    rate_names: Arc<[HeaderName]>,
 }
 
 impl fmt::Debug for ApiClient {
@@ -53,6 +74,8 @@ impl ApiClient {
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.read_timeout)
             .timeout(config.call_budget())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .tcp_keepalive(TCP_KEEPALIVE)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "quota-orchestrator-worker/",
@@ -69,6 +92,7 @@ impl ApiClient {
             auth_prefix: config.auth_prefix.clone(),
             credential: Arc::new(RwLock::new(credential)),
             body_limit: config.excerpt_bytes + EXCERPT_SLACK,
+            rate_names: config.rate_limit_headers.names().into(),
         })
     }
 
@@ -134,6 +158,12 @@ impl ApiClient {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let mut rate_headers = RateHeaders::default();
+        for name in self.rate_names.iter() {
+            if let Some(v) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
+                rate_headers.push(name.as_str(), v);
+            }
+        }
         let mut body_start = Vec::new();
         // The status decides; the body only feeds an excerpt, so a failure reading it is
         // not a failed call.
@@ -149,6 +179,7 @@ impl ApiClient {
         Ok(ApiResponse {
             status,
             retry_after,
+            rate_headers,
             body_start,
         })
     }

@@ -9,6 +9,7 @@ use reqwest::Url;
 use reqwest::header::HeaderName;
 
 use crate::error::WorkerError;
+use crate::ratelimit::{self, RateLimitHeaders};
 
 /// Largest response excerpt a dead-letter reason may carry (SQS message attributes share the
 /// message's 256 KB; a reason needs far less).
@@ -51,11 +52,24 @@ pub struct WorkerConfig {
     pub retry_delay: Duration,
     /// `MAX_ATTEMPTS` (default 5): a job is dead-lettered when it reaches this many attempts.
     pub max_attempts: u32,
+    /// `MAX_THROTTLED` (default 100): a job is dead-lettered when the API has answered it 429
+    /// this many times. A 429 is the pacer's signal, not a failed attempt: it never counts
+    /// toward `MAX_ATTEMPTS`, and this much larger bound only stops a job that can never get
+    /// through.
+    pub max_throttled: u32,
     /// `CIRCUIT_*` and `HEALTH_CHECK_*`: the circuit breaker's policy.
     pub circuit: CircuitPolicy,
     /// `CREDENTIAL_REREAD_S` (default 60): after the API refuses the key (401/403) it is
     /// re-read at most once per this long; calls back off until the next re-read.
     pub credential_reread: Duration,
+    /// `RATE_LIMIT_HEADERS` (default `auto`): which of the API's rate-limit headers to read
+    /// (`auto`, `none`, `x-ratelimit`, `ietf`, or `limit=H,remaining=H,reset=H`); see
+    /// [`crate::ratelimit`].
+    pub rate_limit_headers: RateLimitHeaders,
+    /// `API_WINDOW_REPORT_MS` (default 1000): after a success, the API's window (from its
+    /// headers) is written to the control record only when few calls are left, and at most
+    /// once per this long per execution environment. A 429 always writes it.
+    pub api_window_report: Duration,
 }
 
 impl WorkerConfig {
@@ -113,6 +127,19 @@ impl WorkerConfig {
                 "must be at least 1".to_string(),
             ));
         }
+        let max_throttled: u32 = env.parsed("MAX_THROTTLED", 100)?;
+        if max_throttled == 0 {
+            return Err(invalid(
+                "MAX_THROTTLED",
+                "0",
+                "must be at least 1".to_string(),
+            ));
+        }
+        let rate_limit_headers = match env.get(ratelimit::ENV_VAR) {
+            None => RateLimitHeaders::Auto,
+            Some(text) => RateLimitHeaders::parse(&text)
+                .map_err(|why| invalid(ratelimit::ENV_VAR, &text, why))?,
+        };
         Ok(WorkerConfig {
             api_base_url,
             health_path,
@@ -139,12 +166,15 @@ impl WorkerConfig {
             excerpt_bytes,
             retry_delay: env.seconds("RETRY_DELAY_S", Duration::from_secs(5))?,
             max_attempts,
+            max_throttled,
             circuit: circuit_policy_from_env(env)?,
             credential_reread: positive(
                 env,
                 "CREDENTIAL_REREAD_S",
                 env.seconds("CREDENTIAL_REREAD_S", Duration::from_secs(60))?,
             )?,
+            rate_limit_headers,
+            api_window_report: env.millis("API_WINDOW_REPORT_MS", Duration::from_millis(1_000))?,
         })
     }
 
@@ -302,6 +332,9 @@ mod tests {
         assert_eq!(c.excerpt_bytes, 512);
         assert_eq!(c.retry_delay, Duration::from_secs(5));
         assert_eq!(c.max_attempts, 5);
+        assert_eq!(c.max_throttled, 100);
+        assert_eq!(c.rate_limit_headers, RateLimitHeaders::Auto);
+        assert_eq!(c.api_window_report, Duration::from_secs(1));
         assert_eq!(c.circuit, CircuitPolicy::default());
         assert_eq!(c.call_budget(), Duration::from_secs(12));
     }
@@ -341,6 +374,9 @@ mod tests {
             ("RESPONSE_EXCERPT_BYTES", "64"),
             ("RETRY_DELAY_S", "0.5"),
             ("MAX_ATTEMPTS", "2"),
+            ("MAX_THROTTLED", "40"),
+            ("RATE_LIMIT_HEADERS", "ietf"),
+            ("API_WINDOW_REPORT_MS", "250"),
             ("CIRCUIT_FAILURE_THRESHOLD", "7"),
             ("CIRCUIT_FAILURE_WINDOW_S", "10"),
             ("HEALTH_CHECK_INITIAL_S", "1"),
@@ -361,6 +397,9 @@ mod tests {
         assert_eq!(c.excerpt_bytes, 64);
         assert_eq!(c.retry_delay, Duration::from_millis(500));
         assert_eq!(c.max_attempts, 2);
+        assert_eq!(c.max_throttled, 40);
+        assert_eq!(c.rate_limit_headers, RateLimitHeaders::Ietf);
+        assert_eq!(c.api_window_report, Duration::from_millis(250));
         assert_eq!(c.circuit.failure_threshold.get(), 7);
         assert_eq!(c.circuit.failure_window, Duration::from_secs(10));
         assert_eq!(c.circuit.probe_initial, Duration::from_secs(1));
@@ -402,6 +441,15 @@ mod tests {
             ("API_READ_TIMEOUT_MS", "soon", "invalid digit"),
             ("API_CONNECT_TIMEOUT_MS", "0", "greater than zero"),
             ("MAX_ATTEMPTS", "0", "at least 1"),
+            ("MAX_THROTTLED", "0", "at least 1"),
+            ("MAX_THROTTLED", "many", "invalid digit"),
+            ("RATE_LIMIT_HEADERS", "github", "expected auto, none"),
+            (
+                "RATE_LIMIT_HEADERS",
+                "remaining=X-Left",
+                "`reset=HEADER` is required",
+            ),
+            ("API_WINDOW_REPORT_MS", "1s", "invalid digit"),
             ("CIRCUIT_FAILURE_THRESHOLD", "0", "at least 1"),
             ("RESPONSE_EXCERPT_BYTES", "1000000", "at most"),
             ("HEALTH_CHECK_MAX_S", "1", "HEALTH_CHECK_INITIAL_S"),

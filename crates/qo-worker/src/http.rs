@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use qo_core::job::Job;
 
 use crate::error::WorkerError;
+use crate::ratelimit::RateHeaders;
 
 /// What the API answered: enough to classify the call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -15,6 +16,9 @@ pub struct ApiResponse {
     pub status: u16,
     /// The raw `Retry-After` header, if any.
     pub retry_after: Option<String>,
+    /// The rate-limit headers `RATE_LIMIT_HEADERS` names, when the API sent them; nothing
+    /// else of the header map.
+    pub rate_headers: RateHeaders,
     /// The start of the body: a few bytes beyond the configured excerpt size at most (so the
     /// excerpt can be cut on a character boundary); the rest is not read.
     pub body_start: Vec<u8>,

@@ -14,6 +14,8 @@
 //! - [`worker`]: [`Worker`] and its decisions.
 //! - [`outcome`]: [`Outcome`], the function's JSON result.
 //! - [`retry_after`]: parsing `Retry-After`.
+//! - [`ratelimit`]: reading the API's rate-limit headers (`RATE_LIMIT_HEADERS`) into an
+//!   [`qo_core::ApiWindow`].
 //! - [`excerpt`]: bounded body excerpts for dead-letter reasons.
 //! - [`lambda`]: the Lambda [`handler`].
 //! - [`error`]: the crate's error, [`WorkerError`].
@@ -27,6 +29,7 @@ pub mod excerpt;
 pub mod http;
 pub mod lambda;
 pub mod outcome;
+pub mod ratelimit;
 pub mod retry_after;
 pub mod worker;
 
@@ -38,4 +41,5 @@ pub use error::WorkerError;
 pub use http::{ApiResponse, HttpCall, HttpError};
 pub use lambda::handler;
 pub use outcome::Outcome;
+pub use ratelimit::{RateHeaders, RateLimitHeaders};
 pub use worker::Worker;

@@ -5,11 +5,22 @@
 //!
 //! | answer | idempotency | shared state | the job |
 //! |---|---|---|---|
-//! | 2xx | done | none | finished |
-//! | 429 | abandoned | control `backoff_until` | re-queued after Retry-After |
+//! | 2xx | done | none; control `api_window` only when few calls are left (see below) | finished |
+//! | 429 | abandoned | control `backoff_until` (kept if later), `throttles` + 1, `api_window` | re-queued after Retry-After, `attempt` kept, `throttled` + 1 (dead-lettered at `MAX_THROTTLED`) |
 //! | 401, 403 | abandoned | control `backoff_until` (unless the re-read key changed) | re-queued untried |
-//! | 5xx, 408, timeout, no connection | abandoned | circuit failure | re-queued (`RETRY_DELAY_S`) |
+//! | 5xx, 408, timeout, no connection | abandoned | circuit failure | re-queued (`RETRY_DELAY_S`), `attempt` + 1 (dead-lettered at `MAX_ATTEMPTS`) |
 //! | other status | abandoned | none | dead-lettered with `HTTP <status>: <excerpt>` |
+//!
+//! Closed-loop pacing: a 429 is the pacer's signal, never a job's failed attempt. Every 429
+//! bumps the control record's [`Throttles`] counter (the orchestrator's rate controller lowers
+//! the pace on each new one) and re-queues the job with its `attempt` unchanged and its
+//! `throttled` count raised; only `MAX_THROTTLED` 429s dead-letter it
+//! ([`qo_core::ports::Retry::after_throttle`]). The API's rate-limit headers
+//! ([`crate::ratelimit`], `RATE_LIMIT_HEADERS`) are read on every answer and observed
+//! ([`Observation::ApiRemaining`]); they reach the control record's `api_window` with every
+//! 429, and after a success only when the window is nearly used up ([`is_low`]), at most once
+//! per `API_WINDOW_REPORT_MS` per execution environment and never over a newer observation:
+//! in normal operation a success writes no shared state.
 //!
 //! A dead-lettered job is not marked done: `qo redrive` sends it back, and the delivery that
 //! follows must call it, not skip it as a duplicate.
@@ -26,16 +37,16 @@
 //! claim free (or, if even dropping it failed, held: see [`Outcome::Duplicate`]), so the job is
 //! never lost.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use qo_core::ports::{
-    Claim, DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, requeue_or_dead_letter,
-    update_record,
+    Claim, DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, update_record,
 };
 use qo_core::{
-    BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver, Observation,
-    Observer, Timestamp, WorkerEvent,
+    ApiWindow, BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver,
+    Observation, Observer, Throttles, Timestamp, WorkerEvent,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -63,6 +74,10 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     clock: C,
     observer: Arc<dyn Observer>,
     rereads: Rereads,
+    /// When this execution environment last wrote the API's window after a success.
+    window_reported_at: Mutex<Option<Timestamp>>,
+    /// Whether a malformed rate-limit header was logged already (once per environment).
+    warned_malformed: AtomicBool,
 }
 
 /// How an answer is handled.
@@ -92,6 +107,8 @@ where
             sink,
             clock,
             observer: Arc::new(NoObserver),
+            window_reported_at: Mutex::new(None),
+            warned_malformed: AtomicBool::new(false),
         }
     }
 
@@ -263,9 +280,13 @@ where
             }
         }
         self.clock.sleep_until(ev.slot_at).await;
+        // Lateness is decided at the call: this reads the clock after the last await before
+        // the request goes out (nothing but the HTTP call follows), so time lost anywhere
+        // before (a slow claim, a credential re-read, a late wake-up) cannot slip a call past
+        // its slot's tolerance. The connection itself is usually a pooled one (see
+        // `ApiClient`), so no connect follows the check either.
         let at = self.clock.now();
-        if at > ev.slot_at.plus(self.config.call_tolerance) {
-            let late = at.since(ev.slot_at);
+        if let Some(late) = self.too_late(ev, at) {
             let why = format!(
                 "arrived {} ms after its slot {}: too late to call inside the quota",
                 late.as_millis(),
@@ -296,10 +317,18 @@ where
             });
         }
 
+        let window = match &answer {
+            Ok(r) => self.read_window(r, now),
+            Err(_) => None,
+        };
+
         match self.classify(answer) {
             Class::Success(status) => {
                 self.rereads.clear();
                 let recorded = self.mark_done(&job_id, now).await;
+                if let Some(w) = window {
+                    self.report_low_window(w, now).await;
+                }
                 // DEBUG, not INFO: a line per successful job is most of a job's log bytes, and
                 // the EMF line already counts it (Succeeded, JobWait). Failures stay at INFO.
                 debug!(status, took_ms = millis(now.since(at)), "call succeeded");
@@ -312,13 +341,18 @@ where
                     recorded,
                 })
             }
-            Class::Throttled(response) => self.throttled(ev, job_id, &response, now).await,
+            Class::Throttled(response) => self.throttled(ev, job_id, &response, window, now).await,
             Class::Failure(status, why) => self.failed(ev, job_id, status, &why, now).await,
             Class::CredentialRejected(status) => {
                 self.credential_rejected(ev, job_id, status, now).await
             }
             Class::Final(reason) => self.dead_letter(ev, job_id, reason).await,
         }
+    }
+
+    /// How late a call at `at` would be past its slot's `CALL_TOLERANCE_MS`, if it is.
+    fn too_late(&self, ev: &JobEvent, at: Timestamp) -> Option<Duration> {
+        (at > ev.slot_at.plus(self.config.call_tolerance)).then(|| at.since(ev.slot_at))
     }
 
     fn classify(&self, answer: Result<ApiResponse, HttpError>) -> Class {
@@ -345,6 +379,7 @@ where
         ev: &JobEvent,
         job_id: String,
         response: &ApiResponse,
+        window: Option<ApiWindow>,
         now: Timestamp,
     ) -> Result<Outcome, WorkerError> {
         self.store.abandon(&job_id).await?;
@@ -355,13 +390,21 @@ where
             retry_after: header.and_then(|h| parse_retry_after(h, now)),
         });
         let until = now.plus(retry_after);
+        // Every 429 is counted (the orchestrator's rate controller reacts to each new one),
+        // even when a later back-off is already recorded: that one is kept, never shortened.
         update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
-            if c.backoff_until.is_some_and(|b| b >= until) {
-                return None;
-            }
+            let (backoff_until, backoff_reason) = match c.backoff_until {
+                Some(b) if b >= until => (Some(b), c.backoff_reason),
+                _ => (Some(until), Some(BackoffReason::Throttled)),
+            };
             Some(Control {
-                backoff_until: Some(until),
-                backoff_reason: Some(BackoffReason::Throttled),
+                backoff_until,
+                backoff_reason,
+                throttles: Some(Throttles::record(c.throttles.as_ref(), now, ev.slot_at)),
+                api_window: match window {
+                    Some(w) if w.supersedes(c.api_window.as_ref()) => Some(w),
+                    _ => c.api_window,
+                },
                 updated_by: Some(CONTROL_WRITER.to_string()),
                 updated_at: Some(now),
                 ..c.clone()
@@ -369,13 +412,84 @@ where
         })
         .await?;
         let why = format!("HTTP 429: retry after {} ms", retry_after.as_millis());
-        warn!(retry_after_ms = millis(retry_after), %until, "throttled by the API");
-        let requeued = self.requeue(ev, &job_id, retry_after, &why).await?;
+        warn!(
+            retry_after_ms = millis(retry_after),
+            %until,
+            throttled = ev.origin.throttled.saturating_add(1),
+            "throttled by the API"
+        );
+        // A 429 is the pacer's signal, not the job's failure: its attempt count stays, its
+        // 429 count rises, and only MAX_THROTTLED of them give up on it.
+        let retry = Retry::after_throttle(&ev.origin, self.config.max_throttled, retry_after);
+        let requeued = self.settle(ev, &job_id, retry, retry_after, &why).await?;
         Ok(Outcome::Throttled {
             job_id,
             retry_after_ms: millis(retry_after),
             requeued,
         })
+    }
+
+    /// The API's window from the answer's rate-limit headers, observed for the metrics. A
+    /// malformed header is logged once per execution environment and read as absent.
+    fn read_window(&self, response: &ApiResponse, now: Timestamp) -> Option<ApiWindow> {
+        if response.rate_headers.is_empty() {
+            return None;
+        }
+        match self
+            .config
+            .rate_limit_headers
+            .read(&response.rate_headers, now)
+        {
+            Ok(Some(w)) => {
+                self.observe(Observation::ApiRemaining {
+                    remaining: w.remaining,
+                    limit: w.limit,
+                });
+                Some(w)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                if !self.warned_malformed.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, "ignoring the API's rate-limit headers (logged once)");
+                }
+                None
+            }
+        }
+    }
+
+    /// After a success: writes the API's window to the control record only when few calls
+    /// are left ([`is_low`]) and at most once per `API_WINDOW_REPORT_MS` in this execution
+    /// environment, and only over an older observation. A failed write is logged, not
+    /// returned: the job is done, and the next low answer reports again.
+    async fn report_low_window(&self, window: ApiWindow, now: Timestamp) {
+        if !is_low(&window) {
+            return;
+        }
+        {
+            let mut last = self
+                .window_reported_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| now < t.plus(self.config.api_window_report)) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let written = update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
+            window.supersedes(c.api_window.as_ref()).then(|| Control {
+                api_window: Some(window),
+                ..c.clone()
+            })
+        })
+        .await;
+        match written {
+            Ok(_) => debug!(
+                remaining = window.remaining,
+                limit = ?window.limit,
+                "reported the API's low window"
+            ),
+            Err(e) => warn!(error = %e, "could not report the API's window"),
+        }
     }
 
     async fn failed(
@@ -605,34 +719,44 @@ where
         delay: Duration,
         why: &str,
     ) -> Result<bool, WorkerError> {
+        let retry = Retry::after_failure(&ev.origin, self.config.max_attempts, why);
+        self.settle(ev, job_id, retry, delay, why).await
+    }
+
+    /// Carries out a [`Retry`]: re-queues the job after `delay` (capped at SQS's limit) or
+    /// dead-letters it with its [`qo_core::ports::GiveUp`] reason. Returns whether it was
+    /// re-queued.
+    async fn settle(
+        &self,
+        ev: &JobEvent,
+        job_id: &str,
+        retry: Retry,
+        delay: Duration,
+        why: &str,
+    ) -> Result<bool, WorkerError> {
         let body = requeue_body(ev, job_id)?;
-        let requeued = requeue_or_dead_letter(
-            &self.sink,
-            &body,
-            &ev.origin,
-            delay.min(MAX_REQUEUE_DELAY),
-            self.config.max_attempts,
-            why,
-        )
-        .await?;
-        if requeued {
-            info!(delay_ms = millis(delay), reason = why, "re-queued");
-            self.observe(Observation::Requeued {
-                job_id: job_id.to_string(),
-                reason: why.to_string(),
-            });
-        } else {
-            let reason = format!(
-                "gave up after {} attempts; last: {why}",
-                ev.origin.attempt.saturating_add(1)
-            );
-            warn!(reason = %reason, "dead-lettered");
-            self.observe(Observation::DeadLettered {
-                message_id: ev.origin.message_id.clone(),
-                reason,
-            });
+        let given_up = retry
+            .apply(&self.sink, &body, delay.min(MAX_REQUEUE_DELAY))
+            .await?;
+        match given_up {
+            None => {
+                info!(delay_ms = millis(delay), reason = why, "re-queued");
+                self.observe(Observation::Requeued {
+                    job_id: job_id.to_string(),
+                    reason: why.to_string(),
+                });
+                Ok(true)
+            }
+            Some(reason) => {
+                let reason = reason.to_string();
+                warn!(reason = %reason, "dead-lettered");
+                self.observe(Observation::DeadLettered {
+                    message_id: ev.origin.message_id.clone(),
+                    reason,
+                });
+                Ok(false)
+            }
         }
-        Ok(requeued)
     }
 
     async fn handle_health(&self, ev: &HealthCheckEvent) -> Result<Outcome, WorkerError> {
@@ -685,6 +809,15 @@ where
 
     fn observe(&self, o: Observation) {
         self.observer.observe(o);
+    }
+}
+
+/// Whether the API's window is nearly used up: at most a fifth of its limit left (at least
+/// 1), or, with no limit known, at most 1. Only then does a success report it.
+pub fn is_low(w: &ApiWindow) -> bool {
+    match w.limit {
+        Some(limit) => w.remaining <= (limit / 5).max(1),
+        None => w.remaining <= 1,
     }
 }
 

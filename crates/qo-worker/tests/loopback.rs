@@ -135,7 +135,11 @@ async fn throttled_call_sets_the_backoff_and_requeues_after_retry_after() {
     let requeues = r.sink.requeues();
     assert_eq!(requeues.len(), 1);
     assert_eq!(requeues[0].delay, retry_after);
-    assert_eq!(requeues[0].origin.attempt, 1);
+    assert_eq!(
+        requeues[0].origin.attempt, 0,
+        "a 429 is the pacer's signal, not a failed attempt"
+    );
+    assert_eq!(requeues[0].origin.throttled, 1);
     assert_eq!(requeues[0].origin.message_id, "m-2");
     let body: serde_json::Value = serde_json::from_str(&requeues[0].body).expect("json");
     assert_eq!(

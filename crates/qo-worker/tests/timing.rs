@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{Context, LambdaEvent};
-use qo_core::job::Job;
-use qo_core::ports::{IdempotencyStore, RecordKey, load_record};
-use qo_core::{Clock, Control, Observation, Timestamp, TokioClock, WorkerEvent};
+use qo_core::job::{Job, JobEvent};
+use qo_core::ports::{IdempotencyStore, RecordKey, load_record, save_record};
+use qo_core::{
+    ApiWindow, BackoffReason, Clock, Control, Observation, Timestamp, TokioClock, WorkerEvent,
+};
 use qo_memory::JobStatus;
 use qo_worker::lambda::DEADLINE_MARGIN;
-use qo_worker::{ApiResponse, HttpError, Outcome, handler};
+use qo_worker::{ApiResponse, HttpError, Outcome, RateHeaders, handler};
 use support::{FakeHttp, config, health, job, job_event, rig};
 
 /// 2023-11-14T22:13:20Z, a Tuesday.
@@ -167,7 +169,7 @@ async fn retry_after_as_an_http_date_and_the_default() {
     let dated = ApiResponse {
         status: 429,
         retry_after: Some("Tue, 14 Nov 2023 22:13:50 GMT".into()),
-        body_start: Vec::new(),
+        ..ApiResponse::default()
     };
     let (r, _) = setup(Ok(dated), &[]);
     // Two lost races on the control record are retried, not lost.
@@ -224,7 +226,7 @@ async fn a_long_retry_after_is_kept_in_control_but_the_requeue_delay_is_capped()
     let answer = ApiResponse {
         status: 429,
         retry_after: Some("3600".into()),
-        body_start: Vec::new(),
+        ..ApiResponse::default()
     };
     let (r, _) = setup(Ok(answer), &[]);
     r.worker
@@ -239,6 +241,283 @@ async fn a_long_retry_after_is_kept_in_control_but_the_requeue_delay_is_capped()
         Some(T0.plus(Duration::from_secs(3_600)))
     );
     assert_eq!(r.sink.requeues()[0].delay, Duration::from_secs(900));
+}
+
+/// Handles the job the sink re-queued last, as the next delivery would, at the clock's now.
+async fn deliver_requeued(r: &support::Rig<Arc<FakeHttp>>, first: &JobEvent) -> Outcome {
+    let last = r.sink.requeues().pop().expect("a re-queue");
+    let ev = JobEvent {
+        job: Job::parse(&last.body).expect("job"),
+        origin: last.origin,
+        slot_at: r.clock.now(),
+        ..first.clone()
+    };
+    r.worker
+        .handle(WorkerEvent::Job(ev))
+        .await
+        .expect("handled")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_never_counts_as_an_attempt_and_max_throttled_bounds_it() {
+    let answer = ApiResponse {
+        status: 429,
+        retry_after: Some("3".into()),
+        ..ApiResponse::default()
+    };
+    let (r, http) = setup(Ok(answer), &[("MAX_ATTEMPTS", "5"), ("MAX_THROTTLED", "8")]);
+    let first = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
+    let out = r
+        .worker
+        .handle(WorkerEvent::Job(first.clone()))
+        .await
+        .expect("handled");
+    assert!(
+        matches!(out, Outcome::Throttled { requeued: true, .. }),
+        "{out:?}"
+    );
+    // Six 429s in all, more than MAX_ATTEMPTS would allow: each one goes back, attempt 0.
+    for _ in 1..6 {
+        let out = deliver_requeued(&r, &first).await;
+        assert!(
+            matches!(out, Outcome::Throttled { requeued: true, .. }),
+            "{out:?}"
+        );
+    }
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 6);
+    for (i, rq) in q.iter().enumerate() {
+        assert_eq!(rq.origin.attempt, 0, "429 #{}", i + 1);
+        assert_eq!(rq.origin.throttled, u32::try_from(i + 1).unwrap());
+        assert_eq!(rq.delay, Duration::from_secs(3));
+    }
+    assert!(r.sink.dead_letters().is_empty());
+    // The 7th is re-queued; the 8th reaches MAX_THROTTLED and is dead-lettered.
+    let out = deliver_requeued(&r, &first).await;
+    assert!(
+        matches!(out, Outcome::Throttled { requeued: true, .. }),
+        "{out:?}"
+    );
+    let out = deliver_requeued(&r, &first).await;
+    assert!(
+        matches!(
+            out,
+            Outcome::Throttled {
+                requeued: false,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(http.calls().len(), 8);
+    assert_eq!(r.sink.requeues().len(), 7);
+    let dead = r.sink.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].reason,
+        "answered HTTP 429 8 times (MAX_THROTTLED); last retry after 3000 ms"
+    );
+    assert_eq!((dead[0].origin.attempt, dead[0].origin.throttled), (0, 8));
+    assert!(r.seen.all().contains(&Observation::DeadLettered {
+        message_id: "m-1".into(),
+        reason: dead[0].reason.clone(),
+    }));
+    assert_eq!(r.store.job_status("m-1"), None, "claim dropped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_429_bumps_the_throttle_count_even_under_a_later_backoff() {
+    let answer = ApiResponse {
+        status: 429,
+        retry_after: Some("2".into()),
+        ..ApiResponse::default()
+    };
+    let (r, http) = setup(Ok(answer), &[]);
+    // An operator's or an earlier 429's back-off already reaches further than ours will.
+    let far = T0.plus(Duration::from_secs(600));
+    let seeded = Control {
+        backoff_until: Some(far),
+        backoff_reason: Some(BackoffReason::CredentialRejected { status: 401 }),
+        ..Control::default()
+    };
+    save_record(&r.store, RecordKey::Control, &seeded, 0, None)
+        .await
+        .expect("seed");
+    for n in 1..=3u64 {
+        let slot = r.clock.now();
+        r.worker
+            .handle(job(r#"{"path":"/x"}"#, &format!("m-{n}"), slot, 0))
+            .await
+            .expect("handled");
+        let c = load_record::<Control>(&r.store, RecordKey::Control)
+            .await
+            .expect("control")
+            .value;
+        let t = c.throttles.expect("counted");
+        assert_eq!(t.count, n, "429 #{n} is counted");
+        assert_eq!(t.last_slot, slot);
+        assert_eq!(c.backoff_until, Some(far), "the later back-off is kept");
+        assert_eq!(
+            c.backoff_reason,
+            Some(BackoffReason::CredentialRejected { status: 401 }),
+            "and its reason"
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    // A success writes nothing to the control record.
+    let before = r.store.record(RecordKey::Control);
+    *http.answer.lock().expect("lock") = Ok(ApiResponse::status(200));
+    r.worker
+        .handle(job(r#"{"path":"/x"}"#, "m-ok", r.clock.now(), 0))
+        .await
+        .expect("handled");
+    assert_eq!(r.store.record(RecordKey::Control), before);
+}
+
+fn with_window(status: u16, remaining: &str) -> ApiResponse {
+    ApiResponse {
+        status,
+        rate_headers: RateHeaders::from_pairs(&[
+            ("X-RateLimit-Limit", "100"),
+            ("X-RateLimit-Remaining", remaining),
+            ("X-RateLimit-Reset", "20"),
+        ]),
+        ..ApiResponse::default()
+    }
+}
+
+async fn stored_window(r: &support::Rig<Arc<FakeHttp>>) -> Option<ApiWindow> {
+    load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control")
+        .value
+        .api_window
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_reports_the_api_window_only_when_low_and_not_twice_within_the_interval() {
+    let (r, http) = setup(
+        Ok(with_window(200, "50")),
+        &[("API_WINDOW_REPORT_MS", "1000")],
+    );
+    let answer = |a: ApiResponse| *http.answer.lock().expect("lock") = Ok(a);
+    let call = |id: &'static str| {
+        let r = &r;
+        async move {
+            let out = r
+                .worker
+                .handle(job(r#"{"path":"/x"}"#, id, r.clock.now(), 0))
+                .await
+                .expect("handled");
+            assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+        }
+    };
+    // Plenty left: nothing written, but the metric sees it.
+    call("m-1").await;
+    assert_eq!(r.store.record(RecordKey::Control), None);
+    assert!(r.seen.all().contains(&Observation::ApiRemaining {
+        remaining: 50,
+        limit: Some(100)
+    }));
+    // A fifth of the limit or less: written.
+    tokio::time::advance(ms(10)).await;
+    answer(with_window(200, "20"));
+    call("m-2").await;
+    let w = stored_window(&r).await.expect("reported");
+    assert_eq!(w.remaining, 20);
+    assert_eq!(w.limit, Some(100));
+    assert_eq!(w.observed_at, r.clock.now());
+    assert_eq!(w.reset_at, r.clock.now().plus(Duration::from_secs(20)));
+    let version = r.store.record(RecordKey::Control).expect("record").version;
+    // Low again within API_WINDOW_REPORT_MS: not written again.
+    tokio::time::advance(ms(500)).await;
+    answer(with_window(200, "7"));
+    call("m-3").await;
+    assert_eq!(
+        r.store.record(RecordKey::Control).expect("record").version,
+        version
+    );
+    // Once the interval has passed: written.
+    tokio::time::advance(ms(500)).await;
+    answer(with_window(200, "6"));
+    call("m-4").await;
+    assert_eq!(stored_window(&r).await.expect("reported").remaining, 6);
+    // A newer observation already stored (another environment's) is not overwritten.
+    let c = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control");
+    let mut v = c.value.clone();
+    let newer = ApiWindow {
+        remaining: 0,
+        observed_at: r.clock.now().plus(Duration::from_secs(60)),
+        ..v.api_window.expect("window")
+    };
+    v.api_window = Some(newer);
+    let version = save_record(&r.store, RecordKey::Control, &v, c.version, None)
+        .await
+        .expect("save");
+    tokio::time::advance(ms(1_000)).await;
+    answer(with_window(200, "5"));
+    call("m-5").await;
+    assert_eq!(
+        r.store.record(RecordKey::Control).expect("record").version,
+        version,
+        "nothing written over a newer observation"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_reports_the_api_window_with_the_throttle_and_bad_headers_change_nothing() {
+    let (r, http) = setup(Ok(with_window(429, "90")), &[]);
+    r.worker
+        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
+        .await
+        .expect("handled");
+    let c = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control")
+        .value;
+    assert_eq!(c.throttles.expect("counted").count, 1);
+    let w = c.api_window.expect("a 429 reports the window, low or not");
+    assert_eq!((w.remaining, w.limit, w.observed_at), (90, Some(100), T0));
+
+    // Malformed headers: the job succeeds and nothing is written.
+    let before = r.store.record(RecordKey::Control);
+    *http.answer.lock().expect("lock") = Ok(with_window(200, "none left"));
+    let out = r
+        .worker
+        .handle(job(r#"{"path":"/x"}"#, "m-2", r.clock.now(), 0))
+        .await
+        .expect("handled");
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert_eq!(r.store.record(RecordKey::Control), before);
+    // On a 429 the counter still moves; the stored window stays.
+    *http.answer.lock().expect("lock") = Ok(with_window(429, "-3"));
+    r.worker
+        .handle(job(r#"{"path":"/x"}"#, "m-3", r.clock.now(), 0))
+        .await
+        .expect("handled");
+    let c = load_record::<Control>(&r.store, RecordKey::Control)
+        .await
+        .expect("control")
+        .value;
+    assert_eq!(c.throttles.expect("counted").count, 2);
+    assert_eq!(c.api_window, Some(w));
+}
+
+/// A failure after 429s still counts its attempt from where it was: the two bounds are apart.
+#[tokio::test(start_paused = true)]
+async fn a_failure_keeps_the_429_count_and_raises_the_attempt() {
+    let (r, _) = setup(Ok(ApiResponse::status(503)), &[]);
+    let mut ev = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
+    ev.origin.throttled = 12;
+    ev.origin.attempt = 1;
+    r.worker
+        .handle(WorkerEvent::Job(ev))
+        .await
+        .expect("handled");
+    let q = r.sink.requeues();
+    assert_eq!((q[0].origin.attempt, q[0].origin.throttled), (2, 12));
 }
 
 #[tokio::test(start_paused = true)]

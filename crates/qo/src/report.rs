@@ -107,6 +107,7 @@ impl Observer for Collector {
             | Observation::Backlog { .. }
             | Observation::Utilization(_)
             | Observation::BudgetExhausted { .. }
+            | Observation::ApiRemaining { .. }
             | Observation::Swept { .. } => {}
         }
     }
