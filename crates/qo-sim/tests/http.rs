@@ -503,7 +503,8 @@ async fn a_limit_schedule_is_enforced_instead_of_the_quota() {
     assert_eq!((s.accepted, s.throttled), (6, 2));
     // Our calls against the quota we were given, and the limit in force, segment by segment.
     assert_eq!(s.max_for("20/s"), Some(4));
-    let segments: Vec<(u64, String, Vec<(String, u64)>)> = s
+    type Segment = (u64, String, Vec<(String, u64)>);
+    let segments: Vec<Segment> = s
         .max_in_force
         .iter()
         .map(|f| (f.from_ms, f.spec.clone(), f.max_in_any_window.clone()))
