@@ -3,9 +3,58 @@
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
+use std::fmt;
+use std::str::FromStr;
+
 use qo_core::QuotaSpec;
 
-use crate::SimError;
+use crate::{LimitSchedule, SimError};
+
+/// Which rate-limit headers the API sends on its 2xx and 429 answers, describing the tightest
+/// tier in force ([`crate::enforce::tightest_tier`]; see [`crate::WindowView`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeaderScheme {
+    /// None (429s still carry `Retry-After`).
+    #[default]
+    None,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (delta seconds,
+    /// rounded up).
+    XRateLimit,
+    /// The IETF draft's `RateLimit-Policy: "default";q=LIMIT;w=WINDOW_S` and
+    /// `RateLimit: "default";r=REMAINING;t=RESET_S`.
+    Ietf,
+}
+
+impl HeaderScheme {
+    /// The name `FromStr` reads: `none`, `x-ratelimit` or `ietf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderScheme::None => "none",
+            HeaderScheme::XRateLimit => "x-ratelimit",
+            HeaderScheme::Ietf => "ietf",
+        }
+    }
+}
+
+impl FromStr for HeaderScheme {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(HeaderScheme::None),
+            "x-ratelimit" => Ok(HeaderScheme::XRateLimit),
+            "ietf" => Ok(HeaderScheme::Ietf),
+            _ => Err(format!(
+                "rate-limit headers `{s}`: expected none, x-ratelimit or ietf"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for HeaderScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How the simulated API behaves.
 ///
@@ -13,9 +62,18 @@ use crate::SimError;
 /// validates it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimConfig {
-    /// The quota the simulator enforces, tier by tier, on accepted calls (bursts are ignored:
-    /// the window count is the truth).
+    /// The quota the client is given. The simulator enforces it, tier by tier, on accepted
+    /// calls (bursts are ignored: the window count is the truth) unless [`SimConfig::limit`]
+    /// says otherwise; [`crate::SimStats::max_in_any_window`] measures our calls against it.
     pub quota: QuotaSpec,
+    /// The limit the simulator enforces instead of `quota`, and when it changes (a shared key,
+    /// a misdocumented limit); `None`: the quota.
+    pub limit: Option<LimitSchedule>,
+    /// Calls per second another client on the same key takes out of the enforced limit
+    /// (evenly spaced, ahead of ours when a window is full; see [`crate::enforce`]); 0: none.
+    pub other_client_rate_per_s: f64,
+    /// The rate-limit headers on 2xx and 429 answers.
+    pub headers: HeaderScheme,
     /// Probability in `[0, 1]` that an API call outside the outage answers 500.
     pub fail_rate: f64,
     /// When, in time since the server started, every API call and health check answers 503
@@ -38,6 +96,9 @@ impl SimConfig {
     pub fn new(quota: QuotaSpec) -> Self {
         SimConfig {
             quota,
+            limit: None,
+            other_client_rate_per_s: 0.0,
+            headers: HeaderScheme::None,
             fail_rate: 0.0,
             outage: None,
             latency: Duration::ZERO..=Duration::ZERO,
@@ -47,8 +108,38 @@ impl SimConfig {
         }
     }
 
+    /// The limit enforced: [`SimConfig::limit`], or the quota throughout.
+    pub fn enforced(&self) -> LimitSchedule {
+        self.limit
+            .clone()
+            .unwrap_or_else(|| LimitSchedule::constant(self.quota.clone()))
+    }
+
     /// Checks the ranges; the error names the bad field and its value.
     pub fn validate(&self) -> Result<(), SimError> {
+        let other = self.other_client_rate_per_s;
+        if !(other.is_finite() && other >= 0.0) {
+            return Err(SimError::Config {
+                field: "other_client_rate_per_s",
+                value: other.to_string(),
+                reason: "expected a finite number of calls per second, 0 or more",
+            });
+        }
+        if other > 0.0
+            && let Some(low) = self
+                .enforced()
+                .segments()
+                .map(|(_, s)| s.pacing_rate_per_s())
+                .reduce(f64::min)
+            && other >= low
+        {
+            return Err(SimError::Config {
+                field: "other_client_rate_per_s",
+                value: other.to_string(),
+                reason: "expected less than the enforced limit's pacing rate at every instant \
+                         (else it leaves us no share)",
+            });
+        }
         if !(0.0..=1.0).contains(&self.fail_rate) {
             return Err(SimError::Config {
                 field: "fail_rate",
@@ -124,6 +215,45 @@ mod tests {
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("`outage`"), "{e}");
+    }
+
+    #[test]
+    fn the_other_client_must_leave_a_share() {
+        let c = SimConfig {
+            other_client_rate_per_s: -1.0,
+            ..base()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("`other_client_rate_per_s` = `-1`"), "{e}");
+        let c = SimConfig {
+            other_client_rate_per_s: 5.0,
+            limit: Some("20/s;5/s@10".parse().expect("schedule")),
+            ..base()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("no share"), "{e}");
+        let c = SimConfig {
+            other_client_rate_per_s: 4.9,
+            ..c
+        };
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn header_schemes_parse() {
+        for h in [
+            HeaderScheme::None,
+            HeaderScheme::XRateLimit,
+            HeaderScheme::Ietf,
+        ] {
+            assert_eq!(h.to_string().parse::<HeaderScheme>(), Ok(h));
+        }
+        assert_eq!(
+            "X-RateLimit".parse::<HeaderScheme>(),
+            Ok(HeaderScheme::XRateLimit)
+        );
+        let e = "draft".parse::<HeaderScheme>().unwrap_err();
+        assert!(e.contains("`draft`") && e.contains("x-ratelimit"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,11 @@ use qo_core::quota::WindowKind;
 use qo_core::{QuotaSpec, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::window::{max_in_calendar_period, max_in_window};
+use crate::LimitSchedule;
+use crate::window::{
+    max_in_calendar_period, max_in_calendar_period_ending_within, max_in_window,
+    max_in_window_ending_within,
+};
 
 /// Which kind of request a record is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,22 @@ pub struct CallRecord {
     pub path: String,
     /// The status answered.
     pub status: u16,
+    /// The remaining count its rate-limit headers reported, when it sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+}
+
+/// One segment of the enforced limit and the densest windows it governed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InForce {
+    /// From when the segment's spec is in force, in milliseconds since the server started.
+    pub from_ms: u64,
+    /// The spec then in force, as written.
+    pub spec: String,
+    /// For each of its tiers: the most calls accepted (ours and the other client's) in any
+    /// window ending at an accepted call in the segment, the calls before the segment in that
+    /// window included (the enforcer counts them). Never above the tier's limit.
+    pub max_in_any_window: Vec<(String, u64)>,
 }
 
 /// Counters and window maxima over everything the simulator has answered.
@@ -48,9 +68,20 @@ pub struct SimStats {
     pub unauthorized: u64,
     /// Health checks received (healthy or not).
     pub health_checks: u64,
-    /// For each tier (as written, e.g. `20/s`): the largest number of accepted calls in any
-    /// window of the tier, rolling (half-open) or calendar (UTC period). Never above the limit.
+    /// For each tier of the quota the client was given (as written, e.g. `20/s`): the largest
+    /// number of our accepted calls (not the other client's) in any window of the tier,
+    /// rolling (half-open) or calendar (UTC period). Never above the limit when the simulator
+    /// enforces the quota; with another limit, never above the tighter of the two, in each
+    /// window, as long as the client keeps to its quota.
     pub max_in_any_window: Vec<(String, u64)>,
+    /// Admissions the other client on the same key took (not HTTP calls, not in `calls`).
+    #[serde(default)]
+    pub other_accepted: u64,
+    /// The enforced limit, segment by segment, with the densest window of each of its tiers
+    /// over every accepted call, ours and the other client's: the check that the limit in
+    /// force held.
+    #[serde(default)]
+    pub max_in_force: Vec<InForce>,
 }
 
 impl SimStats {
@@ -60,6 +91,17 @@ impl SimStats {
             .iter()
             .find(|(t, _)| t == tier)
             .map(|&(_, m)| m)
+    }
+
+    /// The largest count over the segments of the enforced limit for the tier written as
+    /// `tier` (e.g. `"10/s"`), over the segments whose spec has it.
+    pub fn max_in_force_for(&self, tier: &str) -> Option<u64> {
+        self.max_in_force
+            .iter()
+            .flat_map(|f| &f.max_in_any_window)
+            .filter(|(t, _)| t == tier)
+            .map(|&(_, m)| m)
+            .max()
     }
 }
 
@@ -71,6 +113,8 @@ pub(crate) struct Ledger {
     pub(crate) records: Vec<CallRecord>,
     /// Arrival times of accepted calls, in order.
     pub(crate) accepted: Vec<Timestamp>,
+    /// Admission times of the other client's calls, in order.
+    pub(crate) other: Vec<Timestamp>,
     /// The counters (window maxima are computed on demand by [`with_maxima`]).
     pub(crate) counters: SimStats,
 }
@@ -99,13 +143,17 @@ impl Ledger {
     }
 }
 
-/// `counters` completed with each tier's maximum over the `accepted` arrival times, computed
-/// from the log alone (independently of the enforcement that produced it).
+/// `counters` completed with each tier's maximum over the `accepted` arrival times, and each
+/// segment of the enforced `limit` with its maxima over all admissions (`accepted` and
+/// `other`), computed from the logs alone (independently of the enforcement that produced
+/// them).
 pub(crate) fn with_maxima(
     mut counters: SimStats,
     accepted: &[Timestamp],
+    other: &[Timestamp],
     start: Timestamp,
     spec: &QuotaSpec,
+    limit: &LimitSchedule,
 ) -> SimStats {
     let since: Vec<Duration> = accepted.iter().map(|t| t.since(start)).collect();
     counters.max_in_any_window = spec
@@ -117,6 +165,40 @@ pub(crate) fn with_maxima(
                 WindowKind::Calendar => max_in_calendar_period(accepted, t.period),
             };
             (t.to_string(), u64::try_from(max).unwrap_or(u64::MAX))
+        })
+        .collect();
+    let mut all: Vec<Timestamp> = accepted.iter().chain(other).copied().collect();
+    all.sort_unstable();
+    let all_since: Vec<Duration> = all.iter().map(|t| t.since(start)).collect();
+    let segments: Vec<(Duration, &QuotaSpec)> = limit.segments().collect();
+    counters.other_accepted = other.len() as u64;
+    counters.max_in_force = segments
+        .iter()
+        .enumerate()
+        .map(|(i, &(from, seg))| {
+            let to = segments.get(i + 1).map_or(Duration::MAX, |s| s.0);
+            let max_in_any_window = seg
+                .tiers()
+                .iter()
+                .map(|t| {
+                    let max = match t.window {
+                        WindowKind::Rolling => {
+                            max_in_window_ending_within(&all_since, t.period.duration(), from..to)
+                        }
+                        WindowKind::Calendar => max_in_calendar_period_ending_within(
+                            &all,
+                            t.period,
+                            start.plus(from)..start.plus(to),
+                        ),
+                    };
+                    (t.to_string(), u64::try_from(max).unwrap_or(u64::MAX))
+                })
+                .collect();
+            InForce {
+                from_ms: u64::try_from(from.as_millis()).unwrap_or(u64::MAX),
+                spec: seg.to_string(),
+                max_in_any_window,
+            }
         })
         .collect();
     counters

@@ -10,6 +10,13 @@
 //!   (503), the key (401), a simulated failure at `fail_rate` (500), the quota (429 with
 //!   `Retry-After`, or 200 echoing the request).
 //!
+//! The limit enforced is [`SimConfig::enforced`]: the quota, or a [`crate::LimitSchedule`]
+//! whose seconds count from the server's start; another client on the key
+//! ([`SimConfig::other_client_rate_per_s`]) takes its admissions out of it. With
+//! [`SimConfig::headers`] set, every 2xx and 429 API answer carries the rate-limit headers of
+//! the tightest tier in force, as the [`crate::Enforcer::window`] sees it just after the
+//! decision (so a 2xx's remaining count has the call itself taken off).
+//!
 //! Only accepted (2xx) calls count against the quota: a faulted, refused or throttled call
 //! consumes nothing. This is the laxer reading of a real API (some count failed calls too); the
 //! orchestrator reserves a slot for every call it makes, so it holds under either reading.
@@ -34,9 +41,9 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::enforce::{Admission, Enforcer, retry_after_secs};
+use crate::enforce::{Admission, Enforcer, WindowView, retry_after_secs};
 use crate::record::{CallKind, CallRecord, Ledger, SimStats, with_maxima};
-use crate::{SimConfig, SimError};
+use crate::{HeaderScheme, LimitSchedule, SimConfig, SimError};
 
 /// The health-check path.
 pub const HEALTH_PATH: &str = "/health";
@@ -54,6 +61,8 @@ struct Inner {
 
 struct Shared {
     config: SimConfig,
+    /// The limit enforced (the quota unless the config says otherwise).
+    limit: LimitSchedule,
     clock: Arc<dyn Clock>,
     start: Timestamp,
     inner: Mutex<Inner>,
@@ -67,11 +76,29 @@ impl Shared {
     }
 
     fn stats(&self) -> SimStats {
-        let (counters, accepted) = {
-            let g = self.lock();
-            (g.ledger.counters.clone(), g.ledger.accepted.clone())
+        let (counters, accepted, other) = {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            // The other client's calls due by now count, ours or not.
+            inner.enforcer.advance(self.clock.now());
+            inner
+                .ledger
+                .other
+                .extend(inner.enforcer.take_other_admissions());
+            (
+                inner.ledger.counters.clone(),
+                inner.ledger.accepted.clone(),
+                inner.ledger.other.clone(),
+            )
         };
-        with_maxima(counters, &accepted, self.start, &self.config.quota)
+        with_maxima(
+            counters,
+            &accepted,
+            &other,
+            self.start,
+            &self.config.quota,
+            &self.limit,
+        )
     }
 
     fn draw_latency(&self, rng: &mut StdRng) -> Duration {
@@ -130,6 +157,7 @@ impl Shared {
         } else if let Some(wait) = self.config.first_retry_after
             && !inner.ledger.records.iter().any(|r| r.kind == CallKind::Api)
         {
+            inner.enforcer.advance(now);
             (CallKind::Api, throttled(wait))
         } else if inner.rng.random::<f64>() < self.config.fail_rate {
             (
@@ -157,7 +185,22 @@ impl Shared {
             };
             (CallKind::Api, r)
         };
+        inner
+            .ledger
+            .other
+            .extend(inner.enforcer.take_other_admissions());
+        let mut response = response;
         let status = response.status().as_u16();
+        let remaining = if kind == CallKind::Api
+            && self.config.headers != HeaderScheme::None
+            && (status == 429 || (200..300).contains(&status))
+        {
+            let view = inner.enforcer.window(now);
+            rate_limit_headers(self.config.headers, &view, response.headers_mut());
+            Some(view.remaining)
+        } else {
+            None
+        };
         tracing::debug!(method = %method, path, status, at_ms = since.as_millis(), "sim call");
         inner.ledger.record(
             now,
@@ -167,6 +210,7 @@ impl Shared {
                 method: method.as_str().to_string(),
                 path: path.to_string(),
                 status,
+                remaining,
             },
         );
         let latency = self.draw_latency(&mut inner.rng);
@@ -274,14 +318,18 @@ impl SimServer {
         let local = listener
             .local_addr()
             .map_err(|source| SimError::Bind { addr, source })?;
+        let start = clock.now();
+        let limit = config.enforced();
         let shared = Arc::new(Shared {
-            start: clock.now(),
+            start,
             clock,
             inner: Mutex::new(Inner {
-                enforcer: Enforcer::new(&config.quota),
+                enforcer: Enforcer::scheduled(limit.clone(), start)
+                    .with_other_client(config.other_client_rate_per_s),
                 rng: StdRng::seed_from_u64(config.seed),
                 ledger: Ledger::default(),
             }),
+            limit,
             config,
         });
         let app = Router::new()
@@ -296,7 +344,14 @@ impl SimServer {
                 tracing::error!(error = %e, "simulator server failed");
             }
         });
-        tracing::info!(addr = %local, quota = %shared.config.quota, "simulator listening");
+        tracing::info!(
+            addr = %local,
+            quota = %shared.config.quota,
+            limit = %shared.limit,
+            other_client_rate_per_s = shared.config.other_client_rate_per_s,
+            headers = %shared.config.headers,
+            "simulator listening"
+        );
         Ok(SimServer {
             addr: local,
             shared,
@@ -318,6 +373,17 @@ impl SimServer {
     /// The configuration being served.
     pub fn config(&self) -> &SimConfig {
         &self.shared.config
+    }
+
+    /// The instant the server started, from which the records' `at` and the limit
+    /// schedule's seconds count.
+    pub fn started_at(&self) -> Timestamp {
+        self.shared.start
+    }
+
+    /// The limit enforced (the quota unless the config said otherwise).
+    pub fn limit(&self) -> &LimitSchedule {
+        &self.shared.limit
     }
 
     /// The counters and, per tier, the largest number of accepted calls in any window.
@@ -361,6 +427,33 @@ impl Drop for SimServer {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+        }
+    }
+}
+
+/// Adds the rate-limit headers of `scheme` describing `view`.
+fn rate_limit_headers(scheme: HeaderScheme, view: &WindowView, headers: &mut HeaderMap) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    match scheme {
+        HeaderScheme::None => {}
+        HeaderScheme::XRateLimit => {
+            set("x-ratelimit-limit", view.limit.to_string());
+            set("x-ratelimit-remaining", view.remaining.to_string());
+            set("x-ratelimit-reset", view.reset_secs().to_string());
+        }
+        HeaderScheme::Ietf => {
+            set(
+                "ratelimit-policy",
+                format!("\"default\";q={};w={}", view.limit, view.period.as_secs()),
+            );
+            set(
+                "ratelimit",
+                format!("\"default\";r={};t={}", view.remaining, view.reset_secs()),
+            );
         }
     }
 }

@@ -38,6 +38,57 @@ pub fn max_in_window(times: &[Duration], window: Duration) -> usize {
     best
 }
 
+/// The largest number of `sorted` times inside a half-open window `(t - window, t]` whose end
+/// `t` is one of the times within `ends` (e.g. one segment of a limit schedule: the windows
+/// the limit then in force governed, counting the calls before the segment that they hold).
+///
+/// `sorted` must be in order (as a log of arrivals is).
+pub fn max_in_window_ending_within(
+    sorted: &[Duration],
+    window: Duration,
+    ends: std::ops::Range<Duration>,
+) -> usize {
+    if window.is_zero() {
+        return 0;
+    }
+    let mut best = 0;
+    let mut i = 0;
+    for (j, &t) in sorted.iter().enumerate() {
+        while t - sorted[i] >= window {
+            i += 1;
+        }
+        // Calls at the same instant after j share the window: count them at the last one.
+        let last_at_t = sorted.get(j + 1).is_none_or(|&n| n > t);
+        if last_at_t && ends.contains(&t) {
+            best = best.max(j - i + 1);
+        }
+    }
+    best
+}
+
+/// The largest number of `sorted` times inside one UTC calendar `period`, counted up to (and
+/// with) a time within `ends`: for each such time, the calls of its period so far.
+///
+/// `sorted` must be in order.
+pub fn max_in_calendar_period_ending_within(
+    sorted: &[Timestamp],
+    period: Period,
+    ends: std::ops::Range<Timestamp>,
+) -> usize {
+    let mut best = 0;
+    let mut first = 0;
+    for (j, &t) in sorted.iter().enumerate() {
+        if calendar_index(period, t) != calendar_index(period, sorted[first]) {
+            first = j;
+        }
+        let last_at_t = sorted.get(j + 1).is_none_or(|&n| n > t);
+        if last_at_t && ends.contains(&t) {
+            best = best.max(j - first + 1);
+        }
+    }
+    best
+}
+
 /// The largest number of `times` inside one UTC calendar `period` (day, month, ...).
 ///
 /// `times` need not be sorted.
@@ -121,6 +172,57 @@ mod tests {
                 .unwrap_or(0);
             assert_eq!(max_in_window(&times, w), brute, "window {w:?}");
         }
+    }
+
+    #[test]
+    fn windows_ending_within_a_range_count_calls_before_it() {
+        let t = ms(&[0, 100, 900, 1_000, 1_050, 1_050, 2_500]);
+        // All ends: the same as max_in_window.
+        let all = Duration::ZERO..Duration::MAX;
+        assert_eq!(max_in_window_ending_within(&t, SEC, all.clone()), 5);
+        assert_eq!(max_in_window(&t, SEC), 5);
+        // Ends in [1 s, 2 s): (50, 1_050] holds 100, 900, 1_000, 1_050, 1_050.
+        let seg = Duration::from_secs(1)..Duration::from_secs(2);
+        assert_eq!(max_in_window_ending_within(&t, SEC, seg), 5);
+        // Ends before 1 s: (-, 900] holds 0, 100, 900.
+        let before = Duration::ZERO..Duration::from_secs(1);
+        assert_eq!(max_in_window_ending_within(&t, SEC, before), 3);
+        // Ends from 2 s: only 2_500 is in its window.
+        let after = Duration::from_secs(2)..Duration::MAX;
+        assert_eq!(max_in_window_ending_within(&t, SEC, after), 1);
+        // A segment holding no call: no window.
+        let empty = Duration::from_millis(1_100)..Duration::from_millis(2_000);
+        assert_eq!(max_in_window_ending_within(&t, SEC, empty), 0);
+        assert_eq!(max_in_window_ending_within(&[], SEC, all), 0);
+    }
+
+    #[test]
+    fn calendar_periods_counted_up_to_ends_within_a_range() {
+        let midnight = Timestamp::from_secs(20_000 * 86_400);
+        let t: Vec<Timestamp> = [0u64, 10, 20, 86_400, 86_410]
+            .iter()
+            .map(|&s| midnight.plus(Duration::from_secs(s)))
+            .collect();
+        let r = |a: u64, b: u64| {
+            midnight.plus(Duration::from_secs(a))..midnight.plus(Duration::from_secs(b))
+        };
+        assert_eq!(
+            max_in_calendar_period_ending_within(&t, Period::Day, r(0, 200_000)),
+            3
+        );
+        // Ends from second 15 of the first day: the calls before still count.
+        assert_eq!(
+            max_in_calendar_period_ending_within(&t, Period::Day, r(15, 100)),
+            3
+        );
+        assert_eq!(
+            max_in_calendar_period_ending_within(&t, Period::Day, r(5, 15)),
+            2
+        );
+        assert_eq!(
+            max_in_calendar_period_ending_within(&t, Period::Day, r(86_000, 200_000)),
+            2
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qo_core::{Timestamp, TokioClock};
-use qo_sim::{CallKind, SimConfig, SimError, SimServer, SimStats, max_in_window};
+use qo_sim::{CallKind, HeaderScheme, SimConfig, SimError, SimServer, SimStats, max_in_window};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -373,4 +373,179 @@ async fn dropping_the_server_stops_it() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let c = reqwest::Client::new();
     assert!(c.get(url).send().await.is_err());
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} on a {}", r.status()))
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
+#[tokio::test]
+async fn x_ratelimit_headers_on_2xx_and_429() {
+    let sim = SimServer::start(SimConfig {
+        headers: HeaderScheme::XRateLimit,
+        ..config("3/s")
+    })
+    .await
+    .expect("start");
+    let c = reqwest::Client::new();
+    let mut seen = Vec::new();
+    for i in 0..4 {
+        let r = get(&c, format!("{}/h/{i}", sim.url())).await;
+        seen.push((
+            r.status().as_u16(),
+            header(&r, "x-ratelimit-limit"),
+            header(&r, "x-ratelimit-remaining"),
+            header(&r, "x-ratelimit-reset"),
+        ));
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(retry_after(&r), 1);
+        }
+    }
+    let s = |v: &str| v.to_string();
+    assert_eq!(
+        seen,
+        [
+            (200, s("3"), s("2"), s("1")),
+            (200, s("3"), s("1"), s("1")),
+            (200, s("3"), s("0"), s("1")),
+            (429, s("3"), s("0"), s("1")),
+        ]
+    );
+    // The records keep what the headers said.
+    let remaining: Vec<Option<u64>> = sim.records().iter().map(|r| r.remaining).collect();
+    assert_eq!(remaining, [Some(2), Some(1), Some(0), Some(0)]);
+    // Not on the simulator's own paths, nor without a scheme.
+    let r = get(&c, format!("{}/_sim/status/200", sim.url())).await;
+    assert!(r.headers().get("x-ratelimit-limit").is_none());
+    let plain = SimServer::start(config("3/s")).await.expect("start");
+    let r = get(&c, format!("{}/p", plain.url())).await;
+    assert!(r.headers().get("x-ratelimit-limit").is_none());
+    assert!(r.headers().get("ratelimit").is_none());
+    assert_eq!(plain.records()[0].remaining, None);
+    plain.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn ietf_headers_on_2xx_and_429() {
+    let sim = SimServer::start(SimConfig {
+        headers: HeaderScheme::Ietf,
+        ..config("2/s,100/min")
+    })
+    .await
+    .expect("start");
+    let c = reqwest::Client::new();
+    // 100/min (1.67/s) is the tightest pacing tier; 2/s throttles the third call.
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let r = get(&c, format!("{}/i/{i}", sim.url())).await;
+        seen.push((
+            r.status().as_u16(),
+            header(&r, "ratelimit-policy"),
+            header(&r, "ratelimit"),
+        ));
+    }
+    let policy = r#""default";q=100;w=60"#.to_string();
+    assert_eq!(
+        seen,
+        [
+            (200, policy.clone(), r#""default";r=99;t=60"#.to_string()),
+            (200, policy.clone(), r#""default";r=98;t=60"#.to_string()),
+            (429, policy, r#""default";r=98;t=60"#.to_string()),
+        ]
+    );
+    assert!(header_present_429_retry_after(
+        &get(&c, format!("{}/i/x", sim.url())).await
+    ));
+    sim.shutdown().await;
+}
+
+fn header_present_429_retry_after(r: &reqwest::Response) -> bool {
+    r.status() == StatusCode::TOO_MANY_REQUESTS && r.headers().get("retry-after").is_some()
+}
+
+#[tokio::test]
+async fn a_limit_schedule_is_enforced_instead_of_the_quota() {
+    let sim = SimServer::start(SimConfig {
+        limit: Some("2/s;4/s@1".parse().expect("schedule")),
+        headers: HeaderScheme::XRateLimit,
+        ..config("20/s")
+    })
+    .await
+    .expect("start");
+    let c = reqwest::Client::new();
+    let mut first = Vec::new();
+    for i in 0..3 {
+        first.push(
+            get(&c, format!("{}/a/{i}", sim.url()))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(first, [200, 200, 429]);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut second = Vec::new();
+    let mut limits = Vec::new();
+    for i in 0..5 {
+        let r = get(&c, format!("{}/b/{i}", sim.url())).await;
+        second.push(r.status().as_u16());
+        limits.push(header(&r, "x-ratelimit-limit"));
+    }
+    assert_eq!(second, [200, 200, 200, 200, 429]);
+    assert!(limits.iter().all(|l| l == "4"), "{limits:?}");
+    let s = sim.stats();
+    assert_eq!((s.accepted, s.throttled), (6, 2));
+    // Our calls against the quota we were given, and the limit in force, segment by segment.
+    assert_eq!(s.max_for("20/s"), Some(4));
+    type Segment = (u64, String, Vec<(String, u64)>);
+    let segments: Vec<Segment> = s
+        .max_in_force
+        .iter()
+        .map(|f| (f.from_ms, f.spec.clone(), f.max_in_any_window.clone()))
+        .collect();
+    assert_eq!(
+        segments,
+        [
+            (0, "2/s".to_string(), vec![("2/s".to_string(), 2)]),
+            (1_000, "4/s".to_string(), vec![("4/s".to_string(), 4)]),
+        ]
+    );
+    assert_eq!(sim.limit().to_string(), "2/s;4/s@1");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_client_on_the_key_uses_part_of_the_limit() {
+    let sim = SimServer::start(SimConfig {
+        other_client_rate_per_s: 5.0,
+        headers: HeaderScheme::XRateLimit,
+        ..config("20/s")
+    })
+    .await
+    .expect("start");
+    let c = reqwest::Client::new();
+    // By 1.1 s the other client called at 0.2, 0.4, 0.6, 0.8 and 1.0 s.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = get(&c, format!("{}/o", sim.url())).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-remaining"), "14");
+    // A burst gets what is left of the window: 14 more would be 20 with the other five.
+    let calls = (0..20).map(|i| get(&c, format!("{}/o/{i}", sim.url())));
+    let ok = futures::future::join_all(calls)
+        .await
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    assert!((13..=14).contains(&ok), "{ok}");
+    let s = sim.stats();
+    assert!(s.other_accepted >= 5, "{s:?}");
+    assert_eq!(s.max_in_force_for("20/s"), Some(20));
+    assert!(s.max_for("20/s").expect("tier") <= 15, "{s:?}");
+    sim.shutdown().await;
 }

@@ -22,11 +22,11 @@ use qo_core::sqs::QueueAttributes;
 use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, Ports, StopReason};
-use qo_sim::{SimConfig, SimServer};
+use qo_sim::{HeaderScheme, LimitSchedule, SimConfig, SimServer};
 use qo_worker::{ApiClient, Worker, WorkerConfig};
 
 use crate::args::Range;
-use crate::report::{Collector, Elsewhere, Report};
+use crate::report::{ApiSide, Collector, Elsewhere, Report};
 
 /// Options of `qo local`.
 #[derive(Debug, Args)]
@@ -40,6 +40,19 @@ pub struct LocalArgs {
     /// Call this API instead of the built-in simulator.
     #[arg(long)]
     api_url: Option<String>,
+    /// Built-in API: the limit it enforces instead of `--quota` (a shared key, a misdocumented
+    /// limit), and when it changes: `SPEC` or `SPEC;SPEC@SECOND;...`, e.g. `20/s;10/s@30;20/s@60`
+    /// (seconds from the start). Default: the quota.
+    #[arg(long, conflicts_with = "api_url")]
+    api_limit: Option<LimitSchedule>,
+    /// Built-in API: rate-limit headers on its 2xx and 429 answers: `none`, `x-ratelimit`
+    /// (X-RateLimit-Limit/-Remaining/-Reset, delta seconds) or `ietf` (RateLimit-Policy and
+    /// RateLimit).
+    #[arg(long, default_value = "none", conflicts_with = "api_url")]
+    api_headers: HeaderScheme,
+    /// Built-in API: calls per second another client on the same key takes out of its limit.
+    #[arg(long, default_value_t = 0.0, conflicts_with = "api_url")]
+    api_other_rate: f64,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -166,6 +179,9 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
             config.latency = args.latency_ms.millis();
             config.seed = args.seed;
             config.first_retry_after = args.first_429_retry_after_s.map(Duration::from_secs);
+            config.limit = args.api_limit.clone();
+            config.headers = args.api_headers;
+            config.other_client_rate_per_s = args.api_other_rate;
             Some(SimServer::start(config).await?)
         }
     };
@@ -376,7 +392,13 @@ where
     let mut report = Report::new(args.jobs, &counts, started.elapsed(), &args.quota, runs);
     report.account(elsewhere(counts.dead_lettered).await?);
     if let Some(sim) = &sim {
-        report.api_max_in_any_window = Some(sim.stats().max_in_any_window);
+        let api = ApiSide {
+            limit: sim.limit().clone(),
+            other_rate_per_s: sim.config().other_client_rate_per_s,
+            stats: sim.stats(),
+            records: sim.records(),
+        };
+        report.api_side(&api, sim.started_at(), &args.quota, &counts);
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use qo_core::{CircuitPhase, Observation, Observer, Timestamp};
+use qo_core::quota::WindowKind;
+use qo_core::quota::pacer::calendar_index;
+use qo_core::{CircuitPhase, Observation, Observer, QuotaSpec, Timestamp};
+use qo_sim::{CallKind, CallRecord, LimitSchedule, SimStats};
 
 /// Counts observations from the orchestrator and the worker.
 #[derive(Debug, Default)]
@@ -17,6 +20,8 @@ pub struct Collector {
 #[derive(Clone, Debug, Default)]
 pub struct Counts {
     pub dispatched: u64,
+    /// API calls the worker made (every answer, and timeouts).
+    pub calls: u64,
     pub succeeded: u64,
     pub throttled: u64,
     pub dead_lettered: u64,
@@ -61,6 +66,7 @@ impl Observer for Collector {
             Observation::Called {
                 status, at, wait, ..
             } => {
+                c.calls += 1;
                 if status.is_some_and(|s| (200..300).contains(&s)) {
                     c.success_times.push(at);
                     if let Some(w) = wait {
@@ -181,6 +187,93 @@ pub struct Report {
     pub pending: u64,
     /// Jobs that are nowhere: not succeeded, dead-lettered, pending, or in a failure queue.
     pub unaccounted: u64,
+    /// Successful calls per second as the API saw them: (successes - 1) over the span from
+    /// the first to the last 2xx arrival at the built-in API; with `--api-url`, the worker's
+    /// `achieved_rate_per_s`.
+    pub effective_rate_per_s: f64,
+    /// `effective_rate_per_s` over `quota_rate_per_s` (not clamped: above 1 is over the pace).
+    pub effective_vs_quota: f64,
+    /// 429 answers over all API calls: the built-in API's counts, or with `--api-url` the
+    /// worker's (`throttled` over the calls it made).
+    pub throttled_share: f64,
+    /// The limit the built-in API enforced (`--api-limit`, or the quota).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_limit: Option<String>,
+    /// The enforced limit's pacing rate, calls per second, averaged over time across the span
+    /// of `effective_rate_per_s` (for a schedule: each spec's rate weighted by the part of the
+    /// span it was in force).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_limit_rate_per_s: Option<f64>,
+    /// `effective_rate_per_s` over `api_limit_rate_per_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_vs_api_limit: Option<f64>,
+    /// Calls per second the built-in API's other client took of the limit (`--api-other-rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_other_rate_per_s: Option<f64>,
+    /// `effective_rate_per_s` over our share: `api_limit_rate_per_s` minus
+    /// `api_other_rate_per_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_vs_api_share: Option<f64>,
+    /// API calls the built-in API answered, and how many of them 429.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_calls: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_throttled: Option<u64>,
+    /// The remaining count in the last rate-limit headers the API sent (`--api-headers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_remaining: Option<u64>,
+    /// When it sent them, in seconds since the API started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_remaining_at_s: Option<f64>,
+    /// Ours at that instant: the quota's tightest pacing tier's limit minus our successful
+    /// calls in its window then (by the worker's call times), what we believed was left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub our_remaining: Option<u64>,
+}
+
+/// What the built-in API knows, for the report.
+#[derive(Clone, Debug)]
+pub struct ApiSide {
+    /// The limit it enforced.
+    pub limit: LimitSchedule,
+    /// Its other client's rate, calls per second.
+    pub other_rate_per_s: f64,
+    /// Its counters.
+    pub stats: SimStats,
+    /// Every call it answered.
+    pub records: Vec<CallRecord>,
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// `(n - 1) / span` of sorted times, 0 for fewer than two or no span.
+fn rate_over_span(n: usize, span: Duration) -> f64 {
+    if n > 1 && !span.is_zero() {
+        (n - 1) as f64 / span.as_secs_f64()
+    } else {
+        0.0
+    }
+}
+
+/// The quota's tightest tier's limit minus our `times` in its window ending at `t`.
+fn remaining_at(quota: &QuotaSpec, times: &[Timestamp], t: Timestamp) -> u64 {
+    let tier = qo_sim::enforce::tightest_tier(quota);
+    let used = match tier.window {
+        WindowKind::Rolling => {
+            let p = tier.period.duration();
+            times.iter().filter(|&&c| c <= t && t.since(c) < p).count()
+        }
+        WindowKind::Calendar => {
+            let idx = calendar_index(tier.period, t);
+            times
+                .iter()
+                .filter(|&&c| c <= t && calendar_index(tier.period, c) == idx)
+                .count()
+        }
+    };
+    u64::from(tier.limit.get()).saturating_sub(used as u64)
 }
 
 /// Where jobs ended beyond what the orchestrator and the worker observed.
@@ -234,7 +327,7 @@ impl Report {
             let i = ((p * waits.len() as f64).ceil() as usize).clamp(1, waits.len()) - 1;
             (waits[i] * 10.0).round() / 10.0
         };
-        let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+        let calls = counts.calls.max(counts.throttled);
         Report {
             jobs,
             succeeded: counts.succeeded,
@@ -260,6 +353,73 @@ impl Report {
             worker_failures: 0,
             pending: 0,
             unaccounted: 0,
+            effective_rate_per_s: round3(achieved),
+            effective_vs_quota: round3(achieved / quota_rate),
+            throttled_share: if calls == 0 {
+                0.0
+            } else {
+                round3(counts.throttled as f64 / calls as f64)
+            },
+            api_limit: None,
+            api_limit_rate_per_s: None,
+            effective_vs_api_limit: None,
+            api_other_rate_per_s: None,
+            effective_vs_api_share: None,
+            api_calls: None,
+            api_throttled: None,
+            api_remaining: None,
+            api_remaining_at_s: None,
+            our_remaining: None,
+        }
+    }
+
+    /// Adds what the built-in API saw: the effective rate and the 429 share by its own
+    /// counts, both against the limit it enforced, and its last remaining count beside ours.
+    /// `started_at` is the API's start (the records' and the schedule's origin), `quota` the
+    /// one the orchestrator was given, `counts` the worker's.
+    pub fn api_side(
+        &mut self,
+        api: &ApiSide,
+        started_at: Timestamp,
+        quota: &QuotaSpec,
+        counts: &Counts,
+    ) {
+        self.api_max_in_any_window = Some(api.stats.max_in_any_window.clone());
+        let ok: Vec<Duration> = api
+            .records
+            .iter()
+            .filter(|r| r.kind == CallKind::Api && (200..300).contains(&r.status))
+            .map(|r| r.at)
+            .collect();
+        let (first, last) = match (ok.first(), ok.last()) {
+            (Some(&a), Some(&b)) => (a, b),
+            _ => (Duration::ZERO, Duration::ZERO),
+        };
+        let effective = rate_over_span(ok.len(), last.saturating_sub(first));
+        let limit_rate = api.limit.mean_pacing_rate_per_s(first, last);
+        let share = limit_rate - api.other_rate_per_s;
+        self.effective_rate_per_s = round3(effective);
+        self.effective_vs_quota = round3(effective / self.quota_rate_per_s);
+        self.api_limit = Some(api.limit.to_string());
+        self.api_limit_rate_per_s = Some(round3(limit_rate));
+        self.effective_vs_api_limit = Some(round3(effective / limit_rate));
+        self.api_other_rate_per_s = Some(api.other_rate_per_s);
+        self.effective_vs_api_share = (share > 0.0).then(|| round3(effective / share));
+        self.api_calls = Some(api.stats.calls);
+        self.api_throttled = Some(api.stats.throttled);
+        self.throttled_share = if api.stats.calls == 0 {
+            0.0
+        } else {
+            round3(api.stats.throttled as f64 / api.stats.calls as f64)
+        };
+        if let Some(r) = api.records.iter().rev().find(|r| r.remaining.is_some()) {
+            self.api_remaining = r.remaining;
+            self.api_remaining_at_s = Some(round3(r.at.as_secs_f64()));
+            self.our_remaining = Some(remaining_at(
+                quota,
+                &counts.success_times,
+                started_at.plus(r.at),
+            ));
         }
     }
 
@@ -347,6 +507,51 @@ impl Report {
         for (reason, n) in &self.reasons {
             line(&mut s, "", format!("{n} x {reason}"));
         }
+        line(
+            &mut s,
+            "effective rate",
+            format!(
+                "{:.3}/s, {:.3} of the quota's pace",
+                self.effective_rate_per_s, self.effective_vs_quota
+            ),
+        );
+        if let (Some(limit), Some(rate), Some(vs)) = (
+            &self.api_limit,
+            self.api_limit_rate_per_s,
+            self.effective_vs_api_limit,
+        ) {
+            line(
+                &mut s,
+                "API limit",
+                format!("{limit}: {rate:.3}/s over the span, {vs:.3} of it"),
+            );
+        }
+        if let Some(other) = self.api_other_rate_per_s.filter(|o| *o > 0.0) {
+            let vs = self
+                .effective_vs_api_share
+                .map_or("none".to_string(), |v| format!("{v:.3}"));
+            line(
+                &mut s,
+                "API's other client",
+                format!("{other:.3}/s; of our share: {vs}"),
+            );
+        }
+        line(
+            &mut s,
+            "429 share",
+            format!("{:.3} of API calls", self.throttled_share),
+        );
+        if let (Some(api), Some(ours), Some(at)) = (
+            self.api_remaining,
+            self.our_remaining,
+            self.api_remaining_at_s,
+        ) {
+            line(
+                &mut s,
+                "remaining",
+                format!("API said {api}, we counted {ours} (at {at:.1} s)"),
+            );
+        }
         if let Some(w) = &self.api_max_in_any_window {
             for (tier, max) in w {
                 line(
@@ -389,6 +594,85 @@ mod tests {
         assert!(why.contains("1 deleted by the queue's retention"), "{why}");
         assert!(why.contains("redrive policy"), "{why}");
         assert!(r.human().contains("expired (retention)"));
+    }
+
+    #[test]
+    fn the_api_side_measures_against_the_limit_in_force() {
+        let quota: QuotaSpec = "10/s".parse().expect("quota");
+        let start = Timestamp::from_secs(1_700_000_000);
+        // Our successes every 200 ms for 10 s (5/s), a 429 every other second.
+        let mut records = Vec::new();
+        let mut success_times = Vec::new();
+        for k in 0..=50u64 {
+            let at = Duration::from_millis(200 * k);
+            success_times.push(start.plus(at));
+            records.push(CallRecord {
+                at,
+                kind: CallKind::Api,
+                method: "GET".into(),
+                path: format!("/items/{k}"),
+                status: 200,
+                remaining: Some(3),
+            });
+            if k % 10 == 5 {
+                records.push(CallRecord {
+                    status: 429,
+                    remaining: Some(0),
+                    ..records[records.len() - 1].clone()
+                });
+            }
+        }
+        let counts = Counts {
+            succeeded: 51,
+            calls: 56,
+            throttled: 5,
+            success_times,
+            ..Counts::default()
+        };
+        let mut r = Report::new(51, &counts, Duration::from_secs(10), &quota, 1);
+        assert_eq!(r.effective_rate_per_s, 5.0);
+        assert_eq!(r.effective_vs_quota, 0.5);
+        assert_eq!(r.throttled_share, round3(5.0 / 56.0));
+        let api = ApiSide {
+            limit: "10/s;5/s@5".parse().expect("schedule"),
+            other_rate_per_s: 2.5,
+            stats: SimStats {
+                calls: 56,
+                accepted: 51,
+                throttled: 5,
+                ..SimStats::default()
+            },
+            records,
+        };
+        r.api_side(&api, start, &quota, &counts);
+        assert_eq!(r.effective_rate_per_s, 5.0);
+        // 10/s for the first 5 s of the span, 5/s for the last 5.
+        assert_eq!(r.api_limit_rate_per_s, Some(7.5));
+        assert_eq!(r.effective_vs_api_limit, Some(round3(5.0 / 7.5)));
+        assert_eq!(r.effective_vs_api_share, Some(1.0));
+        assert_eq!(r.api_limit.as_deref(), Some("10/s;5/s@5"));
+        assert_eq!(r.throttled_share, round3(5.0 / 56.0));
+        assert_eq!(
+            (r.api_remaining, r.api_remaining_at_s),
+            (Some(3), Some(10.0))
+        );
+        // At 10 s, (9 s, 10 s] holds our calls at 9.2, 9.4, 9.6, 9.8 and 10 s.
+        assert_eq!(r.our_remaining, Some(5));
+        let human = r.human();
+        assert!(human.contains("API said 3, we counted 5"), "{human}");
+        assert!(human.contains("10/s;5/s@5: 7.500/s"), "{human}");
+        let json = serde_json::to_value(&r).expect("json");
+        for k in [
+            "effective_rate_per_s",
+            "effective_vs_quota",
+            "throttled_share",
+            "api_limit_rate_per_s",
+            "effective_vs_api_limit",
+            "api_remaining",
+            "our_remaining",
+        ] {
+            assert!(json.get(k).is_some(), "{k} in {json}");
+        }
     }
 
     #[test]

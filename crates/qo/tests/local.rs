@@ -15,16 +15,10 @@ use serde_json::Value;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn qo_local(extra: &[&str]) -> Value {
-    let mut args = vec![
-        "local",
-        "--json",
-        "--quota",
-        "20/s",
-        "--timeout-s",
-        "300",
-        "--seed",
-        "7",
-    ];
+    let mut args = vec!["local", "--json", "--timeout-s", "300", "--seed", "7"];
+    if !extra.contains(&"--quota") {
+        args.extend_from_slice(&["--quota", "20/s"]);
+    }
     args.extend_from_slice(extra);
     let out = Command::new(env!("CARGO_BIN_EXE_qo"))
         .args(&args)
@@ -63,6 +57,81 @@ fn local_drains_a_backlog_within_the_quota() {
     let _one = ONE_AT_A_TIME.blocking_lock();
     let report = qo_local(&["--jobs", "60"]);
     assert_drained_within_the_quota(&report, 60);
+}
+
+/// The built-in API enforcing its own limit (here equal to the quota) with X-RateLimit
+/// headers: the run drains, and the report carries the effective rate against the quota and
+/// the API's limit, the 429 share, and the API's last remaining count beside ours.
+#[test]
+fn local_with_the_api_s_own_limit_and_headers_reports_both_sides() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    let report = qo_local(&[
+        "--jobs",
+        "30",
+        "--quota",
+        "10/s",
+        "--api-limit",
+        "10/s",
+        "--api-headers",
+        "x-ratelimit",
+    ]);
+    assert_eq!(report["succeeded"], 30, "{report}");
+    assert_eq!(report["api_limit"], "10/s", "{report}");
+    assert_eq!(report["api_limit_rate_per_s"], 10.0, "{report}");
+    assert_eq!(report["api_other_rate_per_s"], 0.0, "{report}");
+    let effective = report["effective_rate_per_s"].as_f64().expect("rate");
+    assert!(effective > 0.0 && effective <= 10.5, "{report}");
+    let vs_quota = report["effective_vs_quota"].as_f64().expect("fraction");
+    let vs_limit = report["effective_vs_api_limit"].as_f64().expect("fraction");
+    assert!(
+        vs_quota > 0.0 && (vs_quota - vs_limit).abs() < 1e-9,
+        "{report}"
+    );
+    let share = report["throttled_share"].as_f64().expect("share");
+    assert!((0.0..=1.0).contains(&share), "{report}");
+    assert_eq!(
+        report["api_calls"],
+        30 + report["api_throttled"].as_u64().expect("count")
+    );
+    let api_remaining = report["api_remaining"].as_u64().expect("api_remaining");
+    let our_remaining = report["our_remaining"].as_u64().expect("our_remaining");
+    assert!(api_remaining <= 10 && our_remaining <= 10, "{report}");
+    assert!(report["api_remaining_at_s"].as_f64().is_some(), "{report}");
+}
+
+/// The built-in API's flags make no sense for another API: refused, naming both.
+#[test]
+fn the_built_in_api_s_flags_are_refused_with_api_url() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qo"))
+        .args([
+            "local",
+            "--api-url",
+            "http://127.0.0.1:9",
+            "--api-limit",
+            "5/s",
+        ])
+        .env_clear()
+        .envs(OFFLINE_AWS_ENV)
+        .output()
+        .expect("run qo local");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--api-limit") && stderr.contains("--api-url"),
+        "{stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_qo"))
+        .args(["local", "--api-limit", "5/s;2/s"])
+        .env_clear()
+        .envs(OFFLINE_AWS_ENV)
+        .output()
+        .expect("run qo local");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`2/s`") && stderr.contains("SPEC@SECOND"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
