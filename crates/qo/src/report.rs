@@ -229,6 +229,12 @@ pub struct Report {
     /// calls in its window then (by the worker's call times), what we believed was left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub our_remaining: Option<u64>,
+    /// Times closed-loop pacing lowered the pace (a 429 of a call paced at the current rate, or
+    /// the API's headers).
+    pub pace_decreases: u64,
+    /// The pace at the end, calls per second, when it was under the quota's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pace_per_s: Option<f64>,
 }
 
 /// What the built-in API knows, for the report.
@@ -370,6 +376,11 @@ impl Report {
             api_remaining: None,
             api_remaining_at_s: None,
             our_remaining: None,
+            pace_decreases: counts.pace_decreases,
+            pace_per_s: counts
+                .pace
+                .filter(|(rate, ceiling)| rate < ceiling)
+                .map(|(rate, _)| round3(rate)),
         }
     }
 
@@ -536,6 +547,20 @@ impl Report {
                 format!("{other:.3}/s; of our share: {vs}"),
             );
         }
+        line(
+            &mut s,
+            "pace",
+            match self.pace_per_s {
+                Some(p) => format!(
+                    "{p:.3}/s at the end (lowered {} times)",
+                    self.pace_decreases
+                ),
+                None => format!(
+                    "the quota's at the end (lowered {} times)",
+                    self.pace_decreases
+                ),
+            },
+        );
         line(
             &mut s,
             "429 share",
