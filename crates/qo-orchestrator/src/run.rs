@@ -247,7 +247,7 @@ where
         warn!("the previous run stopped without saving its usage; counting its horizon as used");
         pacer.assume_unrecorded_until();
     }
-    let slots = SlotLog::new(pacer.spec().pacing_period());
+    let slots = SlotLog::new(pacer.spec().pacing_period(), config.pacing.call_tolerance);
     if let Some(until) = control.backoff_until {
         pacer.back_off_until(until);
     }

@@ -19,14 +19,18 @@ pub struct SlotLog {
     slots: VecDeque<Timestamp>,
     /// The period counted over: the pacing tier's.
     period: Duration,
+    /// Added to the period when counting: the pacer spaces calls over the period widened by
+    /// its call tolerance, so a period alone holds one slot fewer than the API's window.
+    slack: Duration,
 }
 
 impl SlotLog {
-    /// An empty log, counting over `period`.
-    pub fn new(period: Duration) -> Self {
+    /// An empty log, counting over `period` widened by `slack` (the call tolerance).
+    pub fn new(period: Duration, slack: Duration) -> Self {
         SlotLog {
             slots: VecDeque::new(),
             period,
+            slack,
         }
     }
 
@@ -53,10 +57,10 @@ impl SlotLog {
     }
 
     /// The API's limit as the calls before `slot` tell it, calls per second: the slots in
-    /// `[slot - period, slot)` that were not `throttled`, over the period. `None` when none
-    /// counts.
+    /// `[slot - period - slack, slot)` that were not `throttled`, over the period. `None` when
+    /// none counts.
     pub fn estimate_per_s(&self, slot: Timestamp, throttled: &[Timestamp]) -> Option<f64> {
-        let from = slot.minus(self.period);
+        let from = slot.minus(self.period + self.slack);
         let within = |s: &&Timestamp| **s >= from && **s < slot;
         let sent = self.slots.iter().filter(within).count();
         let refused = throttled.iter().filter(within).count();
@@ -76,7 +80,7 @@ mod tests {
 
     #[test]
     fn counts_the_accepted_calls_of_the_period_before_the_throttled_slot() {
-        let mut log = SlotLog::new(Duration::from_secs(1));
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO);
         for i in 0..40 {
             log.push(t(i * 50)); // 20/s
         }
@@ -86,5 +90,27 @@ mod tests {
         let refused: Vec<Timestamp> = (0..5).map(|i| t(800 + i * 200)).collect();
         assert_eq!(log.estimate_per_s(t(1800), &refused), Some(15.0));
         assert_eq!(log.estimate_per_s(t(0), &[]), None);
+    }
+
+    #[test]
+    fn the_slack_counts_the_slots_the_call_tolerance_spreads_past_the_period() {
+        // 20/s paced at (1000 + 5) / 20 = 50.25 ms: a plain second before a slot holds 19 of
+        // them, the API's window 20 (each call may come up to 5 ms late).
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::from_millis(5));
+        let slots: Vec<Timestamp> = (0..40u64)
+            .map(|i| Timestamp::from_micros(1_000_000_000 + i * 50_250))
+            .collect();
+        for s in &slots {
+            log.push(*s);
+        }
+        assert_eq!(log.estimate_per_s(slots[30], &[]), Some(20.0));
+        let plain = {
+            let mut l = SlotLog::new(Duration::from_secs(1), Duration::ZERO);
+            for s in &slots {
+                l.push(*s);
+            }
+            l.estimate_per_s(slots[30], &[])
+        };
+        assert_eq!(plain, Some(19.0));
     }
 }
