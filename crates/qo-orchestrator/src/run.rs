@@ -1011,13 +1011,18 @@ where
     fn react_to_throttles(&mut self, now: Timestamp) {
         if let Some(window) = self.control.api_window {
             // The API's own count: the calls of its window that were not ours were another
-            // client's. Its window is the one it says, or the pacing tier's.
+            // client's. Its window is the one it says, or the pacing tier's, taken as ending at
+            // the observation (its reset is rounded to whole seconds, so counting from the
+            // reset back would miss most of ours and blame them on another client).
             let length = window
                 .window_s
                 .map_or(self.pacer.spec().pacing_period(), Duration::from_secs);
-            let ours = self
-                .slots
-                .count_between(window.reset_at.minus(length), window.observed_at);
+            let ours = self.slots.count_between(
+                window
+                    .observed_at
+                    .minus(length + self.config.pacing.call_tolerance),
+                window.observed_at,
+            );
             let reaction = self.pacer.on_api_window(&window, ours, now);
             self.record_reaction(reaction);
         }

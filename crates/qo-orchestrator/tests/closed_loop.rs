@@ -13,14 +13,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qo_core::ports::{RecordKey, load_record};
-use qo_core::{QuotaState, Timestamp};
+use qo_core::{ApiWindow, QuotaState, Timestamp};
 use qo_memory::InvokerOptions;
 use support::{Harness, Verdict, config, max_in_window, start};
 
-/// A strict rolling-window API whose limit is a function of the time since the start.
+/// A strict rolling-window API whose limit is a function of the time since the start, with
+/// optionally another client of the same key calling evenly, and rate-limit headers.
 struct RollingApi {
     accepted: VecDeque<Timestamp>,
     limit_at: Box<dyn Fn(Duration) -> usize + Send>,
+    /// Calls per second another client makes (each admitted when the window has room).
+    other_per_s: u64,
+    others_made: u64,
+    /// Whether answers carry the window's limit and remaining count.
+    headers: bool,
 }
 
 impl RollingApi {
@@ -28,17 +34,53 @@ impl RollingApi {
         RollingApi {
             accepted: VecDeque::new(),
             limit_at: Box::new(limit_at),
+            other_per_s: 0,
+            others_made: 0,
+            headers: false,
         }
     }
 
     fn answer(&mut self, t: Timestamp) -> Verdict {
         let limit = (self.limit_at)(t.since(start()));
         let second = Duration::from_secs(1);
-        while self.accepted.front().is_some_and(|a| a.plus(second) <= t) {
-            self.accepted.pop_front();
+        let drop_old = |accepted: &mut VecDeque<Timestamp>, at: Timestamp| {
+            while accepted.front().is_some_and(|a| a.plus(second) <= at) {
+                accepted.pop_front();
+            }
+        };
+        // The other client's calls due by now, in order (a refused one is not retried).
+        if self.other_per_s > 0 {
+            loop {
+                let due = start().plus(Duration::from_micros(
+                    self.others_made * 1_000_000 / self.other_per_s,
+                ));
+                if due > t {
+                    break;
+                }
+                drop_old(&mut self.accepted, due);
+                if self.accepted.len() < limit {
+                    self.accepted.push_back(due);
+                }
+                self.others_made += 1;
+            }
         }
+        drop_old(&mut self.accepted, t);
         if self.accepted.len() < limit {
             self.accepted.push_back(t);
+            let remaining = (limit - self.accepted.len()) as u64;
+            if self.headers && remaining <= (limit as u64 / 5).max(1) {
+                let oldest = self.accepted.front().copied().unwrap_or(t);
+                return Verdict::SucceedLow(ApiWindow {
+                    limit: Some(limit as u64),
+                    window_s: None,
+                    remaining,
+                    // X-RateLimit-Reset in whole seconds, rounded up, as the simulator sends.
+                    reset_at: t.plus(Duration::from_secs(
+                        oldest.plus(second).since(t).as_secs().max(1),
+                    )),
+                    observed_at: t,
+                });
+            }
             return Verdict::Succeed;
         }
         // Until enough of the window leaves it, in whole seconds (at least 1).
@@ -50,7 +92,11 @@ impl RollingApi {
 }
 
 fn harness(limit_at: impl Fn(Duration) -> usize + Send + 'static) -> Harness {
-    let api = Arc::new(Mutex::new(RollingApi::new(limit_at)));
+    harness_of(RollingApi::new(limit_at))
+}
+
+fn harness_of(api: RollingApi) -> Harness {
+    let api = Arc::new(Mutex::new(api));
     Harness::with_api(
         move |_, t| api.lock().expect("api").answer(t),
         InvokerOptions::template(),
@@ -207,4 +253,44 @@ async fn the_rate_follows_a_limit_that_halves_and_comes_back() {
         "{:.1}/s",
         per_s(back, back + 10)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_that_show_another_client_leave_it_its_share() {
+    // Limit 20/s, the quota 20/s, another client takes 5/s; the API says what is left.
+    let mut api = RollingApi::new(|_| 20);
+    api.other_per_s = 5;
+    api.headers = true;
+    let h = harness_of(api);
+    // 80 s of work: past the hold, when a probe upward would meet 429s without the headers.
+    h.enqueue(1200);
+    let cfg = config("20/s");
+    let reports = h
+        .drive(
+            &cfg,
+            Duration::from_secs(300),
+            1200,
+            Duration::from_secs(900),
+        )
+        .await;
+    assert_eq!(h.distinct_succeeded(), 1200);
+    assert_eq!(h.dead(), 0);
+    let throttled = h.throttled.lock().expect("throttled").clone();
+    let rate = success_rate(&h);
+    eprintln!(
+        "shared 20/s with another client at 5/s: {rate:.2}/s, throttled {} ({:?}), decreases {}",
+        throttled.len(),
+        throttled
+            .iter()
+            .map(|t| t.since(start()).as_secs())
+            .collect::<Vec<_>>(),
+        reports.iter().map(|r| r.pace_decreases).sum::<u64>()
+    );
+    // No 429 after the first few answers, and most of the share used.
+    let late: Vec<_> = throttled
+        .iter()
+        .filter(|t| t.since(start()) > Duration::from_secs(5))
+        .collect();
+    assert!(late.is_empty(), "429s after the first seconds: {late:?}");
+    assert!(rate >= 0.9 * 15.0, "{rate:.2}/s of a 15/s share");
 }

@@ -239,7 +239,9 @@ impl Adaptive {
         let available = limit.saturating_sub(others) as f64 / length;
         let rate = self.rate_per_s(now, ceiling, policy);
         let to = (available * policy.margin).max(ceiling * policy.floor.clamp(0.0, 1.0));
-        if to >= rate {
+        // Within 1% of the rate: the pace already follows the API's count (a probe that has
+        // barely started), not a decrease.
+        if to >= rate * 0.99 {
             return Reaction::Unchanged;
         }
         let d = Decrease {

@@ -333,12 +333,10 @@ impl Pacer {
     }
 
     /// Reacts at `now` to the API's report of its window (see [`Adaptive::on_api_window`]);
-    /// `ours` is how many of this orchestrator's slots fell in that window. With nothing left
-    /// in the window, no call before it resets.
+    /// `ours` is how many of this orchestrator's slots fell in that window. The rate follows
+    /// it; the window's reset (whole seconds, rounded up, and for a rolling window only when
+    /// the oldest call leaves it) does not pause dispatch: a 429's `Retry-After` does.
     pub fn on_api_window(&mut self, window: &ApiWindow, ours: u64, now: Timestamp) -> Reaction {
-        if window.remaining == 0 && window.reset_at > now {
-            self.back_off_until(window.reset_at);
-        }
         let ceiling = self.spec.pacing_rate_per_s();
         let policy = self.policy.adaptive;
         let period = self.spec.pacing_period();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use qo_core::ports::{JobSink, RecordKey, update_record};
 use qo_core::{
-    Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Throttles, Timestamp,
+    ApiWindow, Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Throttles, Timestamp,
     TokioClock, WorkerEvent,
 };
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
@@ -25,6 +25,9 @@ pub enum Verdict {
     /// A 429 with `Retry-After`: the back-off goes in the control record (as the worker writes
     /// it) and the job is re-queued after the wait (at most SQS's 900 s).
     Throttle(Duration),
+    /// The call succeeded and the API's rate-limit headers said little is left: the window
+    /// goes in the control record, as the worker reports a low remaining count.
+    SucceedLow(ApiWindow),
 }
 
 pub struct Harness {
@@ -193,6 +196,25 @@ impl Harness {
                                         .lock()
                                         .expect("succeeded")
                                         .push(job.job.path.clone());
+                                }
+                                Verdict::SucceedLow(window) => {
+                                    succeeded
+                                        .lock()
+                                        .expect("succeeded")
+                                        .push(job.job.path.clone());
+                                    update_record::<Control, _>(&store, RecordKey::Control, |c| {
+                                        if c.api_window
+                                            .is_some_and(|w| w.observed_at >= window.observed_at)
+                                        {
+                                            return None;
+                                        }
+                                        Some(Control {
+                                            api_window: Some(window),
+                                            ..c.clone()
+                                        })
+                                    })
+                                    .await
+                                    .expect("api window");
                                 }
                                 Verdict::Requeue => {
                                     queue
