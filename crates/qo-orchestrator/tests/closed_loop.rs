@@ -49,11 +49,9 @@ impl RollingApi {
             }
         };
         // The other client's calls due by now, in order (a refused one is not retried).
-        if self.other_per_s > 0 {
+        if let Some(gap_us) = 1_000_000u64.checked_div(self.other_per_s) {
             loop {
-                let due = start().plus(Duration::from_micros(
-                    self.others_made * 1_000_000 / self.other_per_s,
-                ));
+                let due = start().plus(Duration::from_micros(self.others_made * gap_us));
                 if due > t {
                     break;
                 }
