@@ -1017,12 +1017,7 @@ where
             let length = window
                 .window_s
                 .map_or(self.pacer.spec().pacing_period(), Duration::from_secs);
-            let ours = self.slots.count_between(
-                window
-                    .observed_at
-                    .minus(length + self.config.pacing.call_tolerance),
-                window.observed_at,
-            );
+            let ours = self.slots.count_ending_at(window.observed_at, length);
             let reaction = self.pacer.on_api_window(&window, ours, now);
             self.record_reaction(reaction);
         }

@@ -48,8 +48,9 @@ impl SlotLog {
         }
     }
 
-    /// How many slots lie in `[from, to]`.
-    pub fn count_between(&self, from: Timestamp, to: Timestamp) -> u64 {
+    /// How many slots lie in the window of `length` (widened by the slack) ending at `to`.
+    pub fn count_ending_at(&self, to: Timestamp, length: Duration) -> u64 {
+        let from = to.minus(length + self.slack);
         self.slots
             .iter()
             .filter(|s| **s >= from && **s <= to)

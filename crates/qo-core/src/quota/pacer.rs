@@ -321,12 +321,7 @@ impl Pacer {
     ) -> Reaction {
         let ceiling = self.spec.pacing_rate_per_s();
         let policy = self.policy.adaptive;
-        let paced_from = self
-            .state
-            .last_slot
-            .unwrap_or(now)
-            .max(now)
-            .plus(self.spec.pacing_period());
+        let paced_from = self.paced_from(now);
         self.state
             .adaptive
             .on_throttles(throttles, now, paced_from, ceiling, &policy, estimate)
@@ -340,10 +335,20 @@ impl Pacer {
         let ceiling = self.spec.pacing_rate_per_s();
         let policy = self.policy.adaptive;
         let period = self.spec.pacing_period();
-        let paced_from = self.state.last_slot.unwrap_or(now).max(now).plus(period);
+        let paced_from = self.paced_from(now);
         self.state
             .adaptive
             .on_api_window(window, ours, period, now, paced_from, ceiling, &policy)
+    }
+
+    /// Where a decrease made at `now` takes full effect: one pacing window after the last
+    /// slot already handed out (see [`crate::quota::Decrease::paced_from`]).
+    fn paced_from(&self, now: Timestamp) -> Timestamp {
+        self.state
+            .last_slot
+            .unwrap_or(now)
+            .max(now)
+            .plus(self.spec.pacing_period())
     }
 
     /// Forgets a learned rate that has climbed back to the ceiling.
