@@ -13,6 +13,13 @@ use qo_core::Timestamp;
 /// The most slots kept (a per-minute tier of 10,000 calls needs no more).
 const MAX_SLOTS: usize = 10_000;
 
+/// Slots are kept for this many periods before the latest one. A report is counted against
+/// the window ending at its observation, which the orchestrator reads up to a refresh later
+/// (about a second), while slots are handed out up to a dispatch lead ahead of now: two
+/// periods pruned the start of a one-second window read that late, so our own calls were
+/// taken for another client's and the pace went down for nothing.
+const KEEP_PERIODS: u32 = 4;
+
 /// Recent slots, oldest first.
 #[derive(Debug)]
 pub struct SlotLog {
@@ -42,7 +49,7 @@ impl SlotLog {
     /// Records a slot handed out.
     pub fn push(&mut self, slot: Timestamp) {
         self.slots.push_back(slot);
-        let keep_from = slot.minus(self.period.saturating_mul(2));
+        let keep_from = slot.minus(self.period.saturating_mul(KEEP_PERIODS));
         while self.slots.len() > MAX_SLOTS || self.slots.front().is_some_and(|s| *s < keep_from) {
             self.slots.pop_front();
         }
@@ -91,6 +98,18 @@ mod tests {
         let refused: Vec<Timestamp> = (0..5).map(|i| t(800 + i * 200)).collect();
         assert_eq!(log.estimate_per_s(t(1800), &refused), Some(15.0));
         assert_eq!(log.estimate_per_s(t(0), &[]), None);
+    }
+
+    #[test]
+    fn a_window_read_a_refresh_late_still_holds_all_our_slots() {
+        // 15/s for 5 s. A report observed at 3.0 s is read when slots are already handed out
+        // up to 4.25 s (a refresh later, a dispatch lead ahead): its window must still hold
+        // the 15 slots of (2.0 s, 3.0 s].
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO);
+        for i in 0..=(4250 / 66) {
+            log.push(t(i * 66 + 1));
+        }
+        assert_eq!(log.count_ending_at(t(3000), Duration::from_secs(1)), 15);
     }
 
     #[test]
