@@ -1037,6 +1037,15 @@ where
             Reaction::AlreadyDecreased { new } | Reaction::Disabled { new } => {
                 debug!(new, "throttles of slots paced at the previous rate");
             }
+            Reaction::Raised {
+                from_per_s,
+                to_per_s,
+            } => {
+                info!(
+                    from_per_s,
+                    to_per_s, "pace raised: the API's rate-limit headers report a higher limit"
+                );
+            }
             Reaction::Decreased(d) => {
                 warn!(
                     from_per_s = d.from_per_s,

@@ -27,6 +27,9 @@ struct RollingApi {
     others_made: u64,
     /// Whether answers carry the window's limit and remaining count.
     headers: bool,
+    /// The limit of the previous answer: as the worker does, a success reports the window
+    /// when few calls are left or when the limit changed.
+    last_limit: usize,
 }
 
 impl RollingApi {
@@ -37,11 +40,14 @@ impl RollingApi {
             other_per_s: 0,
             others_made: 0,
             headers: false,
+            last_limit: 0,
         }
     }
 
     fn answer(&mut self, t: Timestamp) -> Verdict {
         let limit = (self.limit_at)(t.since(start()));
+        let changed = self.last_limit != 0 && self.last_limit != limit;
+        self.last_limit = limit;
         let second = Duration::from_secs(1);
         let drop_old = |accepted: &mut VecDeque<Timestamp>, at: Timestamp| {
             while accepted.front().is_some_and(|a| a.plus(second) <= at) {
@@ -66,7 +72,7 @@ impl RollingApi {
         if self.accepted.len() < limit {
             self.accepted.push_back(t);
             let remaining = (limit - self.accepted.len()) as u64;
-            if self.headers && remaining <= (limit as u64 / 5).max(1) {
+            if self.headers && (changed || remaining <= (limit as u64 / 5).max(1)) {
                 let oldest = self.accepted.front().copied().unwrap_or(t);
                 return Verdict::SucceedLow(ApiWindow {
                     limit: Some(limit as u64),
@@ -291,4 +297,61 @@ async fn headers_that_show_another_client_leave_it_its_share() {
         .collect();
     assert!(late.is_empty(), "429s after the first seconds: {late:?}");
     assert!(rate >= 0.9 * 15.0, "{rate:.2}/s of a 15/s share");
+}
+
+#[tokio::test(start_paused = true)]
+async fn headers_that_show_the_limit_come_back_raise_the_rate_at_once() {
+    // As the halving above, with the API's limit in its headers: when it comes back at 90 s
+    // the pace goes back to the quota without waiting out the hold and the probe.
+    let mut api = RollingApi::new(|t| {
+        if (30..90).contains(&t.as_secs()) {
+            10
+        } else {
+            20
+        }
+    });
+    api.headers = true;
+    let h = harness_of(api);
+    h.enqueue(2_400);
+    let cfg = config("20/s");
+    h.drive(
+        &cfg,
+        Duration::from_secs(600),
+        2_400,
+        Duration::from_secs(900),
+    )
+    .await;
+    assert_eq!(h.succeeded().len(), 2_400);
+    assert_eq!(h.dead(), 0);
+    let calls = h.calls();
+    let per_s = |from: u64, to: u64| {
+        let (a, b) = (
+            start().plus(Duration::from_secs(from)),
+            start().plus(Duration::from_secs(to)),
+        );
+        calls.iter().filter(|c| **c >= a && **c < b).count() as f64 / (to - from) as f64
+    };
+    let throttled: Vec<u64> = h
+        .throttled
+        .lock()
+        .expect("throttled")
+        .iter()
+        .map(|t| t.since(start()).as_secs())
+        .collect();
+    eprintln!(
+        "halving with headers: 40-90 s {:.1}/s, 92-102 s {:.1}/s; throttled at {throttled:?}",
+        per_s(40, 90),
+        per_s(92, 102)
+    );
+    assert!(per_s(40, 90) >= 0.9 * 10.0 && per_s(40, 90) <= 10.0);
+    // Within a few seconds of 90 s, not hold + probe (60 s) later.
+    assert!(
+        per_s(92, 102) >= 0.95 * 20.0,
+        "{:.1}/s 2 to 12 s after the limit came back",
+        per_s(92, 102)
+    );
+    assert!(
+        throttled.iter().all(|s| !(40..90).contains(s) && *s < 95),
+        "no probe 429 with the headers: {throttled:?}"
+    );
 }

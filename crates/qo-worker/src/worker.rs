@@ -18,7 +18,8 @@
 //! ([`qo_core::ports::Retry::after_throttle`]). The API's rate-limit headers
 //! ([`crate::ratelimit`], `RATE_LIMIT_HEADERS`) are read on every answer and observed
 //! ([`Observation::ApiRemaining`]); they reach the control record's `api_window` with every
-//! 429, and after a success only when the window is nearly used up ([`is_low`]), at most once
+//! 429, and after a success only when the window is nearly used up ([`is_low`]) or its limit
+//! changed since this environment's previous answer (a limit that came back), at most once
 //! per `API_WINDOW_REPORT_MS` per execution environment and never over a newer observation:
 //! in normal operation a success writes no shared state.
 //!
@@ -37,7 +38,7 @@
 //! claim free (or, if even dropping it failed, held: see [`Outcome::Duplicate`]), so the job is
 //! never lost.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -76,6 +77,9 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     rereads: Rereads,
     /// When this execution environment last wrote the API's window after a success.
     window_reported_at: Mutex<Option<Timestamp>>,
+    /// The limit the API's headers gave on this environment's last answer (0: none yet): a
+    /// change is reported even with calls left, so the pace can follow a limit that came back.
+    seen_limit: AtomicU64,
     /// Whether a malformed rate-limit header was logged already (once per environment).
     warned_malformed: AtomicBool,
 }
@@ -108,6 +112,7 @@ where
             clock,
             observer: Arc::new(NoObserver),
             window_reported_at: Mutex::new(None),
+            seen_limit: AtomicU64::new(0),
             warned_malformed: AtomicBool::new(false),
         }
     }
@@ -458,11 +463,18 @@ where
     }
 
     /// After a success: writes the API's window to the control record only when few calls
-    /// are left ([`is_low`]) and at most once per `API_WINDOW_REPORT_MS` in this execution
+    /// are left ([`is_low`]) or its limit differs from the one this environment's previous
+    /// answer gave, and at most once per `API_WINDOW_REPORT_MS` in this execution
     /// environment, and only over an older observation. A failed write is logged, not
     /// returned: the job is done, and the next low answer reports again.
     async fn report_low_window(&self, window: ApiWindow, now: Timestamp) {
-        if !is_low(&window) {
+        let limit = window.limit.unwrap_or(0);
+        let before = self.seen_limit.load(Ordering::Relaxed);
+        let changed = before != 0 && limit != 0 && before != limit;
+        if !changed {
+            self.seen_limit.store(limit, Ordering::Relaxed);
+        }
+        if !is_low(&window) && !changed {
             return;
         }
         {
@@ -471,10 +483,12 @@ where
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if last.is_some_and(|t| now < t.plus(self.config.api_window_report)) {
+                // A change of the limit stays unseen until it is reported.
                 return;
             }
             *last = Some(now);
         }
+        self.seen_limit.store(limit, Ordering::Relaxed);
         let written = update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
             window.supersedes(c.api_window.as_ref()).then(|| Control {
                 api_window: Some(window),

@@ -467,6 +467,62 @@ async fn a_success_reports_the_api_window_only_when_low_and_not_twice_within_the
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_success_reports_a_changed_limit_with_calls_left() {
+    let (r, http) = setup(
+        Ok(with_window(200, "50")),
+        &[("API_WINDOW_REPORT_MS", "1000")],
+    );
+    let answer = |a: ApiResponse| *http.answer.lock().expect("lock") = Ok(a);
+    let with_limit = |limit: &'static str, remaining: &'static str| ApiResponse {
+        status: 200,
+        rate_headers: RateHeaders::from_pairs(&[
+            ("X-RateLimit-Limit", limit),
+            ("X-RateLimit-Remaining", remaining),
+            ("X-RateLimit-Reset", "1"),
+        ]),
+        ..ApiResponse::default()
+    };
+    let call = |id: &'static str| {
+        let r = &r;
+        async move {
+            r.worker
+                .handle(job(r#"{"path":"/x"}"#, id, r.clock.now(), 0))
+                .await
+                .expect("handled");
+        }
+    };
+    // The first answer's limit, with plenty left: nothing written.
+    call("m-1").await;
+    assert_eq!(r.store.record(RecordKey::Control), None);
+    // The limit went up (it came back), half of it left: written, for the pace to follow.
+    tokio::time::advance(ms(10)).await;
+    answer(with_limit("200", "100"));
+    call("m-2").await;
+    let w = stored_window(&r)
+        .await
+        .expect("a changed limit is reported");
+    assert_eq!((w.limit, w.remaining), (Some(200), 100));
+    // The same limit again, plenty left: not written again.
+    let version = r.store.record(RecordKey::Control).expect("record").version;
+    tokio::time::advance(ms(10)).await;
+    answer(with_limit("200", "150"));
+    call("m-3").await;
+    assert_eq!(
+        r.store.record(RecordKey::Control).expect("record").version,
+        version
+    );
+    // A change within API_WINDOW_REPORT_MS of the last report waits for the interval (and
+    // is not forgotten meanwhile), then is reported.
+    answer(with_limit("100", "60"));
+    call("m-4").await;
+    assert_eq!(stored_window(&r).await.expect("window").limit, Some(200));
+    tokio::time::advance(ms(1_000)).await;
+    call("m-5").await;
+    let w = stored_window(&r).await.expect("window");
+    assert_eq!((w.limit, w.remaining), (Some(100), 60));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_429_reports_the_api_window_with_the_throttle_and_bad_headers_change_nothing() {
     let (r, http) = setup(Ok(with_window(429, "90")), &[]);
     r.worker

@@ -110,6 +110,14 @@ pub enum Reaction {
     },
     /// The rate went down.
     Decreased(Decrease),
+    /// The API's headers report a higher limit than before (the limit came back): the rate
+    /// went up to what its window leaves, at once, without waiting out the hold.
+    Raised {
+        /// The rate before, calls per second.
+        from_per_s: f64,
+        /// The rate now, calls per second (the ceiling when the window leaves that much).
+        to_per_s: f64,
+    },
 }
 
 /// The learned rate: persisted with the quota usage ([`crate::QuotaState`]).
@@ -124,6 +132,10 @@ pub struct Adaptive {
     /// The API's latest window report already reacted to (its `observed_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_seen: Option<Timestamp>,
+    /// The limit the API's latest window report gave: a report of a higher one means the
+    /// limit came back, and the rate goes up without probing for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_limit: Option<u64>,
 }
 
 impl Adaptive {
@@ -239,6 +251,30 @@ impl Adaptive {
         let available = limit.saturating_sub(others) as f64 / length;
         let rate = self.rate_per_s(now, ceiling, policy);
         let to = (available * policy.margin).max(ceiling * policy.floor.clamp(0.0, 1.0));
+        let previous_limit = self.window_limit.replace(limit);
+        if previous_limit.is_some_and(|p| limit > p) && to > rate * 1.01 {
+            // The API's limit itself went up: no need to probe for what it says is there.
+            // (Room in one report alone is not enough: another client's calls come and go.)
+            let to_per_s = if available >= ceiling {
+                self.last = None;
+                ceiling
+            } else {
+                let to = to.min(ceiling);
+                self.last = Some(Decrease {
+                    at: now,
+                    paced_from: paced_from.max(now),
+                    from_per_s: rate,
+                    to_per_s: to,
+                    estimate_per_s: Some(available),
+                    basis: DecreaseBasis::ApiWindow,
+                });
+                to
+            };
+            return Reaction::Raised {
+                from_per_s: rate,
+                to_per_s,
+            };
+        }
         // Within 1% of the rate: the pace already follows the API's count (a probe that has
         // barely started), not a decrease.
         if to >= rate * 0.99 {
@@ -424,6 +460,66 @@ mod tests {
             a.on_api_window(&roomy, 10, Duration::from_secs(1), t(1.5), t(2.0), 20.0, &p),
             Reaction::Unchanged
         );
+    }
+
+    #[test]
+    fn a_higher_limit_in_the_headers_raises_the_rate_at_once() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        let sec = Duration::from_secs(1);
+        // The limit halves to 10 a second: the rate follows it.
+        let halved = ApiWindow {
+            limit: Some(10),
+            window_s: Some(1),
+            remaining: 0,
+            reset_at: t(1.0),
+            observed_at: t(0.9),
+        };
+        let r = a.on_api_window(&halved, 10, sec, t(1.0), t(2.0), 20.0, &p);
+        assert!(matches!(r, Reaction::Decreased(_)), "{r:?}");
+        assert!((a.rate_per_s(t(5.0), 20.0, &p) - 9.8).abs() < 1e-9);
+        // Room in a report of the same limit is not a reason to go up.
+        let roomy = ApiWindow {
+            remaining: 6,
+            observed_at: t(5.0),
+            ..halved
+        };
+        assert_eq!(
+            a.on_api_window(&roomy, 4, sec, t(5.0), t(6.0), 20.0, &p),
+            Reaction::Unchanged
+        );
+        // Back to 20 a second, 10 used, all ours: straight back to the ceiling, in the hold.
+        let back = ApiWindow {
+            limit: Some(20),
+            remaining: 10,
+            observed_at: t(6.0),
+            ..halved
+        };
+        let r = a.on_api_window(&back, 10, sec, t(6.0), t(7.0), 20.0, &p);
+        assert_eq!(
+            r,
+            Reaction::Raised {
+                from_per_s: 10.0 * 0.98,
+                to_per_s: 20.0
+            }
+        );
+        assert_eq!(a.rate_per_s(t(6.0), 20.0, &p), 20.0);
+        // Up to 16 with another client taking 4 of it: to what that leaves, not the ceiling.
+        let mut b = Adaptive::default();
+        b.on_api_window(&halved, 10, sec, t(1.0), t(2.0), 20.0, &p);
+        let shared = ApiWindow {
+            limit: Some(16),
+            remaining: 2,
+            observed_at: t(6.0),
+            ..halved
+        };
+        let Reaction::Raised { to_per_s, .. } =
+            b.on_api_window(&shared, 10, sec, t(6.0), t(7.0), 20.0, &p)
+        else {
+            panic!("not raised")
+        };
+        assert!((to_per_s - 12.0 * 0.98).abs() < 1e-9, "{to_per_s}");
+        assert!((b.rate_per_s(t(7.0), 20.0, &p) - to_per_s).abs() < 1e-9);
     }
 
     #[test]
