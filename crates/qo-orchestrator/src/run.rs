@@ -247,7 +247,16 @@ where
         warn!("the previous run stopped without saving its usage; counting its horizon as used");
         pacer.assume_unrecorded_until();
     }
-    let slots = SlotLog::new(pacer.spec().pacing_period(), config.pacing.call_tolerance);
+    // Slots after the last one an earlier run handed out are all in this run's log.
+    let complete_from = pacer
+        .state()
+        .last_slot
+        .map_or(Timestamp::EPOCH, |s| s.plus(Duration::from_micros(1)));
+    let slots = SlotLog::new(
+        pacer.spec().pacing_period(),
+        config.pacing.call_tolerance,
+        complete_from,
+    );
     if let Some(until) = control.backoff_until {
         pacer.back_off_until(until);
     }
@@ -1017,9 +1026,12 @@ where
             let length = window
                 .window_s
                 .map_or(self.pacer.spec().pacing_period(), Duration::from_secs);
-            let ours = self.slots.count_ending_at(window.observed_at, length);
-            let reaction = self.pacer.on_api_window(&window, ours, now);
-            self.record_reaction(reaction);
+            // A window that began before this run holds calls of the last run's that the log
+            // has not: wait for a report this run saw all of.
+            if let Some(ours) = self.slots.count_ending_at(window.observed_at, length) {
+                let reaction = self.pacer.on_api_window(&window, ours, now);
+                self.record_reaction(reaction);
+            }
         }
         let Some(throttles) = self.control.throttles.clone() else {
             return;

@@ -29,15 +29,21 @@ pub struct SlotLog {
     /// Added to the period when counting: the pacer spaces calls over the period widened by
     /// its call tolerance, so a period alone holds one slot fewer than the API's window.
     slack: Duration,
+    /// The log holds every slot handed out from here on (just after an earlier run's last
+    /// slot): a window that starts earlier also holds that run's calls, which are not here.
+    complete_from: Timestamp,
 }
 
 impl SlotLog {
-    /// An empty log, counting over `period` widened by `slack` (the call tolerance).
-    pub fn new(period: Duration, slack: Duration) -> Self {
+    /// An empty log, complete from `start` on (just after an earlier run's last slot),
+    /// counting over `period` widened by `slack` (the call
+    /// tolerance).
+    pub fn new(period: Duration, slack: Duration, start: Timestamp) -> Self {
         SlotLog {
             slots: VecDeque::new(),
             period,
             slack,
+            complete_from: start,
         }
     }
 
@@ -55,20 +61,27 @@ impl SlotLog {
         }
     }
 
-    /// How many slots lie in the window of `length` (widened by the slack) ending at `to`.
-    pub fn count_ending_at(&self, to: Timestamp, length: Duration) -> u64 {
+    /// How many slots lie in the window of `length` (widened by the slack) ending at `to`;
+    /// `None` when the window starts before the log does (a new run's first seconds: the
+    /// previous run's calls in it would be taken for another client's).
+    pub fn count_ending_at(&self, to: Timestamp, length: Duration) -> Option<u64> {
         let from = to.minus(length + self.slack);
-        self.slots
-            .iter()
-            .filter(|s| **s >= from && **s <= to)
-            .count() as u64
+        (from >= self.complete_from).then(|| {
+            self.slots
+                .iter()
+                .filter(|s| **s >= from && **s <= to)
+                .count() as u64
+        })
     }
 
     /// The API's limit as the calls before `slot` tell it, calls per second: the slots in
     /// `[slot - period - slack, slot)` that were not `throttled`, over the period. `None` when
-    /// none counts.
+    /// none counts, or when the period starts before the log does.
     pub fn estimate_per_s(&self, slot: Timestamp, throttled: &[Timestamp]) -> Option<f64> {
         let from = slot.minus(self.period + self.slack);
+        if from < self.complete_from {
+            return None;
+        }
         let within = |s: &&Timestamp| **s >= from && **s < slot;
         let sent = self.slots.iter().filter(within).count();
         let refused = throttled.iter().filter(within).count();
@@ -88,7 +101,7 @@ mod tests {
 
     #[test]
     fn counts_the_accepted_calls_of_the_period_before_the_throttled_slot() {
-        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO);
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO, Timestamp::EPOCH);
         for i in 0..40 {
             log.push(t(i * 50)); // 20/s
         }
@@ -105,18 +118,40 @@ mod tests {
         // 15/s for 5 s. A report observed at 3.0 s is read when slots are already handed out
         // up to 4.25 s (a refresh later, a dispatch lead ahead): its window must still hold
         // the 15 slots of (2.0 s, 3.0 s].
-        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO);
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO, Timestamp::EPOCH);
         for i in 0..=(4250 / 66) {
             log.push(t(i * 66 + 1));
         }
-        assert_eq!(log.count_ending_at(t(3000), Duration::from_secs(1)), 15);
+        assert_eq!(
+            log.count_ending_at(t(3000), Duration::from_secs(1)),
+            Some(15)
+        );
+    }
+
+    #[test]
+    fn a_window_before_the_run_started_is_not_counted() {
+        // A new run from 10 s: the first second's reports would count only its own calls.
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO, t(10_000));
+        for i in 0..30 {
+            log.push(t(10_000 + i * 66));
+        }
+        assert_eq!(log.count_ending_at(t(10_500), Duration::from_secs(1)), None);
+        assert_eq!(log.estimate_per_s(t(10_500), &[]), None);
+        assert_eq!(
+            log.count_ending_at(t(11_000), Duration::from_secs(1)),
+            Some(16)
+        );
     }
 
     #[test]
     fn the_slack_counts_the_slots_the_call_tolerance_spreads_past_the_period() {
         // 20/s paced at (1000 + 5) / 20 = 50.25 ms: a plain second before a slot holds 19 of
         // them, the API's window 20 (each call may come up to 5 ms late).
-        let mut log = SlotLog::new(Duration::from_secs(1), Duration::from_millis(5));
+        let mut log = SlotLog::new(
+            Duration::from_secs(1),
+            Duration::from_millis(5),
+            Timestamp::EPOCH,
+        );
         let slots: Vec<Timestamp> = (0..40u64)
             .map(|i| Timestamp::from_micros(1_000_000_000 + i * 50_250))
             .collect();
@@ -125,7 +160,7 @@ mod tests {
         }
         assert_eq!(log.estimate_per_s(slots[30], &[]), Some(20.0));
         let plain = {
-            let mut l = SlotLog::new(Duration::from_secs(1), Duration::ZERO);
+            let mut l = SlotLog::new(Duration::from_secs(1), Duration::ZERO, Timestamp::EPOCH);
             for s in &slots {
                 l.push(*s);
             }

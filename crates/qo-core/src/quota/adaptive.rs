@@ -275,6 +275,11 @@ impl Adaptive {
                 to_per_s,
             };
         }
+        // The window leaves the whole quota: the configured pace already fits it (its
+        // windows are widened by the call tolerance), so no margin under it.
+        if available >= ceiling {
+            return Reaction::Unchanged;
+        }
         // Within 1% of the rate: the pace already follows the API's count (a probe that has
         // barely started), not a decrease.
         if to >= rate * 0.99 {
