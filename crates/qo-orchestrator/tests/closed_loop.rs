@@ -107,6 +107,25 @@ fn harness_of(api: RollingApi) -> Harness {
     )
 }
 
+/// Calls per second from `from` to `to` seconds after the start.
+fn calls_per_s(calls: &[Timestamp], from: u64, to: u64) -> f64 {
+    let (a, b) = (
+        start().plus(Duration::from_secs(from)),
+        start().plus(Duration::from_secs(to)),
+    );
+    calls.iter().filter(|c| **c >= a && **c < b).count() as f64 / (to - from) as f64
+}
+
+/// The seconds after the start at which calls were answered 429.
+fn throttled_secs(h: &Harness) -> Vec<u64> {
+    h.throttled
+        .lock()
+        .expect("throttled")
+        .iter()
+        .map(|t| t.since(start()).as_secs())
+        .collect()
+}
+
 /// Successful calls per second from the first call to the last success.
 fn success_rate(h: &Harness) -> f64 {
     let calls = h.calls();
@@ -224,20 +243,8 @@ async fn the_rate_follows_a_limit_that_halves_and_comes_back() {
     assert_eq!(h.succeeded().len(), 2_400);
     assert_eq!(h.dead(), 0);
     let calls = h.calls();
-    let per_s = |from: u64, to: u64| {
-        let (a, b) = (
-            start().plus(Duration::from_secs(from)),
-            start().plus(Duration::from_secs(to)),
-        );
-        calls.iter().filter(|c| **c >= a && **c < b).count() as f64 / (to - from) as f64
-    };
-    let throttled: Vec<u64> = h
-        .throttled
-        .lock()
-        .expect("throttled")
-        .iter()
-        .map(|t| t.since(start()).as_secs())
-        .collect();
+    let per_s = |from, to| calls_per_s(&calls, from, to);
+    let throttled = throttled_secs(&h);
     eprintln!(
         "halving: 20-30 s {:.1}/s, 40-90 s {:.1}/s, 150-160 s {:.1}/s; throttled at {throttled:?}",
         per_s(20, 30),
@@ -324,20 +331,8 @@ async fn headers_that_show_the_limit_come_back_raise_the_rate_at_once() {
     assert_eq!(h.succeeded().len(), 2_400);
     assert_eq!(h.dead(), 0);
     let calls = h.calls();
-    let per_s = |from: u64, to: u64| {
-        let (a, b) = (
-            start().plus(Duration::from_secs(from)),
-            start().plus(Duration::from_secs(to)),
-        );
-        calls.iter().filter(|c| **c >= a && **c < b).count() as f64 / (to - from) as f64
-    };
-    let throttled: Vec<u64> = h
-        .throttled
-        .lock()
-        .expect("throttled")
-        .iter()
-        .map(|t| t.since(start()).as_secs())
-        .collect();
+    let per_s = |from, to| calls_per_s(&calls, from, to);
+    let throttled = throttled_secs(&h);
     eprintln!(
         "halving with headers: 40-90 s {:.1}/s, 92-102 s {:.1}/s; throttled at {throttled:?}",
         per_s(40, 90),

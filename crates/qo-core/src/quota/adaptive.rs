@@ -252,39 +252,6 @@ impl Adaptive {
         let rate = self.rate_per_s(now, ceiling, policy);
         let to = (available * policy.margin).max(ceiling * policy.floor.clamp(0.0, 1.0));
         let previous_limit = self.window_limit.replace(limit);
-        if previous_limit.is_some_and(|p| limit > p) && to > rate * 1.01 {
-            // The API's limit itself went up: no need to probe for what it says is there.
-            // (Room in one report alone is not enough: another client's calls come and go.)
-            let to_per_s = if available >= ceiling {
-                self.last = None;
-                ceiling
-            } else {
-                let to = to.min(ceiling);
-                self.last = Some(Decrease {
-                    at: now,
-                    paced_from: paced_from.max(now),
-                    from_per_s: rate,
-                    to_per_s: to,
-                    estimate_per_s: Some(available),
-                    basis: DecreaseBasis::ApiWindow,
-                });
-                to
-            };
-            return Reaction::Raised {
-                from_per_s: rate,
-                to_per_s,
-            };
-        }
-        // The window leaves the whole quota: the configured pace already fits it (its
-        // windows are widened by the call tolerance), so no margin under it.
-        if available >= ceiling {
-            return Reaction::Unchanged;
-        }
-        // Within 1% of the rate: the pace already follows the API's count (a probe that has
-        // barely started), not a decrease.
-        if to >= rate * 0.99 {
-            return Reaction::Unchanged;
-        }
         let d = Decrease {
             at: now,
             paced_from: paced_from.max(now),
@@ -293,6 +260,23 @@ impl Adaptive {
             estimate_per_s: Some(available),
             basis: DecreaseBasis::ApiWindow,
         };
+        if previous_limit.is_some_and(|p| limit > p) && to > rate * 1.01 {
+            // The API's limit itself went up: no need to probe for what it says is there.
+            // (Room in one report alone is not enough: another client's calls come and go.)
+            // When the window leaves the whole quota, the pace is back at the ceiling.
+            let whole = available >= ceiling;
+            self.last = (!whole).then_some(d);
+            return Reaction::Raised {
+                from_per_s: rate,
+                to_per_s: if whole { ceiling } else { to },
+            };
+        }
+        // The window leaves the whole quota: the configured pace already fits it (its
+        // windows are widened by the call tolerance), so no margin under it. Within 1% of the
+        // rate: the pace already follows the API's count (a probe that has barely started).
+        if available >= ceiling || to >= rate * 0.99 {
+            return Reaction::Unchanged;
+        }
         self.last = Some(d);
         Reaction::Decreased(d)
     }
