@@ -205,10 +205,11 @@ done
 say "$("$CARGO_LAMBDA" lambda --version); $("$QEMU" --version | head -n1); aarch64 libraries from $AARCH64_SYSROOT"
 
 # `qo` (setup, send, sim): built for this machine, by the same command as the test stage's
-# build (`cargo test --workspace`), so after that stage this builds nothing. A plain
+# build (`cargo test --workspace --all-features`, `qo`'s `aws` feature for `qo setup`), so
+# after that stage this builds nothing. A plain
 # `cargo build -p qo` selects other features (no dev-dependencies) and would compile every
 # dependency a second time, gigabytes more under target/.
-cargo test -q --workspace --no-run
+cargo test -q --workspace --all-features --no-run
 QO="$("$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' \
   < <(cargo metadata -q --format-version 1 --no-deps))/debug/qo"
 [[ -x "$QO" ]] || die "$QO was not built"

@@ -12,74 +12,29 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
-use qo_core::config::{ConfigError, Env};
+pub use qo_core::config::SdkSettings;
 
 /// The region used when none is configured (moto accepts any).
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// Timeouts and attempts of every AWS SDK call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SdkSettings {
-    /// Time to establish a connection (`SDK_CONNECT_TIMEOUT_MS`, 3000).
-    pub connect_timeout: Duration,
-    /// Time from sending a request to the first byte of its answer (`SDK_READ_TIMEOUT_MS`, 5000).
-    pub read_timeout: Duration,
-    /// Attempts per call, the first included (`SDK_MAX_ATTEMPTS`, 3).
-    pub max_attempts: u32,
-}
-
-impl Default for SdkSettings {
-    fn default() -> Self {
-        SdkSettings {
-            connect_timeout: Duration::from_millis(3000),
-            read_timeout: Duration::from_millis(5000),
-            max_attempts: 3,
-        }
-    }
-}
-
-impl SdkSettings {
-    /// Reads `SDK_CONNECT_TIMEOUT_MS`, `SDK_READ_TIMEOUT_MS` and `SDK_MAX_ATTEMPTS`.
-    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
-        let d = SdkSettings::default();
-        let s = SdkSettings {
-            connect_timeout: env.millis("SDK_CONNECT_TIMEOUT_MS", d.connect_timeout)?,
-            read_timeout: env.millis("SDK_READ_TIMEOUT_MS", d.read_timeout)?,
-            max_attempts: env.parsed("SDK_MAX_ATTEMPTS", d.max_attempts)?,
-        };
-        for (name, value) in [
-            ("SDK_CONNECT_TIMEOUT_MS", s.connect_timeout),
-            ("SDK_READ_TIMEOUT_MS", s.read_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(name, "0", "must be at least 1"));
-            }
-        }
-        if s.max_attempts == 0 {
-            return Err(invalid("SDK_MAX_ATTEMPTS", "0", "must be at least 1"));
-        }
-        Ok(s)
-    }
-
-    /// The longest one attempt may take: connect + read.
-    pub fn attempt_timeout(&self) -> Duration {
-        self.connect_timeout.saturating_add(self.read_timeout)
-    }
-
-    /// The longest one call may take, backoff between attempts included:
-    /// attempts x (connect + read).
-    pub fn operation_timeout(&self) -> Duration {
-        self.attempt_timeout().saturating_mul(self.max_attempts)
-    }
-
+/// The AWS SDK's timeout and retry configuration made of [`SdkSettings`] (a plain settings
+/// type in `qo-core`, so that the libraries that only check a budget need no SDK).
+pub trait SdkTimeouts {
     /// The SDK timeouts: connect, read, per attempt and per call.
-    pub fn timeout_config(&self) -> TimeoutConfig {
+    fn timeout_config(&self) -> TimeoutConfig;
+    /// The SDK timeouts for a call whose server may hold the answer for `wait` (an SQS long
+    /// poll): the read, attempt and call timeouts grow by `wait`.
+    fn timeout_config_with_wait(&self, wait: Duration) -> TimeoutConfig;
+    /// The SDK retry policy: standard, with `max_attempts`.
+    fn retry_config(&self) -> RetryConfig;
+}
+
+impl SdkTimeouts for SdkSettings {
+    fn timeout_config(&self) -> TimeoutConfig {
         self.timeout_config_with_wait(Duration::ZERO)
     }
 
-    /// The SDK timeouts for a call whose server may hold the answer for `wait` (an SQS long
-    /// poll): the read, attempt and call timeouts grow by `wait`.
-    pub fn timeout_config_with_wait(&self, wait: Duration) -> TimeoutConfig {
+    fn timeout_config_with_wait(&self, wait: Duration) -> TimeoutConfig {
         let attempt = self.attempt_timeout().saturating_add(wait);
         TimeoutConfig::builder()
             .connect_timeout(self.connect_timeout)
@@ -89,17 +44,8 @@ impl SdkSettings {
             .build()
     }
 
-    /// The SDK retry policy: standard, with `max_attempts`.
-    pub fn retry_config(&self) -> RetryConfig {
+    fn retry_config(&self) -> RetryConfig {
         RetryConfig::standard().with_max_attempts(self.max_attempts.max(1))
-    }
-}
-
-fn invalid(name: &str, value: &str, reason: &str) -> ConfigError {
-    ConfigError::Invalid {
-        name: name.to_string(),
-        value: value.to_string(),
-        reason: reason.to_string(),
     }
 }
 

@@ -2,62 +2,11 @@
 //! Manager (`API_KEY_SECRET_ID`), else from an SSM SecureString parameter
 //! (`API_KEY_PARAMETER`). The key is held in an [`ApiKey`], which never prints itself.
 
-use std::fmt;
-
 use aws_config::SdkConfig;
 use qo_core::config::Env;
+pub use qo_core::secret::{ApiKey, KeySource};
 
 use crate::error::AwsError;
-
-/// A secret string whose `Debug` and `Display` print `***`, so it cannot end up in a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    key: String,
-    source: KeySource,
-}
-
-impl ApiKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>, source: KeySource) -> Self {
-        ApiKey {
-            key: key.into(),
-            source,
-        }
-    }
-
-    /// The key itself, for the request header only.
-    pub fn expose(&self) -> &str {
-        &self.key
-    }
-
-    /// Where it came from (safe to log).
-    pub fn source(&self) -> &KeySource {
-        &self.source
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKey(***, from {:?})", self.source)
-    }
-}
-
-impl fmt::Display for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Where the key came from, for a log line that names the source and not the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    /// `API_KEY`.
-    Plain,
-    /// Secrets Manager, this secret id.
-    Secret(String),
-    /// SSM Parameter Store, this parameter.
-    Parameter(String),
-}
 
 /// Loads the API key: `API_KEY`, else `API_KEY_SECRET_ID` (Secrets Manager `SecretString`),
 /// else `API_KEY_PARAMETER` (SSM, decrypted). `None` when none is set (an API without a key).

@@ -185,6 +185,72 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
+/// Timeouts and attempts of every AWS SDK call: plain settings read from the environment. The
+/// AWS adapters turn them into the SDK's own configuration; the worker checks its time budget
+/// with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdkSettings {
+    /// Time to establish a connection (`SDK_CONNECT_TIMEOUT_MS`, 3000).
+    pub connect_timeout: Duration,
+    /// Time from sending a request to the first byte of its answer (`SDK_READ_TIMEOUT_MS`, 5000).
+    pub read_timeout: Duration,
+    /// Attempts per call, the first included (`SDK_MAX_ATTEMPTS`, 3).
+    pub max_attempts: u32,
+}
+
+impl Default for SdkSettings {
+    fn default() -> Self {
+        SdkSettings {
+            connect_timeout: Duration::from_millis(3000),
+            read_timeout: Duration::from_millis(5000),
+            max_attempts: 3,
+        }
+    }
+}
+
+impl SdkSettings {
+    /// Reads `SDK_CONNECT_TIMEOUT_MS`, `SDK_READ_TIMEOUT_MS` and `SDK_MAX_ATTEMPTS`.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let d = SdkSettings::default();
+        let s = SdkSettings {
+            connect_timeout: env.millis("SDK_CONNECT_TIMEOUT_MS", d.connect_timeout)?,
+            read_timeout: env.millis("SDK_READ_TIMEOUT_MS", d.read_timeout)?,
+            max_attempts: env.parsed("SDK_MAX_ATTEMPTS", d.max_attempts)?,
+        };
+        for (name, value) in [
+            ("SDK_CONNECT_TIMEOUT_MS", s.connect_timeout),
+            ("SDK_READ_TIMEOUT_MS", s.read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(must_be_positive(name));
+            }
+        }
+        if s.max_attempts == 0 {
+            return Err(must_be_positive("SDK_MAX_ATTEMPTS"));
+        }
+        Ok(s)
+    }
+
+    /// The longest one attempt may take: connect + read.
+    pub fn attempt_timeout(&self) -> Duration {
+        self.connect_timeout.saturating_add(self.read_timeout)
+    }
+
+    /// The longest one call may take, backoff between attempts included:
+    /// attempts x (connect + read).
+    pub fn operation_timeout(&self) -> Duration {
+        self.attempt_timeout().saturating_mul(self.max_attempts)
+    }
+}
+
+fn must_be_positive(name: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_string(),
+        value: "0".to_string(),
+        reason: "must be at least 1".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

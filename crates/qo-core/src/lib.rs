@@ -14,7 +14,9 @@
 //! - [`control`]: the operator control record.
 //! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
 //! - [`observe`]: observations for metrics and reports.
-//! - [`config`]: environment variables, with errors that name the variable.
+//! - [`config`]: environment variables, with errors that name the variable, and the AWS SDK
+//!   calls' timeouts and attempts as plain settings.
+//! - [`secret`]: the API key, which never prints itself.
 //! - [`sqs`]: what SQS allows and the queue attributes the template deploys; [`lambda`]: the
 //!   worker function's asynchronous settings the template deploys.
 
@@ -26,6 +28,7 @@ pub mod lambda;
 pub mod observe;
 pub mod ports;
 pub mod quota;
+pub mod secret;
 pub mod sqs;
 pub mod time;
 

@@ -9,7 +9,9 @@
 //!   retention deletes them.
 //! - [`handler`] - the Lambda handler (scheduled event or control event).
 //! - [`error`] - [`OrchestratorError`].
-//! - `bin/orchestrator.rs`: the Lambda `main` over the AWS adapters.
+//!
+//! The Lambda `main` over the AWS adapters is the `orchestrator` binary of `qo-lambda`: this
+//! library depends on no AWS SDK crate.
 
 pub mod config;
 pub mod error;

@@ -21,7 +21,7 @@ const ATTEMPTS: usize = 3;
 ///
 /// ```
 /// use qo_testkit::LambdaWatchOptions;
-/// let opts = LambdaWatchOptions::new("qo-worker", "worker")
+/// let opts = LambdaWatchOptions::new("qo-lambda", "worker")
 ///     .env("QUOTA", "10/s,500/min")
 ///     .concurrency(4);
 /// assert_eq!(opts.bin.as_deref(), Some("worker"));
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn options_chain() {
-        let o = LambdaWatchOptions::new("qo-worker", "worker")
+        let o = LambdaWatchOptions::new("qo-lambda", "worker")
             .env("A", "1,2")
             .concurrency(3)
             .startup_timeout(Duration::from_secs(5));

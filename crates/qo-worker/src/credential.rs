@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qo_aws::ApiKey;
 use qo_core::Timestamp;
 use qo_core::ports::BoxError;
+use qo_core::secret::ApiKey;
 
 /// Where the API key is read from.
 #[async_trait]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lambda_runtime::LambdaEvent;
-use qo_aws::SdkSettings;
+use qo_core::config::SdkSettings;
 use qo_core::ports::{IdempotencyStore, JobSink, RecordStore};
 use qo_core::{Clock, Timestamp, WorkerEvent};
 use tracing::{Instrument, info_span, warn};

@@ -3,7 +3,7 @@
 //! the API's health while the circuit is open.
 //!
 //! The library is generic over the `qo_core` ports, so the same logic runs on AWS (the `worker`
-//! binary, over `qo-aws`) and in memory (tests and `qo local`, over `qo-memory`).
+//! binary of `qo-lambda`, over `qo-aws`; this library depends on no AWS SDK crate) and in memory (tests and `qo local`, over `qo-memory`).
 //!
 //! # Layout
 //! - [`config`]: [`WorkerConfig`], read from the environment once.

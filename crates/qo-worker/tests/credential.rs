@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qo_aws::{ApiKey, KeySource};
 use qo_core::job::Job;
 use qo_core::ports::{RecordKey, load_record};
+use qo_core::secret::{ApiKey, KeySource};
 use qo_core::{BackoffReason, Clock, Control, Observation, Timestamp, TokioClock};
 use qo_worker::{
     ApiResponse, CredentialError, CredentialSource, HttpCall, HttpError, Outcome, WorkerError,

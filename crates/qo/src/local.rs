@@ -14,9 +14,6 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing::warn;
 
-use qo_aws::{
-    DynamoStore, SdkSettings, SqsQueue, ensure_queues_with, load_config, with_static_credentials,
-};
 use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, QueueError, RecordStore};
 use qo_core::sqs::QueueAttributes;
 use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock, WorkerEvent};
@@ -24,6 +21,12 @@ use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOpt
 use qo_orchestrator::{OrchestratorConfig, Ports, StopReason};
 use qo_sim::{HeaderScheme, LimitSchedule, SimConfig, SimServer};
 use qo_worker::{ApiClient, Worker, WorkerConfig};
+
+#[cfg(feature = "aws")]
+mod aws;
+#[cfg(not(feature = "aws"))]
+#[path = "local/no_aws.rs"]
+mod aws;
 
 use crate::args::Range;
 use crate::report::{ApiSide, Collector, Elsewhere, Report};
@@ -124,34 +127,6 @@ impl Backlog for MemoryQueue {
     }
 }
 
-#[async_trait::async_trait]
-impl Backlog for SqsQueue {
-    async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError> {
-        self.send_job(&body, now).await.map(|_| ())
-    }
-    async fn pending(&self) -> Result<u64, QueueError> {
-        Ok(self
-            .depths()
-            .await?
-            .iter()
-            .filter(|d| d.name != "dlq")
-            .map(|d| d.visible + d.in_flight + d.delayed)
-            .sum())
-    }
-    async fn ended_by_queue(&self, reasoned: u64) -> Result<(u64, u64), QueueError> {
-        // SQS tells neither which dead letters came by the redrive policy nor what retention
-        // deleted: the dead-letter queue's depth beyond what was sent with a reason, and 0.
-        let dead: u64 = self
-            .depths()
-            .await?
-            .iter()
-            .filter(|d| d.name == "dlq")
-            .map(|d| d.visible + d.in_flight + d.delayed)
-            .sum();
-        Ok((dead.saturating_sub(reasoned), 0))
-    }
-}
-
 /// Runs the local system and prints the report.
 pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
     let lead_ms = args
@@ -191,7 +166,7 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => unreachable_api()?,
     };
 
-    match &args.aws_endpoint {
+    match args.aws_endpoint.clone() {
         None => {
             // The adapters: in memory, shared by the orchestrator and the worker.
             let queue = MemoryQueue::with_options(
@@ -212,34 +187,7 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
             )
             .await
         }
-        Some(endpoint) => {
-            // The AWS adapters, over the real SDKs, against the endpoint.
-            let settings = SdkSettings::default();
-            let sdk = with_static_credentials(
-                &load_config(&settings, Some(endpoint)).await,
-                "test",
-                "test",
-            );
-            let prefix = format!(
-                "qo-local-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            );
-            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), prefix.clone());
-            store.ensure_table().await?;
-            let urls = ensure_queues_with(
-                &aws_sdk_sqs::Client::new(&sdk),
-                &prefix,
-                false,
-                queue_attributes(&args),
-            )
-            .await?;
-            eprintln!(
-                "qo local: table {prefix} and queues {} (+ retry, dlq) at {endpoint}",
-                urls.main
-            );
-            let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), urls);
-            drive(args, clock, collector, sim, api_url, queue, store).await
-        }
+        Some(endpoint) => aws::run(args, clock, collector, sim, api_url, endpoint).await,
     }
 }
 

@@ -8,9 +8,16 @@
 //! - `sim`: `qo sim`, the quota-enforcing API on its own.
 //! - `ops`: operations on a deployed stack or a local endpoint: `qo status`, `pause`, `resume`,
 //!   `circuit`, `quota`, `redrive`, `send`, `setup`.
+//!
+//! # Features
+//! - `aws` (off by default): the operations and `qo local --aws-endpoint`, over the AWS SDK.
+//!   Without it `qo local` and `qo sim` build without compiling any AWS SDK crate, and an
+//!   operation is refused with the command that builds it in
+//!   (`cargo run --release -p qo --features aws -- status ...`).
 
 mod args;
 mod local;
+#[cfg(feature = "aws")]
 mod ops;
 mod report;
 mod sim;
@@ -31,8 +38,23 @@ enum Command {
     Local(local::LocalArgs),
     /// Serve the quota-enforcing API simulator on its own.
     Sim(sim::SimArgs),
+    #[cfg(feature = "aws")]
     #[command(flatten)]
     Ops(ops::OpsCommand),
+    /// The operations (`status`, `pause`, `resume`, `circuit`, `quota`, `redrive`, `send`,
+    /// `setup`) in a build without the `aws` feature: refused with the command that has them.
+    #[cfg(not(feature = "aws"))]
+    #[command(external_subcommand)]
+    WithoutAws(Vec<String>),
+}
+
+/// The refusal of `what` (with `detail`) by a `qo` built without the `aws` feature.
+#[cfg_attr(feature = "aws", allow(dead_code))]
+fn without_aws(what: &str, detail: &str) -> String {
+    format!(
+        "`qo {what}` ({detail}) needs the AWS SDK, and this qo was built without it: build it \
+         with the `aws` feature, e.g. `cargo run --release -p qo --features aws -- {what} ...`"
+    )
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,7 +80,13 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Local(args) => local::run(args).await,
             Command::Sim(args) => sim::run(args).await,
+            #[cfg(feature = "aws")]
             Command::Ops(command) => ops::run(command).await,
+            #[cfg(not(feature = "aws"))]
+            Command::WithoutAws(words) => {
+                let what = words.first().map_or("", String::as_str);
+                Err(without_aws(what, "an operation on a deployed stack or endpoint").into())
+            }
         }
     });
     match result {

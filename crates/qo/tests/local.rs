@@ -6,7 +6,9 @@
 
 use std::process::Command;
 
-use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
+use qo_testkit::OFFLINE_AWS_ENV;
+#[cfg(feature = "aws")]
+use qo_testkit::{MotoServer, require};
 use serde_json::Value;
 
 /// One `qo local` at a time: each runs an orchestrator, its workers and an API on this
@@ -36,10 +38,18 @@ fn qo_local(extra: &[&str]) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("report: {e}\n{stdout}"))
 }
 
-fn assert_drained_within_the_quota(report: &Value, jobs: u64) {
+/// Checks that the run drained `jobs` within the quota. `late_arrivals` is how many calls the
+/// API may refuse: 0 in memory. Over moto, a Python server shares this machine's two cores with
+/// the orchestrator, its workers and the API, and a call that leaves on time can reach the API
+/// late enough to fall in the next window (a fresh-clone CI run saw 1 of 41 calls refused).
+/// The closed loop treats that 429 as pacing: the job is re-queued and succeeds, none is
+/// dead-lettered. A pacer that dispatched past the quota would be refused far more than that.
+fn assert_drained_within_the_quota(report: &Value, jobs: u64, late_arrivals: u64) {
     assert_eq!(report["jobs"], jobs, "{report}");
     assert_eq!(report["succeeded"], jobs, "{report}");
-    assert_eq!(report["throttled"], 0, "{report}");
+    let throttled = report["throttled"].as_u64().expect("throttled");
+    assert!(throttled <= late_arrivals, "{report}");
+    assert_eq!(report["requeued"], throttled, "{report}");
     assert_eq!(report["dead_lettered"], 0, "{report}");
     let windows = report["api_max_in_any_window"]
         .as_array()
@@ -56,7 +66,7 @@ fn assert_drained_within_the_quota(report: &Value, jobs: u64) {
 fn local_drains_a_backlog_within_the_quota() {
     let _one = ONE_AT_A_TIME.blocking_lock();
     let report = qo_local(&["--jobs", "60"]);
-    assert_drained_within_the_quota(&report, 60);
+    assert_drained_within_the_quota(&report, 60, 0);
 }
 
 /// The built-in API enforcing its own limit (here equal to the quota) with X-RateLimit
@@ -134,6 +144,31 @@ fn the_built_in_api_s_flags_are_refused_with_api_url() {
     );
 }
 
+/// Without the `aws` feature an operation, or `qo local --aws-endpoint`, is refused with the
+/// command that builds it in (and `qo local` itself needs no AWS SDK).
+#[cfg(not(feature = "aws"))]
+#[test]
+fn without_the_aws_feature_operations_are_refused_naming_the_feature() {
+    for args in [
+        &["status", "--stack", "qo"][..],
+        &["local", "--aws-endpoint", "http://127.0.0.1:9"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qo"))
+            .args(args)
+            .env_clear()
+            .envs(OFFLINE_AWS_ENV)
+            .output()
+            .expect("run qo");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("`qo {}`", args[0])) && stderr.contains("--features aws"),
+            "{stderr}"
+        );
+    }
+}
+
+#[cfg(feature = "aws")]
 #[tokio::test]
 async fn local_over_the_aws_adapters_against_moto() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -146,13 +181,14 @@ async fn local_over_the_aws_adapters_against_moto() {
     })
     .await
     .expect("qo local");
-    assert_drained_within_the_quota(&report, 40);
+    assert_drained_within_the_quota(&report, 40, 2);
 }
 
 /// The run the issue reported: over moto with the template's queue attributes (its redrive
 /// policy among them), the API's first answer a 429 with `Retry-After: 150`. Every job must
 /// succeed, none may reach the dead-letter queue (SQS's own move included), and the report
 /// must account for every job.
+#[cfg(feature = "aws")]
 #[tokio::test]
 async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -183,6 +219,7 @@ async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
 /// `qo local` fails, with the report printed, when jobs did not end as jobs should: here with
 /// a redrive policy of one receive and runs of one second, so that the messages a run gives
 /// back at its end are moved to the dead-letter queue by moto's redrive, as SQS would.
+#[cfg(feature = "aws")]
 #[tokio::test]
 async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
     let _one = ONE_AT_A_TIME.lock().await;

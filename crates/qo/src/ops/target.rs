@@ -5,7 +5,9 @@
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use clap::Args;
-use qo_aws::{DynamoStore, SdkFailure, SdkSettings, SqsQueue, load_config, sqs::QueueUrls};
+use qo_aws::{
+    DynamoStore, SdkFailure, SdkSettings, SdkTimeouts, SqsQueue, load_config, sqs::QueueUrls,
+};
 use qo_core::config::Env;
 
 use super::error::OpsError;

@@ -113,7 +113,7 @@ impl Stack {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("reserve a port for the API");
         let api_addr = api_port.local_addr().expect("the reserved port");
         let api_url = format!("http://{api_addr}");
-        let opts = LambdaWatchOptions::new("qo-worker", "worker")
+        let opts = LambdaWatchOptions::new("qo-lambda", "worker")
             .concurrency(CONCURRENCY)
             .env("TABLE_NAME", TABLE)
             .env("QUEUE_URL", &urls.main)

@@ -1,0 +1,79 @@
+//! `qo local --aws-endpoint URL`: the same run over the AWS adapters (the real SDKs) against a
+//! local endpoint such as moto, with a table and queues of its own.
+
+use std::sync::Arc;
+
+use qo_aws::{
+    DynamoStore, SdkSettings, SqsQueue, ensure_queues_with, load_config, with_static_credentials,
+};
+use qo_core::Timestamp;
+use qo_core::TokioClock;
+use qo_core::ports::QueueError;
+use qo_sim::SimServer;
+
+use super::{Backlog, LocalArgs, drive, queue_attributes};
+use crate::report::Collector;
+
+#[async_trait::async_trait]
+impl Backlog for SqsQueue {
+    async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError> {
+        self.send_job(&body, now).await.map(|_| ())
+    }
+    async fn pending(&self) -> Result<u64, QueueError> {
+        Ok(self
+            .depths()
+            .await?
+            .iter()
+            .filter(|d| d.name != "dlq")
+            .map(|d| d.visible + d.in_flight + d.delayed)
+            .sum())
+    }
+    async fn ended_by_queue(&self, reasoned: u64) -> Result<(u64, u64), QueueError> {
+        // SQS tells neither which dead letters came by the redrive policy nor what retention
+        // deleted: the dead-letter queue's depth beyond what was sent with a reason, and 0.
+        let dead: u64 = self
+            .depths()
+            .await?
+            .iter()
+            .filter(|d| d.name == "dlq")
+            .map(|d| d.visible + d.in_flight + d.delayed)
+            .sum();
+        Ok((dead.saturating_sub(reasoned), 0))
+    }
+}
+
+/// Creates a table and queues of this run's own at `endpoint` and runs the system over them.
+pub(super) async fn run(
+    args: LocalArgs,
+    clock: Arc<TokioClock>,
+    collector: Arc<Collector>,
+    sim: Option<SimServer>,
+    api_url: String,
+    endpoint: String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let settings = SdkSettings::default();
+    let sdk = with_static_credentials(
+        &load_config(&settings, Some(&endpoint)).await,
+        "test",
+        "test",
+    );
+    let prefix = format!(
+        "qo-local-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), prefix.clone());
+    store.ensure_table().await?;
+    let urls = ensure_queues_with(
+        &aws_sdk_sqs::Client::new(&sdk),
+        &prefix,
+        false,
+        queue_attributes(&args),
+    )
+    .await?;
+    eprintln!(
+        "qo local: table {prefix} and queues {} (+ retry, dlq) at {endpoint}",
+        urls.main
+    );
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), urls);
+    drive(args, clock, collector, sim, api_url, queue, store).await
+}
