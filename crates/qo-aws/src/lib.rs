@@ -9,7 +9,8 @@
 //! (moto) for `qo local` and the tests.
 //!
 //! # Layout
-//! - [`clients`]: [`SdkSettings`], [`load_config`], [`check_function_timeout`].
+//! - [`clients`]: [`SdkSettings`] (a `qo-core` type) into the SDK's configuration
+//!   ([`SdkTimeouts`], [`load_config`]), [`check_function_timeout`].
 //! - [`sqs`]: [`SqsQueue`] ([`JobSource`](qo_core::ports::JobSource),
 //!   [`JobSink`](qo_core::ports::JobSink), [`Redrive`](qo_core::ports::Redrive)), send and
 //!   depths, [`ensure_queues`].
@@ -18,6 +19,8 @@
 //!   [`IdempotencyStore`](qo_core::ports::IdempotencyStore)), `ensure_table`.
 //! - [`lambda`]: [`LambdaInvoker`] ([`Invoker`](qo_core::ports::Invoker)) with its
 //!   [`InvokeLimiter`] and [`Backoff`].
+//! - [`local`]: a local endpoint's SDK configuration ([`local_config`]) and a table and queues
+//!   there ([`LocalStack`]), for `qo local --aws-endpoint`, `qo setup` and the moto tests.
 //! - [`secrets`]: [`load_api_key`] and the never-printed [`ApiKey`].
 //! - [`worker_failures`]: bringing back the worker's on-failure queue
 //!   ([`redrive_worker_failures`]).
@@ -29,6 +32,7 @@ pub mod clients;
 pub mod dynamo;
 pub mod error;
 pub mod lambda;
+pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod secrets;
@@ -42,6 +46,7 @@ pub use clients::{
 pub use dynamo::DynamoStore;
 pub use error::{AwsError, SdkFailure};
 pub use lambda::{AsyncInvoke, Backoff, InvokeLimiter, InvokeSettings, LambdaInvoker};
+pub use local::{LOCAL_CREDENTIALS, LocalStack, local_config};
 pub use metrics::EmfMetrics;
 pub use secrets::{ApiKey, KeySource, load_api_key};
 pub use sqs::{QueueDepth, QueueUrls, SqsQueue, ensure_queues, ensure_queues_with};

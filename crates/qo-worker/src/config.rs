@@ -73,6 +73,39 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// The configuration of a worker calling `api_base_url` with every other setting at its
+    /// default: what [`WorkerConfig::from_env`] reads when only `API_BASE_URL` is set. Callers
+    /// that configure in code (`qo local`, tests) start here and set typed fields.
+    pub fn new(api_base_url: Url) -> WorkerConfig {
+        WorkerConfig {
+            api_base_url,
+            health_path: "/health".to_string(),
+            auth_header: reqwest::header::AUTHORIZATION,
+            auth_prefix: "Bearer ".to_string(),
+            connect_timeout: Duration::from_millis(2_000),
+            read_timeout: Duration::from_millis(10_000),
+            call_tolerance: Duration::from_millis(5),
+            max_slot_wait: Duration::from_millis(5_000),
+            idempotency_ttl: Duration::from_secs(86_400),
+            claim_ttl: MAX_FUNCTION_TIMEOUT,
+            excerpt_bytes: 512,
+            retry_delay: Duration::from_secs(5),
+            max_attempts: 5,
+            max_throttled: 100,
+            circuit: CircuitPolicy::default(),
+            credential_reread: Duration::from_secs(60),
+            rate_limit_headers: RateLimitHeaders::Auto,
+            api_window_report: Duration::from_millis(1_000),
+        }
+    }
+
+    /// With the claim TTL of a function whose timeout is `timeout` (what `FUNCTION_TIMEOUT_S`
+    /// gives when `CLAIM_TTL_S` is unset).
+    pub fn with_function_timeout(mut self, timeout: Duration) -> WorkerConfig {
+        self.claim_ttl = timeout;
+        self
+    }
+
     /// Reads the configuration; a missing or bad value is an error naming the variable and
     /// the value.
     pub fn from_env(env: &impl Env) -> Result<WorkerConfig, WorkerError> {
@@ -82,10 +115,8 @@ impl WorkerConfig {
     fn read(env: &impl Env) -> Result<WorkerConfig, ConfigError> {
         // The worker re-queues with a delay (back-off, Retry-After): no FIFO queue.
         qo_core::config::refuse_fifo_queues(env)?;
-        let api_base_url = base_url(env)?;
-        let health_path = env
-            .get("API_HEALTH_PATH")
-            .unwrap_or_else(|| "/health".to_string());
+        let d = WorkerConfig::new(base_url(env)?);
+        let health_path = env.get("API_HEALTH_PATH").unwrap_or(d.health_path);
         if let Err(e) = (Job {
             path: health_path.clone(),
             ..Job::default()
@@ -101,7 +132,7 @@ impl WorkerConfig {
             .map_err(|e| invalid("API_KEY_HEADER", &header_text, e.to_string()))?;
         let auth_prefix = match env.get("API_KEY_PREFIX") {
             Some(p) => p,
-            None if auth_header == reqwest::header::AUTHORIZATION => "Bearer ".to_string(),
+            None if auth_header == d.auth_header => d.auth_prefix,
             None => String::new(),
         };
         if auth_prefix.chars().any(|c| c.is_control()) {
@@ -111,7 +142,7 @@ impl WorkerConfig {
                 "control characters are not allowed in a header".to_string(),
             ));
         }
-        let excerpt_bytes: usize = env.parsed("RESPONSE_EXCERPT_BYTES", 512)?;
+        let excerpt_bytes: usize = env.parsed("RESPONSE_EXCERPT_BYTES", d.excerpt_bytes)?;
         if excerpt_bytes > MAX_EXCERPT_BYTES {
             return Err(invalid(
                 "RESPONSE_EXCERPT_BYTES",
@@ -119,7 +150,7 @@ impl WorkerConfig {
                 format!("must be at most {MAX_EXCERPT_BYTES}"),
             ));
         }
-        let max_attempts: u32 = env.parsed("MAX_ATTEMPTS", 5)?;
+        let max_attempts: u32 = env.parsed("MAX_ATTEMPTS", d.max_attempts)?;
         if max_attempts == 0 {
             return Err(invalid(
                 "MAX_ATTEMPTS",
@@ -127,7 +158,7 @@ impl WorkerConfig {
                 "must be at least 1".to_string(),
             ));
         }
-        let max_throttled: u32 = env.parsed("MAX_THROTTLED", 100)?;
+        let max_throttled: u32 = env.parsed("MAX_THROTTLED", d.max_throttled)?;
         if max_throttled == 0 {
             return Err(invalid(
                 "MAX_THROTTLED",
@@ -136,45 +167,45 @@ impl WorkerConfig {
             ));
         }
         let rate_limit_headers = match env.get(ratelimit::ENV_VAR) {
-            None => RateLimitHeaders::Auto,
+            None => d.rate_limit_headers,
             Some(text) => RateLimitHeaders::parse(&text)
                 .map_err(|why| invalid(ratelimit::ENV_VAR, &text, why))?,
         };
         Ok(WorkerConfig {
-            api_base_url,
+            api_base_url: d.api_base_url,
             health_path,
             auth_header,
             auth_prefix,
             connect_timeout: positive(
                 env,
                 "API_CONNECT_TIMEOUT_MS",
-                env.millis("API_CONNECT_TIMEOUT_MS", Duration::from_millis(2_000))?,
+                env.millis("API_CONNECT_TIMEOUT_MS", d.connect_timeout)?,
             )?,
             read_timeout: positive(
                 env,
                 "API_READ_TIMEOUT_MS",
-                env.millis("API_READ_TIMEOUT_MS", Duration::from_millis(10_000))?,
+                env.millis("API_READ_TIMEOUT_MS", d.read_timeout)?,
             )?,
-            call_tolerance: env.millis("CALL_TOLERANCE_MS", Duration::from_millis(5))?,
-            max_slot_wait: env.millis("MAX_SLOT_WAIT_MS", Duration::from_millis(5_000))?,
+            call_tolerance: env.millis("CALL_TOLERANCE_MS", d.call_tolerance)?,
+            max_slot_wait: env.millis("MAX_SLOT_WAIT_MS", d.max_slot_wait)?,
             idempotency_ttl: positive(
                 env,
                 "IDEMPOTENCY_TTL_S",
-                env.seconds("IDEMPOTENCY_TTL_S", Duration::from_secs(86_400))?,
+                env.seconds("IDEMPOTENCY_TTL_S", d.idempotency_ttl)?,
             )?,
             claim_ttl: claim_ttl(env)?,
             excerpt_bytes,
-            retry_delay: env.seconds("RETRY_DELAY_S", Duration::from_secs(5))?,
+            retry_delay: env.seconds("RETRY_DELAY_S", d.retry_delay)?,
             max_attempts,
             max_throttled,
             circuit: circuit_policy_from_env(env)?,
             credential_reread: positive(
                 env,
                 "CREDENTIAL_REREAD_S",
-                env.seconds("CREDENTIAL_REREAD_S", Duration::from_secs(60))?,
+                env.seconds("CREDENTIAL_REREAD_S", d.credential_reread)?,
             )?,
             rate_limit_headers,
-            api_window_report: env.millis("API_WINDOW_REPORT_MS", Duration::from_millis(1_000))?,
+            api_window_report: env.millis("API_WINDOW_REPORT_MS", d.api_window_report)?,
         })
     }
 
@@ -229,17 +260,22 @@ pub fn circuit_policy_from_env(env: &impl Env) -> Result<CircuitPolicy, ConfigEr
 }
 
 fn base_url(env: &impl Env) -> Result<Url, ConfigError> {
+    api_base_url(&env.required("API_BASE_URL")?)
+}
+
+/// Checks `text` as `API_BASE_URL`: an absolute http(s) URL with a host, no fragment and no
+/// credentials; the error names `API_BASE_URL` (and never echoes a password).
+pub fn api_base_url(text: &str) -> Result<Url, ConfigError> {
     const NAME: &str = "API_BASE_URL";
-    let text = env.required(NAME)?;
-    let url = Url::parse(text.trim()).map_err(|e| invalid(NAME, &text, e.to_string()))?;
+    let url = Url::parse(text.trim()).map_err(|e| invalid(NAME, text, e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(NAME, &text, "must be an http or https URL".into()));
+        return Err(invalid(NAME, text, "must be an http or https URL".into()));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(NAME, &text, "has no host".into()));
+        return Err(invalid(NAME, text, "has no host".into()));
     }
     if url.fragment().is_some() {
-        return Err(invalid(NAME, &text, "must not have a #fragment".into()));
+        return Err(invalid(NAME, text, "must not have a #fragment".into()));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(

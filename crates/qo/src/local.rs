@@ -127,16 +127,25 @@ impl Backlog for MemoryQueue {
     }
 }
 
-/// Runs the local system and prints the report.
-pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let lead_ms = args
-        .dispatch_lead_ms
-        .unwrap_or(if args.aws_endpoint.is_some() {
+impl LocalArgs {
+    /// `--dispatch-lead-ms`, or its default: 250 ms in memory, 1000 ms over `--aws-endpoint`
+    /// (an SDK round trip to the endpoint comes before each call).
+    fn dispatch_lead(&self) -> Duration {
+        let default = if self.aws_endpoint.is_some() {
             1000
         } else {
             250
-        });
-    if args.delivery_delay_ms.max >= lead_ms as f64 {
+        };
+        Duration::from_millis(self.dispatch_lead_ms.unwrap_or(default))
+    }
+}
+
+/// The template's `WorkerTimeout` (s): the worker's claim TTL follows it.
+const WORKER_TIMEOUT_S: u64 = 150;
+
+/// Runs the local system and prints the report.
+pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.delivery_delay_ms.max >= args.dispatch_lead().as_millis() as f64 {
         warn!(
             "the delivery delay can exceed the dispatch lead: late events are re-queued, not called"
         );
@@ -206,14 +215,13 @@ where
     S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
 {
     // The worker, behind an invoker that delivers like Lambda's async queue.
-    let mut worker_env = std::collections::HashMap::new();
-    worker_env.insert("API_BASE_URL".to_string(), api_url.clone());
-    worker_env.insert("RETRY_DELAY_S".to_string(), "1".to_string());
-    // The template's WorkerTimeout: CLAIM_TTL_S follows it, as in a deployment.
-    worker_env.insert("FUNCTION_TIMEOUT_S".to_string(), "150".to_string());
-    worker_env.insert("HEALTH_CHECK_INITIAL_S".to_string(), "1".to_string());
-    worker_env.insert("HEALTH_CHECK_MAX_S".to_string(), "8".to_string());
-    let worker_config = WorkerConfig::from_env(&worker_env)?;
+    // The worker's settings: a deployment's defaults, with a short retry delay and fast
+    // health checks; the claim TTL follows the template's WorkerTimeout, as in a deployment.
+    let mut worker_config = WorkerConfig::new(qo_worker::config::api_base_url(&api_url)?)
+        .with_function_timeout(Duration::from_secs(WORKER_TIMEOUT_S));
+    worker_config.retry_delay = Duration::from_secs(1);
+    worker_config.circuit.probe_initial = Duration::from_secs(1);
+    worker_config.circuit.probe_max = Duration::from_secs(8);
     let api = ApiClient::new(&worker_config, None)?;
     let worker = Arc::new(
         Worker::new(
@@ -251,13 +259,7 @@ where
     // The orchestrator's configuration: the defaults a deployment has, with the local flags.
     let mut config = OrchestratorConfig::with_quota(args.quota.clone());
     config.pacing.mode = args.budget_mode;
-    config.dispatch_lead = Duration::from_millis(args.dispatch_lead_ms.unwrap_or(
-        if args.aws_endpoint.is_some() {
-            1000
-        } else {
-            250
-        },
-    ));
+    config.dispatch_lead = args.dispatch_lead();
     config.circuit = worker_config.circuit;
     config.stop_margin = Duration::from_millis(500);
     config.idle_exit = Some(Duration::from_secs(2));

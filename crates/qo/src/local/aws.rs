@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use qo_aws::{
-    DynamoStore, SdkSettings, SqsQueue, ensure_queues_with, load_config, with_static_credentials,
-};
+use qo_aws::{LocalStack, SdkSettings, SqsQueue, local_config};
 use qo_core::Timestamp;
 use qo_core::TokioClock;
 use qo_core::ports::QueueError;
@@ -51,29 +49,16 @@ pub(super) async fn run(
     api_url: String,
     endpoint: String,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let settings = SdkSettings::default();
-    let sdk = with_static_credentials(
-        &load_config(&settings, Some(&endpoint)).await,
-        "test",
-        "test",
-    );
     let prefix = format!(
         "qo-local-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), prefix.clone());
-    store.ensure_table().await?;
-    let urls = ensure_queues_with(
-        &aws_sdk_sqs::Client::new(&sdk),
-        &prefix,
-        false,
-        queue_attributes(&args),
-    )
-    .await?;
+    let config = local_config(&SdkSettings::default(), &endpoint).await;
+    let stack = LocalStack::create(config, &prefix, &prefix, queue_attributes(&args)).await?;
     eprintln!(
         "qo local: table {prefix} and queues {} (+ retry, dlq) at {endpoint}",
-        urls.main
+        stack.urls.main
     );
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&sdk), urls);
+    let (queue, store) = (stack.queue(), stack.store());
     drive(args, clock, collector, sim, api_url, queue, store).await
 }

@@ -1,0 +1,81 @@
+//! `qo`: the quota-orchestrator command-line tool, as a library: the command line ([`Cli`])
+//! and what each command does ([`run`]). The `qo` binary parses, starts a runtime and calls
+//! [`run`].
+//!
+//! # Layout
+//! - `local`: `qo local`, the whole system on this machine (in-memory adapters, a built-in
+//!   quota-enforcing API, the real orchestrator loop and worker logic over loopback HTTP).
+//! - `report`: the observer that counts what happened, and the report it makes.
+//! - `args`: parsing of ranges such as `5..50`.
+//! - `sim`: `qo sim`, the quota-enforcing API on its own.
+//! - `ops`: operations on a deployed stack or a local endpoint: `qo status`, `pause`, `resume`,
+//!   `circuit`, `quota`, `redrive`, `send`, `setup`.
+//!
+//! # Features
+//! - `aws` (off by default): the operations and `qo local --aws-endpoint`, over the AWS SDK.
+//!   Without it `qo local` and `qo sim` build without compiling any AWS SDK crate, and an
+//!   operation is refused with the command that builds it in
+//!   (`cargo run --release -p qo --features aws -- status ...`).
+
+mod args;
+pub mod local;
+#[cfg(feature = "aws")]
+pub mod ops;
+mod report;
+pub mod sim;
+
+use clap::{Parser, Subcommand};
+
+/// What a command returns: its error is printed with its causes.
+pub type CommandResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Use a third-party API's quota fully without ever exceeding it.
+#[derive(Debug, Parser)]
+#[command(name = "qo", version, about)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole system on this machine and report what a quota does to a backlog.
+    Local(local::LocalArgs),
+    /// Serve the quota-enforcing API simulator on its own.
+    Sim(sim::SimArgs),
+    /// An operation on a deployed stack or a local endpoint.
+    #[cfg(feature = "aws")]
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
+    /// The operations (`status`, `pause`, `resume`, `circuit`, `quota`, `redrive`, `send`,
+    /// `setup`) in a build without the `aws` feature: refused with the command that has them.
+    #[cfg(not(feature = "aws"))]
+    #[command(external_subcommand)]
+    WithoutAws(Vec<String>),
+}
+
+/// The refusal of `what` (with `detail`) by a `qo` built without the `aws` feature.
+#[cfg_attr(feature = "aws", allow(dead_code))]
+fn without_aws(what: &str, detail: &str) -> String {
+    format!(
+        "`qo {what}` ({detail}) needs the AWS SDK, and this qo was built without it: build it \
+         with the `aws` feature, e.g. `cargo run --release -p qo --features aws -- {what} ...`"
+    )
+}
+
+/// Runs `command` to its end.
+pub async fn run(command: Command) -> CommandResult {
+    match command {
+        Command::Local(args) => local::run(args).await,
+        Command::Sim(args) => sim::run(args).await,
+        #[cfg(feature = "aws")]
+        Command::Ops(command) => ops::run(command).await,
+        #[cfg(not(feature = "aws"))]
+        Command::WithoutAws(words) => {
+            let what = words.first().map_or("", String::as_str);
+            Err(without_aws(what, "an operation on a deployed stack or endpoint").into())
+        }
+    }
+}
