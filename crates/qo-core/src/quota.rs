@@ -11,5 +11,5 @@ pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, Reaction};
 pub use pacer::{
     Availability, BudgetMode, Pacer, PacingPolicy, QuotaState, SlowStart, TierReport, TierUsage,
 };
-pub use spec::{Period, QuotaSpec, SpecError, Tier, WindowKind};
+pub use spec::{Period, QuotaSpec, SpecError, Tier, TierId, WindowKind};
 pub use utilization::{Utilization, UtilizationMeter};

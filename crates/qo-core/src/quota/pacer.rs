@@ -14,7 +14,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use chrono::{Datelike, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::adaptive::{Adaptive, AdaptivePolicy, Reaction};
@@ -430,12 +429,12 @@ impl Pacer {
         }
 
         if tier.window == WindowKind::Calendar {
-            let idx = calendar_index(tier.period, at);
+            let idx = tier.period.calendar_index(at);
             let used = match usage.calendar {
                 Some((i, c)) if i == idx => c,
                 _ => 0,
             };
-            let end = calendar_start(tier.period, idx + 1);
+            let end = tier.period.calendar_start(idx + 1);
             if used >= tier.limit.get() {
                 at = end;
                 binding = Binding::Budget;
@@ -545,7 +544,7 @@ impl Pacer {
                 }
             }
             if tier.window == WindowKind::Calendar {
-                let idx = calendar_index(tier.period, horizon);
+                let idx = tier.period.calendar_index(horizon);
                 let used = match usage.calendar {
                     Some((i, c)) if i == idx => c.saturating_add(n),
                     _ => n,
@@ -594,14 +593,14 @@ impl Pacer {
                 }
             }
             if tier.window == WindowKind::Calendar {
-                let idx = calendar_index(tier.period, at);
+                let idx = tier.period.calendar_index(at);
                 let used = match usage.calendar {
                     Some((i, c)) if i == idx => c + 1,
                     _ => 1,
                 };
                 usage.calendar = Some((idx, used));
                 if spread && !tier.period.is_pacing() {
-                    let end = calendar_start(tier.period, idx + 1);
+                    let end = tier.period.calendar_start(idx + 1);
                     let remaining = u64::from(tier.limit.get().saturating_sub(used)).max(1);
                     usage.tat = at.plus(Duration::from_micros(
                         end.since(at).as_micros() as u64 / remaining,
@@ -623,12 +622,12 @@ impl Pacer {
             .map(|(tier, usage)| {
                 let (used, resets_at) = match tier.window {
                     WindowKind::Calendar => {
-                        let idx = calendar_index(tier.period, t);
+                        let idx = tier.period.calendar_index(t);
                         let used = match usage.calendar {
                             Some((i, c)) if i == idx => u64::from(c),
                             _ => 0,
                         };
-                        (used, Some(calendar_start(tier.period, idx + 1)))
+                        (used, Some(tier.period.calendar_start(idx + 1)))
                     }
                     WindowKind::Rolling if !self.counts_rolling(tier) => {
                         // Paced only: the calls in the window follow from the pace, one per
@@ -669,38 +668,6 @@ impl Pacer {
                 }
             })
             .collect()
-    }
-}
-
-/// The index of the calendar period containing `t` (UTC).
-pub fn calendar_index(period: Period, t: Timestamp) -> u64 {
-    match period {
-        Period::Month => {
-            let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
-            match Utc.timestamp_opt(secs, 0).single() {
-                Some(dt) => {
-                    let months = i64::from(dt.year() - 1970) * 12 + i64::from(dt.month0());
-                    u64::try_from(months).unwrap_or(0)
-                }
-                None => 0,
-            }
-        }
-        p => t.as_micros() / duration_micros(p.duration()),
-    }
-}
-
-/// The start of calendar period `idx` (UTC).
-pub fn calendar_start(period: Period, idx: u64) -> Timestamp {
-    match period {
-        Period::Month => {
-            let year = 1970 + i32::try_from(idx / 12).unwrap_or(0);
-            let month = u32::try_from(idx % 12).unwrap_or(0) + 1;
-            match Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single() {
-                Some(dt) => Timestamp::from_secs(u64::try_from(dt.timestamp()).unwrap_or(0)),
-                None => Timestamp::EPOCH,
-            }
-        }
-        p => Timestamp::from_micros(idx.saturating_mul(duration_micros(p.duration()))),
     }
 }
 
@@ -898,21 +865,6 @@ mod tests {
         p.back_off_until(t(5_000));
         assert_eq!(p.check(t(0)), Availability::BackingOff { until: t(5_000) });
         assert_eq!(p.check(t(5_000)), Availability::Now);
-    }
-
-    #[test]
-    fn calendar_month_boundaries() {
-        // 2026-02-15 -> the next reset is 2026-03-01.
-        let feb15 = Timestamp::from_secs(1_771_113_600);
-        let idx = calendar_index(Period::Month, feb15);
-        assert_eq!(
-            calendar_start(Period::Month, idx + 1).to_rfc3339(),
-            "2026-03-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            calendar_start(Period::Month, idx).to_rfc3339(),
-            "2026-02-01T00:00:00.000Z"
-        );
     }
 
     #[test]
