@@ -7,8 +7,17 @@
 //! # Layout
 //! - [`time`]: [`Timestamp`] and the [`Clock`] port; [`TokioClock`] doubles as a virtual clock
 //!   under tokio's paused time.
-//! - [`quota`]: the quota spec and the [`Pacer`] (GCRA pacing, window counts, calendar resets,
-//!   greedy or spread budgets, slow start) and the utilization meter.
+//! - [`quota`]: quotas and pacing, by concept:
+//!   - [`quota::spec`]: the [`QuotaSpec`] grammar, [`quota::TierId`], and the UTC calendar
+//!     arithmetic on [`quota::Period`];
+//!   - [`quota::policy`]: the [`PacingPolicy`] (greedy or spread budgets, call tolerance,
+//!     headroom, slow start);
+//!   - [`quota::state`]: the persisted [`QuotaState`], usage per tier;
+//!   - `quota::constraint` (private): each constraint kind a tier puts on calls, its rules
+//!     written once: the GCRA pace, the rolling window count, the calendar count;
+//!   - [`quota::pacer`]: the [`Pacer`], the thin combinator over the tiers;
+//!   - [`quota::adaptive`]: the rate learned from the API's throttles;
+//!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
 //! - [`job`]: the job contract and the worker events.
 //! - [`control`]: the operator control record.

@@ -1,93 +1,19 @@
 //! Pacing: when may the next call happen, given every tier, the usage so far and the policy.
 //!
-//! Each tier adds constraints:
-//! - a *pace* (GCRA): short-term tiers (second, minute) space calls evenly at `window / limit`,
-//!   allowing `burst` back to back; in `spread` mode budget tiers pace too, so the budget lasts
-//!   to the reset;
-//! - a *window count*: a rolling tier whose pace alone does not bound its window (a burst, or a
-//!   budget tier in `greedy` mode) counts calls in buckets; a calendar tier counts calls since
-//!   its last UTC boundary.
-//!
-//! The worker calls at the slot the pacer handed out, or up to `call_tolerance` later. Every
-//! window is therefore widened by that tolerance, so even a late call stays inside the quota.
+//! The [`Pacer`] is the thin combinator over the tiers: each tier's constraints
+//! ([`super::constraint`]) say when a call conforms to that tier; the pacer moves the call
+//! to the first instant every tier allows (a fixed point: the constraints are monotone),
+//! names the tier that bound it ([`NotNow`]) and records the call in every tier. The API's
+//! back-off, the slow-start ramp, the learned rate and the write-ahead horizon of a crashed
+//! run are the pacer's too.
 
-use std::collections::VecDeque;
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
-use super::adaptive::{Adaptive, AdaptivePolicy, Reaction};
-use super::spec::{Period, QuotaSpec, Tier, WindowKind};
+use super::adaptive::Reaction;
+use super::constraint::{Binding, TierRule};
+use super::policy::PacingPolicy;
+use super::spec::QuotaSpec;
+use super::state::{QuotaState, TierReport, TierUsage};
 use crate::control::{ApiWindow, Throttles};
-use crate::time::{Timestamp, duration_micros};
-
-/// How budget tiers (hour, day, month) are used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BudgetMode {
-    /// Use the budget as fast as the short tiers allow, then wait for the reset.
-    #[default]
-    Greedy,
-    /// Pace so that the budget lasts until the reset.
-    Spread,
-}
-
-impl std::str::FromStr for BudgetMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "greedy" => Ok(BudgetMode::Greedy),
-            "spread" => Ok(BudgetMode::Spread),
-            other => Err(format!("`{other}` is not a budget mode (greedy or spread)")),
-        }
-    }
-}
-
-/// After the circuit closes, the rate ramps from `from_fraction` to the full quota over `duration`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SlowStart {
-    /// How long the ramp lasts (zero disables slow start).
-    pub duration: Duration,
-    /// The fraction of the full rate the ramp starts at, in (0, 1].
-    pub from_fraction: f64,
-}
-
-impl Default for SlowStart {
-    fn default() -> Self {
-        SlowStart {
-            duration: Duration::from_secs(30),
-            from_fraction: 0.1,
-        }
-    }
-}
-
-/// How the quota is used.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PacingPolicy {
-    /// Greedy or spread use of budget tiers.
-    pub mode: BudgetMode,
-    /// The most a worker may call after its slot; windows are widened by it.
-    pub call_tolerance: Duration,
-    /// A fraction of the quota left unused, in [0, 0.5): a fallback, normally 0.
-    pub headroom: f64,
-    /// The ramp after the circuit closes.
-    pub slow_start: SlowStart,
-    /// The rate learned from the API's throttles, under the configured quota.
-    #[serde(default)]
-    pub adaptive: AdaptivePolicy,
-}
-
-impl Default for PacingPolicy {
-    fn default() -> Self {
-        PacingPolicy {
-            mode: BudgetMode::Greedy,
-            call_tolerance: Duration::from_millis(5),
-            headroom: 0.0,
-            slow_start: SlowStart::default(),
-            adaptive: AdaptivePolicy::default(),
-        }
-    }
-}
+use crate::time::Timestamp;
 
 /// The answer to "may I call at `t`?".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,80 +54,18 @@ impl Availability {
     }
 }
 
-/// Number of buckets a rolling window is counted in.
-const BUCKETS_PER_WINDOW: u64 = 60;
-
-/// The usage of one tier: everything needed to pace it after a restart.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierUsage {
-    /// The tier's period (matches usage to a tier when the spec changes).
-    pub period: Period,
-    /// The tier's window kind.
-    pub window: WindowKind,
-    /// GCRA theoretical arrival time of the next call.
-    #[serde(default)]
-    pub tat: Timestamp,
-    /// Rolling window counts: (bucket index, calls).
-    #[serde(default)]
-    pub buckets: VecDeque<(u64, u32)>,
-    /// Calendar count: (period index, calls in it).
-    #[serde(default)]
-    pub calendar: Option<(u64, u32)>,
-}
-
-/// The persisted quota state: usage per tier, the slow-start ramp, and the API's back-off.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct QuotaState {
-    /// Usage, one entry per tier of the spec, in order.
-    pub tiers: Vec<TierUsage>,
-    /// When the current slow-start ramp began (the circuit's last closing).
-    #[serde(default)]
-    pub ramp_from: Option<Timestamp>,
-    /// No call before this (the API's Retry-After).
-    #[serde(default)]
-    pub backoff_until: Option<Timestamp>,
-    /// The latest slot handed out.
-    #[serde(default)]
-    pub last_slot: Option<Timestamp>,
-    /// Slots handed out since the state was created.
-    #[serde(default)]
-    pub reserved_total: u64,
-    /// Set while a run is dispatching: no slot after this is handed out before a later save.
-    /// Found set at hydration, it means the last run stopped without saving its final usage.
-    #[serde(default)]
-    pub horizon: Option<Timestamp>,
-    /// When the horizon was set (the save): calls before it are recorded in this state.
-    #[serde(default)]
-    pub saved_at: Option<Timestamp>,
-    /// The rate learned from the API's throttles, so a new run starts where the last ended.
-    #[serde(default)]
-    pub adaptive: Adaptive,
-}
-
-/// Usage of one tier, for status reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TierReport {
-    /// The tier, as spec text.
-    pub tier: String,
-    /// Calls counted in the current window.
-    pub used: u64,
-    /// The tier's limit.
-    pub limit: u32,
-    /// When the window resets (calendar) or the oldest counted call leaves it (rolling).
-    pub resets_at: Option<Timestamp>,
-}
-
 /// The pacer: a spec, a policy, and the usage state. Pure: every method takes the time.
 #[derive(Clone, Debug)]
 pub struct Pacer {
     spec: QuotaSpec,
     policy: PacingPolicy,
     state: QuotaState,
-}
-
-enum Binding {
-    Pace,
-    Budget,
+    /// One per tier of the spec, in order.
+    rules: Vec<TierRule>,
+    /// Whether any tier's answers depend on the pace fraction.
+    scales: bool,
+    /// The spec's pacing rate, the learned rate's ceiling.
+    ceiling: f64,
 }
 
 impl Pacer {
@@ -229,7 +93,15 @@ impl Pacer {
                     })
             })
             .collect();
+        let rules: Vec<TierRule> = spec
+            .tiers()
+            .iter()
+            .map(|t| TierRule::new(t, &policy))
+            .collect();
         Pacer {
+            scales: rules.iter().any(TierRule::scales),
+            ceiling: spec.pacing_rate_per_s(),
+            rules,
             spec,
             policy,
             state: QuotaState { tiers, ..state },
@@ -273,20 +145,12 @@ impl Pacer {
 
     /// The fraction of the full rate allowed at `t` by the slow-start ramp.
     pub fn ramp_fraction(&self, t: Timestamp) -> f64 {
-        let ss = self.policy.slow_start;
-        match self.state.ramp_from {
-            Some(from) if !ss.duration.is_zero() => {
-                let progress = (t.since(from).as_secs_f64() / ss.duration.as_secs_f64()).min(1.0);
-                let f0 = ss.from_fraction.clamp(0.01, 1.0);
-                f0 + (1.0 - f0) * progress
-            }
-            _ => 1.0,
-        }
+        self.policy.slow_start.fraction(self.state.ramp_from, t)
     }
 
-    /// The fraction of the configured pace the learned rate allows at `t` ([`Adaptive`]).
+    /// The fraction of the configured pace the learned rate allows at `t` ([`Adaptive`](super::Adaptive)).
     pub fn adaptive_fraction(&self, t: Timestamp) -> f64 {
-        let ceiling = self.spec.pacing_rate_per_s();
+        let ceiling = self.ceiling;
         if ceiling <= 0.0 {
             return 1.0;
         }
@@ -304,13 +168,23 @@ impl Pacer {
         self.ramp_fraction(t).min(self.adaptive_fraction(t))
     }
 
+    /// The pace fraction at `t` if any tier scales by it (else any value does: 1).
+    #[inline]
+    fn fraction(&self, t: Timestamp) -> f64 {
+        if self.scales {
+            self.pace_fraction(t)
+        } else {
+            1.0
+        }
+    }
+
     /// The rate (calls per second) pacing aims at now: the tightest short-term tier, less
     /// headroom, scaled by the slow-start ramp or the learned rate, whichever is lower.
     pub fn target_rate_per_s(&self, t: Timestamp) -> f64 {
-        self.spec.pacing_rate_per_s() * (1.0 - self.policy.headroom) * self.pace_fraction(t)
+        self.ceiling * (1.0 - self.policy.headroom) * self.pace_fraction(t)
     }
 
-    /// Reacts at `now` to the control record's throttle counter (see [`Adaptive::on_throttles`]);
+    /// Reacts at `now` to the control record's throttle counter (see [`Adaptive::on_throttles`](super::Adaptive::on_throttles));
     /// `estimate(slot)` is the API's limit judged from the calls before `slot`, if known.
     pub fn on_throttles(
         &mut self,
@@ -318,7 +192,7 @@ impl Pacer {
         now: Timestamp,
         estimate: impl FnOnce(Timestamp) -> Option<f64>,
     ) -> Reaction {
-        let ceiling = self.spec.pacing_rate_per_s();
+        let ceiling = self.ceiling;
         let policy = self.policy.adaptive;
         let paced_from = self.paced_from(now);
         self.state
@@ -326,12 +200,12 @@ impl Pacer {
             .on_throttles(throttles, now, paced_from, ceiling, &policy, estimate)
     }
 
-    /// Reacts at `now` to the API's report of its window (see [`Adaptive::on_api_window`]);
+    /// Reacts at `now` to the API's report of its window (see [`Adaptive::on_api_window`](super::Adaptive::on_api_window));
     /// `ours` is how many of this orchestrator's slots fell in that window. The rate follows
     /// it; the window's reset (whole seconds, rounded up, and for a rolling window only when
     /// the oldest call leaves it) does not pause dispatch: a 429's `Retry-After` does.
     pub fn on_api_window(&mut self, window: &ApiWindow, ours: u64, now: Timestamp) -> Reaction {
-        let ceiling = self.spec.pacing_rate_per_s();
+        let ceiling = self.ceiling;
         let policy = self.policy.adaptive;
         let period = self.spec.pacing_period();
         let paced_from = self.paced_from(now);
@@ -356,99 +230,6 @@ impl Pacer {
         self.state.adaptive.settle(t, &policy);
     }
 
-    fn window_micros(&self, tier: &Tier) -> u64 {
-        duration_micros(tier.period.duration()) + duration_micros(self.policy.call_tolerance)
-    }
-
-    fn paces(&self, tier: &Tier) -> bool {
-        tier.period.is_pacing()
-            || (self.policy.mode == BudgetMode::Spread && tier.window == WindowKind::Rolling)
-    }
-
-    fn counts_rolling(&self, tier: &Tier) -> bool {
-        tier.window == WindowKind::Rolling && !(self.paces(tier) && tier.burst.get() == 1)
-    }
-
-    /// The GCRA emission interval of a pacing tier at `t`, in microseconds.
-    fn interval(&self, tier: &Tier, t: Timestamp) -> u64 {
-        let base = self.window_micros(tier) as f64 / f64::from(tier.limit.get());
-        let headroom = 1.0 - self.policy.headroom.clamp(0.0, 0.5);
-        let ramp = if tier.period.is_pacing() {
-            self.pace_fraction(t).max(1e-6)
-        } else {
-            1.0
-        };
-        (base / headroom / ramp).ceil() as u64
-    }
-
-    fn bucket_width(&self, tier: &Tier) -> u64 {
-        (duration_micros(tier.period.duration()) / BUCKETS_PER_WINDOW).max(1)
-    }
-
-    /// Earliest time `>= t` this tier allows, and what kind of constraint set it.
-    fn tier_earliest(&self, i: usize, t: Timestamp) -> (Timestamp, Binding) {
-        let tier = &self.spec.tiers()[i];
-        let usage = &self.state.tiers[i];
-        let tol = duration_micros(self.policy.call_tolerance);
-        let mut at = t;
-        let mut binding = Binding::Pace;
-
-        if self.paces(tier) {
-            let interval = self.interval(tier, t);
-            let slack = interval.saturating_mul(u64::from(tier.burst.get() - 1));
-            let allowed = Timestamp::from_micros(usage.tat.as_micros().saturating_sub(slack));
-            at = at.max(allowed);
-        }
-
-        if self.counts_rolling(tier) {
-            let width = self.bucket_width(tier);
-            let span = duration_micros(tier.period.duration()) + tol;
-            let limit = u64::from(tier.limit.get());
-            // Calls that may still be inside the window of a call at `at`.
-            let live: Vec<(u64, u32)> = usage
-                .buckets
-                .iter()
-                .copied()
-                .filter(|(b, _)| (b + 1) * width + span > at.as_micros())
-                .collect();
-            let mut count: u64 = live.iter().map(|(_, c)| u64::from(*c)).sum();
-            if count >= limit {
-                for (b, c) in &live {
-                    count -= u64::from(*c);
-                    if count < limit {
-                        at = at.max(Timestamp::from_micros((b + 1) * width + span));
-                        binding = if tier.period.is_pacing() {
-                            Binding::Pace
-                        } else {
-                            Binding::Budget
-                        };
-                        break;
-                    }
-                }
-            }
-        }
-
-        if tier.window == WindowKind::Calendar {
-            let idx = tier.period.calendar_index(at);
-            let used = match usage.calendar {
-                Some((i, c)) if i == idx => c,
-                _ => 0,
-            };
-            let end = tier.period.calendar_start(idx + 1);
-            if used >= tier.limit.get() {
-                at = end;
-                binding = Binding::Budget;
-            } else if at.plus(self.policy.call_tolerance) >= end {
-                // A call this close to the boundary could land after it, in the next period.
-                at = end;
-                binding = Binding::Pace;
-            } else if self.policy.mode == BudgetMode::Spread && !tier.period.is_pacing() {
-                at = at.max(usage.tat);
-            }
-        }
-        (at, binding)
-    }
-
     /// May a call happen at `t`? Rich: now, not before T, exhausted until the reset at T, or
     /// backing off until T.
     ///
@@ -468,19 +249,16 @@ impl Pacer {
     /// The tiers' answer at `t`, the back-off aside.
     fn check_tiers(&self, t: Timestamp) -> Availability {
         let mut at = t;
-        let mut result = Availability::Now;
+        let mut result: Option<(usize, Binding)> = None;
         // Constraints are monotone; a few passes reach the fixed point.
         for _ in 0..8 {
             let mut moved = false;
-            for i in 0..self.spec.tiers().len() {
-                let (e, binding) = self.tier_earliest(i, at);
+            for (i, (rule, usage)) in self.rules.iter().zip(&self.state.tiers).enumerate() {
+                let (e, binding) = rule.earliest(usage, at, self.fraction(at));
                 if e > at {
                     at = e;
                     moved = true;
-                    result = match binding {
-                        Binding::Pace => Availability::NotBefore { at, tier: i },
-                        Binding::Budget => Availability::ExhaustedUntil { until: at, tier: i },
-                    };
+                    result = Some((i, binding));
                 }
             }
             if !moved {
@@ -488,11 +266,9 @@ impl Pacer {
             }
         }
         match result {
-            Availability::NotBefore { tier, .. } => Availability::NotBefore { at, tier },
-            Availability::ExhaustedUntil { tier, .. } => {
-                Availability::ExhaustedUntil { until: at, tier }
-            }
-            other => other,
+            None => Availability::Now,
+            Some((tier, Binding::Pace)) => Availability::NotBefore { at, tier },
+            Some((tier, Binding::Budget)) => Availability::ExhaustedUntil { until: at, tier },
         }
     }
 
@@ -522,91 +298,19 @@ impl Pacer {
             .or(self.state.last_slot)
             .unwrap_or(horizon)
             .min(horizon);
-        let rate = self.spec.pacing_rate_per_s();
-        let n = (horizon.since(from).as_secs_f64() * rate).ceil() as u32 + 1;
-        for i in 0..self.spec.tiers().len() {
-            let tier = self.spec.tiers()[i];
-            let interval = self.interval(&tier, horizon);
-            let paces = self.paces(&tier);
-            let counts = self.counts_rolling(&tier);
-            let width = self.bucket_width(&tier);
-            let usage = &mut self.state.tiers[i];
-            if paces {
-                usage.tat = Timestamp::from_micros(usage.tat.max(horizon).as_micros() + interval);
-            }
-            if counts {
-                let b = horizon.as_micros() / width;
-                match usage.buckets.back_mut() {
-                    // Count them in the latest bucket: at or after the horizon's, so they
-                    // leave the window no earlier than the real calls did.
-                    Some((lb, c)) if *lb >= b => *c += n,
-                    _ => usage.buckets.push_back((b, n)),
-                }
-            }
-            if tier.window == WindowKind::Calendar {
-                let idx = tier.period.calendar_index(horizon);
-                let used = match usage.calendar {
-                    Some((i, c)) if i == idx => c.saturating_add(n),
-                    _ => n,
-                };
-                usage.calendar = Some((idx, used));
-            }
+        let n = (horizon.since(from).as_secs_f64() * self.ceiling).ceil() as u32 + 1;
+        let fraction = self.fraction(horizon);
+        for (rule, usage) in self.rules.iter().zip(&mut self.state.tiers) {
+            rule.assume(usage, horizon, n, fraction);
         }
         self.state.last_slot = Some(horizon);
     }
 
     /// Records a call at slot `at` (which should come from [`Pacer::next_slot`]).
     pub fn reserve(&mut self, at: Timestamp) {
-        let tol = duration_micros(self.policy.call_tolerance);
-        for i in 0..self.spec.tiers().len() {
-            let tier = self.spec.tiers()[i];
-            let interval = self.interval(&tier, at);
-            let paces = self.paces(&tier);
-            let counts = self.counts_rolling(&tier);
-            let width = self.bucket_width(&tier);
-            let span = duration_micros(tier.period.duration()) + tol;
-            let spread = self.policy.mode == BudgetMode::Spread;
-            let usage = &mut self.state.tiers[i];
-            if paces {
-                usage.tat = Timestamp::from_micros(usage.tat.max(at).as_micros() + interval);
-            }
-            if counts {
-                let b = at.as_micros() / width;
-                while usage
-                    .buckets
-                    .front()
-                    .is_some_and(|(ob, _)| (ob + 1) * width + span <= at.as_micros())
-                {
-                    usage.buckets.pop_front();
-                }
-                match usage.buckets.back_mut() {
-                    Some((lb, c)) if *lb == b => *c += 1,
-                    _ => {
-                        // Slots are handed out in order, but keep the deque sorted regardless.
-                        let pos = usage.buckets.partition_point(|(ob, _)| *ob < b);
-                        if usage.buckets.get(pos).is_some_and(|(ob, _)| *ob == b) {
-                            usage.buckets[pos].1 += 1;
-                        } else {
-                            usage.buckets.insert(pos, (b, 1));
-                        }
-                    }
-                }
-            }
-            if tier.window == WindowKind::Calendar {
-                let idx = tier.period.calendar_index(at);
-                let used = match usage.calendar {
-                    Some((i, c)) if i == idx => c + 1,
-                    _ => 1,
-                };
-                usage.calendar = Some((idx, used));
-                if spread && !tier.period.is_pacing() {
-                    let end = tier.period.calendar_start(idx + 1);
-                    let remaining = u64::from(tier.limit.get().saturating_sub(used)).max(1);
-                    usage.tat = at.plus(Duration::from_micros(
-                        end.since(at).as_micros() as u64 / remaining,
-                    ));
-                }
-            }
+        let fraction = self.fraction(at);
+        for (rule, usage) in self.rules.iter().zip(&mut self.state.tiers) {
+            rule.record(usage, at, fraction);
         }
         self.state.last_slot = Some(self.state.last_slot.map_or(at, |l| l.max(at)));
         self.state.reserved_total += 1;
@@ -614,52 +318,13 @@ impl Pacer {
 
     /// Usage of each tier at `t`, for status reports.
     pub fn report(&self, t: Timestamp) -> Vec<TierReport> {
-        let tol = duration_micros(self.policy.call_tolerance);
+        let fraction = self.fraction(t);
         self.spec
             .tiers()
             .iter()
-            .zip(&self.state.tiers)
-            .map(|(tier, usage)| {
-                let (used, resets_at) = match tier.window {
-                    WindowKind::Calendar => {
-                        let idx = tier.period.calendar_index(t);
-                        let used = match usage.calendar {
-                            Some((i, c)) if i == idx => u64::from(c),
-                            _ => 0,
-                        };
-                        (used, Some(tier.period.calendar_start(idx + 1)))
-                    }
-                    WindowKind::Rolling if !self.counts_rolling(tier) => {
-                        // Paced only: the calls in the window follow from the pace, one per
-                        // interval up to the theoretical arrival time.
-                        let interval = self.interval(tier, t).max(1);
-                        let window_start = t
-                            .as_micros()
-                            .saturating_sub(duration_micros(tier.period.duration()));
-                        let used = usage
-                            .tat
-                            .as_micros()
-                            .saturating_sub(window_start)
-                            .div_ceil(interval)
-                            .min(u64::from(tier.limit.get()));
-                        let resets = (used > 0).then(|| usage.tat.max(t));
-                        (used, resets)
-                    }
-                    WindowKind::Rolling => {
-                        let width = self.bucket_width(tier);
-                        let span = duration_micros(tier.period.duration()) + tol;
-                        let live: Vec<_> = usage
-                            .buckets
-                            .iter()
-                            .filter(|(b, _)| (b + 1) * width + span > t.as_micros())
-                            .collect();
-                        let used = live.iter().map(|(_, c)| u64::from(*c)).sum();
-                        let reset = live
-                            .first()
-                            .map(|(b, _)| Timestamp::from_micros((b + 1) * width + span));
-                        (used, reset)
-                    }
-                };
+            .zip(self.rules.iter().zip(&self.state.tiers))
+            .map(|(tier, (rule, usage))| {
+                let (used, resets_at) = rule.report(usage, t, fraction);
                 TierReport {
                     tier: tier.to_string(),
                     used,
@@ -673,7 +338,10 @@ impl Pacer {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::quota::{BudgetMode, SlowStart};
 
     fn pacer(spec: &str) -> Pacer {
         Pacer::new(
