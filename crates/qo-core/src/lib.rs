@@ -15,7 +15,9 @@
 //!   - [`quota::state`]: the persisted [`QuotaState`], usage per tier;
 //!   - `quota::constraint` (private): each constraint kind a tier puts on calls, its rules
 //!     written once: the GCRA pace, the rolling window count, the calendar count;
-//!   - [`quota::pacer`]: the [`Pacer`], the thin combinator over the tiers;
+//!   - [`quota::pacer`]: the [`Pacer`], the thin combinator over the tiers, with one call
+//!     that checks and records ([`Pacer::take`], [`Pacer::take_first_from`]) and a read-only
+//!     [`Pacer::peek`];
 //!   - [`quota::adaptive`]: the rate learned from the API's throttles;
 //!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
@@ -44,5 +46,7 @@ pub use control::{
 };
 pub use job::{HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
 pub use observe::{NoObserver, Observation, Observer};
-pub use quota::{Availability, BudgetMode, Pacer, PacingPolicy, QuotaSpec, QuotaState};
+pub use quota::{
+    Availability, BudgetMode, NotNow, Pacer, PacingPolicy, QuotaSpec, QuotaState, Slot, TierId,
+};
 pub use time::{Clock, Timestamp, TokioClock};

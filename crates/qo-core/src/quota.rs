@@ -12,7 +12,7 @@ pub mod state;
 pub mod utilization;
 
 pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, Reaction};
-pub use pacer::{Availability, Pacer};
+pub use pacer::{Availability, NotNow, Pacer, Slot};
 pub use policy::{BudgetMode, PacingPolicy, SlowStart};
 pub use spec::{Period, QuotaSpec, SpecError, Tier, TierId, WindowKind};
 pub use state::{QuotaState, TierReport, TierUsage};

@@ -109,7 +109,7 @@ proptest! {
                     loop {
                         let slot = pacer.next_slot(t);
                         if slot > now.plus(Duration::from_secs(2)) { break; }
-                        pacer.reserve(slot);
+                        let slot = pacer.take_first_from(slot).at();
                         calls.push(slot);
                         t = slot;
                     }
@@ -119,8 +119,7 @@ proptest! {
                     now = now.plus(Duration::from_secs(2));
                 }
             }
-            let slot = pacer.next_slot(now.max(arrival));
-            pacer.reserve(slot);
+            let slot = pacer.take_first_from(now.max(arrival)).at();
             // The worker calls at the slot or up to the tolerance (5 ms) later.
             calls.push(slot.plus(Duration::from_micros(lateness[i])));
             now = slot;
@@ -156,8 +155,7 @@ proptest! {
         let mut now = start;
         let mut slots = Vec::new();
         for _ in 0..n {
-            let slot = pacer.next_slot(now);
-            pacer.reserve(slot);
+            let slot = pacer.take_first_from(now).at();
             slots.push(slot);
             now = slot;
         }

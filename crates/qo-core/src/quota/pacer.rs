@@ -6,55 +6,127 @@
 //! names the tier that bound it ([`NotNow`]) and records the call in every tier. The API's
 //! back-off, the slow-start ramp, the learned rate and the write-ahead horizon of a crashed
 //! run are the pacer's too.
+//!
+//! A call is recorded only through [`Pacer::take`] (the call at `at`, if it conforms) or
+//! [`Pacer::take_first_from`] (the first conforming call at or after `t`): there is no way to
+//! record a call the quota does not allow. [`Pacer::peek`] answers without recording.
+
+use std::fmt;
 
 use super::adaptive::Reaction;
 use super::constraint::{Binding, TierRule};
 use super::policy::PacingPolicy;
-use super::spec::QuotaSpec;
+use super::spec::{QuotaSpec, TierId};
 use super::state::{QuotaState, TierReport, TierUsage};
 use crate::control::{ApiWindow, Throttles};
 use crate::time::Timestamp;
 
-/// The answer to "may I call at `t`?".
+/// Why a call may not happen at the time asked, and the earliest it may: "not before T".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Availability {
-    /// Yes, at the time asked.
-    Now,
-    /// Not before `at`: a pace or a window frees a slot then (index of the binding tier).
+pub enum NotNow {
+    /// Not before `at`: a pace or a window frees a slot then.
     NotBefore {
         /// The earliest time.
         at: Timestamp,
-        /// Index of the tier that binds.
-        tier: usize,
+        /// The tier that binds.
+        tier: TierId,
     },
-    /// A budget is used up until its reset at `until` (index of the exhausted tier).
+    /// A budget is used up until its reset at `until`.
     ExhaustedUntil {
         /// The reset.
         until: Timestamp,
-        /// Index of the tier that binds.
-        tier: usize,
+        /// The tier that binds.
+        tier: TierId,
     },
-    /// The API asked us to back off (HTTP 429 Retry-After) until `until`.
+    /// The API asked us to back off (HTTP 429 Retry-After); `until` is the first slot the
+    /// tiers allow from its end.
     BackingOff {
         /// The end of the back-off.
         until: Timestamp,
     },
 }
 
-impl Availability {
-    /// The earliest time a call may happen, given it was asked at `t`.
-    pub fn earliest(&self, t: Timestamp) -> Timestamp {
+impl NotNow {
+    /// The earliest time a call may happen.
+    pub fn earliest(&self) -> Timestamp {
         match *self {
-            Availability::Now => t,
-            Availability::NotBefore { at, .. } => at,
-            Availability::ExhaustedUntil { until, .. } | Availability::BackingOff { until } => {
-                until
-            }
+            NotNow::NotBefore { at, .. } => at,
+            NotNow::ExhaustedUntil { until, .. } | NotNow::BackingOff { until } => until,
+        }
+    }
+
+    /// The tier that binds (none for a back-off).
+    pub fn tier(&self) -> Option<TierId> {
+        match *self {
+            NotNow::NotBefore { tier, .. } | NotNow::ExhaustedUntil { tier, .. } => Some(tier),
+            NotNow::BackingOff { .. } => None,
         }
     }
 }
 
+impl fmt::Display for NotNow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotNow::NotBefore { at, tier } => write!(f, "not before {at} ({tier})"),
+            NotNow::ExhaustedUntil { until, tier } => {
+                write!(f, "exhausted until {until} ({tier})")
+            }
+            NotNow::BackingOff { until } => write!(f, "backing off until {until}"),
+        }
+    }
+}
+
+impl std::error::Error for NotNow {}
+
+/// The answer to "may I call at `t`?" ([`Pacer::peek`]): `Ok(())`, or not now and why.
+pub type Availability = Result<(), NotNow>;
+
+/// A call the pacer recorded: it conforms to every tier at [`Slot::at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[must_use = "the slot is the time the call may happen"]
+pub struct Slot(Timestamp);
+
+impl Slot {
+    /// When the call may happen (the worker may call up to the policy's tolerance later).
+    pub fn at(self) -> Timestamp {
+        self.0
+    }
+}
+
+impl From<Slot> for Timestamp {
+    fn from(s: Slot) -> Timestamp {
+        s.0
+    }
+}
+
 /// The pacer: a spec, a policy, and the usage state. Pure: every method takes the time.
+///
+/// ```
+/// use std::time::Duration;
+/// use qo_core::Timestamp;
+/// use qo_core::quota::{NotNow, Pacer, PacingPolicy, TierId};
+///
+/// let policy = PacingPolicy { call_tolerance: Duration::ZERO, ..PacingPolicy::default() };
+/// let mut pacer = Pacer::new("2/s,3/h".parse().expect("spec"), policy);
+/// let t0 = Timestamp::from_secs(1_800_000_000);
+///
+/// // A call now conforms, and is recorded.
+/// assert_eq!(pacer.take(t0).map(|s| s.at()), Ok(t0));
+/// // The next one may not follow at once: the 2/s pace (tier 0) says when it may.
+/// let half = t0.plus(Duration::from_millis(500));
+/// assert_eq!(pacer.take(t0), Err(NotNow::NotBefore { at: half, tier: TierId::new(0) }));
+/// // Or take the first slot that conforms, whenever it is.
+/// assert_eq!(pacer.take_first_from(t0).at(), half);
+/// assert_eq!(pacer.take_first_from(t0).at(), t0.plus(Duration::from_secs(1)));
+/// // Three calls use up the hour (tier 1) until the first has left its window.
+/// match pacer.peek(t0.plus(Duration::from_secs(2))) {
+///     Err(NotNow::ExhaustedUntil { until, tier }) => {
+///         assert_eq!(tier, TierId::new(1));
+///         assert!(until >= t0.plus(Duration::from_secs(3_600)));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Pacer {
     spec: QuotaSpec,
@@ -230,26 +302,29 @@ impl Pacer {
         self.state.adaptive.settle(t, &policy);
     }
 
-    /// May a call happen at `t`? Rich: now, not before T, exhausted until the reset at T, or
-    /// backing off until T.
+    /// May a call happen at `t`? Records nothing. Rich: yes, or not before T (a pace or a
+    /// window), exhausted until the reset at T, or backing off until T.
     ///
     /// During a back-off the answer is the first slot the tiers allow from its end: the calls
     /// after it are paced (at the learned rate) from there, not sent in a burst at its end.
-    pub fn check(&self, t: Timestamp) -> Availability {
+    pub fn peek(&self, t: Timestamp) -> Availability {
         if let Some(until) = self.state.backoff_until
             && until > t
         {
-            return Availability::BackingOff {
-                until: self.check_tiers(until).earliest(until),
+            let until = match self.check_tiers(until) {
+                Ok(()) => until,
+                Err(n) => n.earliest(),
             };
+            return Err(NotNow::BackingOff { until });
         }
         self.check_tiers(t)
     }
 
     /// The tiers' answer at `t`, the back-off aside.
+    #[inline]
     fn check_tiers(&self, t: Timestamp) -> Availability {
         let mut at = t;
-        let mut result: Option<(usize, Binding)> = None;
+        let mut result: Option<(TierId, Binding)> = None;
         // Constraints are monotone; a few passes reach the fixed point.
         for _ in 0..8 {
             let mut moved = false;
@@ -258,7 +333,7 @@ impl Pacer {
                 if e > at {
                     at = e;
                     moved = true;
-                    result = Some((i, binding));
+                    result = Some((TierId::new(i), binding));
                 }
             }
             if !moved {
@@ -266,15 +341,35 @@ impl Pacer {
             }
         }
         match result {
-            None => Availability::Now,
-            Some((tier, Binding::Pace)) => Availability::NotBefore { at, tier },
-            Some((tier, Binding::Budget)) => Availability::ExhaustedUntil { until: at, tier },
+            None => Ok(()),
+            Some((tier, Binding::Pace)) => Err(NotNow::NotBefore { at, tier }),
+            Some((tier, Binding::Budget)) => Err(NotNow::ExhaustedUntil { until: at, tier }),
         }
     }
 
-    /// The earliest slot at or after `t`.
+    /// The earliest slot at or after `t` (records nothing).
     pub fn next_slot(&self, t: Timestamp) -> Timestamp {
-        self.check(t).earliest(t)
+        match self.peek(t) {
+            Ok(()) => t,
+            Err(n) => n.earliest(),
+        }
+    }
+
+    /// Takes the slot at `at`: records a call then if it conforms to every tier (and no
+    /// back-off is in force), else records nothing and says when a call may happen.
+    #[inline]
+    pub fn take(&mut self, at: Timestamp) -> Result<Slot, NotNow> {
+        self.peek(at)?;
+        self.reserve(at);
+        Ok(Slot(at))
+    }
+
+    /// Takes the first slot at or after `t` that conforms ([`Pacer::next_slot`]): records the
+    /// call there and returns it.
+    pub fn take_first_from(&mut self, t: Timestamp) -> Slot {
+        let at = self.next_slot(t);
+        self.reserve(at);
+        Slot(at)
     }
 
     /// Sets the write-ahead horizon at a save made at `now` (see [`QuotaState::horizon`]);
@@ -306,8 +401,9 @@ impl Pacer {
         self.state.last_slot = Some(horizon);
     }
 
-    /// Records a call at slot `at` (which should come from [`Pacer::next_slot`]).
-    pub fn reserve(&mut self, at: Timestamp) {
+    /// Records a call at `at`, which the caller made sure conforms ([`Pacer::take`]).
+    #[inline]
+    fn reserve(&mut self, at: Timestamp) {
         let fraction = self.fraction(at);
         for (rule, usage) in self.rules.iter().zip(&mut self.state.tiers) {
             rule.record(usage, at, fraction);
@@ -366,8 +462,7 @@ mod tests {
         let mut out = Vec::with_capacity(n);
         let mut now = start;
         for _ in 0..n {
-            let slot = p.next_slot(now);
-            p.reserve(slot);
+            let slot = p.take_first_from(now).at();
             out.push(slot);
             now = slot;
         }
@@ -384,11 +479,11 @@ mod tests {
             .collect();
         assert_eq!(gaps, vec![50, 50, 50, 50]);
         assert_eq!(
-            p.check(slots[4]),
-            Availability::NotBefore {
+            p.peek(slots[4]),
+            Err(NotNow::NotBefore {
                 at: slots[4].plus(Duration::from_millis(50)),
-                tier: 0
-            }
+                tier: TierId::new(0)
+            })
         );
     }
 
@@ -417,11 +512,11 @@ mod tests {
         // ...then exhausted until midnight UTC.
         let midnight = Timestamp::from_secs(86_400 * 20_001);
         assert_eq!(
-            p.check(slots[24]),
-            Availability::ExhaustedUntil {
+            p.peek(slots[24]),
+            Err(NotNow::ExhaustedUntil {
                 until: midnight,
-                tier: 1
-            }
+                tier: TierId::new(1)
+            })
         );
     }
 
@@ -429,8 +524,8 @@ mod tests {
     fn rolling_budget_frees_as_old_calls_leave_the_window() {
         let mut p = pacer("10/s,5/h");
         let slots = drain(&mut p, t(0), 5);
-        match p.check(slots[4]) {
-            Availability::ExhaustedUntil { until, tier: 1 } => {
+        match p.peek(slots[4]) {
+            Err(NotNow::ExhaustedUntil { until, tier }) if tier == TierId::new(1) => {
                 assert!(until >= slots[0].plus(Duration::from_secs(3_600)));
                 assert!(until <= slots[0].plus(Duration::from_secs(3_600 + 61)));
             }
@@ -531,8 +626,8 @@ mod tests {
     fn back_off_is_distinct() {
         let mut p = pacer("10/s");
         p.back_off_until(t(5_000));
-        assert_eq!(p.check(t(0)), Availability::BackingOff { until: t(5_000) });
-        assert_eq!(p.check(t(5_000)), Availability::Now);
+        assert_eq!(p.peek(t(0)), Err(NotNow::BackingOff { until: t(5_000) }));
+        assert_eq!(p.peek(t(5_000)), Ok(()));
     }
 
     #[test]
