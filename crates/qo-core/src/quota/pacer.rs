@@ -470,6 +470,61 @@ mod tests {
     }
 
     #[test]
+    fn take_records_only_a_conforming_call() {
+        let mut p = pacer("20/s");
+        assert_eq!(p.take(t(0)).map(Slot::at), Ok(t(0)));
+        let before = p.state().clone();
+        // 10 ms later does not conform: refused, nothing recorded, and the answer says when.
+        let refused = p.take(t(10));
+        assert_eq!(
+            refused,
+            Err(NotNow::NotBefore {
+                at: t(50),
+                tier: TierId::new(0)
+            })
+        );
+        assert_eq!(refused.map_err(|n| n.tier()), Err(Some(TierId::new(0))));
+        assert_eq!(p.state(), &before);
+        assert_eq!(p.take(t(50)).map(Slot::at), Ok(t(50)));
+        assert_eq!(p.state().reserved_total, 2);
+    }
+
+    #[test]
+    fn take_first_from_records_the_first_conforming_slot() {
+        let mut p = pacer("10/s,2/h@calendar");
+        let start = Timestamp::from_secs(3_600 * 500_000);
+        let first = p.next_slot(start);
+        assert_eq!(p.take_first_from(start).at(), first);
+        assert_eq!(
+            p.take_first_from(start).at(),
+            start.plus(Duration::from_millis(100))
+        );
+        // The hour is used up: the next slot is its end, and taking it records it there.
+        let reset = start.plus(Duration::from_secs(3_600));
+        assert_eq!(
+            p.take(start.plus(Duration::from_secs(1))),
+            Err(NotNow::ExhaustedUntil {
+                until: reset,
+                tier: TierId::new(1)
+            })
+        );
+        assert_eq!(p.take_first_from(start).at(), reset);
+        assert_eq!(p.report(reset)[1].used, 1);
+    }
+
+    #[test]
+    fn a_back_off_refuses_a_take_until_it_ends() {
+        let mut p = pacer("10/s");
+        p.back_off_until(t(5_000));
+        assert_eq!(p.take(t(0)), Err(NotNow::BackingOff { until: t(5_000) }));
+        assert_eq!(p.take_first_from(t(0)).at(), t(5_000));
+        assert_eq!(
+            NotNow::BackingOff { until: t(5_000) }.to_string(),
+            format!("backing off until {}", t(5_000))
+        );
+    }
+
+    #[test]
     fn spaces_calls_evenly_at_the_rate() {
         let mut p = pacer("20/s");
         let slots = drain(&mut p, t(0), 5);
