@@ -1,6 +1,7 @@
 //! Property tests of the pacing invariants (DESIGN.md, invariants 1 and 2): for random specs,
 //! arrivals, worker lateness within the tolerance and restarts (clean or crashed), no tier is
-//! ever exceeded in any window, and with a backlog the pace never idles.
+//! ever exceeded in any window, and with a backlog the pace never idles. Calendar periods are
+//! judged by the test's own UTC calendar (chrono's fields), never by the pacer's arithmetic.
 
 use std::time::Duration;
 
@@ -172,5 +173,25 @@ proptest! {
         }
         let achieved = (n - 1) as f64 / slots[n - 1].since(slots[0]).as_secs_f64();
         prop_assert!(achieved >= 0.99 * rate, "achieved {achieved} of {rate}");
+    }
+
+    #[test]
+    fn calendar_periods_are_the_utc_calendar(
+        // From 1970-02-10 (a period before the epoch does not exist) to about 2096.
+        micros in 3_456_000_000_000u64..4_000_000_000_000_000,
+        p in 0usize..5,
+    ) {
+        let period = [Period::Second, Period::Minute, Period::Hour, Period::Day, Period::Month][p];
+        let t = Timestamp::from_micros(micros);
+        let idx = period.calendar_index(t);
+        let (start, end) = (period.calendar_start(idx), period.calendar_start(idx + 1));
+        let here = utc_period(period, t);
+        let us = Duration::from_micros(1);
+        prop_assert!(start <= t && t < end, "{t} not in [{start}, {end})");
+        // Both ends are the UTC boundaries of t's period.
+        prop_assert_eq!(utc_period(period, start), here);
+        prop_assert_ne!(utc_period(period, start.minus(us)), here);
+        prop_assert_eq!(utc_period(period, end.minus(us)), here);
+        prop_assert_ne!(utc_period(period, end), here);
     }
 }
