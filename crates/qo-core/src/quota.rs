@@ -1,7 +1,8 @@
 //! Quotas: the spec and its calendar arithmetic ([`spec`]), the policy ([`policy`]), the
-//! persisted usage ([`state`]), the constraints each tier puts on calls ([`constraint`]), the
-//! pacer that combines the tiers and hands out slots ([`pacer`]), the rate learned from the
-//! API's throttles ([`adaptive`]), and how much of the pace a run used ([`utilization`]).
+//! persisted usage ([`state`]), the constraints each tier puts on calls (`constraint`, a
+//! private module: the GCRA pace, the rolling count, the calendar count), the pacer that
+//! combines the tiers and hands out slots ([`pacer`]), the rate learned from the API's
+//! throttles ([`adaptive`]), and how much of the pace a run used ([`utilization`]).
 
 pub mod adaptive;
 mod constraint;

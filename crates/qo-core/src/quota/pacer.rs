@@ -1,8 +1,8 @@
 //! Pacing: when may the next call happen, given every tier, the usage so far and the policy.
 //!
-//! The [`Pacer`] is the thin combinator over the tiers: each tier's constraints
-//! ([`super::constraint`]) say when a call conforms to that tier; the pacer moves the call
-//! to the first instant every tier allows (a fixed point: the constraints are monotone),
+//! The [`Pacer`] is the thin combinator over the tiers: each tier's constraints (the private
+//! `quota::constraint` module) say when a call conforms to that tier; the pacer moves the
+//! call to the first instant every tier allows (a fixed point: the constraints are monotone),
 //! names the tier that bound it ([`NotNow`]) and records the call in every tier. The API's
 //! back-off, the slow-start ramp, the learned rate and the write-ahead horizon of a crashed
 //! run are the pacer's too.
@@ -220,7 +220,8 @@ impl Pacer {
         self.policy.slow_start.fraction(self.state.ramp_from, t)
     }
 
-    /// The fraction of the configured pace the learned rate allows at `t` ([`Adaptive`](super::Adaptive)).
+    /// The fraction of the configured pace the learned rate allows at `t`
+    /// ([`Adaptive`](super::Adaptive)).
     pub fn adaptive_fraction(&self, t: Timestamp) -> f64 {
         let ceiling = self.ceiling;
         if ceiling <= 0.0 {
@@ -256,8 +257,9 @@ impl Pacer {
         self.ceiling * (1.0 - self.policy.headroom) * self.pace_fraction(t)
     }
 
-    /// Reacts at `now` to the control record's throttle counter (see [`Adaptive::on_throttles`](super::Adaptive::on_throttles));
-    /// `estimate(slot)` is the API's limit judged from the calls before `slot`, if known.
+    /// Reacts at `now` to the control record's throttle counter (see
+    /// [`Adaptive::on_throttles`](super::Adaptive::on_throttles)); `estimate(slot)` is the
+    /// API's limit judged from the calls before `slot`, if known.
     pub fn on_throttles(
         &mut self,
         throttles: &Throttles,
@@ -272,10 +274,11 @@ impl Pacer {
             .on_throttles(throttles, now, paced_from, ceiling, &policy, estimate)
     }
 
-    /// Reacts at `now` to the API's report of its window (see [`Adaptive::on_api_window`](super::Adaptive::on_api_window));
-    /// `ours` is how many of this orchestrator's slots fell in that window. The rate follows
-    /// it; the window's reset (whole seconds, rounded up, and for a rolling window only when
-    /// the oldest call leaves it) does not pause dispatch: a 429's `Retry-After` does.
+    /// Reacts at `now` to the API's report of its window (see
+    /// [`Adaptive::on_api_window`](super::Adaptive::on_api_window)); `ours` is how many of
+    /// this orchestrator's slots fell in that window. The rate follows it; the window's reset
+    /// (whole seconds, rounded up, and for a rolling window only when the oldest call leaves
+    /// it) does not pause dispatch: a 429's `Retry-After` does.
     pub fn on_api_window(&mut self, window: &ApiWindow, ours: u64, now: Timestamp) -> Reaction {
         let ceiling = self.ceiling;
         let policy = self.policy.adaptive;

@@ -1,9 +1,9 @@
 //! The persisted quota state: per-tier usage, the slow-start ramp, the API's back-off, the
 //! write-ahead horizon and the learned rate; and the per-tier usage a status report shows.
 //!
-//! This is data only: what each field means to pacing is decided by the constraints
-//! ([`super::constraint`]) and the [`super::Pacer`]. Its serialized shape is what the state
-//! store holds, so fields are only ever added (with `#[serde(default)]`).
+//! This is data only: what each field means to pacing is decided by the constraints (the
+//! private `quota::constraint` module) and the [`super::Pacer`]. Its serialized shape is what
+//! the state store holds, so fields are only ever added (with `#[serde(default)]`).
 
 use std::collections::VecDeque;
 
