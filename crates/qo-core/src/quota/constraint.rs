@@ -62,6 +62,18 @@ pub(crate) trait Constraint {
     fn report(&self, usage: &TierUsage, t: Timestamp, fraction: f64) -> (u64, Option<Timestamp>);
 }
 
+/// One step of [`TierRule::earliest`]: constraint `c` from `(at, binding)`.
+#[inline(always)]
+fn then<C: Constraint>(
+    c: &C,
+    usage: &TierUsage,
+    (at, binding): (Timestamp, Binding),
+    fraction: f64,
+) -> (Timestamp, Binding) {
+    let (e, b) = c.earliest(usage, at, fraction);
+    (e, b.unwrap_or(binding))
+}
+
 /// The constraints of one tier under one policy.
 #[derive(Clone, Debug)]
 pub(crate) struct TierRule {
@@ -90,17 +102,9 @@ impl TierRule {
         self.pace.as_ref().is_some_and(Pace::scales)
     }
 
-    /// The kinds that apply, in order: pace, rolling, calendar.
-    #[inline]
-    fn each(&self) -> impl Iterator<Item = &dyn Constraint> {
-        let pace = self.pace.as_ref().map(|c| c as &dyn Constraint);
-        let rolling = self.rolling.as_ref().map(|c| c as &dyn Constraint);
-        let calendar = self.calendar.as_ref().map(|c| c as &dyn Constraint);
-        pace.into_iter().chain(rolling).chain(calendar)
-    }
-
     /// The earliest instant at or after `t` the tier allows, and what kind of limit set it.
-    /// Each kind starts from where the previous one moved the call.
+    /// Each kind that applies (pace, rolling, calendar, in that order) starts from where the
+    /// previous one moved the call.
     #[inline]
     pub(crate) fn earliest(
         &self,
@@ -108,29 +112,42 @@ impl TierRule {
         t: Timestamp,
         fraction: f64,
     ) -> (Timestamp, Binding) {
-        let mut at = t;
-        let mut binding = Binding::Pace;
-        for c in self.each() {
-            let (e, b) = c.earliest(usage, at, fraction);
-            at = e;
-            if let Some(b) = b {
-                binding = b;
-            }
+        let mut now = (t, Binding::Pace);
+        if let Some(c) = &self.pace {
+            now = then(c, usage, now, fraction);
         }
-        (at, binding)
+        if let Some(c) = &self.rolling {
+            now = then(c, usage, now, fraction);
+        }
+        if let Some(c) = &self.calendar {
+            now = then(c, usage, now, fraction);
+        }
+        now
     }
 
-    /// Records one call at `at`.
+    /// Records one call at `at` in each kind that applies.
     #[inline]
     pub(crate) fn record(&self, usage: &mut TierUsage, at: Timestamp, fraction: f64) {
-        for c in self.each() {
+        if let Some(c) = &self.pace {
+            c.record(usage, at, fraction);
+        }
+        if let Some(c) = &self.rolling {
+            c.record(usage, at, fraction);
+        }
+        if let Some(c) = &self.calendar {
             c.record(usage, at, fraction);
         }
     }
 
     /// Counts `n` calls assumed made up to `horizon` without being recorded.
     pub(crate) fn assume(&self, usage: &mut TierUsage, horizon: Timestamp, n: u32, fraction: f64) {
-        for c in self.each() {
+        if let Some(c) = &self.pace {
+            c.assume(usage, horizon, n, fraction);
+        }
+        if let Some(c) = &self.rolling {
+            c.assume(usage, horizon, n, fraction);
+        }
+        if let Some(c) = &self.calendar {
             c.assume(usage, horizon, n, fraction);
         }
     }

@@ -244,11 +244,12 @@ impl Pacer {
     /// The pace fraction at `t` if any tier scales by it (else any value does: 1).
     #[inline]
     fn fraction(&self, t: Timestamp) -> f64 {
-        if self.scales {
-            self.pace_fraction(t)
-        } else {
-            1.0
+        // No ramp and no learned rate: the full pace, without the arithmetic (which gives
+        // exactly 1 then too).
+        if !self.scales || (self.state.ramp_from.is_none() && self.state.adaptive.last.is_none()) {
+            return 1.0;
         }
+        self.pace_fraction(t)
     }
 
     /// The rate (calls per second) pacing aims at now: the tightest short-term tier, less
@@ -310,6 +311,7 @@ impl Pacer {
     ///
     /// During a back-off the answer is the first slot the tiers allow from its end: the calls
     /// after it are paced (at the learned rate) from there, not sent in a burst at its end.
+    #[inline]
     pub fn peek(&self, t: Timestamp) -> Availability {
         if let Some(until) = self.state.backoff_until
             && until > t

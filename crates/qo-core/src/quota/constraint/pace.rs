@@ -16,6 +16,8 @@ use crate::time::{Timestamp, duration_micros};
 pub(crate) struct Pace {
     /// `(window + tolerance) / limit / (1 - headroom)`, in microseconds, before scaling.
     base_interval: f64,
+    /// The interval unscaled (at a pace fraction of 1), rounded up.
+    full_interval: u64,
     /// Whether the pace fraction scales it (short-term tiers).
     scales: bool,
     /// Calls allowed back to back.
@@ -32,8 +34,10 @@ impl Pace {
         let window = period + duration_micros(policy.call_tolerance);
         let base = window as f64 / f64::from(tier.limit.get());
         let headroom = 1.0 - policy.headroom.clamp(0.0, 0.5);
+        let base_interval = base / headroom;
         Pace {
-            base_interval: base / headroom,
+            base_interval,
+            full_interval: base_interval.ceil() as u64,
             scales: tier.period.is_pacing(),
             burst: u64::from(tier.burst.get()),
             period,
@@ -49,8 +53,11 @@ impl Pace {
     /// The emission interval in microseconds, at pace fraction `fraction`.
     #[inline]
     fn interval(&self, fraction: f64) -> u64 {
-        let ramp = if self.scales { fraction.max(1e-6) } else { 1.0 };
-        (self.base_interval / ramp).ceil() as u64
+        // At the full pace `base / 1.0` is `base`: the interval computed once.
+        if !self.scales || fraction == 1.0 {
+            return self.full_interval;
+        }
+        (self.base_interval / fraction.max(1e-6)).ceil() as u64
     }
 }
 
