@@ -1,7 +1,8 @@
 //! The pacing decision, beside the `governor` crate's limiter measured in the same run.
 //!
-//! Each iteration asks "may I call now?" and, when allowed, records the call, with time moving
-//! forward by half the emission interval per iteration (so half the answers are "not yet").
+//! Each iteration takes the slot now if it conforms (one call that checks and records, as
+//! governor's `check` does), with time moving forward by half the emission interval per
+//! iteration (so half the answers are "not yet").
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -11,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use governor::clock::FakeRelativeClock;
 use governor::{Quota, RateLimiter};
 use qo_core::Timestamp;
-use qo_core::quota::{Availability, Pacer, PacingPolicy};
+use qo_core::quota::{Pacer, PacingPolicy};
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("pacing decision, 20/s");
@@ -21,9 +22,7 @@ fn bench(c: &mut Criterion) {
         let mut now = Timestamp::from_secs(1_800_000_000);
         b.iter(|| {
             now = now.plus(Duration::from_millis(25));
-            if let Availability::Now = pacer.check(black_box(now)) {
-                pacer.reserve(now);
-            }
+            let _ = black_box(pacer.take(black_box(now)));
         })
     });
 
@@ -35,9 +34,7 @@ fn bench(c: &mut Criterion) {
         let mut now = Timestamp::from_secs(1_800_000_000);
         b.iter(|| {
             now = now.plus(Duration::from_millis(25));
-            if let Availability::Now = pacer.check(black_box(now)) {
-                pacer.reserve(now);
-            }
+            let _ = black_box(pacer.take(black_box(now)));
         })
     });
 

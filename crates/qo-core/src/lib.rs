@@ -7,8 +7,19 @@
 //! # Layout
 //! - [`time`]: [`Timestamp`] and the [`Clock`] port; [`TokioClock`] doubles as a virtual clock
 //!   under tokio's paused time.
-//! - [`quota`]: the quota spec and the [`Pacer`] (GCRA pacing, window counts, calendar resets,
-//!   greedy or spread budgets, slow start) and the utilization meter.
+//! - [`quota`]: quotas and pacing, by concept:
+//!   - [`quota::spec`]: the [`QuotaSpec`] grammar, [`quota::TierId`], and the UTC calendar
+//!     arithmetic on [`quota::Period`];
+//!   - [`quota::policy`]: the [`PacingPolicy`] (greedy or spread budgets, call tolerance,
+//!     headroom, slow start);
+//!   - [`quota::state`]: the persisted [`QuotaState`], usage per tier;
+//!   - `quota::constraint` (private): each constraint kind a tier puts on calls, its rules
+//!     written once: the GCRA pace, the rolling window count, the calendar count;
+//!   - [`quota::pacer`]: the [`Pacer`], the thin combinator over the tiers, with one call
+//!     that checks and records ([`Pacer::take`], [`Pacer::take_first_from`]) and a read-only
+//!     [`Pacer::peek`];
+//!   - [`quota::adaptive`]: the rate learned from the API's throttles;
+//!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
 //! - [`job`]: the job contract and the worker events.
 //! - [`control`]: the operator control record.
@@ -38,5 +49,7 @@ pub use control::{
 };
 pub use job::{HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
 pub use observe::{NoObserver, Observation, Observer};
-pub use quota::{Availability, BudgetMode, Pacer, PacingPolicy, QuotaSpec, QuotaState};
+pub use quota::{
+    Availability, BudgetMode, NotNow, Pacer, PacingPolicy, QuotaSpec, QuotaState, Slot, TierId,
+};
 pub use time::{Clock, Timestamp, TokioClock};

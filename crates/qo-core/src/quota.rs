@@ -1,15 +1,20 @@
-//! Quotas: the spec ([`spec`]), the pacing decision over usage state ([`pacer`]), the rate
-//! learned from the API's throttles ([`adaptive`]), and how much of the pace a run used
-//! ([`utilization`]).
+//! Quotas: the spec and its calendar arithmetic ([`spec`]), the policy ([`policy`]), the
+//! persisted usage ([`state`]), the constraints each tier puts on calls (`constraint`, a
+//! private module: the GCRA pace, the rolling count, the calendar count), the pacer that
+//! combines the tiers and hands out slots ([`pacer`]), the rate learned from the API's
+//! throttles ([`adaptive`]), and how much of the pace a run used ([`utilization`]).
 
 pub mod adaptive;
+mod constraint;
 pub mod pacer;
+pub mod policy;
 pub mod spec;
+pub mod state;
 pub mod utilization;
 
 pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, Reaction};
-pub use pacer::{
-    Availability, BudgetMode, Pacer, PacingPolicy, QuotaState, SlowStart, TierReport, TierUsage,
-};
-pub use spec::{Period, QuotaSpec, SpecError, Tier, WindowKind};
+pub use pacer::{Availability, NotNow, Pacer, Slot};
+pub use policy::{BudgetMode, PacingPolicy, SlowStart};
+pub use spec::{Period, QuotaSpec, SpecError, Tier, TierId, WindowKind};
+pub use state::{QuotaState, TierReport, TierUsage};
 pub use utilization::{Utilization, UtilizationMeter};

@@ -1,13 +1,14 @@
 //! Property tests of the pacing invariants (DESIGN.md, invariants 1 and 2): for random specs,
 //! arrivals, worker lateness within the tolerance and restarts (clean or crashed), no tier is
-//! ever exceeded in any window, and with a backlog the pace never idles.
+//! ever exceeded in any window, and with a backlog the pace never idles. Calendar periods are
+//! judged by the test's own UTC calendar (chrono's fields), never by the pacer's arithmetic.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use proptest::prelude::*;
 use qo_core::Timestamp;
-use qo_core::quota::pacer::calendar_index;
-use qo_core::quota::{Pacer, PacingPolicy, QuotaSpec, QuotaState, SlowStart, WindowKind};
+use qo_core::quota::{Pacer, PacingPolicy, Period, QuotaSpec, QuotaState, SlowStart, WindowKind};
 
 const SPECS: &[&str] = &[
     "20/s",
@@ -40,6 +41,27 @@ fn max_in_window(times: &[Timestamp], w: Duration) -> usize {
         best = best.max(hi + 1 - lo);
     }
     best
+}
+
+/// The UTC calendar period holding `t`, as (year, month, day, hour, minute, second) with the
+/// fields finer than `period` zeroed: the test's own calendar, not the pacer's.
+fn utc_period(period: Period, t: Timestamp) -> (i32, u32, u32, u32, u32, u32) {
+    let dt = DateTime::<Utc>::from_timestamp_micros(t.as_micros() as i64).expect("in range");
+    let (y, mo, d, h, mi, s) = (
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+    );
+    match period {
+        Period::Month => (y, mo, 0, 0, 0, 0),
+        Period::Day => (y, mo, d, 0, 0, 0),
+        Period::Hour => (y, mo, d, h, 0, 0),
+        Period::Minute => (y, mo, d, h, mi, 0),
+        Period::Second => (y, mo, d, h, mi, s),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -88,7 +110,7 @@ proptest! {
                     loop {
                         let slot = pacer.next_slot(t);
                         if slot > now.plus(Duration::from_secs(2)) { break; }
-                        pacer.reserve(slot);
+                        let slot = pacer.take_first_from(slot).at();
                         calls.push(slot);
                         t = slot;
                     }
@@ -98,8 +120,7 @@ proptest! {
                     now = now.plus(Duration::from_secs(2));
                 }
             }
-            let slot = pacer.next_slot(now.max(arrival));
-            pacer.reserve(slot);
+            let slot = pacer.take_first_from(now.max(arrival)).at();
             // The worker calls at the slot or up to the tolerance (5 ms) later.
             calls.push(slot.plus(Duration::from_micros(lateness[i])));
             now = slot;
@@ -114,7 +135,7 @@ proptest! {
                 WindowKind::Calendar => {
                     let mut counts = std::collections::HashMap::new();
                     for c in &calls {
-                        *counts.entry(calendar_index(tier.period, *c)).or_insert(0u32) += 1;
+                        *counts.entry(utc_period(tier.period, *c)).or_insert(0u32) += 1;
                     }
                     let max = counts.values().copied().max().unwrap_or(0);
                     prop_assert!(max <= tier.limit.get(), "{tier}: {max} in a period");
@@ -135,8 +156,7 @@ proptest! {
         let mut now = start;
         let mut slots = Vec::new();
         for _ in 0..n {
-            let slot = pacer.next_slot(now);
-            pacer.reserve(slot);
+            let slot = pacer.take_first_from(now).at();
             slots.push(slot);
             now = slot;
         }
@@ -153,5 +173,25 @@ proptest! {
         }
         let achieved = (n - 1) as f64 / slots[n - 1].since(slots[0]).as_secs_f64();
         prop_assert!(achieved >= 0.99 * rate, "achieved {achieved} of {rate}");
+    }
+
+    #[test]
+    fn calendar_periods_are_the_utc_calendar(
+        // From 1970-02-10 (a period before the epoch does not exist) to about 2096.
+        micros in 3_456_000_000_000u64..4_000_000_000_000_000,
+        p in 0usize..5,
+    ) {
+        let period = [Period::Second, Period::Minute, Period::Hour, Period::Day, Period::Month][p];
+        let t = Timestamp::from_micros(micros);
+        let idx = period.calendar_index(t);
+        let (start, end) = (period.calendar_start(idx), period.calendar_start(idx + 1));
+        let here = utc_period(period, t);
+        let us = Duration::from_micros(1);
+        prop_assert!(start <= t && t < end, "{t} not in [{start}, {end})");
+        // Both ends are the UTC boundaries of t's period.
+        prop_assert_eq!(utc_period(period, start), here);
+        prop_assert_ne!(utc_period(period, start.minus(us)), here);
+        prop_assert_eq!(utc_period(period, end.minus(us)), here);
+        prop_assert_ne!(utc_period(period, end), here);
     }
 }

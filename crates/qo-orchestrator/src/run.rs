@@ -22,7 +22,7 @@ use qo_core::ports::{
     DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, RecordKey,
     RecordStore, StoreError, load_record, save_record, update_record,
 };
-use qo_core::quota::{Availability, Reaction, Utilization, UtilizationMeter};
+use qo_core::quota::{Availability, NotNow, Reaction, Utilization, UtilizationMeter};
 use qo_core::sqs;
 use qo_core::{
     Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
@@ -142,10 +142,9 @@ pub struct Ports<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
 
 /// The slot an answer of the pacer gives for a call asked at `ask`.
 fn slot_of(a: &Availability, ask: Timestamp) -> Timestamp {
-    match *a {
-        Availability::Now => ask,
-        Availability::NotBefore { at, .. } => at,
-        Availability::BackingOff { until } | Availability::ExhaustedUntil { until, .. } => until,
+    match a {
+        Ok(()) => ask,
+        Err(not_now) => not_now.earliest(),
     }
 }
 
@@ -352,11 +351,10 @@ where
         let mut t = now.plus(self.config.dispatch_lead / 2);
         let mut n = 0u8;
         while usize::from(n) < sqs::MAX_BATCH {
-            let slot = slot_of(&pacer.check(t), t);
+            let slot = pacer.take_first_from(t).at();
             if slot > horizon {
                 break;
             }
-            pacer.reserve(slot);
             n += 1;
             t = slot;
         }
@@ -365,7 +363,7 @@ where
 
     /// The slot the pacer would hand out for a call asked at `ask`.
     fn slot_for(&self, ask: Timestamp) -> (Timestamp, Availability) {
-        let a = self.pacer.check(ask);
+        let a = self.pacer.peek(ask);
         (slot_of(&a, ask), a)
     }
 
@@ -437,7 +435,7 @@ where
                 // Receive only what can be dispatched soon: every receive counts toward the
                 // redrive policy's maxReceiveCount, and a held message is invisible for nothing.
                 let (slot, availability) = self.slot_for(now.plus(cfg.dispatch_lead / 2));
-                if let Availability::ExhaustedUntil { until, .. } = availability
+                if let Err(NotNow::ExhaustedUntil { until, .. }) = availability
                     && until >= stop_at
                 {
                     // A budget used up past this run's end: stop without receiving.
@@ -447,7 +445,7 @@ where
                 }
                 let receive_at = slot.minus(cfg.dispatch_lead).minus(cfg.receive_ahead);
                 if receive_at > now {
-                    if !matches!(availability, Availability::NotBefore { .. }) {
+                    if !matches!(availability, Err(NotNow::NotBefore { .. })) {
                         // A back-off or an exhausted budget: not counted against utilization.
                         self.meter.close();
                     }
@@ -491,18 +489,23 @@ where
             // (timers have millisecond grain, schedulers jitter) keeps the pace's slot instead
             // of pushing every later slot back.
             let ask = now.plus(cfg.dispatch_lead / 2);
-            let slot = match self.pacer.check(ask) {
-                Availability::Now => ask,
-                Availability::NotBefore { at, .. } => at,
-                Availability::BackingOff { until } => {
+            let slot = match self.pacer.peek(ask) {
+                Ok(()) => ask,
+                Err(NotNow::NotBefore { at, .. }) => at,
+                Err(NotNow::BackingOff { until }) => {
                     // The API asked for the wait: not counted against the run's utilization.
                     self.meter.close();
                     until
                 }
-                Availability::ExhaustedUntil { until, tier } => {
+                Err(NotNow::ExhaustedUntil { until, tier }) => {
                     self.meter.close();
                     if until >= stop_at {
-                        let tier = self.pacer.spec().tiers()[tier];
+                        let tier = self
+                            .pacer
+                            .spec()
+                            .tier(tier)
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
                         info!(%tier, %until, "budget exhausted until its reset; stopping");
                         self.observe_exhausted(until);
                         // Given back at once (SQS refuses a visibility past 12 h from the
@@ -537,10 +540,13 @@ where
 
     fn observe_exhausted(&self, until: Timestamp) {
         let now = self.now();
-        let tier = match self.pacer.check(now.plus(self.config.dispatch_lead)) {
-            Availability::ExhaustedUntil { tier, .. } => {
-                self.pacer.spec().tiers()[tier].to_string()
-            }
+        let tier = match self.pacer.peek(now.plus(self.config.dispatch_lead)) {
+            Err(NotNow::ExhaustedUntil { tier, .. }) => self
+                .pacer
+                .spec()
+                .tier(tier)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             _ => String::new(),
         };
         self.ports
@@ -602,7 +608,9 @@ where
         let Some(Held { message, job, .. }) = self.held.pop_front() else {
             return;
         };
-        self.pacer.reserve(slot);
+        // `slot` is the pacer's answer on this same state (nothing recorded since), so it
+        // conforms and is the first conforming slot from itself: taken as it is.
+        let slot = self.pacer.take_first_from(slot).at();
         self.slots.push(slot);
         if self.config.worker_concurrency_cap.is_some() {
             self.busy_until

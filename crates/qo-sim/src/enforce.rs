@@ -20,10 +20,10 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use qo_core::quota::pacer::{calendar_index, calendar_start};
 use qo_core::quota::{Period, Tier, WindowKind};
 use qo_core::{QuotaSpec, Timestamp};
 
+use crate::calendar::{next_start, period_start};
 use crate::schedule::LimitSchedule;
 
 /// The answer to one call.
@@ -65,7 +65,8 @@ impl WindowView {
 #[derive(Debug)]
 struct CalendarCount {
     period: Period,
-    index: u64,
+    /// The start of the period counted.
+    start: Timestamp,
     count: usize,
 }
 
@@ -170,7 +171,7 @@ impl Enforcer {
                 .into_iter()
                 .map(|period| CalendarCount {
                     period,
-                    index: 0,
+                    start: Timestamp::EPOCH,
                     count: 0,
                 })
                 .collect(),
@@ -268,9 +269,9 @@ impl Enforcer {
             }
         }
         for c in &mut self.calendar {
-            let idx = calendar_index(c.period, now);
-            if idx != c.index {
-                c.index = idx;
+            let start = period_start(c.period, now);
+            if start != c.start {
+                c.start = start;
                 c.count = 0;
             }
         }
@@ -279,7 +280,7 @@ impl Enforcer {
                 continue;
             };
             if c.count >= limit {
-                let next = calendar_start(period, c.index.saturating_add(1));
+                let next = next_start(period, c.start);
                 wait = wait.max(next.since(now));
             }
         }
@@ -396,16 +397,16 @@ impl Enforcer {
                 }
             }
             WindowKind::Calendar => {
-                let idx = calendar_index(tier.period, t);
+                let start = period_start(tier.period, t);
                 let count = self
                     .calendar
                     .iter()
-                    .find(|c| c.period == tier.period && c.index == idx)
+                    .find(|c| c.period == tier.period && c.start == start)
                     .map_or(0, |c| c.count) as u64;
                 WindowView {
                     limit,
                     remaining: limit.saturating_sub(count),
-                    reset: calendar_start(tier.period, idx.saturating_add(1)).since(t),
+                    reset: next_start(tier.period, t).since(t),
                     period,
                 }
             }

@@ -24,11 +24,13 @@
 //! - [`schedule`]: [`LimitSchedule`], the limit enforced and when it changes (`20/s;10/s@30`).
 //! - [`enforce`]: [`Enforcer`], the pure admission decision per tier (rolling and calendar),
 //!   and the [`WindowView`] the headers report.
+//! - [`calendar`]: UTC calendar periods, computed independently of the pacer's arithmetic.
 //! - [`window`]: [`max_in_window`] and [`max_in_calendar_period`] over a log of call times.
 //! - [`record`]: [`CallRecord`] and [`SimStats`].
 //! - [`server`]: the axum routes and the [`SimServer`] handle.
 //! - [`error`]: the error type, [`SimError`].
 
+pub mod calendar;
 pub mod config;
 pub mod enforce;
 pub mod error;

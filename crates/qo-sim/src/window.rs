@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use qo_core::Timestamp;
 use qo_core::quota::Period;
-use qo_core::quota::pacer::calendar_index;
+
+use crate::calendar::period_start;
 
 /// The largest number of `times` inside any half-open window `(t - window, t]`.
 ///
@@ -78,7 +79,7 @@ pub fn max_in_calendar_period_ending_within(
     let mut best = 0;
     let mut first = 0;
     for (j, &t) in sorted.iter().enumerate() {
-        if calendar_index(period, t) != calendar_index(period, sorted[first]) {
+        if period_start(period, t) != period_start(period, sorted[first]) {
             first = j;
         }
         let last_at_t = sorted.get(j + 1).is_none_or(|&n| n > t);
@@ -93,10 +94,11 @@ pub fn max_in_calendar_period_ending_within(
 ///
 /// `times` need not be sorted.
 pub fn max_in_calendar_period(times: &[Timestamp], period: Period) -> usize {
-    let mut idx: Vec<u64> = times.iter().map(|&t| calendar_index(period, t)).collect();
-    idx.sort_unstable();
-    idx.chunk_by(|a, b| a == b)
-        .map(<[u64]>::len)
+    let mut starts: Vec<Timestamp> = times.iter().map(|&t| period_start(period, t)).collect();
+    starts.sort_unstable();
+    starts
+        .chunk_by(|a, b| a == b)
+        .map(<[Timestamp]>::len)
         .max()
         .unwrap_or(0)
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use qo_core::quota::WindowKind;
-use qo_core::quota::pacer::calendar_index;
 use qo_core::{CircuitPhase, Observation, Observer, QuotaSpec, Timestamp};
 use qo_sim::{CallKind, CallRecord, LimitSchedule, SimStats};
 
@@ -272,10 +271,10 @@ fn remaining_at(quota: &QuotaSpec, times: &[Timestamp], t: Timestamp) -> u64 {
             times.iter().filter(|&&c| c <= t && t.since(c) < p).count()
         }
         WindowKind::Calendar => {
-            let idx = calendar_index(tier.period, t);
+            let start = qo_sim::calendar::period_start(tier.period, t);
             times
                 .iter()
-                .filter(|&&c| c <= t && calendar_index(tier.period, c) == idx)
+                .filter(|&&c| c <= t && qo_sim::calendar::period_start(tier.period, c) == start)
                 .count()
         }
     };

@@ -362,7 +362,7 @@ async fn status_shows_usage_and_the_lease() {
     let t = now();
     let mut pacer = Pacer::new(spec, PacingPolicy::default());
     for i in 0..3 {
-        pacer.reserve(t.plus(Duration::from_millis(100 * i)));
+        let _ = pacer.take_first_from(t.plus(Duration::from_millis(100 * i)));
     }
     save_record(&store, RecordKey::Quota, pacer.state(), 0, None)
         .await

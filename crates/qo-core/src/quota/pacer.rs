@@ -1,208 +1,143 @@
 //! Pacing: when may the next call happen, given every tier, the usage so far and the policy.
 //!
-//! Each tier adds constraints:
-//! - a *pace* (GCRA): short-term tiers (second, minute) space calls evenly at `window / limit`,
-//!   allowing `burst` back to back; in `spread` mode budget tiers pace too, so the budget lasts
-//!   to the reset;
-//! - a *window count*: a rolling tier whose pace alone does not bound its window (a burst, or a
-//!   budget tier in `greedy` mode) counts calls in buckets; a calendar tier counts calls since
-//!   its last UTC boundary.
+//! The [`Pacer`] is the thin combinator over the tiers: each tier's constraints (the private
+//! `quota::constraint` module) say when a call conforms to that tier; the pacer moves the
+//! call to the first instant every tier allows (a fixed point: the constraints are monotone),
+//! names the tier that bound it ([`NotNow`]) and records the call in every tier. The API's
+//! back-off, the slow-start ramp, the learned rate and the write-ahead horizon of a crashed
+//! run are the pacer's too.
 //!
-//! The worker calls at the slot the pacer handed out, or up to `call_tolerance` later. Every
-//! window is therefore widened by that tolerance, so even a late call stays inside the quota.
+//! A call is recorded only through [`Pacer::take`] (the call at `at`, if it conforms) or
+//! [`Pacer::take_first_from`] (the first conforming call at or after `t`): there is no way to
+//! record a call the quota does not allow. [`Pacer::peek`] answers without recording.
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use std::fmt;
 
-use chrono::{Datelike, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
-
-use super::adaptive::{Adaptive, AdaptivePolicy, Reaction};
-use super::spec::{Period, QuotaSpec, Tier, WindowKind};
+use super::adaptive::Reaction;
+use super::constraint::{Binding, TierRule};
+use super::policy::PacingPolicy;
+use super::spec::{QuotaSpec, TierId};
+use super::state::{QuotaState, TierReport, TierUsage};
 use crate::control::{ApiWindow, Throttles};
-use crate::time::{Timestamp, duration_micros};
+use crate::time::Timestamp;
 
-/// How budget tiers (hour, day, month) are used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BudgetMode {
-    /// Use the budget as fast as the short tiers allow, then wait for the reset.
-    #[default]
-    Greedy,
-    /// Pace so that the budget lasts until the reset.
-    Spread,
-}
-
-impl std::str::FromStr for BudgetMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "greedy" => Ok(BudgetMode::Greedy),
-            "spread" => Ok(BudgetMode::Spread),
-            other => Err(format!("`{other}` is not a budget mode (greedy or spread)")),
-        }
-    }
-}
-
-/// After the circuit closes, the rate ramps from `from_fraction` to the full quota over `duration`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SlowStart {
-    /// How long the ramp lasts (zero disables slow start).
-    pub duration: Duration,
-    /// The fraction of the full rate the ramp starts at, in (0, 1].
-    pub from_fraction: f64,
-}
-
-impl Default for SlowStart {
-    fn default() -> Self {
-        SlowStart {
-            duration: Duration::from_secs(30),
-            from_fraction: 0.1,
-        }
-    }
-}
-
-/// How the quota is used.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PacingPolicy {
-    /// Greedy or spread use of budget tiers.
-    pub mode: BudgetMode,
-    /// The most a worker may call after its slot; windows are widened by it.
-    pub call_tolerance: Duration,
-    /// A fraction of the quota left unused, in [0, 0.5): a fallback, normally 0.
-    pub headroom: f64,
-    /// The ramp after the circuit closes.
-    pub slow_start: SlowStart,
-    /// The rate learned from the API's throttles, under the configured quota.
-    #[serde(default)]
-    pub adaptive: AdaptivePolicy,
-}
-
-impl Default for PacingPolicy {
-    fn default() -> Self {
-        PacingPolicy {
-            mode: BudgetMode::Greedy,
-            call_tolerance: Duration::from_millis(5),
-            headroom: 0.0,
-            slow_start: SlowStart::default(),
-            adaptive: AdaptivePolicy::default(),
-        }
-    }
-}
-
-/// The answer to "may I call at `t`?".
+/// Why a call may not happen at the time asked, and the earliest it may: "not before T".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Availability {
-    /// Yes, at the time asked.
-    Now,
-    /// Not before `at`: a pace or a window frees a slot then (index of the binding tier).
+pub enum NotNow {
+    /// Not before `at`: a pace or a window frees a slot then.
     NotBefore {
         /// The earliest time.
         at: Timestamp,
-        /// Index of the tier that binds.
-        tier: usize,
+        /// The tier that binds.
+        tier: TierId,
     },
-    /// A budget is used up until its reset at `until` (index of the exhausted tier).
+    /// A budget is used up until its reset at `until`.
     ExhaustedUntil {
         /// The reset.
         until: Timestamp,
-        /// Index of the tier that binds.
-        tier: usize,
+        /// The tier that binds.
+        tier: TierId,
     },
-    /// The API asked us to back off (HTTP 429 Retry-After) until `until`.
+    /// The API asked us to back off (HTTP 429 Retry-After); `until` is the first slot the
+    /// tiers allow from its end.
     BackingOff {
         /// The end of the back-off.
         until: Timestamp,
     },
 }
 
-impl Availability {
-    /// The earliest time a call may happen, given it was asked at `t`.
-    pub fn earliest(&self, t: Timestamp) -> Timestamp {
+impl NotNow {
+    /// The earliest time a call may happen.
+    pub fn earliest(&self) -> Timestamp {
         match *self {
-            Availability::Now => t,
-            Availability::NotBefore { at, .. } => at,
-            Availability::ExhaustedUntil { until, .. } | Availability::BackingOff { until } => {
-                until
-            }
+            NotNow::NotBefore { at, .. } => at,
+            NotNow::ExhaustedUntil { until, .. } | NotNow::BackingOff { until } => until,
+        }
+    }
+
+    /// The tier that binds (none for a back-off).
+    pub fn tier(&self) -> Option<TierId> {
+        match *self {
+            NotNow::NotBefore { tier, .. } | NotNow::ExhaustedUntil { tier, .. } => Some(tier),
+            NotNow::BackingOff { .. } => None,
         }
     }
 }
 
-/// Number of buckets a rolling window is counted in.
-const BUCKETS_PER_WINDOW: u64 = 60;
-
-/// The usage of one tier: everything needed to pace it after a restart.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TierUsage {
-    /// The tier's period (matches usage to a tier when the spec changes).
-    pub period: Period,
-    /// The tier's window kind.
-    pub window: WindowKind,
-    /// GCRA theoretical arrival time of the next call.
-    #[serde(default)]
-    pub tat: Timestamp,
-    /// Rolling window counts: (bucket index, calls).
-    #[serde(default)]
-    pub buckets: VecDeque<(u64, u32)>,
-    /// Calendar count: (period index, calls in it).
-    #[serde(default)]
-    pub calendar: Option<(u64, u32)>,
+impl fmt::Display for NotNow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotNow::NotBefore { at, tier } => write!(f, "not before {at} ({tier})"),
+            NotNow::ExhaustedUntil { until, tier } => {
+                write!(f, "exhausted until {until} ({tier})")
+            }
+            NotNow::BackingOff { until } => write!(f, "backing off until {until}"),
+        }
+    }
 }
 
-/// The persisted quota state: usage per tier, the slow-start ramp, and the API's back-off.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct QuotaState {
-    /// Usage, one entry per tier of the spec, in order.
-    pub tiers: Vec<TierUsage>,
-    /// When the current slow-start ramp began (the circuit's last closing).
-    #[serde(default)]
-    pub ramp_from: Option<Timestamp>,
-    /// No call before this (the API's Retry-After).
-    #[serde(default)]
-    pub backoff_until: Option<Timestamp>,
-    /// The latest slot handed out.
-    #[serde(default)]
-    pub last_slot: Option<Timestamp>,
-    /// Slots handed out since the state was created.
-    #[serde(default)]
-    pub reserved_total: u64,
-    /// Set while a run is dispatching: no slot after this is handed out before a later save.
-    /// Found set at hydration, it means the last run stopped without saving its final usage.
-    #[serde(default)]
-    pub horizon: Option<Timestamp>,
-    /// When the horizon was set (the save): calls before it are recorded in this state.
-    #[serde(default)]
-    pub saved_at: Option<Timestamp>,
-    /// The rate learned from the API's throttles, so a new run starts where the last ended.
-    #[serde(default)]
-    pub adaptive: Adaptive,
+impl std::error::Error for NotNow {}
+
+/// The answer to "may I call at `t`?" ([`Pacer::peek`]): `Ok(())`, or not now and why.
+pub type Availability = Result<(), NotNow>;
+
+/// A call the pacer recorded: it conforms to every tier at [`Slot::at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[must_use = "the slot is the time the call may happen"]
+pub struct Slot(Timestamp);
+
+impl Slot {
+    /// When the call may happen (the worker may call up to the policy's tolerance later).
+    pub fn at(self) -> Timestamp {
+        self.0
+    }
 }
 
-/// Usage of one tier, for status reports.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TierReport {
-    /// The tier, as spec text.
-    pub tier: String,
-    /// Calls counted in the current window.
-    pub used: u64,
-    /// The tier's limit.
-    pub limit: u32,
-    /// When the window resets (calendar) or the oldest counted call leaves it (rolling).
-    pub resets_at: Option<Timestamp>,
+impl From<Slot> for Timestamp {
+    fn from(s: Slot) -> Timestamp {
+        s.0
+    }
 }
 
 /// The pacer: a spec, a policy, and the usage state. Pure: every method takes the time.
+///
+/// ```
+/// use std::time::Duration;
+/// use qo_core::Timestamp;
+/// use qo_core::quota::{NotNow, Pacer, PacingPolicy, TierId};
+///
+/// let policy = PacingPolicy { call_tolerance: Duration::ZERO, ..PacingPolicy::default() };
+/// let mut pacer = Pacer::new("2/s,3/h".parse().expect("spec"), policy);
+/// let t0 = Timestamp::from_secs(1_800_000_000);
+///
+/// // A call now conforms, and is recorded.
+/// assert_eq!(pacer.take(t0).map(|s| s.at()), Ok(t0));
+/// // The next one may not follow at once: the 2/s pace (tier 0) says when it may.
+/// let half = t0.plus(Duration::from_millis(500));
+/// assert_eq!(pacer.take(t0), Err(NotNow::NotBefore { at: half, tier: TierId::new(0) }));
+/// // Or take the first slot that conforms, whenever it is.
+/// assert_eq!(pacer.take_first_from(t0).at(), half);
+/// assert_eq!(pacer.take_first_from(t0).at(), t0.plus(Duration::from_secs(1)));
+/// // Three calls use up the hour (tier 1) until the first has left its window.
+/// match pacer.peek(t0.plus(Duration::from_secs(2))) {
+///     Err(NotNow::ExhaustedUntil { until, tier }) => {
+///         assert_eq!(tier, TierId::new(1));
+///         assert!(until >= t0.plus(Duration::from_secs(3_600)));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Pacer {
     spec: QuotaSpec,
     policy: PacingPolicy,
     state: QuotaState,
-}
-
-enum Binding {
-    Pace,
-    Budget,
+    /// One per tier of the spec, in order.
+    rules: Vec<TierRule>,
+    /// Whether any tier's answers depend on the pace fraction.
+    scales: bool,
+    /// The spec's pacing rate, the learned rate's ceiling.
+    ceiling: f64,
 }
 
 impl Pacer {
@@ -230,7 +165,15 @@ impl Pacer {
                     })
             })
             .collect();
+        let rules: Vec<TierRule> = spec
+            .tiers()
+            .iter()
+            .map(|t| TierRule::new(t, &policy))
+            .collect();
         Pacer {
+            scales: rules.iter().any(TierRule::scales),
+            ceiling: spec.pacing_rate_per_s(),
+            rules,
             spec,
             policy,
             state: QuotaState { tiers, ..state },
@@ -274,20 +217,13 @@ impl Pacer {
 
     /// The fraction of the full rate allowed at `t` by the slow-start ramp.
     pub fn ramp_fraction(&self, t: Timestamp) -> f64 {
-        let ss = self.policy.slow_start;
-        match self.state.ramp_from {
-            Some(from) if !ss.duration.is_zero() => {
-                let progress = (t.since(from).as_secs_f64() / ss.duration.as_secs_f64()).min(1.0);
-                let f0 = ss.from_fraction.clamp(0.01, 1.0);
-                f0 + (1.0 - f0) * progress
-            }
-            _ => 1.0,
-        }
+        self.policy.slow_start.fraction(self.state.ramp_from, t)
     }
 
-    /// The fraction of the configured pace the learned rate allows at `t` ([`Adaptive`]).
+    /// The fraction of the configured pace the learned rate allows at `t`
+    /// ([`Adaptive`](super::Adaptive)).
     pub fn adaptive_fraction(&self, t: Timestamp) -> f64 {
-        let ceiling = self.spec.pacing_rate_per_s();
+        let ceiling = self.ceiling;
         if ceiling <= 0.0 {
             return 1.0;
         }
@@ -305,21 +241,33 @@ impl Pacer {
         self.ramp_fraction(t).min(self.adaptive_fraction(t))
     }
 
+    /// The pace fraction at `t` if any tier scales by it (else any value does: 1).
+    #[inline]
+    fn fraction(&self, t: Timestamp) -> f64 {
+        // No ramp and no learned rate: the full pace, without the arithmetic (which gives
+        // exactly 1 then too).
+        if !self.scales || (self.state.ramp_from.is_none() && self.state.adaptive.last.is_none()) {
+            return 1.0;
+        }
+        self.pace_fraction(t)
+    }
+
     /// The rate (calls per second) pacing aims at now: the tightest short-term tier, less
     /// headroom, scaled by the slow-start ramp or the learned rate, whichever is lower.
     pub fn target_rate_per_s(&self, t: Timestamp) -> f64 {
-        self.spec.pacing_rate_per_s() * (1.0 - self.policy.headroom) * self.pace_fraction(t)
+        self.ceiling * (1.0 - self.policy.headroom) * self.pace_fraction(t)
     }
 
-    /// Reacts at `now` to the control record's throttle counter (see [`Adaptive::on_throttles`]);
-    /// `estimate(slot)` is the API's limit judged from the calls before `slot`, if known.
+    /// Reacts at `now` to the control record's throttle counter (see
+    /// [`Adaptive::on_throttles`](super::Adaptive::on_throttles)); `estimate(slot)` is the
+    /// API's limit judged from the calls before `slot`, if known.
     pub fn on_throttles(
         &mut self,
         throttles: &Throttles,
         now: Timestamp,
         estimate: impl FnOnce(Timestamp) -> Option<f64>,
     ) -> Reaction {
-        let ceiling = self.spec.pacing_rate_per_s();
+        let ceiling = self.ceiling;
         let policy = self.policy.adaptive;
         let paced_from = self.paced_from(now);
         self.state
@@ -327,12 +275,13 @@ impl Pacer {
             .on_throttles(throttles, now, paced_from, ceiling, &policy, estimate)
     }
 
-    /// Reacts at `now` to the API's report of its window (see [`Adaptive::on_api_window`]);
-    /// `ours` is how many of this orchestrator's slots fell in that window. The rate follows
-    /// it; the window's reset (whole seconds, rounded up, and for a rolling window only when
-    /// the oldest call leaves it) does not pause dispatch: a 429's `Retry-After` does.
+    /// Reacts at `now` to the API's report of its window (see
+    /// [`Adaptive::on_api_window`](super::Adaptive::on_api_window)); `ours` is how many of
+    /// this orchestrator's slots fell in that window. The rate follows it; the window's reset
+    /// (whole seconds, rounded up, and for a rolling window only when the oldest call leaves
+    /// it) does not pause dispatch: a 429's `Retry-After` does.
     pub fn on_api_window(&mut self, window: &ApiWindow, ours: u64, now: Timestamp) -> Reaction {
-        let ceiling = self.spec.pacing_rate_per_s();
+        let ceiling = self.ceiling;
         let policy = self.policy.adaptive;
         let period = self.spec.pacing_period();
         let paced_from = self.paced_from(now);
@@ -357,131 +306,39 @@ impl Pacer {
         self.state.adaptive.settle(t, &policy);
     }
 
-    fn window_micros(&self, tier: &Tier) -> u64 {
-        duration_micros(tier.period.duration()) + duration_micros(self.policy.call_tolerance)
-    }
-
-    fn paces(&self, tier: &Tier) -> bool {
-        tier.period.is_pacing()
-            || (self.policy.mode == BudgetMode::Spread && tier.window == WindowKind::Rolling)
-    }
-
-    fn counts_rolling(&self, tier: &Tier) -> bool {
-        tier.window == WindowKind::Rolling && !(self.paces(tier) && tier.burst.get() == 1)
-    }
-
-    /// The GCRA emission interval of a pacing tier at `t`, in microseconds.
-    fn interval(&self, tier: &Tier, t: Timestamp) -> u64 {
-        let base = self.window_micros(tier) as f64 / f64::from(tier.limit.get());
-        let headroom = 1.0 - self.policy.headroom.clamp(0.0, 0.5);
-        let ramp = if tier.period.is_pacing() {
-            self.pace_fraction(t).max(1e-6)
-        } else {
-            1.0
-        };
-        (base / headroom / ramp).ceil() as u64
-    }
-
-    fn bucket_width(&self, tier: &Tier) -> u64 {
-        (duration_micros(tier.period.duration()) / BUCKETS_PER_WINDOW).max(1)
-    }
-
-    /// Earliest time `>= t` this tier allows, and what kind of constraint set it.
-    fn tier_earliest(&self, i: usize, t: Timestamp) -> (Timestamp, Binding) {
-        let tier = &self.spec.tiers()[i];
-        let usage = &self.state.tiers[i];
-        let tol = duration_micros(self.policy.call_tolerance);
-        let mut at = t;
-        let mut binding = Binding::Pace;
-
-        if self.paces(tier) {
-            let interval = self.interval(tier, t);
-            let slack = interval.saturating_mul(u64::from(tier.burst.get() - 1));
-            let allowed = Timestamp::from_micros(usage.tat.as_micros().saturating_sub(slack));
-            at = at.max(allowed);
-        }
-
-        if self.counts_rolling(tier) {
-            let width = self.bucket_width(tier);
-            let span = duration_micros(tier.period.duration()) + tol;
-            let limit = u64::from(tier.limit.get());
-            // Calls that may still be inside the window of a call at `at`.
-            let live: Vec<(u64, u32)> = usage
-                .buckets
-                .iter()
-                .copied()
-                .filter(|(b, _)| (b + 1) * width + span > at.as_micros())
-                .collect();
-            let mut count: u64 = live.iter().map(|(_, c)| u64::from(*c)).sum();
-            if count >= limit {
-                for (b, c) in &live {
-                    count -= u64::from(*c);
-                    if count < limit {
-                        at = at.max(Timestamp::from_micros((b + 1) * width + span));
-                        binding = if tier.period.is_pacing() {
-                            Binding::Pace
-                        } else {
-                            Binding::Budget
-                        };
-                        break;
-                    }
-                }
-            }
-        }
-
-        if tier.window == WindowKind::Calendar {
-            let idx = calendar_index(tier.period, at);
-            let used = match usage.calendar {
-                Some((i, c)) if i == idx => c,
-                _ => 0,
-            };
-            let end = calendar_start(tier.period, idx + 1);
-            if used >= tier.limit.get() {
-                at = end;
-                binding = Binding::Budget;
-            } else if at.plus(self.policy.call_tolerance) >= end {
-                // A call this close to the boundary could land after it, in the next period.
-                at = end;
-                binding = Binding::Pace;
-            } else if self.policy.mode == BudgetMode::Spread && !tier.period.is_pacing() {
-                at = at.max(usage.tat);
-            }
-        }
-        (at, binding)
-    }
-
-    /// May a call happen at `t`? Rich: now, not before T, exhausted until the reset at T, or
-    /// backing off until T.
+    /// May a call happen at `t`? Records nothing. Rich: yes, or not before T (a pace or a
+    /// window), exhausted until the reset at T, or backing off until T.
     ///
     /// During a back-off the answer is the first slot the tiers allow from its end: the calls
     /// after it are paced (at the learned rate) from there, not sent in a burst at its end.
-    pub fn check(&self, t: Timestamp) -> Availability {
+    #[inline]
+    pub fn peek(&self, t: Timestamp) -> Availability {
         if let Some(until) = self.state.backoff_until
             && until > t
         {
-            return Availability::BackingOff {
-                until: self.check_tiers(until).earliest(until),
+            let until = match self.check_tiers(until) {
+                Ok(()) => until,
+                Err(n) => n.earliest(),
             };
+            return Err(NotNow::BackingOff { until });
         }
         self.check_tiers(t)
     }
 
     /// The tiers' answer at `t`, the back-off aside.
+    #[inline]
     fn check_tiers(&self, t: Timestamp) -> Availability {
         let mut at = t;
-        let mut result = Availability::Now;
+        let mut result: Option<(TierId, Binding)> = None;
         // Constraints are monotone; a few passes reach the fixed point.
         for _ in 0..8 {
             let mut moved = false;
-            for i in 0..self.spec.tiers().len() {
-                let (e, binding) = self.tier_earliest(i, at);
+            for (i, (rule, usage)) in self.rules.iter().zip(&self.state.tiers).enumerate() {
+                let (e, binding) = rule.earliest(usage, at, self.fraction(at));
                 if e > at {
                     at = e;
                     moved = true;
-                    result = match binding {
-                        Binding::Pace => Availability::NotBefore { at, tier: i },
-                        Binding::Budget => Availability::ExhaustedUntil { until: at, tier: i },
-                    };
+                    result = Some((TierId::new(i), binding));
                 }
             }
             if !moved {
@@ -489,17 +346,35 @@ impl Pacer {
             }
         }
         match result {
-            Availability::NotBefore { tier, .. } => Availability::NotBefore { at, tier },
-            Availability::ExhaustedUntil { tier, .. } => {
-                Availability::ExhaustedUntil { until: at, tier }
-            }
-            other => other,
+            None => Ok(()),
+            Some((tier, Binding::Pace)) => Err(NotNow::NotBefore { at, tier }),
+            Some((tier, Binding::Budget)) => Err(NotNow::ExhaustedUntil { until: at, tier }),
         }
     }
 
-    /// The earliest slot at or after `t`.
+    /// The earliest slot at or after `t` (records nothing).
     pub fn next_slot(&self, t: Timestamp) -> Timestamp {
-        self.check(t).earliest(t)
+        match self.peek(t) {
+            Ok(()) => t,
+            Err(n) => n.earliest(),
+        }
+    }
+
+    /// Takes the slot at `at`: records a call then if it conforms to every tier (and no
+    /// back-off is in force), else records nothing and says when a call may happen.
+    #[inline]
+    pub fn take(&mut self, at: Timestamp) -> Result<Slot, NotNow> {
+        self.peek(at)?;
+        self.reserve(at);
+        Ok(Slot(at))
+    }
+
+    /// Takes the first slot at or after `t` that conforms ([`Pacer::next_slot`]): records the
+    /// call there and returns it.
+    pub fn take_first_from(&mut self, t: Timestamp) -> Slot {
+        let at = self.next_slot(t);
+        self.reserve(at);
+        Slot(at)
     }
 
     /// Sets the write-ahead horizon at a save made at `now` (see [`QuotaState::horizon`]);
@@ -523,91 +398,20 @@ impl Pacer {
             .or(self.state.last_slot)
             .unwrap_or(horizon)
             .min(horizon);
-        let rate = self.spec.pacing_rate_per_s();
-        let n = (horizon.since(from).as_secs_f64() * rate).ceil() as u32 + 1;
-        for i in 0..self.spec.tiers().len() {
-            let tier = self.spec.tiers()[i];
-            let interval = self.interval(&tier, horizon);
-            let paces = self.paces(&tier);
-            let counts = self.counts_rolling(&tier);
-            let width = self.bucket_width(&tier);
-            let usage = &mut self.state.tiers[i];
-            if paces {
-                usage.tat = Timestamp::from_micros(usage.tat.max(horizon).as_micros() + interval);
-            }
-            if counts {
-                let b = horizon.as_micros() / width;
-                match usage.buckets.back_mut() {
-                    // Count them in the latest bucket: at or after the horizon's, so they
-                    // leave the window no earlier than the real calls did.
-                    Some((lb, c)) if *lb >= b => *c += n,
-                    _ => usage.buckets.push_back((b, n)),
-                }
-            }
-            if tier.window == WindowKind::Calendar {
-                let idx = calendar_index(tier.period, horizon);
-                let used = match usage.calendar {
-                    Some((i, c)) if i == idx => c.saturating_add(n),
-                    _ => n,
-                };
-                usage.calendar = Some((idx, used));
-            }
+        let n = (horizon.since(from).as_secs_f64() * self.ceiling).ceil() as u32 + 1;
+        let fraction = self.fraction(horizon);
+        for (rule, usage) in self.rules.iter().zip(&mut self.state.tiers) {
+            rule.assume(usage, horizon, n, fraction);
         }
         self.state.last_slot = Some(horizon);
     }
 
-    /// Records a call at slot `at` (which should come from [`Pacer::next_slot`]).
-    pub fn reserve(&mut self, at: Timestamp) {
-        let tol = duration_micros(self.policy.call_tolerance);
-        for i in 0..self.spec.tiers().len() {
-            let tier = self.spec.tiers()[i];
-            let interval = self.interval(&tier, at);
-            let paces = self.paces(&tier);
-            let counts = self.counts_rolling(&tier);
-            let width = self.bucket_width(&tier);
-            let span = duration_micros(tier.period.duration()) + tol;
-            let spread = self.policy.mode == BudgetMode::Spread;
-            let usage = &mut self.state.tiers[i];
-            if paces {
-                usage.tat = Timestamp::from_micros(usage.tat.max(at).as_micros() + interval);
-            }
-            if counts {
-                let b = at.as_micros() / width;
-                while usage
-                    .buckets
-                    .front()
-                    .is_some_and(|(ob, _)| (ob + 1) * width + span <= at.as_micros())
-                {
-                    usage.buckets.pop_front();
-                }
-                match usage.buckets.back_mut() {
-                    Some((lb, c)) if *lb == b => *c += 1,
-                    _ => {
-                        // Slots are handed out in order, but keep the deque sorted regardless.
-                        let pos = usage.buckets.partition_point(|(ob, _)| *ob < b);
-                        if usage.buckets.get(pos).is_some_and(|(ob, _)| *ob == b) {
-                            usage.buckets[pos].1 += 1;
-                        } else {
-                            usage.buckets.insert(pos, (b, 1));
-                        }
-                    }
-                }
-            }
-            if tier.window == WindowKind::Calendar {
-                let idx = calendar_index(tier.period, at);
-                let used = match usage.calendar {
-                    Some((i, c)) if i == idx => c + 1,
-                    _ => 1,
-                };
-                usage.calendar = Some((idx, used));
-                if spread && !tier.period.is_pacing() {
-                    let end = calendar_start(tier.period, idx + 1);
-                    let remaining = u64::from(tier.limit.get().saturating_sub(used)).max(1);
-                    usage.tat = at.plus(Duration::from_micros(
-                        end.since(at).as_micros() as u64 / remaining,
-                    ));
-                }
-            }
+    /// Records a call at `at`, which the caller made sure conforms ([`Pacer::take`]).
+    #[inline]
+    fn reserve(&mut self, at: Timestamp) {
+        let fraction = self.fraction(at);
+        for (rule, usage) in self.rules.iter().zip(&mut self.state.tiers) {
+            rule.record(usage, at, fraction);
         }
         self.state.last_slot = Some(self.state.last_slot.map_or(at, |l| l.max(at)));
         self.state.reserved_total += 1;
@@ -615,52 +419,13 @@ impl Pacer {
 
     /// Usage of each tier at `t`, for status reports.
     pub fn report(&self, t: Timestamp) -> Vec<TierReport> {
-        let tol = duration_micros(self.policy.call_tolerance);
+        let fraction = self.fraction(t);
         self.spec
             .tiers()
             .iter()
-            .zip(&self.state.tiers)
-            .map(|(tier, usage)| {
-                let (used, resets_at) = match tier.window {
-                    WindowKind::Calendar => {
-                        let idx = calendar_index(tier.period, t);
-                        let used = match usage.calendar {
-                            Some((i, c)) if i == idx => u64::from(c),
-                            _ => 0,
-                        };
-                        (used, Some(calendar_start(tier.period, idx + 1)))
-                    }
-                    WindowKind::Rolling if !self.counts_rolling(tier) => {
-                        // Paced only: the calls in the window follow from the pace, one per
-                        // interval up to the theoretical arrival time.
-                        let interval = self.interval(tier, t).max(1);
-                        let window_start = t
-                            .as_micros()
-                            .saturating_sub(duration_micros(tier.period.duration()));
-                        let used = usage
-                            .tat
-                            .as_micros()
-                            .saturating_sub(window_start)
-                            .div_ceil(interval)
-                            .min(u64::from(tier.limit.get()));
-                        let resets = (used > 0).then(|| usage.tat.max(t));
-                        (used, resets)
-                    }
-                    WindowKind::Rolling => {
-                        let width = self.bucket_width(tier);
-                        let span = duration_micros(tier.period.duration()) + tol;
-                        let live: Vec<_> = usage
-                            .buckets
-                            .iter()
-                            .filter(|(b, _)| (b + 1) * width + span > t.as_micros())
-                            .collect();
-                        let used = live.iter().map(|(_, c)| u64::from(*c)).sum();
-                        let reset = live
-                            .first()
-                            .map(|(b, _)| Timestamp::from_micros((b + 1) * width + span));
-                        (used, reset)
-                    }
-                };
+            .zip(self.rules.iter().zip(&self.state.tiers))
+            .map(|(tier, (rule, usage))| {
+                let (used, resets_at) = rule.report(usage, t, fraction);
                 TierReport {
                     tier: tier.to_string(),
                     used,
@@ -672,41 +437,12 @@ impl Pacer {
     }
 }
 
-/// The index of the calendar period containing `t` (UTC).
-pub fn calendar_index(period: Period, t: Timestamp) -> u64 {
-    match period {
-        Period::Month => {
-            let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
-            match Utc.timestamp_opt(secs, 0).single() {
-                Some(dt) => {
-                    let months = i64::from(dt.year() - 1970) * 12 + i64::from(dt.month0());
-                    u64::try_from(months).unwrap_or(0)
-                }
-                None => 0,
-            }
-        }
-        p => t.as_micros() / duration_micros(p.duration()),
-    }
-}
-
-/// The start of calendar period `idx` (UTC).
-pub fn calendar_start(period: Period, idx: u64) -> Timestamp {
-    match period {
-        Period::Month => {
-            let year = 1970 + i32::try_from(idx / 12).unwrap_or(0);
-            let month = u32::try_from(idx % 12).unwrap_or(0) + 1;
-            match Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single() {
-                Some(dt) => Timestamp::from_secs(u64::try_from(dt.timestamp()).unwrap_or(0)),
-                None => Timestamp::EPOCH,
-            }
-        }
-        p => Timestamp::from_micros(idx.saturating_mul(duration_micros(p.duration()))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::quota::{BudgetMode, SlowStart};
 
     fn pacer(spec: &str) -> Pacer {
         Pacer::new(
@@ -731,12 +467,66 @@ mod tests {
         let mut out = Vec::with_capacity(n);
         let mut now = start;
         for _ in 0..n {
-            let slot = p.next_slot(now);
-            p.reserve(slot);
+            let slot = p.take_first_from(now).at();
             out.push(slot);
             now = slot;
         }
         out
+    }
+
+    #[test]
+    fn take_records_only_a_conforming_call() {
+        let mut p = pacer("20/s");
+        assert_eq!(p.take(t(0)).map(Slot::at), Ok(t(0)));
+        let before = p.state().clone();
+        // 10 ms later does not conform: refused, nothing recorded, and the answer says when.
+        let refused = p.take(t(10));
+        assert_eq!(
+            refused,
+            Err(NotNow::NotBefore {
+                at: t(50),
+                tier: TierId::new(0)
+            })
+        );
+        assert_eq!(refused.map_err(|n| n.tier()), Err(Some(TierId::new(0))));
+        assert_eq!(p.state(), &before);
+        assert_eq!(p.take(t(50)).map(Slot::at), Ok(t(50)));
+        assert_eq!(p.state().reserved_total, 2);
+    }
+
+    #[test]
+    fn take_first_from_records_the_first_conforming_slot() {
+        let mut p = pacer("10/s,2/h@calendar");
+        let start = Timestamp::from_secs(3_600 * 500_000);
+        let first = p.next_slot(start);
+        assert_eq!(p.take_first_from(start).at(), first);
+        assert_eq!(
+            p.take_first_from(start).at(),
+            start.plus(Duration::from_millis(100))
+        );
+        // The hour is used up: the next slot is its end, and taking it records it there.
+        let reset = start.plus(Duration::from_secs(3_600));
+        assert_eq!(
+            p.take(start.plus(Duration::from_secs(1))),
+            Err(NotNow::ExhaustedUntil {
+                until: reset,
+                tier: TierId::new(1)
+            })
+        );
+        assert_eq!(p.take_first_from(start).at(), reset);
+        assert_eq!(p.report(reset)[1].used, 1);
+    }
+
+    #[test]
+    fn a_back_off_refuses_a_take_until_it_ends() {
+        let mut p = pacer("10/s");
+        p.back_off_until(t(5_000));
+        assert_eq!(p.take(t(0)), Err(NotNow::BackingOff { until: t(5_000) }));
+        assert_eq!(p.take_first_from(t(0)).at(), t(5_000));
+        assert_eq!(
+            NotNow::BackingOff { until: t(5_000) }.to_string(),
+            format!("backing off until {}", t(5_000))
+        );
     }
 
     #[test]
@@ -749,11 +539,11 @@ mod tests {
             .collect();
         assert_eq!(gaps, vec![50, 50, 50, 50]);
         assert_eq!(
-            p.check(slots[4]),
-            Availability::NotBefore {
+            p.peek(slots[4]),
+            Err(NotNow::NotBefore {
                 at: slots[4].plus(Duration::from_millis(50)),
-                tier: 0
-            }
+                tier: TierId::new(0)
+            })
         );
     }
 
@@ -782,11 +572,11 @@ mod tests {
         // ...then exhausted until midnight UTC.
         let midnight = Timestamp::from_secs(86_400 * 20_001);
         assert_eq!(
-            p.check(slots[24]),
-            Availability::ExhaustedUntil {
+            p.peek(slots[24]),
+            Err(NotNow::ExhaustedUntil {
                 until: midnight,
-                tier: 1
-            }
+                tier: TierId::new(1)
+            })
         );
     }
 
@@ -794,8 +584,8 @@ mod tests {
     fn rolling_budget_frees_as_old_calls_leave_the_window() {
         let mut p = pacer("10/s,5/h");
         let slots = drain(&mut p, t(0), 5);
-        match p.check(slots[4]) {
-            Availability::ExhaustedUntil { until, tier: 1 } => {
+        match p.peek(slots[4]) {
+            Err(NotNow::ExhaustedUntil { until, tier }) if tier == TierId::new(1) => {
                 assert!(until >= slots[0].plus(Duration::from_secs(3_600)));
                 assert!(until <= slots[0].plus(Duration::from_secs(3_600 + 61)));
             }
@@ -896,23 +686,8 @@ mod tests {
     fn back_off_is_distinct() {
         let mut p = pacer("10/s");
         p.back_off_until(t(5_000));
-        assert_eq!(p.check(t(0)), Availability::BackingOff { until: t(5_000) });
-        assert_eq!(p.check(t(5_000)), Availability::Now);
-    }
-
-    #[test]
-    fn calendar_month_boundaries() {
-        // 2026-02-15 -> the next reset is 2026-03-01.
-        let feb15 = Timestamp::from_secs(1_771_113_600);
-        let idx = calendar_index(Period::Month, feb15);
-        assert_eq!(
-            calendar_start(Period::Month, idx + 1).to_rfc3339(),
-            "2026-03-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            calendar_start(Period::Month, idx).to_rfc3339(),
-            "2026-02-01T00:00:00.000Z"
-        );
+        assert_eq!(p.peek(t(0)), Err(NotNow::BackingOff { until: t(5_000) }));
+        assert_eq!(p.peek(t(5_000)), Ok(()));
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! Grammar: a comma list of tiers, each `LIMIT/PERIOD[@rolling|@calendar][:burst=B]`.
 //! Periods: `s`, `min`, `h`, `day`, `month` (with a few aliases). A rolling month is 30 days; a
 //! calendar tier resets at the UTC boundary of its period (the first of the month for `month`).
+//!
+//! The calendar arithmetic lives on the period ([`Period::calendar_index`],
+//! [`Period::calendar_start`]); a tier of a spec is named by a [`TierId`].
 
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{Datelike, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::time::{Timestamp, duration_micros};
 
 /// The length of a tier's window.
 #[derive(
@@ -55,6 +61,40 @@ impl Period {
             Period::Hour => "h",
             Period::Day => "day",
             Period::Month => "month",
+        }
+    }
+
+    /// The index of the UTC calendar period containing `t`: whole periods since the epoch
+    /// (months since January 1970 for [`Period::Month`]).
+    pub fn calendar_index(self, t: Timestamp) -> u64 {
+        match self {
+            Period::Month => {
+                let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+                match Utc.timestamp_opt(secs, 0).single() {
+                    Some(dt) => {
+                        let months = i64::from(dt.year() - 1970) * 12 + i64::from(dt.month0());
+                        u64::try_from(months).unwrap_or(0)
+                    }
+                    None => 0,
+                }
+            }
+            p => t.as_micros() / duration_micros(p.duration()),
+        }
+    }
+
+    /// The start (a UTC boundary) of the calendar period numbered `index` by
+    /// [`Period::calendar_index`].
+    pub fn calendar_start(self, index: u64) -> Timestamp {
+        match self {
+            Period::Month => {
+                let year = 1970 + i32::try_from(index / 12).unwrap_or(0);
+                let month = u32::try_from(index % 12).unwrap_or(0) + 1;
+                match Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single() {
+                    Some(dt) => Timestamp::from_secs(u64::try_from(dt.timestamp()).unwrap_or(0)),
+                    None => Timestamp::EPOCH,
+                }
+            }
+            p => Timestamp::from_micros(index.saturating_mul(duration_micros(p.duration()))),
         }
     }
 
@@ -114,7 +154,46 @@ impl fmt::Display for Tier {
     }
 }
 
+/// Names one tier of a [`QuotaSpec`]: its position in the spec, as written.
+///
+/// The pacer's answers name the tier that binds with it; [`QuotaSpec::tier`] gives the tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TierId(usize);
+
+impl TierId {
+    /// The tier at `index` in the spec (0 for the first).
+    pub const fn new(index: usize) -> Self {
+        TierId(index)
+    }
+
+    /// The tier's position in the spec.
+    pub const fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl fmt::Display for TierId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tier {}", self.0)
+    }
+}
+
 /// A whole quota: one or more tiers, all of which must hold.
+///
+/// ```
+/// use qo_core::quota::{Period, QuotaSpec, TierId, WindowKind};
+///
+/// let spec: QuotaSpec = "10/s,500/min,20000/day@calendar".parse().expect("a valid spec");
+/// assert_eq!(spec.tiers().len(), 3);
+/// let day = spec.tier(TierId::new(2)).expect("a third tier");
+/// assert_eq!((day.period, day.window), (Period::Day, WindowKind::Calendar));
+/// // The pace is the tightest short-term tier: 500/min is tighter than 10/s.
+/// assert!((spec.pacing_rate_per_s() - 500.0 / 60.0).abs() < 1e-9);
+/// assert_eq!(spec.to_string(), "10/s,500/min,20000/day@calendar");
+/// // A bad tier is named in the error.
+/// let err = "10/s,5/fortnight".parse::<QuotaSpec>().unwrap_err();
+/// assert!(err.to_string().contains("`fortnight`"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct QuotaSpec {
@@ -195,6 +274,16 @@ impl QuotaSpec {
     /// The tiers, in the order given.
     pub fn tiers(&self) -> &[Tier] {
         &self.tiers
+    }
+
+    /// The tier `id` names, if this spec has it.
+    pub fn tier(&self, id: TierId) -> Option<&Tier> {
+        self.tiers.get(id.0)
+    }
+
+    /// The tiers with their ids, in the order given.
+    pub fn tier_ids(&self) -> impl Iterator<Item = (TierId, &Tier)> {
+        self.tiers.iter().enumerate().map(|(i, t)| (TierId(i), t))
     }
 
     /// The period of the tier that sets the pace (the tightest second or minute tier): the
@@ -371,6 +460,21 @@ mod tests {
             "10/s,20/s".parse::<QuotaSpec>().unwrap_err(),
             SpecError::Duplicate { .. }
         ));
+    }
+
+    #[test]
+    fn calendar_month_boundaries() {
+        // 2026-02-15 -> the next reset is 2026-03-01.
+        let feb15 = Timestamp::from_secs(1_771_113_600);
+        let idx = Period::Month.calendar_index(feb15);
+        assert_eq!(
+            Period::Month.calendar_start(idx + 1).to_rfc3339(),
+            "2026-03-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Period::Month.calendar_start(idx).to_rfc3339(),
+            "2026-02-01T00:00:00.000Z"
+        );
     }
 
     #[test]

@@ -532,7 +532,7 @@ mod tests {
         let override_spec: QuotaSpec = "5/s,100/day@calendar".parse().unwrap();
         let mut pacer = Pacer::new(override_spec.clone(), PacingPolicy::default());
         for i in 0..3 {
-            pacer.reserve(now.minus(Duration::from_millis(300 - i * 100)));
+            let _ = pacer.take_first_from(now.minus(Duration::from_millis(300 - i * 100)));
         }
         let policy = CircuitPolicy::default();
         let mut snap = snapshot();
