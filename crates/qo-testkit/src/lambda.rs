@@ -288,13 +288,13 @@ mod tests {
             .env("A", "1,2")
             .concurrency(3)
             .startup_timeout(Duration::from_secs(5));
-        assert_eq!(o.package.as_deref(), Some("qo-worker"));
+        assert_eq!(o.package.as_deref(), Some("qo-lambda"));
         assert_eq!(o.env, vec![("A".to_owned(), "1,2".to_owned())]);
         assert_eq!(o.concurrency, Some(3));
         assert_eq!(o.startup_timeout, Duration::from_secs(5));
         assert_eq!(
             selection_args(&o),
-            ["--package", "qo-worker", "--bin", "worker"]
+            ["--package", "qo-lambda", "--bin", "worker"]
         );
         assert_eq!(
             LambdaWatchOptions::default().startup_timeout,

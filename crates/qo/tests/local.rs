@@ -162,7 +162,7 @@ fn without_the_aws_feature_operations_are_refused_naming_the_feature() {
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains(&format!("`qo {}`", args[0])) && stderr.contains("--features aws"),
+            stderr.contains(&format!("`qo {}", args[0])) && stderr.contains("--features aws"),
             "{stderr}"
         );
     }
