@@ -12,7 +12,10 @@
 //! - [`circuit`]: the circuit breaker with epochs.
 //! - [`job`]: the job contract and the worker events.
 //! - [`control`]: the operator control record.
-//! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
+//! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
+//!   redrive), [`ports::store`] (records, lease, idempotency), [`ports::invoker`].
+//! - [`retry`]: what becomes of a job tried and not done: re-queued, or given up on past the
+//!   attempt or 429 bound.
 //! - [`observe`]: observations for metrics and reports.
 //! - [`config`]: environment variables, with errors that name the variable, and the AWS SDK
 //!   calls' timeouts and attempts as plain settings.
@@ -28,6 +31,7 @@ pub mod lambda;
 pub mod observe;
 pub mod ports;
 pub mod quota;
+pub mod retry;
 pub mod secret;
 pub mod sqs;
 pub mod time;
