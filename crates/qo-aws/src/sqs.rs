@@ -629,10 +629,12 @@ impl JobSink for SqsQueue {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
         const OP: &str = "sqs.SendMessage(dlq)";
         let o = &letter.origin;
-        let reason = if letter.reason.trim().is_empty() {
+        // The attribute carries the reason's text, as it always did.
+        let text = letter.reason.to_string();
+        let reason = if text.trim().is_empty() {
             "unspecified"
         } else {
-            truncate(&letter.reason, MAX_REASON_BYTES)
+            truncate(&text, MAX_REASON_BYTES)
         };
         let mut req = self
             .client

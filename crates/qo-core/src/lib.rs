@@ -14,6 +14,8 @@
 //! - [`control`]: the operator control record.
 //! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
 //!   redrive), [`ports::store`] (records, lease, idempotency), [`ports::invoker`].
+//! - [`reason`]: [`Reason`], why a job was re-queued or dead-lettered, printed as the text
+//!   logs and the dead-letter queue carry, grouped by its [`ReasonKind`].
 //! - [`retry`]: what becomes of a job tried and not done: re-queued, or given up on past the
 //!   attempt or 429 bound.
 //! - [`observe`]: observations for metrics and reports.
@@ -31,6 +33,7 @@ pub mod lambda;
 pub mod observe;
 pub mod ports;
 pub mod quota;
+pub mod reason;
 pub mod retry;
 pub mod secret;
 pub mod sqs;
@@ -43,4 +46,5 @@ pub use control::{
 pub use job::{HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
 pub use observe::{NoObserver, Observation, Observer};
 pub use quota::{Availability, BudgetMode, Pacer, PacingPolicy, QuotaSpec, QuotaState};
+pub use reason::{Reason, ReasonKind, TransportKind};
 pub use time::{Clock, Timestamp, TokioClock};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::job::Origin;
 use crate::ports::{DeadLetter, JobSink, QueueError};
+use crate::reason::Reason;
 
 /// Why a job is given up on and dead-lettered instead of re-queued. A failed attempt and a
 /// 429 have bounds of their own: a 429 is the pacer's signal, not the job's failure.
@@ -17,7 +18,7 @@ pub enum GiveUp {
         /// Attempts made, this one included.
         attempts: u32,
         /// Why the last one failed.
-        last: String,
+        last: Box<Reason>,
     },
     /// The API answered 429 `MAX_THROTTLED` times.
     Throttled {
@@ -59,7 +60,7 @@ pub enum Retry {
 impl Retry {
     /// After a failed attempt (`why`): the attempt count raised; dead-lettered when it reaches
     /// `max_attempts`. The 429 count is kept.
-    pub fn after_failure(origin: &Origin, max_attempts: u32, why: &str) -> Retry {
+    pub fn after_failure(origin: &Origin, max_attempts: u32, why: &Reason) -> Retry {
         let next = Origin {
             attempt: origin.attempt.saturating_add(1),
             ..origin.clone()
@@ -70,7 +71,7 @@ impl Retry {
                 next,
                 GiveUp::Attempts {
                     attempts,
-                    last: why.to_string(),
+                    last: Box::new(why.clone()),
                 },
             )
         } else {
@@ -115,7 +116,7 @@ impl Retry {
             Retry::DeadLetter(origin, why) => {
                 sink.dead_letter(DeadLetter {
                     body: body.to_string(),
-                    reason: why.to_string(),
+                    reason: Reason::GaveUp(why.clone()),
                     origin,
                 })
                 .await?;
@@ -133,7 +134,7 @@ pub async fn requeue_or_dead_letter(
     origin: &Origin,
     delay: Duration,
     max_attempts: u32,
-    why: &str,
+    why: &Reason,
 ) -> Result<bool, QueueError> {
     let given_up = Retry::after_failure(origin, max_attempts, why)
         .apply(sink, body, delay)
@@ -154,13 +155,20 @@ mod tests {
         }
     }
 
+    fn http_503() -> Reason {
+        Reason::ServerError {
+            status: 503,
+            excerpt: String::new(),
+        }
+    }
+
     #[test]
     fn a_failure_raises_the_attempt_and_gives_up_at_max_attempts() {
         assert_eq!(
-            Retry::after_failure(&origin(3, 7), 5, "HTTP 503"),
+            Retry::after_failure(&origin(3, 7), 5, &http_503()),
             Retry::Requeue(origin(4, 7))
         );
-        let Retry::DeadLetter(o, why) = Retry::after_failure(&origin(4, 7), 5, "HTTP 503") else {
+        let Retry::DeadLetter(o, why) = Retry::after_failure(&origin(4, 7), 5, &http_503()) else {
             panic!("the fifth attempt gives up")
         };
         assert_eq!(o, origin(5, 7));

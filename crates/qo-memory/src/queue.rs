@@ -1207,7 +1207,9 @@ mod tests {
         let q = MemoryQueue::new(clock());
         let letter = DeadLetter {
             body: "{}".into(),
-            reason: "malformed job: missing field `path`".into(),
+            reason: qo_core::Reason::InvalidJob(qo_core::JobError::Malformed(
+                "missing field `path`".into(),
+            )),
             origin: Origin {
                 message_id: "m1".into(),
                 ..Origin::default()

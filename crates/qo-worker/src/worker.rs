@@ -47,7 +47,7 @@ use qo_core::ports::{
 };
 use qo_core::{
     ApiWindow, BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver,
-    Observation, Observer, Throttles, Timestamp, WorkerEvent,
+    Observation, Observer, Reason, Throttles, Timestamp, TransportKind, WorkerEvent,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -55,7 +55,7 @@ use crate::client::ApiClient;
 use crate::config::WorkerConfig;
 use crate::credential::{BeforeCall, CredentialSource, Rereads};
 use crate::error::WorkerError;
-use crate::excerpt::http_reason;
+use crate::excerpt::excerpt;
 use crate::http::{ApiResponse, HttpCall, HttpError};
 use crate::outcome::Outcome;
 use crate::retry_after::{parse_retry_after, retry_after_or_default};
@@ -88,9 +88,9 @@ pub struct Worker<S, Q, C, H = ApiClient> {
 enum Class {
     Success(u16),
     Throttled(ApiResponse),
-    Failure(Option<u16>, String),
+    Failure(Option<u16>, Reason),
     CredentialRejected(u16),
-    Final(String),
+    Final(Reason),
 }
 
 impl<S, Q, C, H> Worker<S, Q, C, H>
@@ -231,7 +231,7 @@ where
                     .plus(self.config.claim_ttl)
                     .since(now)
                     .saturating_add(Duration::from_secs(1));
-                let why = format!("claimed by another delivery since {since}");
+                let why = Reason::ClaimedElsewhere { since };
                 info!(%since, "job claimed by another delivery: re-queued for after the claim");
                 let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
                 return Ok(Outcome::Duplicate {
@@ -243,17 +243,16 @@ where
         }
 
         if let Err(e) = ev.job.validate() {
-            return self.dead_letter(ev, job_id, e.to_string()).await;
+            return self.dead_letter(ev, job_id, Reason::InvalidJob(e)).await;
         }
 
         // Dispatch ahead, call on time.
         if ev.slot_at > now.plus(self.config.max_slot_wait) {
             let early = ev.slot_at.since(now);
-            let why = format!(
-                "slot {} is {} ms ahead, beyond MAX_SLOT_WAIT_MS: clock skew?",
-                ev.slot_at,
-                early.as_millis()
-            );
+            let why = Reason::TooEarly {
+                early,
+                slot: ev.slot_at,
+            };
             warn!(early_ms = millis(early), "{why}");
             let requeued = self.give_back(ev, &job_id, &why).await?;
             return Ok(Outcome::TooEarly {
@@ -272,9 +271,7 @@ where
             BeforeCall::Wait { status, until } => {
                 let delay = until.since(now);
                 self.store.abandon(&job_id).await?;
-                let why = format!(
-                    "HTTP {status}: the credential was refused; no call before its re-read"
-                );
+                let why = Reason::CredentialPending { status };
                 let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
                 return Ok(Outcome::CredentialPending {
                     job_id,
@@ -292,11 +289,10 @@ where
         // `ApiClient`), so no connect follows the check either.
         let at = self.clock.now();
         if let Some(late) = self.too_late(ev, at) {
-            let why = format!(
-                "arrived {} ms after its slot {}: too late to call inside the quota",
-                late.as_millis(),
-                ev.slot_at
-            );
+            let why = Reason::Late {
+                late,
+                slot: ev.slot_at,
+            };
             warn!(late_ms = millis(late), "{why}");
             let requeued = self.give_back(ev, &job_id, &why).await?;
             return Ok(Outcome::Late {
@@ -367,15 +363,17 @@ where
             Ok(r) if r.status == 401 || r.status == 403 => Class::CredentialRejected(r.status),
             Ok(r) if r.status >= 500 || r.status == 408 => Class::Failure(
                 Some(r.status),
-                http_reason(r.status, &r.body_start, self.config.excerpt_bytes),
+                Reason::ServerError {
+                    status: r.status,
+                    excerpt: excerpt(&r.body_start, self.config.excerpt_bytes),
+                },
             ),
-            Ok(r) => Class::Final(http_reason(
-                r.status,
-                &r.body_start,
-                self.config.excerpt_bytes,
-            )),
-            Err(e) if e.is_transient() => Class::Failure(None, e.to_string()),
-            Err(e) => Class::Final(e.to_string()),
+            Ok(r) => Class::Final(Reason::FinalStatus {
+                status: r.status,
+                excerpt: excerpt(&r.body_start, self.config.excerpt_bytes),
+            }),
+            Err(e) if e.is_transient() => Class::Failure(None, http_error_reason(e)),
+            Err(e) => Class::Final(http_error_reason(e)),
         }
     }
 
@@ -416,7 +414,7 @@ where
             })
         })
         .await?;
-        let why = format!("HTTP 429: retry after {} ms", retry_after.as_millis());
+        let why = Reason::Throttled { retry_after };
         warn!(
             retry_after_ms = millis(retry_after),
             %until,
@@ -511,7 +509,7 @@ where
         ev: &JobEvent,
         job_id: String,
         status: Option<u16>,
-        why: &str,
+        why: &Reason,
         now: Timestamp,
     ) -> Result<Outcome, WorkerError> {
         self.store.abandon(&job_id).await?;
@@ -535,7 +533,7 @@ where
                 epoch: circuit.value.epoch,
             });
         }
-        warn!(?status, reason = why, "call failed");
+        warn!(?status, reason = %why, "call failed");
         let requeued = self
             .requeue(ev, &job_id, self.config.retry_delay, why)
             .await?;
@@ -594,7 +592,7 @@ where
             backoff_ms = millis(delay),
             "the API refused the credential: the job goes back untried"
         );
-        let why = format!("HTTP {status}: credential refused");
+        let why = Reason::CredentialRefused { status };
         let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
         Ok(Outcome::CredentialRejected {
             job_id,
@@ -641,7 +639,7 @@ where
         &self,
         ev: &JobEvent,
         job_id: String,
-        reason: String,
+        reason: Reason,
     ) -> Result<Outcome, WorkerError> {
         let body = serde_json::to_string(&ev.job).map_err(WorkerError::Encode)?;
         self.sink
@@ -657,7 +655,10 @@ where
             reason: reason.clone(),
         });
         self.release_claim(&job_id).await;
-        Ok(Outcome::DeadLettered { job_id, reason })
+        Ok(Outcome::DeadLettered {
+            job_id,
+            reason: reason.to_string(),
+        })
     }
 
     /// Marks a job done, trying twice. A failure is logged, not returned: the job's fate is
@@ -701,7 +702,12 @@ where
     /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt
     /// count stays, so that delivery timing alone never sends a job to the dead-letter queue.
     /// Gives back a job it did not call: releases the claim and re-queues it untried, at once.
-    async fn give_back(&self, ev: &JobEvent, job_id: &str, why: &str) -> Result<bool, WorkerError> {
+    async fn give_back(
+        &self,
+        ev: &JobEvent,
+        job_id: &str,
+        why: &Reason,
+    ) -> Result<bool, WorkerError> {
         self.store.abandon(job_id).await?;
         self.requeue_untried(ev, job_id, Duration::ZERO, why).await
     }
@@ -711,16 +717,16 @@ where
         ev: &JobEvent,
         job_id: &str,
         delay: Duration,
-        why: &str,
+        why: &Reason,
     ) -> Result<bool, WorkerError> {
         let body = requeue_body(ev, job_id)?;
         self.sink
             .requeue(&body, &ev.origin, delay.min(MAX_REQUEUE_DELAY))
             .await?;
-        info!(delay_ms = millis(delay), reason = why, "re-queued untried");
+        info!(delay_ms = millis(delay), reason = %why, "re-queued untried");
         self.observe(Observation::Requeued {
             job_id: job_id.to_string(),
-            reason: why.to_string(),
+            reason: why.clone(),
         });
         Ok(true)
     }
@@ -731,7 +737,7 @@ where
         ev: &JobEvent,
         job_id: &str,
         delay: Duration,
-        why: &str,
+        why: &Reason,
     ) -> Result<bool, WorkerError> {
         let retry = Retry::after_failure(&ev.origin, self.config.max_attempts, why);
         self.settle(ev, job_id, retry, delay, why).await
@@ -746,7 +752,7 @@ where
         job_id: &str,
         retry: Retry,
         delay: Duration,
-        why: &str,
+        why: &Reason,
     ) -> Result<bool, WorkerError> {
         let body = requeue_body(ev, job_id)?;
         let given_up = retry
@@ -754,15 +760,15 @@ where
             .await?;
         match given_up {
             None => {
-                info!(delay_ms = millis(delay), reason = why, "re-queued");
+                info!(delay_ms = millis(delay), reason = %why, "re-queued");
                 self.observe(Observation::Requeued {
                     job_id: job_id.to_string(),
-                    reason: why.to_string(),
+                    reason: why.clone(),
                 });
                 Ok(true)
             }
             Some(reason) => {
-                let reason = reason.to_string();
+                let reason = Reason::GaveUp(reason);
                 warn!(reason = %reason, "dead-lettered");
                 self.observe(Observation::DeadLettered {
                     message_id: ev.origin.message_id.clone(),
@@ -833,6 +839,17 @@ pub fn is_low(w: &ApiWindow) -> bool {
         Some(limit) => w.remaining <= (limit / 5).max(1),
         None => w.remaining <= 1,
     }
+}
+
+/// The reason for a call that got no HTTP answer, or could not be made.
+fn http_error_reason(e: HttpError) -> Reason {
+    let (kind, detail) = match e {
+        HttpError::Invalid(detail) => return Reason::InvalidRequest { detail },
+        HttpError::Timeout(d) => (TransportKind::Timeout, d),
+        HttpError::Connect(d) => (TransportKind::Connect, d),
+        HttpError::Transport(d) => (TransportKind::Other, d),
+    };
+    Reason::Transport { kind, detail }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use super::BoxError;
 use crate::job::Origin;
+use crate::reason::Reason;
 use crate::time::Timestamp;
 
 /// Which queue a message came from.
@@ -113,8 +114,8 @@ pub trait JobSource: Send + Sync {
 pub struct DeadLetter {
     /// The job's body as received.
     pub body: String,
-    /// Why it was dead-lettered (goes in a message attribute).
-    pub reason: String,
+    /// Why it was dead-lettered (its text goes in a message attribute).
+    pub reason: Reason,
     /// Where it came from.
     pub origin: Origin,
 }
