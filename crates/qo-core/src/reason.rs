@@ -265,19 +265,22 @@ impl From<JobError> for Reason {
 /// A reason equals the text it prints.
 impl PartialEq<str> for Reason {
     fn eq(&self, other: &str) -> bool {
-        self.to_string() == other
+        let text = self.to_string();
+        text == other
     }
 }
 
 impl PartialEq<&str> for Reason {
     fn eq(&self, other: &&str) -> bool {
-        self.to_string() == *other
+        let text = self.to_string();
+        text == **other
     }
 }
 
 impl PartialEq<String> for Reason {
     fn eq(&self, other: &String) -> bool {
-        self.to_string() == *other
+        let text = self.to_string();
+        text == **other
     }
 }
 

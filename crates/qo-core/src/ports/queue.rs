@@ -67,10 +67,30 @@ pub enum QueueError {
         detail: String,
         /// The receipt handles of the refused entries (empty when the entries were sends).
         refused: Vec<String>,
+        /// The first failure, when it is an error of its own.
+        #[source]
+        source: Option<BoxError>,
     },
 }
 
 impl QueueError {
+    /// [`QueueError::Partial`] whose first failure was `first`: its text is the detail, and it
+    /// is kept as the source.
+    pub fn partial(
+        op: &'static str,
+        failed: usize,
+        refused: Vec<String>,
+        first: impl std::error::Error + Send + Sync + 'static,
+    ) -> QueueError {
+        QueueError::Partial {
+            op,
+            failed,
+            detail: first.to_string(),
+            refused,
+            source: Some(Box::new(first)),
+        }
+    }
+
     /// The receipts a batch call refused: the entries worth trying again. Empty for an error
     /// of the whole call.
     pub fn refused(&self) -> &[String] {
