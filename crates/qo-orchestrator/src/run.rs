@@ -654,7 +654,7 @@ where
                     });
                 }
                 Err(e) => {
-                    let reason = e.to_string();
+                    let reason = qo_core::Reason::InvalidJob(e);
                     warn!(message_id = %m.origin.message_id, %reason, "invalid job: dead-lettered");
                     self.ports
                         .queue
