@@ -256,7 +256,7 @@ impl LambdaInvoker {
                     Ok(())
                 }
                 other => Err(Failure::Retry {
-                    error: InvokeError::Transport(format!(
+                    error: InvokeError::transport(format!(
                         "Invoke answered status {other}, expected 202"
                     )),
                     retry_after: None,
@@ -282,14 +282,15 @@ fn classify(err: SdkError<SdkInvokeError, HttpResponse>) -> Failure {
     let status = match &err {
         SdkError::ServiceError(se) => Some(se.raw().status().as_u16()),
         SdkError::ConstructionFailure(_) => {
-            return Failure::Fail(InvokeError::Rejected(DisplayErrorContext(&err).to_string()));
+            let detail = DisplayErrorContext(&err).to_string();
+            return Failure::Fail(InvokeError::rejected_by(detail, err));
         }
         // Timeouts, connection failures, unreadable answers: the network's fault.
         _ => None,
     };
     let Some(service) = err.as_service_error() else {
         return Failure::Retry {
-            error: InvokeError::Transport(DisplayErrorContext(&err).to_string()),
+            error: InvokeError::transport_by(DisplayErrorContext(&err).to_string(), err),
             retry_after: None,
         };
     };
@@ -330,19 +331,20 @@ fn classify(err: SdkError<SdkInvokeError, HttpResponse>) -> Failure {
     };
     match status {
         Some(s) if s >= 500 => Failure::Retry {
-            error: InvokeError::Transport(format!("status {s}: {detail}")),
+            error: InvokeError::transport(format!("status {s}: {detail}")),
             retry_after: None,
         },
-        Some(s) => Failure::Fail(InvokeError::Rejected(format!("status {s}: {detail}"))),
-        None => Failure::Fail(InvokeError::Rejected(detail)),
+        Some(s) => Failure::Fail(InvokeError::rejected(format!("status {s}: {detail}"))),
+        None => Failure::Fail(InvokeError::rejected(detail)),
     }
 }
 
 #[async_trait]
 impl Invoker for LambdaInvoker {
     async fn invoke(&self, event: &WorkerEvent) -> Result<(), InvokeError> {
-        let payload = serde_json::to_vec(event)
-            .map_err(|e| InvokeError::Rejected(format!("the event does not serialize: {e}")))?;
+        let payload = serde_json::to_vec(event).map_err(|e| {
+            InvokeError::rejected_by(format!("the event does not serialize: {e}"), e)
+        })?;
         let mut retry = 0u32;
         loop {
             let (error, retry_after) = match self.attempt(&payload).await {
@@ -468,8 +470,9 @@ impl AsyncInvoke {
     /// Sends `payload` with `InvocationType=Event`; `Ok` once Lambda accepted it (202, or 200
     /// from an emulator).
     pub async fn invoke(&self, payload: &serde_json::Value) -> Result<(), InvokeError> {
-        let bytes = serde_json::to_vec(payload)
-            .map_err(|e| InvokeError::Rejected(format!("payload is not serializable: {e}")))?;
+        let bytes = serde_json::to_vec(payload).map_err(|e| {
+            InvokeError::rejected_by(format!("payload is not serializable: {e}"), e)
+        })?;
         let out = self
             .client
             .invoke()
@@ -478,10 +481,10 @@ impl AsyncInvoke {
             .payload(Blob::new(bytes))
             .send()
             .await
-            .map_err(|e| InvokeError::Transport(DisplayErrorContext(&e).to_string()))?;
+            .map_err(|e| InvokeError::transport_by(DisplayErrorContext(&e).to_string(), e))?;
         match out.status_code() {
             202 | 200 => Ok(()),
-            other => Err(InvokeError::Transport(format!(
+            other => Err(InvokeError::transport(format!(
                 "Invoke answered status {other}, expected 202"
             ))),
         }

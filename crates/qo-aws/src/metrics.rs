@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use qo_core::config::Env;
 use qo_core::quota::Utilization;
-use qo_core::{CircuitPhase, Observation, Observer, Timestamp};
+use qo_core::{CircuitPhase, Observation, Observer, ReasonKind, Timestamp};
 use serde_json::{Value, json};
 
 /// Counts observations; [`EmfMetrics::flush`] writes them as one EMF record.
@@ -146,7 +146,7 @@ impl Observer for EmfMetrics {
             Observation::Throttled { .. } => self.add("Throttled", 1.0),
             Observation::Requeued { ref reason, .. } => {
                 self.add("Requeued", 1.0);
-                if reason.contains("after its slot") {
+                if reason.kind() == ReasonKind::Late {
                     self.add("LateDeliveries", 1.0);
                 }
             }

@@ -274,7 +274,7 @@ impl SqsQueue {
         url: &str,
         messages: &[&Message],
         delay: Duration,
-    ) -> Result<(Vec<String>, Option<String>), QueueError> {
+    ) -> Result<(Vec<String>, Option<BatchEntryError>), QueueError> {
         const OP: &str = "sqs.SendMessageBatch(resend)";
         let fifo = is_fifo(url);
         let delay = i32::try_from(ceil_secs(delay).min(MAX_DELAY_S)).unwrap_or(0);
@@ -406,12 +406,12 @@ impl SqsQueue {
             .collect();
         self.delete_receipts(&self.urls.dlq, &sent).await?;
         if let Some(f) = out.failed.first() {
-            return Err(QueueError::Partial {
-                op: "redrive",
-                failed: out.failed.len(),
-                detail: batch_failure(f),
-                refused: Vec::new(),
-            });
+            return Err(QueueError::partial(
+                "redrive",
+                out.failed.len(),
+                Vec::new(),
+                batch_failure(f),
+            ));
         }
         Ok(sent.len() as u64)
     }
@@ -531,21 +531,23 @@ impl JobSource for SqsQueue {
                     failed: n,
                     detail,
                     refused: r,
+                    source,
                     ..
                 }) => {
                     failed += n;
-                    first.get_or_insert(detail);
+                    first.get_or_insert((detail, source));
                     refused.extend(r);
                 }
                 Err(e) => return Err(e),
             }
         }
         match first {
-            Some(detail) => Err(QueueError::Partial {
+            Some((detail, source)) => Err(QueueError::Partial {
                 op: "delete",
                 failed,
                 detail,
                 refused,
+                source,
             }),
             None => Ok(()),
         }
@@ -581,12 +583,7 @@ impl JobSource for SqsQueue {
             first = first.or(f);
         }
         match first {
-            Some(detail) => Err(QueueError::Partial {
-                op: "resend",
-                failed: refused.len(),
-                detail,
-                refused,
-            }),
+            Some(first) => Err(QueueError::partial("resend", refused.len(), refused, first)),
             None => Ok(()),
         }
     }
@@ -603,21 +600,23 @@ impl JobSource for SqsQueue {
                     failed: n,
                     detail,
                     refused: r,
+                    source,
                     ..
                 }) => {
                     failed += n;
-                    first.get_or_insert(detail);
+                    first.get_or_insert((detail, source));
                     refused.extend(r);
                 }
                 Err(e) => return Err(e),
             }
         }
         match first {
-            Some(detail) => Err(QueueError::Partial {
+            Some((detail, source)) => Err(QueueError::Partial {
                 op: "release",
                 failed,
                 detail,
                 refused,
+                source,
             }),
             None => Ok(()),
         }
@@ -629,10 +628,12 @@ impl JobSink for SqsQueue {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
         const OP: &str = "sqs.SendMessage(dlq)";
         let o = &letter.origin;
-        let reason = if letter.reason.trim().is_empty() {
+        // The attribute carries the reason's text, as it always did.
+        let text = letter.reason.to_string();
+        let reason = if text.trim().is_empty() {
             "unspecified"
         } else {
-            truncate(&letter.reason, MAX_REASON_BYTES)
+            truncate(&text, MAX_REASON_BYTES)
         };
         let mut req = self
             .client
@@ -961,11 +962,12 @@ where
         }));
     }
     match first {
-        Some(detail) => Err(QueueError::Partial {
+        Some(first) => Err(QueueError::Partial {
             op,
             failed,
-            detail,
+            detail: first.to_string(),
             refused: receipts,
+            source: Some(Box::new(first)),
         }),
         None => Ok(()),
     }
@@ -976,12 +978,32 @@ fn invalid_entry(op: &'static str, e: impl std::fmt::Display) -> QueueError {
     queue_backend(op, AwsError::invalid(op, e.to_string()))
 }
 
-fn batch_failure(f: &BatchResultErrorEntry) -> String {
-    match f.message() {
-        Some(m) => format!("{}: {m}", f.code()),
-        None => f.code().to_string(),
+fn batch_failure(f: &BatchResultErrorEntry) -> BatchEntryError {
+    BatchEntryError {
+        code: f.code().to_string(),
+        message: f.message().map(str::to_string),
     }
 }
+
+/// An entry SQS refused in a batch call: the source of a [`QueueError::Partial`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchEntryError {
+    /// SQS's error code.
+    pub code: String,
+    /// Its message, when it gave one.
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for BatchEntryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.message {
+            Some(m) => write!(f, "{}: {m}", self.code),
+            None => f.write_str(&self.code),
+        }
+    }
+}
+
+impl std::error::Error for BatchEntryError {}
 
 /// A long-poll wait: rounded to the nearest whole second, at most [`MAX_WAIT`].
 fn whole_seconds(wait: Duration) -> Duration {

@@ -294,7 +294,7 @@ async fn server_errors_are_retried_with_backoff() {
     let (mock, url) = serve(&[Reply::ServerError]).await;
     let e = invoker(&url, 2).await.invoke(&event()).await.unwrap_err();
     assert!(
-        matches!(&e, InvokeError::Transport(m) if m.contains("500") && m.contains("ServiceException")),
+        matches!(&e, InvokeError::Transport { detail: m, .. } if m.contains("500") && m.contains("ServiceException")),
         "{e:?}"
     );
     assert_eq!(calls(&mock), 3);
@@ -305,7 +305,7 @@ async fn missing_function_is_rejected_at_once() {
     let (mock, url) = serve(&[Reply::NotFound]).await;
     let e = invoker(&url, 4).await.invoke(&event()).await.unwrap_err();
     assert!(
-        matches!(&e, InvokeError::Rejected(m) if m.contains("ResourceNotFoundException") && m.contains("Function not found")),
+        matches!(&e, InvokeError::Rejected { detail: m, .. } if m.contains("ResourceNotFoundException") && m.contains("Function not found")),
         "{e:?}"
     );
     assert_eq!(calls(&mock), 1, "no retry");
@@ -316,5 +316,5 @@ async fn unreachable_endpoint_is_a_transport_error() {
     let port = qo_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let e = invoker(&url, 1).await.invoke(&event()).await.unwrap_err();
-    assert!(matches!(e, InvokeError::Transport(_)), "{e:?}");
+    assert!(matches!(e, InvokeError::Transport { .. }), "{e:?}");
 }

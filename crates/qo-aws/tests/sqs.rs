@@ -6,10 +6,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use qo_aws::{QueueUrls, SqsQueue, ensure_queues};
+use qo_core::Reason;
 use qo_core::job::Origin;
 use qo_core::ports::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
 };
+use qo_core::retry::GiveUp;
 use qo_core::time::Timestamp;
 
 fn now() -> Timestamp {
@@ -249,7 +251,7 @@ async fn dead_letter_carries_the_reason() {
     let long_reason = format!("API answered 400: {}", "x".repeat(5000));
     q.dead_letter(DeadLetter {
         body: r#"{"path":"/bad"}"#.to_string(),
-        reason: long_reason.clone(),
+        reason: Reason::Other(long_reason.clone()),
         origin: Origin {
             message_id: "m-123".to_string(),
             attempt: 4,
@@ -357,7 +359,10 @@ async fn the_429_count_round_trips_in_qo_throttled() {
     // A dead letter keeps it; a redrive starts the job afresh.
     q.dead_letter(DeadLetter {
         body: r#"{"path":"/d"}"#.into(),
-        reason: "answered HTTP 429 100 times (MAX_THROTTLED); last retry after 1000 ms".into(),
+        reason: Reason::GaveUp(GiveUp::Throttled {
+            times: 100,
+            last_retry_after: Duration::from_secs(1),
+        }),
         origin: Origin {
             message_id: "m-9".into(),
             throttled: 100,
@@ -461,7 +466,7 @@ async fn fifo_requeue_keeps_the_message_group() {
         .unwrap();
     q.dead_letter(DeadLetter {
         body: back[0].body.clone(),
-        reason: "gave up".into(),
+        reason: Reason::Other("gave up".into()),
         origin: next.clone(),
     })
     .await
@@ -527,7 +532,10 @@ async fn fifo_untried_requeues_of_the_same_attempt_within_five_minutes_both_arri
     for round in 1..=2 {
         q.dead_letter(DeadLetter {
             body: current[0].body.clone(),
-            reason: "HTTP 404".into(),
+            reason: Reason::FinalStatus {
+                status: 404,
+                excerpt: String::new(),
+            },
             origin: current[0].origin.clone(),
         })
         .await
@@ -550,7 +558,7 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
     for i in 0..3 {
         q.dead_letter(DeadLetter {
             body: format!(r#"{{"path":"/d/{i}"}}"#),
-            reason: "boom".into(),
+            reason: Reason::Other("boom".into()),
             origin: Origin {
                 message_id: format!("m{i}"),
                 attempt: 5,

@@ -23,7 +23,12 @@
 //! - [`circuit`]: the circuit breaker with epochs.
 //! - [`job`]: the job contract and the worker events.
 //! - [`control`]: the operator control record.
-//! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
+//! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
+//!   redrive), [`ports::store`] (records, lease, idempotency), [`ports::invoker`].
+//! - [`reason`]: [`Reason`], why a job was re-queued or dead-lettered, printed as the text
+//!   logs and the dead-letter queue carry, grouped by its [`ReasonKind`].
+//! - [`retry`]: what becomes of a job tried and not done: re-queued, or given up on past the
+//!   attempt or 429 bound.
 //! - [`observe`]: observations for metrics and reports.
 //! - [`config`]: environment variables, with errors that name the variable, and the AWS SDK
 //!   calls' timeouts and attempts as plain settings.
@@ -39,6 +44,8 @@ pub mod lambda;
 pub mod observe;
 pub mod ports;
 pub mod quota;
+pub mod reason;
+pub mod retry;
 pub mod secret;
 pub mod sqs;
 pub mod time;
@@ -52,4 +59,5 @@ pub use observe::{NoObserver, Observation, Observer};
 pub use quota::{
     Availability, BudgetMode, NotNow, Pacer, PacingPolicy, QuotaSpec, QuotaState, Slot, TierId,
 };
+pub use reason::{Reason, ReasonKind, TransportKind};
 pub use time::{Clock, Timestamp, TokioClock};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::circuit::CircuitPhase;
 use crate::quota::Utilization;
+use crate::reason::Reason;
 use crate::time::Timestamp;
 
 /// One thing that happened.
@@ -71,14 +72,14 @@ pub enum Observation {
         /// Job id.
         job_id: String,
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// A job went to the dead-letter queue.
     DeadLettered {
         /// Message id.
         message_id: String,
         /// Why.
-        reason: String,
+        reason: Reason,
     },
     /// A duplicate delivery was skipped.
     Duplicate {

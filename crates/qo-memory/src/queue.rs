@@ -628,22 +628,22 @@ impl MemoryQueue {
                 };
                 if let Err(e) = result {
                     refused.push(m.receipt.clone());
-                    first.get_or_insert_with(|| e.to_string());
+                    first.get_or_insert(e);
                 }
             }
         }
         self.inner.changed.notify_waiters();
         match first {
             None => Ok(()),
-            Some(detail) => Err(QueueError::Partial {
-                op: match op {
+            Some(first) => Err(QueueError::partial(
+                match op {
                     BatchOp::Delete => "delete",
                     BatchOp::Release => "release",
                 },
-                failed: refused.len(),
-                detail,
+                refused.len(),
                 refused,
-            }),
+                first,
+            )),
         }
     }
 }
@@ -945,7 +945,7 @@ mod tests {
 
         let e = q.delete(&old).await.expect_err("stale receipt");
         assert!(
-            matches!(&e, QueueError::Partial { op: "delete", failed: 1, detail, refused } if detail.contains(&old[0].receipt) && *refused == [old[0].receipt.clone()]),
+            matches!(&e, QueueError::Partial { op: "delete", failed: 1, detail, refused, .. } if detail.contains(&old[0].receipt) && *refused == [old[0].receipt.clone()]),
             "{e}"
         );
         assert_eq!(q.depths().pending(), 2, "the stale delete removed nothing");
@@ -1207,7 +1207,9 @@ mod tests {
         let q = MemoryQueue::new(clock());
         let letter = DeadLetter {
             body: "{}".into(),
-            reason: "malformed job: missing field `path`".into(),
+            reason: qo_core::Reason::InvalidJob(qo_core::JobError::Malformed(
+                "missing field `path`".into(),
+            )),
             origin: Origin {
                 message_id: "m1".into(),
                 ..Origin::default()

@@ -569,7 +569,7 @@ async fn fail_rate_fails_that_fraction_deterministically() {
                     assert_eq!(reason, THROTTLE_REASON);
                     1
                 }
-                Err(InvokeError::Transport(_)) => 2,
+                Err(InvokeError::Transport { .. }) => 2,
                 Err(e) => panic!("unexpected {e}"),
             });
         }
@@ -611,7 +611,7 @@ async fn oversized_payload_is_rejected() {
     });
     let e = inv.invoke(&big).await.expect_err("too big");
     assert!(
-        matches!(&e, InvokeError::Rejected(m) if m.contains("limit")),
+        matches!(&e, InvokeError::Rejected { detail: m, .. } if m.contains("limit")),
         "{e}"
     );
     inv.wait_idle().await;

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`] - [`OrchestratorConfig`], read once from the environment.
-//! - [`run`] - one run of the dispatch loop, generic over the ports.
+//! - [`run`] - one run of the dispatch loop, generic over the ports: it performs the steps.
+//! - [`step`] - the loop's decision, pure: [`step::next_step`] from a [`step::Snapshot`].
 //! - [`slots`] - [`slots::SlotLog`], recent slots, to judge the API's limit when it throttles.
 //! - [`sweep`] - the retention sweep: waiting messages re-sent as fresh copies before SQS's
 //!   retention deletes them.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod handler;
 pub mod run;
 pub mod slots;
+pub mod step;
 pub mod sweep;
 
 pub use config::{OrchestratorConfig, circuit_policy};

@@ -22,7 +22,7 @@ use qo_core::ports::{
     DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, RecordKey,
     RecordStore, StoreError, load_record, save_record, update_record,
 };
-use qo_core::quota::{Availability, NotNow, Reaction, Utilization, UtilizationMeter};
+use qo_core::quota::{Reaction, TierId, Utilization, UtilizationMeter};
 use qo_core::sqs;
 use qo_core::{
     Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
@@ -32,6 +32,7 @@ use qo_core::{
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
 use crate::slots::SlotLog;
+use crate::step::{Snapshot, Step, Timers, cap_free_at, idle_long_enough, next_step};
 
 /// Why a run stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,14 +141,6 @@ pub struct Ports<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     pub observer: &'a dyn Observer,
 }
 
-/// The slot an answer of the pacer gives for a call asked at `ask`.
-fn slot_of(a: &Availability, ask: Timestamp) -> Timestamp {
-    match a {
-        Ok(()) => ask,
-        Err(not_now) => not_now.earliest(),
-    }
-}
-
 /// How many times a batch call is tried for the entries the queue refused.
 pub const BATCH_ATTEMPTS: u32 = 3;
 
@@ -157,6 +150,15 @@ struct Held {
     job: Job,
     /// When its visibility runs out (it comes back on the queue then).
     visible_until: Timestamp,
+}
+
+/// What one pass of a batch call left: the entries the queue refused by receipt, those it
+/// refused without naming them, and the last refusal's text.
+#[derive(Default)]
+struct Refused {
+    refused: Vec<Message>,
+    unnamed: usize,
+    last: Option<String>,
 }
 
 /// A batch call on received messages.
@@ -169,27 +171,77 @@ enum BatchCall {
 type InFlight<'a> =
     Pin<Box<dyn Future<Output = (Message, Result<(), qo_core::ports::InvokeError>)> + Send + 'a>>;
 
+/// One run's state: what the decision ([`next_step`]) reads and the effects change.
 struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
+    /// The queue, store, invoker, clock and observer.
     ports: Ports<'a, Q, S, I>,
+    /// The run's settings.
     config: &'a OrchestratorConfig,
+    /// Quota usage and the learned rate: asked for slots, recorded into at each dispatch, and
+    /// saved (fenced by the lease) so that the next run starts where this one ended.
     pacer: Pacer,
+    /// The version of the quota record last read or written: saves are conditional on it.
     quota_version: u64,
+    /// The circuit as last read (the worker writes it): dispatch only while closed.
     circuit: Circuit,
+    /// The operator controls and the worker's reports (pause, quota override, back-off,
+    /// throttles, the API's window) as last read.
     control: Control,
+    /// This run's lease: renewed at refreshes; losing it stops the run.
     lease: Lease,
+    /// Received messages waiting for their slot, oldest first (at most a batch: receiving
+    /// more would hold messages invisible for nothing and count receives toward the redrive
+    /// policy).
     held: VecDeque<Held>,
+    /// Invokes not yet answered: a message is deleted only once its invoke was accepted.
     in_flight: FuturesUnordered<InFlight<'a>>,
     /// When each dispatched worker event stops counting against the concurrency cap (its slot
     /// plus `worker_busy`), oldest first.
     busy_until: VecDeque<Timestamp>,
+    /// Messages whose invoke was accepted, deleted in batches of up to 10 (and at each save).
     to_delete: Vec<Message>,
+    /// Counts dispatches against what the pace allowed while work was waiting.
     meter: UtilizationMeter,
+    /// The meter's last reading, observed at each save.
     utilization: Utilization,
     /// Recent slots, to judge the API's limit when it throttles.
     slots: SlotLog,
     /// Whether the last refresh published the pace (it was under the quota).
     pace_shown: bool,
+    /// The loop's timers: stop, refresh, save, idle.
+    timers: Timers,
+    /// What the run did, returned at its end.
     report: RunReport,
+}
+
+/// The pacer from the saved usage, under the quota in force (the operator's override or the
+/// configured one), and the log of this run's slots. A horizon left in the state means the
+/// last run stopped without saving: its horizon is counted as used.
+fn hydrate_pacer(
+    config: &OrchestratorConfig,
+    control: &Control,
+    state: QuotaState,
+) -> (Pacer, SlotLog) {
+    let spec = control
+        .quota
+        .clone()
+        .unwrap_or_else(|| config.quota.clone());
+    let mut pacer = Pacer::hydrate(spec, config.pacing, state);
+    if pacer.state().horizon.is_some() {
+        warn!("the previous run stopped without saving its usage; counting its horizon as used");
+        pacer.assume_unrecorded_until();
+    }
+    // Slots after the last one an earlier run handed out are all in this run's log.
+    let complete_from = pacer
+        .state()
+        .last_slot
+        .map_or(Timestamp::EPOCH, |s| s.plus(Duration::from_micros(1)));
+    let slots = SlotLog::new(
+        pacer.spec().pacing_period(),
+        config.pacing.call_tolerance,
+        complete_from,
+    );
+    (pacer, slots)
 }
 
 /// Runs until `deadline` (the Lambda's, say) less the configured stop margin.
@@ -230,67 +282,7 @@ where
     .await;
 
     // 2. Hydrate quota usage, circuit and controls.
-    let control = load_record::<Control>(ports.store, RecordKey::Control)
-        .await?
-        .value;
-    let circuit = load_record::<Circuit>(ports.store, RecordKey::Circuit)
-        .await?
-        .value;
-    let quota = load_record::<QuotaState>(ports.store, RecordKey::Quota).await?;
-    let spec = control
-        .quota
-        .clone()
-        .unwrap_or_else(|| config.quota.clone());
-    let mut pacer = Pacer::hydrate(spec, config.pacing, quota.value);
-    if pacer.state().horizon.is_some() {
-        warn!("the previous run stopped without saving its usage; counting its horizon as used");
-        pacer.assume_unrecorded_until();
-    }
-    // Slots after the last one an earlier run handed out are all in this run's log.
-    let complete_from = pacer
-        .state()
-        .last_slot
-        .map_or(Timestamp::EPOCH, |s| s.plus(Duration::from_micros(1)));
-    let slots = SlotLog::new(
-        pacer.spec().pacing_period(),
-        config.pacing.call_tolerance,
-        complete_from,
-    );
-    if let Some(until) = control.backoff_until {
-        pacer.back_off_until(until);
-    }
-    info!(
-        token = lease.token,
-        quota = %pacer.spec(),
-        circuit = circuit.phase().as_str(),
-        epoch = circuit.epoch,
-        paused = control.paused,
-        "run started"
-    );
-    ports.observer.observe(Observation::Circuit {
-        phase: circuit.phase(),
-        epoch: circuit.epoch,
-    });
-
-    let mut lp = Loop {
-        ports,
-        config,
-        pacer,
-        quota_version: quota.version,
-        circuit: Circuit::default(),
-        control,
-        lease,
-        held: VecDeque::new(),
-        in_flight: FuturesUnordered::new(),
-        busy_until: VecDeque::new(),
-        to_delete: Vec::new(),
-        meter: UtilizationMeter::new(),
-        utilization: Utilization::default(),
-        slots,
-        pace_shown: false,
-        report,
-    };
-    lp.apply_circuit(circuit);
+    let mut lp = Loop::hydrate(ports, config, lease, report, now, deadline).await?;
     lp.react_to_throttles(now);
     let result = lp.dispatch_until(deadline).await;
     let stop = lp.finish(result.as_ref().ok().cloned()).await;
@@ -311,6 +303,63 @@ where
     S: RecordStore + LeaseStore + ?Sized,
     I: Invoker + ?Sized,
 {
+    /// Hydrates a run that holds `lease`: the quota usage, the circuit and the controls as
+    /// the last run (or the worker, or an operator) left them.
+    async fn hydrate(
+        ports: Ports<'a, Q, S, I>,
+        config: &'a OrchestratorConfig,
+        lease: Lease,
+        report: RunReport,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<Loop<'a, Q, S, I>, OrchestratorError> {
+        let control = load_record::<Control>(ports.store, RecordKey::Control)
+            .await?
+            .value;
+        let circuit = load_record::<Circuit>(ports.store, RecordKey::Circuit)
+            .await?
+            .value;
+        let quota = load_record::<QuotaState>(ports.store, RecordKey::Quota).await?;
+        let (mut pacer, slots) = hydrate_pacer(config, &control, quota.value);
+        if let Some(until) = control.backoff_until {
+            pacer.back_off_until(until);
+        }
+        info!(
+            token = lease.token,
+            quota = %pacer.spec(),
+            circuit = circuit.phase().as_str(),
+            epoch = circuit.epoch,
+            paused = control.paused,
+            "run started"
+        );
+        ports.observer.observe(Observation::Circuit {
+            phase: circuit.phase(),
+            epoch: circuit.epoch,
+        });
+
+        let mut lp = Loop {
+            ports,
+            config,
+            pacer,
+            quota_version: quota.version,
+            circuit: Circuit::default(),
+            control,
+            lease,
+            held: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            busy_until: VecDeque::new(),
+            to_delete: Vec::new(),
+            meter: UtilizationMeter::new(),
+            utilization: Utilization::default(),
+            slots,
+            pace_shown: false,
+            timers: Timers::start(now, deadline.minus(config.stop_margin)),
+            report,
+        };
+        lp.apply_circuit(circuit);
+        Ok(lp)
+    }
+
     fn now(&self) -> Timestamp {
         self.ports.clock.now()
     }
@@ -338,10 +387,6 @@ where
         self.circuit = circuit;
     }
 
-    fn dispatching(&self) -> bool {
-        !self.control.paused && self.circuit.is_closed()
-    }
-
     /// Messages to fetch at once: the slots the pacer would hand out within the hold horizon
     /// (1 to 10), counted on a copy of the pacer, so that every constraint (spread budgets,
     /// slow start, back-off, exhausted tiers) sizes the batch, not only the nominal rate.
@@ -361,12 +406,6 @@ where
         n.max(1)
     }
 
-    /// The slot the pacer would hand out for a call asked at `ask`.
-    fn slot_for(&self, ask: Timestamp) -> (Timestamp, Availability) {
-        let a = self.pacer.peek(ask);
-        (slot_of(&a, ask), a)
-    }
-
     /// When the first held message's visibility needs extending.
     fn visibility_due(&self) -> Option<Timestamp> {
         let margin = self.extend_margin();
@@ -381,177 +420,156 @@ where
         (self.config.visibility_timeout / 3).min(Duration::from_secs(30))
     }
 
+    /// The loop: decide the next step from the state ([`next_step`]), perform it, again,
+    /// until a step stops the run.
     async fn dispatch_until(
         &mut self,
         deadline: Timestamp,
     ) -> Result<StopReason, OrchestratorError> {
-        let cfg = self.config;
-        let stop_at = deadline.minus(cfg.stop_margin);
-        let mut next_refresh = self.now();
-        let mut next_persist = self.now();
-        let mut idle_since = self.now();
+        self.timers = Timers::start(self.now(), deadline.minus(self.config.stop_margin));
         loop {
             // In-memory ports never suspend: give the runtime a turn on every pass.
             tokio::task::yield_now().await;
             let now = self.now();
-            if now >= stop_at {
-                return Ok(StopReason::Deadline);
+            let step = next_step(&self.snapshot(now));
+            if let Some(stop) = self.perform(step, now).await? {
+                return Ok(stop);
             }
-            if now >= next_refresh {
-                if let Some(stop) = self.refresh(now).await? {
-                    return Ok(stop);
-                }
-                next_refresh = now.plus(cfg.refresh_interval);
-            }
-            if now >= next_persist {
-                self.observe_utilization();
-                self.flush_deletes().await?;
-                self.persist(Some(now.plus(cfg.persist_interval * 2 + cfg.dispatch_lead)))
-                    .await?;
-                next_persist = now.plus(cfg.persist_interval);
-            }
-            let wake = next_refresh.min(next_persist).min(stop_at);
-
-            if !self.dispatching() {
-                self.meter.close();
-                self.release_held(Duration::ZERO).await?;
-                let mut wake = wake;
-                if !self.control.paused
-                    && !self.circuit.is_closed()
-                    && let Some(due) = self.circuit.probe_due(&cfg.circuit)
-                {
-                    if due <= now {
-                        self.send_health_check(now).await?;
-                    } else {
-                        wake = wake.min(due);
-                    }
-                }
-                idle_since = now;
-                self.wait_until(wake).await?;
-                continue;
-            }
-
-            if self.held.is_empty() {
-                // Receive only what can be dispatched soon: every receive counts toward the
-                // redrive policy's maxReceiveCount, and a held message is invisible for nothing.
-                let (slot, availability) = self.slot_for(now.plus(cfg.dispatch_lead / 2));
-                if let Err(NotNow::ExhaustedUntil { until, .. }) = availability
-                    && until >= stop_at
-                {
-                    // A budget used up past this run's end: stop without receiving.
-                    info!(%until, "budget exhausted until its reset; stopping");
-                    self.observe_exhausted(until);
-                    return Ok(StopReason::Exhausted { until });
-                }
-                let receive_at = slot.minus(cfg.dispatch_lead).minus(cfg.receive_ahead);
-                if receive_at > now {
-                    if !matches!(availability, Err(NotNow::NotBefore { .. })) {
-                        // A back-off or an exhausted budget: not counted against utilization.
-                        self.meter.close();
-                    }
-                    self.wait_until(receive_at.min(wake)).await?;
-                    continue;
-                }
-                let wait = wake.since(now).min(Duration::from_secs(1));
-                let messages = self.receive_while_invoking(wait).await?;
-                if messages.is_empty() {
-                    // The backlog is gone: the time until the next job is not counted.
-                    self.meter.close();
-                    self.poll_completions().await?;
-                    if let Some(idle) = cfg.idle_exit
-                        && self.in_flight.is_empty()
-                        && self.now().since(idle_since) >= idle
-                    {
-                        return Ok(StopReason::Idle);
-                    }
-                    continue;
-                }
-                idle_since = self.now();
-                self.accept(messages).await?;
-                self.ports.observer.observe(Observation::Backlog {
-                    held: self.held.len(),
-                });
-                continue;
-            }
-
-            // Keep what is held: extend its visibility before it runs out, rather than give
-            // it back and receive it again (each receive counts toward maxReceiveCount).
-            let wake = match self.visibility_due() {
-                Some(due) if due <= now => {
-                    self.extend_held(now).await?;
-                    continue;
-                }
-                Some(due) => wake.min(due),
-                None => wake,
-            };
-
-            // Ask for a slot at least half the lead ahead: a loop that wakes a little late
-            // (timers have millisecond grain, schedulers jitter) keeps the pace's slot instead
-            // of pushing every later slot back.
-            let ask = now.plus(cfg.dispatch_lead / 2);
-            let slot = match self.pacer.peek(ask) {
-                Ok(()) => ask,
-                Err(NotNow::NotBefore { at, .. }) => at,
-                Err(NotNow::BackingOff { until }) => {
-                    // The API asked for the wait: not counted against the run's utilization.
-                    self.meter.close();
-                    until
-                }
-                Err(NotNow::ExhaustedUntil { until, tier }) => {
-                    self.meter.close();
-                    if until >= stop_at {
-                        let tier = self
-                            .pacer
-                            .spec()
-                            .tier(tier)
-                            .map(ToString::to_string)
-                            .unwrap_or_default();
-                        info!(%tier, %until, "budget exhausted until its reset; stopping");
-                        self.observe_exhausted(until);
-                        // Given back at once (SQS refuses a visibility past 12 h from the
-                        // receive): the next runs do not receive before the reset.
-                        self.release_held(Duration::ZERO).await?;
-                        return Ok(StopReason::Exhausted { until });
-                    }
-                    until
-                }
-            };
-            let send_at = slot.minus(cfg.dispatch_lead);
-            if send_at > now {
-                self.wait_until(send_at.min(wake)).await?;
-                continue;
-            }
-            if self.state_horizon_reached(slot) {
-                // Save first: no slot beyond the saved horizon is handed out.
-                next_persist = now;
-                continue;
-            }
-            if let Some(free_at) = self.worker_cap_reached(now) {
-                self.wait_until(free_at.min(wake)).await?;
-                continue;
-            }
-            if self.in_flight.len() >= cfg.max_in_flight {
-                self.wait_until(wake).await?;
-                continue;
-            }
-            self.dispatch(slot, now);
         }
     }
 
-    fn observe_exhausted(&self, until: Timestamp) {
-        let now = self.now();
-        let tier = match self.pacer.peek(now.plus(self.config.dispatch_lead)) {
-            Err(NotNow::ExhaustedUntil { tier, .. }) => self
-                .pacer
-                .spec()
-                .tier(tier)
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            _ => String::new(),
-        };
+    /// What the decision reads at `now`.
+    fn snapshot(&self, now: Timestamp) -> Snapshot<'_> {
+        Snapshot {
+            now,
+            config: self.config,
+            timers: &self.timers,
+            pacer: &self.pacer,
+            circuit: &self.circuit,
+            paused: self.control.paused,
+            held: self.held.len(),
+            visibility_due: self.visibility_due(),
+            worker_free_at: cap_free_at(
+                self.config.worker_concurrency_cap,
+                self.busy_until.iter().copied(),
+                now,
+            ),
+            in_flight: self.in_flight.len(),
+        }
+    }
+
+    /// Performs one step: its effect, one per arm. `Some` stops the run.
+    async fn perform(
+        &mut self,
+        step: Step,
+        now: Timestamp,
+    ) -> Result<Option<StopReason>, OrchestratorError> {
+        match step {
+            Step::Stop(reason) => return Ok(Some(reason)),
+            Step::Refresh => {
+                let stop = self.refresh(now).await?;
+                self.timers.next_refresh = now.plus(self.config.refresh_interval);
+                return Ok(stop);
+            }
+            Step::Persist => self.save(now).await?,
+            Step::Standby { probe_now, wake } => self.stand_by(now, probe_now, wake).await?,
+            Step::Exhausted { until, tier } => return self.stop_exhausted(until, tier).await,
+            Step::Wait { until, uncounted } => {
+                self.close_meter_if(uncounted);
+                self.wait_until(until).await?;
+            }
+            Step::Receive { wait } => return self.receive(wait).await,
+            Step::ExtendVisibility => self.extend_held(now).await?,
+            Step::SaveFirst { uncounted } => {
+                // No slot beyond the saved horizon is handed out: save on the next pass.
+                self.close_meter_if(uncounted);
+                self.timers.next_persist = now;
+            }
+            Step::Dispatch { slot, uncounted } => {
+                self.close_meter_if(uncounted);
+                self.dispatch(slot, now);
+            }
+        }
+        Ok(None)
+    }
+
+    /// A wait the API asked for, or a used-up budget, is not counted against utilization.
+    fn close_meter_if(&mut self, uncounted: bool) {
+        if uncounted {
+            self.meter.close();
+        }
+    }
+
+    /// Saves usage with a horizon two saves and a lead ahead, after the deletes.
+    async fn save(&mut self, now: Timestamp) -> Result<(), OrchestratorError> {
+        let cfg = self.config;
+        self.observe_utilization();
+        self.flush_deletes().await?;
+        self.persist(Some(now.plus(cfg.persist_interval * 2 + cfg.dispatch_lead)))
+            .await?;
+        self.timers.next_persist = now.plus(cfg.persist_interval);
+        Ok(())
+    }
+
+    /// Paused or circuit not closed: what is held goes back, a due health check goes out,
+    /// and the loop waits until `wake`.
+    async fn stand_by(
+        &mut self,
+        now: Timestamp,
+        probe_now: bool,
+        wake: Timestamp,
+    ) -> Result<(), OrchestratorError> {
+        self.meter.close();
+        self.release_held(Duration::ZERO).await?;
+        if probe_now {
+            self.send_health_check(now).await?;
+        }
+        self.timers.idle_since = now;
+        self.wait_until(wake).await
+    }
+
+    /// A budget used up past this run's end: what is held goes back at once (SQS refuses a
+    /// visibility past 12 h from the receive; the next runs do not receive before the
+    /// reset), and the run stops.
+    async fn stop_exhausted(
+        &mut self,
+        until: Timestamp,
+        tier: TierId,
+    ) -> Result<Option<StopReason>, OrchestratorError> {
+        self.meter.close();
+        let tier = self
+            .pacer
+            .spec()
+            .tier(tier)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        info!(%tier, %until, "budget exhausted until its reset; stopping");
         self.ports
             .observer
             .observe(Observation::BudgetExhausted { tier, until });
+        self.release_held(Duration::ZERO).await?;
+        Ok(Some(StopReason::Exhausted { until }))
+    }
+
+    /// Long-polls for at most `wait`: what comes is held; nothing means the backlog is gone
+    /// (the time until the next job is not counted), and past the idle time the run stops.
+    async fn receive(&mut self, wait: Duration) -> Result<Option<StopReason>, OrchestratorError> {
+        let messages = self.receive_while_invoking(wait).await?;
+        if messages.is_empty() {
+            self.meter.close();
+            self.poll_completions().await?;
+            let (in_flight, idle_since) = (self.in_flight.len(), self.timers.idle_since);
+            if idle_long_enough(self.config, in_flight, idle_since, self.now()) {
+                return Ok(Some(StopReason::Idle));
+            }
+            return Ok(None);
+        }
+        self.timers.idle_since = self.now();
+        self.accept(messages).await?;
+        self.ports.observer.observe(Observation::Backlog {
+            held: self.held.len(),
+        });
+        Ok(None)
     }
 
     /// Long-polls the queue while the invokes in flight keep going: a future that is not
@@ -588,22 +606,6 @@ where
         Ok(out)
     }
 
-    /// When the worker concurrency cap is reached: the time the oldest event in progress stops
-    /// counting. `None` when another event may go.
-    fn worker_cap_reached(&mut self, now: Timestamp) -> Option<Timestamp> {
-        let cap = self.config.worker_concurrency_cap?;
-        while self.busy_until.front().is_some_and(|t| *t <= now) {
-            self.busy_until.pop_front();
-        }
-        (self.busy_until.len() >= cap)
-            .then(|| self.busy_until.front().copied())
-            .flatten()
-    }
-
-    fn state_horizon_reached(&self, slot: Timestamp) -> bool {
-        self.pacer.state().horizon.is_some_and(|h| slot > h)
-    }
-
     fn dispatch(&mut self, slot: Timestamp, now: Timestamp) {
         let Some(Held { message, job, .. }) = self.held.pop_front() else {
             return;
@@ -613,6 +615,10 @@ where
         let slot = self.pacer.take_first_from(slot).at();
         self.slots.push(slot);
         if self.config.worker_concurrency_cap.is_some() {
+            // Events that stopped counting against the cap are forgotten.
+            while self.busy_until.front().is_some_and(|t| *t <= now) {
+                self.busy_until.pop_front();
+            }
             self.busy_until
                 .push_back(slot.plus(self.config.worker_busy));
         }
@@ -654,7 +660,7 @@ where
                     });
                 }
                 Err(e) => {
-                    let reason = e.to_string();
+                    let reason = qo_core::Reason::InvalidJob(e);
                     warn!(message_id = %m.origin.message_id, %reason, "invalid job: dead-lettered");
                     self.ports
                         .queue
@@ -707,7 +713,16 @@ where
             }
             Some(Err(e)) => return Err(e.into()),
         }
-        let control = control?.value;
+        self.adopt_control(control?.value, now);
+        self.apply_circuit(circuit?.value);
+        self.poll_completions().await?;
+        Ok(None)
+    }
+
+    /// Adopts freshly read controls: a quota override, the API's back-off, the pause, and
+    /// the worker's reports of throttles and of the API's window; publishes the pace while
+    /// it is under the quota.
+    fn adopt_control(&mut self, control: Control, now: Timestamp) {
         let spec = control
             .quota
             .clone()
@@ -737,9 +752,6 @@ where
             });
         }
         self.pace_shown = limited;
-        self.apply_circuit(circuit?.value);
-        self.poll_completions().await?;
-        Ok(None)
     }
 
     async fn send_health_check(&mut self, now: Timestamp) -> Result<(), OrchestratorError> {
@@ -947,6 +959,38 @@ where
         Ok(())
     }
 
+    /// One pass of a batch call over `messages`, ten at a time: the entries the queue
+    /// refused. A failure of a whole call is an error.
+    async fn settle_once(
+        &self,
+        call: BatchCall,
+        messages: &[Message],
+    ) -> Result<Refused, OrchestratorError> {
+        let queue = self.ports.queue;
+        let mut out = Refused::default();
+        for chunk in messages.chunks(sqs::MAX_BATCH) {
+            let result = match call {
+                BatchCall::Delete => queue.delete(chunk).await,
+                BatchCall::Release(after) => queue.release(chunk, after).await,
+            };
+            match result {
+                Ok(()) => {}
+                Err(e @ QueueError::Partial { .. }) => {
+                    let named = e.refused();
+                    let before = out.refused.len();
+                    out.refused
+                        .extend(chunk.iter().filter(|m| named.contains(&m.receipt)).cloned());
+                    if let QueueError::Partial { failed, .. } = &e {
+                        out.unnamed += failed.saturating_sub(out.refused.len() - before);
+                    }
+                    out.last = Some(e.to_string());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs a batch call in batches of ten and tries the entries the queue refused again, up to
     /// [`BATCH_ATTEMPTS`] times (SQS can refuse single entries while the call succeeds). What is
     /// still refused is counted and logged, and the run goes on: only a failure of a whole call
@@ -956,34 +1000,15 @@ where
         call: BatchCall,
         mut messages: Vec<Message>,
     ) -> Result<(), OrchestratorError> {
-        let queue = self.ports.queue;
         for attempt in 1..=BATCH_ATTEMPTS {
             if messages.is_empty() {
                 return Ok(());
             }
-            let mut refused = Vec::new();
-            let mut unnamed = 0;
-            let mut last = None;
-            for chunk in messages.chunks(sqs::MAX_BATCH) {
-                let result = match call {
-                    BatchCall::Delete => queue.delete(chunk).await,
-                    BatchCall::Release(after) => queue.release(chunk, after).await,
-                };
-                match result {
-                    Ok(()) => {}
-                    Err(e @ QueueError::Partial { .. }) => {
-                        let named = e.refused();
-                        let before = refused.len();
-                        refused
-                            .extend(chunk.iter().filter(|m| named.contains(&m.receipt)).cloned());
-                        if let QueueError::Partial { failed, .. } = &e {
-                            unnamed += failed.saturating_sub(refused.len() - before);
-                        }
-                        last = Some(e.to_string());
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let Refused {
+                refused,
+                unnamed,
+                last,
+            } = self.settle_once(call, &messages).await?;
             if unnamed > 0 {
                 self.report.refused_entries += unnamed as u64;
             }

@@ -19,13 +19,13 @@ pub fn excerpt(body: &[u8], max: usize) -> String {
 
 /// The dead-letter reason for an HTTP answer: `HTTP <status>: <excerpt>` (or `HTTP <status>`
 /// for an empty body).
+/// (the text of a [`qo_core::Reason::FinalStatus`] or [`qo_core::Reason::ServerError`]).
 pub fn http_reason(status: u16, body: &[u8], max: usize) -> String {
-    let e = excerpt(body, max);
-    if e.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {e}")
+    qo_core::Reason::FinalStatus {
+        status,
+        excerpt: excerpt(body, max),
     }
+    .to_string()
 }
 
 #[cfg(test)]

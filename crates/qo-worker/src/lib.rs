@@ -11,7 +11,9 @@
 //! - [`credential`]: [`CredentialSource`], the key re-read after a 401 or 403.
 //! - [`http`]: the [`HttpCall`] seam, [`ApiResponse`] and [`HttpError`].
 //! - [`client`]: [`ApiClient`], the reqwest implementation, and [`build_url`].
-//! - [`worker`]: [`Worker`] and its decisions.
+//! - [`worker`]: [`Worker`], which carries out the decisions of `plan` (a private module:
+//!   the pure plan of a delivered job before its call, and the decision on the API's answer)
+//!   one effect per variant.
 //! - [`outcome`]: [`Outcome`], the function's JSON result.
 //! - [`retry_after`]: parsing `Retry-After`.
 //! - [`ratelimit`]: reading the API's rate-limit headers (`RATE_LIMIT_HEADERS`) into an
@@ -29,6 +31,7 @@ pub mod excerpt;
 pub mod http;
 pub mod lambda;
 pub mod outcome;
+mod plan;
 pub mod ratelimit;
 pub mod retry_after;
 pub mod worker;

@@ -1,7 +1,9 @@
 //! [`Worker`]: one event in, one [`Outcome`] out; the job's fate written to the ports.
 //!
 //! A job event is claimed (one successful call per job), waited on until its slot ("dispatch
-//! ahead, call on time"), called, and classified:
+//! ahead, call on time"), called, and classified. The decisions are pure functions of
+//! `crate::plan` (what to do before the call, whether the call is still on time, what the
+//! answer makes of the job); this module carries them out, one effect per variant:
 //!
 //! | answer | idempotency | shared state | the job |
 //! |---|---|---|---|
@@ -43,22 +45,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use qo_core::ports::{
-    Claim, DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, update_record,
+    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, update_record,
 };
 use qo_core::{
     ApiWindow, BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver,
-    Observation, Observer, Throttles, Timestamp, WorkerEvent,
+    Observation, Observer, Reason, Throttles, Timestamp, WorkerEvent,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::client::ApiClient;
 use crate::config::WorkerConfig;
-use crate::credential::{BeforeCall, CredentialSource, Rereads};
+use crate::credential::{CredentialSource, Rereads};
 use crate::error::WorkerError;
-use crate::excerpt::http_reason;
-use crate::http::{ApiResponse, HttpCall, HttpError};
+use crate::http::{ApiResponse, HttpCall};
 use crate::outcome::Outcome;
-use crate::retry_after::{parse_retry_after, retry_after_or_default};
+use crate::plan::{
+    AtSlot, Decision, Failure, JobPolicy, Plan, Throttle, at_slot, called_status, decide, plan,
+};
 
 /// The longest delay a re-queue asks for (SQS's `DelaySeconds` limit).
 pub const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
@@ -82,15 +85,6 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     seen_limit: AtomicU64,
     /// Whether a malformed rate-limit header was logged already (once per environment).
     warned_malformed: AtomicBool,
-}
-
-/// How an answer is handled.
-enum Class {
-    Success(u16),
-    Throttled(ApiResponse),
-    Failure(Option<u16>, String),
-    CredentialRejected(u16),
-    Final(String),
 }
 
 impl<S, Q, C, H> Worker<S, Q, C, H>
@@ -198,91 +192,86 @@ where
         (remaining < needed).then(|| needed - remaining)
     }
 
+    /// Carries out [`plan`]: claims the job, then one effect per [`Plan`].
     async fn handle_job(&self, ev: &JobEvent) -> Result<Outcome, WorkerError> {
         let job_id = ev.job_id().to_string();
         let now = self.clock.now();
-        match self
+        let claim = self
             .store
             .claim(&job_id, now, self.config.claim_ttl)
-            .await?
-        {
-            Claim::Claimed => {}
-            Claim::AlreadyDone => {
-                info!("duplicate delivery of a done job: skipped");
+            .await?;
+        let policy = JobPolicy::of(&self.config);
+        match plan(claim, ev, now, self.rereads.before_call(now), &policy) {
+            Plan::SkipDone => Ok(self.skip_done(job_id)),
+            Plan::AfterClaim {
+                since,
+                delay,
+                reason,
+            } => {
                 self.observe(Observation::Duplicate {
                     job_id: job_id.clone(),
                 });
-                return Ok(Outcome::Duplicate {
-                    job_id,
-                    in_progress: false,
-                    requeued: false,
-                });
-            }
-            Claim::InProgress { since } => {
-                // Either another delivery is calling right now (it will finish or re-queue the
-                // job itself), or one died mid-call (a Lambda timeout) and its claim stays
-                // until it expires. Dropping the event would lose the job in the second case;
-                // a copy seen after the claim expires costs at most one more slot in the
-                // first, and is dropped then as a duplicate.
-                self.observe(Observation::Duplicate {
-                    job_id: job_id.clone(),
-                });
-                let delay = since
-                    .plus(self.config.claim_ttl)
-                    .since(now)
-                    .saturating_add(Duration::from_secs(1));
-                let why = format!("claimed by another delivery since {since}");
                 info!(%since, "job claimed by another delivery: re-queued for after the claim");
-                let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
-                return Ok(Outcome::Duplicate {
+                let requeued = self.requeue_untried(ev, &job_id, delay, &reason).await?;
+                Ok(Outcome::Duplicate {
                     job_id,
                     in_progress: true,
                     requeued,
-                });
+                })
             }
-        }
-
-        if let Err(e) = ev.job.validate() {
-            return self.dead_letter(ev, job_id, e.to_string()).await;
-        }
-
-        // Dispatch ahead, call on time.
-        if ev.slot_at > now.plus(self.config.max_slot_wait) {
-            let early = ev.slot_at.since(now);
-            let why = format!(
-                "slot {} is {} ms ahead, beyond MAX_SLOT_WAIT_MS: clock skew?",
-                ev.slot_at,
-                early.as_millis()
-            );
-            warn!(early_ms = millis(early), "{why}");
-            let requeued = self.give_back(ev, &job_id, &why).await?;
-            return Ok(Outcome::TooEarly {
-                job_id,
-                early_by_ms: millis(early),
-                requeued,
-            });
-        }
-        // The key in use was refused and may have been rotated since: read it again before
-        // spending a slot on it (before the wait, so the read does not make the call late).
-        match self.rereads.before_call(now) {
-            BeforeCall::Call => {}
-            BeforeCall::RereadThenCall => {
-                self.reread_credential(now).await;
+            Plan::DeadLetter(reason) => self.dead_letter(ev, job_id, reason).await,
+            Plan::TooEarly { early, reason } => {
+                warn!(early_ms = millis(early), "{reason}");
+                let requeued = self.give_back(ev, &job_id, &reason).await?;
+                Ok(Outcome::TooEarly {
+                    job_id,
+                    early_by_ms: millis(early),
+                    requeued,
+                })
             }
-            BeforeCall::Wait { status, until } => {
-                let delay = until.since(now);
+            Plan::CredentialPending {
+                status,
+                delay,
+                reason,
+            } => {
                 self.store.abandon(&job_id).await?;
-                let why = format!(
-                    "HTTP {status}: the credential was refused; no call before its re-read"
-                );
-                let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
-                return Ok(Outcome::CredentialPending {
+                let requeued = self.requeue_untried(ev, &job_id, delay, &reason).await?;
+                Ok(Outcome::CredentialPending {
                     job_id,
                     status,
                     backoff_ms: millis(delay),
                     requeued,
-                });
+                })
             }
+            Plan::Call { reread } => self.call_at_slot(ev, job_id, reread, now, &policy).await,
+        }
+    }
+
+    /// A duplicate delivery of a done job: nothing to do.
+    fn skip_done(&self, job_id: String) -> Outcome {
+        info!("duplicate delivery of a done job: skipped");
+        self.observe(Observation::Duplicate {
+            job_id: job_id.clone(),
+        });
+        Outcome::Duplicate {
+            job_id,
+            in_progress: false,
+            requeued: false,
+        }
+    }
+
+    /// Re-reads the key when `reread`, waits for the slot, and calls unless [`at_slot`] finds
+    /// the call late.
+    async fn call_at_slot(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        reread: bool,
+        planned_at: Timestamp,
+        policy: &JobPolicy,
+    ) -> Result<Outcome, WorkerError> {
+        if reread {
+            self.reread_credential(planned_at).await;
         }
         self.clock.sleep_until(ev.slot_at).await;
         // Lateness is decided at the call: this reads the clock after the last await before
@@ -291,29 +280,31 @@ where
         // its slot's tolerance. The connection itself is usually a pooled one (see
         // `ApiClient`), so no connect follows the check either.
         let at = self.clock.now();
-        if let Some(late) = self.too_late(ev, at) {
-            let why = format!(
-                "arrived {} ms after its slot {}: too late to call inside the quota",
-                late.as_millis(),
-                ev.slot_at
-            );
-            warn!(late_ms = millis(late), "{why}");
-            let requeued = self.give_back(ev, &job_id, &why).await?;
-            return Ok(Outcome::Late {
-                job_id,
-                late_by_ms: millis(late),
-                requeued,
-            });
+        match at_slot(ev.slot_at, at, policy) {
+            AtSlot::Call => self.call(ev, job_id, at, policy).await,
+            AtSlot::Late { late, reason } => {
+                warn!(late_ms = millis(late), "{reason}");
+                let requeued = self.give_back(ev, &job_id, &reason).await?;
+                Ok(Outcome::Late {
+                    job_id,
+                    late_by_ms: millis(late),
+                    requeued,
+                })
+            }
         }
+    }
 
+    /// Calls the API at `at`, then carries out [`decide`]: one effect per [`Decision`].
+    async fn call(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        at: Timestamp,
+        policy: &JobPolicy,
+    ) -> Result<Outcome, WorkerError> {
         let answer = self.http.call(&ev.job).await;
         let now = self.clock.now();
-        let called_status = match &answer {
-            Ok(r) => Some(Some(r.status)),
-            Err(e) if e.is_transient() => Some(None),
-            Err(_) => None,
-        };
-        if let Some(status) = called_status {
+        if let Some(status) = called_status(&answer) {
             self.observe(Observation::Called {
                 job_id: job_id.clone(),
                 at,
@@ -321,80 +312,98 @@ where
                 wait: ev.origin.enqueued_at.map(|t| at.since(t)),
             });
         }
-
         let window = match &answer {
             Ok(r) => self.read_window(r, now),
             Err(_) => None,
         };
-
-        match self.classify(answer) {
-            Class::Success(status) => {
-                self.rereads.clear();
-                let recorded = self.mark_done(&job_id, now).await;
-                if let Some(w) = window {
-                    self.report_low_window(w, now).await;
-                }
-                // DEBUG, not INFO: a line per successful job is most of a job's log bytes, and
-                // the EMF line already counts it (Succeeded, JobWait). Failures stay at INFO.
-                debug!(status, took_ms = millis(now.since(at)), "call succeeded");
-                self.observe(Observation::Succeeded {
-                    job_id: job_id.clone(),
-                });
-                Ok(Outcome::Succeeded {
-                    job_id,
-                    status,
-                    recorded,
-                })
-            }
-            Class::Throttled(response) => self.throttled(ev, job_id, &response, window, now).await,
-            Class::Failure(status, why) => self.failed(ev, job_id, status, &why, now).await,
-            Class::CredentialRejected(status) => {
+        match decide(&answer, &ev.origin, now, policy) {
+            Decision::Done { status } => Ok(self.succeeded(job_id, status, window, at, now).await),
+            Decision::Throttled(t) => self.throttled(ev, job_id, t, window, now).await,
+            Decision::Failed(f) => self.failed(ev, job_id, f, now).await,
+            Decision::CredentialRejected { status } => {
                 self.credential_rejected(ev, job_id, status, now).await
             }
-            Class::Final(reason) => self.dead_letter(ev, job_id, reason).await,
+            Decision::DeadLetter(reason) => self.dead_letter(ev, job_id, reason).await,
         }
     }
 
-    /// How late a call at `at` would be past its slot's `CALL_TOLERANCE_MS`, if it is.
-    fn too_late(&self, ev: &JobEvent, at: Timestamp) -> Option<Duration> {
-        (at > ev.slot_at.plus(self.config.call_tolerance)).then(|| at.since(ev.slot_at))
-    }
-
-    fn classify(&self, answer: Result<ApiResponse, HttpError>) -> Class {
-        match answer {
-            Ok(r) if (200..300).contains(&r.status) => Class::Success(r.status),
-            Ok(r) if r.status == 429 => Class::Throttled(r),
-            Ok(r) if r.status == 401 || r.status == 403 => Class::CredentialRejected(r.status),
-            Ok(r) if r.status >= 500 || r.status == 408 => Class::Failure(
-                Some(r.status),
-                http_reason(r.status, &r.body_start, self.config.excerpt_bytes),
-            ),
-            Ok(r) => Class::Final(http_reason(
-                r.status,
-                &r.body_start,
-                self.config.excerpt_bytes,
-            )),
-            Err(e) if e.is_transient() => Class::Failure(None, e.to_string()),
-            Err(e) => Class::Final(e.to_string()),
+    /// 2xx: marks the job done and reports a low window.
+    async fn succeeded(
+        &self,
+        job_id: String,
+        status: u16,
+        window: Option<ApiWindow>,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Outcome {
+        self.rereads.clear();
+        let recorded = self.mark_done(&job_id, now).await;
+        if let Some(w) = window {
+            self.report_low_window(w, now).await;
+        }
+        // DEBUG, not INFO: a line per successful job is most of a job's log bytes, and the
+        // EMF line already counts it (Succeeded, JobWait). Failures stay at INFO.
+        debug!(status, took_ms = millis(now.since(at)), "call succeeded");
+        self.observe(Observation::Succeeded {
+            job_id: job_id.clone(),
+        });
+        Outcome::Succeeded {
+            job_id,
+            status,
+            recorded,
         }
     }
 
+    /// 429: drops the claim, records the back-off and the throttle, then re-queues the job
+    /// (its attempt kept) or dead-letters it at `MAX_THROTTLED`.
     async fn throttled(
         &self,
         ev: &JobEvent,
         job_id: String,
-        response: &ApiResponse,
+        throttle: Throttle,
         window: Option<ApiWindow>,
         now: Timestamp,
     ) -> Result<Outcome, WorkerError> {
+        let Throttle {
+            retry_after,
+            header,
+            retry,
+            reason,
+        } = throttle;
         self.store.abandon(&job_id).await?;
-        let header = response.retry_after.as_deref();
-        let retry_after = retry_after_or_default(header, now);
         self.observe(Observation::Throttled {
             job_id: job_id.clone(),
-            retry_after: header.and_then(|h| parse_retry_after(h, now)),
+            retry_after: header,
         });
         let until = now.plus(retry_after);
+        self.record_throttle(ev.slot_at, until, window, now).await?;
+        warn!(
+            retry_after_ms = millis(retry_after),
+            %until,
+            throttled = ev.origin.throttled.saturating_add(1),
+            "throttled by the API"
+        );
+        // A 429 is the pacer's signal, not the job's failure: its attempt count stays, its
+        // 429 count rises, and only MAX_THROTTLED of them give up on it.
+        let requeued = self
+            .settle(ev, &job_id, retry, retry_after, &reason)
+            .await?;
+        Ok(Outcome::Throttled {
+            job_id,
+            retry_after_ms: millis(retry_after),
+            requeued,
+        })
+    }
+
+    /// Writes a 429 to the control record: the back-off until `until` (a later one is kept),
+    /// the throttle counted, the API's window when it is newer.
+    async fn record_throttle(
+        &self,
+        slot: Timestamp,
+        until: Timestamp,
+        window: Option<ApiWindow>,
+        now: Timestamp,
+    ) -> Result<(), WorkerError> {
         // Every 429 is counted (the orchestrator's rate controller reacts to each new one),
         // even when a later back-off is already recorded: that one is kept, never shortened.
         update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
@@ -405,7 +414,7 @@ where
             Some(Control {
                 backoff_until,
                 backoff_reason,
-                throttles: Some(Throttles::record(c.throttles.as_ref(), now, ev.slot_at)),
+                throttles: Some(Throttles::record(c.throttles.as_ref(), now, slot)),
                 api_window: match window {
                     Some(w) if w.supersedes(c.api_window.as_ref()) => Some(w),
                     _ => c.api_window,
@@ -416,22 +425,7 @@ where
             })
         })
         .await?;
-        let why = format!("HTTP 429: retry after {} ms", retry_after.as_millis());
-        warn!(
-            retry_after_ms = millis(retry_after),
-            %until,
-            throttled = ev.origin.throttled.saturating_add(1),
-            "throttled by the API"
-        );
-        // A 429 is the pacer's signal, not the job's failure: its attempt count stays, its
-        // 429 count rises, and only MAX_THROTTLED of them give up on it.
-        let retry = Retry::after_throttle(&ev.origin, self.config.max_throttled, retry_after);
-        let requeued = self.settle(ev, &job_id, retry, retry_after, &why).await?;
-        Ok(Outcome::Throttled {
-            job_id,
-            retry_after_ms: millis(retry_after),
-            requeued,
-        })
+        Ok(())
     }
 
     /// The API's window from the answer's rate-limit headers, observed for the metrics. A
@@ -506,21 +500,42 @@ where
         }
     }
 
+    /// 5xx, 408, timeout, no connection: drops the claim, counts a failure against the
+    /// circuit (which may open it), then re-queues the job (its attempt raised) or
+    /// dead-letters it at `MAX_ATTEMPTS`.
     async fn failed(
         &self,
         ev: &JobEvent,
         job_id: String,
-        status: Option<u16>,
-        why: &str,
+        failure: Failure,
         now: Timestamp,
     ) -> Result<Outcome, WorkerError> {
+        let Failure {
+            status,
+            retry,
+            delay,
+            reason,
+        } = failure;
         self.store.abandon(&job_id).await?;
+        let opened = self.record_failure(ev.epoch, now).await?;
+        warn!(?status, %reason, "call failed");
+        let requeued = self.settle(ev, &job_id, retry, delay, &reason).await?;
+        Ok(Outcome::Failed {
+            job_id,
+            status,
+            opened_circuit: opened,
+            requeued,
+        })
+    }
+
+    /// Counts a failure against the circuit at `epoch`; returns whether it opened it.
+    async fn record_failure(&self, epoch: u64, now: Timestamp) -> Result<bool, WorkerError> {
         let policy = self.config.circuit;
         let mut opened = false;
         let circuit = update_record::<Circuit, _>(&self.store, RecordKey::Circuit, |c| {
             opened = false;
             // Refused: a report from an older epoch, or the circuit is already open.
-            let next = c.record_failure(ev.epoch, now, &policy).ok()?;
+            let next = c.record_failure(epoch, now, &policy).ok()?;
             opened = !next.is_closed();
             Some(next)
         })
@@ -535,16 +550,7 @@ where
                 epoch: circuit.value.epoch,
             });
         }
-        warn!(?status, reason = why, "call failed");
-        let requeued = self
-            .requeue(ev, &job_id, self.config.retry_delay, why)
-            .await?;
-        Ok(Outcome::Failed {
-            job_id,
-            status,
-            opened_circuit: opened,
-            requeued,
-        })
+        Ok(opened)
     }
 
     /// 401 or 403: the credential was refused, not the job. Re-reads the key if a re-read is
@@ -573,19 +579,7 @@ where
             Duration::ZERO
         } else {
             let until = self.rereads.next_at(now);
-            update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
-                if c.backoff_until.is_some_and(|b| b >= until) {
-                    return None;
-                }
-                Some(Control {
-                    backoff_until: Some(until),
-                    backoff_reason: Some(BackoffReason::CredentialRejected { status }),
-                    updated_by: Some(CONTROL_WRITER.to_string()),
-                    updated_at: Some(now),
-                    ..c.clone()
-                })
-            })
-            .await?;
+            self.back_off_for_credential(status, until, now).await?;
             until.since(now)
         };
         error!(
@@ -594,7 +588,7 @@ where
             backoff_ms = millis(delay),
             "the API refused the credential: the job goes back untried"
         );
-        let why = format!("HTTP {status}: credential refused");
+        let why = Reason::CredentialRefused { status };
         let requeued = self.requeue_untried(ev, &job_id, delay, &why).await?;
         Ok(Outcome::CredentialRejected {
             job_id,
@@ -603,6 +597,30 @@ where
             backoff_ms: millis(delay),
             requeued,
         })
+    }
+
+    /// Backs calls off until `until` (the next re-read) in the control record, unless a
+    /// later back-off is recorded.
+    async fn back_off_for_credential(
+        &self,
+        status: u16,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), WorkerError> {
+        update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
+            if c.backoff_until.is_some_and(|b| b >= until) {
+                return None;
+            }
+            Some(Control {
+                backoff_until: Some(until),
+                backoff_reason: Some(BackoffReason::CredentialRejected { status }),
+                updated_by: Some(CONTROL_WRITER.to_string()),
+                updated_at: Some(now),
+                ..c.clone()
+            })
+        })
+        .await?;
+        Ok(())
     }
 
     /// Re-reads the key when a re-read is due and hands it to the HTTP layer; returns whether
@@ -641,7 +659,7 @@ where
         &self,
         ev: &JobEvent,
         job_id: String,
-        reason: String,
+        reason: Reason,
     ) -> Result<Outcome, WorkerError> {
         let body = serde_json::to_string(&ev.job).map_err(WorkerError::Encode)?;
         self.sink
@@ -657,7 +675,10 @@ where
             reason: reason.clone(),
         });
         self.release_claim(&job_id).await;
-        Ok(Outcome::DeadLettered { job_id, reason })
+        Ok(Outcome::DeadLettered {
+            job_id,
+            reason: reason.to_string(),
+        })
     }
 
     /// Marks a job done, trying twice. A failure is logged, not returned: the job's fate is
@@ -701,7 +722,12 @@ where
     /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt
     /// count stays, so that delivery timing alone never sends a job to the dead-letter queue.
     /// Gives back a job it did not call: releases the claim and re-queues it untried, at once.
-    async fn give_back(&self, ev: &JobEvent, job_id: &str, why: &str) -> Result<bool, WorkerError> {
+    async fn give_back(
+        &self,
+        ev: &JobEvent,
+        job_id: &str,
+        why: &Reason,
+    ) -> Result<bool, WorkerError> {
         self.store.abandon(job_id).await?;
         self.requeue_untried(ev, job_id, Duration::ZERO, why).await
     }
@@ -711,30 +737,18 @@ where
         ev: &JobEvent,
         job_id: &str,
         delay: Duration,
-        why: &str,
+        why: &Reason,
     ) -> Result<bool, WorkerError> {
         let body = requeue_body(ev, job_id)?;
         self.sink
             .requeue(&body, &ev.origin, delay.min(MAX_REQUEUE_DELAY))
             .await?;
-        info!(delay_ms = millis(delay), reason = why, "re-queued untried");
+        info!(delay_ms = millis(delay), reason = %why, "re-queued untried");
         self.observe(Observation::Requeued {
             job_id: job_id.to_string(),
-            reason: why.to_string(),
+            reason: why.clone(),
         });
         Ok(true)
-    }
-
-    /// Re-queues the job (the attempt raised) or dead-letters it past `MAX_ATTEMPTS`.
-    async fn requeue(
-        &self,
-        ev: &JobEvent,
-        job_id: &str,
-        delay: Duration,
-        why: &str,
-    ) -> Result<bool, WorkerError> {
-        let retry = Retry::after_failure(&ev.origin, self.config.max_attempts, why);
-        self.settle(ev, job_id, retry, delay, why).await
     }
 
     /// Carries out a [`Retry`]: re-queues the job after `delay` (capped at SQS's limit) or
@@ -746,7 +760,7 @@ where
         job_id: &str,
         retry: Retry,
         delay: Duration,
-        why: &str,
+        why: &Reason,
     ) -> Result<bool, WorkerError> {
         let body = requeue_body(ev, job_id)?;
         let given_up = retry
@@ -754,15 +768,15 @@ where
             .await?;
         match given_up {
             None => {
-                info!(delay_ms = millis(delay), reason = why, "re-queued");
+                info!(delay_ms = millis(delay), reason = %why, "re-queued");
                 self.observe(Observation::Requeued {
                     job_id: job_id.to_string(),
-                    reason: why.to_string(),
+                    reason: why.clone(),
                 });
                 Ok(true)
             }
             Some(reason) => {
-                let reason = reason.to_string();
+                let reason = Reason::GaveUp(reason);
                 warn!(reason = %reason, "dead-lettered");
                 self.observe(Observation::DeadLettered {
                     message_id: ev.origin.message_id.clone(),

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use qo_core::quota::WindowKind;
-use qo_core::{CircuitPhase, Observation, Observer, QuotaSpec, Timestamp};
+use qo_core::retry::GiveUp;
+use qo_core::{CircuitPhase, Observation, Observer, QuotaSpec, Reason, Timestamp};
 use qo_sim::{CallKind, CallRecord, LimitSchedule, SimStats};
 
 /// Counts observations from the orchestrator and the worker.
@@ -78,13 +79,13 @@ impl Observer for Collector {
             Observation::Requeued { reason, .. } => {
                 c.requeued += 1;
                 *c.reasons
-                    .entry(format!("re-queued: {}", short(&reason)))
+                    .entry(format!("re-queued: {}", key(&reason)))
                     .or_default() += 1;
             }
             Observation::DeadLettered { reason, .. } => {
                 c.dead_lettered += 1;
                 *c.reasons
-                    .entry(format!("dead-lettered: {}", short(&reason)))
+                    .entry(format!("dead-lettered: {}", key(&reason)))
                     .or_default() += 1;
             }
             Observation::Duplicate { .. } => c.duplicates += 1,
@@ -118,25 +119,19 @@ impl Observer for Collector {
     }
 }
 
-/// The first words of a reason, so that like reasons count together.
-fn short(reason: &str) -> String {
-    let mut out = String::new();
-    let mut in_number = false;
-    for c in reason.chars() {
-        if c.is_ascii_digit() {
-            if !in_number {
-                out.push('N');
-            }
-            in_number = true;
-        } else {
-            in_number = false;
-            out.push(c);
-        }
-        if out.len() >= 60 {
-            break;
-        }
+/// A reason's group, so that like reasons count together: its kind, with the HTTP status or
+/// the transport failure where it has one, and for a job given up on the last attempt's.
+fn key(reason: &Reason) -> String {
+    let kind = reason.kind();
+    match reason {
+        Reason::ServerError { status, .. }
+        | Reason::FinalStatus { status, .. }
+        | Reason::CredentialRefused { status }
+        | Reason::CredentialPending { status } => format!("{kind}: HTTP {status}"),
+        Reason::Transport { kind: t, .. } => format!("{kind}: {}", t.as_str()),
+        Reason::GaveUp(GiveUp::Attempts { last, .. }) => format!("{kind}; last: {}", key(last)),
+        _ => kind.to_string(),
     }
-    out
 }
 
 /// The report of a local run (`--json` prints it as one object).

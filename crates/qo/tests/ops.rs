@@ -14,7 +14,7 @@ use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, LeaseStore, RecordKey, save_record};
 use qo_core::quota::{Pacer, PacingPolicy, QuotaSpec};
 use qo_core::time::Timestamp;
-use qo_core::{Observation, TokioClock, WorkerEvent};
+use qo_core::{Observation, Reason, TokioClock, WorkerEvent};
 use qo_memory::LocalInvoker;
 use qo_orchestrator::{OrchestratorConfig, Ports, run};
 use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
@@ -307,7 +307,10 @@ async fn redrive_counts_then_moves_the_dead_letters() {
     for i in 1..=2 {
         sqs.dead_letter(DeadLetter {
             body: format!("{{\"path\":\"/dead/{i}\"}}"),
-            reason: "HTTP 404".into(),
+            reason: Reason::FinalStatus {
+                status: 404,
+                excerpt: String::new(),
+            },
             origin: Origin {
                 message_id: format!("m-{i}"),
                 attempt: 3,

@@ -64,8 +64,14 @@ impl Default for AdaptivePolicy {
 pub enum DecreaseBasis {
     /// From the calls accepted in the period before the throttled one: `margin x` estimate.
     Estimate,
-    /// No estimate (too little history, or one no lower than the rate): `decrease x` rate.
+    /// No estimate (too little history): `decrease x` rate.
     Multiplicative,
+    /// Our own calls alone filled the period before the throttled one (at the current rate,
+    /// its tolerance included): the API refused a call it should have taken if its limit were
+    /// what we pace to, so a call arrived late (the network, a busy machine) or the API
+    /// counts a slightly longer window. Nothing says its limit is lower: `margin x` rate,
+    /// not `decrease x` rate.
+    FullWindow,
     /// The API's rate-limit headers: its limit less what other clients of the key used in its
     /// window, `margin x` that.
     ApiWindow,
@@ -191,11 +197,13 @@ impl Adaptive {
         };
         let rate = self.rate_per_s(slot.min(now), ceiling, policy);
         let floor = ceiling * policy.floor.clamp(0.0, 1.0);
-        let estimate = estimate(slot).filter(|e| e.is_finite() && *e > 0.0 && *e < rate);
+        let estimate = estimate(slot).filter(|e| e.is_finite() && *e > 0.0);
         let (to, basis) = match estimate {
-            Some(e) => (e * policy.margin, DecreaseBasis::Estimate),
+            Some(e) if e < rate => (e * policy.margin, DecreaseBasis::Estimate),
+            Some(_) => (rate * policy.margin, DecreaseBasis::FullWindow),
             None => (rate * policy.decrease, DecreaseBasis::Multiplicative),
         };
+        let estimate = estimate.filter(|e| *e < rate);
         let (to, basis) = if to < floor {
             (floor, DecreaseBasis::Floor)
         } else {
@@ -338,14 +346,32 @@ mod tests {
     fn no_estimate_decreases_multiplicatively() {
         let p = AdaptivePolicy::default();
         let mut a = Adaptive::default();
-        let r = a.on_throttles(&throttled(1, &[5.0]), t(5.5), t(5.5), 20.0, &p, |_| {
-            Some(25.0)
-        });
+        let r = a.on_throttles(&throttled(1, &[5.0]), t(5.5), t(5.5), 20.0, &p, |_| None);
         let Reaction::Decreased(d) = r else {
             panic!("{r:?}")
         };
         assert_eq!(d.basis, DecreaseBasis::Multiplicative);
         assert!((d.to_per_s - 14.0).abs() < 1e-9, "{d:?}");
+    }
+
+    /// A 429 of a call whose period before held a whole window of our own calls (20 of a
+    /// 20/s pace, or more with the tolerance) says a call arrived late, not that the limit is
+    /// lower: the rate steps just below the pace instead of dropping by the decrease factor.
+    #[test]
+    fn a_429_after_a_full_window_of_our_calls_steps_just_below_the_rate() {
+        let p = AdaptivePolicy::default();
+        for full in [20.0, 21.0] {
+            let mut a = Adaptive::default();
+            let r = a.on_throttles(&throttled(1, &[5.0]), t(5.5), t(5.5), 20.0, &p, |_| {
+                Some(full)
+            });
+            let Reaction::Decreased(d) = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(d.basis, DecreaseBasis::FullWindow);
+            assert!((d.to_per_s - 19.6).abs() < 1e-9, "{d:?}");
+            assert_eq!(d.estimate_per_s, None);
+        }
     }
 
     #[test]

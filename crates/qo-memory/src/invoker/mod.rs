@@ -256,7 +256,7 @@ impl LocalInvoker {
                     retry_after: Some(Duration::from_secs(1)),
                 }
             } else {
-                InvokeError::Transport("injected transport failure".to_string())
+                InvokeError::transport("injected transport failure")
             };
             return Draw {
                 fail: Some(fail),
@@ -273,15 +273,15 @@ impl LocalInvoker {
     /// The event as the worker would receive it: through its JSON form, within the size limit.
     fn wire(event: &WorkerEvent) -> Result<WorkerEvent, InvokeError> {
         let bytes = serde_json::to_vec(event)
-            .map_err(|e| InvokeError::Rejected(format!("event is not serializable: {e}")))?;
+            .map_err(|e| InvokeError::rejected_by(format!("event is not serializable: {e}"), e))?;
         if bytes.len() > MAX_EVENT_BYTES {
-            return Err(InvokeError::Rejected(format!(
+            return Err(InvokeError::rejected(format!(
                 "event payload is {} bytes; the async invoke limit is {MAX_EVENT_BYTES}",
                 bytes.len()
             )));
         }
         serde_json::from_slice(&bytes)
-            .map_err(|e| InvokeError::Rejected(format!("event does not read back: {e}")))
+            .map_err(|e| InvokeError::rejected_by(format!("event does not read back: {e}"), e))
     }
 }
 

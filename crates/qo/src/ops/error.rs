@@ -187,6 +187,7 @@ mod tests {
                 failed: 1,
                 detail: "throttled".into(),
                 refused: Vec::new(),
+                source: None,
             },
         };
         assert_eq!(

@@ -333,6 +333,7 @@ mod tests {
                         failed: 1,
                         detail: "refused".into(),
                         refused: Vec::new(),
+                        source: None,
                     })
                 } else {
                     Ok("id".to_string())

@@ -367,6 +367,10 @@ impl fmt::Display for StatusReport {
                         d.estimate_per_s.unwrap_or_default()
                     ),
                     DecreaseBasis::Multiplicative => "a 429".to_string(),
+                    DecreaseBasis::FullWindow => {
+                        "a 429 though our calls alone filled the window (a late arrival)"
+                            .to_string()
+                    }
                     DecreaseBasis::ApiWindow => format!(
                         "its rate-limit headers left {:.2}/s",
                         d.estimate_per_s.unwrap_or_default()

@@ -1,0 +1,394 @@
+//! [`Reason`]: why a job was re-queued or dead-lettered, as one type from the worker's and the
+//! orchestrator's decisions to the observations, the dead-letter queue's `qo-reason` attribute,
+//! the metrics and the local report.
+//!
+//! Its [`Display`](std::fmt::Display) is the text those places have always carried (logs, the
+//! `qo-reason` attribute, the worker's JSON outcome); [`Reason::kind`] groups like reasons
+//! without parsing that text.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::job::JobError;
+use crate::retry::GiveUp;
+use crate::time::Timestamp;
+
+/// Why a job was re-queued or dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The worker woke past its slot plus `CALL_TOLERANCE_MS`: a call now would fall outside
+    /// the quota the orchestrator counted it in. Given back untried.
+    Late {
+        /// How late, past the slot.
+        late: Duration,
+        /// The slot.
+        slot: Timestamp,
+    },
+    /// The slot was further ahead than `MAX_SLOT_WAIT_MS` (clock skew?). Given back untried.
+    TooEarly {
+        /// How far ahead.
+        early: Duration,
+        /// The slot.
+        slot: Timestamp,
+    },
+    /// Another delivery holds the job's claim (a duplicate delivery, or one that died
+    /// mid-call). Re-queued untried for after the claim.
+    ClaimedElsewhere {
+        /// When the other claim was made.
+        since: Timestamp,
+    },
+    /// The API answered 429.
+    Throttled {
+        /// The retry delay taken (Retry-After, or the default).
+        retry_after: Duration,
+    },
+    /// The API answered 5xx or 408: a failed attempt.
+    ServerError {
+        /// The HTTP status.
+        status: u16,
+        /// A bounded excerpt of the body (empty when it was).
+        excerpt: String,
+    },
+    /// No HTTP answer: a timeout, or no connection: a failed attempt.
+    Transport {
+        /// Which failure.
+        kind: TransportKind,
+        /// The transport's message.
+        detail: String,
+    },
+    /// The API answered 401 or 403: the credential, not the job, was refused. Re-queued
+    /// untried.
+    CredentialRefused {
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The key in use was refused recently and is not re-read yet: re-queued untried, without
+    /// a call.
+    CredentialPending {
+        /// The refusal's HTTP status.
+        status: u16,
+    },
+    /// The job is not a valid job (a malformed body, a path that is not relative, a header
+    /// a job may not set): dead-lettered.
+    InvalidJob(JobError),
+    /// The job cannot be turned into a request to the API (the HTTP layer refused it):
+    /// dead-lettered.
+    InvalidRequest {
+        /// What is wrong.
+        detail: String,
+    },
+    /// The API answered a status that retrying cannot change (4xx other than 401, 403, 408
+    /// and 429): dead-lettered.
+    FinalStatus {
+        /// The HTTP status.
+        status: u16,
+        /// A bounded excerpt of the body (empty when it was).
+        excerpt: String,
+    },
+    /// Past the attempt or the 429 bound: dead-lettered.
+    GaveUp(GiveUp),
+    /// A reason known only by its text (none of the worker's or the orchestrator's own
+    /// decisions: a letter another tool or a test sends to the dead-letter queue).
+    Other(String),
+}
+
+/// Which transport failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TransportKind {
+    /// No answer within the connect or read timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The connection broke, or another transport failure.
+    Other,
+}
+
+impl TransportKind {
+    /// A short label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Timeout => "timed out",
+            TransportKind::Connect => "connection failed",
+            TransportKind::Other => "transport failed",
+        }
+    }
+}
+
+/// A reason's kind, for grouping (metrics, the local report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReasonKind {
+    /// [`Reason::Late`].
+    Late,
+    /// [`Reason::TooEarly`].
+    TooEarly,
+    /// [`Reason::ClaimedElsewhere`].
+    ClaimedElsewhere,
+    /// [`Reason::Throttled`].
+    Throttled,
+    /// [`Reason::ServerError`].
+    ServerError,
+    /// [`Reason::Transport`].
+    Transport,
+    /// [`Reason::CredentialRefused`].
+    CredentialRefused,
+    /// [`Reason::CredentialPending`].
+    CredentialPending,
+    /// [`Reason::InvalidJob`] and [`Reason::InvalidRequest`].
+    InvalidJob,
+    /// [`Reason::FinalStatus`].
+    FinalStatus,
+    /// [`GiveUp::Attempts`].
+    GaveUpAttempts,
+    /// [`GiveUp::Throttled`].
+    GaveUpThrottled,
+    /// [`Reason::Other`].
+    Other,
+}
+
+impl ReasonKind {
+    /// A short label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonKind::Late => "late",
+            ReasonKind::TooEarly => "too early",
+            ReasonKind::ClaimedElsewhere => "claimed elsewhere",
+            ReasonKind::Throttled => "throttled",
+            ReasonKind::ServerError => "server error",
+            ReasonKind::Transport => "transport",
+            ReasonKind::CredentialRefused => "credential refused",
+            ReasonKind::CredentialPending => "credential pending",
+            ReasonKind::InvalidJob => "invalid job",
+            ReasonKind::FinalStatus => "final HTTP status",
+            ReasonKind::GaveUpAttempts => "gave up after MAX_ATTEMPTS",
+            ReasonKind::GaveUpThrottled => "gave up after MAX_THROTTLED",
+            ReasonKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ReasonKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Reason {
+    /// Its kind, for grouping.
+    pub fn kind(&self) -> ReasonKind {
+        match self {
+            Reason::Late { .. } => ReasonKind::Late,
+            Reason::TooEarly { .. } => ReasonKind::TooEarly,
+            Reason::ClaimedElsewhere { .. } => ReasonKind::ClaimedElsewhere,
+            Reason::Throttled { .. } => ReasonKind::Throttled,
+            Reason::ServerError { .. } => ReasonKind::ServerError,
+            Reason::Transport { .. } => ReasonKind::Transport,
+            Reason::CredentialRefused { .. } => ReasonKind::CredentialRefused,
+            Reason::CredentialPending { .. } => ReasonKind::CredentialPending,
+            Reason::InvalidJob(_) | Reason::InvalidRequest { .. } => ReasonKind::InvalidJob,
+            Reason::FinalStatus { .. } => ReasonKind::FinalStatus,
+            Reason::GaveUp(GiveUp::Attempts { .. }) => ReasonKind::GaveUpAttempts,
+            Reason::GaveUp(GiveUp::Throttled { .. }) => ReasonKind::GaveUpThrottled,
+            Reason::Other(_) => ReasonKind::Other,
+        }
+    }
+
+    /// Whether the printed text starts with `prefix`.
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.to_string().starts_with(prefix)
+    }
+
+    /// Whether the printed text contains `part`.
+    pub fn contains(&self, part: &str) -> bool {
+        self.to_string().contains(part)
+    }
+}
+
+/// `HTTP <status>`, or `HTTP <status>: <excerpt>` when there is one.
+fn http(f: &mut fmt::Formatter<'_>, status: u16, excerpt: &str) -> fmt::Result {
+    if excerpt.is_empty() {
+        write!(f, "HTTP {status}")
+    } else {
+        write!(f, "HTTP {status}: {excerpt}")
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Late { late, slot } => write!(
+                f,
+                "arrived {} ms after its slot {slot}: too late to call inside the quota",
+                late.as_millis()
+            ),
+            Reason::TooEarly { early, slot } => write!(
+                f,
+                "slot {slot} is {} ms ahead, beyond MAX_SLOT_WAIT_MS: clock skew?",
+                early.as_millis()
+            ),
+            Reason::ClaimedElsewhere { since } => {
+                write!(f, "claimed by another delivery since {since}")
+            }
+            Reason::Throttled { retry_after } => {
+                write!(f, "HTTP 429: retry after {} ms", retry_after.as_millis())
+            }
+            Reason::ServerError { status, excerpt } | Reason::FinalStatus { status, excerpt } => {
+                http(f, *status, excerpt)
+            }
+            Reason::Transport { kind, detail } => write!(f, "{}: {detail}", kind.as_str()),
+            Reason::CredentialRefused { status } => {
+                write!(f, "HTTP {status}: credential refused")
+            }
+            Reason::CredentialPending { status } => write!(
+                f,
+                "HTTP {status}: the credential was refused; no call before its re-read"
+            ),
+            Reason::InvalidJob(e) => write!(f, "{e}"),
+            Reason::InvalidRequest { detail } => write!(f, "invalid request: {detail}"),
+            Reason::GaveUp(g) => write!(f, "{g}"),
+            Reason::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<GiveUp> for Reason {
+    fn from(g: GiveUp) -> Reason {
+        Reason::GaveUp(g)
+    }
+}
+
+impl From<JobError> for Reason {
+    fn from(e: JobError) -> Reason {
+        Reason::InvalidJob(e)
+    }
+}
+
+/// A reason equals the text it prints.
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        let text = self.to_string();
+        text == other
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        let text = self.to_string();
+        text == **other
+    }
+}
+
+impl PartialEq<String> for Reason {
+    fn eq(&self, other: &String) -> bool {
+        let text = self.to_string();
+        text == **other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SLOT: Timestamp = Timestamp::from_millis(1_700_000_000_000);
+
+    #[test]
+    fn prints_the_text_the_worker_always_printed() {
+        let cases: Vec<(Reason, String)> = vec![
+            (
+                Reason::Late {
+                    late: Duration::from_millis(12),
+                    slot: SLOT,
+                },
+                format!("arrived 12 ms after its slot {SLOT}: too late to call inside the quota"),
+            ),
+            (
+                Reason::TooEarly {
+                    early: Duration::from_millis(90_000),
+                    slot: SLOT,
+                },
+                format!("slot {SLOT} is 90000 ms ahead, beyond MAX_SLOT_WAIT_MS: clock skew?"),
+            ),
+            (
+                Reason::ClaimedElsewhere { since: SLOT },
+                format!("claimed by another delivery since {SLOT}"),
+            ),
+            (
+                Reason::Throttled {
+                    retry_after: Duration::from_secs(3),
+                },
+                "HTTP 429: retry after 3000 ms".into(),
+            ),
+            (
+                Reason::ServerError {
+                    status: 503,
+                    excerpt: String::new(),
+                },
+                "HTTP 503".into(),
+            ),
+            (
+                Reason::FinalStatus {
+                    status: 404,
+                    excerpt: "no such".into(),
+                },
+                "HTTP 404: no such".into(),
+            ),
+            (
+                Reason::Transport {
+                    kind: TransportKind::Timeout,
+                    detail: "read".into(),
+                },
+                "timed out: read".into(),
+            ),
+            (
+                Reason::CredentialRefused { status: 401 },
+                "HTTP 401: credential refused".into(),
+            ),
+            (
+                Reason::CredentialPending { status: 403 },
+                "HTTP 403: the credential was refused; no call before its re-read".into(),
+            ),
+            (
+                Reason::InvalidJob(JobError::Header("Host".into())),
+                "job header `Host` is not allowed".into(),
+            ),
+            (
+                Reason::InvalidRequest {
+                    detail: "bad header value".into(),
+                },
+                "invalid request: bad header value".into(),
+            ),
+            (
+                Reason::GaveUp(GiveUp::Attempts {
+                    attempts: 5,
+                    last: Box::new(Reason::ServerError {
+                        status: 500,
+                        excerpt: String::new(),
+                    }),
+                }),
+                "gave up after 5 attempts; last: HTTP 500".into(),
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
+            assert_eq!(reason, text, "a reason equals its text");
+        }
+    }
+
+    #[test]
+    fn kinds_group_like_reasons() {
+        let a = Reason::Late {
+            late: Duration::from_millis(6),
+            slot: SLOT,
+        };
+        let b = Reason::Late {
+            late: Duration::from_millis(700),
+            slot: SLOT.plus(Duration::from_secs(1)),
+        };
+        assert_eq!(a.kind(), b.kind());
+        assert_eq!(a.kind().as_str(), "late");
+        let gave_up = Reason::from(GiveUp::Throttled {
+            times: 100,
+            last_retry_after: Duration::from_secs(1),
+        });
+        assert_eq!(gave_up.kind(), ReasonKind::GaveUpThrottled);
+    }
+}
