@@ -13,6 +13,7 @@
 //! - [`job`]: the job contract and the worker events.
 //! - [`control`]: the operator control record.
 //! - [`ports`]: queue, state store, lease, idempotency and invoker traits.
+//! - [`batch`]: the refusals of a batched queue operation, summed into one partial failure.
 //! - [`observe`]: observations for metrics and reports.
 //! - [`config`]: environment variables, with errors that name the variable, and the AWS SDK
 //!   calls' timeouts and attempts as plain settings.
@@ -20,6 +21,7 @@
 //! - [`sqs`]: what SQS allows and the queue attributes the template deploys; [`lambda`]: the
 //!   worker function's asynchronous settings the template deploys.
 
+pub mod batch;
 pub mod circuit;
 pub mod config;
 pub mod control;

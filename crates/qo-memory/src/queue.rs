@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use qo_core::batch::Refusals;
 use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
 use qo_core::sqs::{self, QueueAttributes};
@@ -613,8 +614,7 @@ impl MemoryQueue {
         mut f: impl FnMut(&mut State, u64) -> Result<(), MemoryError>,
     ) -> Result<(), QueueError> {
         let prefix = &self.inner.options.id_prefix;
-        let mut refused = Vec::new();
-        let mut first = None;
+        let mut refusals = Refusals::new();
         {
             let mut st = self.lock();
             for m in messages {
@@ -627,24 +627,15 @@ impl MemoryQueue {
                     }
                 };
                 if let Err(e) = result {
-                    refused.push(m.receipt.clone());
-                    first.get_or_insert_with(|| e.to_string());
+                    refusals.refuse(m.receipt.clone(), || e.to_string());
                 }
             }
         }
         self.inner.changed.notify_waiters();
-        match first {
-            None => Ok(()),
-            Some(detail) => Err(QueueError::Partial {
-                op: match op {
-                    BatchOp::Delete => "delete",
-                    BatchOp::Release => "release",
-                },
-                failed: refused.len(),
-                detail,
-                refused,
-            }),
-        }
+        refusals.finish(match op {
+            BatchOp::Delete => "delete",
+            BatchOp::Release => "release",
+        })
     }
 }
 
