@@ -146,14 +146,7 @@ pub fn check_function_timeout(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use qo_core::config::map_env as env;
 
     #[test]
     fn settings_defaults_and_overrides() {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
     Put, ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem,
@@ -187,6 +188,25 @@ impl DynamoStore {
                 num(&item, EXPIRES_AT_MS).ok_or_else(|| corrupt(EXPIRES_AT_MS))?,
             ),
         }))
+    }
+
+    /// `PutItem` of `item` if `cond` holds: the one conditional single-item write of a record
+    /// save and a lease take.
+    async fn put_if(
+        &self,
+        item: Item,
+        cond: Condition,
+    ) -> Result<(), aws_sdk_dynamodb::error::SdkError<PutItemError>> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond.expression)
+            .set_expression_attribute_names(Some(cond.names))
+            .set_expression_attribute_values(cond.values)
+            .send()
+            .await
+            .map(|_| ())
     }
 
     async fn save_fenced(
@@ -365,18 +385,8 @@ impl RecordStore for DynamoStore {
         if let Some(token) = fence {
             return self.save_fenced(key, cond, item, expected, token).await;
         }
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(cond.expression)
-            .set_expression_attribute_names(Some(cond.names))
-            .set_expression_attribute_values(cond.values)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(version),
+        match self.put_if(item, cond).await {
+            Ok(()) => Ok(version),
             Err(e) if condition_failed(&e) => Err(StoreError::Conflict {
                 key: key.as_str(),
                 expected,
@@ -428,21 +438,14 @@ impl LeaseStore for DynamoStore {
                 }
             };
             let token = old_token + 1;
-            let res = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item(PK, s(LEASE_PK))
-                .item(OWNER, s(owner))
-                .item(TOKEN, n(token))
-                .item(EXPIRES_AT_MS, n(expires_ms))
-                .condition_expression(cond.expression)
-                .set_expression_attribute_names(Some(cond.names))
-                .set_expression_attribute_values(cond.values)
-                .send()
-                .await;
-            match res {
-                Ok(_) => {
+            let item = HashMap::from([
+                (PK.to_string(), s(LEASE_PK)),
+                (OWNER.to_string(), s(owner)),
+                (TOKEN.to_string(), n(token)),
+                (EXPIRES_AT_MS.to_string(), n(expires_ms)),
+            ]);
+            match self.put_if(item, cond).await {
+                Ok(()) => {
                     return Ok(Lease {
                         owner: owner.to_string(),
                         token,

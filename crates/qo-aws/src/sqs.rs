@@ -34,6 +34,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
+use qo_core::batch::Refusals;
 use qo_core::config::{ConfigError, Env};
 use qo_core::job::Origin;
 use qo_core::ports::{
@@ -98,8 +99,8 @@ pub fn is_fifo(url: &str) -> bool {
     url.ends_with(".fifo")
 }
 
-/// The approximate message counts of one queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The approximate message counts of one queue (serialized as is in `qo status --json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct QueueDepth {
     /// `main`, `retry` or `dlq`.
     pub name: &'static str,
@@ -520,37 +521,12 @@ impl JobSource for SqsQueue {
     }
 
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
-        let mut failed = 0;
-        let mut first = None;
-        let mut refused = Vec::new();
+        let mut refusals = Refusals::new();
         for (url, receipts) in self.by_queue(messages) {
             let receipts: Vec<String> = receipts.into_iter().map(str::to_string).collect();
-            match self.delete_receipts(url, &receipts).await {
-                Ok(()) => {}
-                Err(QueueError::Partial {
-                    failed: n,
-                    detail,
-                    refused: r,
-                    source,
-                    ..
-                }) => {
-                    failed += n;
-                    first.get_or_insert((detail, source));
-                    refused.extend(r);
-                }
-                Err(e) => return Err(e),
-            }
+            refusals.absorb(self.delete_receipts(url, &receipts).await)?;
         }
-        match first {
-            Some((detail, source)) => Err(QueueError::Partial {
-                op: "delete",
-                failed,
-                detail,
-                refused,
-                source,
-            }),
-            None => Ok(()),
-        }
+        refusals.finish("delete")
     }
 
     async fn receive_from(
@@ -575,51 +551,21 @@ impl JobSource for SqsQueue {
                 None => groups.push((url, vec![m])),
             }
         }
-        let mut refused = Vec::new();
-        let mut first = None;
+        let mut refusals = Refusals::new();
         for (url, batch) in groups {
             let (r, f) = self.resend_batch(url, &batch, delay).await?;
-            refused.extend(r);
-            first = first.or(f);
+            refusals.add(r.len(), f, r);
         }
-        match first {
-            Some(first) => Err(QueueError::partial("resend", refused.len(), refused, first)),
-            None => Ok(()),
-        }
+        refusals.finish("resend")
     }
 
     async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError> {
         let seconds = i32::try_from(ceil_secs(after).min(MAX_VISIBILITY_S)).unwrap_or(0);
-        let mut failed = 0;
-        let mut first = None;
-        let mut refused = Vec::new();
+        let mut refusals = Refusals::new();
         for (url, receipts) in self.by_queue(messages) {
-            match self.change_visibility(url, &receipts, seconds).await {
-                Ok(()) => {}
-                Err(QueueError::Partial {
-                    failed: n,
-                    detail,
-                    refused: r,
-                    source,
-                    ..
-                }) => {
-                    failed += n;
-                    first.get_or_insert((detail, source));
-                    refused.extend(r);
-                }
-                Err(e) => return Err(e),
-            }
+            refusals.absorb(self.change_visibility(url, &receipts, seconds).await)?;
         }
-        match first {
-            Some((detail, source)) => Err(QueueError::Partial {
-                op: "release",
-                failed,
-                detail,
-                refused,
-                source,
-            }),
-            None => Ok(()),
-        }
+        refusals.finish("release")
     }
 }
 
@@ -947,30 +893,19 @@ where
     F: FnMut(&'a [T]) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<BatchResultErrorEntry>, QueueError>>,
 {
-    let mut failed = 0;
-    let mut first = None;
-    let mut receipts = Vec::new();
+    let mut refusals = Refusals::new();
     for chunk in items.chunks(MAX_BATCH) {
         let refused = send(chunk).await?;
-        failed += refused.len();
-        if first.is_none() {
-            first = refused.first().map(batch_failure);
-        }
-        receipts.extend(refused.iter().filter_map(|f| {
-            let i: usize = f.id.parse().ok()?;
-            chunk.get(i).map(|r| r.as_ref().to_string())
-        }));
+        refusals.add(
+            refused.len(),
+            refused.first().map(batch_failure),
+            refused.iter().filter_map(|f| {
+                let i: usize = f.id.parse().ok()?;
+                chunk.get(i).map(|r| r.as_ref().to_string())
+            }),
+        );
     }
-    match first {
-        Some(first) => Err(QueueError::Partial {
-            op,
-            failed,
-            detail: first.to_string(),
-            refused: receipts,
-            source: Some(Box::new(first)),
-        }),
-        None => Ok(()),
-    }
+    refusals.finish(op)
 }
 
 /// A batch entry the SDK's builder refused (a required field missing).

@@ -41,6 +41,17 @@ async fn raw_item(
         .item
 }
 
+/// A save that must be refused: its error.
+async fn save_err(
+    s: &DynamoStore,
+    key: RecordKey,
+    value: serde_json::Value,
+    expected: u64,
+    fence: Option<u64>,
+) -> StoreError {
+    s.save(key, value, expected, fence).await.unwrap_err()
+}
+
 #[tokio::test]
 async fn ensure_table_is_idempotent_and_turns_on_ttl() {
     let Some((_moto, config)) = common::moto().await else {
@@ -75,10 +86,7 @@ async fn conditional_saves_refuse_a_stale_version() {
         1
     );
     // A second creator loses.
-    let e = s
-        .save(RecordKey::Quota, json!({"a": 2}), 0, None)
-        .await
-        .unwrap_err();
+    let e = save_err(&s, RecordKey::Quota, json!({"a": 2}), 0, None).await;
     assert!(
         matches!(
             e,
@@ -96,10 +104,7 @@ async fn conditional_saves_refuse_a_stale_version() {
         2
     );
     // Two writers that both read version 1: the second loses.
-    let e = s
-        .save(RecordKey::Quota, json!({"a": 4}), 1, None)
-        .await
-        .unwrap_err();
+    let e = save_err(&s, RecordKey::Quota, json!({"a": 4}), 1, None).await;
     assert!(
         matches!(
             e,
@@ -267,15 +272,14 @@ async fn lease_take_over_after_expiry_fences_the_old_holder() {
     // The old holder is out: renew is LeaseLost, fenced saves are Fenced, release is a no-op.
     let e = s.renew(&a, later, ttl).await.unwrap_err();
     assert!(matches!(e, StoreError::LeaseLost { token: 2 }), "{e:?}");
-    let e = s
-        .save(
-            RecordKey::Control,
-            json!({"paused": true}),
-            1,
-            Some(a.token),
-        )
-        .await
-        .unwrap_err();
+    let e = save_err(
+        &s,
+        RecordKey::Control,
+        json!({"paused": true}),
+        1,
+        Some(a.token),
+    )
+    .await;
     assert!(
         matches!(
             e,
@@ -297,15 +301,14 @@ async fn lease_take_over_after_expiry_fences_the_old_holder() {
     );
 
     // The new holder's fenced write with a stale version is a Conflict, not Fenced.
-    let e = s
-        .save(
-            RecordKey::Control,
-            json!({"paused": true}),
-            7,
-            Some(b.token),
-        )
-        .await
-        .unwrap_err();
+    let e = save_err(
+        &s,
+        RecordKey::Control,
+        json!({"paused": true}),
+        7,
+        Some(b.token),
+    )
+    .await;
     assert!(
         matches!(
             e,

@@ -170,6 +170,11 @@ async fn invoker(url: &str, max_retries: u32) -> LambdaInvoker {
     LambdaInvoker::new(&config, "worker", &settings).expect("invoker")
 }
 
+/// Sends [`event`] once through a fresh invoker at `url` with `max_retries`.
+async fn invoke_event(url: &str, max_retries: u32) -> Result<(), InvokeError> {
+    invoker(url, max_retries).await.invoke(&event()).await
+}
+
 fn event() -> WorkerEvent {
     WorkerEvent::HealthCheck(HealthCheckEvent {
         epoch: 7,
@@ -184,11 +189,7 @@ fn calls(mock: &Mock) -> usize {
 #[tokio::test]
 async fn accepted_event_is_sent_once_as_json() {
     let (mock, url) = serve(&[Reply::Accepted]).await;
-    invoker(&url, 3)
-        .await
-        .invoke(&event())
-        .await
-        .expect("202 is success");
+    invoke_event(&url, 3).await.expect("202 is success");
     let calls = mock.calls.lock().unwrap();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].function, "worker");
@@ -200,22 +201,14 @@ async fn accepted_event_is_sent_once_as_json() {
 #[tokio::test]
 async fn local_emulator_200_is_success() {
     let (mock, url) = serve(&[Reply::Ok]).await;
-    invoker(&url, 3)
-        .await
-        .invoke(&event())
-        .await
-        .expect("200 is success");
+    invoke_event(&url, 3).await.expect("200 is success");
     assert_eq!(calls(&mock), 1);
 }
 
 #[tokio::test]
 async fn throttled_then_accepted_succeeds_after_retry_after() {
     let (mock, url) = serve(&[Reply::Throttled(Some("1")), Reply::Accepted]).await;
-    invoker(&url, 3)
-        .await
-        .invoke(&event())
-        .await
-        .expect("succeeds on the retry");
+    invoke_event(&url, 3).await.expect("succeeds on the retry");
     let calls = mock.calls.lock().unwrap();
     assert_eq!(calls.len(), 2);
     let gap = calls[1].at - calls[0].at;
@@ -228,11 +221,7 @@ async fn throttled_then_accepted_succeeds_after_retry_after() {
 #[tokio::test]
 async fn retry_after_in_the_body_is_honoured_too() {
     let (mock, url) = serve(&[Reply::ThrottledBodyOnly("1"), Reply::Accepted]).await;
-    invoker(&url, 3)
-        .await
-        .invoke(&event())
-        .await
-        .expect("succeeds on the retry");
+    invoke_event(&url, 3).await.expect("succeeds on the retry");
     let calls = mock.calls.lock().unwrap();
     assert_eq!(calls.len(), 2);
     assert!(calls[1].at - calls[0].at >= Duration::from_millis(950));
@@ -242,7 +231,7 @@ async fn retry_after_in_the_body_is_honoured_too() {
 async fn always_throttled_gives_up_after_the_retries() {
     let (mock, url) = serve(&[Reply::Throttled(None)]).await;
     let start = Instant::now();
-    let e = invoker(&url, 3).await.invoke(&event()).await.unwrap_err();
+    let e = invoke_event(&url, 3).await.unwrap_err();
     match e {
         InvokeError::Throttled {
             reason,
@@ -269,7 +258,7 @@ async fn always_throttled_gives_up_after_the_retries() {
 async fn a_long_retry_after_is_not_waited_out() {
     let (mock, url) = serve(&[Reply::Throttled(Some("60"))]).await;
     let start = Instant::now();
-    let e = invoker(&url, 3).await.invoke(&event()).await.unwrap_err();
+    let e = invoke_event(&url, 3).await.unwrap_err();
     assert!(
         matches!(e, InvokeError::Throttled { retry_after: Some(d), .. } if d == Duration::from_secs(60)),
         "{e:?}"
@@ -292,7 +281,7 @@ async fn server_errors_are_retried_with_backoff() {
     assert_eq!(calls(&mock), 3);
 
     let (mock, url) = serve(&[Reply::ServerError]).await;
-    let e = invoker(&url, 2).await.invoke(&event()).await.unwrap_err();
+    let e = invoke_event(&url, 2).await.unwrap_err();
     assert!(
         matches!(&e, InvokeError::Transport { detail: m, .. } if m.contains("500") && m.contains("ServiceException")),
         "{e:?}"
@@ -303,7 +292,7 @@ async fn server_errors_are_retried_with_backoff() {
 #[tokio::test]
 async fn missing_function_is_rejected_at_once() {
     let (mock, url) = serve(&[Reply::NotFound]).await;
-    let e = invoker(&url, 4).await.invoke(&event()).await.unwrap_err();
+    let e = invoke_event(&url, 4).await.unwrap_err();
     assert!(
         matches!(&e, InvokeError::Rejected { detail: m, .. } if m.contains("ResourceNotFoundException") && m.contains("Function not found")),
         "{e:?}"
@@ -315,6 +304,6 @@ async fn missing_function_is_rejected_at_once() {
 async fn unreachable_endpoint_is_a_transport_error() {
     let port = qo_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let e = invoker(&url, 1).await.invoke(&event()).await.unwrap_err();
+    let e = invoke_event(&url, 1).await.unwrap_err();
     assert!(matches!(e, InvokeError::Transport { .. }), "{e:?}");
 }

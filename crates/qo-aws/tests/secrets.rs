@@ -2,17 +2,9 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use aws_sdk_ssm::types::ParameterType;
 use qo_aws::{KeySource, load_api_key};
-
-fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use qo_core::config::map_env as env;
 
 #[tokio::test]
 async fn api_key_from_each_source_in_order() {

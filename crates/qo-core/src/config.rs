@@ -185,6 +185,15 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
+/// A map environment from `(name, value)` pairs: the variables a test (or a caller that
+/// builds its settings in code) hands to a `from_env` reader in place of [`ProcessEnv`].
+pub fn map_env(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Timeouts and attempts of every AWS SDK call: plain settings read from the environment. The
 /// AWS adapters turn them into the SDK's own configuration; the worker checks its time budget
 /// with them.

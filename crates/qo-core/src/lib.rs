@@ -29,6 +29,7 @@
 //!   logs and the dead-letter queue carry, grouped by its [`ReasonKind`].
 //! - [`retry`]: what becomes of a job tried and not done: re-queued, or given up on past the
 //!   attempt or 429 bound.
+//! - [`batch`]: the refusals of a batched queue operation, summed into one partial failure.
 //! - [`observe`]: observations for metrics and reports.
 //! - [`config`]: environment variables, with errors that name the variable, and the AWS SDK
 //!   calls' timeouts and attempts as plain settings.
@@ -36,6 +37,7 @@
 //! - [`sqs`]: what SQS allows and the queue attributes the template deploys; [`lambda`]: the
 //!   worker function's asynchronous settings the template deploys.
 
+pub mod batch;
 pub mod circuit;
 pub mod config;
 pub mod control;

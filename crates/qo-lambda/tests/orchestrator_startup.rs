@@ -3,34 +3,20 @@
 //! finish or its function timeout cannot hold the margin; the message names the variables and
 //! the numbers.
 
-use std::process::Command;
+mod startup;
 
+/// Runs the orchestrator binary with its minimal environment plus `extra`.
 fn start(extra: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-    cmd.env_clear()
-        // Nothing listens here: an orchestrator past its checks fails to poll instead.
-        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
-        .env("AWS_LAMBDA_FUNCTION_NAME", "orchestrator")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("TABLE_NAME", "t")
-        .env("QUEUE_URL", "http://127.0.0.1:9/q")
-        .env("DLQ_URL", "http://127.0.0.1:9/d")
-        .env("WORKER_FUNCTION_NAME", "worker");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run the orchestrator binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    startup::start(
+        env!("CARGO_BIN_EXE_orchestrator"),
+        "orchestrator",
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("WORKER_FUNCTION_NAME", "worker"),
+        ],
+        extra,
+    )
 }
 
 #[test]

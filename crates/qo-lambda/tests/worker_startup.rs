@@ -2,35 +2,17 @@
 //! Lambda reports as an init error) when its function timeout cannot cover its worst case, or
 //! its claim TTL is shorter than that timeout; the message names the variables and the numbers.
 
-use std::process::Command;
+mod startup;
 
-/// Runs the worker binary with the minimal environment plus `extra`; returns its exit success
+/// Runs the worker binary with its minimal environment plus `extra`; returns its exit success
 /// and its output (stdout and stderr).
 fn start(extra: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker"));
-    cmd.env_clear()
-        // Nothing listens here: a worker that got past its checks would fail to poll instead.
-        .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9")
-        .env("AWS_LAMBDA_FUNCTION_NAME", "worker")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("TABLE_NAME", "t")
-        .env("QUEUE_URL", "http://127.0.0.1:9/q")
-        .env("DLQ_URL", "http://127.0.0.1:9/d")
-        .env("API_BASE_URL", "http://127.0.0.1:9")
-        .env("API_KEY", "k");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run the worker binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    startup::start(
+        env!("CARGO_BIN_EXE_worker"),
+        "worker",
+        &[("API_BASE_URL", "http://127.0.0.1:9"), ("API_KEY", "k")],
+        extra,
+    )
 }
 
 #[test]

@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use qo_core::batch::Refusals;
 use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
 use qo_core::sqs::{self, QueueAttributes};
@@ -613,8 +614,7 @@ impl MemoryQueue {
         mut f: impl FnMut(&mut State, u64) -> Result<(), MemoryError>,
     ) -> Result<(), QueueError> {
         let prefix = &self.inner.options.id_prefix;
-        let mut refused = Vec::new();
-        let mut first = None;
+        let mut refusals = Refusals::new();
         {
             let mut st = self.lock();
             for m in messages {
@@ -627,24 +627,15 @@ impl MemoryQueue {
                     }
                 };
                 if let Err(e) = result {
-                    refused.push(m.receipt.clone());
-                    first.get_or_insert(e);
+                    refusals.refuse(m.receipt.clone(), e);
                 }
             }
         }
         self.inner.changed.notify_waiters();
-        match first {
-            None => Ok(()),
-            Some(first) => Err(QueueError::partial(
-                match op {
-                    BatchOp::Delete => "delete",
-                    BatchOp::Release => "release",
-                },
-                refused.len(),
-                refused,
-                first,
-            )),
-        }
+        refusals.finish(match op {
+            BatchOp::Delete => "delete",
+            BatchOp::Release => "release",
+        })
     }
 }
 
@@ -851,6 +842,16 @@ mod tests {
     }
 
     const NOW: Duration = Duration::ZERO;
+
+    /// A long poll of `q` for up to 20 s on `c`: what it received and how long it waited.
+    async fn long_poll(q: &MemoryQueue, c: &Arc<dyn Clock>) -> (Vec<Message>, Duration) {
+        let start = c.now();
+        let got = q
+            .receive(10, Duration::from_secs(20))
+            .await
+            .expect("receive");
+        (got, c.now().since(start))
+    }
 
     #[tokio::test(start_paused = true)]
     async fn send_and_receive_carry_ids_and_enqueue_time() {
@@ -1095,13 +1096,9 @@ mod tests {
             c2.sleep(Duration::from_secs(3)).await;
             sender.send("late");
         });
-        let start = c.now();
-        let got = q
-            .receive(10, Duration::from_secs(20))
-            .await
-            .expect("receive");
+        let (got, waited) = long_poll(&q, &c).await;
         assert_eq!(got.len(), 1);
-        assert_eq!(c.now().since(start), Duration::from_secs(3));
+        assert_eq!(waited, Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1116,13 +1113,9 @@ mod tests {
             },
         )
         .expect("send");
-        let start = c.now();
-        let got = q
-            .receive(10, Duration::from_secs(20))
-            .await
-            .expect("receive");
+        let (got, waited) = long_poll(&q, &c).await;
         assert_eq!(got.len(), 1);
-        assert_eq!(c.now().since(start), Duration::from_secs(7));
+        assert_eq!(waited, Duration::from_secs(7));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1138,13 +1131,9 @@ mod tests {
                 .await
                 .expect("release");
         });
-        let start = c.now();
-        let got = q
-            .receive(10, Duration::from_secs(20))
-            .await
-            .expect("receive");
+        let (got, waited) = long_poll(&q, &c).await;
         assert_eq!(got.len(), 1);
-        assert_eq!(c.now().since(start), Duration::from_secs(4));
+        assert_eq!(waited, Duration::from_secs(4));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1193,13 +1182,9 @@ mod tests {
     async fn long_poll_times_out_empty() {
         let c = clock();
         let q = MemoryQueue::new(c.clone());
-        let start = c.now();
-        let got = q
-            .receive(10, Duration::from_secs(20))
-            .await
-            .expect("receive");
+        let (got, waited) = long_poll(&q, &c).await;
         assert!(got.is_empty());
-        assert_eq!(c.now().since(start), Duration::from_secs(20));
+        assert_eq!(waited, Duration::from_secs(20));
     }
 
     #[tokio::test(start_paused = true)]

@@ -315,14 +315,7 @@ fn adaptive_policy(env: &impl Env, d: AdaptivePolicy) -> Result<AdaptivePolicy, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use qo_core::config::map_env as env;
 
     #[test]
     fn adaptive_pacing_is_read_and_checked() {

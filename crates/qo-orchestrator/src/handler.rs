@@ -101,21 +101,13 @@ mod tests {
 
     #[test]
     fn sample_events_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events");
+        let dir = qo_testkit::events_dir();
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).expect("events/ exists") {
-            let path = entry.expect("entry").path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            if !(name.starts_with("scheduled") || name.starts_with("control-"))
-                || !name.ends_with(".json")
-            {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).expect("read");
+        let samples = qo_testkit::sample_events(|name| {
+            (name.starts_with("scheduled") || name.starts_with("control-"))
+                && name.ends_with(".json")
+        });
+        for (name, text) in samples {
             let ev: OrchestratorEvent = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
             if name.starts_with("scheduled") {

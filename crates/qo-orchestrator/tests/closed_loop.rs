@@ -15,6 +15,7 @@ use std::time::Duration;
 use qo_core::ports::{RecordKey, load_record};
 use qo_core::{ApiWindow, QuotaState, Timestamp};
 use qo_memory::InvokerOptions;
+use qo_orchestrator::{OrchestratorConfig, RunReport};
 use support::{Harness, Verdict, config, max_in_window, start};
 
 /// A strict rolling-window API whose limit is a function of the time since the start, with
@@ -107,6 +108,31 @@ fn harness_of(api: RollingApi) -> Harness {
     )
 }
 
+/// A limit of 20/s that halves to 10/s from 30 s to 90 s after the start.
+fn halving(t: Duration) -> usize {
+    if (30..90).contains(&t.as_secs()) {
+        10
+    } else {
+        20
+    }
+}
+
+/// Enqueues `jobs` jobs and drives runs of `run_s` seconds at a quota of 20/s until every job
+/// succeeded or 900 s passed; returns the configuration and the runs' reports.
+async fn drive_all(h: &Harness, jobs: usize, run_s: u64) -> (OrchestratorConfig, Vec<RunReport>) {
+    h.enqueue(jobs);
+    let cfg = config("20/s");
+    let reports = h
+        .drive(
+            &cfg,
+            Duration::from_secs(run_s),
+            jobs,
+            Duration::from_secs(900),
+        )
+        .await;
+    (cfg, reports)
+}
+
 /// Calls per second from `from` to `to` seconds after the start.
 fn calls_per_s(calls: &[Timestamp], from: u64, to: u64) -> f64 {
     let (a, b) = (
@@ -145,16 +171,7 @@ fn success_rate(h: &Harness) -> f64 {
 async fn a_limit_tighter_than_the_quota_is_learned_and_used() {
     // Configured 20/s, the API allows 15/s (a key shared, a limit misdocumented).
     let h = harness(|_| 15);
-    h.enqueue(600);
-    let cfg = config("20/s");
-    let reports = h
-        .drive(
-            &cfg,
-            Duration::from_secs(300),
-            600,
-            Duration::from_secs(900),
-        )
-        .await;
+    let (_, reports) = drive_all(&h, 600, 300).await;
     assert_eq!(h.succeeded().len(), 600, "{reports:?}");
     assert_eq!(h.dead(), 0);
     let throttled = h.throttled.lock().expect("throttled").len();
@@ -175,16 +192,7 @@ async fn a_limit_tighter_than_the_quota_is_learned_and_used() {
 #[tokio::test(start_paused = true)]
 async fn at_the_ceiling_nothing_is_throttled_and_the_quota_is_used() {
     let h = harness(|_| 20);
-    h.enqueue(600);
-    let cfg = config("20/s");
-    let reports = h
-        .drive(
-            &cfg,
-            Duration::from_secs(300),
-            600,
-            Duration::from_secs(900),
-        )
-        .await;
+    let (_, reports) = drive_all(&h, 600, 300).await;
     assert_eq!(h.succeeded().len(), 600);
     assert_eq!(h.throttled.lock().expect("throttled").len(), 0);
     assert!(reports.iter().all(|r| r.pace_decreases == 0));
@@ -224,22 +232,8 @@ async fn the_learned_rate_survives_a_restart() {
 #[tokio::test(start_paused = true)]
 async fn the_rate_follows_a_limit_that_halves_and_comes_back() {
     // 20/s, then 10/s from 30 s to 90 s, then 20/s again.
-    let h = harness(|t| {
-        if (30..90).contains(&t.as_secs()) {
-            10
-        } else {
-            20
-        }
-    });
-    h.enqueue(2_400);
-    let cfg = config("20/s");
-    h.drive(
-        &cfg,
-        Duration::from_secs(600),
-        2_400,
-        Duration::from_secs(900),
-    )
-    .await;
+    let h = harness(halving);
+    let (cfg, _) = drive_all(&h, 2_400, 600).await;
     assert_eq!(h.succeeded().len(), 2_400);
     assert_eq!(h.dead(), 0);
     let calls = h.calls();
@@ -274,16 +268,7 @@ async fn headers_that_show_another_client_leave_it_its_share() {
     api.headers = true;
     let h = harness_of(api);
     // 80 s of work: past the hold, when a probe upward would meet 429s without the headers.
-    h.enqueue(1200);
-    let cfg = config("20/s");
-    let reports = h
-        .drive(
-            &cfg,
-            Duration::from_secs(300),
-            1200,
-            Duration::from_secs(900),
-        )
-        .await;
+    let (_, reports) = drive_all(&h, 1200, 300).await;
     assert_eq!(h.distinct_succeeded(), 1200);
     assert_eq!(h.dead(), 0);
     let throttled = h.throttled.lock().expect("throttled").clone();
@@ -310,24 +295,10 @@ async fn headers_that_show_another_client_leave_it_its_share() {
 async fn headers_that_show_the_limit_come_back_raise_the_rate_at_once() {
     // As the halving above, with the API's limit in its headers: when it comes back at 90 s
     // the pace goes back to the quota without waiting out the hold and the probe.
-    let mut api = RollingApi::new(|t| {
-        if (30..90).contains(&t.as_secs()) {
-            10
-        } else {
-            20
-        }
-    });
+    let mut api = RollingApi::new(halving);
     api.headers = true;
     let h = harness_of(api);
-    h.enqueue(2_400);
-    let cfg = config("20/s");
-    h.drive(
-        &cfg,
-        Duration::from_secs(600),
-        2_400,
-        Duration::from_secs(900),
-    )
-    .await;
+    drive_all(&h, 2_400, 600).await;
     assert_eq!(h.succeeded().len(), 2_400);
     assert_eq!(h.dead(), 0);
     let calls = h.calls();

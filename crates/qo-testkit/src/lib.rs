@@ -20,6 +20,7 @@
 //! - `moto.rs`: [`MotoServer`].
 //! - `lambda.rs`: [`LambdaWatch`] and [`LambdaWatchOptions`].
 //! - `http.rs`: [`http_get_status`], a minimal HTTP/1.0 GET used for readiness checks.
+//! - `events.rs`: [`events_dir`] and [`sample_events`], the sample events in `events/`.
 //! - `process.rs`: the child-process supervisor shared by the services (crate-private).
 
 #![deny(missing_docs)]
@@ -27,11 +28,13 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 
+mod events;
 mod http;
 mod lambda;
 mod moto;
 mod process;
 
+pub use events::{events_dir, sample_events};
 pub use http::http_get_status;
 pub use lambda::{LambdaWatch, LambdaWatchOptions};
 pub use moto::MotoServer;

@@ -313,14 +313,7 @@ fn invalid(name: &str, value: &str, reason: String) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use qo_core::config::map_env as env;
 
     #[test]
     fn a_fifo_queue_is_refused_naming_the_variable_the_value_and_why() {

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use qo_core::job::Job;
-use qo_core::ports::{RecordKey, load_record};
 use qo_core::secret::{ApiKey, KeySource};
-use qo_core::{BackoffReason, Clock, Control, Observation, Timestamp, TokioClock};
+use qo_core::{BackoffReason, Clock, Observation, Timestamp, TokioClock};
 use qo_worker::{
     ApiResponse, CredentialError, CredentialSource, HttpCall, HttpError, Outcome, WorkerError,
 };
@@ -95,29 +94,33 @@ fn requeued_untried(r: &support::Rig<Arc<KeyedApi>>) -> Vec<(u32, Duration)> {
         .collect()
 }
 
-async fn refused_then_rotated(refusal: u16) {
+/// A worker at `T0` (call tolerance 5 ms, then `extra`) over an API that accepts `new-key`,
+/// answers `refusal` to any other and holds `old-key`, and a secret store that holds `stored`.
+fn keyed_rig(
+    refusal: u16,
+    stored: &str,
+    extra: &[(&str, &str)],
+) -> (support::Rig<Arc<KeyedApi>>, Arc<KeyedApi>, Arc<Secret>) {
     let clock = TokioClock::starting_at(T0);
     let api = Arc::new(KeyedApi::new("new-key", refusal, "old-key"));
     let secret = Arc::new(Secret::default());
-    *secret.value.lock().expect("lock") = "old-key".to_string();
-    let mut r = rig(
-        config(
-            "http://api.test/v1",
-            &[("CALL_TOLERANCE_MS", "5"), ("CREDENTIAL_REREAD_S", "60")],
-        ),
-        Arc::clone(&api),
-        clock.clone(),
-    );
+    *secret.value.lock().expect("lock") = stored.to_string();
+    let mut vars = vec![("CALL_TOLERANCE_MS", "5")];
+    vars.extend_from_slice(extra);
+    let mut r = rig(config("http://api.test/v1", &vars), Arc::clone(&api), clock);
     r.worker = r
         .worker
         .with_credential_source(Arc::clone(&secret) as Arc<dyn CredentialSource>);
+    (r, api, secret)
+}
+
+async fn refused_then_rotated(refusal: u16) {
+    let (r, api, secret) = keyed_rig(refusal, "old-key", &[("CREDENTIAL_REREAD_S", "60")]);
 
     // 1. The key is refused; the re-read finds the same key: back off until the next re-read.
     let out = r
-        .worker
         .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a", T0, 0))
-        .await
-        .expect("handled");
+        .await;
     assert_eq!(
         out,
         Outcome::CredentialRejected {
@@ -129,10 +132,7 @@ async fn refused_then_rotated(refusal: u16) {
         }
     );
     assert_eq!(secret.reads.load(Ordering::SeqCst), 1);
-    let control = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control")
-        .value;
+    let control = r.control().await.value;
     assert_eq!(
         control.backoff_until,
         Some(T0.plus(Duration::from_secs(60)))
@@ -153,12 +153,10 @@ async fn refused_then_rotated(refusal: u16) {
     //    seen) is not called on the refused key, and the store is not read again yet.
     *secret.value.lock().expect("lock") = "new-key".to_string();
     tokio::time::advance(Duration::from_secs(10)).await;
-    let t10 = clock.now();
+    let t10 = r.clock.now();
     let out = r
-        .worker
         .handle(job(r#"{"id":"b","path":"/x"}"#, "m-b", t10, 0))
-        .await
-        .expect("handled");
+        .await;
     assert_eq!(
         out,
         Outcome::CredentialPending {
@@ -182,14 +180,10 @@ async fn refused_then_rotated(refusal: u16) {
     // 3. After the interval, the next delivery re-reads first and calls with the new key; the
     //    other job succeeds too. Nothing was dead-lettered.
     tokio::time::advance(Duration::from_secs(50)).await;
-    let t60 = clock.now();
+    let t60 = r.clock.now();
     for (id, m) in [("a", "m-a2"), ("b", "m-b2")] {
         let body = format!(r#"{{"id":"{id}","path":"/x"}}"#);
-        let out = r
-            .worker
-            .handle(job(&body, m, t60, 0))
-            .await
-            .expect("handled");
+        let out = r.handle(job(&body, m, t60, 0)).await;
         assert!(
             matches!(&out, Outcome::Succeeded { job_id, status: 200, .. } if job_id == id),
             "{out:?}"
@@ -225,23 +219,10 @@ async fn a_401_then_a_rotated_key_dead_letters_nothing_and_the_jobs_succeed() {
 async fn an_environment_with_a_stale_key_picks_up_the_rotation_without_a_back_off() {
     // Another environment already rotated: this one still holds the old key, the store has the
     // new one. The first refusal re-reads, sees a change, and gives the job back at once.
-    let clock = TokioClock::starting_at(T0);
-    let api = Arc::new(KeyedApi::new("new-key", 403, "old-key"));
-    let secret = Arc::new(Secret::default());
-    *secret.value.lock().expect("lock") = "new-key".to_string();
-    let mut r = rig(
-        config("http://api.test/v1", &[("CALL_TOLERANCE_MS", "5")]),
-        Arc::clone(&api),
-        clock.clone(),
-    );
-    r.worker = r
-        .worker
-        .with_credential_source(Arc::clone(&secret) as Arc<dyn CredentialSource>);
+    let (r, _, _) = keyed_rig(403, "new-key", &[]);
     let out = r
-        .worker
         .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a", T0, 0))
-        .await
-        .expect("handled");
+        .await;
     assert_eq!(
         out,
         Outcome::CredentialRejected {
@@ -252,20 +233,15 @@ async fn an_environment_with_a_stale_key_picks_up_the_rotation_without_a_back_of
             requeued: true,
         }
     );
-    let control = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control")
-        .value;
+    let control = r.control().await.value;
     assert_eq!(
         control.backoff_until, None,
         "no back-off for a key that changed"
     );
     assert_eq!(requeued_untried(&r), vec![(0, Duration::ZERO)]);
     let out = r
-        .worker
         .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a2", T0, 0))
-        .await
-        .expect("handled");
+        .await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     assert!(r.sink.dead_letters().is_empty());
 }

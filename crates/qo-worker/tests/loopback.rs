@@ -8,7 +8,7 @@ use std::time::Duration;
 use lambda_runtime::{Context, LambdaEvent};
 use qo_core::circuit::{Circuit, CircuitPhase, CircuitPolicy};
 use qo_core::ports::{RecordKey, load_record, save_record};
-use qo_core::{Clock, Control, Observation, Timestamp, TokioClock, WorkerEvent};
+use qo_core::{Clock, Observation, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::JobStatus;
 use qo_sim::{SimConfig, SimServer};
 use qo_worker::{ApiClient, Outcome, WorkerError, handler};
@@ -33,7 +33,7 @@ async fn success_is_recorded_and_a_duplicate_does_not_call_again() {
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
     let ev = job(r#"{"path":"/items/1"}"#, "m-1", r.clock.now(), 0);
 
-    let out = r.worker.handle(ev.clone()).await.expect("handled");
+    let out = r.handle(ev.clone()).await;
     assert_eq!(
         out,
         Outcome::Succeeded {
@@ -67,7 +67,7 @@ async fn success_is_recorded_and_a_duplicate_does_not_call_again() {
     }));
 
     // Lambda delivers the same event again: no second call.
-    let again = r.worker.handle(ev).await.expect("handled");
+    let again = r.handle(ev).await;
     assert_eq!(
         again,
         Outcome::Duplicate {
@@ -90,23 +90,19 @@ async fn throttled_call_sets_the_backoff_and_requeues_after_retry_after() {
     let cfg = config(&sim.url(), &[]);
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
     let first = r
-        .worker
         .handle(job(r#"{"path":"/a"}"#, "m-1", r.clock.now(), 0))
-        .await
-        .expect("handled");
+        .await;
     assert!(matches!(first, Outcome::Succeeded { .. }), "{first:?}");
 
     let before = r.clock.now();
     let out = r
-        .worker
         .handle(job(
             r#"{"id":"job-2","method":"POST","path":"/b","body":{"n":2}}"#,
             "m-2",
             before,
             0,
         ))
-        .await
-        .expect("handled");
+        .await;
     let after = r.clock.now();
     let Outcome::Throttled {
         job_id,
@@ -125,9 +121,7 @@ async fn throttled_call_sets_the_backoff_and_requeues_after_retry_after() {
     );
     let retry_after = Duration::from_millis(retry_after_ms);
 
-    let control = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control");
+    let control = r.control().await;
     let until = control.value.backoff_until.expect("backoff set");
     assert!(until >= before.plus(retry_after) && until <= after.plus(retry_after));
     assert_eq!(control.value.updated_by.as_deref(), Some("worker"));
@@ -157,23 +151,17 @@ async fn throttled_call_sets_the_backoff_and_requeues_after_retry_after() {
 
     // A later back-off already recorded is kept, not shortened.
     let far = after.plus(Duration::from_secs(3_600));
-    let c = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control");
+    let c = r.control().await;
     let mut v = c.value.clone();
     v.backoff_until = Some(far);
     save_record(&r.store, RecordKey::Control, &v, c.version, None)
         .await
         .expect("save");
     let out = r
-        .worker
         .handle(job(r#"{"path":"/c"}"#, "m-3", r.clock.now(), 0))
-        .await
-        .expect("handled");
+        .await;
     assert!(matches!(out, Outcome::Throttled { .. }), "{out:?}");
-    let control = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control");
+    let control = r.control().await;
     assert_eq!(control.value.backoff_until, Some(far));
 }
 
@@ -185,15 +173,13 @@ async fn three_5xx_open_the_circuit_and_the_jobs_are_requeued() {
     let mut opened = Vec::new();
     for i in 0..3 {
         let out = r
-            .worker
             .handle(job(
                 r#"{"path":"/_sim/status/503"}"#,
                 &format!("m-{i}"),
                 r.clock.now(),
                 0,
             ))
-            .await
-            .expect("handled");
+            .await;
         let Outcome::Failed {
             status,
             opened_circuit,
@@ -227,15 +213,13 @@ async fn three_5xx_open_the_circuit_and_the_jobs_are_requeued() {
     // A late failure from epoch 0 cannot touch the epoch-1 circuit.
     let version = circuit.version;
     let out = r
-        .worker
         .handle(job(
             r#"{"path":"/_sim/status/500"}"#,
             "m-late",
             r.clock.now(),
             0,
         ))
-        .await
-        .expect("handled");
+        .await;
     assert!(
         matches!(
             out,
@@ -259,7 +243,7 @@ async fn other_4xx_is_dead_lettered_with_an_excerpt_and_not_called_again() {
     let cfg = config(&sim.url(), &[("RESPONSE_EXCERPT_BYTES", "40")]);
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
     let ev = job(r#"{"path":"/_sim/status/404"}"#, "m-404", r.clock.now(), 0);
-    let out = r.worker.handle(ev.clone()).await.expect("handled");
+    let out = r.handle(ev.clone()).await;
     let Outcome::DeadLettered { job_id, reason } = out else {
         panic!("{out:?}")
     };
@@ -298,10 +282,8 @@ async fn a_read_timeout_is_a_failure() {
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
     let start = std::time::Instant::now();
     let out = r
-        .worker
         .handle(job(r#"{"path":"/slow"}"#, "m-slow", r.clock.now(), 0))
-        .await
-        .expect("handled");
+        .await;
     assert!(
         start.elapsed() < Duration::from_millis(1_400),
         "{:?}",
@@ -345,11 +327,7 @@ async fn a_refused_connection_is_a_failure() {
     };
     let cfg = config(&format!("http://127.0.0.1:{port}"), &[]);
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-x", r.clock.now(), 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-x", r.clock.now(), 0).await;
     assert!(
         matches!(
             out,
@@ -369,15 +347,13 @@ async fn job_paths_are_joined_under_the_base_path() {
     let cfg = config(&format!("{}/api/v1", sim.url()), &[]);
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
     let out = r
-        .worker
         .handle(job(
             r#"{"path":"/items?x=1","query":{"q":"a b"}}"#,
             "m-1",
             r.clock.now(),
             0,
         ))
-        .await
-        .expect("handled");
+        .await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     let records = sim.records();
     assert_eq!(records.len(), 1);
@@ -390,7 +366,7 @@ async fn job_paths_are_joined_under_the_base_path() {
         r.clock.now(),
         0,
     );
-    let out = r.worker.handle(ev).await.expect("handled");
+    let out = r.handle(ev).await;
     let Outcome::DeadLettered { reason, .. } = out else {
         panic!("{out:?}")
     };
@@ -409,22 +385,14 @@ async fn the_api_key_is_sent_in_the_configured_header() {
         ApiClient::new(&cfg, Some("k-123")).expect("client"),
         TokioClock::system(),
     );
-    let out = good
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", good.clock.now(), 0))
-        .await
-        .expect("handled");
+    let out = good.handle_x("m-1", good.clock.now(), 0).await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     let bad = rig(
         cfg.clone(),
         ApiClient::new(&cfg, Some("wrong")).expect("client"),
         TokioClock::system(),
     );
-    let out = bad
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-2", bad.clock.now(), 0))
-        .await
-        .expect("handled");
+    let out = bad.handle_x("m-2", bad.clock.now(), 0).await;
     // The credential, not the job: re-queued untried, nothing dead-lettered.
     assert!(
         matches!(
@@ -471,11 +439,7 @@ async fn a_healthy_check_closes_the_circuit_at_its_epoch_only() {
     let c = open_circuit(&r.store, 1).await;
     assert_eq!((c.epoch, c.phase()), (1, CircuitPhase::Open));
 
-    let out = r
-        .worker
-        .handle(health(1, r.clock.now()))
-        .await
-        .expect("handled");
+    let out = r.handle(health(1, r.clock.now())).await;
     assert_eq!(
         out,
         Outcome::Healthy {
@@ -510,11 +474,7 @@ async fn a_stale_health_check_does_not_close_a_newer_opening() {
         .await
         .expect("circuit");
 
-    let out = r
-        .worker
-        .handle(health(1, r.clock.now()))
-        .await
-        .expect("handled");
+    let out = r.handle(health(1, r.clock.now())).await;
     assert_eq!(
         out,
         Outcome::Healthy {
@@ -536,11 +496,7 @@ async fn an_unhealthy_check_keeps_the_circuit_open() {
     let cfg = config(&sim.url(), &[]);
     let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
     open_circuit(&r.store, 1).await;
-    let out = r
-        .worker
-        .handle(health(1, r.clock.now()))
-        .await
-        .expect("handled");
+    let out = r.handle(health(1, r.clock.now())).await;
     assert_eq!(
         out,
         Outcome::Unhealthy {
@@ -570,7 +526,7 @@ async fn a_failing_requeue_fails_the_event_and_frees_the_claim() {
     // Lambda retries the event: it may claim the job again.
     assert_eq!(r.store.job_status("m-1"), None);
     *r.sink.fail.lock().expect("lock") = false;
-    let retry = r.worker.handle(ev).await.expect("handled");
+    let retry = r.handle(ev).await;
     assert!(
         matches!(
             retry,
@@ -593,11 +549,7 @@ async fn the_last_attempt_is_dead_lettered() {
         unreachable!()
     };
     ev.origin.attempt = 2;
-    let out = r
-        .worker
-        .handle(WorkerEvent::Job(ev))
-        .await
-        .expect("handled");
+    let out = r.handle(WorkerEvent::Job(ev)).await;
     assert!(
         matches!(
             out,

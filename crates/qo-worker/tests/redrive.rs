@@ -53,11 +53,7 @@ async fn dead_lettered_then_redriven(first: u16, body: &str, job_id: &str) {
         Arc::clone(&http),
         clock.clone(),
     );
-    let out = r
-        .worker
-        .handle(job(body, "m-1", T0, 0))
-        .await
-        .expect("handled");
+    let out = r.handle(job(body, "m-1", T0, 0)).await;
     assert!(
         matches!(&out, Outcome::DeadLettered { job_id: j, .. } if j == job_id),
         "{out:?}"
@@ -75,7 +71,7 @@ async fn dead_lettered_then_redriven(first: u16, body: &str, job_id: &str) {
     let later = T0.plus(Duration::from_secs(600));
     tokio::time::advance(Duration::from_secs(600)).await;
     let ev = redrive_and_receive(&r, later).await;
-    let out = r.worker.handle(ev.clone()).await.expect("handled");
+    let out = r.handle(ev.clone()).await;
     assert!(
         matches!(&out, Outcome::Succeeded { job_id: j, .. } if j == job_id),
         "the redriven job is called, not skipped: {out:?}"
@@ -86,7 +82,7 @@ async fn dead_lettered_then_redriven(first: u16, body: &str, job_id: &str) {
         "called exactly once after the redrive"
     );
     // A duplicate delivery of the redriven event does not call a third time.
-    let again = r.worker.handle(ev).await.expect("handled");
+    let again = r.handle(ev).await;
     assert!(matches!(again, Outcome::Duplicate { .. }), "{again:?}");
     assert_eq!(http.calls().len(), 2);
     assert_eq!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lambda_runtime::{Context, LambdaEvent};
 use qo_core::job::{Job, JobEvent};
-use qo_core::ports::{IdempotencyStore, RecordKey, load_record, save_record};
+use qo_core::ports::{IdempotencyStore, RecordKey, save_record};
 use qo_core::{
     ApiWindow, BackoffReason, Clock, Control, Observation, Timestamp, TokioClock, WorkerEvent,
 };
@@ -44,11 +44,7 @@ fn setup(
 async fn an_early_event_waits_and_calls_exactly_at_its_slot() {
     let (r, http) = setup(Ok(ApiResponse::status(204)), &[]);
     let slot = T0.plus(ms(3_217));
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", slot, 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", slot, 0).await;
     assert!(
         matches!(out, Outcome::Succeeded { status: 204, .. }),
         "{out:?}"
@@ -64,11 +60,7 @@ async fn an_early_event_waits_and_calls_exactly_at_its_slot() {
 #[tokio::test(start_paused = true)]
 async fn an_event_within_the_tolerance_calls_at_once() {
     let (r, http) = setup(Ok(ApiResponse::status(200)), &[]);
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0.minus(ms(4)), 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0.minus(ms(4)), 0).await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     assert_eq!(http.calls(), vec![T0]);
 }
@@ -76,11 +68,7 @@ async fn an_event_within_the_tolerance_calls_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_late_event_is_requeued_without_a_call() {
     let (r, http) = setup(Ok(ApiResponse::status(200)), &[]);
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0.minus(ms(1_000)), 3))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0.minus(ms(1_000)), 3).await;
     assert_eq!(
         out,
         Outcome::Late {
@@ -114,11 +102,7 @@ async fn a_slot_beyond_the_max_wait_is_requeued_without_waiting() {
         Ok(ApiResponse::status(200)),
         &[("MAX_SLOT_WAIT_MS", "5000")],
     );
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0.plus(ms(10_000)), 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0.plus(ms(10_000)), 0).await;
     assert_eq!(
         out,
         Outcome::TooEarly {
@@ -143,10 +127,8 @@ async fn a_job_claimed_by_another_delivery_is_requeued_for_after_the_claim() {
     tokio::time::advance(Duration::from_secs(20)).await;
     let now = r.clock.now();
     let out = r
-        .worker
         .handle(job(r#"{"id":"job-7","path":"/x"}"#, "m-1", now, 0))
-        .await
-        .expect("handled");
+        .await;
     assert_eq!(
         out,
         Outcome::Duplicate {
@@ -174,11 +156,7 @@ async fn retry_after_as_an_http_date_and_the_default() {
     let (r, _) = setup(Ok(dated), &[]);
     // Two lost races on the control record are retried, not lost.
     r.store.fail_next_saves(2);
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0, 0).await;
     assert!(
         matches!(
             out,
@@ -190,9 +168,7 @@ async fn retry_after_as_an_http_date_and_the_default() {
         ),
         "{out:?}"
     );
-    let control = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control");
+    let control = r.control().await;
     assert_eq!(
         control.value.backoff_until,
         Some(T0.plus(Duration::from_secs(30)))
@@ -200,11 +176,7 @@ async fn retry_after_as_an_http_date_and_the_default() {
     assert_eq!(r.sink.requeues()[0].delay, Duration::from_secs(30));
 
     let (r, _) = setup(Ok(ApiResponse::status(429)), &[]);
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0, 0).await;
     assert!(
         matches!(
             out,
@@ -229,13 +201,8 @@ async fn a_long_retry_after_is_kept_in_control_but_the_requeue_delay_is_capped()
         ..ApiResponse::default()
     };
     let (r, _) = setup(Ok(answer), &[]);
-    r.worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-        .await
-        .expect("handled");
-    let control = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control");
+    r.handle_x("m-1", T0, 0).await;
+    let control = r.control().await;
     assert_eq!(
         control.value.backoff_until,
         Some(T0.plus(Duration::from_secs(3_600)))
@@ -252,10 +219,7 @@ async fn deliver_requeued(r: &support::Rig<Arc<FakeHttp>>, first: &JobEvent) -> 
         slot_at: r.clock.now(),
         ..first.clone()
     };
-    r.worker
-        .handle(WorkerEvent::Job(ev))
-        .await
-        .expect("handled")
+    r.handle(WorkerEvent::Job(ev)).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -267,11 +231,7 @@ async fn a_429_never_counts_as_an_attempt_and_max_throttled_bounds_it() {
     };
     let (r, http) = setup(Ok(answer), &[("MAX_ATTEMPTS", "5"), ("MAX_THROTTLED", "8")]);
     let first = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
-    let out = r
-        .worker
-        .handle(WorkerEvent::Job(first.clone()))
-        .await
-        .expect("handled");
+    let out = r.handle(WorkerEvent::Job(first.clone())).await;
     assert!(
         matches!(out, Outcome::Throttled { requeued: true, .. }),
         "{out:?}"
@@ -345,14 +305,8 @@ async fn every_429_bumps_the_throttle_count_even_under_a_later_backoff() {
         .expect("seed");
     for n in 1..=3u64 {
         let slot = r.clock.now();
-        r.worker
-            .handle(job(r#"{"path":"/x"}"#, &format!("m-{n}"), slot, 0))
-            .await
-            .expect("handled");
-        let c = load_record::<Control>(&r.store, RecordKey::Control)
-            .await
-            .expect("control")
-            .value;
+        r.handle_x(&format!("m-{n}"), slot, 0).await;
+        let c = r.control().await.value;
         let t = c.throttles.expect("counted");
         assert_eq!(t.count, n, "429 #{n} is counted");
         assert_eq!(t.last_slot, slot);
@@ -367,31 +321,29 @@ async fn every_429_bumps_the_throttle_count_even_under_a_later_backoff() {
     // A success writes nothing to the control record.
     let before = r.store.record(RecordKey::Control);
     *http.answer.lock().expect("lock") = Ok(ApiResponse::status(200));
-    r.worker
-        .handle(job(r#"{"path":"/x"}"#, "m-ok", r.clock.now(), 0))
-        .await
-        .expect("handled");
+    r.handle_x("m-ok", r.clock.now(), 0).await;
     assert_eq!(r.store.record(RecordKey::Control), before);
 }
 
-fn with_window(status: u16, remaining: &str) -> ApiResponse {
+/// An answer with `status` and the rate-limit headers `limit`, `remaining` and `reset` (s).
+fn with_headers(status: u16, limit: &str, remaining: &str, reset: &str) -> ApiResponse {
     ApiResponse {
         status,
         rate_headers: RateHeaders::from_pairs(&[
-            ("X-RateLimit-Limit", "100"),
+            ("X-RateLimit-Limit", limit),
             ("X-RateLimit-Remaining", remaining),
-            ("X-RateLimit-Reset", "20"),
+            ("X-RateLimit-Reset", reset),
         ]),
         ..ApiResponse::default()
     }
 }
 
+fn with_window(status: u16, remaining: &str) -> ApiResponse {
+    with_headers(status, "100", remaining, "20")
+}
+
 async fn stored_window(r: &support::Rig<Arc<FakeHttp>>) -> Option<ApiWindow> {
-    load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control")
-        .value
-        .api_window
+    r.control().await.value.api_window
 }
 
 #[tokio::test(start_paused = true)]
@@ -404,11 +356,7 @@ async fn a_success_reports_the_api_window_only_when_low_and_not_twice_within_the
     let call = |id: &'static str| {
         let r = &r;
         async move {
-            let out = r
-                .worker
-                .handle(job(r#"{"path":"/x"}"#, id, r.clock.now(), 0))
-                .await
-                .expect("handled");
+            let out = r.handle_x(id, r.clock.now(), 0).await;
             assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
         }
     };
@@ -443,9 +391,7 @@ async fn a_success_reports_the_api_window_only_when_low_and_not_twice_within_the
     call("m-4").await;
     assert_eq!(stored_window(&r).await.expect("reported").remaining, 6);
     // A newer observation already stored (another environment's) is not overwritten.
-    let c = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control");
+    let c = r.control().await;
     let mut v = c.value.clone();
     let newer = ApiWindow {
         remaining: 0,
@@ -473,22 +419,11 @@ async fn a_success_reports_a_changed_limit_with_calls_left() {
         &[("API_WINDOW_REPORT_MS", "1000")],
     );
     let answer = |a: ApiResponse| *http.answer.lock().expect("lock") = Ok(a);
-    let with_limit = |limit: &'static str, remaining: &'static str| ApiResponse {
-        status: 200,
-        rate_headers: RateHeaders::from_pairs(&[
-            ("X-RateLimit-Limit", limit),
-            ("X-RateLimit-Remaining", remaining),
-            ("X-RateLimit-Reset", "1"),
-        ]),
-        ..ApiResponse::default()
-    };
+    let with_limit = |limit, remaining| with_headers(200, limit, remaining, "1");
     let call = |id: &'static str| {
         let r = &r;
         async move {
-            r.worker
-                .handle(job(r#"{"path":"/x"}"#, id, r.clock.now(), 0))
-                .await
-                .expect("handled");
+            r.handle_x(id, r.clock.now(), 0).await;
         }
     };
     // The first answer's limit, with plenty left: nothing written.
@@ -525,14 +460,8 @@ async fn a_success_reports_a_changed_limit_with_calls_left() {
 #[tokio::test(start_paused = true)]
 async fn a_429_reports_the_api_window_with_the_throttle_and_bad_headers_change_nothing() {
     let (r, http) = setup(Ok(with_window(429, "90")), &[]);
-    r.worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-        .await
-        .expect("handled");
-    let c = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control")
-        .value;
+    r.handle_x("m-1", T0, 0).await;
+    let c = r.control().await.value;
     assert_eq!(c.throttles.expect("counted").count, 1);
     let w = c.api_window.expect("a 429 reports the window, low or not");
     assert_eq!((w.remaining, w.limit, w.observed_at), (90, Some(100), T0));
@@ -540,23 +469,13 @@ async fn a_429_reports_the_api_window_with_the_throttle_and_bad_headers_change_n
     // Malformed headers: the job succeeds and nothing is written.
     let before = r.store.record(RecordKey::Control);
     *http.answer.lock().expect("lock") = Ok(with_window(200, "none left"));
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-2", r.clock.now(), 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-2", r.clock.now(), 0).await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     assert_eq!(r.store.record(RecordKey::Control), before);
     // On a 429 the counter still moves; the stored window stays.
     *http.answer.lock().expect("lock") = Ok(with_window(429, "-3"));
-    r.worker
-        .handle(job(r#"{"path":"/x"}"#, "m-3", r.clock.now(), 0))
-        .await
-        .expect("handled");
-    let c = load_record::<Control>(&r.store, RecordKey::Control)
-        .await
-        .expect("control")
-        .value;
+    r.handle_x("m-3", r.clock.now(), 0).await;
+    let c = r.control().await.value;
     assert_eq!(c.throttles.expect("counted").count, 2);
     assert_eq!(c.api_window, Some(w));
 }
@@ -568,10 +487,7 @@ async fn a_failure_keeps_the_429_count_and_raises_the_attempt() {
     let mut ev = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
     ev.origin.throttled = 12;
     ev.origin.attempt = 1;
-    r.worker
-        .handle(WorkerEvent::Job(ev))
-        .await
-        .expect("handled");
+    r.handle(WorkerEvent::Job(ev)).await;
     let q = r.sink.requeues();
     assert_eq!((q[0].origin.attempt, q[0].origin.throttled), (2, 12));
 }
@@ -579,11 +495,7 @@ async fn a_failure_keeps_the_429_count_and_raises_the_attempt() {
 #[tokio::test(start_paused = true)]
 async fn request_timeout_408_is_a_failure_and_other_statuses_are_final() {
     let (r, _) = setup(Ok(ApiResponse::status(408)), &[]);
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0, 0).await;
     assert!(
         matches!(
             out,
@@ -598,11 +510,7 @@ async fn request_timeout_408_is_a_failure_and_other_statuses_are_final() {
     // 401 and 403 are the credential's (tests/credential.rs), not final for the job.
     for status in [301, 400, 404, 409, 422] {
         let (r, _) = setup(Ok(ApiResponse::status(status)), &[]);
-        let out = r
-            .worker
-            .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-            .await
-            .expect("handled");
+        let out = r.handle_x("m-1", T0, 0).await;
         assert_eq!(
             out,
             Outcome::DeadLettered {
@@ -622,11 +530,7 @@ async fn a_job_that_cannot_be_sent_is_dead_lettered_without_a_call() {
         path: "https://elsewhere.example/steal".into(),
         ..Job::default()
     };
-    let out = r
-        .worker
-        .handle(WorkerEvent::Job(ev))
-        .await
-        .expect("handled");
+    let out = r.handle(WorkerEvent::Job(ev)).await;
     assert!(
         matches!(&out, Outcome::DeadLettered { reason, .. } if reason.contains("relative")),
         "{out:?}"
@@ -634,11 +538,7 @@ async fn a_job_that_cannot_be_sent_is_dead_lettered_without_a_call() {
     assert!(http.calls().is_empty());
 
     let (r, _) = setup(Err(HttpError::Invalid("bad header value".into())), &[]);
-    let out = r
-        .worker
-        .handle(job(r#"{"path":"/x"}"#, "m-1", T0, 0))
-        .await
-        .expect("handled");
+    let out = r.handle_x("m-1", T0, 0).await;
     assert!(
         matches!(&out, Outcome::DeadLettered { reason, .. } if reason.contains("bad header value")),
         "{out:?}"
@@ -651,7 +551,7 @@ async fn a_job_that_cannot_be_sent_is_dead_lettered_without_a_call() {
 #[tokio::test(start_paused = true)]
 async fn a_health_check_that_times_out_is_unhealthy() {
     let (r, http) = setup(Err(HttpError::Timeout("read".into())), &[]);
-    let out = r.worker.handle(health(0, T0)).await.expect("handled");
+    let out = r.handle(health(0, T0)).await;
     assert_eq!(
         out,
         Outcome::Unhealthy {

@@ -4,7 +4,7 @@
 //! measured by the benchmark-style runs in the README, not asserted here: on a shared machine
 //! a late worker costs slots, never the quota.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use qo_testkit::OFFLINE_AWS_ENV;
 #[cfg(feature = "aws")]
@@ -16,18 +16,27 @@ use serde_json::Value;
 /// on time but arrives late is another window's), which these tests would count as 429s.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Runs the built `qo` with `args` in the offline AWS environment only.
+fn qo<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_qo"))
+        .args(args)
+        .env_clear()
+        .envs(OFFLINE_AWS_ENV)
+        .output()
+        .expect("run qo")
+}
+
 fn qo_local(extra: &[&str]) -> Value {
     let mut args = vec!["local", "--json", "--timeout-s", "300", "--seed", "7"];
     if !extra.contains(&"--quota") {
         args.extend_from_slice(&["--quota", "20/s"]);
     }
     args.extend_from_slice(extra);
-    let out = Command::new(env!("CARGO_BIN_EXE_qo"))
-        .args(&args)
-        .env_clear()
-        .envs(OFFLINE_AWS_ENV)
-        .output()
-        .expect("run qo local");
+    let out = qo(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -112,30 +121,20 @@ fn local_with_the_api_s_own_limit_and_headers_reports_both_sides() {
 /// The built-in API's flags make no sense for another API: refused, naming both.
 #[test]
 fn the_built_in_api_s_flags_are_refused_with_api_url() {
-    let out = Command::new(env!("CARGO_BIN_EXE_qo"))
-        .args([
-            "local",
-            "--api-url",
-            "http://127.0.0.1:9",
-            "--api-limit",
-            "5/s",
-        ])
-        .env_clear()
-        .envs(OFFLINE_AWS_ENV)
-        .output()
-        .expect("run qo local");
+    let out = qo([
+        "local",
+        "--api-url",
+        "http://127.0.0.1:9",
+        "--api-limit",
+        "5/s",
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("--api-limit") && stderr.contains("--api-url"),
         "{stderr}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_qo"))
-        .args(["local", "--api-limit", "5/s;2/s"])
-        .env_clear()
-        .envs(OFFLINE_AWS_ENV)
-        .output()
-        .expect("run qo local");
+    let out = qo(["local", "--api-limit", "5/s;2/s"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -153,12 +152,7 @@ fn without_the_aws_feature_operations_are_refused_naming_the_feature() {
         &["status", "--stack", "qo"][..],
         &["local", "--aws-endpoint", "http://127.0.0.1:9"][..],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_qo"))
-            .args(args)
-            .env_clear()
-            .envs(OFFLINE_AWS_ENV)
-            .output()
-            .expect("run qo");
+        let out = qo(args);
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -228,27 +222,22 @@ async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
     };
     let endpoint = moto.endpoint.clone();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_qo"))
-            .args([
-                "local",
-                "--json",
-                "--jobs",
-                "5",
-                "--quota",
-                "1/s",
-                "--run-seconds",
-                "1.5",
-                "--timeout-s",
-                "60",
-                "--aws-endpoint",
-                &endpoint,
-                "--max-receive-count",
-                "1",
-            ])
-            .env_clear()
-            .envs(OFFLINE_AWS_ENV)
-            .output()
-            .expect("run qo local")
+        qo([
+            "local",
+            "--json",
+            "--jobs",
+            "5",
+            "--quota",
+            "1/s",
+            "--run-seconds",
+            "1.5",
+            "--timeout-s",
+            "60",
+            "--aws-endpoint",
+            &endpoint,
+            "--max-receive-count",
+            "1",
+        ])
     })
     .await
     .expect("qo local");

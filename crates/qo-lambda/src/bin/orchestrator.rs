@@ -7,38 +7,31 @@ use std::time::Duration;
 
 use lambda_runtime::{LambdaEvent, service_fn};
 use qo_aws::{
-    AsyncInvoke, Backoff, DynamoStore, EmfMetrics, InvokeSettings, LambdaInvoker, QueueUrls,
-    SdkSettings, SqsQueue, check_function_timeout, load_config,
+    AsyncInvoke, Backoff, EmfMetrics, InvokeSettings, LambdaInvoker, check_function_timeout,
+    load_config,
 };
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, TokioClock};
+use qo_lambda::{Common, function_timeout};
 use qo_orchestrator::config::{FinishBudget, stop_margin};
 use qo_orchestrator::{
     OrchestratorConfig, OrchestratorEvent, OrchestratorResponse, Ports, continuation_event, handle,
 };
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 /// How often a running orchestrator writes its metrics (CloudWatch's standard resolution).
 const METRICS_INTERVAL: Duration = Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    qo_aws::logging::init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %e, "orchestrator stopped");
-            ExitCode::FAILURE
-        }
-    }
+    qo_lambda::serve("orchestrator", run()).await
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
     let env = ProcessEnv;
     let mut config = OrchestratorConfig::from_env(&env)?;
-    let sdk = SdkSettings::from_env(&env)?;
-    let table = env.required("TABLE_NAME")?;
-    let urls = QueueUrls::from_env(&env)?;
+    let common = Common::from_env(&env)?;
+    let sdk = common.sdk;
     let worker = env.required("WORKER_FUNCTION_NAME")?;
     let invoke = InvokeSettings::from_env(&env)?;
     invoke.check_covers(config.quota.pacing_rate_per_s())?;
@@ -63,15 +56,13 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         explicit = explicit.is_some(),
         "stop margin"
     );
-    if env.get("FUNCTION_TIMEOUT_S").is_some() {
-        let timeout = env.seconds("FUNCTION_TIMEOUT_S", Duration::ZERO)?;
+    if let Some(timeout) = function_timeout(&env)? {
         check_function_timeout(&sdk, timeout, config.stop_margin)?;
     }
 
     // AWS_ENDPOINT_URL (moto, locally) is honoured by the SDK itself.
     let aws = load_config(&sdk, None).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
+    let (store, queue) = common.stores(&aws);
     let invoker = LambdaInvoker::new(&aws, worker, &invoke)?;
     let metrics = EmfMetrics::from_env(&env, "orchestrator");
     // At its deadline a run with work left invokes this function again (CONTINUE_AT_DEADLINE,

@@ -10,11 +10,10 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use lambda_runtime::{Context, LambdaEvent, service_fn};
-use qo_aws::{
-    ApiKey, DynamoStore, EmfMetrics, QueueUrls, SdkSettings, SqsQueue, load_api_key, load_config,
-};
-use qo_core::config::{Env, ProcessEnv};
+use qo_aws::{ApiKey, EmfMetrics, SdkSettings, load_api_key, load_config};
+use qo_core::config::ProcessEnv;
 use qo_core::{Clock, Timestamp, WorkerEvent};
+use qo_lambda::{Common, function_timeout};
 use qo_worker::lambda::{TimeoutBudgetError, TimeoutSource, check_timeout_budget};
 use qo_worker::{
     ApiClient, CredentialError, CredentialSource, SystemClock, Worker, WorkerConfig, WorkerError,
@@ -24,29 +23,18 @@ use tracing::{error, info};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    qo_aws::logging::init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!(error = %e, "worker stopped");
-            ExitCode::FAILURE
-        }
-    }
+    qo_lambda::serve("worker", run()).await
 }
 
 async fn run() -> Result<(), lambda_runtime::Error> {
     let env = ProcessEnv;
     let config = WorkerConfig::from_env(&env)?;
-    let sdk = SdkSettings::from_env(&env)?;
-    let table = env.required("TABLE_NAME")?;
-    let urls = QueueUrls::from_env(&env)?;
+    let common = Common::from_env(&env)?;
+    let sdk = common.sdk;
     // Seed 003: refuse to start when the function timeout cannot cover the worst case (Lambda
     // reports the exit as an init error). Without FUNCTION_TIMEOUT_S, the first invocation's
     // deadline is checked instead.
-    let declared = match env.get("FUNCTION_TIMEOUT_S") {
-        Some(_) => Some(env.seconds("FUNCTION_TIMEOUT_S", Duration::ZERO)?),
-        None => None,
-    };
+    let declared = function_timeout(&env)?;
     if let Some(timeout) = declared {
         check_timeout_budget(&sdk, &config, timeout, TimeoutSource::Variable)?;
     }
@@ -60,8 +48,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     }
     let client = ApiClient::new(&config, key.as_ref().map(|k| k.expose()))?;
     drop(key);
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), table);
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
+    let (store, queue) = common.stores(&aws);
     info!(
         api = %config.api_base_url,
         connect_timeout_ms = ms(config.connect_timeout),

@@ -45,6 +45,19 @@ pub struct Harness {
     pub throttled: Arc<Mutex<Vec<Timestamp>>>,
 }
 
+/// The harness's state the stand-in worker writes to: one clone per event it handles.
+#[derive(Clone)]
+struct Shared {
+    clock: Arc<TokioClock>,
+    queue: MemoryQueue,
+    store: MemoryStore,
+    calls: Arc<Mutex<Vec<Timestamp>>>,
+    health: Arc<Mutex<Vec<u64>>>,
+    late: Arc<Mutex<Vec<Duration>>>,
+    succeeded: Arc<Mutex<Vec<String>>>,
+    throttled: Arc<Mutex<Vec<Timestamp>>>,
+}
+
 /// The most real time one run may take. On the paused clock a run takes milliseconds; a loop
 /// that spins without ever sleeping never lets virtual time advance, so no virtual timeout can
 /// end it.
@@ -151,25 +164,29 @@ impl Harness {
         let succeeded = Arc::new(Mutex::new(Vec::new()));
         let throttled = Arc::new(Mutex::new(Vec::new()));
         let handler = {
-            let throttled = throttled.clone();
-            let succeeded = succeeded.clone();
-            let late = late.clone();
-            let clock = clock.clone();
-            let queue = queue.clone();
-            let store = store.clone();
-            let calls = calls.clone();
-            let health = health.clone();
+            let shared = Shared {
+                clock: clock.clone(),
+                queue: queue.clone(),
+                store: store.clone(),
+                calls: calls.clone(),
+                health: health.clone(),
+                late: late.clone(),
+                succeeded: succeeded.clone(),
+                throttled: throttled.clone(),
+            };
             let verdict = Arc::new(verdict);
             move |ev: WorkerEvent| {
-                let clock = clock.clone();
-                let queue = queue.clone();
-                let store = store.clone();
-                let calls = calls.clone();
-                let health = health.clone();
+                let Shared {
+                    clock,
+                    queue,
+                    store,
+                    calls,
+                    health,
+                    late,
+                    succeeded,
+                    throttled,
+                } = shared.clone();
                 let verdict = verdict.clone();
-                let late = late.clone();
-                let succeeded = succeeded.clone();
-                let throttled = throttled.clone();
                 async move {
                     match ev {
                         WorkerEvent::Job(job) => {
@@ -190,18 +207,16 @@ impl Harness {
                                 attempt: job.origin.attempt + 1,
                                 ..job.origin.clone()
                             };
-                            match verdict(n, called_at) {
-                                Verdict::Succeed => {
-                                    succeeded
-                                        .lock()
-                                        .expect("succeeded")
-                                        .push(job.job.path.clone());
-                                }
+                            let verdict = verdict(n, called_at);
+                            if let Verdict::Succeed | Verdict::SucceedLow(_) = verdict {
+                                succeeded
+                                    .lock()
+                                    .expect("succeeded")
+                                    .push(job.job.path.clone());
+                            }
+                            match verdict {
+                                Verdict::Succeed => {}
                                 Verdict::SucceedLow(window) => {
-                                    succeeded
-                                        .lock()
-                                        .expect("succeeded")
-                                        .push(job.job.path.clone());
                                     update_record::<Control, _>(&store, RecordKey::Control, |c| {
                                         if c.api_window
                                             .is_some_and(|w| w.observed_at >= window.observed_at)

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use qo_core::job::{HealthCheckEvent, Job, JobEvent, Origin, WorkerEvent};
-use qo_core::ports::{DeadLetter, JobSink, QueueError};
-use qo_core::{Clock, Observation, Observer, Timestamp, TokioClock};
+use qo_core::ports::{DeadLetter, JobSink, QueueError, RecordKey, Versioned, load_record};
+use qo_core::{Clock, Control, Observation, Observer, Timestamp, TokioClock};
 use qo_memory::{MemoryQueue, MemoryStore, QueueOptions};
-use qo_worker::{ApiResponse, HttpCall, HttpError, Worker, WorkerConfig};
+use qo_worker::{ApiResponse, HttpCall, HttpError, Outcome, Worker, WorkerConfig};
 
 /// One re-queue as the worker asked for it.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,6 +174,26 @@ pub struct Rig<H: HttpCall> {
     pub sink: RecordingSink,
     pub clock: TokioClock,
     pub seen: Seen,
+}
+
+impl<H: HttpCall> Rig<H> {
+    /// Handles `event`; the worker must not fail.
+    pub async fn handle(&self, event: WorkerEvent) -> Outcome {
+        self.worker.handle(event).await.expect("handled")
+    }
+
+    /// Handles a job on `/x` ([`job`] with body `{"path":"/x"}`); the worker must not fail.
+    pub async fn handle_x(&self, message_id: &str, slot_at: Timestamp, epoch: u64) -> Outcome {
+        self.handle(job(r#"{"path":"/x"}"#, message_id, slot_at, epoch))
+            .await
+    }
+
+    /// The control record as stored now (the default when there is none).
+    pub async fn control(&self) -> Versioned<Control> {
+        load_record::<Control>(&self.store, RecordKey::Control)
+            .await
+            .expect("control")
+    }
 }
 
 pub fn rig<H: HttpCall>(config: WorkerConfig, http: H, clock: TokioClock) -> Rig<H> {

@@ -61,7 +61,7 @@ pub struct StatusReport {
     #[serde(serialize_with = "ser_opt_time")]
     pub updated_at: Option<Timestamp>,
     /// The queues: main, retry (if any), dlq.
-    pub queues: Vec<QueueStatus>,
+    pub queues: Vec<QueueDepth>,
     /// Messages on the dead-letter queue (visible, in flight and delayed).
     pub dead_letters: u64,
 }
@@ -148,21 +148,6 @@ pub struct LeaseStatus {
     pub live: bool,
 }
 
-/// One queue's depth.
-#[derive(Clone, Debug, Serialize)]
-pub struct QueueStatus {
-    /// `main`, `retry` or `dlq`.
-    pub name: &'static str,
-    /// Its URL.
-    pub url: String,
-    /// Ready to receive.
-    pub visible: u64,
-    /// Received, neither deleted nor visible again.
-    pub in_flight: u64,
-    /// Sent with a delay not yet passed.
-    pub delayed: u64,
-}
-
 /// The records and depths a status is made of.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -221,17 +206,7 @@ impl StatusReport {
             } => (opened_at, forced),
             CircuitState::HalfOpen { opened_at, .. } => (opened_at, false),
         };
-        let queues: Vec<QueueStatus> = snap
-            .depths
-            .into_iter()
-            .map(|d| QueueStatus {
-                name: d.name,
-                url: d.url,
-                visible: d.visible,
-                in_flight: d.in_flight,
-                delayed: d.delayed,
-            })
-            .collect();
+        let queues = snap.depths;
         let dead_letters = queues
             .iter()
             .filter(|q| q.name == "dlq")

@@ -302,14 +302,7 @@ async fn stack_target(config: &SdkConfig, stack: &str) -> Result<Target, OpsErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use qo_core::config::map_env as env;
 
     #[test]
     fn flags_win_over_variables() {
