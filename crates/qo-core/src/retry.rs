@@ -65,18 +65,15 @@ impl Retry {
             attempt: origin.attempt.saturating_add(1),
             ..origin.clone()
         };
-        if next.attempt >= max_attempts {
-            let attempts = next.attempt;
-            Retry::DeadLetter(
-                next,
-                GiveUp::Attempts {
-                    attempts,
-                    last: Box::new(why.clone()),
-                },
-            )
-        } else {
-            Retry::Requeue(next)
-        }
+        Retry::bounded(
+            next,
+            |o| o.attempt,
+            max_attempts,
+            |attempts| GiveUp::Attempts {
+                attempts,
+                last: Box::new(why.clone()),
+            },
+        )
     }
 
     /// After a 429 whose retry delay is `retry_after`: the attempt count unchanged, the 429
@@ -86,15 +83,28 @@ impl Retry {
             throttled: origin.throttled.saturating_add(1),
             ..origin.clone()
         };
-        if next.throttled >= max_throttled {
-            let times = next.throttled;
-            Retry::DeadLetter(
-                next,
-                GiveUp::Throttled {
-                    times,
-                    last_retry_after: retry_after,
-                },
-            )
+        Retry::bounded(
+            next,
+            |o| o.throttled,
+            max_throttled,
+            |times| GiveUp::Throttled {
+                times,
+                last_retry_after: retry_after,
+            },
+        )
+    }
+
+    /// Re-queues `next` unless its `count` reached `max`: then it is dead-lettered with the
+    /// reason `give_up` makes of the count.
+    fn bounded(
+        next: Origin,
+        count: impl Fn(&Origin) -> u32,
+        max: u32,
+        give_up: impl FnOnce(u32) -> GiveUp,
+    ) -> Retry {
+        let n = count(&next);
+        if n >= max {
+            Retry::DeadLetter(next, give_up(n))
         } else {
             Retry::Requeue(next)
         }
