@@ -6,17 +6,15 @@
 //! change with time. The stand-in worker writes each 429 to the control record as the worker
 //! does (back-off and the throttle counter).
 
-mod support;
-
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{Harness, Verdict, config, max_in_window, start};
 use qo_core::ports::{RecordKey, load_record};
 use qo_core::{ApiWindow, QuotaState, Timestamp};
 use qo_memory::InvokerOptions;
 use qo_orchestrator::{OrchestratorConfig, RunReport};
-use support::{Harness, Verdict, config, max_in_window, start};
 
 /// A strict rolling-window API whose limit is a function of the time since the start, with
 /// optionally another client of the same key calling evenly, and rate-limit headers.

@@ -1,15 +1,13 @@
 //! The dispatch loop over the in-memory adapters, on tokio's paused clock: a minute of
 //! dispatching runs in milliseconds, deterministically.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Harness, Verdict, config, max_in_window, start};
 use qo_core::ports::{LeaseStore, RecordKey, load_record, save_record, update_record};
 use qo_core::{Circuit, CircuitPolicy, Clock, Control};
 use qo_memory::InvokerOptions;
 use qo_orchestrator::StopReason;
-use support::{Harness, Verdict, config, max_in_window, start};
 
 #[tokio::test(start_paused = true)]
 async fn drains_a_backlog_at_the_quota_and_no_faster() {

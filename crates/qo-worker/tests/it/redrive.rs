@@ -1,24 +1,25 @@
 //! A dead-lettered job comes back: after `qo redrive` it is called again, exactly once, not
 //! skipped as a duplicate. In memory (qo-memory's store and queue), under tokio's paused time.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{FakeHttp, config, job, rig};
 use qo_core::job::Job;
 use qo_core::ports::JobSource;
 use qo_core::{JobEvent, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{JobStatus, SendOptions};
 use qo_worker::{ApiResponse, Outcome};
-use support::{FakeHttp, config, job, rig};
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 
 /// What `qo redrive` does to one dead letter (`SqsQueue::redrive`: the body sent to the main
 /// queue as a new message, attempt 0; the dead letter deleted), then what the orchestrator
 /// makes of the new message: the job event it dispatches.
-async fn redrive_and_receive(r: &support::Rig<Arc<FakeHttp>>, now: Timestamp) -> WorkerEvent {
+async fn redrive_and_receive(
+    r: &crate::support::Rig<Arc<FakeHttp>>,
+    now: Timestamp,
+) -> WorkerEvent {
     let dead = r.sink.dead_letters();
     assert_eq!(dead.len(), 1, "one dead letter to redrive");
     let new_id = r

@@ -4,11 +4,10 @@
 //! backlog expires (so the model bites). And one pass copies each waiting job once, keeping its
 //! attempt and first enqueue time, across runs.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{Harness, Verdict, config};
 use async_trait::async_trait;
 use qo_core::ports::LeaseStore;
 use qo_core::ports::{
@@ -18,7 +17,6 @@ use qo_core::{Clock, NoObserver, Origin, TokioClock};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::sweep::{SweepRecord, run_if_due};
 use qo_orchestrator::{OrchestratorConfig, Ports};
-use support::{Harness, Verdict, config};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const JOBS: usize = 15;
@@ -123,7 +121,7 @@ impl JobSource for Slow {
 
 #[tokio::test(start_paused = true)]
 async fn a_pass_over_several_runs_copies_each_job_once_keeping_its_attempt() {
-    let clock = Arc::new(TokioClock::starting_at(support::start()));
+    let clock = Arc::new(TokioClock::starting_at(crate::support::start()));
     let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
     let store = MemoryStore::new();
     let invoker = LocalInvoker::new(clock.clone(), |_: qo_core::WorkerEvent| async {});
@@ -136,7 +134,7 @@ async fn a_pass_over_several_runs_copies_each_job_once_keeping_its_attempt() {
         let origin = Origin {
             attempt: 1 + i % 3,
             throttled: 1,
-            enqueued_at: Some(support::start()),
+            enqueued_at: Some(crate::support::start()),
             ..Origin::default()
         };
         queue
@@ -226,7 +224,7 @@ async fn a_pass_over_several_runs_copies_each_job_once_keeping_its_attempt() {
             }
             assert_eq!(
                 m.origin.enqueued_at,
-                Some(support::start()),
+                Some(crate::support::start()),
                 "first enqueue kept"
             );
             seen.push(m.body.clone());

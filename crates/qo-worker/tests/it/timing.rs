@@ -1,11 +1,10 @@
 //! Slot timing and answer classification under tokio's paused time, with an HTTP layer in
 //! memory (sockets and paused time do not mix).
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{FakeHttp, config, health, job, job_event, rig};
 use lambda_runtime::{Context, LambdaEvent};
 use qo_core::job::{Job, JobEvent};
 use qo_core::ports::{IdempotencyStore, RecordKey, save_record};
@@ -15,7 +14,6 @@ use qo_core::{
 use qo_memory::JobStatus;
 use qo_worker::lambda::DEADLINE_MARGIN;
 use qo_worker::{ApiResponse, HttpError, Outcome, RateHeaders, handler};
-use support::{FakeHttp, config, health, job, job_event, rig};
 
 /// 2023-11-14T22:13:20Z, a Tuesday.
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
@@ -27,7 +25,7 @@ fn ms(n: u64) -> Duration {
 fn setup(
     answer: Result<ApiResponse, HttpError>,
     extra: &[(&str, &str)],
-) -> (support::Rig<Arc<FakeHttp>>, Arc<FakeHttp>) {
+) -> (crate::support::Rig<Arc<FakeHttp>>, Arc<FakeHttp>) {
     let clock = TokioClock::starting_at(T0);
     let http = Arc::new(FakeHttp::new(clock.clone(), answer));
     let mut vars = vec![("CALL_TOLERANCE_MS", "5")];
@@ -211,7 +209,7 @@ async fn a_long_retry_after_is_kept_in_control_but_the_requeue_delay_is_capped()
 }
 
 /// Handles the job the sink re-queued last, as the next delivery would, at the clock's now.
-async fn deliver_requeued(r: &support::Rig<Arc<FakeHttp>>, first: &JobEvent) -> Outcome {
+async fn deliver_requeued(r: &crate::support::Rig<Arc<FakeHttp>>, first: &JobEvent) -> Outcome {
     let last = r.sink.requeues().pop().expect("a re-queue");
     let ev = JobEvent {
         job: Job::parse(&last.body).expect("job"),
@@ -342,7 +340,7 @@ fn with_window(status: u16, remaining: &str) -> ApiResponse {
     with_headers(status, "100", remaining, "20")
 }
 
-async fn stored_window(r: &support::Rig<Arc<FakeHttp>>) -> Option<ApiWindow> {
+async fn stored_window(r: &crate::support::Rig<Arc<FakeHttp>>) -> Option<ApiWindow> {
     r.control().await.value.api_window
 }
 

@@ -8,14 +8,12 @@
 //! dispatch soon, or gives back and receives again what it holds, raises every waiting
 //! message's receive count until SQS moves it to the dead-letter queue untried.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Harness, Verdict, config, max_in_window};
 use qo_core::sqs::{QueueAttributes, ROTATE_AFTER_RECEIVES};
 use qo_core::{BudgetMode, Timestamp};
 use qo_memory::{BatchOp, InvokerOptions, QueueOptions};
-use support::{Harness, Verdict, config, max_in_window};
 
 const JOBS: usize = 20;
 const RUN: Duration = Duration::from_secs(60);

@@ -3,12 +3,11 @@
 //! re-read. In memory under tokio's paused time: an API that accepts one key, a secret store
 //! whose value the test rotates.
 
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{config, job, rig};
 use async_trait::async_trait;
 use qo_core::job::Job;
 use qo_core::secret::{ApiKey, KeySource};
@@ -16,7 +15,6 @@ use qo_core::{BackoffReason, Clock, Observation, Timestamp, TokioClock};
 use qo_worker::{
     ApiResponse, CredentialError, CredentialSource, HttpCall, HttpError, Outcome, WorkerError,
 };
-use support::{config, job, rig};
 
 const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
 
@@ -86,7 +84,7 @@ impl CredentialSource for Secret {
     }
 }
 
-fn requeued_untried(r: &support::Rig<Arc<KeyedApi>>) -> Vec<(u32, Duration)> {
+fn requeued_untried(r: &crate::support::Rig<Arc<KeyedApi>>) -> Vec<(u32, Duration)> {
     r.sink
         .requeues()
         .iter()
@@ -100,7 +98,11 @@ fn keyed_rig(
     refusal: u16,
     stored: &str,
     extra: &[(&str, &str)],
-) -> (support::Rig<Arc<KeyedApi>>, Arc<KeyedApi>, Arc<Secret>) {
+) -> (
+    crate::support::Rig<Arc<KeyedApi>>,
+    Arc<KeyedApi>,
+    Arc<Secret>,
+) {
     let clock = TokioClock::starting_at(T0);
     let api = Arc::new(KeyedApi::new("new-key", refusal, "old-key"));
     let secret = Arc::new(Secret::default());

@@ -3,16 +3,14 @@
 //! batch entries SQS refuses, every job succeeds, nothing reaches the dead-letter queue, and
 //! nothing expires. Each case runs on its own paused-clock runtime, as the schedule runs it.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Harness, Verdict, config};
 use proptest::prelude::*;
 use qo_core::ports::{RecordKey, update_record};
 use qo_core::sqs::ROTATE_AFTER_RECEIVES;
 use qo_core::{Clock, Control};
 use qo_memory::{BatchOp, InvokerOptions};
-use support::{Harness, Verdict, config};
 
 #[derive(Clone, Debug)]
 struct Case {

@@ -1,10 +1,9 @@
 //! The worker with the real [`ApiClient`] against the simulator over loopback, and qo-memory's
 //! store and queue.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{config, health, job, rig};
 use lambda_runtime::{Context, LambdaEvent};
 use qo_core::circuit::{Circuit, CircuitPhase, CircuitPolicy};
 use qo_core::ports::{RecordKey, load_record, save_record};
@@ -12,7 +11,6 @@ use qo_core::{Clock, Observation, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::JobStatus;
 use qo_sim::{SimConfig, SimServer};
 use qo_worker::{ApiClient, Outcome, WorkerError, handler};
-use support::{config, health, job, rig};
 
 fn sim_config(quota: &str) -> SimConfig {
     SimConfig::new(quota.parse().expect("quota"))
