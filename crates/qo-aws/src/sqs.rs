@@ -424,17 +424,12 @@ impl SqsQueue {
     ) -> Result<(), QueueError> {
         const OP: &str = "sqs.DeleteMessageBatch";
         in_batches(receipts, "delete", |chunk| async move {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(r)
-                        .build()
-                        .map_err(|e| invalid_entry(OP, e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let entries = batch_entries(OP, chunk, |id, r| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(r)
+                    .build()
+            })?;
             let out = self
                 .client
                 .delete_message_batch()
@@ -456,18 +451,13 @@ impl SqsQueue {
     ) -> Result<(), QueueError> {
         const OP: &str = "sqs.ChangeMessageVisibilityBatch";
         in_batches(receipts, "release", |chunk| async move {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(*r)
-                        .visibility_timeout(seconds)
-                        .build()
-                        .map_err(|e| invalid_entry(OP, e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let entries = batch_entries(OP, chunk, |id, r| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(id)
+                    .receipt_handle(r)
+                    .visibility_timeout(seconds)
+                    .build()
+            })?;
             let out = self
                 .client
                 .change_message_visibility_batch()
@@ -906,6 +896,24 @@ where
         );
     }
     refusals.finish(op)
+}
+
+/// One batch entry per receipt of `chunk`, its id its index in the chunk (how SQS's answer
+/// names the refused ones), built by `build`.
+fn batch_entries<T, E, B>(
+    op: &'static str,
+    chunk: &[T],
+    build: impl Fn(String, &str) -> Result<E, B>,
+) -> Result<Vec<E>, QueueError>
+where
+    T: AsRef<str>,
+    B: std::fmt::Display,
+{
+    chunk
+        .iter()
+        .enumerate()
+        .map(|(i, r)| build(i.to_string(), r.as_ref()).map_err(|e| invalid_entry(op, e)))
+        .collect()
 }
 
 /// A batch entry the SDK's builder refused (a required field missing).
