@@ -223,6 +223,10 @@ pub struct Report {
     /// calls in its window then (by the worker's call times), what we believed was left.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub our_remaining: Option<u64>,
+    /// How the pace followed each change of the built-in API's limit (`--api-limit` with
+    /// `@SECOND` parts) that fell within the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_limit_changes: Vec<LimitChange>,
     /// Times closed-loop pacing lowered the pace (a 429 of a call paced at the current rate, or
     /// the API's headers).
     pub pace_decreases: u64,
@@ -242,6 +246,40 @@ pub struct ApiSide {
     pub stats: SimStats,
     /// Every call it answered.
     pub records: Vec<CallRecord>,
+}
+
+/// How the pace followed one change of the built-in API's limit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LimitChange {
+    /// When the limit changed, seconds since the API started.
+    pub at_s: f64,
+    /// The rate calls should run at from then on, calls per second: the new limit's pacing
+    /// rate less the other client's, at most the quota's.
+    pub target_per_s: f64,
+    /// Seconds from the change to the first [`FOLLOW_WINDOW`] whose calls (answered 429 or
+    /// not) ran at 95% to 102% of `target_per_s`; none when that never happened in the run.
+    pub followed_after_s: Option<f64>,
+}
+
+/// The window over which [`LimitChange::followed_after_s`] judges the call rate.
+pub const FOLLOW_WINDOW: Duration = Duration::from_secs(5);
+
+/// The first whole second after `at` from which the `calls` (sorted offsets) in
+/// [`FOLLOW_WINDOW`] ran within 95% to 102% of `target` calls per second.
+fn followed_after(calls: &[Duration], at: Duration, target: f64) -> Option<f64> {
+    let last = *calls.last()?;
+    let window = FOLLOW_WINDOW.as_secs_f64();
+    (0u64..)
+        .map(|k| at + Duration::from_secs(k))
+        .take_while(|from| *from + FOLLOW_WINDOW <= last)
+        .find(|from| {
+            let to = *from + FOLLOW_WINDOW;
+            let a = calls.partition_point(|c| c < from);
+            let b = calls.partition_point(|c| *c < to);
+            let rate = (b - a) as f64 / window;
+            (0.95 * target..=1.02 * target).contains(&rate)
+        })
+        .map(|from| round3((from - at).as_secs_f64()))
 }
 
 fn round3(x: f64) -> f64 {
@@ -370,6 +408,7 @@ impl Report {
             api_remaining: None,
             api_remaining_at_s: None,
             our_remaining: None,
+            api_limit_changes: Vec::new(),
             pace_decreases: counts.pace_decreases,
             pace_per_s: counts
                 .pace
@@ -417,6 +456,27 @@ impl Report {
         } else {
             round3(api.stats.throttled as f64 / api.stats.calls as f64)
         };
+        let calls: Vec<Duration> = api
+            .records
+            .iter()
+            .filter(|r| r.kind == CallKind::Api)
+            .map(|r| r.at)
+            .collect();
+        self.api_limit_changes = api
+            .limit
+            .segments()
+            .skip(1)
+            .filter(|(at, _)| calls.last().is_some_and(|l| at < l))
+            .map(|(at, spec)| {
+                let target =
+                    (spec.pacing_rate_per_s() - api.other_rate_per_s).min(self.quota_rate_per_s);
+                LimitChange {
+                    at_s: round3(at.as_secs_f64()),
+                    target_per_s: round3(target),
+                    followed_after_s: followed_after(&calls, at, target),
+                }
+            })
+            .collect();
         if let Some(r) = api.records.iter().rev().find(|r| r.remaining.is_some()) {
             self.api_remaining = r.remaining;
             self.api_remaining_at_s = Some(round3(r.at.as_secs_f64()));
@@ -529,6 +589,21 @@ impl Report {
                 &mut s,
                 "API limit",
                 format!("{limit}: {rate:.3}/s over the span, {vs:.3} of it"),
+            );
+        }
+        for c in &self.api_limit_changes {
+            let followed = c
+                .followed_after_s
+                .map_or("not within the run".to_string(), |f| {
+                    format!("{f:.0} s later")
+                });
+            line(
+                &mut s,
+                "API limit change",
+                format!(
+                    "at {:.0} s to {:.3}/s for us: the pace followed {followed}",
+                    c.at_s, c.target_per_s
+                ),
             );
         }
         if let Some(other) = self.api_other_rate_per_s.filter(|o| *o > 0.0) {
@@ -692,6 +767,25 @@ mod tests {
         ] {
             assert!(json.get(k).is_some(), "{k} in {json}");
         }
+    }
+
+    #[test]
+    fn a_limit_change_is_followed_when_a_window_of_calls_runs_at_the_new_rate() {
+        // 20/s for 10 s, then 10/s from 13 s on: the rate was 10/s in [13, 18) but not before.
+        let mut calls: Vec<Duration> = (0..200).map(|k| Duration::from_millis(50 * k)).collect();
+        calls.extend((0..20).map(|k| Duration::from_millis(10_000 + 150 * k)));
+        calls.extend((0..100).map(|k| Duration::from_millis(13_000 + 100 * k)));
+        assert_eq!(
+            followed_after(&calls, Duration::from_secs(10), 10.0),
+            Some(3.0)
+        );
+        // Never 30/s: not followed.
+        assert_eq!(followed_after(&calls, Duration::from_secs(10), 30.0), None);
+        // Still 20/s right at a change to 20/s.
+        assert_eq!(
+            followed_after(&calls, Duration::from_secs(0), 20.0),
+            Some(0.0)
+        );
     }
 
     #[test]

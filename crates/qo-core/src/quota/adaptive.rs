@@ -52,8 +52,8 @@ impl Default for AdaptivePolicy {
             decrease: 0.7,
             margin: 0.98,
             floor: 0.02,
-            hold: Duration::from_secs(30),
-            probe: Duration::from_secs(30),
+            hold: Duration::from_secs(20),
+            probe: Duration::from_secs(10),
         }
     }
 }
@@ -411,19 +411,21 @@ mod tests {
             Some(10.0)
         });
         let at = |s| a.rate_per_s(t(s), 20.0, &p);
-        assert!((at(29.0) - 9.8).abs() < 1e-9);
+        let (hold, probe) = (p.hold.as_secs_f64(), p.probe.as_secs_f64());
+        assert!((at(hold - 1.0) - 9.8).abs() < 1e-9);
+        let early = hold + 0.15 * probe;
         assert!(
-            at(35.0) > 9.8 && at(35.0) < 10.0,
+            at(early) > 9.8 && at(early) < 10.0,
             "slow at first: {}",
-            at(35.0)
+            at(early)
         );
-        assert!(at(50.0) > at(40.0));
-        assert_eq!(at(60.0), 20.0);
+        assert!(at(hold + 0.7 * probe) > at(hold + 0.4 * probe));
+        assert_eq!(at(hold + probe), 20.0);
         assert_eq!(at(600.0), 20.0);
         let mut settled = a;
-        settled.settle(t(59.0), &p);
+        settled.settle(t(hold + probe - 1.0), &p);
         assert!(settled.last.is_some());
-        settled.settle(t(60.0), &p);
+        settled.settle(t(hold + probe), &p);
         assert_eq!(settled.last, None);
     }
 
