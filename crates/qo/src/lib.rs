@@ -5,6 +5,8 @@
 //! # Layout
 //! - `local`: `qo local`, the whole system on this machine (in-memory adapters, a built-in
 //!   quota-enforcing API, the real orchestrator loop and worker logic over loopback HTTP).
+//! - `system`: the composition root: the orchestrator and the worker over shared ports, the
+//!   worker behind an invoker that delivers as Lambda does ([`system::System`]).
 //! - `report`: the observer that counts what happened, and the report it makes.
 //! - `args`: parsing of ranges such as `5..50`.
 //! - `sim`: `qo sim`, the quota-enforcing API on its own.
@@ -23,6 +25,7 @@ pub mod local;
 pub mod ops;
 mod report;
 pub mod sim;
+pub mod system;
 
 use clap::{Parser, Subcommand};
 

@@ -16,11 +16,11 @@ use tracing::warn;
 
 use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, QueueError, RecordStore};
 use qo_core::sqs::QueueAttributes;
-use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock, WorkerEvent};
-use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
-use qo_orchestrator::{OrchestratorConfig, Ports, StopReason};
+use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock};
+use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions};
+use qo_orchestrator::{OrchestratorConfig, StopReason};
 use qo_sim::{HeaderScheme, LimitSchedule, SimConfig, SimServer};
-use qo_worker::{ApiClient, Worker, WorkerConfig};
+use qo_worker::{ApiClient, WorkerConfig};
 
 #[cfg(feature = "aws")]
 mod aws;
@@ -30,6 +30,7 @@ mod aws;
 
 use crate::args::Range;
 use crate::report::{ApiSide, Collector, Elsewhere, Report};
+use crate::system::{Parts, System};
 
 /// Options of `qo local`.
 #[derive(Debug, Args)]
@@ -214,7 +215,6 @@ where
     Q: Backlog + Clone + 'static,
     S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
 {
-    // The worker, behind an invoker that delivers like Lambda's async queue.
     // The worker's settings: a deployment's defaults, with a short retry delay and fast
     // health checks; the claim TTL follows the template's WorkerTimeout, as in a deployment.
     let mut worker_config = WorkerConfig::new(qo_worker::config::api_base_url(&api_url)?)
@@ -222,48 +222,27 @@ where
     worker_config.retry_delay = Duration::from_secs(1);
     worker_config.circuit.probe_initial = Duration::from_secs(1);
     worker_config.circuit.probe_max = Duration::from_secs(8);
-    let api = ApiClient::new(&worker_config, None)?;
-    let worker = Arc::new(
-        Worker::new(
-            worker_config.clone(),
-            api,
-            store.clone(),
-            queue.clone(),
-            clock.clone(),
-        )
-        .with_observer(collector.clone()),
-    );
-    let handler = {
-        let worker = worker.clone();
-        move |ev: WorkerEvent| {
-            let worker = worker.clone();
-            // An error is a function error: Lambda retries the event (1 min, then 2 min) and
-            // then sends it to the on-failure destination.
-            async move {
-                worker.handle(ev).await.inspect_err(|e| {
-                    warn!(error = %e, "worker failed");
-                })
-            }
-        }
-    };
-    let invoker = LocalInvoker::with_options(
-        clock.clone(),
-        Arc::new(handler),
-        InvokerOptions {
+    // The orchestrator's: the defaults a deployment has, with the local flags.
+    let mut config = OrchestratorConfig::with_quota(args.quota.clone());
+    config.pacing.mode = args.budget_mode;
+    config.dispatch_lead = args.dispatch_lead();
+    config.stop_margin = Duration::from_millis(500);
+    config.idle_exit = Some(Duration::from_secs(2));
+    config.owner = "qo-local".to_string();
+    let system = System::assemble(Parts {
+        clock: clock.clone(),
+        queue: queue.clone(),
+        store,
+        http: ApiClient::new(&worker_config, None)?,
+        worker: worker_config,
+        orchestrator: config,
+        invoker: InvokerOptions {
             delay: args.delivery_delay_ms.millis(),
             seed: args.seed,
             ..InvokerOptions::template()
         },
-    )?;
-
-    // The orchestrator's configuration: the defaults a deployment has, with the local flags.
-    let mut config = OrchestratorConfig::with_quota(args.quota.clone());
-    config.pacing.mode = args.budget_mode;
-    config.dispatch_lead = args.dispatch_lead();
-    config.circuit = worker_config.circuit;
-    config.stop_margin = Duration::from_millis(500);
-    config.idle_exit = Some(Duration::from_secs(2));
-    config.owner = "qo-local".to_string();
+        observer: collector.clone(),
+    })?;
 
     // The backlog.
     for i in 0..args.jobs {
@@ -296,7 +275,7 @@ where
 
     let elsewhere = |reasoned: u64| {
         let queue = queue.clone();
-        let failures = invoker.failures().len() as u64;
+        let failures = system.invoker().failures().len() as u64;
         async move {
             let (by_sqs, expired) = queue.ended_by_queue(reasoned).await?;
             Ok::<_, QueueError>(Elsewhere {
@@ -312,28 +291,21 @@ where
         && Instant::now() < give_up
     {
         runs += 1;
-        let ports = Ports {
-            queue: &queue,
-            store: &store,
-            invoker: &invoker,
-            clock: clock.as_ref(),
-            observer: collector.as_ref(),
-        };
         let deadline = clock.now().plus(Duration::from_secs_f64(args.run_seconds));
-        let report = qo_orchestrator::run(ports, &config, deadline).await?;
+        let report = system.run_until(deadline).await?;
         if let StopReason::Exhausted { until } = report.stopped {
             bar.println(format!("a budget is used up until {until}; stopping"));
             break;
         }
         if report.dispatched == 0 && queue.pending().await? == 0 {
             // Nothing left anywhere: wait for the last deliveries.
-            invoker.wait_idle().await;
+            system.wait_idle().await;
             if queue.pending().await? == 0 {
                 break;
             }
         }
     }
-    invoker.wait_idle().await;
+    system.wait_idle().await;
     ticker.abort();
     let counts = collector.counts();
     bar.set_position(counts.succeeded + counts.dead_lettered);

@@ -1,0 +1,190 @@
+//! The whole system on tokio's paused clock: the real orchestrator loop and the real worker,
+//! wired by `qo::system`, over the in-memory adapters with the template's queue and function
+//! settings, against a strict rolling-window API in memory. Minutes of dispatching run in
+//! milliseconds, deterministically, with Lambda's duplicate deliveries and failed invokes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use qo_core::{Clock, Job, NoObserver, QuotaSpec, Timestamp, TokioClock};
+use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions};
+use qo_orchestrator::OrchestratorConfig;
+use qo_worker::{ApiResponse, HttpCall, HttpError, WorkerConfig, WorkerError};
+
+use qo::system::{Parts, System};
+
+/// A strict API: at most `limit` accepted calls in any second, `Retry-After: 1` past it.
+struct StrictApi {
+    clock: Arc<TokioClock>,
+    limit: usize,
+    accepted: Mutex<VecDeque<Timestamp>>,
+    /// Every call: when, and the job's path.
+    calls: Mutex<Vec<(Timestamp, String, u16)>>,
+}
+
+impl StrictApi {
+    fn answer(&self, path: &str) -> ApiResponse {
+        let now = self.clock.now();
+        let mut accepted = self.accepted.lock().expect("accepted");
+        while accepted
+            .front()
+            .is_some_and(|a| a.plus(Duration::from_secs(1)) <= now)
+        {
+            accepted.pop_front();
+        }
+        let response = if accepted.len() < self.limit {
+            accepted.push_back(now);
+            ApiResponse::status(200)
+        } else {
+            ApiResponse {
+                retry_after: Some("1".to_string()),
+                ..ApiResponse::status(429)
+            }
+        };
+        self.calls
+            .lock()
+            .expect("calls")
+            .push((now, path.to_string(), response.status));
+        response
+    }
+
+    /// How many times each path was answered 2xx.
+    fn successes(&self) -> BTreeMap<String, usize> {
+        let mut by_path = BTreeMap::new();
+        for (_, path, status) in self.calls.lock().expect("calls").iter() {
+            if *status == 200 {
+                *by_path.entry(path.clone()).or_insert(0) += 1;
+            }
+        }
+        by_path
+    }
+
+    fn accepted_times(&self) -> Vec<Timestamp> {
+        let calls = self.calls.lock().expect("calls");
+        calls.iter().filter(|c| c.2 == 200).map(|c| c.0).collect()
+    }
+
+    fn throttled(&self) -> usize {
+        let calls = self.calls.lock().expect("calls");
+        calls.iter().filter(|c| c.2 == 429).count()
+    }
+}
+
+#[async_trait]
+impl HttpCall for StrictApi {
+    async fn call(&self, job: &Job) -> Result<ApiResponse, HttpError> {
+        Ok(self.answer(&job.path))
+    }
+
+    async fn health(&self) -> Result<ApiResponse, HttpError> {
+        Ok(self.answer("/health"))
+    }
+
+    fn set_api_key(&self, _key: Option<&str>) -> Result<bool, WorkerError> {
+        Ok(false)
+    }
+}
+
+type Rig = System<MemoryQueue, MemoryStore, Arc<StrictApi>>;
+
+/// The system at a quota of 20/s against an API that allows `limit` a second, with Lambda
+/// delivering 5% of events twice and failing 2% of invokes.
+fn rig(limit: usize) -> (Rig, Arc<StrictApi>) {
+    let clock = Arc::new(TokioClock::system());
+    let api = Arc::new(StrictApi {
+        clock: clock.clone(),
+        limit,
+        accepted: Mutex::default(),
+        calls: Mutex::default(),
+    });
+    let worker = WorkerConfig::new("http://api.invalid".parse().expect("url"));
+    let mut orchestrator =
+        OrchestratorConfig::with_quota("20/s".parse::<QuotaSpec>().expect("quota"));
+    orchestrator.idle_exit = Some(Duration::from_secs(2));
+    let system = System::assemble(Parts {
+        clock: clock.clone(),
+        queue: MemoryQueue::with_options(clock.clone(), QueueOptions::template()),
+        store: MemoryStore::new(),
+        http: api.clone(),
+        worker,
+        orchestrator,
+        invoker: InvokerOptions {
+            duplicate_rate: 0.05,
+            fail_rate: 0.02,
+            seed: 7,
+            ..InvokerOptions::template()
+        },
+        observer: Arc::new(NoObserver),
+    })
+    .expect("system");
+    (system, api)
+}
+
+/// Enqueues `jobs` jobs and runs minute-long orchestrator runs until the API accepted every
+/// job or `limit` passed.
+async fn drive(system: &Rig, api: &StrictApi, jobs: usize, limit: Duration) {
+    let clock = system.clock().clone();
+    for i in 0..jobs {
+        system.queue().send(format!(r#"{{"path":"/items/{i}"}}"#));
+    }
+    let give_up = clock.now().plus(limit);
+    while api.successes().len() < jobs && clock.now() < give_up {
+        let deadline = clock.now().plus(Duration::from_secs(60));
+        system.run_until(deadline).await.expect("run");
+    }
+    system.wait_idle().await;
+}
+
+/// The most of `times` (sorted) in any window of length `w`.
+fn max_in_window(times: &[Timestamp], w: Duration) -> usize {
+    let Some(first) = times.first() else {
+        return 0;
+    };
+    let offsets: Vec<Duration> = times.iter().map(|t| t.since(*first)).collect();
+    qo_sim::max_in_window(&offsets, w)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_job_is_called_once_within_the_quota_despite_duplicates_and_failed_invokes() {
+    let (system, api) = rig(20);
+    drive(&system, &api, 400, Duration::from_secs(600)).await;
+    let successes = api.successes();
+    assert_eq!(successes.len(), 400, "every job reached the API");
+    assert!(
+        successes.values().all(|n| *n == 1),
+        "a job called twice: {:?}",
+        successes
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(api.throttled(), 0, "no 429 at the API's own limit");
+    let ok = api.accepted_times();
+    assert!(max_in_window(&ok, Duration::from_secs(1)) <= 20);
+    let span = ok[ok.len() - 1].since(ok[0]).as_secs_f64();
+    let rate = (ok.len() - 1) as f64 / span;
+    assert!(rate >= 0.95 * 20.0, "{rate:.2}/s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_real_worker_and_orchestrator_learn_a_tighter_limit() {
+    // Quota 20/s, the API allows 15/s: the worker's 429s steer the orchestrator's pace.
+    let (system, api) = rig(15);
+    drive(&system, &api, 600, Duration::from_secs(900)).await;
+    let successes = api.successes();
+    assert_eq!(successes.len(), 600);
+    assert!(successes.values().all(|n| *n == 1));
+    let calls = api.calls.lock().expect("calls").len();
+    let throttled = api.throttled();
+    let ok = api.accepted_times();
+    let rate = (ok.len() - 1) as f64 / ok[ok.len() - 1].since(ok[0]).as_secs_f64();
+    eprintln!("limit 15/s, quota 20/s: {rate:.2}/s, {throttled} of {calls} calls throttled");
+    assert!(
+        throttled as f64 <= 0.03 * calls as f64,
+        "{throttled} of {calls}"
+    );
+    assert!(rate >= 0.9 * 15.0, "{rate:.2}/s");
+}
