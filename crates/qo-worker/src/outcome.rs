@@ -1,10 +1,12 @@
 //! [`Outcome`]: what became of one worker event; the Lambda function's JSON result.
 
-use serde::{Deserialize, Serialize};
+use serde::{Serialize, Serializer};
+
+use qo_core::Reason;
 
 /// What became of an event. Every job outcome says where the job is now: done, on a queue
 /// (`requeued: true`), or on the dead-letter queue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// The API answered 2xx; the job is done.
@@ -98,8 +100,10 @@ pub enum Outcome {
     DeadLettered {
         /// The job id.
         job_id: String,
-        /// The reason given to the dead-letter queue.
-        reason: String,
+        /// The reason given to the dead-letter queue (in the JSON result: its text, as the
+        /// queue's `qo-reason` attribute carries it).
+        #[serde(serialize_with = "as_text")]
+        reason: Reason,
     },
     /// The health check answered 2xx.
     Healthy {
@@ -115,4 +119,34 @@ pub enum Outcome {
         /// The HTTP status; `None` for a timeout or connection error.
         status: Option<u16>,
     },
+}
+
+/// A reason in the JSON result: its text.
+fn as_text<S: Serializer>(reason: &Reason, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_s_reason_is_its_text_in_the_json_result() {
+        let out = Outcome::DeadLettered {
+            job_id: "m-1".into(),
+            reason: Reason::FinalStatus {
+                status: 404,
+                excerpt: "no such item".into(),
+            },
+        };
+        let json = serde_json::to_value(&out).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "outcome": "dead_lettered",
+                "job_id": "m-1",
+                "reason": "HTTP 404: no such item",
+            })
+        );
+    }
 }

@@ -675,10 +675,7 @@ where
             reason: reason.clone(),
         });
         self.release_claim(&job_id).await;
-        Ok(Outcome::DeadLettered {
-            job_id,
-            reason: reason.to_string(),
-        })
+        Ok(Outcome::DeadLettered { job_id, reason })
     }
 
     /// Marks a job done, trying twice. A failure is logged, not returned: the job's fate is

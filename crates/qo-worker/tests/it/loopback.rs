@@ -245,12 +245,14 @@ async fn other_4xx_is_dead_lettered_with_an_excerpt_and_not_called_again() {
     let Outcome::DeadLettered { job_id, reason } = out else {
         panic!("{out:?}")
     };
+    assert_eq!(reason.kind(), qo_core::ReasonKind::FinalStatus);
+    let text = reason.to_string();
     assert_eq!(job_id, "m-404");
     // The simulator answers {"reason":"Not Found","simulated":true,"status":404} (in some
     // key order).
-    assert!(reason.starts_with("HTTP 404: {"), "{reason}");
-    assert!(reason.contains("Not Found"), "{reason}");
-    assert!(reason.len() <= "HTTP 404: ".len() + 40, "{reason}");
+    assert!(text.starts_with("HTTP 404: {"), "{text}");
+    assert!(text.contains("Not Found"), "{text}");
+    assert!(text.len() <= "HTTP 404: ".len() + 40, "{text}");
     let dead = r.sink.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, reason);
@@ -368,6 +370,7 @@ async fn job_paths_are_joined_under_the_base_path() {
     let Outcome::DeadLettered { reason, .. } = out else {
         panic!("{out:?}")
     };
+    let reason = reason.to_string();
     assert!(reason.contains("leaves the API base URL"), "{reason}");
     assert_eq!(sim.records().len(), 1);
 }
