@@ -30,5 +30,7 @@ pub use invoker::{
     EventHandler, FailureCondition, FailureRecord, FunctionError, HandlerOutput, InvokerOptions,
     InvokerStats, LocalInvoker,
 };
-pub use queue::{BatchOp, Expired, MemoryQueue, QueueDepths, QueueOptions, Redriven, SendOptions};
+pub use queue::{
+    BatchOp, Expired, MemoryQueue, QueueDepths, QueueOptions, Redriven, SendOptions, SqsRequests,
+};
 pub use store::{JobStatus, MemoryStore, StoreStats};

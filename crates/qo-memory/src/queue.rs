@@ -193,9 +193,43 @@ impl Stored {
     }
 }
 
+/// The requests SQS would bill for what was asked of the queues so far: a batch call of up to
+/// 10 entries is one request, and every 64 KB of a request's payload counts as one more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SqsRequests {
+    /// `ReceiveMessage` (one per queue polled: the retry queue's short poll, then the job
+    /// queue's long poll).
+    pub receive: u64,
+    /// `SendMessage` and `SendMessageBatch` (the producer's sends, re-queues, dead letters).
+    pub send: u64,
+    /// `DeleteMessageBatch`.
+    pub delete: u64,
+    /// `ChangeMessageVisibilityBatch`.
+    pub change_visibility: u64,
+}
+
+impl SqsRequests {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.receive + self.send + self.delete + self.change_visibility
+    }
+}
+
+/// Billed requests of one request carrying `bytes` of payload.
+fn billed(bytes: usize) -> u64 {
+    bytes.div_ceil(64 * 1024).max(1) as u64
+}
+
+/// Batch requests of `n` entries (10 a batch), none for none.
+fn batches(n: usize) -> u64 {
+    n.div_ceil(10) as u64
+}
+
 /// Everything behind the lock.
 #[derive(Debug, Default)]
 struct State {
+    /// The requests SQS would bill.
+    requests: SqsRequests,
     next_seq: u64,
     next_id: u64,
     next_receipt: u64,
@@ -463,9 +497,11 @@ impl MemoryQueue {
     /// Returns its message id.
     pub fn send(&self, body: impl Into<String>) -> String {
         let now = self.inner.clock.now();
+        let body = body.into();
+        self.lock().requests.send += billed(body.len());
         self.enqueue(
             QueueRole::Main,
-            body.into(),
+            body,
             Origin {
                 enqueued_at: Some(now),
                 ..Origin::default()
@@ -494,13 +530,9 @@ impl MemoryQueue {
             dedup_id: options.dedup_id,
         };
         let dedup_key = origin.dedup_id.clone();
-        Ok(self.enqueue(
-            QueueRole::Main,
-            body.into(),
-            origin,
-            options.delay,
-            dedup_key,
-        ))
+        let body = body.into();
+        self.lock().requests.send += billed(body.len());
+        Ok(self.enqueue(QueueRole::Main, body, origin, options.delay, dedup_key))
     }
 
     /// Stores a message; assigns a message id when `origin` has none.
@@ -552,6 +584,11 @@ impl MemoryQueue {
         };
         self.inner.changed.notify_waiters();
         id
+    }
+
+    /// The requests SQS would have billed so far.
+    pub fn requests(&self) -> SqsRequests {
+        self.lock().requests
     }
 
     /// How many messages are where, now.
@@ -667,6 +704,7 @@ impl MemoryQueue {
         let clock = &self.inner.clock;
         let options = &self.inner.options;
         let deadline = clock.now().plus(wait);
+        self.lock().requests.receive += lanes.len() as u64;
         loop {
             // Register interest before looking, so a send between the look and the wait
             // still wakes this receive.
@@ -693,6 +731,8 @@ impl MemoryQueue {
                 }
             };
             if !out.is_empty() || now >= deadline {
+                let bytes: usize = out.iter().map(|m| m.body.len()).sum();
+                self.lock().requests.receive += billed(bytes) - 1;
                 return Ok(out);
             }
             // Wake at the next visibility change (or expiry), but never spin on a message that
@@ -744,6 +784,10 @@ impl JobSource for MemoryQueue {
 
     async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
         check_delay("resend", delay)?;
+        self.lock().requests.send += messages
+            .chunks(10)
+            .map(|b| billed(b.iter().map(|m| m.body.len()).sum()))
+            .sum::<u64>();
         for m in messages {
             // A deduplication id unique to this send, as for a re-queue.
             let dedup_key = m.origin.dedup_id.as_ref().map(|d| {
@@ -762,6 +806,7 @@ impl JobSource for MemoryQueue {
     }
 
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
+        self.lock().requests.delete += batches(messages.len());
         self.per_receipt(BatchOp::Delete, messages, |st, seq| {
             st.remove(seq);
             Ok(())
@@ -771,6 +816,7 @@ impl JobSource for MemoryQueue {
     async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError> {
         let now = self.inner.clock.now();
         let at = now.plus(after);
+        self.lock().requests.change_visibility += batches(messages.len());
         self.per_receipt(BatchOp::Release, messages, |st, seq| {
             let Some(m) = st.messages.get_mut(&seq) else {
                 return Ok(());
@@ -795,7 +841,9 @@ impl JobSource for MemoryQueue {
 #[async_trait]
 impl JobSink for MemoryQueue {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
-        self.lock().dead.push(letter);
+        let mut st = self.lock();
+        st.requests.send += billed(letter.body.len());
+        st.dead.push(letter);
         Ok(())
     }
 
@@ -806,6 +854,7 @@ impl JobSink for MemoryQueue {
         delay: Duration,
     ) -> Result<(), QueueError> {
         check_delay("requeue", delay)?;
+        self.lock().requests.send += billed(body.len());
         let role = if self.inner.options.retry_queue {
             QueueRole::Retry
         } else {
@@ -1044,6 +1093,28 @@ mod tests {
         assert!(q.receive(1, NOW).await.expect("receive").is_empty());
         c.sleep(Duration::from_secs(10)).await;
         assert_eq!(q.receive(1, NOW).await.expect("receive").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_counted_as_sqs_bills_them() {
+        let q = with_retry(clock());
+        for i in 0..25 {
+            q.send(format!("job-{i}"));
+        }
+        // A 100 KB body is two requests' worth of payload.
+        q.send("x".repeat(100 * 1024));
+        assert_eq!(q.requests().send, 27);
+        // One receive polls the retry queue, then the job queue.
+        let got = q.receive(10, NOW).await.expect("receive");
+        assert_eq!(q.requests().receive, 2);
+        // 10 deletes in one batch, 3 releases in another.
+        q.delete(&got[..7]).await.expect("delete");
+        q.release(&got[7..], Duration::ZERO).await.expect("release");
+        let more = q.receive(10, NOW).await.expect("receive");
+        q.delete(&more).await.expect("delete");
+        let r = q.requests();
+        assert_eq!((r.receive, r.delete, r.change_visibility), (4, 2, 1));
+        assert_eq!(r.total(), 27 + 4 + 2 + 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,6 +50,31 @@ pub struct StoreStats {
     pub saves: u64,
     /// Record saves refused: version conflicts (injected ones included) and fenced writes.
     pub refused: u64,
+    /// Read request units DynamoDB on demand would bill for these operations: a strongly
+    /// consistent `GetItem` costs one per 4 KB of the item, at least one (a missing item too).
+    pub read_units: u64,
+    /// Write request units it would bill: one per 1 KB of the item for a put, update or
+    /// delete (a failed conditional write too), twice that for each item of a transaction.
+    pub write_units: u64,
+}
+
+/// Bytes an item carries beside a record's document (key, version and the names of its
+/// attributes), for the request units.
+const ITEM_OVERHEAD_BYTES: usize = 64;
+
+/// Read units of a strongly consistent read of an item of `bytes`.
+fn read_units(bytes: usize) -> u64 {
+    bytes.div_ceil(4096).max(1) as u64
+}
+
+/// Write units of a write of an item of `bytes`.
+fn write_units(bytes: usize) -> u64 {
+    bytes.div_ceil(1024).max(1) as u64
+}
+
+/// The size of a record's item.
+fn record_bytes(value: &serde_json::Value) -> usize {
+    value.to_string().len() + ITEM_OVERHEAD_BYTES
 }
 
 #[derive(Debug, Default)]
@@ -154,7 +179,9 @@ impl RecordStore for MemoryStore {
         self.round_trip().await;
         let mut st = self.lock();
         st.stats.loads += 1;
-        Ok(st.records.get(&key).cloned())
+        let found = st.records.get(&key).cloned();
+        st.stats.read_units += read_units(found.as_ref().map_or(0, |v| record_bytes(&v.value)));
+        Ok(found)
     }
 
     async fn save(
@@ -166,6 +193,13 @@ impl RecordStore for MemoryStore {
     ) -> Result<u64, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
+        // A fenced save is a transaction: a condition check on the lease and the put, each
+        // item billed twice.
+        let put = write_units(record_bytes(&value));
+        st.stats.write_units += match fence {
+            Some(_) => 2 * (put + 1),
+            None => put,
+        };
         let conflict = StoreError::Conflict {
             key: key.as_str(),
             expected,
@@ -201,6 +235,8 @@ impl LeaseStore for MemoryStore {
     async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
+        // The lease is read, then put on a condition.
+        st.stats.read_units += 1;
         if let Some(held) = &st.lease
             && held.owner != owner
             && held.expires_at > now
@@ -210,6 +246,7 @@ impl LeaseStore for MemoryStore {
                 until: held.expires_at,
             });
         }
+        st.stats.write_units += 1;
         st.max_token += 1;
         let lease = Lease {
             owner: owner.to_string(),
@@ -228,6 +265,7 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Lease, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
+        st.stats.write_units += 1;
         match &mut st.lease {
             Some(held) if held.token == lease.token => {
                 held.expires_at = now.plus(ttl);
@@ -240,6 +278,7 @@ impl LeaseStore for MemoryStore {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
+        st.stats.write_units += 1;
         if st.lease.as_ref().is_some_and(|l| l.token == lease.token) {
             st.lease = None;
         }
@@ -248,6 +287,7 @@ impl LeaseStore for MemoryStore {
 
     async fn current(&self) -> Result<Option<Lease>, StoreError> {
         self.round_trip().await;
+        self.lock().stats.read_units += 1;
         Ok(self.lease())
     }
 }
@@ -262,13 +302,18 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<Claim, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
+        // A conditional put; when its condition fails, a read of the item that is there.
+        st.stats.write_units += 1;
         match st.jobs.get(job_id) {
             // Past its TTL but not swept: still there, as in DynamoDB.
             Some(JobStatus::Done { .. }) => {
+                st.stats.read_units += 1;
                 return Ok(Claim::AlreadyDone);
             }
             Some(JobStatus::InProgress { claimed_at }) if claimed_at.plus(claim_ttl) > now => {
-                return Ok(Claim::InProgress { since: *claimed_at });
+                let since = *claimed_at;
+                st.stats.read_units += 1;
+                return Ok(Claim::InProgress { since });
             }
             _ => {}
         }
@@ -286,7 +331,9 @@ impl IdempotencyStore for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         self.round_trip().await;
-        self.lock().jobs.insert(
+        let mut st = self.lock();
+        st.stats.write_units += 1;
+        st.jobs.insert(
             job_id.to_string(),
             JobStatus::Done {
                 expires_at: now.plus(ttl),
@@ -298,6 +345,7 @@ impl IdempotencyStore for MemoryStore {
     async fn abandon(&self, job_id: &str) -> Result<(), StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
+        st.stats.write_units += 1;
         if matches!(st.jobs.get(job_id), Some(JobStatus::InProgress { .. })) {
             st.jobs.remove(job_id);
         }
@@ -315,6 +363,36 @@ mod tests {
 
     fn t(s: u64) -> Timestamp {
         Timestamp::from_secs(s)
+    }
+
+    #[tokio::test]
+    async fn request_units_are_counted_as_dynamodb_bills_them() {
+        let s = MemoryStore::new();
+        let units = |s: &MemoryStore| (s.stats().write_units, s.stats().read_units);
+        // A read of a missing item costs one unit; a small put one write unit.
+        s.load(RecordKey::Quota).await.expect("load");
+        s.save(RecordKey::Quota, json!({"n": 1}), 0, None)
+            .await
+            .expect("save");
+        assert_eq!(units(&s), (1, 1));
+        // A fenced save is a transaction of two items, each billed twice.
+        let lease = s.take("me", t(0), TTL).await.expect("take");
+        assert_eq!(units(&s), (2, 2));
+        s.save(RecordKey::Quota, json!({"n": 2}), 1, Some(lease.token))
+            .await
+            .expect("fenced save");
+        assert_eq!(units(&s), (6, 2));
+        // A record of under 3 KB (2,900 bytes of padding): three units to write, one to read.
+        let big = json!({ "pad": "x".repeat(2900) });
+        s.save(RecordKey::Control, big, 0, None)
+            .await
+            .expect("save");
+        s.load(RecordKey::Control).await.expect("load");
+        assert_eq!(units(&s), (9, 3));
+        // A claim that finds the job in progress: the failed put, then a read.
+        s.claim("j", t(0), TTL).await.expect("claim");
+        s.claim("j", t(1), TTL).await.expect("claim");
+        assert_eq!(units(&s), (11, 4));
     }
 
     #[tokio::test]
@@ -361,14 +439,8 @@ mod tests {
             }
         );
         assert_eq!(s.record(RecordKey::Circuit), None, "records are separate");
-        assert_eq!(
-            s.stats(),
-            StoreStats {
-                loads: 2,
-                saves: 2,
-                refused: 2
-            }
-        );
+        let stats = s.stats();
+        assert_eq!((stats.loads, stats.saves, stats.refused), (2, 2, 2));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //!   quota-enforcing API, the real orchestrator loop and worker logic over loopback HTTP).
 //! - `system`: the composition root: the orchestrator and the worker over shared ports, the
 //!   worker behind an invoker that delivers as Lambda does ([`system::System`]).
+//! - `cost`: what a deployment would be billed for a local run, from one dated price table.
 //! - `report`: the observer that counts what happened, and the report it makes.
 //! - `args`: parsing of ranges such as `5..50`.
 //! - `sim`: `qo sim`, the quota-enforcing API on its own.
@@ -20,6 +21,7 @@
 //!   (`cargo run --release -p qo --features aws -- status ...`).
 
 mod args;
+pub mod cost;
 pub mod local;
 #[cfg(feature = "aws")]
 pub mod ops;

@@ -17,7 +17,7 @@ use tracing::warn;
 use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, QueueError, RecordStore};
 use qo_core::sqs::QueueAttributes;
 use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock};
-use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions};
+use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions, SqsRequests};
 use qo_orchestrator::{OrchestratorConfig, StopReason};
 use qo_sim::{HeaderScheme, LimitSchedule, SimConfig, SimServer};
 use qo_worker::{ApiClient, WorkerConfig};
@@ -29,6 +29,7 @@ mod aws;
 mod aws;
 
 use crate::args::Range;
+use crate::cost::{Bill, PRICES, Usage};
 use crate::report::{ApiSide, Collector, Elsewhere, Report};
 use crate::system::{Parts, System};
 
@@ -112,6 +113,23 @@ trait Backlog: JobSource + JobSink + Send + Sync {
     /// Jobs the queue ended by itself: moved to the dead-letter queue by the redrive policy
     /// (`reasoned` of the dead letters were sent there with a reason), and deleted by retention.
     async fn ended_by_queue(&self, reasoned: u64) -> Result<(u64, u64), QueueError>;
+    /// The requests SQS would bill for the run so far, when the backend counts them.
+    fn sqs_requests(&self) -> Option<SqsRequests> {
+        None
+    }
+}
+
+/// A state store that counts the request units DynamoDB would bill.
+trait Metered {
+    /// (write units, read units) so far, when the store counts them.
+    fn request_units(&self) -> Option<(u64, u64)>;
+}
+
+impl Metered for MemoryStore {
+    fn request_units(&self) -> Option<(u64, u64)> {
+        let s = self.stats();
+        Some((s.write_units, s.read_units))
+    }
 }
 
 #[async_trait::async_trait]
@@ -125,6 +143,9 @@ impl Backlog for MemoryQueue {
     }
     async fn ended_by_queue(&self, _reasoned: u64) -> Result<(u64, u64), QueueError> {
         Ok((self.redriven().len() as u64, self.expired().len() as u64))
+    }
+    fn sqs_requests(&self) -> Option<SqsRequests> {
+        Some(self.requests())
     }
 }
 
@@ -213,7 +234,7 @@ async fn drive<Q, S>(
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     Q: Backlog + Clone + 'static,
-    S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
+    S: RecordStore + LeaseStore + IdempotencyStore + Metered + Clone + 'static,
 {
     // The worker's settings: a deployment's defaults, with a short retry delay and fast
     // health checks; the claim TTL follows the template's WorkerTimeout, as in a deployment.
@@ -232,7 +253,7 @@ where
     let system = System::assemble(Parts {
         clock: clock.clone(),
         queue: queue.clone(),
-        store,
+        store: store.clone(),
         http: ApiClient::new(&worker_config, None)?,
         worker: worker_config,
         orchestrator: config,
@@ -255,6 +276,7 @@ where
     let started = Instant::now();
     let give_up = started + Duration::from_secs_f64(args.timeout_s);
     let mut runs = 0u64;
+    let mut orchestrator_ms = 0u64;
     let ticker = {
         let bar = bar.clone();
         let collector = collector.clone();
@@ -291,8 +313,10 @@ where
         && Instant::now() < give_up
     {
         runs += 1;
-        let deadline = clock.now().plus(Duration::from_secs_f64(args.run_seconds));
+        let run_started = clock.now();
+        let deadline = run_started.plus(Duration::from_secs_f64(args.run_seconds));
         let report = system.run_until(deadline).await?;
+        orchestrator_ms += clock.now().since(run_started).as_millis() as u64;
         if let StopReason::Exhausted { until } = report.stopped {
             bar.println(format!("a budget is used up until {until}; stopping"));
             break;
@@ -313,6 +337,18 @@ where
 
     let mut report = Report::new(args.jobs, &counts, started.elapsed(), &args.quota, runs);
     report.account(elsewhere(counts.dead_lettered).await?);
+    if let (Some(sqs), Some(units)) = (queue.sqs_requests(), store.request_units()) {
+        let invoker = system.invoker().stats();
+        let usage = Usage::new(
+            invoker.delivered,
+            invoker.billed_ms,
+            runs,
+            orchestrator_ms,
+            sqs,
+            units,
+        );
+        report.bill = Some(Bill::price(usage, counts.succeeded, &PRICES));
+    }
     if let Some(sim) = &sim {
         let api = ApiSide {
             limit: sim.limit().clone(),

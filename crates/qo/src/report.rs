@@ -10,6 +10,8 @@ use qo_core::retry::GiveUp;
 use qo_core::{CircuitPhase, Observation, Observer, QuotaSpec, Reason, Timestamp};
 use qo_sim::{CallKind, CallRecord, LimitSchedule, SimStats};
 
+use crate::cost::Bill;
+
 /// Counts observations from the orchestrator and the worker.
 #[derive(Debug, Default)]
 pub struct Collector {
@@ -233,6 +235,10 @@ pub struct Report {
     /// The pace at the end, calls per second, when it was under the quota's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pace_per_s: Option<f64>,
+    /// What a deployment would be billed for the run (in memory only: over `--aws-endpoint`
+    /// the requests are not counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bill: Option<Bill>,
 }
 
 /// What the built-in API knows, for the report.
@@ -414,6 +420,7 @@ impl Report {
                 .pace
                 .filter(|(rate, ceiling)| rate < ceiling)
                 .map(|(rate, _)| round3(rate)),
+            bill: None,
         }
     }
 
@@ -589,6 +596,25 @@ impl Report {
                 &mut s,
                 "API limit",
                 format!("{limit}: {rate:.3}/s over the span, {vs:.3} of it"),
+            );
+        }
+        if let Some(b) = &self.bill {
+            let per_million = b
+                .per_million_calls_usd
+                .map_or("none".to_string(), |p| format!("${p:.2}"));
+            line(
+                &mut s,
+                "billed (list prices)",
+                format!(
+                    "${:.6}: {} worker invocations, {} SQS requests, {} WRU, {} RRU; \
+                     {per_million} per million calls (prices of {})",
+                    b.total_usd,
+                    b.usage.worker_invocations,
+                    b.usage.sqs_requests,
+                    b.usage.dynamodb_write_units,
+                    b.usage.dynamodb_read_units,
+                    b.prices_as_of
+                ),
             );
         }
         for c in &self.api_limit_changes {

@@ -93,6 +93,7 @@ pub(super) async fn deliver(
             continue;
         };
         throttled_in_a_row = 0;
+        let started = now;
         if lease.start() == Start::Cold {
             lock_stats(inner).cold_starts += 1;
             if !o.cold_start.is_zero() {
@@ -103,6 +104,9 @@ pub(super) async fn deliver(
         lock_stats(inner).delivered += 1;
         let end = run(inner, event.clone()).await;
         let now = inner.clock.now();
+        let ran = now.since(started);
+        lock_stats(inner).billed_ms +=
+            ran.as_millis() as u64 + u64::from(!ran.subsec_nanos().is_multiple_of(1_000_000));
         let error = match end {
             RunEnd::Succeeded => {
                 lease.keep_warm(now);

@@ -106,6 +106,10 @@ pub struct InvokerStats {
     pub on_failure: u64,
     /// The most execution environments busy at once.
     pub peak_concurrency: u64,
+    /// Billed duration, milliseconds: each run's time from its environment's start (the
+    /// init of a new one included: a custom runtime's init is billed) to the handler's end,
+    /// rounded up to the millisecond, as Lambda bills it.
+    pub billed_ms: u64,
 }
 
 struct Inner {

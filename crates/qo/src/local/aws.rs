@@ -9,7 +9,7 @@ use qo_core::TokioClock;
 use qo_core::ports::QueueError;
 use qo_sim::SimServer;
 
-use super::{Backlog, LocalArgs, drive, queue_attributes};
+use super::{Backlog, LocalArgs, Metered, drive, queue_attributes};
 use crate::report::Collector;
 
 #[async_trait::async_trait]
@@ -37,6 +37,13 @@ impl Backlog for SqsQueue {
             .map(|d| d.visible + d.in_flight + d.delayed)
             .sum();
         Ok((dead.saturating_sub(reasoned), 0))
+    }
+}
+
+/// DynamoDB bills what it bills: the run does not count it.
+impl Metered for qo_aws::DynamoStore {
+    fn request_units(&self) -> Option<(u64, u64)> {
+        None
     }
 }
 
