@@ -826,6 +826,7 @@ fn origin_of(m: &aws_sdk_sqs::types::Message) -> Origin {
         enqueued_at,
         group_id: sys(MessageSystemAttributeName::MessageGroupId),
         dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
+        function: None,
     }
 }
 

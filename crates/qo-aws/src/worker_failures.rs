@@ -186,12 +186,16 @@ pub async fn redrive_worker_failures(
                         delete.push(receipt);
                     }
                 }
-                Ok(FailedInvocation {
-                    event: WorkerEvent::Job(ev),
-                    condition,
-                }) => {
+                Ok(FailedInvocation { event, condition }) => {
+                    // A job event, or a batch of them: every job of the record goes back.
+                    let jobs = match event {
+                        WorkerEvent::Job(ev) => vec![ev],
+                        WorkerEvent::Batch(batch) => batch.jobs,
+                        WorkerEvent::HealthCheck(_) => Vec::new(),
+                    };
+                    let n = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
                     if dry_run {
-                        report.jobs += 1;
+                        report.jobs += n;
                         keep.push(receipt);
                         continue;
                     }
@@ -199,22 +203,25 @@ pub async fn redrive_worker_failures(
                         keep.push(receipt);
                         continue;
                     }
-                    let mut job = ev.job.clone();
-                    let job_id = ev.job_id().to_string();
-                    job.id = Some(job_id.clone());
-                    let body = serde_json::to_string(&job).map_err(|e| QueueError::Backend {
-                        op: "redrive worker failures",
-                        source: Box::new(e),
-                    })?;
-                    let new_id = queues.resend_job(&body, &ev.origin).await?;
-                    tracing::info!(
-                        %job_id,
-                        %new_id,
-                        attempt = ev.origin.attempt,
-                        condition = condition.as_deref().unwrap_or("unknown"),
-                        "job from the worker-failure queue sent back to the job queue"
-                    );
-                    report.jobs += 1;
+                    for ev in &jobs {
+                        let mut job = ev.job.clone();
+                        let job_id = ev.job_id().to_string();
+                        job.id = Some(job_id.clone());
+                        let body =
+                            serde_json::to_string(&job).map_err(|e| QueueError::Backend {
+                                op: "redrive worker failures",
+                                source: Box::new(e),
+                            })?;
+                        let new_id = queues.resend_job(&body, &ev.origin).await?;
+                        tracing::info!(
+                            %job_id,
+                            %new_id,
+                            attempt = ev.origin.attempt,
+                            condition = condition.as_deref().unwrap_or("unknown"),
+                            "job from the worker-failure queue sent back to the job queue"
+                        );
+                    }
+                    report.jobs += n;
                     delete.push(receipt);
                 }
             }

@@ -259,6 +259,7 @@ async fn dead_letter_carries_the_reason() {
             enqueued_at: Some(Timestamp::from_millis(1_600_000_000_000)),
             group_id: None,
             dedup_id: None,
+            function: None,
         },
     })
     .await

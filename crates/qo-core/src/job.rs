@@ -163,6 +163,11 @@ pub struct Origin {
     /// FIFO deduplication id, kept (suffixed by the attempt) on re-queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_id: Option<String>,
+    /// The worker function of the pool that last tried the job and had it answered 429 or
+    /// failed (`None`: not tried, or tried successfully): the next dispatch goes through
+    /// another function of the pool when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
 }
 
 /// A job dispatched to the worker, with the slot it must call at.
@@ -196,6 +201,14 @@ pub struct HealthCheckEvent {
     pub sent_at: Timestamp,
 }
 
+/// Several jobs in one worker invocation (`BATCH_MAX_JOBS`), each with its own slot: the
+/// worker calls each at its slot, concurrently, and each job's fate is its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchEvent {
+    /// The jobs, in slot order.
+    pub jobs: Vec<JobEvent>,
+}
+
 /// What the orchestrator sends to the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -203,6 +216,8 @@ pub struct HealthCheckEvent {
 pub enum WorkerEvent {
     /// Call the API for a job.
     Job(JobEvent),
+    /// Call the API for several jobs, each at its own slot.
+    Batch(BatchEvent),
     /// Check the API's health.
     HealthCheck(HealthCheckEvent),
 }

@@ -56,7 +56,7 @@ pub use circuit::{Circuit, CircuitPhase, CircuitPolicy, CircuitRefusal, CircuitS
 pub use control::{
     ApiWindow, BackoffReason, Control, ControlCommand, ControlOutcome, Throttles, apply_command,
 };
-pub use job::{HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
+pub use job::{BatchEvent, HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
 pub use observe::{NoObserver, Observation, Observer};
 pub use quota::{
     Availability, BudgetMode, NotNow, Pacer, PacingPolicy, QuotaSpec, QuotaState, Slot, TierId,

@@ -528,6 +528,7 @@ impl MemoryQueue {
             enqueued_at: Some(now),
             group_id: options.group_id,
             dedup_id: options.dedup_id,
+            function: None,
         };
         let dedup_key = origin.dedup_id.clone();
         let body = body.into();

@@ -38,6 +38,7 @@ fn epoch_of(ev: &WorkerEvent) -> u64 {
     match ev {
         WorkerEvent::HealthCheck(h) => h.epoch,
         WorkerEvent::Job(j) => j.epoch,
+        WorkerEvent::Batch(b) => b.jobs.first().map_or(0, |j| j.epoch),
     }
 }
 

@@ -105,6 +105,11 @@ pub enum Outcome {
         #[serde(serialize_with = "as_text")]
         reason: Reason,
     },
+    /// A batch: each job's outcome, in the batch's order.
+    Batch {
+        /// The outcomes.
+        outcomes: Vec<Outcome>,
+    },
     /// The health check answered 2xx.
     Healthy {
         /// The epoch the health check was sent under.

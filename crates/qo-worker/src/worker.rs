@@ -48,8 +48,8 @@ use qo_core::ports::{
     DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, update_record,
 };
 use qo_core::{
-    ApiWindow, BackoffReason, Circuit, Clock, Control, HealthCheckEvent, JobEvent, NoObserver,
-    Observation, Observer, Reason, Throttles, Timestamp, WorkerEvent,
+    ApiWindow, BackoffReason, BatchEvent, Circuit, Clock, Control, HealthCheckEvent, JobEvent,
+    NoObserver, Observation, Observer, Reason, Throttles, Timestamp, WorkerEvent,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -164,11 +164,38 @@ where
                 );
                 self.handle_job(&ev).instrument(span).await
             }
+            WorkerEvent::Batch(batch) => {
+                let span = info_span!("batch", jobs = batch.jobs.len());
+                self.handle_batch(&batch).instrument(span).await
+            }
             WorkerEvent::HealthCheck(ev) => {
                 let span = info_span!("health_check", epoch = ev.epoch);
                 self.handle_health(&ev).instrument(span).await
             }
         }
+    }
+
+    /// Handles a batch: every job at its own slot, concurrently, each in its own span, each
+    /// fate its own. An `Err` of one job does not stop the others (their fates are recorded
+    /// when it is returned); the first is returned so that Lambda retries the event, and the
+    /// retry skips the jobs already done by their idempotency claims.
+    async fn handle_batch(&self, batch: &BatchEvent) -> Result<Outcome, WorkerError> {
+        let results = futures::future::join_all(batch.jobs.iter().map(|ev| {
+            let span = info_span!(
+                "job",
+                message_id = %ev.origin.message_id,
+                job_id = %ev.job_id(),
+                attempt = ev.origin.attempt,
+                epoch = ev.epoch,
+            );
+            self.handle_job(ev).instrument(span)
+        }))
+        .await;
+        let mut outcomes = Vec::with_capacity(results.len());
+        for r in results {
+            outcomes.push(r?);
+        }
+        Ok(Outcome::Batch { outcomes })
     }
 
     /// How much a Lambda invocation's remaining time (until `deadline`) falls short of what
@@ -183,6 +210,12 @@ where
         let now = self.clock.now();
         let wait = match event {
             WorkerEvent::Job(ev) => ev.slot_at.since(now).min(self.config.max_slot_wait),
+            WorkerEvent::Batch(b) => b
+                .jobs
+                .iter()
+                .map(|ev| ev.slot_at.since(now).min(self.config.max_slot_wait))
+                .max()
+                .unwrap_or_default(),
             WorkerEvent::HealthCheck(_) => Duration::ZERO,
         };
         let needed = wait

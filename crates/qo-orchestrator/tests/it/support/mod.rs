@@ -260,6 +260,9 @@ impl Harness {
                                 }
                             }
                         }
+                        WorkerEvent::Batch(_) => {
+                            panic!("this stand-in worker takes single job events")
+                        }
                         WorkerEvent::HealthCheck(h) => {
                             health.lock().expect("health").push(h.epoch);
                             let now = clock.now();

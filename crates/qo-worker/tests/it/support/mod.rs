@@ -223,6 +223,7 @@ pub fn job_event(body: &str, message_id: &str, slot_at: Timestamp, epoch: u64) -
             enqueued_at: Some(slot_at.minus(Duration::from_secs(2))),
             group_id: None,
             dedup_id: None,
+            function: None,
         },
         slot_at,
         epoch,
