@@ -187,13 +187,13 @@ pub async fn redrive_worker_failures(
                     }
                 }
                 Ok(FailedInvocation { event, condition }) => {
-                    // A job event, or a batch of them: every job of the record goes back.
-                    let jobs = match event {
-                        WorkerEvent::Job(ev) => vec![ev],
-                        WorkerEvent::Batch(batch) => batch.jobs,
-                        WorkerEvent::HealthCheck(_) => Vec::new(),
-                    };
-                    let n = u64::try_from(jobs.len()).unwrap_or(u64::MAX);
+                    // A job event, or a batch of them: every job of the record goes back
+                    // (a batch may take the count past `max` by its size).
+                    let resend = jobs_to_resend(event).map_err(|e| QueueError::Backend {
+                        op: "redrive worker failures",
+                        source: Box::new(e),
+                    })?;
+                    let n = u64::try_from(resend.len()).unwrap_or(u64::MAX);
                     if dry_run {
                         report.jobs += n;
                         keep.push(receipt);
@@ -203,20 +203,12 @@ pub async fn redrive_worker_failures(
                         keep.push(receipt);
                         continue;
                     }
-                    for ev in &jobs {
-                        let mut job = ev.job.clone();
-                        let job_id = ev.job_id().to_string();
-                        job.id = Some(job_id.clone());
-                        let body =
-                            serde_json::to_string(&job).map_err(|e| QueueError::Backend {
-                                op: "redrive worker failures",
-                                source: Box::new(e),
-                            })?;
-                        let new_id = queues.resend_job(&body, &ev.origin).await?;
+                    for (job_id, body, origin) in &resend {
+                        let new_id = queues.resend_job(body, origin).await?;
                         tracing::info!(
                             %job_id,
                             %new_id,
-                            attempt = ev.origin.attempt,
+                            attempt = origin.attempt,
                             condition = condition.as_deref().unwrap_or("unknown"),
                             "job from the worker-failure queue sent back to the job queue"
                         );
@@ -231,6 +223,28 @@ pub async fn redrive_worker_failures(
     let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
     queues.change_visibility(failure_url, &keep, 0).await?;
     Ok(report)
+}
+
+/// The jobs a failed invocation's event sends back to the job queue, in its order: (job id,
+/// body with the id made explicit, origin kept). One for a job event, every job of a batch
+/// (whichever of them were settled before the event failed: the done ones are skipped by their
+/// idempotency records when delivered again), none for a health check.
+pub fn jobs_to_resend(
+    event: WorkerEvent,
+) -> Result<Vec<(String, String, qo_core::Origin)>, serde_json::Error> {
+    let jobs = match event {
+        WorkerEvent::Job(ev) => vec![ev],
+        WorkerEvent::Batch(batch) => batch.jobs,
+        WorkerEvent::HealthCheck(_) => Vec::new(),
+    };
+    jobs.into_iter()
+        .map(|ev| {
+            let job_id = ev.job_id().to_string();
+            let mut job = ev.job;
+            job.id = Some(job_id.clone());
+            Ok((job_id, serde_json::to_string(&job)?, ev.origin))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -279,5 +293,43 @@ mod tests {
             parse_record(&record(r#"{"detail-type":"Scheduled Event"}"#)),
             Err(RecordError::NotAWorkerEvent { .. })
         ));
+    }
+
+    #[test]
+    fn a_failed_batch_record_redrives_every_job() {
+        let batch = r#"{"kind":"batch","jobs":[
+            {"job":{"path":"/a"},"origin":{"message_id":"m-1","attempt":2},
+             "slot_at":1,"epoch":0,"dispatched_at":1},
+            {"job":{"path":"/b","id":"job-b"},"origin":{"message_id":"m-2","attempt":0,"throttled":3},
+             "slot_at":2,"epoch":0,"dispatched_at":1},
+            {"job":{"path":"/c"},"origin":{"message_id":"m-3","attempt":4},
+             "slot_at":3,"epoch":0,"dispatched_at":1}]}"#;
+        let r = parse_record(&record(batch)).expect("batch record");
+        let resend = jobs_to_resend(r.event).expect("encoded");
+        let ids: Vec<&str> = resend.iter().map(|(id, _, _)| id.as_str()).collect();
+        assert_eq!(ids, ["m-1", "job-b", "m-3"], "every job, in order");
+        for (id, body, _) in &resend {
+            let job: serde_json::Value = serde_json::from_str(body).expect("json");
+            assert_eq!(job["id"], *id, "the id made explicit: {body}");
+        }
+        let kept: Vec<(u32, u32)> = resend
+            .iter()
+            .map(|(_, _, o)| (o.attempt, o.throttled))
+            .collect();
+        assert_eq!(
+            kept,
+            [(2, 0), (0, 3), (4, 0)],
+            "attempts and 429 counts kept"
+        );
+        // A job record sends back one, a health check none.
+        let one = jobs_to_resend(parse_record(&record(JOB)).expect("job").event).expect("ok");
+        assert_eq!(one.len(), 1);
+        let none = jobs_to_resend(
+            parse_record(&record(r#"{"kind":"health_check","epoch":4,"sent_at":5}"#))
+                .expect("health")
+                .event,
+        )
+        .expect("ok");
+        assert!(none.is_empty());
     }
 }

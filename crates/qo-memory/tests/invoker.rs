@@ -726,3 +726,67 @@ async fn an_invoke_takes_the_api_latency_before_it_is_accepted() {
         "the caller waited for the 202"
     );
 }
+
+// ---- Batches ------------------------------------------------------------------------------
+
+fn batch(epoch: u64, jobs: usize) -> WorkerEvent {
+    use qo_core::job::{BatchEvent, Job, JobEvent, Origin};
+    WorkerEvent::Batch(BatchEvent {
+        jobs: (0..jobs)
+            .map(|i| JobEvent {
+                job: Job::parse(r#"{"path":"/x"}"#).expect("job"),
+                origin: Origin {
+                    message_id: format!("m-{i}"),
+                    attempt: 0,
+                    throttled: 0,
+                    enqueued_at: None,
+                    group_id: None,
+                    dedup_id: None,
+                    function: None,
+                },
+                slot_at: START.plus(Duration::from_millis(1_000 * i as u64)),
+                epoch,
+                dispatched_at: START,
+            })
+            .collect(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_holds_one_environment_until_its_handler_returns_and_is_billed_once() {
+    let c = clock();
+    // The batch's handler runs 3 s (its last slot); a health check takes no time.
+    let (log, handler) = probe(
+        c.clone(),
+        |epoch| {
+            if epoch == 7 {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            }
+        },
+        never,
+    );
+    let options = fixed(InvokerOptions {
+        concurrency: Some(1),
+        ..InvokerOptions::default()
+    });
+    let inv = LocalInvoker::with_options(c.clone(), handler, options).expect("options");
+    inv.invoke(&batch(7, 4)).await.expect("accepted");
+    inv.invoke(&event(8)).await.expect("accepted");
+    inv.wait_idle().await;
+    // One run for the four jobs: 10 ms queue delay + 22 ms init, then 3 s. The health check,
+    // tried at 10 ms, is throttled while the batch holds the only environment, and runs only
+    // after the batch's handler has returned (3.032 s).
+    assert_eq!(Log::times_of(&log, 7), [32]);
+    let after = Log::times_of(&log, 8);
+    assert_eq!(after.len(), 1);
+    assert!(
+        after[0] >= 3_032,
+        "ran while the batch held the environment: {after:?}"
+    );
+    let s = inv.stats();
+    assert_eq!((s.delivered, s.completed, s.cold_starts), (2, 2, 1));
+    // Billed once for the batch (init included: 22 + 3000 ms) and once for the check (0 ms).
+    assert_eq!(s.billed_ms, 3_022);
+}

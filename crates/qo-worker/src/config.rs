@@ -39,6 +39,12 @@ pub struct WorkerConfig {
     /// `MAX_SLOT_WAIT_MS` (default 5000): an event whose slot is further ahead than this is
     /// re-queued (clock skew guard) instead of being waited for.
     pub max_slot_wait: Duration,
+    /// `BATCH_WINDOW_MS` (default 1000; the orchestrator's setting of the same name, which the
+    /// template passes to both): a batch's last slot is at most this far after its first.
+    /// Each job of a batch waits for its own slot from the invocation's start, at most
+    /// `MAX_SLOT_WAIT_MS`, so the window must be shorter than that (else a batch's later jobs
+    /// would be given back as too early, every time): a longer one is refused.
+    pub batch_window: Duration,
     /// `IDEMPOTENCY_TTL_S` (default 86400): how long a done job is remembered.
     pub idempotency_ttl: Duration,
     /// `CLAIM_TTL_S` (default `FUNCTION_TIMEOUT_S`, else 900, Lambda's longest timeout): after
@@ -86,6 +92,7 @@ impl WorkerConfig {
             read_timeout: Duration::from_millis(10_000),
             call_tolerance: Duration::from_millis(5),
             max_slot_wait: Duration::from_millis(5_000),
+            batch_window: DEFAULT_BATCH_WINDOW,
             idempotency_ttl: Duration::from_secs(86_400),
             claim_ttl: MAX_FUNCTION_TIMEOUT,
             excerpt_bytes: 512,
@@ -166,6 +173,19 @@ impl WorkerConfig {
                 "must be at least 1".to_string(),
             ));
         }
+        let max_slot_wait = env.millis("MAX_SLOT_WAIT_MS", d.max_slot_wait)?;
+        let batch_window = env.millis("BATCH_WINDOW_MS", d.batch_window)?;
+        if batch_window >= max_slot_wait {
+            return Err(invalid(
+                "BATCH_WINDOW_MS",
+                &batch_window.as_millis().to_string(),
+                format!(
+                    "must be shorter than MAX_SLOT_WAIT_MS={}: a batch's later slots would be \
+                     further ahead than the worker waits, and be given back every time",
+                    max_slot_wait.as_millis()
+                ),
+            ));
+        }
         let rate_limit_headers = match env.get(ratelimit::ENV_VAR) {
             None => d.rate_limit_headers,
             Some(text) => RateLimitHeaders::parse(&text)
@@ -187,7 +207,8 @@ impl WorkerConfig {
                 env.millis("API_READ_TIMEOUT_MS", d.read_timeout)?,
             )?,
             call_tolerance: env.millis("CALL_TOLERANCE_MS", d.call_tolerance)?,
-            max_slot_wait: env.millis("MAX_SLOT_WAIT_MS", d.max_slot_wait)?,
+            max_slot_wait,
+            batch_window,
             idempotency_ttl: positive(
                 env,
                 "IDEMPOTENCY_TTL_S",
@@ -214,6 +235,9 @@ impl WorkerConfig {
         self.connect_timeout.saturating_add(self.read_timeout)
     }
 }
+
+/// The default of `BATCH_WINDOW_MS`.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1_000);
 
 /// Lambda's longest function timeout: the default claim TTL when the function timeout is not
 /// known.
@@ -351,6 +375,7 @@ mod tests {
         assert_eq!(c.read_timeout, Duration::from_millis(10_000));
         assert_eq!(c.call_tolerance, Duration::from_millis(5));
         assert_eq!(c.max_slot_wait, Duration::from_millis(5_000));
+        assert_eq!(c.batch_window, Duration::from_millis(1_000));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
         assert_eq!(
             c.claim_ttl,
@@ -366,6 +391,34 @@ mod tests {
         assert_eq!(c.api_window_report, Duration::from_secs(1));
         assert_eq!(c.circuit, CircuitPolicy::default());
         assert_eq!(c.call_budget(), Duration::from_secs(12));
+    }
+
+    #[test]
+    fn a_batch_window_the_slot_wait_cannot_cover_is_refused() {
+        let c = WorkerConfig::from_env(&env(&[
+            ("API_BASE_URL", "http://h"),
+            ("BATCH_WINDOW_MS", "4999"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.batch_window, Duration::from_millis(4_999));
+        let e = WorkerConfig::from_env(&env(&[
+            ("API_BASE_URL", "http://h"),
+            ("BATCH_WINDOW_MS", "3000"),
+            ("MAX_SLOT_WAIT_MS", "3000"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: BATCH_WINDOW_MS=\"3000\" is invalid: must be shorter than \
+             MAX_SLOT_WAIT_MS=3000: a batch's later slots would be further ahead than the \
+             worker waits, and be given back every time"
+        );
+        let e = WorkerConfig::from_env(&env(&[
+            ("API_BASE_URL", "http://h"),
+            ("BATCH_WINDOW_MS", "soon"),
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("BATCH_WINDOW_MS"), "{e}");
     }
 
     #[test]
@@ -398,6 +451,7 @@ mod tests {
             ("API_READ_TIMEOUT_MS", "200"),
             ("CALL_TOLERANCE_MS", "20"),
             ("MAX_SLOT_WAIT_MS", "1000"),
+            ("BATCH_WINDOW_MS", "250"),
             ("IDEMPOTENCY_TTL_S", "60"),
             ("CLAIM_TTL_S", "30"),
             ("RESPONSE_EXCERPT_BYTES", "64"),
@@ -414,6 +468,7 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(c.health_path, "/status/ok");
+        assert_eq!(c.batch_window, Duration::from_millis(250));
         assert_eq!(c.auth_header.as_str(), "x-api-key");
         // Another header than Authorization has no prefix unless one is given.
         assert_eq!(c.auth_prefix, "");

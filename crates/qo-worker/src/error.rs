@@ -34,6 +34,23 @@ pub enum WorkerError {
     /// it): the worker refuses events rather than be killed mid-write.
     #[error(transparent)]
     TimeoutBudget(#[from] crate::lambda::TimeoutBudgetError),
+    /// The fate of some jobs of a batch could not be recorded; the others were carried out
+    /// (their outcomes are logged). The event fails so that Lambda retries it.
+    #[error(
+        "{failed} of the {jobs} jobs of the batch could not record their fate (the first, \
+         job {job_id}: {first}); the others were settled and are skipped or given back when \
+         Lambda retries the event"
+    )]
+    Batch {
+        /// How many jobs failed.
+        failed: usize,
+        /// How many jobs the batch held.
+        jobs: usize,
+        /// The first failed job.
+        job_id: String,
+        /// Its error.
+        first: Box<WorkerError>,
+    },
     /// The job could not be encoded back to JSON for a re-queue.
     #[error("encoding the job for a re-queue failed")]
     Encode(#[source] serde_json::Error),
@@ -50,6 +67,7 @@ impl WorkerError {
             WorkerError::Store(_) => "Store",
             WorkerError::Encode(_) => "Encode",
             WorkerError::TimeoutBudget(_) => "TimeoutBudget",
+            WorkerError::Batch { .. } => "Batch",
         }
     }
 }

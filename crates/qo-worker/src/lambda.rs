@@ -18,8 +18,10 @@ use crate::worker::Worker;
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Handles one Lambda invocation. Warns when the invocation's remaining time cannot cover the
-/// wait for the slot, one call (connect + read timeouts) and [`DEADLINE_MARGIN`]: the function
-/// timeout is too short (the rule: timeout >= attempts x (connect + read) + margin).
+/// wait for the (first) slot, one call (connect + read timeouts) and [`DEADLINE_MARGIN`]: the
+/// function timeout is too short (the rule: timeout >= attempts x (connect + read) + margin).
+/// With a deadline, a batch's jobs whose slots the remaining time cannot cover are given back
+/// untried ([`Worker::handle_until`]).
 pub async fn handler<S, Q, C, H>(
     worker: &Worker<S, Q, C, H>,
     event: LambdaEvent<WorkerEvent>,
@@ -45,7 +47,15 @@ where
         }
     }
     let span = info_span!("invocation", request_id = %context.request_id);
-    worker.handle(payload).instrument(span).await
+    if context.deadline > 0 {
+        let deadline = Timestamp::from_millis(context.deadline);
+        worker
+            .handle_until(payload, deadline, DEADLINE_MARGIN)
+            .instrument(span)
+            .await
+    } else {
+        worker.handle(payload).instrument(span).await
+    }
 }
 
 /// AWS SDK calls the worker may make after the API call, on its longest path: a 401/403 drops
@@ -82,8 +92,15 @@ impl std::fmt::Display for TimeoutSource {
 /// from its settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorstCase {
-    /// `MAX_SLOT_WAIT_MS`: the longest wait for the slot.
+    /// `MAX_SLOT_WAIT_MS`: the longest wait for the slot, counted from the invocation's
+    /// start. It bounds the last job of a batch too: a batch's jobs are claimed and waited on
+    /// concurrently from the start, and a slot further ahead is given back untried, so a
+    /// batch's worst case is that of its last job, which is one job's.
     pub slot_wait: Duration,
+    /// `BATCH_WINDOW_MS`: how far a batch's last slot may be after its first. It must be
+    /// shorter than `slot_wait` (the orchestrator's `DISPATCH_LEAD_MS` + this is the last
+    /// job's wait): [`check_timeout_budget`] refuses it otherwise.
+    pub batch_window: Duration,
     /// `CALL_TOLERANCE_MS`: how late after the slot the call may still start. The claim (and a
     /// key re-read) happen inside the wait and the tolerance, or the job is given back uncalled.
     pub tolerance: Duration,
@@ -102,6 +119,7 @@ impl WorstCase {
     pub fn of(sdk: &SdkSettings, config: &WorkerConfig) -> Self {
         WorstCase {
             slot_wait: config.max_slot_wait,
+            batch_window: config.batch_window,
             tolerance: config.call_tolerance,
             api_call: config.call_budget(),
             sdk_call: sdk.operation_timeout(),
@@ -157,6 +175,19 @@ pub enum TimeoutBudgetError {
         /// The worst case it must cover.
         worst: Box<WorstCase>,
     },
+    /// A batch's last slot may be further ahead than the worker waits for a slot.
+    #[error(
+        "BATCH_WINDOW_MS={} is not shorter than MAX_SLOT_WAIT_MS={}: a batch's later jobs \
+         would be given back untried every time; lower BATCH_WINDOW_MS or raise MAX_SLOT_WAIT_MS \
+         (and the function timeout with it)",
+        .batch_window.as_millis(), .slot_wait.as_millis()
+    )]
+    BatchWindow {
+        /// `BATCH_WINDOW_MS`.
+        batch_window: Duration,
+        /// `MAX_SLOT_WAIT_MS`.
+        slot_wait: Duration,
+    },
     /// A claim would expire while the invocation that holds it may still be calling.
     #[error(
         "CLAIM_TTL_S={} is shorter than the worker's function timeout ({from} = {}): a claim \
@@ -189,8 +220,9 @@ fn whole_seconds(d: Duration) -> Duration {
 }
 
 /// Checks seed 003's rule for the worker: the function timeout must cover [`WorstCase::total`]
-/// (the slot wait, the call, the SDK calls after it, the margin), and `CLAIM_TTL_S` must be at
-/// least the function timeout.
+/// (the slot wait, the call, the SDK calls after it, the margin), `CLAIM_TTL_S` must be at
+/// least the function timeout, and `BATCH_WINDOW_MS` shorter than `MAX_SLOT_WAIT_MS` (which
+/// then bounds a batch's last job too, so a batch needs no more time than one job).
 ///
 /// Lambda does not tell a function its timeout: it comes from `FUNCTION_TIMEOUT_S` or, without
 /// it, from the time left at the start of the first invocation after a cold start (the timeout
@@ -203,6 +235,12 @@ pub fn check_timeout_budget(
 ) -> Result<(), TimeoutBudgetError> {
     let function_timeout = whole_seconds(function_timeout);
     let worst = WorstCase::of(sdk, config);
+    if worst.batch_window >= worst.slot_wait {
+        return Err(TimeoutBudgetError::BatchWindow {
+            batch_window: worst.batch_window,
+            slot_wait: worst.slot_wait,
+        });
+    }
     if worst.total() > function_timeout {
         return Err(TimeoutBudgetError::FunctionTimeout {
             from: source,
@@ -316,6 +354,47 @@ mod tests {
         let w = WorstCase::of(&slow, &cfg);
         assert_eq!(w.without_a_call(), Duration::from_secs(242));
         assert_eq!(w.with_a_call(), Duration::from_millis(319_005));
+    }
+
+    #[test]
+    fn a_batch_needs_no_more_than_one_job_and_its_window_must_fit_the_slot_wait() {
+        let sdk = SdkSettings::default();
+        let cfg = WorkerConfig {
+            claim_ttl: Duration::from_secs(900),
+            ..config()
+        };
+        // The window lies inside the slot wait: the worst case is one job's, 139.005 s.
+        assert_eq!(
+            WorstCase::of(&sdk, &cfg).batch_window,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            WorstCase::of(&sdk, &cfg).total(),
+            Duration::from_millis(139_005)
+        );
+        let wide = WorkerConfig {
+            batch_window: Duration::from_secs(5),
+            ..cfg
+        };
+        let e = check_timeout_budget(
+            &sdk,
+            &wide,
+            Duration::from_secs(900),
+            TimeoutSource::Variable,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            TimeoutBudgetError::BatchWindow {
+                batch_window: Duration::from_secs(5),
+                slot_wait: Duration::from_secs(5),
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with("BATCH_WINDOW_MS=5000 is not shorter than MAX_SLOT_WAIT_MS=5000"),
+            "{e}"
+        );
     }
 
     #[test]

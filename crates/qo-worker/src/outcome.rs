@@ -105,6 +105,16 @@ pub enum Outcome {
         #[serde(serialize_with = "as_text")]
         reason: Reason,
     },
+    /// A job of a batch whose slot wait and call the invocation's remaining time could not
+    /// cover: re-queued untried, unclaimed, its attempt count kept.
+    OutOfTime {
+        /// The job id.
+        job_id: String,
+        /// How much time was missing, in milliseconds.
+        short_by_ms: u64,
+        /// Re-queued.
+        requeued: bool,
+    },
     /// A batch: each job's outcome, in the batch's order.
     Batch {
         /// The outcomes.

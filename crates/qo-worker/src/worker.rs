@@ -166,7 +166,7 @@ where
             }
             WorkerEvent::Batch(batch) => {
                 let span = info_span!("batch", jobs = batch.jobs.len());
-                self.handle_batch(&batch).instrument(span).await
+                self.handle_batch(&batch, None).instrument(span).await
             }
             WorkerEvent::HealthCheck(ev) => {
                 let span = info_span!("health_check", epoch = ev.epoch);
@@ -176,10 +176,12 @@ where
     }
 
     /// Handles a batch: every job at its own slot, concurrently, each in its own span, each
-    /// fate its own. An `Err` of one job does not stop the others (their fates are recorded
-    /// when it is returned); the first is returned so that Lambda retries the event, and the
-    /// retry skips the jobs already done by their idempotency claims.
-    async fn handle_batch(&self, batch: &BatchEvent) -> Result<Outcome, WorkerError> {
+    /// fate its own (see [`Worker::handle_until`]).
+    async fn handle_batch(
+        &self,
+        batch: &BatchEvent,
+        cover: Option<(Timestamp, Duration)>,
+    ) -> Result<Outcome, WorkerError> {
         let results = futures::future::join_all(batch.jobs.iter().map(|ev| {
             let span = info_span!(
                 "job",
@@ -188,19 +190,143 @@ where
                 attempt = ev.origin.attempt,
                 epoch = ev.epoch,
             );
-            self.handle_job(ev).instrument(span)
+            self.batch_job(ev, cover).instrument(span)
         }))
         .await;
-        let mut outcomes = Vec::with_capacity(results.len());
-        for r in results {
-            outcomes.push(r?);
+        let jobs = results.len();
+        let mut outcomes = Vec::with_capacity(jobs);
+        let mut failed = Vec::new();
+        for (ev, r) in batch.jobs.iter().zip(results) {
+            match r {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    error!(
+                        job_id = %ev.job_id(),
+                        error = %e,
+                        "could not record the fate of a job of the batch"
+                    );
+                    failed.push((ev.job_id().to_string(), e));
+                }
+            }
         }
-        Ok(Outcome::Batch { outcomes })
+        let mut failed = failed.into_iter();
+        match failed.next() {
+            None => Ok(Outcome::Batch { outcomes }),
+            Some((job_id, first)) => {
+                let settled = serde_json::to_string(&outcomes).unwrap_or_default();
+                // The settled jobs' outcomes stay in the log: the error is all Lambda keeps.
+                warn!(
+                    settled = %settled,
+                    "the batch fails for Lambda to retry it; its settled jobs are listed here"
+                );
+                Err(WorkerError::Batch {
+                    failed: 1 + failed.len(),
+                    jobs,
+                    job_id,
+                    first: Box::new(first),
+                })
+            }
+        }
+    }
+
+    /// One job of a batch: handed back untried when the invocation's remaining time (until
+    /// `cover`'s deadline, less its margin) cannot cover its slot wait and its call, else
+    /// handled as a job event.
+    async fn batch_job(
+        &self,
+        ev: &JobEvent,
+        cover: Option<(Timestamp, Duration)>,
+    ) -> Result<Outcome, WorkerError> {
+        if let Some((deadline, margin)) = cover
+            && let Some(short) = self.job_shortfall(deadline, ev, margin)
+        {
+            return self.out_of_time(ev, short).await;
+        }
+        self.handle_job(ev).await
+    }
+
+    /// Handles `event` in an invocation that ends at `deadline` (Lambda's), keeping `margin`
+    /// after each call for its writes. A job event and a health check are handled as by
+    /// [`Worker::handle`] (a single job that cannot be covered is only warned about by the
+    /// handler); in a batch, each job whose slot wait and call the remaining time cannot cover
+    /// is re-queued untried at once ([`Outcome::OutOfTime`], its attempt kept), so that the
+    /// invocation is neither killed mid-call nor failed for the jobs it can call.
+    ///
+    /// A batch's jobs are handled concurrently and each fate is its own: a 429, a failure, a
+    /// dead letter or a late slot of one job changes nothing for the others. When the fate of
+    /// one job cannot be recorded (a queue or store error), the others are still carried out
+    /// to the end, their outcomes logged, and then the event fails ([`WorkerError::Batch`]) so
+    /// that Lambda retries it: that is the only way the unrecorded job is not lost. The retry
+    /// comes a minute or more later (Lambda's asynchronous retries), so it calls nothing that
+    /// was settled: done jobs are skipped by their idempotency claims, and every other job's
+    /// slot is past its tolerance, so it is re-queued untried ([`Outcome::Late`]); a job that
+    /// was re-queued the first time then has a second copy on the queue, which the claims
+    /// keep from succeeding twice (it costs a slot, never a second successful call).
+    pub async fn handle_until(
+        &self,
+        event: WorkerEvent,
+        deadline: Timestamp,
+        margin: Duration,
+    ) -> Result<Outcome, WorkerError> {
+        match event {
+            WorkerEvent::Batch(batch) => {
+                let span = info_span!("batch", jobs = batch.jobs.len());
+                self.handle_batch(&batch, Some((deadline, margin)))
+                    .instrument(span)
+                    .await
+            }
+            other => self.handle(other).await,
+        }
+    }
+
+    /// How much the remaining time until `deadline` falls short of one job's slot wait, its
+    /// call and `margin`. `None` when it is enough.
+    fn job_shortfall(
+        &self,
+        deadline: Timestamp,
+        ev: &JobEvent,
+        margin: Duration,
+    ) -> Option<Duration> {
+        let now = self.clock.now();
+        let needed = ev
+            .slot_at
+            .since(now)
+            .min(self.config.max_slot_wait)
+            .saturating_add(self.config.call_budget())
+            .saturating_add(margin);
+        let remaining = deadline.since(now);
+        (remaining < needed).then(|| needed - remaining)
+    }
+
+    /// Gives back, untried and unclaimed, a job of a batch whose slot the invocation cannot
+    /// cover: re-queued at once, its attempt count kept.
+    async fn out_of_time(&self, ev: &JobEvent, short: Duration) -> Result<Outcome, WorkerError> {
+        let job_id = ev.job_id().to_string();
+        let now = self.clock.now();
+        warn!(
+            short_ms = millis(short),
+            "the invocation's remaining time cannot cover this job's slot and call: given back \
+             untried (raise the function timeout, or lower BATCH_WINDOW_MS)"
+        );
+        let reason = Reason::TooEarly {
+            early: ev.slot_at.since(now),
+            slot: ev.slot_at,
+        };
+        let requeued = self
+            .requeue_untried(ev, &job_id, Duration::ZERO, &reason)
+            .await?;
+        Ok(Outcome::OutOfTime {
+            job_id,
+            short_by_ms: millis(short),
+            requeued,
+        })
     }
 
     /// How much a Lambda invocation's remaining time (until `deadline`) falls short of what
     /// `event` may need: the wait for its slot, one call (connect + read timeouts) and
-    /// `margin` for the writes after it. `None` when it is enough.
+    /// `margin` for the writes after it; for a batch, what its first slot needs (its later
+    /// jobs that cannot be covered are given back by [`Worker::handle_until`]). `None` when
+    /// it is enough.
     pub fn deadline_shortfall(
         &self,
         deadline: Timestamp,
@@ -214,7 +340,7 @@ where
                 .jobs
                 .iter()
                 .map(|ev| ev.slot_at.since(now).min(self.config.max_slot_wait))
-                .max()
+                .min()
                 .unwrap_or_default(),
             WorkerEvent::HealthCheck(_) => Duration::ZERO,
         };

@@ -1,0 +1,425 @@
+//! Batch events under tokio's paused time: each job at its own slot, each fate its own; a
+//! duplicated batch calls nothing twice; a worker that wakes late for some slots gives those
+//! back untried; a job whose fate cannot be recorded fails the event without losing the
+//! others; a batch the invocation cannot cover hands its later jobs back untried.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lambda_runtime::{Context, LambdaEvent};
+use qo_core::job::{BatchEvent, Job, JobEvent, Origin};
+use qo_core::ports::{DeadLetter, JobSink, QueueError};
+use qo_core::{Clock, Timestamp, TokioClock, WorkerEvent};
+use qo_memory::{JobStatus, MemoryStore};
+use qo_worker::{ApiResponse, HttpCall, HttpError, Outcome, Worker, WorkerError, handler};
+
+use crate::support::{RecordingSink, config, job_event};
+
+/// 2023-11-14T22:13:20Z.
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// An API in memory answering by path (200 for a path it does not know), recording each
+/// call's path and time.
+struct PathHttp {
+    clock: TokioClock,
+    answers: HashMap<&'static str, u16>,
+    calls: Mutex<Vec<(String, Timestamp)>>,
+}
+
+impl PathHttp {
+    fn new(clock: TokioClock, answers: &[(&'static str, u16)]) -> Self {
+        PathHttp {
+            clock,
+            answers: answers.iter().copied().collect(),
+            calls: Mutex::default(),
+        }
+    }
+
+    fn calls(&self) -> Vec<(String, Timestamp)> {
+        self.calls.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl HttpCall for PathHttp {
+    async fn call(&self, job: &Job) -> Result<ApiResponse, HttpError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push((job.path.clone(), self.clock.now()));
+        Ok(ApiResponse::status(
+            self.answers.get(job.path.as_str()).copied().unwrap_or(200),
+        ))
+    }
+
+    async fn health(&self) -> Result<ApiResponse, HttpError> {
+        Ok(ApiResponse::status(200))
+    }
+
+    fn set_api_key(&self, _key: Option<&str>) -> Result<bool, WorkerError> {
+        Ok(false)
+    }
+}
+
+/// A sink that fails every re-queue of a body containing `poison` while `armed`.
+#[derive(Clone)]
+struct PickySink {
+    inner: RecordingSink,
+    poison: &'static str,
+    armed: Arc<Mutex<bool>>,
+}
+
+#[async_trait]
+impl JobSink for PickySink {
+    async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        self.inner.dead_letter(letter).await
+    }
+
+    async fn requeue(
+        &self,
+        body: &str,
+        origin: &Origin,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        if *self.armed.lock().expect("lock") && body.contains(self.poison) {
+            return Err(QueueError::Backend {
+                op: "requeue",
+                source: "injected queue failure".into(),
+            });
+        }
+        self.inner.requeue(body, origin, delay).await
+    }
+}
+
+type TestWorker = Worker<MemoryStore, PickySink, TokioClock, Arc<PathHttp>>;
+
+struct Rig {
+    worker: TestWorker,
+    http: Arc<PathHttp>,
+    store: MemoryStore,
+    sink: RecordingSink,
+    armed: Arc<Mutex<bool>>,
+    clock: TokioClock,
+}
+
+fn rig(answers: &[(&'static str, u16)]) -> Rig {
+    let clock = TokioClock::starting_at(T0);
+    let http = Arc::new(PathHttp::new(clock.clone(), answers));
+    let store = MemoryStore::new();
+    let sink = RecordingSink::new(Arc::new(clock.clone()));
+    let armed = Arc::new(Mutex::new(false));
+    let picky = PickySink {
+        inner: sink.clone(),
+        poison: "/down",
+        armed: Arc::clone(&armed),
+    };
+    let worker = Worker::new(
+        config("http://api.test/v1", &[("CALL_TOLERANCE_MS", "5")]),
+        Arc::clone(&http),
+        store.clone(),
+        picky,
+        clock.clone(),
+    );
+    Rig {
+        worker,
+        http,
+        store,
+        sink,
+        armed,
+        clock,
+    }
+}
+
+/// A batch of jobs on `paths`, the n-th at `slots[n]` ms after T0 (a negative offset is a
+/// slot in the past), message ids `m-<path>`.
+fn batch(jobs: &[(&str, i64)]) -> WorkerEvent {
+    WorkerEvent::Batch(BatchEvent {
+        jobs: jobs
+            .iter()
+            .map(|(path, at)| {
+                let slot = if *at >= 0 {
+                    T0.plus(ms(at.unsigned_abs()))
+                } else {
+                    T0.minus(ms(at.unsigned_abs()))
+                };
+                job_event(
+                    &format!(r#"{{"path":"{path}"}}"#),
+                    &format!("m-{}", path.trim_start_matches('/')),
+                    slot,
+                    0,
+                )
+            })
+            .collect::<Vec<JobEvent>>(),
+    })
+}
+
+fn outcomes(out: Outcome) -> Vec<Outcome> {
+    match out {
+        Outcome::Batch { outcomes } => outcomes,
+        other => panic!("not a batch outcome: {other:?}"),
+    }
+}
+
+const MIXED: [(&str, u16); 3] = [("/busy", 429), ("/down", 503), ("/gone", 404)];
+
+#[tokio::test(start_paused = true)]
+async fn a_mixed_batch_calls_each_job_at_its_slot_and_settles_each_on_its_own() {
+    let r = rig(&MIXED);
+    let ev = batch(&[("/ok", 100), ("/busy", 200), ("/down", 300), ("/gone", 400)]);
+    let out = outcomes(r.worker.handle(ev).await.expect("handled"));
+    assert_eq!(out.len(), 4);
+    assert!(
+        matches!(&out[0], Outcome::Succeeded { job_id, status: 200, recorded: true } if job_id == "m-ok"),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(&out[1], Outcome::Throttled { job_id, requeued: true, .. } if job_id == "m-busy"),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(&out[2], Outcome::Failed { job_id, status: Some(503), requeued: true, .. } if job_id == "m-down"),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(&out[3], Outcome::DeadLettered { job_id, .. } if job_id == "m-gone"),
+        "{:?}",
+        out[3]
+    );
+    // Each called once, at its own slot.
+    assert_eq!(
+        r.http.calls(),
+        vec![
+            ("/ok".to_string(), T0.plus(ms(100))),
+            ("/busy".to_string(), T0.plus(ms(200))),
+            ("/down".to_string(), T0.plus(ms(300))),
+            ("/gone".to_string(), T0.plus(ms(400))),
+        ]
+    );
+    // The 429 goes back with its attempt unchanged, the 503 with its attempt raised.
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 2, "{q:?}");
+    let busy = q
+        .iter()
+        .find(|q| q.body.contains("/busy"))
+        .expect("429 re-queued");
+    assert_eq!((busy.origin.attempt, busy.origin.throttled), (0, 1));
+    let down = q
+        .iter()
+        .find(|q| q.body.contains("/down"))
+        .expect("503 re-queued");
+    assert_eq!((down.origin.attempt, down.origin.throttled), (1, 0));
+    let dead = r.sink.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].body.contains("/gone"), "{}", dead[0].body);
+    assert!(matches!(
+        r.store.job_status("m-ok"),
+        Some(JobStatus::Done { .. })
+    ));
+    for id in ["m-busy", "m-down", "m-gone"] {
+        assert_eq!(r.store.job_status(id), None, "{id}: claim dropped");
+    }
+    // The JSON result lists each job's outcome.
+    let json = serde_json::to_value(Outcome::Batch { outcomes: out }).expect("json");
+    let kinds: Vec<&str> = json["outcomes"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|o| o["outcome"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["succeeded", "throttled", "failed", "dead_lettered"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicated_batch_calls_nothing_twice() {
+    let r = rig(&[]);
+    let ev = batch(&[("/a", 100), ("/b", 200), ("/c", 300)]);
+    // Two copies at once, then a third after both.
+    let (one, two) = tokio::join!(r.worker.handle(ev.clone()), r.worker.handle(ev.clone()));
+    let three = r.worker.handle(ev).await.expect("handled");
+    let mut calls: Vec<String> = r.http.calls().into_iter().map(|c| c.0).collect();
+    calls.sort();
+    assert_eq!(calls, ["/a", "/b", "/c"], "each job called once");
+    let all: Vec<Outcome> = [one, two]
+        .into_iter()
+        .flat_map(|o| outcomes(o.expect("handled")))
+        .collect();
+    let succeeded = all
+        .iter()
+        .filter(|o| matches!(o, Outcome::Succeeded { .. }))
+        .count();
+    let in_progress = all
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Outcome::Duplicate {
+                    in_progress: true,
+                    requeued: true,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!((succeeded, in_progress), (3, 3), "{all:?}");
+    assert!(
+        outcomes(three).iter().all(|o| matches!(
+            o,
+            Outcome::Duplicate {
+                in_progress: false,
+                requeued: false,
+                ..
+            }
+        )),
+        "the later copy finds every job done"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_wakes_late_gives_back_the_late_slots_and_calls_the_others_on_time() {
+    let r = rig(&[]);
+    // Delivered at T0: the first two slots are past their 5 ms tolerance.
+    let ev = batch(&[
+        ("/early", -800),
+        ("/past", -6),
+        ("/edge", -5),
+        ("/later", 250),
+    ]);
+    let out = outcomes(r.worker.handle(ev).await.expect("handled"));
+    assert_eq!(
+        out[0],
+        Outcome::Late {
+            job_id: "m-early".into(),
+            late_by_ms: 800,
+            requeued: true
+        }
+    );
+    assert_eq!(
+        out[1],
+        Outcome::Late {
+            job_id: "m-past".into(),
+            late_by_ms: 6,
+            requeued: true
+        }
+    );
+    assert!(matches!(out[2], Outcome::Succeeded { .. }), "{:?}", out[2]);
+    assert!(matches!(out[3], Outcome::Succeeded { .. }), "{:?}", out[3]);
+    assert_eq!(
+        r.http.calls(),
+        vec![
+            ("/edge".to_string(), T0),
+            ("/later".to_string(), T0.plus(ms(250))),
+        ]
+    );
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 2);
+    assert!(
+        q.iter()
+            .all(|q| q.origin.attempt == 0 && q.delay == Duration::ZERO),
+        "given back untried, at once, attempt kept: {q:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_whose_fate_cannot_be_recorded_fails_the_event_without_losing_the_others() {
+    let r = rig(&MIXED);
+    *r.armed.lock().expect("lock") = true;
+    let ev = batch(&[("/ok", 100), ("/down", 200), ("/gone", 300)]);
+    let e = r.worker.handle(ev.clone()).await.unwrap_err();
+    assert!(
+        matches!(&e, WorkerError::Batch { failed: 1, jobs: 3, job_id, .. } if job_id == "m-down"),
+        "{e:?}"
+    );
+    assert_eq!(e.kind(), "Batch");
+    // The others were carried out to the end.
+    assert!(matches!(
+        r.store.job_status("m-ok"),
+        Some(JobStatus::Done { .. })
+    ));
+    assert_eq!(r.sink.dead_letters().len(), 1);
+    assert_eq!(r.http.calls().len(), 3);
+    // Lambda retries the event a minute later: nothing is called again, the done job is
+    // skipped, and the unrecorded one (and the dead-lettered one) go back untried.
+    *r.armed.lock().expect("lock") = false;
+    r.clock.sleep(Duration::from_secs(60)).await;
+    let out = outcomes(r.worker.handle(ev).await.expect("the retry is recorded"));
+    assert_eq!(r.http.calls().len(), 3, "the retry calls nothing");
+    assert!(
+        matches!(
+            out[0],
+            Outcome::Duplicate {
+                in_progress: false,
+                ..
+            }
+        ),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(out[1], Outcome::Late { requeued: true, .. }),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], Outcome::Late { requeued: true, .. }),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        r.sink.requeues().iter().any(|q| q.body.contains("/down")),
+        "the job whose re-queue failed is on the queue now"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handler_gives_back_the_jobs_of_a_batch_its_remaining_time_cannot_cover() {
+    let r = rig(&[]);
+    // Call budget 12 s + margin 2 s: a deadline 15 s away covers slots up to 1 s ahead.
+    let ev = batch(&[("/a", 100), ("/b", 1_000), ("/c", 1_500), ("/d", 3_000)]);
+    let mut ctx = Context::default();
+    ctx.deadline = T0.plus(ms(15_000)).as_millis();
+    let out = outcomes(
+        handler(&r.worker, LambdaEvent::new(ev, ctx))
+            .await
+            .expect("handled"),
+    );
+    assert!(matches!(out[0], Outcome::Succeeded { .. }), "{:?}", out[0]);
+    assert!(matches!(out[1], Outcome::Succeeded { .. }), "{:?}", out[1]);
+    assert_eq!(
+        out[2],
+        Outcome::OutOfTime {
+            job_id: "m-c".into(),
+            short_by_ms: 500,
+            requeued: true
+        }
+    );
+    assert_eq!(
+        out[3],
+        Outcome::OutOfTime {
+            job_id: "m-d".into(),
+            short_by_ms: 2_000,
+            requeued: true
+        }
+    );
+    assert_eq!(r.http.calls().len(), 2);
+    assert_eq!(
+        r.clock.now(),
+        T0.plus(ms(1_000)),
+        "did not wait for the uncovered slots"
+    );
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 2);
+    assert!(
+        q.iter()
+            .all(|q| q.origin.attempt == 0 && q.delay == Duration::ZERO)
+    );
+    assert_eq!(r.store.job_status("m-c"), None, "never claimed");
+}
