@@ -7,6 +7,8 @@
 //!   quota-enforcing API, the real orchestrator loop and worker logic over loopback HTTP).
 //! - `system`: the composition root: the orchestrator and the worker over shared ports, the
 //!   worker behind an invoker that delivers as Lambda does ([`system::System`]).
+//! - `bench`: `qo bench`, the highest rate one orchestrator paces on the real clock, its CPU
+//!   per dispatch and its peak RSS.
 //! - `cost`: what a deployment would be billed for a local run, from one dated price table.
 //! - `report`: the observer that counts what happened, and the report it makes.
 //! - `args`: parsing of ranges such as `5..50`.
@@ -21,6 +23,7 @@
 //!   (`cargo run --release -p qo --features aws -- status ...`).
 
 mod args;
+pub mod bench;
 pub mod cost;
 pub mod local;
 #[cfg(feature = "aws")]
@@ -50,6 +53,8 @@ pub enum Command {
     Local(local::LocalArgs),
     /// Serve the quota-enforcing API simulator on its own.
     Sim(sim::SimArgs),
+    /// Measure the highest rate one orchestrator paces (in-memory ports, real clock).
+    Bench(bench::BenchArgs),
     /// An operation on a deployed stack or a local endpoint.
     #[cfg(feature = "aws")]
     #[command(flatten)]
@@ -75,6 +80,7 @@ pub async fn run(command: Command) -> CommandResult {
     match command {
         Command::Local(args) => local::run(args).await,
         Command::Sim(args) => sim::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         #[cfg(feature = "aws")]
         Command::Ops(command) => ops::run(command).await,
         #[cfg(not(feature = "aws"))]
