@@ -68,6 +68,9 @@ pub struct BenchArgs {
     /// How long an Invoke call takes before the event is accepted, in milliseconds.
     #[arg(long, default_value_t = 20.0)]
     invoke_latency_ms: f64,
+    /// The orchestrator's `MAX_IN_FLIGHT` (invokes in flight at most); default: its default.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Which adapters: `memory` (the in-memory ports) or `aws` (not built yet).
     #[arg(long, value_enum, default_value = "memory")]
     adapters: Adapters,
@@ -138,6 +141,8 @@ pub struct BenchReport {
     pub invoke_latency_ms: f64,
     /// Seconds per step.
     pub seconds_per_step: f64,
+    /// `--max-in-flight`, when given.
+    pub max_in_flight: Option<usize>,
     /// Each step.
     pub steps: Vec<StepReport>,
     /// The highest rate sustained (pacing error and late share under 1%); `None` if none was.
@@ -203,6 +208,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         adapters: args.adapters,
         invoke_latency_ms: args.invoke_latency_ms,
         seconds_per_step: args.seconds,
+        max_in_flight: args.max_in_flight,
         peak_rss_kib: steps.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
         cpu_us_per_dispatch: per_dispatch_us(cpu_ms, dispatched),
         steps,
@@ -230,6 +236,9 @@ async fn step(rate: u32, args: &BenchArgs) -> Result<StepReport, BenchError> {
     let mut orchestrator = OrchestratorConfig::with_quota(quota);
     orchestrator.stop_margin = Duration::from_millis(500);
     orchestrator.owner = "qo-bench".to_string();
+    if let Some(n) = args.max_in_flight {
+        orchestrator.max_in_flight = n.max(1);
+    }
     let system = System::assemble(Parts {
         clock: clock.clone(),
         queue,
