@@ -35,6 +35,10 @@
 //! re-read, and the job waits untried. Every refusal is a
 //! [`Observation::CredentialRejected`] (the `CredentialRejected` metric an alarm pages on).
 //!
+//! A batch event's jobs are each handled as above, concurrently, each at its own slot and
+//! each fate its own; see [`Worker::handle_until`] for what an unrecorded fate of one of them
+//! does to the event, and for the jobs an invocation's remaining time cannot cover.
+//!
 //! Shared state is written before the job is re-queued, and the claim is dropped before either:
 //! if any of these writes fails the event fails, Lambda retries it, and the retry finds the
 //! claim free (or, if even dropping it failed, held: see [`Outcome::Duplicate`]), so the job is
