@@ -34,7 +34,7 @@ use crate::error::OrchestratorError;
 use crate::slots::SlotLog;
 use crate::step::{
     Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, cap_free_at, group_len,
-    may_join_batch, next_step,
+    is_due, may_join_batch, next_step,
 };
 
 /// Why a run stopped.
@@ -664,15 +664,17 @@ where
 
     /// Hands the first held jobs out at `slots` (the pacer's, in order): grouped into
     /// invocations of up to `batch_max_jobs` ([`group_len`]), each sent now, at its first
-    /// slot's send time; a later invocation of the pass goes only while the invokes in flight
-    /// and the worker concurrency cap allow (the first was checked by the decision).
+    /// slot's send time; a later invocation of the pass goes only at a due slot and while the
+    /// invokes in flight and the worker concurrency cap allow (the first was checked by the
+    /// decision). Slots not sent are not taken: the next pass asks again.
     fn dispatch(&mut self, slots: &[Timestamp], now: Timestamp) {
         let cfg = self.config;
         self.report.dispatch_passes += 1;
         let mut next = 0;
         while next < slots.len() && !self.held.is_empty() {
             if next > 0
-                && (self.in_flight.len() >= cfg.max_in_flight
+                && (!is_due(cfg, slots[next], now)
+                    || self.in_flight.len() >= cfg.max_in_flight
                     || cap_free_at(
                         cfg.worker_concurrency_cap,
                         self.busy_until.iter().copied(),

@@ -221,15 +221,19 @@ pub fn hold_target(pacer: &Pacer, config: &OrchestratorConfig, now: Timestamp) -
     n.max(1)
 }
 
-/// The slots due in this pass from `first` on: `first` (already checked), then the pacer's
-/// next ones (on a copy) while their send time is within [`DISPATCH_TICK`] of `now`, within
-/// the saved horizon, and at most `max` in all.
+/// The slots of this pass from `first` on (already checked): the pacer's next ones (on a
+/// copy), each either due (its send time within [`DISPATCH_TICK`] of `now`) or, with batching,
+/// within `batch_window` of its group's first slot while the group has room (it then rides in
+/// that group's invocation, sent now; the slot itself never moves). All within the saved
+/// horizon, at most `max` in all. Grouping may end a group sooner ([`group_len`]): the loop
+/// then starts the next group only at a due slot.
 fn due_slots(s: &Snapshot<'_>, first: Timestamp, max: usize) -> Vec<Timestamp> {
     let cfg = s.config;
     let mut pacer = s.pacer.clone();
     let horizon = pacer.state().horizon;
-    let by = s.now.plus(DISPATCH_TICK);
-    let mut slots = vec![pacer.take_first_from(first).at()];
+    let first = pacer.take_first_from(first).at();
+    let mut slots = vec![first];
+    let (mut group_first, mut group_len) = (first, 1);
     while slots.len() < max {
         let Some(&last) = slots.last() else { break };
         let next = match pacer.peek(last) {
@@ -237,12 +241,25 @@ fn due_slots(s: &Snapshot<'_>, first: Timestamp, max: usize) -> Vec<Timestamp> {
             Err(NotNow::NotBefore { at, .. }) => at,
             Err(_) => break,
         };
-        if next.minus(cfg.dispatch_lead) > by || horizon.is_some_and(|h| next > h) {
+        if horizon.is_some_and(|h| next > h) {
+            break;
+        }
+        if group_len < cfg.batch_max_jobs && next.since(group_first) <= cfg.batch_window {
+            group_len += 1;
+        } else if is_due(cfg, next, s.now) {
+            (group_first, group_len) = (next, 1);
+        } else {
             break;
         }
         slots.push(pacer.take_first_from(next).at());
     }
     slots
+}
+
+/// Whether a slot's send time has come, within [`DISPATCH_TICK`]: a new invocation starts
+/// only at such a slot.
+pub fn is_due(config: &OrchestratorConfig, slot: Timestamp, now: Timestamp) -> bool {
+    slot.minus(config.dispatch_lead) <= now.plus(DISPATCH_TICK)
 }
 
 /// The next step at `s.now`.
@@ -818,5 +835,31 @@ mod tests {
         assert!(may_join_batch(&o));
         o.function = Some("worker-2".into());
         assert!(!may_join_batch(&o));
+    }
+
+    #[test]
+    fn with_batching_a_pass_takes_the_slots_a_group_can_carry_and_no_more() {
+        let mut w = World::new("20/s");
+        w.config.batch_max_jobs = 10;
+        w.config.batch_window = Duration::from_millis(1_000);
+        let now = at(100);
+        let Step::Dispatch { slots, .. } = next_step(&w.at(now, 50)) else {
+            panic!("a dispatch");
+        };
+        // One group: ten slots, 50 ms apart (the pacer's, not moved), within the window.
+        assert_eq!(slots.len(), 10);
+        let mut pacer = w.pacer.clone();
+        for slot in &slots {
+            assert_eq!(pacer.take_first_from(*slot).at(), *slot);
+        }
+        assert!(slots[9].since(slots[0]) <= w.config.batch_window);
+        // Unbatched, only the due slots: from half a lead ahead (225 ms) to a lead and a tick
+        // (351 ms), 50 ms apart (and the call tolerance's quarter millisecond).
+        w.config.batch_max_jobs = 1;
+        let Step::Dispatch { slots, .. } = next_step(&w.at(now, 50)) else {
+            panic!("a dispatch");
+        };
+        let us = |ms: u64, us: u64| at(ms).plus(Duration::from_micros(us));
+        assert_eq!(slots, vec![at(225), us(275, 250), us(325, 500)]);
     }
 }
