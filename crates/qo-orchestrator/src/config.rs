@@ -266,16 +266,17 @@ impl FinishBudget {
             .saturating_add(self.invoke_retry_wait.saturating_mul(self.invoke_retries))
     }
 
-    /// SQS batch calls at the stop: deletes of up to `MAX_IN_FLIGHT` x `BATCH_MAX_JOBS`
-    /// dispatched messages plus the up to 9 already waiting for a full batch, and the release
-    /// of up to `MAX_HELD`.
+    /// SQS batch calls at the stop, in one call's time each: deletes of up to `MAX_IN_FLIGHT`
+    /// x `BATCH_MAX_JOBS` dispatched messages plus the up to 9 already waiting for a full batch
+    /// (counted one after the other, as the invokes answer), and the release of up to
+    /// `MAX_HELD`, whose batches of 10 go at once: one call's time.
     pub fn batches(&self) -> u32 {
         let deletes = self
             .max_in_flight
             .saturating_mul(self.batch_max_jobs.max(1))
             .saturating_add(9)
             .div_ceil(10);
-        let releases = self.max_held.div_ceil(10);
+        let releases = usize::from(self.max_held > 0);
         u32::try_from(deletes + releases).unwrap_or(u32::MAX)
     }
 
@@ -438,6 +439,19 @@ mod tests {
         assert_eq!(small.batches(), 4);
         assert_eq!(small.total(), Duration::from_millis(19_500));
         assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(20)));
+        // MAX_HELD's default (100): its release goes in one round of concurrent calls, so the
+        // default finish stays 344 s (the template's OrchestratorTimeout allows 400 s).
+        let held = FinishBudget {
+            max_held: DEFAULT_MAX_HELD,
+            ..b
+        };
+        assert_eq!(held.total(), Duration::from_secs(344));
+        // Batches of 10 jobs: each invoke in flight has 10 messages to delete.
+        let batched = FinishBudget {
+            batch_max_jobs: 10,
+            ..b
+        };
+        assert_eq!(batched.batches(), (640 + 9_usize).div_ceil(10) as u32 + 1);
     }
 
     #[test]

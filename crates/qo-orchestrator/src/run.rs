@@ -1108,8 +1108,10 @@ where
         Ok(())
     }
 
-    /// One pass of a batch call over `messages`, ten at a time: the entries the queue
-    /// refused. A failure of a whole call is an error.
+    /// One pass of a batch call over `messages`, ten at a time, the calls made concurrently
+    /// (a release of `MAX_HELD` messages at the stop takes one call's time: see
+    /// [`crate::config::FinishBudget::batches`]): the entries the queue refused. A failure of a
+    /// whole call is an error.
     async fn settle_once(
         &self,
         call: BatchCall,
@@ -1117,11 +1119,16 @@ where
     ) -> Result<Refused, OrchestratorError> {
         let queue = self.ports.queue;
         let mut out = Refused::default();
-        for chunk in messages.chunks(sqs::MAX_BATCH) {
-            let result = match call {
-                BatchCall::Delete => queue.delete(chunk).await,
-                BatchCall::Release(after) => queue.release(chunk, after).await,
-            };
+        let results =
+            futures::future::join_all(messages.chunks(sqs::MAX_BATCH).map(|chunk| async move {
+                let result = match call {
+                    BatchCall::Delete => queue.delete(chunk).await,
+                    BatchCall::Release(after) => queue.release(chunk, after).await,
+                };
+                (chunk, result)
+            }))
+            .await;
+        for (chunk, result) in results {
             match result {
                 Ok(()) => {}
                 Err(e @ QueueError::Partial { .. }) => {
