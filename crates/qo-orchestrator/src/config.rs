@@ -60,6 +60,15 @@ pub struct OrchestratorConfig {
     /// The longest a run spends on a pass before it dispatches (SWEEP_RUN_S, 60); the pass
     /// goes on in the next run.
     pub sweep_run: Duration,
+    /// Received messages held undispatched at most (MAX_HELD, default [`DEFAULT_MAX_HELD`]):
+    /// several receives of 10, so that a pass can dispatch every slot due and batches can fill.
+    /// What is received is still bounded by what the pace dispatches within `hold_horizon`.
+    pub max_held: usize,
+    /// Jobs in one worker invocation at most (BATCH_MAX_JOBS, default 1: one job per invoke).
+    pub batch_max_jobs: usize,
+    /// A batch takes jobs whose slots fall within this long of its first slot (BATCH_WINDOW_MS,
+    /// default 1000). No slot is delayed to fill a batch.
+    pub batch_window: Duration,
     /// This orchestrator's name in the lease.
     pub owner: String,
 }
@@ -86,6 +95,9 @@ impl OrchestratorConfig {
             retention: QueueAttributes::TEMPLATE.retention,
             sweep_interval: Some(QueueAttributes::TEMPLATE.retention / 2),
             sweep_run: DEFAULT_SWEEP_RUN,
+            max_held: DEFAULT_MAX_HELD,
+            batch_max_jobs: 1,
+            batch_window: Duration::from_secs(1),
             owner: "orchestrator".to_string(),
         }
     }
@@ -169,7 +181,12 @@ impl OrchestratorConfig {
             });
         }
         let cap: usize = env.parsed("WORKER_CONCURRENCY_CAP", 0)?;
+        let max_held = at_least_one(env, "MAX_HELD", d.max_held)?;
+        let batch_max_jobs = at_least_one(env, "BATCH_MAX_JOBS", d.batch_max_jobs)?;
         Ok(OrchestratorConfig {
+            max_held,
+            batch_max_jobs,
+            batch_window: env.millis("BATCH_WINDOW_MS", d.batch_window)?,
             pacing,
             worker_concurrency_cap: (cap > 0).then_some(cap),
             worker_busy: env.millis("WORKER_BUSY_MS", d.worker_busy)?,
@@ -198,8 +215,23 @@ pub use qo_core::config::circuit_policy;
 /// `SWEEP_RUN_S`'s default: a minute of each run, at most, on a sweep pass.
 pub const DEFAULT_SWEEP_RUN: Duration = Duration::from_secs(60);
 
-/// The most messages the loop holds undispatched at once: one receive (SQS's 10).
-pub const MAX_HELD: usize = 10;
+/// `MAX_HELD`'s default: ten receives of 10. At 1000/s a dispatch lead (250 ms) holds 250
+/// slots; a hundred held keep every pass supplied while the next receive is under way, and the
+/// hold horizon still bounds what a slower pace receives.
+pub const DEFAULT_MAX_HELD: usize = 100;
+
+/// A count setting that must be at least 1: `name`, or `default` when unset.
+fn at_least_one(env: &impl Env, name: &str, default: usize) -> Result<usize, ConfigError> {
+    let n: usize = env.parsed(name, default)?;
+    if n == 0 {
+        return Err(ConfigError::Invalid {
+            name: name.into(),
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(n)
+}
 
 /// What the orchestrator's finish may take at worst (seed 003), from its settings. At its stop
 /// the loop waits for the invokes in flight, deletes what they dispatched and releases what it
@@ -217,8 +249,12 @@ pub struct FinishBudget {
     /// The longest wait before an Invoke retry (the back-off's ceiling, or the largest
     /// `retryAfterSeconds` waited out).
     pub invoke_retry_wait: Duration,
-    /// `MAX_IN_FLIGHT`: invokes that may be in flight, each a message to delete.
+    /// `MAX_IN_FLIGHT`: invokes that may be in flight.
     pub max_in_flight: usize,
+    /// `BATCH_MAX_JOBS`: messages to delete per invoke in flight.
+    pub batch_max_jobs: usize,
+    /// `MAX_HELD`: messages held undispatched, released at the stop.
+    pub max_held: usize,
 }
 
 impl FinishBudget {
@@ -230,11 +266,17 @@ impl FinishBudget {
             .saturating_add(self.invoke_retry_wait.saturating_mul(self.invoke_retries))
     }
 
-    /// SQS batch calls at the stop: deletes of up to `MAX_IN_FLIGHT` dispatched messages plus
-    /// the up to 9 already waiting for a full batch, and the release of up to [`MAX_HELD`].
+    /// SQS batch calls at the stop, in one call's time each: deletes of up to `MAX_IN_FLIGHT`
+    /// x `BATCH_MAX_JOBS` dispatched messages plus the up to 9 already waiting for a full batch
+    /// (counted one after the other, as the invokes answer), and the release of up to
+    /// `MAX_HELD`, whose batches of 10 go at once: one call's time.
     pub fn batches(&self) -> u32 {
-        let deletes = self.max_in_flight.saturating_add(9).div_ceil(10);
-        let releases = MAX_HELD.div_ceil(10);
+        let deletes = self
+            .max_in_flight
+            .saturating_mul(self.batch_max_jobs.max(1))
+            .saturating_add(9)
+            .div_ceil(10);
+        let releases = usize::from(self.max_held > 0);
         u32::try_from(deletes + releases).unwrap_or(u32::MAX)
     }
 
@@ -259,7 +301,7 @@ impl FinishBudget {
     .stop_margin.as_secs(), .budget.total().as_secs_f64(), .budget.invoke_retries,
     .budget.invoke_attempt.as_millis(), .budget.invoke_retries,
     .budget.invoke_retry_wait.as_secs_f64(), .budget.invokes().as_secs_f64(),
-    .budget.batches(), .budget.max_in_flight, MAX_HELD, .budget.batches() + 2,
+    .budget.batches(), .budget.max_in_flight, .budget.max_held, .budget.batches() + 2,
     .budget.sdk_call.as_secs_f64()
 )]
 pub struct StopMarginError {
@@ -353,6 +395,8 @@ mod tests {
             invoke_retries: 4,
             invoke_retry_wait: Duration::from_secs(10),
             max_in_flight: 64,
+            batch_max_jobs: 1,
+            max_held: 10,
         }
     }
 
@@ -389,10 +433,25 @@ mod tests {
             invoke_retries: 0,
             invoke_retry_wait: Duration::from_secs(10),
             max_in_flight: 16,
+            batch_max_jobs: 1,
+            max_held: 10,
         };
         assert_eq!(small.batches(), 4);
         assert_eq!(small.total(), Duration::from_millis(19_500));
         assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(20)));
+        // MAX_HELD's default (100): its release goes in one round of concurrent calls, so the
+        // default finish stays 344 s (the template's OrchestratorTimeout allows 400 s).
+        let held = FinishBudget {
+            max_held: DEFAULT_MAX_HELD,
+            ..b
+        };
+        assert_eq!(held.total(), Duration::from_secs(344));
+        // Batches of 10 jobs: each invoke in flight has 10 messages to delete.
+        let batched = FinishBudget {
+            batch_max_jobs: 10,
+            ..b
+        };
+        assert_eq!(batched.batches(), (640 + 9_usize).div_ceil(10) as u32 + 1);
     }
 
     #[test]
@@ -438,6 +497,33 @@ mod tests {
             "https://sqs.eu-west-1.amazonaws.com/123456789012/jobs",
         )]))
         .expect("a standard queue is fine");
+    }
+
+    #[test]
+    fn held_and_batch_settings_are_read_and_checked() {
+        let c = OrchestratorConfig::from_env(&env(&[])).expect("defaults");
+        assert_eq!(
+            (c.max_held, c.batch_max_jobs, c.batch_window),
+            (DEFAULT_MAX_HELD, 1, Duration::from_secs(1))
+        );
+        let c = OrchestratorConfig::from_env(&env(&[
+            ("MAX_HELD", "40"),
+            ("BATCH_MAX_JOBS", "10"),
+            ("BATCH_WINDOW_MS", "500"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (c.max_held, c.batch_max_jobs, c.batch_window),
+            (40, 10, Duration::from_millis(500))
+        );
+        for name in ["MAX_HELD", "BATCH_MAX_JOBS"] {
+            for bad in ["0", "many"] {
+                let e = OrchestratorConfig::from_env(&env(&[(name, bad)])).unwrap_err();
+                assert!(e.to_string().contains(name), "{e}");
+            }
+        }
+        let e = OrchestratorConfig::from_env(&env(&[("BATCH_WINDOW_MS", "-1")])).unwrap_err();
+        assert!(e.to_string().contains("BATCH_WINDOW_MS"), "{e}");
     }
 
     #[test]

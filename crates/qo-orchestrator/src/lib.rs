@@ -27,4 +27,4 @@ pub use error::OrchestratorError;
 pub use handler::{
     CONTINUATION_SOURCE, OrchestratorEvent, OrchestratorResponse, continuation_event, handle,
 };
-pub use run::{Ports, RunReport, StopReason, run};
+pub use run::{Ports, RunReport, StopReason, WaitTally, Waits, run};

@@ -25,14 +25,17 @@ use qo_core::ports::{
 use qo_core::quota::{Reaction, TierId, Utilization, UtilizationMeter};
 use qo_core::sqs;
 use qo_core::{
-    Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer, Pacer,
-    QuotaState, Timestamp, WorkerEvent,
+    BatchEvent, Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer,
+    Pacer, QuotaState, Timestamp, WorkerEvent,
 };
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
 use crate::slots::SlotLog;
-use crate::step::{Snapshot, Step, Timers, cap_free_at, idle_long_enough, next_step};
+use crate::step::{
+    Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, cap_free_at, group_len,
+    is_due, may_join_batch, next_step,
+};
 
 /// Why a run stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +106,49 @@ pub struct RunReport {
     /// This run's part of a retention sweep pass ([`crate::sweep`]); `None` when none was due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<crate::sweep::SweepReport>,
+    /// Worker invocations sent (a batch of jobs is one; `dispatched` counts the jobs).
+    #[serde(default)]
+    pub invocations: u64,
+    /// Dispatch passes: each hands out every slot due before the next tick, in one or more
+    /// invocations (`invocations / dispatch_passes` invokes per pass).
+    #[serde(default)]
+    pub dispatch_passes: u64,
+    /// Why dispatch waited: what bounds the rate.
+    #[serde(default)]
+    pub waits: Waits,
+}
+
+/// How often, and how long, the loop waited for each reason ([`WaitReason`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waits {
+    /// For the next slot's send time: the pace itself.
+    pub slot: WaitTally,
+    /// For an invoke in flight to answer (`MAX_IN_FLIGHT` reached).
+    pub in_flight: WaitTally,
+    /// For the worker concurrency cap.
+    pub worker_cap: WaitTally,
+    /// With nothing held: for a receive.
+    pub receive: WaitTally,
+}
+
+/// Waits of one reason: how many, and their time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitTally {
+    /// Waits.
+    pub count: u64,
+    /// Their total time, milliseconds.
+    pub ms: u64,
+}
+
+impl Waits {
+    fn tally(&mut self, why: WaitReason) -> &mut WaitTally {
+        match why {
+            WaitReason::Slot => &mut self.slot,
+            WaitReason::InFlight => &mut self.in_flight,
+            WaitReason::WorkerCap => &mut self.worker_cap,
+            WaitReason::Receive => &mut self.receive,
+        }
+    }
 }
 
 impl RunReport {
@@ -123,6 +169,9 @@ impl RunReport {
             pace_decreases: 0,
             pace_per_s: None,
             sweep: None,
+            invocations: 0,
+            dispatch_passes: 0,
+            waits: Waits::default(),
         }
     }
 }
@@ -168,8 +217,20 @@ enum BatchCall {
     Release(Duration),
 }
 
-type InFlight<'a> =
-    Pin<Box<dyn Future<Output = (Message, Result<(), qo_core::ports::InvokeError>)> + Send + 'a>>;
+/// What an invoke in flight ends with: its messages (one per job) and the invoke's result.
+type Done = (Vec<Message>, Result<(), qo_core::ports::InvokeError>);
+
+type InFlight<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
+
+/// A receive under way.
+type Receiving<'a> = Pin<Box<dyn Future<Output = Result<Vec<Message>, QueueError>> + Send + 'a>>;
+
+/// What woke a wait.
+enum Woke {
+    Timer,
+    Invoke(Done),
+    Received(Result<Vec<Message>, QueueError>),
+}
 
 /// One run's state: what the decision ([`next_step`]) reads and the effects change.
 struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
@@ -189,12 +250,16 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     control: Control,
     /// This run's lease: renewed at refreshes; losing it stops the run.
     lease: Lease,
-    /// Received messages waiting for their slot, oldest first (at most a batch: receiving
-    /// more would hold messages invisible for nothing and count receives toward the redrive
-    /// policy).
+    /// Received messages waiting for their slot, oldest first (at most `max_held`, and what
+    /// the pace dispatches within the hold horizon: receiving more would hold messages
+    /// invisible for nothing and count receives toward the redrive policy).
     held: VecDeque<Held>,
     /// Invokes not yet answered: a message is deleted only once its invoke was accepted.
     in_flight: FuturesUnordered<InFlight<'a>>,
+    /// The receive under way, polled alongside the invokes: dispatch never waits on it.
+    receiving: Option<Receiving<'a>>,
+    /// The last receive brought nothing.
+    receive_empty: bool,
     /// When each dispatched worker event stops counting against the concurrency cap (its slot
     /// plus `worker_busy`), oldest first.
     busy_until: VecDeque<Timestamp>,
@@ -347,6 +412,8 @@ where
             lease,
             held: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
+            receiving: None,
+            receive_empty: false,
             busy_until: VecDeque::new(),
             to_delete: Vec::new(),
             meter: UtilizationMeter::new(),
@@ -385,25 +452,6 @@ where
             self.pacer.start_ramp(since);
         }
         self.circuit = circuit;
-    }
-
-    /// Messages to fetch at once: the slots the pacer would hand out within the hold horizon
-    /// (1 to 10), counted on a copy of the pacer, so that every constraint (spread budgets,
-    /// slow start, back-off, exhausted tiers) sizes the batch, not only the nominal rate.
-    fn batch_size(&self, now: Timestamp) -> u8 {
-        let horizon = now.plus(self.config.dispatch_lead + self.config.hold_horizon);
-        let mut pacer = self.pacer.clone();
-        let mut t = now.plus(self.config.dispatch_lead / 2);
-        let mut n = 0u8;
-        while usize::from(n) < sqs::MAX_BATCH {
-            let slot = pacer.take_first_from(t).at();
-            if slot > horizon {
-                break;
-            }
-            n += 1;
-            t = slot;
-        }
-        n.max(1)
     }
 
     /// When the first held message's visibility needs extending.
@@ -455,6 +503,8 @@ where
                 now,
             ),
             in_flight: self.in_flight.len(),
+            receiving: self.receiving.is_some(),
+            receive_empty: self.receive_empty,
         }
     }
 
@@ -474,20 +524,28 @@ where
             Step::Persist => self.save(now).await?,
             Step::Standby { probe_now, wake } => self.stand_by(now, probe_now, wake).await?,
             Step::Exhausted { until, tier } => return self.stop_exhausted(until, tier).await,
-            Step::Wait { until, uncounted } => {
+            Step::Wait {
+                until,
+                uncounted,
+                why,
+            } => {
                 self.close_meter_if(uncounted);
                 self.wait_until(until).await?;
+                let waited = self.now().since(now).as_millis() as u64;
+                let tally = self.report.waits.tally(why);
+                tally.count += 1;
+                tally.ms += waited;
             }
-            Step::Receive { wait } => return self.receive(wait).await,
+            Step::Receive { wait, max } => self.start_receive(wait, max),
             Step::ExtendVisibility => self.extend_held(now).await?,
             Step::SaveFirst { uncounted } => {
                 // No slot beyond the saved horizon is handed out: save on the next pass.
                 self.close_meter_if(uncounted);
                 self.timers.next_persist = now;
             }
-            Step::Dispatch { slot, uncounted } => {
+            Step::Dispatch { slots, uncounted } => {
                 self.close_meter_if(uncounted);
-                self.dispatch(slot, now);
+                self.dispatch(&slots, now);
             }
         }
         Ok(None)
@@ -551,37 +609,35 @@ where
         Ok(Some(StopReason::Exhausted { until }))
     }
 
-    /// Long-polls for at most `wait`: what comes is held; nothing means the backlog is gone
-    /// (the time until the next job is not counted), and past the idle time the run stops.
-    async fn receive(&mut self, wait: Duration) -> Result<Option<StopReason>, OrchestratorError> {
-        let messages = self.receive_while_invoking(wait).await?;
+    /// Starts a long poll for at most `wait` and `max` messages. It runs alongside dispatch
+    /// (a future that is not polled sends nothing: the waits poll it with the invokes); its
+    /// answer is handled by [`Self::received`].
+    fn start_receive(&mut self, wait: Duration, max: u8) {
+        let queue = self.ports.queue;
+        self.receiving = Some(queue.receive(max, wait));
+    }
+
+    /// A receive's answer: what comes is held; nothing means the backlog is gone (with nothing
+    /// held, the time until the next job is not counted; the idle exit may apply).
+    async fn received(
+        &mut self,
+        result: Result<Vec<Message>, QueueError>,
+    ) -> Result<(), OrchestratorError> {
+        let messages = result?;
         if messages.is_empty() {
-            self.meter.close();
-            self.poll_completions().await?;
-            let (in_flight, idle_since) = (self.in_flight.len(), self.timers.idle_since);
-            if idle_long_enough(self.config, in_flight, idle_since, self.now()) {
-                return Ok(Some(StopReason::Idle));
+            self.receive_empty = true;
+            if self.held.is_empty() {
+                self.meter.close();
             }
-            return Ok(None);
+            return Ok(());
         }
+        self.receive_empty = false;
         self.timers.idle_since = self.now();
         self.accept(messages).await?;
         self.ports.observer.observe(Observation::Backlog {
             held: self.held.len(),
         });
-        Ok(None)
-    }
-
-    /// Long-polls the queue while the invokes in flight keep going: a future that is not
-    /// polled sends nothing, and a job dispatched just before an empty poll would otherwise
-    /// reach the worker after its slot.
-    async fn receive_while_invoking(
-        &mut self,
-        wait: Duration,
-    ) -> Result<Vec<Message>, OrchestratorError> {
-        let queue = self.ports.queue;
-        let receive = queue.receive(self.batch_size(self.now()), wait);
-        Ok(self.while_invoking(receive).await??)
+        Ok(())
     }
 
     /// Awaits `work` (a queue or store call that does not borrow the loop) while the invokes
@@ -606,42 +662,111 @@ where
         Ok(out)
     }
 
-    fn dispatch(&mut self, slot: Timestamp, now: Timestamp) {
-        let Some(Held { message, job, .. }) = self.held.pop_front() else {
+    /// Hands the first held jobs out at `slots` (the pacer's, in order): grouped into
+    /// invocations of up to `batch_max_jobs` ([`group_len`]), each sent now, at its first
+    /// slot's send time; a later invocation of the pass goes only at a due slot and while the
+    /// invokes in flight and the worker concurrency cap allow (the first was checked by the
+    /// decision). Slots not sent are not taken: the next pass asks again.
+    fn dispatch(&mut self, slots: &[Timestamp], now: Timestamp) {
+        let cfg = self.config;
+        self.report.dispatch_passes += 1;
+        let mut next = 0;
+        while next < slots.len() && !self.held.is_empty() {
+            if next > 0
+                && (!is_due(cfg, slots[next], now)
+                    || self.in_flight.len() >= cfg.max_in_flight
+                    || cap_free_at(
+                        cfg.worker_concurrency_cap,
+                        self.busy_until.iter().copied(),
+                        now,
+                    )
+                    .is_some())
+            {
+                break;
+            }
+            let rest = &slots[next..];
+            let look = rest.len().min(cfg.batch_max_jobs).min(self.held.len());
+            let mut events: Vec<JobEvent> = self
+                .held
+                .iter()
+                .zip(rest)
+                .take(look)
+                .map(|(h, slot)| JobEvent {
+                    job: h.job.clone(),
+                    origin: h.message.origin.clone(),
+                    slot_at: *slot,
+                    epoch: self.circuit.epoch,
+                    dispatched_at: now,
+                })
+                .collect();
+            let n = if look > 1 {
+                let candidates: Vec<Candidate> = events
+                    .iter()
+                    .map(|e| Candidate {
+                        slot: e.slot_at,
+                        size: serde_json::to_vec(e).map_or(MAX_INVOKE_PAYLOAD, |v| v.len()),
+                        may_join: may_join_batch(&e.origin),
+                    })
+                    .collect();
+                group_len(&candidates, cfg.batch_max_jobs, cfg.batch_window).max(1)
+            } else {
+                1
+            };
+            events.truncate(n);
+            let messages: Vec<Message> = self.held.drain(..n).map(|h| h.message).collect();
+            next += n;
+            self.send(events, messages, now);
+        }
+    }
+
+    /// Records `events`' slots and sends them in one invocation (a single job as a job event).
+    fn send(&mut self, mut events: Vec<JobEvent>, messages: Vec<Message>, now: Timestamp) {
+        let rate = self.pacer.spec().pacing_rate_per_s();
+        for e in &mut events {
+            // The slots are the pacer's answers on this same state, taken in order: each
+            // conforms and is the first conforming slot from itself.
+            let slot = self.pacer.take_first_from(e.slot_at).at();
+            debug_assert_eq!(slot, e.slot_at, "the decision's slot");
+            e.slot_at = slot;
+            self.slots.push(slot);
+            self.meter.record(slot, rate);
+            self.ports.observer.observe(Observation::Dispatched {
+                message_id: e.origin.message_id.clone(),
+                slot,
+            });
+        }
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
-        // `slot` is the pacer's answer on this same state (nothing recorded since), so it
-        // conforms and is the first conforming slot from itself: taken as it is.
-        let slot = self.pacer.take_first_from(slot).at();
-        self.slots.push(slot);
+        let (first_slot, last_slot) = (first.slot_at, last.slot_at);
+        let span = info_span!(
+            "dispatch",
+            message_id = %first.origin.message_id,
+            slot = %first_slot,
+            jobs = events.len()
+        );
         if self.config.worker_concurrency_cap.is_some() {
-            // Events that stopped counting against the cap are forgotten.
-            while self.busy_until.front().is_some_and(|t| *t <= now) {
-                self.busy_until.pop_front();
-            }
+            // One event per invocation, busy until its last slot; those that stopped counting
+            // against the cap are forgotten.
+            self.busy_until.retain(|t| *t > now);
             self.busy_until
-                .push_back(slot.plus(self.config.worker_busy));
+                .push_back(last_slot.plus(self.config.worker_busy));
         }
-        self.meter
-            .record(slot, self.pacer.spec().pacing_rate_per_s());
-        let event = WorkerEvent::Job(JobEvent {
-            job,
-            origin: message.origin.clone(),
-            slot_at: slot,
-            epoch: self.circuit.epoch,
-            dispatched_at: now,
-        });
-        self.report.dispatched += 1;
-        self.ports.observer.observe(Observation::Dispatched {
-            message_id: message.origin.message_id.clone(),
-            slot,
-        });
+        self.report.dispatched += events.len() as u64;
+        self.report.invocations += 1;
+        let event = if events.len() == 1 {
+            match events.pop() {
+                Some(job) => WorkerEvent::Job(job),
+                None => return,
+            }
+        } else {
+            WorkerEvent::Batch(BatchEvent { jobs: events })
+        };
         let invoker = self.ports.invoker;
-        let span = info_span!("dispatch", message_id = %message.origin.message_id, slot = %slot);
         self.in_flight.push(Box::pin(
             async move {
                 let result = invoker.invoke(&event).await;
-                (message, result)
+                (messages, result)
             }
             .instrument(span),
         ));
@@ -789,8 +914,16 @@ where
         Ok(())
     }
 
-    /// Handles finished invokes without waiting.
+    /// Handles finished invokes, and the receive if it answered, without waiting.
     async fn poll_completions(&mut self) -> Result<(), OrchestratorError> {
+        if let Some(r) = self
+            .receiving
+            .as_mut()
+            .and_then(futures::FutureExt::now_or_never)
+        {
+            self.receiving = None;
+            self.received(r).await?;
+        }
         loop {
             let next = futures::FutureExt::now_or_never(self.in_flight.next());
             match next {
@@ -800,44 +933,60 @@ where
         }
     }
 
-    /// Waits until `t`, handling invokes that finish meanwhile.
+    /// Waits until `t`, or until an invoke in flight or the receive under way answers (then
+    /// handled): the loop decides again at once.
     async fn wait_until(&mut self, t: Timestamp) -> Result<(), OrchestratorError> {
-        loop {
-            if self.in_flight.is_empty() {
-                self.ports.clock.sleep_until(t).await;
-                return Ok(());
+        let woke = {
+            let clock = self.ports.clock;
+            let in_flight = &mut self.in_flight;
+            let receiving = &mut self.receiving;
+            let has_invokes = !in_flight.is_empty();
+            let has_receive = receiving.is_some();
+            tokio::select! {
+                _ = clock.sleep_until(t) => Woke::Timer,
+                Some(done) = in_flight.next(), if has_invokes => Woke::Invoke(done),
+                r = async {
+                    match receiving.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if has_receive => Woke::Received(r),
             }
-            let done = tokio::select! {
-                _ = self.ports.clock.sleep_until(t) => None,
-                Some(done) = self.in_flight.next() => Some(done),
-            };
-            match done {
-                Some(done) => self.complete(done).await?,
-                None => return Ok(()),
+        };
+        match woke {
+            Woke::Timer => Ok(()),
+            Woke::Invoke(done) => self.complete(done).await,
+            Woke::Received(r) => {
+                self.receiving = None;
+                self.received(r).await
             }
         }
     }
 
-    async fn complete(
-        &mut self,
-        (message, result): (Message, Result<(), qo_core::ports::InvokeError>),
-    ) -> Result<(), OrchestratorError> {
+    async fn complete(&mut self, (messages, result): Done) -> Result<(), OrchestratorError> {
         match result {
             Ok(()) => {
-                self.to_delete.push(message);
+                self.to_delete.extend(messages);
                 if self.to_delete.len() >= 10 {
                     self.flush_deletes().await?;
                 }
             }
             Err(e) => {
-                warn!(message_id = %message.origin.message_id, error = %e, "invoke failed; job released");
+                warn!(
+                    jobs = messages.len(),
+                    message_id = %messages.first().map_or("", |m| m.origin.message_id.as_str()),
+                    error = %e,
+                    "invoke failed; its jobs released"
+                );
                 self.report.invoke_failures += 1;
-                self.ports.observer.observe(Observation::InvokeFailed {
-                    message_id: message.origin.message_id.clone(),
-                    reason: e.to_string(),
-                });
+                for m in &messages {
+                    self.ports.observer.observe(Observation::InvokeFailed {
+                        message_id: m.origin.message_id.clone(),
+                        reason: e.to_string(),
+                    });
+                }
                 let delay = e.retry_after().unwrap_or(Duration::ZERO);
-                self.give_back(vec![message], delay).await?;
+                self.give_back(messages, delay).await?;
             }
         }
         Ok(())
@@ -959,8 +1108,10 @@ where
         Ok(())
     }
 
-    /// One pass of a batch call over `messages`, ten at a time: the entries the queue
-    /// refused. A failure of a whole call is an error.
+    /// One pass of a batch call over `messages`, ten at a time, the calls made concurrently
+    /// (a release of `MAX_HELD` messages at the stop takes one call's time: see
+    /// [`crate::config::FinishBudget::batches`]): the entries the queue refused. A failure of a
+    /// whole call is an error.
     async fn settle_once(
         &self,
         call: BatchCall,
@@ -968,11 +1119,16 @@ where
     ) -> Result<Refused, OrchestratorError> {
         let queue = self.ports.queue;
         let mut out = Refused::default();
-        for chunk in messages.chunks(sqs::MAX_BATCH) {
-            let result = match call {
-                BatchCall::Delete => queue.delete(chunk).await,
-                BatchCall::Release(after) => queue.release(chunk, after).await,
-            };
+        let results =
+            futures::future::join_all(messages.chunks(sqs::MAX_BATCH).map(|chunk| async move {
+                let result = match call {
+                    BatchCall::Delete => queue.delete(chunk).await,
+                    BatchCall::Release(after) => queue.release(chunk, after).await,
+                };
+                (chunk, result)
+            }))
+            .await;
+        for (chunk, result) in results {
             match result {
                 Ok(()) => {}
                 Err(e @ QueueError::Partial { .. }) => {
@@ -1125,6 +1281,12 @@ where
     /// Hands everything back: waits for invokes in flight, deletes what was dispatched,
     /// releases what was not, saves usage with no horizon (a clean stop), gives up the lease.
     async fn finish(&mut self, stop: Option<StopReason>) -> Result<(), OrchestratorError> {
+        // A receive under way is awaited (at most its long poll): what it brings is released
+        // below rather than left invisible.
+        if let Some(receiving) = self.receiving.take() {
+            let r = self.while_invoking(receiving).await?;
+            self.received(r).await?;
+        }
         while let Some(done) = self.in_flight.next().await {
             self.complete(done).await?;
         }

@@ -69,6 +69,23 @@ pub struct Snapshot<'a> {
     pub worker_free_at: Option<Timestamp>,
     /// Invokes not yet answered.
     pub in_flight: usize,
+    /// A receive is under way (it runs alongside dispatch; its answer wakes the loop).
+    pub receiving: bool,
+    /// The last receive brought nothing (the backlog is gone): the idle exit may apply.
+    pub receive_empty: bool,
+}
+
+/// Why the loop waited instead of dispatching (counted in [`crate::RunReport`]'s `waits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// For the next slot's send time (the pace, a back-off, a used-up budget).
+    Slot,
+    /// For an invoke in flight to answer (`MAX_IN_FLIGHT` reached).
+    InFlight,
+    /// For a worker event to stop counting against the concurrency cap.
+    WorkerCap,
+    /// With nothing held: for a receive to answer, or until the next receive is due.
+    Receive,
 }
 
 /// The next thing the loop does.
@@ -95,17 +112,23 @@ pub enum Step {
         /// The tier used up.
         tier: TierId,
     },
-    /// Wait until `until` (invokes in flight keep going).
+    /// Wait until `until`, or until an invoke or the receive under way answers (invokes in
+    /// flight keep going).
     Wait {
         /// Until when.
         until: Timestamp,
         /// The wait is a back-off or a used-up budget, not counted against utilization.
         uncounted: bool,
+        /// What the loop waits for.
+        why: WaitReason,
     },
-    /// Long-poll the queue for at most `wait`.
+    /// Start a long poll of the queue for at most `wait` and `max` messages; it runs in the
+    /// background while the loop dispatches.
     Receive {
         /// The longest wait.
         wait: Duration,
+        /// Messages to ask for (1 to 10).
+        max: u8,
     },
     /// Extend the visibility of what is held before it runs out.
     ExtendVisibility,
@@ -114,13 +137,129 @@ pub enum Step {
         /// As in [`Step::Wait`].
         uncounted: bool,
     },
-    /// Hand the first held job to the worker for `slot`.
+    /// Hand the first held jobs to the worker, one per slot: every slot whose send time comes
+    /// before the next tick (the pacer's slots, in order; at most one per held job).
     Dispatch {
-        /// The call's slot.
-        slot: Timestamp,
+        /// The calls' slots, ascending.
+        slots: Vec<Timestamp>,
         /// As in [`Step::Wait`].
         uncounted: bool,
     },
+}
+
+/// A slot is dispatched in this pass when its send time comes within this of now: the timer's
+/// grain, so that a pass takes every slot the next wake would.
+pub const DISPATCH_TICK: Duration = Duration::from_millis(1);
+
+/// The largest payload of an asynchronous Lambda invoke this loop sends: Lambda's 256 KB
+/// limit for the `Event` invocation type. A batch stops before its JSON would pass it.
+pub const MAX_INVOKE_PAYLOAD: usize = 256 * 1024;
+
+/// What a batch's JSON adds around its jobs' events: `{"kind":"batch","jobs":[...]}`.
+const BATCH_ENVELOPE: usize = 32;
+
+/// One held job as the grouping sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its slot.
+    pub slot: Timestamp,
+    /// Its event's serialized size, bytes.
+    pub size: usize,
+    /// Whether it may share an invocation ([`may_join_batch`]).
+    pub may_join: bool,
+}
+
+/// Whether a job may share a worker invocation with others: not one that a pool function
+/// already tried (`origin.function` set), which goes on its own so that the pool can route it.
+pub fn may_join_batch(origin: &qo_core::Origin) -> bool {
+    origin.function.is_none()
+}
+
+/// How many of `candidates` (in slot order) go in the invocation of the first: the following
+/// ones while each may join, its slot lies within `window` of the first's, the group stays at
+/// most `max_jobs` and its JSON under [`MAX_INVOKE_PAYLOAD`]. At least 1 (when any).
+pub fn group_len(candidates: &[Candidate], max_jobs: usize, window: Duration) -> usize {
+    let Some(first) = candidates.first() else {
+        return 0;
+    };
+    if !first.may_join {
+        return 1;
+    }
+    let mut size = BATCH_ENVELOPE + first.size;
+    let mut n = 1;
+    for c in &candidates[1..] {
+        if n >= max_jobs || !c.may_join || c.slot.since(first.slot) > window {
+            break;
+        }
+        // One comma between events.
+        if size + 1 + c.size > MAX_INVOKE_PAYLOAD {
+            break;
+        }
+        size += 1 + c.size;
+        n += 1;
+    }
+    n
+}
+
+/// How many messages the loop wants held at `now`: the slots the pacer would hand out within
+/// the dispatch lead and the hold horizon, counted on a copy of the pacer (so every constraint
+/// sizes it: spread budgets, slow start, back-off, used-up tiers), at most `max_held`, at
+/// least 1.
+pub fn hold_target(pacer: &Pacer, config: &OrchestratorConfig, now: Timestamp) -> usize {
+    let horizon = now.plus(config.dispatch_lead + config.hold_horizon);
+    let mut pacer = pacer.clone();
+    let mut t = now.plus(config.dispatch_lead / 2);
+    let mut n = 0;
+    while n < config.max_held {
+        let slot = pacer.take_first_from(t).at();
+        if slot > horizon {
+            break;
+        }
+        n += 1;
+        t = slot;
+    }
+    n.max(1)
+}
+
+/// The slots of this pass from `first` on (already checked): the pacer's next ones (on a
+/// copy), each either due (its send time within [`DISPATCH_TICK`] of `now`) or, with batching,
+/// within `batch_window` of its group's first slot while the group has room (it then rides in
+/// that group's invocation, sent now; the slot itself never moves). All within the saved
+/// horizon, at most `max` in all. Grouping may end a group sooner ([`group_len`]): the loop
+/// then starts the next group only at a due slot.
+fn due_slots(s: &Snapshot<'_>, first: Timestamp, max: usize) -> Vec<Timestamp> {
+    let cfg = s.config;
+    let mut pacer = s.pacer.clone();
+    let horizon = pacer.state().horizon;
+    let first = pacer.take_first_from(first).at();
+    let mut slots = vec![first];
+    let (mut group_first, mut group_len) = (first, 1);
+    while slots.len() < max {
+        let Some(&last) = slots.last() else { break };
+        let next = match pacer.peek(last) {
+            Ok(()) => last,
+            Err(NotNow::NotBefore { at, .. }) => at,
+            Err(_) => break,
+        };
+        if horizon.is_some_and(|h| next > h) {
+            break;
+        }
+        if group_len < cfg.batch_max_jobs && next.since(group_first) <= cfg.batch_window {
+            group_len += 1;
+        } else if is_due(cfg, next, s.now) {
+            (group_first, group_len) = (next, 1);
+        } else {
+            break;
+        }
+        slots.push(pacer.take_first_from(next).at());
+    }
+    slots
+}
+
+/// Whether a slot's send time has come, within [`DISPATCH_TICK`]: a new invocation starts
+/// only at such a slot.
+pub fn is_due(config: &OrchestratorConfig, slot: Timestamp, now: Timestamp) -> bool {
+    slot.minus(config.dispatch_lead) <= now.plus(DISPATCH_TICK)
 }
 
 /// The next step at `s.now`.
@@ -137,6 +276,13 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     }
     if s.paused || !s.circuit.is_closed() {
         return standby(s);
+    }
+    if s.held == 0
+        && s.receive_empty
+        && !s.receiving
+        && idle_long_enough(s.config, s.in_flight, t.idle_since, now)
+    {
+        return Step::Stop(StopReason::Idle);
     }
     if s.held == 0 {
         return receive_or_wait(s);
@@ -174,15 +320,31 @@ fn receive_or_wait(s: &Snapshot<'_>) -> Step {
         Err(not_now) => not_now.earliest(),
     };
     let wake = s.timers.wake();
+    let uncounted = !matches!(answer, Err(NotNow::NotBefore { .. }));
+    if s.receiving {
+        return Step::Wait {
+            until: wake,
+            uncounted,
+            why: WaitReason::Receive,
+        };
+    }
     let receive_at = slot.minus(cfg.dispatch_lead).minus(cfg.receive_ahead);
     if receive_at > s.now {
         return Step::Wait {
             until: receive_at.min(wake),
-            uncounted: !matches!(answer, Err(NotNow::NotBefore { .. })),
+            uncounted,
+            why: WaitReason::Receive,
         };
     }
+    receive(s, 0)
+}
+
+/// A receive of what the hold target still wants, beyond the `held` messages (1 to 10).
+fn receive(s: &Snapshot<'_>, held: usize) -> Step {
+    let want = hold_target(s.pacer, s.config, s.now).saturating_sub(held);
     Step::Receive {
-        wait: wake.since(s.now).min(Duration::from_secs(1)),
+        wait: s.timers.wake().since(s.now).min(Duration::from_secs(1)),
+        max: u8::try_from(want.clamp(1, qo_core::sqs::MAX_BATCH)).unwrap_or(1),
     }
 }
 
@@ -195,6 +357,10 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
         Some(due) => s.timers.wake().min(due),
         None => s.timers.wake(),
     };
+    // Keep the hold supplied: a receive runs alongside dispatch, up to the hold target.
+    if !s.receiving && s.held < cfg.max_held && s.held < hold_target(s.pacer, cfg, s.now) {
+        return receive(s, s.held);
+    }
     // Ask at least half the lead ahead: a loop that wakes a little late (timers have
     // millisecond grain, schedulers jitter) keeps the pace's slot instead of pushing every
     // later slot back.
@@ -214,6 +380,7 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
         return Step::Wait {
             until: send_at.min(wake),
             uncounted,
+            why: WaitReason::Slot,
         };
     }
     if s.pacer.state().horizon.is_some_and(|h| slot > h) {
@@ -223,29 +390,39 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
         return Step::Wait {
             until: free_at.min(wake),
             uncounted,
+            why: WaitReason::WorkerCap,
         };
     }
     if s.in_flight >= cfg.max_in_flight {
+        // Woken by the first invoke that answers, or the next timer.
         return Step::Wait {
             until: wake,
             uncounted,
+            why: WaitReason::InFlight,
         };
     }
-    Step::Dispatch { slot, uncounted }
+    Step::Dispatch {
+        slots: due_slots(s, slot, s.held),
+        uncounted,
+    }
 }
 
 /// With a worker concurrency cap of `cap` and `busy_until` (when each dispatched event stops
-/// counting, oldest first): `None` when another event may go at `now`, else when the oldest
-/// event still counting stops.
+/// counting, in any order: a batch counts until its last slot): `None` when another event may
+/// go at `now`, else when the first event still counting stops.
 pub fn cap_free_at(
     cap: Option<usize>,
     busy_until: impl IntoIterator<Item = Timestamp>,
     now: Timestamp,
 ) -> Option<Timestamp> {
     let cap = cap?;
-    let mut busy = busy_until.into_iter().filter(|t| *t > now);
-    let first = busy.next()?;
-    (1 + busy.count() >= cap).then_some(first)
+    let (count, first) = busy_until
+        .into_iter()
+        .filter(|t| *t > now)
+        .fold((0usize, None::<Timestamp>), |(n, min), t| {
+            (n + 1, Some(min.map_or(t, |m| m.min(t))))
+        });
+    (count >= cap).then_some(first).flatten()
 }
 
 /// Whether a run with nothing received since `idle_since` and `in_flight` invokes unanswered
@@ -308,6 +485,10 @@ mod tests {
                 visibility_due: (held > 0).then(|| now.plus(Duration::from_secs(60))),
                 worker_free_at: None,
                 in_flight: 0,
+                // With something held, a receive is under way (else the first step would be
+                // to start one: see `a_hold_under_its_target_receives_alongside_dispatch`).
+                receiving: held > 0,
+                receive_empty: false,
             }
         }
     }
@@ -331,7 +512,8 @@ mod tests {
         assert_eq!(
             next_step(&w.at(at(0), 0)),
             Step::Receive {
-                wait: Duration::from_secs(1)
+                wait: Duration::from_secs(1),
+                max: 10
             }
         );
         // A timer half a second away bounds the poll.
@@ -340,7 +522,8 @@ mod tests {
         assert_eq!(
             next_step(&w.at(at(0), 0)),
             Step::Receive {
-                wait: Duration::from_millis(500)
+                wait: Duration::from_millis(500),
+                max: 10
             }
         );
     }
@@ -352,7 +535,7 @@ mod tests {
         assert_eq!(
             next_step(&w.at(now, 1)),
             Step::Dispatch {
-                slot: now.plus(w.config.dispatch_lead / 2),
+                slots: vec![now.plus(w.config.dispatch_lead / 2)],
                 uncounted: false
             }
         );
@@ -367,7 +550,9 @@ mod tests {
         let next = w.pacer.peek(ask).expect_err("the next slot is a second on");
         assert!(next.earliest() >= first.plus(Duration::from_secs(1)));
         match next_step(&w.at(now, 1)) {
-            Step::Wait { until, uncounted } => {
+            Step::Wait {
+                until, uncounted, ..
+            } => {
                 assert_eq!(until, next.earliest().minus(w.config.dispatch_lead));
                 assert!(!uncounted);
             }
@@ -380,7 +565,9 @@ mod tests {
         let mut w = World::new("10/s");
         w.pacer.back_off_until(at(30_000));
         match next_step(&w.at(at(0), 1)) {
-            Step::Wait { until, uncounted } => {
+            Step::Wait {
+                until, uncounted, ..
+            } => {
                 assert!(uncounted);
                 assert_eq!(until, at(1_000), "bounded by the next refresh");
             }
@@ -466,7 +653,8 @@ mod tests {
             next_step(&s),
             Step::Wait {
                 until: at(300),
-                uncounted: false
+                uncounted: false,
+                why: WaitReason::WorkerCap
             }
         );
         let mut s = w.at(at(0), 1);
@@ -475,7 +663,8 @@ mod tests {
             next_step(&s),
             Step::Wait {
                 until: at(1_000),
-                uncounted: false
+                uncounted: false,
+                why: WaitReason::InFlight
             }
         );
     }
@@ -509,5 +698,168 @@ mod tests {
         assert!(!idle_long_enough(&config, 1, at(0), at(5_000)));
         config.idle_exit = None;
         assert!(!idle_long_enough(&config, 0, at(0), at(5_000)));
+    }
+
+    #[test]
+    fn a_hold_under_its_target_receives_alongside_dispatch() {
+        let w = World::new("10/s");
+        let mut s = w.at(at(100), 3);
+        s.receiving = false;
+        // 10/s over the lead and the 10 s horizon: 100 slots wanted, 3 held, 10 at a time.
+        assert_eq!(
+            next_step(&s),
+            Step::Receive {
+                wait: Duration::from_millis(900),
+                max: 10
+            }
+        );
+        // At the target, no receive: dispatch.
+        let mut s = w.at(at(100), 100);
+        s.receiving = false;
+        assert!(matches!(next_step(&s), Step::Dispatch { .. }));
+    }
+
+    #[test]
+    fn a_pass_dispatches_every_slot_due_before_the_next_tick() {
+        let w = World::new("1000/s");
+        let now = at(100);
+        let lead = w.config.dispatch_lead;
+        match next_step(&w.at(now, 500)) {
+            Step::Dispatch { slots, uncounted } => {
+                assert!(!uncounted);
+                assert_eq!(slots[0], now.plus(lead / 2));
+                // The pacer's slots (a millisecond apart, widened by the call tolerance), from
+                // half a lead ahead up to a lead and a tick ahead: 126 of them.
+                assert_eq!(slots.len(), 126, "{:?}", slots.last());
+                let mut pacer = w.pacer.clone();
+                for slot in &slots {
+                    assert_eq!(pacer.take_first_from(*slot).at(), *slot, "the pacer's slot");
+                }
+                let last = slots.last().copied().expect("slots");
+                assert!(last.minus(lead) <= now.plus(DISPATCH_TICK));
+                // The next one is for the next pass.
+                let next = pacer.take_first_from(last).at();
+                assert!(next.minus(lead) > now.plus(DISPATCH_TICK), "{next:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Never more slots than jobs held.
+        match next_step(&w.at(now, 5)) {
+            Step::Dispatch { slots, .. } => assert_eq!(slots.len(), 5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nothing_held_while_a_receive_is_under_way_waits_for_it() {
+        let w = World::new("10/s");
+        let mut s = w.at(at(0), 0);
+        s.receiving = true;
+        assert_eq!(
+            next_step(&s),
+            Step::Wait {
+                until: at(1_000),
+                uncounted: true,
+                why: WaitReason::Receive
+            }
+        );
+    }
+
+    #[test]
+    fn the_idle_exit_needs_an_empty_receive() {
+        let mut w = World::new("10/s");
+        w.config.idle_exit = Some(Duration::from_secs(2));
+        w.timers.next_refresh = at(10_000);
+        w.timers.next_persist = at(10_000);
+        let mut s = w.at(at(3_000), 0);
+        assert!(matches!(next_step(&s), Step::Receive { .. }));
+        s.receive_empty = true;
+        assert_eq!(next_step(&s), Step::Stop(StopReason::Idle));
+        s.in_flight = 1;
+        assert!(matches!(next_step(&s), Step::Receive { .. }));
+    }
+
+    fn candidates(slots_ms: &[u64]) -> Vec<Candidate> {
+        slots_ms
+            .iter()
+            .map(|ms| Candidate {
+                slot: at(*ms),
+                size: 300,
+                may_join: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_takes_slots_within_the_window_up_to_the_max() {
+        let window = Duration::from_millis(1_000);
+        // 20/s: slots 50 ms apart; ten fit the max.
+        let c = candidates(&(0..30).map(|i| i * 50).collect::<Vec<_>>());
+        assert_eq!(group_len(&c, 10, window), 10);
+        assert_eq!(group_len(&c, 1, window), 1);
+        // 2/s: the window takes the slots up to 1000 ms after the first (inclusive).
+        let c = candidates(&[0, 500, 1_000, 1_500]);
+        assert_eq!(group_len(&c, 10, window), 3);
+        assert_eq!(group_len(&c, 10, Duration::from_millis(999)), 2);
+        assert_eq!(group_len(&[], 10, window), 0);
+    }
+
+    #[test]
+    fn a_group_ends_at_a_job_that_may_not_join_and_before_the_payload_limit() {
+        let window = Duration::from_secs(10);
+        let mut c = candidates(&[0, 10, 20, 30]);
+        c[2].may_join = false;
+        assert_eq!(group_len(&c, 10, window), 2);
+        // A first job that may not join goes alone.
+        assert_eq!(group_len(&c[2..], 10, window), 1);
+        // Payload: 100 KB events, two fit under 256 KB, three do not.
+        let mut c = candidates(&[0, 10, 20, 30]);
+        for x in &mut c {
+            x.size = 100 * 1024;
+        }
+        assert_eq!(group_len(&c, 10, window), 2);
+        // The limit itself: an envelope, two events and a comma exactly at it fit.
+        let half = (MAX_INVOKE_PAYLOAD - BATCH_ENVELOPE - 1) / 2;
+        let mut c = candidates(&[0, 10, 20]);
+        c[0].size = half;
+        c[1].size = MAX_INVOKE_PAYLOAD - BATCH_ENVELOPE - 1 - half;
+        c[2].size = 1;
+        assert_eq!(group_len(&c, 10, window), 2);
+        c[1].size += 1;
+        assert_eq!(group_len(&c, 10, window), 1);
+    }
+
+    #[test]
+    fn only_a_job_no_pool_function_tried_may_join() {
+        let mut o = qo_core::Origin::default();
+        assert!(may_join_batch(&o));
+        o.function = Some("worker-2".into());
+        assert!(!may_join_batch(&o));
+    }
+
+    #[test]
+    fn with_batching_a_pass_takes_the_slots_a_group_can_carry_and_no_more() {
+        let mut w = World::new("20/s");
+        w.config.batch_max_jobs = 10;
+        w.config.batch_window = Duration::from_millis(1_000);
+        let now = at(100);
+        let Step::Dispatch { slots, .. } = next_step(&w.at(now, 50)) else {
+            panic!("a dispatch");
+        };
+        // One group: ten slots, 50 ms apart (the pacer's, not moved), within the window.
+        assert_eq!(slots.len(), 10);
+        let mut pacer = w.pacer.clone();
+        for slot in &slots {
+            assert_eq!(pacer.take_first_from(*slot).at(), *slot);
+        }
+        assert!(slots[9].since(slots[0]) <= w.config.batch_window);
+        // Unbatched, only the due slots: from half a lead ahead (225 ms) to a lead and a tick
+        // (351 ms), 50 ms apart (and the call tolerance's quarter millisecond).
+        w.config.batch_max_jobs = 1;
+        let Step::Dispatch { slots, .. } = next_step(&w.at(now, 50)) else {
+            panic!("a dispatch");
+        };
+        let us = |ms: u64, us: u64| at(ms).plus(Duration::from_micros(us));
+        assert_eq!(slots, vec![at(225), us(275, 250), us(325, 500)]);
     }
 }

@@ -30,7 +30,7 @@ mod aws;
 
 use crate::args::Range;
 use crate::cost::{Bill, PRICES, Usage};
-use crate::report::{ApiSide, Collector, Elsewhere, Report};
+use crate::report::{ApiSide, Collector, DispatchStats, Elsewhere, Report};
 use crate::system::{Parts, System};
 
 /// Options of `qo local`.
@@ -101,6 +101,17 @@ pub struct LocalArgs {
     /// instead of the in-memory ones; the queues and the table are created there.
     #[arg(long)]
     aws_endpoint: Option<String>,
+    /// Jobs in one worker invocation at most (the orchestrator's BATCH_MAX_JOBS).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_max_jobs: u64,
+    /// A batch takes the jobs whose slots fall within this many milliseconds of its first
+    /// (BATCH_WINDOW_MS).
+    #[arg(long, default_value_t = 1000)]
+    batch_window_ms: u64,
+    /// The worker's execution environments at most (its reserved concurrency; default the
+    /// template's, 50; 0: unbounded).
+    #[arg(long)]
+    worker_concurrency: Option<usize>,
 }
 
 /// What the local run needs of a backend beyond the ports: filling and measuring the backlog.
@@ -250,6 +261,20 @@ where
     config.stop_margin = Duration::from_millis(500);
     config.idle_exit = Some(Duration::from_secs(2));
     config.owner = "qo-local".to_string();
+    config.batch_max_jobs = usize::try_from(args.batch_max_jobs).unwrap_or(usize::MAX);
+    config.batch_window = Duration::from_millis(args.batch_window_ms);
+    let template = InvokerOptions::template();
+    let worker_concurrency = match args.worker_concurrency {
+        None => template.concurrency,
+        Some(0) => None,
+        Some(n) => Some(n),
+    };
+    let mut dispatch = DispatchStats {
+        batch_max_jobs: config.batch_max_jobs,
+        batch_window_ms: args.batch_window_ms,
+        worker_concurrency,
+        ..DispatchStats::default()
+    };
     let system = System::assemble(Parts {
         clock: clock.clone(),
         queue: queue.clone(),
@@ -260,7 +285,8 @@ where
         invoker: InvokerOptions {
             delay: args.delivery_delay_ms.millis(),
             seed: args.seed,
-            ..InvokerOptions::template()
+            concurrency: worker_concurrency,
+            ..template
         },
         observer: collector.clone(),
     })?;
@@ -316,6 +342,7 @@ where
         let run_started = clock.now();
         let deadline = run_started.plus(Duration::from_secs_f64(args.run_seconds));
         let report = system.run_until(deadline).await?;
+        dispatch.add(&report);
         orchestrator_ms += clock.now().since(run_started).as_millis() as u64;
         if let StopReason::Exhausted { until } = report.stopped {
             bar.println(format!("a budget is used up until {until}; stopping"));
@@ -337,6 +364,7 @@ where
 
     let mut report = Report::new(args.jobs, &counts, started.elapsed(), &args.quota, runs);
     report.account(elsewhere(counts.dead_lettered).await?);
+    report.dispatch = Some(dispatch);
     if let (Some(sqs), Some(units)) = (queue.sqs_requests(), store.request_units()) {
         let invoker = system.invoker().stats();
         let usage = Usage::new(

@@ -239,6 +239,60 @@ pub struct Report {
     /// the requests are not counted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bill: Option<Bill>,
+    /// How the orchestrator dispatched: calls against worker invocations, and what bounded
+    /// the rate (summed over the runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<DispatchStats>,
+}
+
+/// The orchestrator's dispatch over all runs, from their [`qo_orchestrator::RunReport`]s.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DispatchStats {
+    /// Jobs handed to the worker (each a call at its slot).
+    pub calls: u64,
+    /// Worker invocations (a batch of jobs is one).
+    pub invocations: u64,
+    /// `calls / invocations`.
+    pub calls_per_invocation: f64,
+    /// Dispatch passes (each hands out every slot due before the next tick).
+    pub passes: u64,
+    /// `invocations / passes`.
+    pub invocations_per_pass: f64,
+    /// `BATCH_MAX_JOBS` (`--batch-max-jobs`).
+    pub batch_max_jobs: usize,
+    /// `BATCH_WINDOW_MS` (`--batch-window-ms`).
+    pub batch_window_ms: u64,
+    /// The worker's environments at most (`--worker-concurrency`; `None`: unbounded).
+    pub worker_concurrency: Option<usize>,
+    /// Why dispatch waited: counts and milliseconds per reason.
+    pub waits: qo_orchestrator::Waits,
+}
+
+impl DispatchStats {
+    /// Adds one run's counts.
+    pub fn add(&mut self, r: &qo_orchestrator::RunReport) {
+        self.calls += r.dispatched;
+        self.invocations += r.invocations;
+        self.passes += r.dispatch_passes;
+        for (sum, one) in [
+            (&mut self.waits.slot, r.waits.slot),
+            (&mut self.waits.in_flight, r.waits.in_flight),
+            (&mut self.waits.worker_cap, r.waits.worker_cap),
+            (&mut self.waits.receive, r.waits.receive),
+        ] {
+            sum.count += one.count;
+            sum.ms += one.ms;
+        }
+        let ratio = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                round3(a as f64 / b as f64)
+            }
+        };
+        self.calls_per_invocation = ratio(self.calls, self.invocations);
+        self.invocations_per_pass = ratio(self.invocations, self.passes);
+    }
 }
 
 /// What the built-in API knows, for the report.
@@ -415,6 +469,7 @@ impl Report {
             api_remaining_at_s: None,
             our_remaining: None,
             api_limit_changes: Vec::new(),
+            dispatch: None,
             pace_decreases: counts.pace_decreases,
             pace_per_s: counts
                 .pace
@@ -568,6 +623,25 @@ impl Report {
             "wait p50 / p99",
             format!("{:.0} ms / {:.0} ms", self.p50_wait_ms, self.p99_wait_ms),
         );
+        if let Some(d) = &self.dispatch {
+            line(
+                &mut s,
+                "worker invocations",
+                format!(
+                    "{} for {} calls ({:.3} calls each; {:.3} invocations a pass)",
+                    d.invocations, d.calls, d.calls_per_invocation, d.invocations_per_pass
+                ),
+            );
+            let w = &d.waits;
+            line(
+                &mut s,
+                "dispatch waited",
+                format!(
+                    "slot {} ms, in-flight {} ms, worker cap {} ms, receive {} ms",
+                    w.slot.ms, w.in_flight.ms, w.worker_cap.ms, w.receive.ms
+                ),
+            );
+        }
         line(
             &mut s,
             "circuit openings",

@@ -44,6 +44,8 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         invoke_retries: invoke.max_retries,
         invoke_retry_wait: backoff.cap.max(backoff.retry_after_limit),
         max_in_flight: config.max_in_flight,
+        batch_max_jobs: config.batch_max_jobs,
+        max_held: config.max_held,
     };
     let explicit = match env.get("STOP_MARGIN_S") {
         Some(_) => Some(config.stop_margin),

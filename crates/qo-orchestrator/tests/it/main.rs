@@ -8,4 +8,5 @@ mod dispatch;
 mod no_job_lost;
 mod receive_churn;
 mod retention_sweep;
+mod scale;
 mod support;

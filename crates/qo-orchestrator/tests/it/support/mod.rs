@@ -43,6 +43,8 @@ pub struct Harness {
     pub succeeded: Arc<Mutex<Vec<String>>>,
     /// The times of the calls answered 429.
     pub throttled: Arc<Mutex<Vec<Timestamp>>>,
+    /// The slots of each batch event the worker got (single job events are not listed).
+    pub batches: Arc<Mutex<Vec<Vec<Timestamp>>>>,
 }
 
 /// The harness's state the stand-in worker writes to: one clone per event it handles.
@@ -56,6 +58,7 @@ struct Shared {
     late: Arc<Mutex<Vec<Duration>>>,
     succeeded: Arc<Mutex<Vec<String>>>,
     throttled: Arc<Mutex<Vec<Timestamp>>>,
+    batches: Arc<Mutex<Vec<Vec<Timestamp>>>>,
 }
 
 /// The most real time one run may take. On the paused clock a run takes milliseconds; a loop
@@ -163,6 +166,7 @@ impl Harness {
         let late = Arc::new(Mutex::new(Vec::new()));
         let succeeded = Arc::new(Mutex::new(Vec::new()));
         let throttled = Arc::new(Mutex::new(Vec::new()));
+        let batches = Arc::new(Mutex::new(Vec::new()));
         let handler = {
             let shared = Shared {
                 clock: clock.clone(),
@@ -173,95 +177,39 @@ impl Harness {
                 late: late.clone(),
                 succeeded: succeeded.clone(),
                 throttled: throttled.clone(),
+                batches: batches.clone(),
             };
-            let verdict = Arc::new(verdict);
+            let verdict: Arc<dyn Fn(usize, Timestamp) -> Verdict + Send + Sync> = Arc::new(verdict);
             move |ev: WorkerEvent| {
-                let Shared {
-                    clock,
-                    queue,
-                    store,
-                    calls,
-                    health,
-                    late,
-                    succeeded,
-                    throttled,
-                } = shared.clone();
+                let shared = shared.clone();
                 let verdict = verdict.clone();
                 async move {
+                    let Shared {
+                        clock,
+                        store,
+                        health,
+                        batches,
+                        ..
+                    } = shared.clone();
                     match ev {
                         WorkerEvent::Job(job) => {
-                            if clock.now() > job.slot_at {
-                                late.lock()
-                                    .expect("late")
-                                    .push(clock.now().since(job.slot_at));
-                            }
-                            clock.sleep_until(job.slot_at).await;
-                            let called_at = clock.now();
-                            let n = {
-                                let mut c = calls.lock().expect("calls");
-                                c.push(called_at);
-                                c.len()
-                            };
-                            let body = serde_json::to_string(&job.job).expect("json");
-                            let next = qo_core::Origin {
-                                attempt: job.origin.attempt + 1,
-                                ..job.origin.clone()
-                            };
-                            let verdict = verdict(n, called_at);
-                            if let Verdict::Succeed | Verdict::SucceedLow(_) = verdict {
-                                succeeded
-                                    .lock()
-                                    .expect("succeeded")
-                                    .push(job.job.path.clone());
-                            }
-                            match verdict {
-                                Verdict::Succeed => {}
-                                Verdict::SucceedLow(window) => {
-                                    update_record::<Control, _>(&store, RecordKey::Control, |c| {
-                                        if c.api_window
-                                            .is_some_and(|w| w.observed_at >= window.observed_at)
-                                        {
-                                            return None;
-                                        }
-                                        Some(Control {
-                                            api_window: Some(window),
-                                            ..c.clone()
-                                        })
-                                    })
-                                    .await
-                                    .expect("api window");
-                                }
-                                Verdict::Requeue => {
-                                    queue
-                                        .requeue(&body, &next, Duration::from_secs(1))
-                                        .await
-                                        .expect("requeue");
-                                }
-                                Verdict::Throttle(wait) => {
-                                    let now = clock.now();
-                                    let until = now.plus(wait);
-                                    throttled.lock().expect("throttled").push(called_at);
-                                    update_record::<Control, _>(&store, RecordKey::Control, |c| {
-                                        let mut c = c.clone();
-                                        c.backoff_until = c.backoff_until.max(Some(until));
-                                        c.throttles = Some(Throttles::record(
-                                            c.throttles.as_ref(),
-                                            now,
-                                            job.slot_at,
-                                        ));
-                                        Some(c)
-                                    })
-                                    .await
-                                    .expect("back-off");
-                                    queue
-                                        .requeue(&body, &next, wait.min(qo_core::sqs::MAX_DELAY))
-                                        .await
-                                        .expect("requeue");
-                                }
-                            }
+                            handle_job(&shared, verdict.as_ref(), job).await;
                         }
-                        WorkerEvent::Batch(_) => {
-                            panic!("this stand-in worker takes single job events")
+                        WorkerEvent::Batch(batch) => {
+                            // As the worker does: each job at its own slot, concurrently.
+                            batches
+                                .lock()
+                                .expect("batches")
+                                .push(batch.jobs.iter().map(|j| j.slot_at).collect());
+                            let shared = &shared;
+                            let verdict = verdict.as_ref();
+                            futures::future::join_all(
+                                batch
+                                    .jobs
+                                    .into_iter()
+                                    .map(|job| handle_job(shared, verdict, job)),
+                            )
+                            .await;
                         }
                         WorkerEvent::HealthCheck(h) => {
                             health.lock().expect("health").push(h.epoch);
@@ -289,6 +237,7 @@ impl Harness {
             late,
             succeeded,
             throttled,
+            batches,
         }
     }
 
@@ -381,6 +330,89 @@ impl Harness {
     /// policy.
     pub fn dead(&self) -> usize {
         self.queue.depths().dead
+    }
+}
+
+/// The stand-in worker's handling of one job: wait for its slot, call, do what the verdict says.
+async fn handle_job(
+    shared: &Shared,
+    verdict: &(dyn Fn(usize, Timestamp) -> Verdict + Send + Sync),
+    job: qo_core::JobEvent,
+) {
+    let Shared {
+        clock,
+        queue,
+        store,
+        calls,
+        late,
+        succeeded,
+        throttled,
+        ..
+    } = shared;
+    if clock.now() > job.slot_at {
+        late.lock()
+            .expect("late")
+            .push(clock.now().since(job.slot_at));
+    }
+    clock.sleep_until(job.slot_at).await;
+    let called_at = clock.now();
+    let n = {
+        let mut c = calls.lock().expect("calls");
+        c.push(called_at);
+        c.len()
+    };
+    let body = serde_json::to_string(&job.job).expect("json");
+    let next = qo_core::Origin {
+        attempt: job.origin.attempt + 1,
+        ..job.origin.clone()
+    };
+    let verdict = verdict(n, called_at);
+    if let Verdict::Succeed | Verdict::SucceedLow(_) = verdict {
+        succeeded
+            .lock()
+            .expect("succeeded")
+            .push(job.job.path.clone());
+    }
+    match verdict {
+        Verdict::Succeed => {}
+        Verdict::SucceedLow(window) => {
+            update_record::<Control, _>(store, RecordKey::Control, |c| {
+                if c.api_window
+                    .is_some_and(|w| w.observed_at >= window.observed_at)
+                {
+                    return None;
+                }
+                Some(Control {
+                    api_window: Some(window),
+                    ..c.clone()
+                })
+            })
+            .await
+            .expect("api window");
+        }
+        Verdict::Requeue => {
+            queue
+                .requeue(&body, &next, Duration::from_secs(1))
+                .await
+                .expect("requeue");
+        }
+        Verdict::Throttle(wait) => {
+            let now = clock.now();
+            let until = now.plus(wait);
+            throttled.lock().expect("throttled").push(called_at);
+            update_record::<Control, _>(store, RecordKey::Control, |c| {
+                let mut c = c.clone();
+                c.backoff_until = c.backoff_until.max(Some(until));
+                c.throttles = Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
+                Some(c)
+            })
+            .await
+            .expect("back-off");
+            queue
+                .requeue(&body, &next, wait.min(qo_core::sqs::MAX_DELAY))
+                .await
+                .expect("requeue");
+        }
     }
 }
 
