@@ -687,6 +687,11 @@ mod tests {
         assert_eq!(cap_free_at(Some(3), busy, at(100)), None);
         assert_eq!(cap_free_at(Some(2), busy, at(100)), Some(at(200)));
         assert_eq!(cap_free_at(Some(1), [], at(0)), None);
+        // A batch counts until its last slot: the busy times come in any order, and the cap
+        // frees at the earliest of them.
+        let busy = [at(900), at(200), at(500)];
+        assert_eq!(cap_free_at(Some(3), busy, at(0)), Some(at(200)));
+        assert_eq!(cap_free_at(Some(2), busy, at(200)), Some(at(500)));
     }
 
     #[test]

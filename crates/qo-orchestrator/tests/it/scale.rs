@@ -106,3 +106,38 @@ async fn batches_carry_the_pace_s_own_slots_in_a_quarter_of_the_invocations() {
         "batch events plus single job events"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_invoke_gives_every_job_of_it_back() {
+    let opts = InvokerOptions {
+        fail_rate: 0.3,
+        seed: 11,
+        ..InvokerOptions::template()
+    };
+    let h = Harness::new(|_| Verdict::Succeed, opts);
+    h.enqueue(200);
+    let mut cfg = config("20/s");
+    cfg.batch_max_jobs = 10;
+    cfg.idle_exit = Some(Duration::from_secs(5));
+    let mut failures = 0;
+    let mut released = 0;
+    for _ in 0..6 {
+        let r = h.run_for(&cfg, Duration::from_secs(30)).await;
+        failures += r.invoke_failures;
+        released += r.released;
+        if h.queue.is_drained() {
+            break;
+        }
+    }
+    assert!(failures > 0, "faults were injected");
+    // A failed invoke released all its jobs (batches of up to 10).
+    assert!(
+        released > failures,
+        "{released} released for {failures} failed invokes"
+    );
+    assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+    assert!(h.queue.dead_letters().is_empty());
+    // Every job succeeded, once.
+    assert_eq!(h.distinct_succeeded(), 200);
+    assert_eq!(h.succeeded().len(), 200, "a job called twice");
+}
