@@ -24,7 +24,7 @@ fn a_stop_margin_below_the_worst_case_finish_is_refused() {
     let (ok, out) = start(&[("STOP_MARGIN_S", "5"), ("FUNCTION_TIMEOUT_S", "900")]);
     assert!(!ok, "{out}");
     for part in [
-        "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 344 s",
+        "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 176 s",
         "INVOKE_MAX_RETRIES=4",
         "MAX_IN_FLIGHT=64",
     ] {
@@ -34,11 +34,11 @@ fn a_stop_margin_below_the_worst_case_finish_is_refused() {
 
 #[test]
 fn a_function_timeout_that_cannot_hold_the_stop_margin_is_refused() {
-    // The margin defaults to the worst-case finish, 344 s; 24 s + 344 s > 300 s.
-    let (ok, out) = start(&[("FUNCTION_TIMEOUT_S", "300")]);
+    // The margin defaults to the worst-case finish, 176 s; 24 s + 176 s > 150 s.
+    let (ok, out) = start(&[("FUNCTION_TIMEOUT_S", "150")]);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("+ margin 344 s = 368 s exceeds the function timeout 300 s"),
+        out.contains("+ margin 176 s = 200 s exceeds the function timeout 150 s"),
         "{out}"
     );
 }
@@ -46,6 +46,6 @@ fn a_function_timeout_that_cannot_hold_the_stop_margin_is_refused() {
 #[test]
 fn the_default_stop_margin_is_the_worst_case_finish() {
     let (_, out) = start(&[("FUNCTION_TIMEOUT_S", "900")]);
-    assert!(out.contains("stop_margin_s=344"), "{out}");
+    assert!(out.contains("stop_margin_s=176"), "{out}");
     assert!(out.contains("orchestrator ready"), "{out}");
 }

@@ -266,18 +266,13 @@ impl FinishBudget {
             .saturating_add(self.invoke_retry_wait.saturating_mul(self.invoke_retries))
     }
 
-    /// SQS batch calls at the stop, in one call's time each: deletes of up to `MAX_IN_FLIGHT`
-    /// x `BATCH_MAX_JOBS` dispatched messages plus the up to 9 already waiting for a full batch
-    /// (counted one after the other, as the invokes answer), and the release of up to
-    /// `MAX_HELD`, whose batches of 10 go at once: one call's time.
+    /// SQS batch calls at the stop, in one call's time each: the deletes of what the last
+    /// invokes dispatched (up to `MAX_IN_FLIGHT` x `BATCH_MAX_JOBS` messages, plus the up to 9
+    /// already waiting for a full batch) go in one round of concurrent batches of 10 once the
+    /// last invoke answered, and the release of up to `MAX_HELD` held messages (with those of
+    /// invokes that failed meanwhile) in another: one call's time each.
     pub fn batches(&self) -> u32 {
-        let deletes = self
-            .max_in_flight
-            .saturating_mul(self.batch_max_jobs.max(1))
-            .saturating_add(9)
-            .div_ceil(10);
-        let releases = usize::from(self.max_held > 0);
-        u32::try_from(deletes + releases).unwrap_or(u32::MAX)
+        u32::from(self.max_in_flight > 0) + u32::from(self.max_held > 0)
     }
 
     /// The whole finish: the invokes, the batches, one fenced save and the lease release.
@@ -405,11 +400,11 @@ mod tests {
         let b = defaults_budget();
         // 5 x 8 + 4 x 10 = 80 s for the invokes.
         assert_eq!(b.invokes(), Duration::from_secs(80));
-        // (64 + 9) / 10 -> 8 delete batches, 1 release batch.
-        assert_eq!(b.batches(), 9);
-        // 80 + (9 + 2) x 24 = 344 s.
-        assert_eq!(b.total(), Duration::from_secs(344));
-        assert_eq!(stop_margin(None, &b), Ok(Duration::from_secs(344)));
+        // One round of deletes (concurrent batches of 10), one of releases.
+        assert_eq!(b.batches(), 2);
+        // 80 + (2 + 2) x 24 = 176 s.
+        assert_eq!(b.total(), Duration::from_secs(176));
+        assert_eq!(stop_margin(None, &b), Ok(Duration::from_secs(176)));
         assert_eq!(
             stop_margin(Some(Duration::from_secs(400)), &b),
             Ok(Duration::from_secs(400))
@@ -417,16 +412,16 @@ mod tests {
         let e = stop_margin(Some(Duration::from_secs(5)), &b).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 344 s: the \
+            "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 176 s: the \
              invokes in flight ((INVOKE_MAX_RETRIES=4 + 1) x (SDK_CONNECT_TIMEOUT_MS + \
-             SDK_READ_TIMEOUT_MS=8000 ms) + 4 x 10 s between retries = 80 s), then 9 SQS batch \
+             SDK_READ_TIMEOUT_MS=8000 ms) + 4 x 10 s between retries = 80 s), then 2 SQS batch \
              calls (deletes of MAX_IN_FLIGHT=64 and releases of 10 held), a fenced save and the \
-             lease release: 11 x 24 s (SDK_MAX_ATTEMPTS x (SDK_CONNECT_TIMEOUT_MS + \
+             lease release: 4 x 24 s (SDK_MAX_ATTEMPTS x (SDK_CONNECT_TIMEOUT_MS + \
              SDK_READ_TIMEOUT_MS)); leave STOP_MARGIN_S unset (it defaults to the worst case) or \
              lower these"
         );
         // Small settings: SDK 2 x (0.5 + 1) s, no Invoke retry, 16 in flight:
-        // 1.5 + (3 + 1 + 2) x 3 = 19.5 s, rounded up to 20 s.
+        // 1.5 + (2 + 2) x 3 = 13.5 s, rounded up to 14 s.
         let small = FinishBudget {
             sdk_call: Duration::from_secs(3),
             invoke_attempt: Duration::from_millis(1_500),
@@ -436,22 +431,17 @@ mod tests {
             batch_max_jobs: 1,
             max_held: 10,
         };
-        assert_eq!(small.batches(), 4);
-        assert_eq!(small.total(), Duration::from_millis(19_500));
-        assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(20)));
-        // MAX_HELD's default (100): its release goes in one round of concurrent calls, so the
-        // default finish stays 344 s (the template's OrchestratorTimeout allows 400 s).
+        assert_eq!(small.batches(), 2);
+        assert_eq!(small.total(), Duration::from_millis(13_500));
+        assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(14)));
+        // MAX_HELD's default (100) and batches of 10 jobs (640 messages to delete): each goes
+        // in one round of concurrent calls, so the default finish stays 176 s.
         let held = FinishBudget {
             max_held: DEFAULT_MAX_HELD,
-            ..b
-        };
-        assert_eq!(held.total(), Duration::from_secs(344));
-        // Batches of 10 jobs: each invoke in flight has 10 messages to delete.
-        let batched = FinishBudget {
             batch_max_jobs: 10,
             ..b
         };
-        assert_eq!(batched.batches(), (640 + 9_usize).div_ceil(10) as u32 + 1);
+        assert_eq!(held.total(), Duration::from_secs(176));
     }
 
     #[test]

@@ -265,6 +265,12 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     busy_until: VecDeque<Timestamp>,
     /// Messages whose invoke was accepted, deleted in batches of up to 10 (and at each save).
     to_delete: Vec<Message>,
+    /// At the stop: the messages of invokes that failed while the loop waited for the last
+    /// answers, given back in one round with what is held (see [`Loop::finish`]).
+    to_release: Vec<Message>,
+    /// Whether the run is finishing: deletes and releases then wait for one concurrent round
+    /// each, so the finish takes two SQS calls' time however many invokes were in flight.
+    finishing: bool,
     /// Counts dispatches against what the pace allowed while work was waiting.
     meter: UtilizationMeter,
     /// The meter's last reading, observed at each save.
@@ -416,6 +422,8 @@ where
             receive_empty: false,
             busy_until: VecDeque::new(),
             to_delete: Vec::new(),
+            to_release: Vec::new(),
+            finishing: false,
             meter: UtilizationMeter::new(),
             utilization: Utilization::default(),
             slots,
@@ -967,7 +975,7 @@ where
         match result {
             Ok(()) => {
                 self.to_delete.extend(messages);
-                if self.to_delete.len() >= 10 {
+                if !self.finishing && self.to_delete.len() >= 10 {
                     self.flush_deletes().await?;
                 }
             }
@@ -985,8 +993,12 @@ where
                         reason: e.to_string(),
                     });
                 }
-                let delay = e.retry_after().unwrap_or(Duration::ZERO);
-                self.give_back(messages, delay).await?;
+                if self.finishing {
+                    self.to_release.extend(messages);
+                } else {
+                    let delay = e.retry_after().unwrap_or(Duration::ZERO);
+                    self.give_back(messages, delay).await?;
+                }
             }
         }
         Ok(())
@@ -1287,11 +1299,18 @@ where
             let r = self.while_invoking(receiving).await?;
             self.received(r).await?;
         }
+        // The last answers: their deletes (and the releases of failed invokes) wait for one
+        // concurrent round each ([`crate::config::FinishBudget::batches`]).
+        self.finishing = true;
         while let Some(done) = self.in_flight.next().await {
             self.complete(done).await?;
         }
         self.flush_deletes().await?;
-        self.release_held(Duration::ZERO).await?;
+        let mut back: Vec<Message> = self.held.drain(..).map(|h| h.message).collect();
+        back.append(&mut self.to_release);
+        if !back.is_empty() {
+            self.give_back(back, Duration::ZERO).await?;
+        }
         self.observe_utilization();
         self.report.quota_utilization = self.utilization.fraction();
         let now = self.now();
