@@ -31,6 +31,7 @@ use qo_core::{
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
+use crate::pool::WorkerPool;
 use crate::slots::SlotLog;
 use crate::step::{Snapshot, Step, Timers, cap_free_at, idle_long_enough, next_step};
 
@@ -180,6 +181,9 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     /// Quota usage and the learned rate: asked for slots, recorded into at each dispatch, and
     /// saved (fenced by the lease) so that the next run starts where this one ended.
     pacer: Pacer,
+    /// The worker functions and each one's usage of its own tiers ([`crate::pool`]), saved
+    /// with the quota state.
+    pool: WorkerPool,
     /// The version of the quota record last read or written: saves are conditional on it.
     quota_version: u64,
     /// The circuit as last read (the worker writes it): dispatch only while closed.
@@ -320,6 +324,7 @@ where
             .await?
             .value;
         let quota = load_record::<QuotaState>(ports.store, RecordKey::Quota).await?;
+        let pool = WorkerPool::hydrate(config, &control, &quota.value);
         let (mut pacer, slots) = hydrate_pacer(config, &control, quota.value);
         if let Some(until) = control.backoff_until {
             pacer.back_off_until(until);
@@ -341,6 +346,7 @@ where
             ports,
             config,
             pacer,
+            pool,
             quota_version: quota.version,
             circuit: Circuit::default(),
             control,
@@ -449,6 +455,10 @@ where
             paused: self.control.paused,
             held: self.held.len(),
             visibility_due: self.visibility_due(),
+            pool_free_at: self.held.front().map(|h| {
+                let ask = now.plus(self.config.dispatch_lead / 2);
+                self.pool.free_at(ask, h.message.origin.function.as_deref())
+            }),
             worker_free_at: cap_free_at(
                 self.config.worker_concurrency_cap,
                 self.busy_until.iter().copied(),
@@ -610,9 +620,11 @@ where
         let Some(Held { message, job, .. }) = self.held.pop_front() else {
             return;
         };
-        // `slot` is the pacer's answer on this same state (nothing recorded since), so it
-        // conforms and is the first conforming slot from itself: taken as it is.
-        let slot = self.pacer.take_first_from(slot).at();
+        // `slot` is the pacer's answer on this same state (nothing recorded since), asked from
+        // where the pool allows a call: taken as it is, through the function that allows it.
+        let avoid = message.origin.function.as_deref();
+        let taken = self.pool.take(&mut self.pacer, slot, avoid);
+        let (slot, function) = (taken.at(), taken.function().to_string());
         self.slots.push(slot);
         if self.config.worker_concurrency_cap.is_some() {
             // Events that stopped counting against the cap are forgotten.
@@ -640,7 +652,7 @@ where
         let span = info_span!("dispatch", message_id = %message.origin.message_id, slot = %slot);
         self.in_flight.push(Box::pin(
             async move {
-                let result = invoker.invoke(&event).await;
+                let result = invoker.invoke_on(&function, &event).await;
                 (message, result)
             }
             .instrument(span),
@@ -731,6 +743,7 @@ where
             info!(from = %self.pacer.spec(), to = %spec, "quota changed");
             self.meter.close();
             self.slots.set_period(spec.pacing_period());
+            self.pool.set_spec(&spec, self.config);
             self.pacer.set_spec(spec);
         }
         if let Some(until) = control.backoff_until {
@@ -1111,7 +1124,8 @@ where
         self.pacer.settle_adaptive(now);
         self.pacer.set_horizon(now, horizon);
         let store = self.ports.store;
-        let state = self.pacer.state().clone();
+        let mut state = self.pacer.state().clone();
+        self.pool.save_into(&mut state, now, horizon);
         let (expected, token) = (self.quota_version, self.lease.token);
         let version = self
             .while_invoking(async move {

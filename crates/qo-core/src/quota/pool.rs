@@ -59,6 +59,24 @@ struct Member {
 }
 
 impl Member {
+    /// The function `name` under `spec`'s per-function tiers, from its saved usage; a horizon
+    /// left (no final save) is counted as used.
+    fn hydrate(
+        name: String,
+        spec: &QuotaSpec,
+        policy: PacingPolicy,
+        saved: &BTreeMap<String, QuotaState>,
+    ) -> Self {
+        let own = spec.per_function().map(|own| {
+            let state = saved.get(&name).cloned().unwrap_or_default();
+            let mut p = Pacer::hydrate(own, policy, state);
+            p.assume_unrecorded_until();
+            p
+        });
+        let last = own.as_ref().and_then(|p| p.state().last_slot);
+        Member { name, own, last }
+    }
+
     /// The earliest time at or after `t` its own tiers allow a call.
     fn next_slot(&self, t: Timestamp) -> Timestamp {
         self.own.as_ref().map_or(t, |p| p.next_slot(t))
@@ -106,6 +124,18 @@ impl PoolPacer {
         Self::hydrate(names, spec, policy, &BTreeMap::new())
     }
 
+    /// A pool of one function, continuing from its saved usage (cannot fail).
+    pub fn one(
+        name: String,
+        spec: &QuotaSpec,
+        policy: PacingPolicy,
+        saved: &BTreeMap<String, QuotaState>,
+    ) -> Self {
+        PoolPacer {
+            members: vec![Member::hydrate(name, spec, policy, saved)],
+        }
+    }
+
     /// A pool continuing from the saved usage of each function ([`QuotaState::functions`]).
     /// A function saved without saving its last usage (a horizon left) counts the horizon as
     /// used, as the shared pacer does, so a restart cannot let a function exceed its tier.
@@ -118,24 +148,12 @@ impl PoolPacer {
         if names.is_empty() {
             return Err(PoolError::Empty);
         }
-        let own = spec.per_function();
         let mut members: Vec<Member> = Vec::with_capacity(names.len());
         for name in names {
             if members.iter().any(|m| m.name == name) {
                 return Err(PoolError::Duplicate(name));
             }
-            let pacer = own.clone().map(|own| {
-                let state = saved.get(&name).cloned().unwrap_or_default();
-                let mut p = Pacer::hydrate(own, policy, state);
-                p.assume_unrecorded_until();
-                p
-            });
-            let last = pacer.as_ref().and_then(|p| p.state().last_slot);
-            members.push(Member {
-                name,
-                own: pacer,
-                last,
-            });
+            members.push(Member::hydrate(name, spec, policy, saved));
         }
         Ok(PoolPacer { members })
     }
