@@ -50,6 +50,28 @@ impl WorkerPool {
         self.pacer.free_at(t, avoid)
     }
 
+    /// Of the held jobs, each last failed by the function in `avoids` (oldest first), the one
+    /// the pool can call first by the functions' own tiers, and from when: the oldest among
+    /// equals. A job that must avoid a busy function does not hold up the jobs behind it that
+    /// another function can take. `None` when nothing is held.
+    pub fn first_ready<'h>(
+        &self,
+        t: Timestamp,
+        avoids: impl Iterator<Item = Option<&'h str>>,
+    ) -> Option<(usize, Timestamp)> {
+        let mut best: Option<(usize, Timestamp)> = None;
+        for (i, avoid) in avoids.enumerate() {
+            let at = self.pacer.free_at(t, avoid);
+            if best.is_none_or(|(_, b)| at < b) {
+                best = Some((i, at));
+            }
+            if at <= t {
+                break;
+            }
+        }
+        best
+    }
+
     /// Takes the slot at or after `slot` for a job last failed by `avoid`, in the shared pacer
     /// and the chosen function's usage at once.
     pub fn take(&mut self, shared: &mut Pacer, slot: Timestamp, avoid: Option<&str>) -> PoolSlot {

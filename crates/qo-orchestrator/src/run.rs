@@ -455,10 +455,7 @@ where
             paused: self.control.paused,
             held: self.held.len(),
             visibility_due: self.visibility_due(),
-            pool_free_at: self.held.front().map(|h| {
-                let ask = now.plus(self.config.dispatch_lead / 2);
-                self.pool.free_at(ask, h.message.origin.function.as_deref())
-            }),
+            pool_free_at: self.pool_ready(now).map(|(_, at)| at),
             worker_free_at: cap_free_at(
                 self.config.worker_concurrency_cap,
                 self.busy_until.iter().copied(),
@@ -616,8 +613,19 @@ where
         Ok(out)
     }
 
+    /// The held job the pool can call first, and from when ([`WorkerPool::first_ready`]).
+    fn pool_ready(&self, now: Timestamp) -> Option<(usize, Timestamp)> {
+        let ask = now.plus(self.config.dispatch_lead / 2);
+        let avoids = self
+            .held
+            .iter()
+            .map(|h| h.message.origin.function.as_deref());
+        self.pool.first_ready(ask, avoids)
+    }
+
     fn dispatch(&mut self, slot: Timestamp, now: Timestamp) {
-        let Some(Held { message, job, .. }) = self.held.pop_front() else {
+        let first = self.pool_ready(now).map_or(0, |(i, _)| i);
+        let Some(Held { message, job, .. }) = self.held.remove(first) else {
             return;
         };
         // `slot` is the pacer's answer on this same state (nothing recorded since), asked from
