@@ -17,7 +17,8 @@
 #   6. `sam build --beta-features` (options from samconfig.toml: cached, parallel), which runs
 #      `cargo lambda build --release --arm64 --bin <Binary>` with zig as the cross linker;
 #      with a pool of two worker functions (WorkerFunctionCount=2);
-#   7. .aws-sam/build/{Orchestrator,Worker,Worker2}Function/bootstrap exist and are aarch64 ELF
+#   7. the bootstraps of OrchestratorFunction, WorkerFunction and WorkerFunction2 (in the
+#      directories the built template names: the workers share one) exist and are aarch64 ELF
 #      executables (read from the ELF header: `file` may be absent).
 #
 # Usage: bash tests/sam.sh [--no-build]
@@ -552,8 +553,19 @@ else
   ok "sam build (two worker functions) in ${build_s} s"
 
   # 6. The artifacts: 64-bit little-endian ELF, executable or PIE, e_machine 0xB7 (AArch64).
+  # Each function's artifact is where the built template's CodeUri says: functions built alike
+  # (the pool's workers, one `worker` binary) share one directory, e.g. WorkerFunction-Shared.
   for fn in OrchestratorFunction WorkerFunction WorkerFunction2; do
-    f=".aws-sam/build/$fn/bootstrap"
+    dir="$("$VENV/bin/python3" - "$fn" <<'PY'
+import sys
+from cfnlint.decode import decode
+tpl, errors = decode(".aws-sam/build/template.yaml")
+if errors:
+    sys.exit(f"sam.sh: ERROR: .aws-sam/build/template.yaml: {errors}")
+print(tpl["Resources"][sys.argv[1]]["Properties"]["CodeUri"])
+PY
+)" || die "$fn is not in .aws-sam/build/template.yaml"
+    f=".aws-sam/build/$dir/bootstrap"
     [[ -f "$f" ]] || die "$f was not produced"
     [[ -x "$f" ]] || die "$f is not executable"
     read -r -a h <<<"$(od -An -tx1 -N20 -v "$f" | tr '\n' ' ')"
@@ -564,7 +576,7 @@ else
     [[ "${h[16]}${h[17]}" == 0200 || "${h[16]}${h[17]}" == 0300 ]] ||
       die "$f is not an executable (e_type ${h[17]}${h[16]})"
     [[ "${h[18]}${h[19]}" == b700 ]] || die "$f is not aarch64 (e_machine 0x${h[19]}${h[18]}, want 0x00b7)"
-    ok "$f: ELF64 LSB aarch64 executable, $(($(wc -c <"$f") / 1024)) KiB"
+    ok "$fn: $f: ELF64 LSB aarch64 executable, $(($(wc -c <"$f") / 1024)) KiB"
   done
 fi
 
