@@ -16,7 +16,9 @@
 #   5. events/: every sample is JSON, jobs.jsonl holds 20 jobs with relative paths;
 #   6. `sam build --beta-features` (options from samconfig.toml: cached, parallel), which runs
 #      `cargo lambda build --release --arm64 --bin <Binary>` with zig as the cross linker;
-#   7. .aws-sam/build/{Orchestrator,Worker}Function/bootstrap exist and are aarch64 ELF
+#      with a pool of two worker functions (WorkerFunctionCount=2);
+#   7. the bootstraps of OrchestratorFunction, WorkerFunction and WorkerFunction2 (in the
+#      directories the built template names: the workers share one) exist and are aarch64 ELF
 #      executables (read from the ELF header: `file` may be absent).
 #
 # Usage: bash tests/sam.sh [--no-build]
@@ -127,6 +129,18 @@ PARAMETER_SETS = {
         "WorkerSystemLogLevel": "WARN",
     },
 }
+# A pool of worker functions, each in its own subnets (its own NAT address).
+PARAMETER_SETS["pool-in-subnets"] = {
+    "ApiBaseUrl": "https://api.example.com",
+    "QuotaSpec": "20/s,500/min,8/s per function",
+    "WorkerFunctionCount": 3,
+    "WorkerSecurityGroupIds": "sg-0123456789abcdef0",
+    "WorkerSubnetIds1": "subnet-0a1b2c3d4e5f60001,subnet-0a1b2c3d4e5f60002",
+    "WorkerSubnetIds2": "subnet-0a1b2c3d4e5f60003",
+    # The third function uses Lambda's own addresses.
+}
+# The largest pool, no subnets.
+PARAMETER_SETS["pool-of-four"] = {"ApiBaseUrl": "https://api.example.com", "WorkerFunctionCount": 4}
 # Values for the defaults' check: ApiBaseUrl has no default.
 REQUIRED_FOR_DEFAULTS = {"ApiBaseUrl": "https://api.example.com"}
 PSEUDO = {
@@ -239,6 +253,14 @@ class Resolved:
                     if isinstance(arg, list):
                         return self.sub(arg[0], {k: self.value(v) for k, v in arg[1].items()})
                     return self.sub(arg)
+                if key == "Fn::Join":
+                    items = self.value(arg[1])
+                    items = items.split(",") if isinstance(items, str) else items
+                    return str(arg[0]).join(str(x) for x in items)
+                if key == "Fn::EachMemberEquals":
+                    items = self.value(arg[0])
+                    items = items.split(",") if isinstance(items, str) else items
+                    return all(str(x) == str(self.value(arg[1])) for x in items)
                 if key == "Fn::GetAtt":
                     return f"<{arg[0]}.{arg[1]}>" if isinstance(arg, list) else f"<{arg}>"
             out = {}
@@ -367,13 +389,38 @@ def resolved_checks(name, r):
         fail(f"{name}: worker MaximumRetryAttempts out of 0 to 2")
     if eic["DestinationConfig"]["OnFailure"]["Destination"] != "<WorkerFailureQueue.Arn>":
         fail(f"{name}: the worker's OnFailure destination is not WorkerFailureQueue")
+    # The pool: WorkerFunctionCount functions, each the first one's copy but for its
+    # description and its subnets; the orchestrator gets all their names in order.
+    count = int(num(v["WorkerFunctionCount"]))
+    pool = ["WorkerFunction"] + [f"WorkerFunction{n}" for n in range(2, 5)]
+    present = [f for f in pool if f in res]
+    if present != pool[:count]:
+        fail(f"{name}: worker functions {present}, WorkerFunctionCount is {count}")
+    names = orch["Environment"]["Variables"].get("WORKER_FUNCTION_NAMES")
+    if names != ",".join(f"<{f}>" for f in present) or "WORKER_FUNCTION_NAME" in orch["Environment"]["Variables"]:
+        fail(f"{name}: WORKER_FUNCTION_NAMES is {names!r}, expected the pool {present}")
+    strip = lambda p: {k: x for k, x in p.items() if k not in ("Description", "VpcConfig")}
+    for n, f in enumerate(present, 1):
+        props = res[f]["Properties"]
+        if strip(props) != strip(worker):
+            fail(f"{name}: {f} differs from WorkerFunction in more than its description and subnets")
+        subnets = [x for x in str(v[f"WorkerSubnetIds{n}"]).split(",") if x]
+        vpc = props.get("VpcConfig")
+        if bool(subnets) != bool(vpc) or (vpc and (vpc["SubnetIds"].split(",") != subnets
+                                                  or vpc["SecurityGroupIds"] != v["WorkerSecurityGroupIds"])):
+            fail(f"{name}: {f}'s VpcConfig {vpc} does not follow WorkerSubnetIds{n} and WorkerSecurityGroupIds")
+    # Lambda's alarms on the worker cover every function of the pool.
     for metric in ("Throttles", "AsyncEventAge", "Errors"):
         if not any(
-            a.get("Namespace") == "AWS/Lambda" and a.get("MetricName") == metric
-            and a["Dimensions"][0]["Value"] == "<WorkerFunction>"
+            sorted(
+                m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]
+                for m in a.get("Metrics", [])
+                if "MetricStat" in m and m["MetricStat"]["Metric"]["MetricName"] == metric
+                and m["MetricStat"]["Metric"]["Namespace"] == "AWS/Lambda"
+            ) == sorted(f"<{f}>" for f in present)
             for a in alarms.values()
         ):
-            fail(f"{name}: no alarm on the worker's {metric}")
+            fail(f"{name}: no alarm on the {metric} of every worker function {present}")
 
     # Every alarm goes to the topic and tells the operator what it means.
     for n, a in alarms.items():
@@ -389,9 +436,12 @@ def resolved_checks(name, r):
     if len(fname) > 64:
         fail(f"{name}: the orchestrator's name {fname} is over 64 characters")
     arn = f"arn:{PSEUDO['AWS::Partition']}:lambda:{PSEUDO['AWS::Region']}:{PSEUDO['AWS::AccountId']}:function:{fname}"
-    invokes = [s["Resource"] for s in statements(orch) if "lambda:InvokeFunction" in actions(s)]
-    if sorted(map(str, invokes)) != sorted([arn, "<WorkerFunction.Arn>"]):
-        fail(f"{name}: the orchestrator invokes {invokes}, expected the worker and {arn}")
+    invokes = [
+        r for s in statements(orch) if "lambda:InvokeFunction" in actions(s)
+        for r in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
+    ]
+    if sorted(map(str, invokes)) != sorted([arn] + [f"<{f}.Arn>" for f in present]):
+        fail(f"{name}: the orchestrator invokes {invokes}, expected the pool {present} and {arn}")
 
     # The credential: the worker reads exactly the configured source.
     env = worker["Environment"]["Variables"]
@@ -497,13 +547,25 @@ else
     die "rustup target aarch64-unknown-linux-gnu is not installed: run bash tests/setup.sh"
   say "$(cargo lambda --version); zig $(zig version): sam build --beta-features"
   t=$SECONDS
-  sam build --beta-features
+  # With a pool of two worker functions: each is built (the same `worker` binary).
+  sam build --beta-features --parameter-overrides WorkerFunctionCount=2 ApiBaseUrl=https://api.example.com
   build_s=$((SECONDS - t))
-  ok "sam build in ${build_s} s"
+  ok "sam build (two worker functions) in ${build_s} s"
 
   # 6. The artifacts: 64-bit little-endian ELF, executable or PIE, e_machine 0xB7 (AArch64).
-  for fn in OrchestratorFunction WorkerFunction; do
-    f=".aws-sam/build/$fn/bootstrap"
+  # Each function's artifact is where the built template's CodeUri says: functions built alike
+  # (the pool's workers, one `worker` binary) share one directory, e.g. WorkerFunction-Shared.
+  for fn in OrchestratorFunction WorkerFunction WorkerFunction2; do
+    dir="$("$VENV/bin/python3" - "$fn" <<'PY'
+import sys
+from cfnlint.decode import decode
+tpl, errors = decode(".aws-sam/build/template.yaml")
+if errors:
+    sys.exit(f"sam.sh: ERROR: .aws-sam/build/template.yaml: {errors}")
+print(tpl["Resources"][sys.argv[1]]["Properties"]["CodeUri"])
+PY
+)" || die "$fn is not in .aws-sam/build/template.yaml"
+    f=".aws-sam/build/$dir/bootstrap"
     [[ -f "$f" ]] || die "$f was not produced"
     [[ -x "$f" ]] || die "$f is not executable"
     read -r -a h <<<"$(od -An -tx1 -N20 -v "$f" | tr '\n' ' ')"
@@ -514,7 +576,7 @@ else
     [[ "${h[16]}${h[17]}" == 0200 || "${h[16]}${h[17]}" == 0300 ]] ||
       die "$f is not an executable (e_type ${h[17]}${h[16]})"
     [[ "${h[18]}${h[19]}" == b700 ]] || die "$f is not aarch64 (e_machine 0x${h[19]}${h[18]}, want 0x00b7)"
-    ok "$f: ELF64 LSB aarch64 executable, $(($(wc -c <"$f") / 1024)) KiB"
+    ok "$fn: $f: ELF64 LSB aarch64 executable, $(($(wc -c <"$f") / 1024)) KiB"
   done
 fi
 

@@ -192,6 +192,9 @@ impl Backoff {
 pub struct LambdaInvoker {
     client: Client,
     function_name: String,
+    /// The other worker functions of the pool ([`LambdaInvoker::with_pool`]), invoked by name
+    /// through the same client and limiter (the Invoke API's limits are the account's).
+    pool: Vec<String>,
     limiter: Option<InvokeLimiter>,
     max_retries: u32,
     backoff: Backoff,
@@ -211,6 +214,7 @@ impl LambdaInvoker {
         Ok(LambdaInvoker {
             client: Client::from_conf(conf),
             function_name: function_name.into(),
+            pool: Vec::new(),
             limiter: settings
                 .rate_per_s
                 .map(|rate| InvokeLimiter::new(rate, settings.burst))
@@ -226,19 +230,45 @@ impl LambdaInvoker {
         self
     }
 
+    /// The same invoker over a pool of worker functions (`WORKER_FUNCTION_NAMES`):
+    /// [`Invoker::invoke_on`] invokes any of them by name; [`Invoker::invoke`] the first
+    /// given to [`LambdaInvoker::new`].
+    pub fn with_pool(mut self, functions: &[String]) -> Self {
+        self.pool = functions
+            .iter()
+            .filter(|f| **f != self.function_name)
+            .cloned()
+            .collect();
+        self
+    }
+
     /// The function invoked.
     pub fn function_name(&self) -> &str {
         &self.function_name
     }
 
-    async fn attempt(&self, payload: &[u8]) -> Result<(), Failure> {
+    /// The function `function` names: itself when it is in the pool; the only function when
+    /// there is no pool (nothing to choose); else refused.
+    fn target<'s>(&'s self, function: &'s str) -> Result<&'s str, InvokeError> {
+        if self.pool.is_empty() || function == self.function_name {
+            Ok(&self.function_name)
+        } else if self.pool.iter().any(|f| f == function) {
+            Ok(function)
+        } else {
+            Err(InvokeError::rejected(format!(
+                "`{function}` is not a worker function of the pool (WORKER_FUNCTION_NAMES)"
+            )))
+        }
+    }
+
+    async fn attempt(&self, function: &str, payload: &[u8]) -> Result<(), Failure> {
         if let Some(limiter) = &self.limiter {
             limiter.acquire().await;
         }
         let res = self
             .client
             .invoke()
-            .function_name(&self.function_name)
+            .function_name(function)
             .invocation_type(InvocationType::Event)
             .payload(Blob::new(payload))
             .send()
@@ -342,12 +372,17 @@ fn classify(err: SdkError<SdkInvokeError, HttpResponse>) -> Failure {
 #[async_trait]
 impl Invoker for LambdaInvoker {
     async fn invoke(&self, event: &WorkerEvent) -> Result<(), InvokeError> {
+        self.invoke_on(&self.function_name, event).await
+    }
+
+    async fn invoke_on(&self, function: &str, event: &WorkerEvent) -> Result<(), InvokeError> {
+        let function = self.target(function)?;
         let payload = serde_json::to_vec(event).map_err(|e| {
             InvokeError::rejected_by(format!("the event does not serialize: {e}"), e)
         })?;
         let mut retry = 0u32;
         loop {
-            let (error, retry_after) = match self.attempt(&payload).await {
+            let (error, retry_after) = match self.attempt(function, &payload).await {
                 Ok(()) => return Ok(()),
                 Err(Failure::Fail(e)) => return Err(e),
                 Err(Failure::Retry { error, retry_after }) => (error, retry_after),

@@ -8,6 +8,7 @@
 //! |---|---|---|---|---|
 //! | `qo-attempt` | Number | failed tries so far (`Origin::attempt`) | re-queue, resend, dead-letter; 0 on redrive | 0 |
 //! | `qo-throttled` | Number | 429s answered so far (`Origin::throttled`), never counted as attempts | re-queue, resend, dead-letter, when not 0; dropped on redrive | 0 |
+//! | `qo-function` | String | the pool's worker function that last had the job answered 429 or failed (`Origin::function`): the next dispatch goes through another | re-queue, resend, when set; dropped on redrive | none |
 //! | `qo-enqueued-at-ms` | Number | first enqueue, kept across re-queues | every send | `SentTimestamp` |
 //! | `qo-reason` | String | why it was dead-lettered | dead-letter | |
 //! | `qo-source-message-id` | String | its message id when dead-lettered | dead-letter | |
@@ -50,6 +51,8 @@ use crate::error::{AwsError, queue_backend, queue_err};
 pub const ATTR_ATTEMPT: &str = "qo-attempt";
 /// Message attribute: how many times the API answered the job 429 (a Number; absent: 0).
 pub const ATTR_THROTTLED: &str = "qo-throttled";
+/// The worker function of the pool that last had the job answered 429 or failed.
+pub const ATTR_FUNCTION: &str = "qo-function";
 /// Message attribute: when the job was first enqueued, epoch milliseconds (a Number).
 pub const ATTR_ENQUEUED_AT_MS: &str = "qo-enqueued-at-ms";
 /// Dead-letter attribute: why the job was dead-lettered (a String).
@@ -826,7 +829,11 @@ fn origin_of(m: &aws_sdk_sqs::types::Message) -> Origin {
         enqueued_at,
         group_id: sys(MessageSystemAttributeName::MessageGroupId),
         dedup_id: sys(MessageSystemAttributeName::MessageDeduplicationId),
-        function: None,
+        function: ours
+            .and_then(|a| a.get(ATTR_FUNCTION))
+            .and_then(|v| v.string_value())
+            .filter(|f| !f.is_empty())
+            .map(str::to_string),
     }
 }
 
@@ -844,6 +851,12 @@ fn job_attributes(
         attrs.push((
             ATTR_THROTTLED,
             number_attr(u64::from(origin.throttled)).map_err(|e| queue_backend(op, e))?,
+        ));
+    }
+    if let Some(f) = origin.function.as_deref().filter(|f| !f.is_empty()) {
+        attrs.push((
+            ATTR_FUNCTION,
+            string_attr(f).map_err(|e| queue_backend(op, e))?,
         ));
     }
     if let Some(at) = origin.enqueued_at {

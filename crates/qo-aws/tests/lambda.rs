@@ -186,6 +186,46 @@ fn calls(mock: &Mock) -> usize {
     mock.calls.lock().unwrap().len()
 }
 
+/// A pool invoker sends each event to the function named, through one client; a name outside
+/// the pool is refused without a call.
+#[tokio::test]
+async fn a_pool_invokes_the_function_named() {
+    let (mock, url) = serve(&[Reply::Accepted]).await;
+    let pool = ["worker".to_string(), "worker-b".to_string()];
+    let inv = invoker(&url, 0).await.with_pool(&pool);
+    inv.invoke_on("worker-b", &event()).await.expect("b");
+    inv.invoke_on("worker", &event()).await.expect("a");
+    inv.invoke(&event()).await.expect("the first");
+    let e = inv
+        .invoke_on("worker-c", &event())
+        .await
+        .expect_err("not in the pool");
+    assert!(e.to_string().contains("`worker-c`"), "{e}");
+    let called: Vec<String> = mock
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.function.clone())
+        .collect();
+    assert_eq!(called, ["worker-b", "worker", "worker"]);
+    // Without a pool there is nothing to choose: the one function is invoked.
+    invoker(&url, 0)
+        .await
+        .invoke_on("anything", &event())
+        .await
+        .expect("one function");
+    assert_eq!(
+        mock.calls
+            .lock()
+            .unwrap()
+            .last()
+            .map(|c| c.function.clone())
+            .as_deref(),
+        Some("worker")
+    );
+}
+
 #[tokio::test]
 async fn accepted_event_is_sent_once_as_json() {
     let (mock, url) = serve(&[Reply::Accepted]).await;

@@ -349,6 +349,23 @@ async fn the_429_count_round_trips_in_qo_throttled() {
     assert_eq!(raw.len(), 1);
     assert_eq!(attr(&raw[0], "qo-throttled"), Some("37"));
     assert_eq!(attr(&raw[0], "qo-attempt"), Some("2"));
+    assert_eq!(
+        attr(&raw[0], "qo-function"),
+        None,
+        "no function named, none written"
+    );
+
+    // The pool's function that had the job answered 429 crosses the wire in `qo-function`.
+    let by_a = Origin {
+        function: Some("qo-worker-a".into()),
+        ..Origin::default()
+    };
+    q.requeue(r#"{"path":"/f"}"#, &by_a, Duration::ZERO)
+        .await
+        .expect("requeue");
+    let back = receive_n(&q, 1).await;
+    assert_eq!(back[0].origin.function.as_deref(), Some("qo-worker-a"));
+    q.delete(&back).await.unwrap();
 
     // Zero is not written.
     q.requeue(r#"{"path":"/z"}"#, &Origin::default(), Duration::ZERO)

@@ -1,13 +1,15 @@
 //! Quotas: the spec and its calendar arithmetic ([`spec`]), the policy ([`policy`]), the
 //! persisted usage ([`state`]), the constraints each tier puts on calls (`constraint`, a
 //! private module: the GCRA pace, the rolling count, the calendar count), the pacer that
-//! combines the tiers and hands out slots ([`pacer`]), the rate learned from the API's
+//! combines the tiers and hands out slots ([`pacer`]), which worker function of a pool makes
+//! each call ([`pool`]), the rate learned from the API's
 //! throttles ([`adaptive`]), and how much of the pace a run used ([`utilization`]).
 
 pub mod adaptive;
 mod constraint;
 pub mod pacer;
 pub mod policy;
+pub mod pool;
 pub mod spec;
 pub mod state;
 pub mod utilization;
@@ -15,6 +17,7 @@ pub mod utilization;
 pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, Reaction};
 pub use pacer::{Availability, NotNow, Pacer, Slot};
 pub use policy::{BudgetMode, PacingPolicy, SlowStart};
+pub use pool::{PoolError, PoolPacer, PoolSlot};
 pub use spec::{Period, QuotaSpec, SpecError, Tier, TierId, WindowKind};
 pub use state::{QuotaState, TierReport, TierUsage};
 pub use utilization::{Utilization, UtilizationMeter};

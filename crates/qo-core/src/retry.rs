@@ -94,6 +94,20 @@ impl Retry {
         )
     }
 
+    /// The same retry, naming `function` (the worker function that just tried the job and had
+    /// it answered 429 or failed) in the re-queued origin, so the next dispatch goes through
+    /// another function of the pool. `None` (a worker that does not know its name) keeps the
+    /// origin as it is.
+    pub fn tried_by(self, function: Option<&str>) -> Retry {
+        match (self, function) {
+            (Retry::Requeue(origin), Some(f)) => Retry::Requeue(Origin {
+                function: Some(f.to_string()),
+                ..origin
+            }),
+            (retry, _) => retry,
+        }
+    }
+
     /// Re-queues `next` unless its `count` reached `max`: then it is dead-lettered with the
     /// reason `give_up` makes of the count.
     fn bounded(
@@ -170,6 +184,28 @@ mod tests {
             status: 503,
             excerpt: String::new(),
         }
+    }
+
+    #[test]
+    fn a_requeue_names_the_function_that_tried_it() {
+        let r = Retry::after_throttle(&origin(0, 0), 5, Duration::from_secs(1)).tried_by(Some("b"));
+        assert!(
+            matches!(&r, Retry::Requeue(o) if o.function.as_deref() == Some("b")),
+            "{r:?}"
+        );
+        let kept = Retry::after_failure(
+            &Origin {
+                function: Some("a".into()),
+                ..origin(0, 0)
+            },
+            5,
+            &http_503(),
+        )
+        .tried_by(None);
+        assert!(
+            matches!(&kept, Retry::Requeue(o) if o.function.as_deref() == Some("a")),
+            "{kept:?}"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use proptest::prelude::*;
 use qo_core::Timestamp;
-use qo_core::quota::{Pacer, PacingPolicy, Period, QuotaSpec, QuotaState, SlowStart, WindowKind};
+use qo_core::quota::{
+    Pacer, PacingPolicy, Period, PoolPacer, QuotaSpec, QuotaState, SlowStart, WindowKind,
+};
 
 const SPECS: &[&str] = &[
     "20/s",
@@ -75,8 +77,80 @@ fn restart() -> impl Strategy<Value = Restart> {
     prop_oneof![6 => Just(Restart::None), 1 => Just(Restart::Clean), 1 => Just(Restart::Crash)]
 }
 
+/// Pool specs: shared tiers and per-function tiers, tighter or looser than the share.
+const POOL_SPECS: &[&str] = &[
+    "8/s,5/s per function",
+    "20/s,300/min,4/s per function",
+    "10/s,6/s per function,100/min per function",
+    "5/s,10/s per function",
+    "30/s:burst=3,7/s:burst=2 per function",
+];
+
+/// Checks `calls` against every rolling tier of `spec` (the pool specs have no calendar tier).
+fn check_rolling(
+    spec: &QuotaSpec,
+    calls: &mut [Timestamp],
+    who: &str,
+) -> Result<(), TestCaseError> {
+    calls.sort();
+    for tier in spec.tiers() {
+        let max = max_in_window(calls, tier.period.duration());
+        prop_assert!(
+            max <= tier.limit.get() as usize,
+            "{who} {tier}: {max} in a window"
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_function_exceeds_its_tier_nor_the_pool_the_shared_tiers(
+        spec_i in 0..POOL_SPECS.len(),
+        functions in 1usize..=3,
+        gaps_ms in proptest::collection::vec(0u64..300, 1..300),
+        lateness in proptest::collection::vec(0u64..=5_000, 300),
+        avoid in proptest::collection::vec(proptest::option::of(0usize..3), 300),
+        restarts in proptest::collection::vec(restart(), 300),
+    ) {
+        let spec: QuotaSpec = POOL_SPECS[spec_i].parse().expect("spec");
+        let names: Vec<String> = (0..functions).map(|i| format!("worker-{i}")).collect();
+        let mut shared = Pacer::new(spec.clone(), policy());
+        let mut pool = PoolPacer::new(names.clone(), &spec, policy()).expect("pool");
+        let mut arrival = Timestamp::from_secs(1_800_000_000);
+        let mut now = arrival;
+        let mut all = Vec::new();
+        let mut by_function: std::collections::BTreeMap<String, Vec<Timestamp>> = Default::default();
+        for (i, gap) in gaps_ms.iter().enumerate() {
+            arrival = arrival.plus(Duration::from_millis(*gap));
+            if !matches!(restarts[i], Restart::None) {
+                // A restart: the shared state and each function's usage go through the saved JSON.
+                let mut state = shared.state().clone();
+                state.functions = pool.states();
+                let json = serde_json::to_string(&state).expect("json");
+                let state: QuotaState = serde_json::from_str(&json).expect("json");
+                pool = PoolPacer::hydrate(names.clone(), &spec, policy(), &state.functions)
+                    .expect("pool");
+                shared = Pacer::hydrate(spec.clone(), policy(), state);
+            }
+            let avoid = avoid[i].map(|a| format!("worker-{a}"));
+            let taken = pool.take(&mut shared, now.max(arrival), avoid.as_deref());
+            if functions > 1 && let Some(a) = &avoid {
+                prop_assert_ne!(taken.function(), a.as_str(), "a job is retried elsewhere");
+            }
+            let call = taken.at().plus(Duration::from_micros(lateness[i]));
+            all.push(call);
+            by_function.entry(taken.function().to_string()).or_default().push(call);
+            now = taken.at();
+        }
+        check_rolling(&spec, &mut all, "the pool")?;
+        let own = spec.per_function().expect("per-function tiers");
+        for (name, calls) in &mut by_function {
+            check_rolling(&own, calls, name)?;
+        }
+    }
 
     #[test]
     fn no_tier_is_exceeded_in_any_window(

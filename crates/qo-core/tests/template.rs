@@ -84,3 +84,53 @@ fn worker_settings_equal_the_template_defaults() {
         "the worker's MaximumRetryAttempts"
     );
 }
+
+/// The pool: worker functions 2 to 4 are copies of the first, each under its condition and in
+/// its own subnets when given; the orchestrator is told the whole pool.
+#[test]
+fn the_pool_functions_copy_the_first_and_the_orchestrator_names_them_all() {
+    let t = template();
+    let strip = |name: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut in_vpc = false;
+        for l in block(&t, name) {
+            let s = l.trim();
+            if s.starts_with("VpcConfig:") {
+                in_vpc = true;
+                continue;
+            }
+            if in_vpc && l.starts_with("        ") {
+                continue;
+            }
+            in_vpc = false;
+            if s.starts_with("Condition:") || s.starts_with("Description:") || s.starts_with('#') {
+                continue;
+            }
+            out.push(l.to_string());
+        }
+        out
+    };
+    let first = strip("WorkerFunction");
+    assert!(first.len() > 50, "the worker's block");
+    for n in 2..=4 {
+        let name = format!("WorkerFunction{n}");
+        assert_eq!(strip(&name), first, "{name} differs from WorkerFunction");
+        assert_eq!(value(&t, &name, "Condition"), Some(format!("HasWorker{n}")));
+        assert!(
+            block(&t, &name)
+                .join("\n")
+                .contains(&format!("SubnetIds: !Ref WorkerSubnetIds{n}")),
+            "{name} in its own subnets"
+        );
+    }
+    let orchestrator = block(&t, "OrchestratorFunction").join("\n");
+    assert!(orchestrator.contains("WORKER_FUNCTION_NAMES: !If"));
+    assert!(!orchestrator.contains("WORKER_FUNCTION_NAME:"));
+    assert!(orchestrator.contains(
+        "!Join [\",\", [!Ref WorkerFunction, !Ref WorkerFunction2, !Ref WorkerFunction3, !Ref WorkerFunction4]]"
+    ));
+    assert_eq!(
+        value(&t, "WorkerFunctionCount", "AllowedValues"),
+        Some("[1, 2, 3, 4]".into())
+    );
+}

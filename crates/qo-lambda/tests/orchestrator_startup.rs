@@ -49,3 +49,13 @@ fn the_default_stop_margin_is_the_worst_case_finish() {
     assert!(out.contains("stop_margin_s=176"), "{out}");
     assert!(out.contains("orchestrator ready"), "{out}");
 }
+
+#[test]
+fn a_bad_worker_pool_is_refused_naming_the_variable_and_value() {
+    let (ok, out) = start(&[("WORKER_FUNCTION_NAMES", "qo-w1,,qo-w2")]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("WORKER_FUNCTION_NAMES=\"qo-w1,,qo-w2\""),
+        "missing the variable and value in: {out}"
+    );
+}

@@ -1039,6 +1039,7 @@ mod tests {
         let got = q.receive(1, NOW).await.expect("receive");
         let next = Origin {
             attempt: 1,
+            function: Some("qo-worker-a".into()),
             ..got[0].origin.clone()
         };
         q.requeue("job", &next, Duration::from_secs(5))
@@ -1053,6 +1054,11 @@ mod tests {
         let again = q.receive(1, NOW).await.expect("receive");
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].origin.attempt, 1);
+        assert_eq!(
+            again[0].origin.function.as_deref(),
+            Some("qo-worker-a"),
+            "the function that failed it is carried, as qo-function is"
+        );
         assert_eq!(again[0].origin.message_id, id, "the job keeps its id");
         assert_eq!(
             again[0].origin.enqueued_at,

@@ -71,6 +71,11 @@ pub struct OrchestratorConfig {
     pub batch_window: Duration,
     /// This orchestrator's name in the lease.
     pub owner: String,
+    /// The worker functions of the pool (WORKER_FUNCTION_NAMES, or WORKER_FUNCTION_NAME as a
+    /// pool of one), in order; empty: one worker function, not named (an invoker of a single
+    /// function, as in tests). Jobs are spread across them; a job one function had answered
+    /// 429 or failed is retried through another ([`crate::pool`]).
+    pub worker_functions: Vec<String>,
 }
 
 impl OrchestratorConfig {
@@ -99,6 +104,7 @@ impl OrchestratorConfig {
             batch_max_jobs: 1,
             batch_window: Duration::from_secs(1),
             owner: "orchestrator".to_string(),
+            worker_functions: Vec::new(),
         }
     }
 
@@ -205,9 +211,58 @@ impl OrchestratorConfig {
             owner: env
                 .get("AWS_LAMBDA_LOG_STREAM_NAME")
                 .unwrap_or_else(|| format!("orchestrator-{}", uuid::Uuid::new_v4())),
+            worker_functions: worker_functions(env)?,
             ..d
         })
     }
+}
+
+/// The worker pool from `WORKER_FUNCTION_NAMES` (a comma list of function names or ARNs), or
+/// `WORKER_FUNCTION_NAME` as a pool of one; empty when neither is set. Setting both, an empty
+/// entry, a name with spaces, or a name given twice is an error naming the variable and value.
+pub fn worker_functions(env: &impl Env) -> Result<Vec<String>, ConfigError> {
+    let invalid = |name: &str, value: &str, reason: &str| ConfigError::Invalid {
+        name: name.into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let (name, value) = match (
+        env.get("WORKER_FUNCTION_NAMES"),
+        env.get("WORKER_FUNCTION_NAME"),
+    ) {
+        (Some(names), Some(_)) => {
+            return Err(invalid(
+                "WORKER_FUNCTION_NAMES",
+                &names,
+                "set either WORKER_FUNCTION_NAMES (the pool) or WORKER_FUNCTION_NAME (one function), not both",
+            ));
+        }
+        (Some(names), None) => ("WORKER_FUNCTION_NAMES", names),
+        (None, Some(one)) => ("WORKER_FUNCTION_NAME", one),
+        (None, None) => return Ok(Vec::new()),
+    };
+    let mut pool: Vec<String> = Vec::new();
+    for entry in value.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(invalid(
+                name,
+                &value,
+                "an entry is empty; give function names separated by commas, e.g. `qo-worker-1,qo-worker-2`",
+            ));
+        }
+        if entry.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                name,
+                &value,
+                &format!("`{entry}` is not a function name (it has a space)"),
+            ));
+        }
+        if pool.iter().any(|p| p == entry) {
+            return Err(invalid(name, &value, &format!("`{entry}` is named twice")));
+        }
+        pool.push(entry.to_string());
+    }
+    Ok(pool)
 }
 
 pub use qo_core::config::circuit_policy;
@@ -379,6 +434,49 @@ mod tests {
         assert_eq!(c.idle_exit, None);
         assert_eq!(c.dispatch_lead, Duration::from_millis(250));
         assert_eq!(c.circuit.failure_threshold.get(), 3);
+    }
+
+    #[test]
+    fn the_worker_pool_is_a_list_or_one_name_and_a_bad_value_is_named() {
+        let pool = |vars: &[(&str, &str)]| {
+            OrchestratorConfig::from_env(&env(vars)).map(|c| c.worker_functions)
+        };
+        assert_eq!(pool(&[]), Ok(vec![]));
+        assert_eq!(
+            pool(&[("WORKER_FUNCTION_NAME", "qo-worker")]),
+            Ok(vec!["qo-worker".to_string()])
+        );
+        assert_eq!(
+            pool(&[(
+                "WORKER_FUNCTION_NAMES",
+                " qo-w1, qo-w2 ,arn:aws:lambda:eu-west-1:1:function:qo-w3"
+            )]),
+            Ok(vec![
+                "qo-w1".to_string(),
+                "qo-w2".into(),
+                "arn:aws:lambda:eu-west-1:1:function:qo-w3".into()
+            ])
+        );
+        for (bad, why) in [
+            ("a,,b", "empty"),
+            ("a,b,a", "`a` is named twice"),
+            ("a b", "`a b`"),
+        ] {
+            let e = pool(&[("WORKER_FUNCTION_NAMES", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("WORKER_FUNCTION_NAMES={bad:?}")) && e.contains(why),
+                "{e}"
+            );
+        }
+        let e = pool(&[
+            ("WORKER_FUNCTION_NAMES", "a,b"),
+            ("WORKER_FUNCTION_NAME", "a"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
     }
 
     fn defaults_budget() -> FinishBudget {

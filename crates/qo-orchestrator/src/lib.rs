@@ -5,6 +5,8 @@
 //! - [`config`] - [`OrchestratorConfig`], read once from the environment.
 //! - [`run`] - one run of the dispatch loop, generic over the ports: it performs the steps.
 //! - [`step`] - the loop's decision, pure: [`step::next_step`] from a [`step::Snapshot`].
+//! - [`pool`] - the worker pool at dispatch: which function a job goes through, within each
+//!   function's own tiers, never the one that last failed it.
 //! - [`slots`] - [`slots::SlotLog`], recent slots, to judge the API's limit when it throttles.
 //! - [`sweep`] - the retention sweep: waiting messages re-sent as fresh copies before SQS's
 //!   retention deletes them.
@@ -17,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod pool;
 pub mod run;
 pub mod slots;
 pub mod step;

@@ -31,6 +31,7 @@ use qo_core::{
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
+use crate::pool::WorkerPool;
 use crate::slots::SlotLog;
 use crate::step::{
     Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, cap_free_at, group_len,
@@ -241,6 +242,9 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     /// Quota usage and the learned rate: asked for slots, recorded into at each dispatch, and
     /// saved (fenced by the lease) so that the next run starts where this one ended.
     pacer: Pacer,
+    /// The worker functions and each one's usage of its own tiers ([`crate::pool`]), saved
+    /// with the quota state.
+    pool: WorkerPool,
     /// The version of the quota record last read or written: saves are conditional on it.
     quota_version: u64,
     /// The circuit as last read (the worker writes it): dispatch only while closed.
@@ -391,6 +395,7 @@ where
             .await?
             .value;
         let quota = load_record::<QuotaState>(ports.store, RecordKey::Quota).await?;
+        let pool = WorkerPool::hydrate(config, &control, &quota.value);
         let (mut pacer, slots) = hydrate_pacer(config, &control, quota.value);
         if let Some(until) = control.backoff_until {
             pacer.back_off_until(until);
@@ -412,6 +417,7 @@ where
             ports,
             config,
             pacer,
+            pool,
             quota_version: quota.version,
             circuit: Circuit::default(),
             control,
@@ -505,6 +511,7 @@ where
             paused: self.control.paused,
             held: self.held.len(),
             visibility_due: self.visibility_due(),
+            pool_free_at: self.pool_ready(now).map(|(_, at)| at),
             worker_free_at: cap_free_at(
                 self.config.worker_concurrency_cap,
                 self.busy_until.iter().copied(),
@@ -670,6 +677,16 @@ where
         Ok(out)
     }
 
+    /// The held job the pool can call first, and from when ([`WorkerPool::first_ready`]).
+    fn pool_ready(&self, now: Timestamp) -> Option<(usize, Timestamp)> {
+        let ask = now.plus(self.config.dispatch_lead / 2);
+        let avoids = self
+            .held
+            .iter()
+            .map(|h| h.message.origin.function.as_deref());
+        self.pool.first_ready(ask, avoids)
+    }
+
     /// Hands the first held jobs out at `slots` (the pacer's, in order): grouped into
     /// invocations of up to `batch_max_jobs` ([`group_len`]), each sent now, at its first
     /// slot's send time; a later invocation of the pass goes only at a due slot and while the
@@ -678,6 +695,13 @@ where
     fn dispatch(&mut self, slots: &[Timestamp], now: Timestamp) {
         let cfg = self.config;
         self.report.dispatch_passes += 1;
+        // The held job the pool can call first goes first (the decision's slot is its).
+        if let Some((i, _)) = self.pool_ready(now)
+            && i > 0
+            && let Some(h) = self.held.remove(i)
+        {
+            self.held.push_front(h);
+        }
         let mut next = 0;
         while next < slots.len() && !self.held.is_empty() {
             if next > 0
@@ -707,6 +731,21 @@ where
                     dispatched_at: now,
                 })
                 .collect();
+            // A slot goes only where a function of the pool allows it by its own tiers (then
+            // the pool takes exactly that slot): the group ends before the first that no
+            // function allows.
+            let free = events
+                .iter()
+                .take_while(|e| {
+                    let avoid = e.origin.function.as_deref();
+                    self.pool.free_at(e.slot_at, avoid) <= e.slot_at
+                })
+                .count();
+            if free == 0 {
+                break;
+            }
+            events.truncate(free);
+            let look = events.len();
             let n = if look > 1 {
                 let candidates: Vec<Candidate> = events
                     .iter()
@@ -727,15 +766,43 @@ where
         }
     }
 
-    /// Records `events`' slots and sends them in one invocation (a single job as a job event).
-    fn send(&mut self, mut events: Vec<JobEvent>, messages: Vec<Message>, now: Timestamp) {
+    /// Records `events`' slots in the shared pacer and the pool, and sends them: one
+    /// invocation per run of consecutive jobs the pool routes to the same function (a single
+    /// job as a job event).
+    fn send(&mut self, events: Vec<JobEvent>, messages: Vec<Message>, now: Timestamp) {
+        let mut runs: Vec<(String, Vec<JobEvent>, Vec<Message>)> = Vec::new();
+        for (mut e, m) in events.into_iter().zip(messages) {
+            // The slots are the pacer's answers on this same state, taken in order, and a
+            // function allows each (checked by `dispatch`): each is taken as it is.
+            let taken = self
+                .pool
+                .take(&mut self.pacer, e.slot_at, e.origin.function.as_deref());
+            debug_assert_eq!(taken.at(), e.slot_at, "the decision's slot");
+            e.slot_at = taken.at();
+            match runs.last_mut() {
+                Some((f, evs, ms)) if f == taken.function() => {
+                    evs.push(e);
+                    ms.push(m);
+                }
+                _ => runs.push((taken.function().to_string(), vec![e], vec![m])),
+            }
+        }
+        for (function, events, messages) in runs {
+            self.invoke_through(function, events, messages, now);
+        }
+    }
+
+    /// Sends `events` (their slots taken) in one invocation of `function`.
+    fn invoke_through(
+        &mut self,
+        function: String,
+        mut events: Vec<JobEvent>,
+        messages: Vec<Message>,
+        now: Timestamp,
+    ) {
         let rate = self.pacer.spec().pacing_rate_per_s();
         for e in &mut events {
-            // The slots are the pacer's answers on this same state, taken in order: each
-            // conforms and is the first conforming slot from itself.
-            let slot = self.pacer.take_first_from(e.slot_at).at();
-            debug_assert_eq!(slot, e.slot_at, "the decision's slot");
-            e.slot_at = slot;
+            let slot = e.slot_at;
             self.slots.push(slot);
             self.meter.record(slot, rate);
             self.ports.observer.observe(Observation::Dispatched {
@@ -773,7 +840,7 @@ where
         let invoker = self.ports.invoker;
         self.in_flight.push(Box::pin(
             async move {
-                let result = invoker.invoke(&event).await;
+                let result = invoker.invoke_on(&function, &event).await;
                 (messages, result)
             }
             .instrument(span),
@@ -864,6 +931,7 @@ where
             info!(from = %self.pacer.spec(), to = %spec, "quota changed");
             self.meter.close();
             self.slots.set_period(spec.pacing_period());
+            self.pool.set_spec(&spec, self.config);
             self.pacer.set_spec(spec);
         }
         if let Some(until) = control.backoff_until {
@@ -1279,7 +1347,8 @@ where
         self.pacer.settle_adaptive(now);
         self.pacer.set_horizon(now, horizon);
         let store = self.ports.store;
-        let state = self.pacer.state().clone();
+        let mut state = self.pacer.state().clone();
+        self.pool.save_into(&mut state, now, horizon);
         let (expected, token) = (self.quota_version, self.lease.token);
         let version = self
             .while_invoking(async move {

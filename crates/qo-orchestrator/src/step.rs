@@ -64,6 +64,9 @@ pub struct Snapshot<'a> {
     pub held: usize,
     /// When the first held message's visibility needs extending (`None`: nothing held).
     pub visibility_due: Option<Timestamp>,
+    /// The earliest time the worker pool's per-function tiers allow the first held job a call
+    /// (`None`: nothing held); the decision asks the shared pacer from there.
+    pub pool_free_at: Option<Timestamp>,
     /// When an event stops counting against the worker concurrency cap, if the cap is
     /// reached (see [`cap_free_at`]).
     pub worker_free_at: Option<Timestamp>,
@@ -365,6 +368,7 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
     // millisecond grain, schedulers jitter) keeps the pace's slot instead of pushing every
     // later slot back.
     let ask = s.now.plus(cfg.dispatch_lead / 2);
+    let ask = s.pool_free_at.map_or(ask, |free| ask.max(free));
     let (slot, uncounted) = match s.pacer.peek(ask) {
         Ok(()) => (ask, false),
         Err(NotNow::NotBefore { at, .. }) => (at, false),
@@ -483,6 +487,7 @@ mod tests {
                 paused: false,
                 held,
                 visibility_due: (held > 0).then(|| now.plus(Duration::from_secs(60))),
+                pool_free_at: None,
                 worker_free_at: None,
                 in_flight: 0,
                 // With something held, a receive is under way (else the first step would be

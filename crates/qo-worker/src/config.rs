@@ -76,6 +76,11 @@ pub struct WorkerConfig {
     /// headers) is written to the control record only when few calls are left, and at most
     /// once per this long per execution environment. A 429 always writes it.
     pub api_window_report: Duration,
+    /// The worker function this worker runs as (`AWS_LAMBDA_FUNCTION_NAME`, which Lambda
+    /// sets; `None` outside Lambda unless set in code): a job re-queued after a 429 or a
+    /// failure names it in `Origin::function`, so the orchestrator retries it through another
+    /// function of the pool.
+    pub function_name: Option<String>,
 }
 
 impl WorkerConfig {
@@ -103,6 +108,7 @@ impl WorkerConfig {
             credential_reread: Duration::from_secs(60),
             rate_limit_headers: RateLimitHeaders::Auto,
             api_window_report: Duration::from_millis(1_000),
+            function_name: None,
         }
     }
 
@@ -219,6 +225,9 @@ impl WorkerConfig {
             retry_delay: env.seconds("RETRY_DELAY_S", d.retry_delay)?,
             max_attempts,
             max_throttled,
+            function_name: env
+                .get("AWS_LAMBDA_FUNCTION_NAME")
+                .filter(|n| !n.trim().is_empty()),
             circuit: circuit_policy_from_env(env)?,
             credential_reread: positive(
                 env,

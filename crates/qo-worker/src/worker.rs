@@ -924,6 +924,7 @@ where
     ) -> Result<bool, WorkerError> {
         let body = requeue_body(ev, job_id)?;
         let given_up = retry
+            .tried_by(self.config.function_name.as_deref())
             .apply(&self.sink, &body, delay.min(MAX_REQUEUE_DELAY))
             .await?;
         match given_up {

@@ -50,7 +50,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole system on this machine and report what a quota does to a backlog.
-    Local(local::LocalArgs),
+    Local(Box<local::LocalArgs>),
     /// Serve the quota-enforcing API simulator on its own.
     Sim(sim::SimArgs),
     /// Measure the highest rate one orchestrator paces (in-memory ports, real clock).
@@ -78,7 +78,7 @@ fn without_aws(what: &str, detail: &str) -> String {
 /// Runs `command` to its end.
 pub async fn run(command: Command) -> CommandResult {
     match command {
-        Command::Local(args) => local::run(args).await,
+        Command::Local(args) => local::run(*args).await,
         Command::Sim(args) => sim::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         #[cfg(feature = "aws")]

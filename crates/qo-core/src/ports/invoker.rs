@@ -117,11 +117,95 @@ impl Eq for InvokeError {}
 pub trait Invoker: Send + Sync {
     /// Returns once the event is accepted for delivery.
     async fn invoke(&self, event: &WorkerEvent) -> Result<(), InvokeError>;
+
+    /// Hands the event to `function`, one worker function of the pool
+    /// (`WORKER_FUNCTION_NAMES`). An invoker of a single function has no choice to make and
+    /// invokes it, whatever the name.
+    async fn invoke_on(&self, function: &str, event: &WorkerEvent) -> Result<(), InvokeError> {
+        let _ = function;
+        self.invoke(event).await
+    }
+}
+
+/// A pool of worker functions, each behind its own invoker (a layer in the tower spirit):
+/// [`Invoker::invoke_on`] picks the member by name; [`Invoker::invoke`] goes to the first.
+pub struct PoolInvoker<I> {
+    members: Vec<(String, I)>,
+}
+
+impl<I> PoolInvoker<I> {
+    /// A pool of `(name, invoker)` members, in order (at least one, names distinct: the
+    /// configuration checks both).
+    pub fn new(members: Vec<(String, I)>) -> Self {
+        PoolInvoker { members }
+    }
+
+    /// The member called `function`.
+    pub fn member(&self, function: &str) -> Option<&I> {
+        self.members
+            .iter()
+            .find(|(name, _)| name == function)
+            .map(|(_, i)| i)
+    }
+
+    /// The members, in order.
+    pub fn members(&self) -> &[(String, I)] {
+        &self.members
+    }
+}
+
+#[async_trait]
+impl<I: Invoker> Invoker for PoolInvoker<I> {
+    async fn invoke(&self, event: &WorkerEvent) -> Result<(), InvokeError> {
+        match self.members.first() {
+            Some((_, first)) => first.invoke(event).await,
+            None => Err(InvokeError::rejected("the worker pool has no function")),
+        }
+    }
+
+    async fn invoke_on(&self, function: &str, event: &WorkerEvent) -> Result<(), InvokeError> {
+        match self.member(function) {
+            Some(member) => member.invoke(event).await,
+            None => Err(InvokeError::rejected(format!(
+                "`{function}` is not a worker function of the pool"
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Named(&'static str, std::sync::Mutex<Vec<&'static str>>);
+
+    #[async_trait]
+    impl Invoker for Named {
+        async fn invoke(&self, _: &WorkerEvent) -> Result<(), InvokeError> {
+            self.1.lock().expect("lock").push(self.0);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pool_invokes_the_member_named() {
+        let log = || std::sync::Mutex::new(Vec::new());
+        let pool = PoolInvoker::new(vec![
+            ("a".to_string(), Named("a", log())),
+            ("b".to_string(), Named("b", log())),
+        ]);
+        let ev = WorkerEvent::HealthCheck(crate::job::HealthCheckEvent {
+            epoch: 1,
+            sent_at: crate::Timestamp::from_millis(1),
+        });
+        pool.invoke_on("b", &ev).await.expect("b");
+        pool.invoke(&ev).await.expect("the first");
+        let e = pool.invoke_on("c", &ev).await.expect_err("not in the pool");
+        assert!(e.to_string().contains("`c`"), "{e}");
+        let calls = |n: &str| pool.member(n).map(|m| m.1.lock().expect("lock").clone());
+        assert_eq!(calls("a"), Some(vec!["a"]));
+        assert_eq!(calls("b"), Some(vec!["b"]));
+    }
 
     #[test]
     fn the_source_is_kept_and_the_text_unchanged() {

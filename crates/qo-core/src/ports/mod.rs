@@ -19,7 +19,7 @@ pub mod queue;
 pub mod store;
 
 pub use crate::retry::{GiveUp, Retry, requeue_or_dead_letter};
-pub use invoker::{InvokeError, Invoker, SharedError};
+pub use invoker::{InvokeError, Invoker, PoolInvoker, SharedError};
 pub use queue::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
 };

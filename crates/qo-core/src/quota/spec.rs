@@ -1,6 +1,8 @@
 //! The quota spec: `10/s,500/min,20000/day@calendar,300000/month`.
 //!
-//! Grammar: a comma list of tiers, each `LIMIT/PERIOD[@rolling|@calendar][:burst=B]`.
+//! Grammar: a comma list of tiers, each `LIMIT/PERIOD[@rolling|@calendar][:burst=B][ per function]`.
+//! A tier ending in ` per function` applies to each worker function of the pool separately
+//! (an API that limits per source address); the others are shared by the whole pool.
 //! Periods: `s`, `min`, `h`, `day`, `month` (with a few aliases). A rolling month is 30 days; a
 //! calendar tier resets at the UTC boundary of its period (the first of the month for `month`).
 //!
@@ -193,11 +195,21 @@ impl fmt::Display for TierId {
 /// // A bad tier is named in the error.
 /// let err = "10/s,5/fortnight".parse::<QuotaSpec>().unwrap_err();
 /// assert!(err.to_string().contains("`fortnight`"));
+///
+/// // A tier may apply to each worker function of a pool separately (an API that limits per
+/// // source address): 20/s and 500/min for the whole pool, and 8/s for each function.
+/// let pool: QuotaSpec = "20/s,500/min,8/s per function".parse().expect("a valid spec");
+/// assert_eq!(pool.tiers().len(), 2);
+/// assert_eq!(pool.per_function().expect("a per-function tier").to_string(), "8/s");
+/// assert_eq!(pool.to_string(), "20/s,500/min,8/s per function");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct QuotaSpec {
+    /// The tiers the whole pool shares.
     tiers: Vec<Tier>,
+    /// The tiers each worker function has on its own (` per function`).
+    per_function: Vec<Tier>,
 }
 
 /// A quota spec that could not be parsed; names the bad part.
@@ -250,6 +262,28 @@ pub enum SpecError {
         /// The repeated period.
         period: String,
     },
+    /// Every tier was per function: the pool as a whole needs a limit too.
+    #[error(
+        "quota spec has only per-function tiers; give at least one tier for the whole pool, e.g. `20/s,8/s per function`"
+    )]
+    OnlyPerFunction,
+}
+
+/// The suffix that makes a tier apply to each worker function separately.
+pub const PER_FUNCTION: &str = "per function";
+
+fn check_duplicates(tiers: &[Tier]) -> Result<(), SpecError> {
+    let mut seen = Vec::new();
+    for t in tiers {
+        let key = (t.period, t.window);
+        if seen.contains(&key) {
+            return Err(SpecError::Duplicate {
+                period: t.period.unit().to_string(),
+            });
+        }
+        seen.push(key);
+    }
+    Ok(())
 }
 
 impl QuotaSpec {
@@ -258,17 +292,27 @@ impl QuotaSpec {
         if tiers.is_empty() {
             return Err(SpecError::Empty);
         }
-        let mut seen = Vec::new();
-        for t in &tiers {
-            let key = (t.period, t.window);
-            if seen.contains(&key) {
-                return Err(SpecError::Duplicate {
-                    period: t.period.unit().to_string(),
-                });
-            }
-            seen.push(key);
-        }
-        Ok(QuotaSpec { tiers })
+        check_duplicates(&tiers)?;
+        Ok(QuotaSpec {
+            tiers,
+            per_function: Vec::new(),
+        })
+    }
+
+    /// The same spec with `tiers` applying to each worker function separately (replacing any).
+    pub fn with_per_function(mut self, tiers: Vec<Tier>) -> Result<Self, SpecError> {
+        check_duplicates(&tiers)?;
+        self.per_function = tiers;
+        Ok(self)
+    }
+
+    /// The tiers each worker function has on its own, as a spec of their own (`None`: no
+    /// per-function tier).
+    pub fn per_function(&self) -> Option<QuotaSpec> {
+        (!self.per_function.is_empty()).then(|| QuotaSpec {
+            tiers: self.per_function.clone(),
+            per_function: Vec::new(),
+        })
     }
 
     /// The tiers, in the order given.
@@ -381,11 +425,22 @@ impl FromStr for QuotaSpec {
         if s.trim().is_empty() {
             return Err(SpecError::Empty);
         }
-        let tiers = s
-            .split(',')
-            .map(parse_tier)
-            .collect::<Result<Vec<_>, _>>()?;
-        QuotaSpec::new(tiers)
+        let mut shared = Vec::new();
+        let mut per_function = Vec::new();
+        for raw in s.split(',') {
+            let raw = raw.trim();
+            let own = raw
+                .strip_suffix(PER_FUNCTION)
+                .filter(|t| t.ends_with(char::is_whitespace));
+            match own {
+                Some(tier) => per_function.push(parse_tier(tier)?),
+                None => shared.push(parse_tier(raw)?),
+            }
+        }
+        if shared.is_empty() {
+            return Err(SpecError::OnlyPerFunction);
+        }
+        QuotaSpec::new(shared)?.with_per_function(per_function)
     }
 }
 
@@ -396,6 +451,9 @@ impl fmt::Display for QuotaSpec {
                 f.write_str(",")?;
             }
             write!(f, "{t}")?;
+        }
+        for t in &self.per_function {
+            write!(f, ",{t} {PER_FUNCTION}")?;
         }
         Ok(())
     }
@@ -459,6 +517,45 @@ mod tests {
         assert!(matches!(
             "10/s,20/s".parse::<QuotaSpec>().unwrap_err(),
             SpecError::Duplicate { .. }
+        ));
+    }
+
+    #[test]
+    fn per_function_tiers_parse_apart_and_round_trip() {
+        let q: QuotaSpec = "20/s, 500/min, 8/s per function, 300/min per function"
+            .parse()
+            .expect("valid");
+        assert_eq!(q.tiers().len(), 2);
+        let own = q.per_function().expect("per-function tiers");
+        assert_eq!(own.to_string(), "8/s,300/min");
+        assert_eq!(
+            q.to_string(),
+            "20/s,500/min,8/s per function,300/min per function"
+        );
+        assert_eq!(q.to_string().parse::<QuotaSpec>(), Ok(q.clone()));
+        // The shared pace ignores the per-function tiers.
+        assert!((q.pacing_rate_per_s() - 500.0 / 60.0).abs() < 1e-9);
+        assert_eq!(
+            "20/s".parse::<QuotaSpec>().map(|q| q.per_function()),
+            Ok(None)
+        );
+        let j = serde_json::to_string(&q).expect("json");
+        assert_eq!(serde_json::from_str::<QuotaSpec>(&j).expect("json"), q);
+    }
+
+    #[test]
+    fn per_function_errors_name_the_bad_part() {
+        assert_eq!(
+            "8/s per function".parse::<QuotaSpec>(),
+            Err(SpecError::OnlyPerFunction)
+        );
+        let e = "20/s,8/s per functions".parse::<QuotaSpec>().unwrap_err();
+        assert!(e.to_string().contains("8/s per functions"), "{e}");
+        let e = "20/s,x/s per function".parse::<QuotaSpec>().unwrap_err();
+        assert!(e.to_string().contains("`x`"), "{e}");
+        assert!(matches!(
+            "20/s,8/s per function,9/s per function".parse::<QuotaSpec>(),
+            Err(SpecError::Duplicate { .. })
         ));
     }
 

@@ -5,7 +5,7 @@
 //! private `quota::constraint` module) and the [`super::Pacer`]. Its serialized shape is what
 //! the state store holds, so fields are only ever added (with `#[serde(default)]`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,11 @@ pub struct QuotaState {
     /// The rate learned from the API's throttles, so a new run starts where the last ended.
     #[serde(default)]
     pub adaptive: Adaptive,
+    /// The usage of each worker function's own tiers (` per function`), by function name
+    /// ([`super::PoolPacer`]); empty without per-function tiers, and then not written, so a
+    /// state saved before pools reads the same.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub functions: BTreeMap<String, QuotaState>,
 }
 
 /// Usage of one tier, for status reports.

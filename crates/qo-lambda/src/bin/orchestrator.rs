@@ -32,7 +32,13 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     let mut config = OrchestratorConfig::from_env(&env)?;
     let common = Common::from_env(&env)?;
     let sdk = common.sdk;
-    let worker = env.required("WORKER_FUNCTION_NAME")?;
+    // WORKER_FUNCTION_NAMES (the pool) or WORKER_FUNCTION_NAME (one function).
+    let Some(worker) = config.worker_functions.first().cloned() else {
+        return Err(qo_core::config::ConfigError::Missing {
+            name: "WORKER_FUNCTION_NAMES (or WORKER_FUNCTION_NAME)".into(),
+        }
+        .into());
+    };
     let invoke = InvokeSettings::from_env(&env)?;
     invoke.check_covers(config.quota.pacing_rate_per_s())?;
     // Seed 003: the stop margin covers the worst-case finish; the function timeout covers the
@@ -65,7 +71,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     // AWS_ENDPOINT_URL (moto, locally) is honoured by the SDK itself.
     let aws = load_config(&sdk, None).await;
     let (store, queue) = common.stores(&aws);
-    let invoker = LambdaInvoker::new(&aws, worker, &invoke)?;
+    let invoker = LambdaInvoker::new(&aws, worker, &invoke)?.with_pool(&config.worker_functions);
     let metrics = EmfMetrics::from_env(&env, "orchestrator");
     // At its deadline a run with work left invokes this function again (CONTINUE_AT_DEADLINE,
     // default true; Lambda names the function in AWS_LAMBDA_FUNCTION_NAME).
@@ -76,7 +82,7 @@ async fn run() -> Result<(), lambda_runtime::Error> {
         (true, Some(name)) => Some(AsyncInvoke::new(&aws, name)),
         _ => None,
     };
-    info!(quota = %config.quota, lead_ms = config.dispatch_lead.as_millis() as u64, "orchestrator ready");
+    info!(quota = %config.quota, workers = ?config.worker_functions, lead_ms = config.dispatch_lead.as_millis() as u64, "orchestrator ready");
 
     let (config, store, queue, invoker, metrics, continuation) =
         (&config, &store, &queue, &invoker, &metrics, &continuation);

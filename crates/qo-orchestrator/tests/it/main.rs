@@ -6,6 +6,7 @@
 mod closed_loop;
 mod dispatch;
 mod no_job_lost;
+mod pool;
 mod receive_churn;
 mod retention_sweep;
 mod scale;

@@ -591,3 +591,40 @@ async fn the_deadline_check_counts_the_slot_wait_and_one_call() {
         .expect("handled");
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
 }
+
+/// The worker names its own function (Lambda's AWS_LAMBDA_FUNCTION_NAME) in the origin of a job
+/// it re-queues after a 429 or a failure, so the orchestrator retries it through another
+/// function of the pool; without a name the origin keeps the function it came with.
+#[tokio::test(start_paused = true)]
+async fn a_requeue_after_a_429_or_a_failure_names_this_function() {
+    let throttled = ApiResponse {
+        status: 429,
+        retry_after: Some("1".into()),
+        ..ApiResponse::default()
+    };
+    let named = [("AWS_LAMBDA_FUNCTION_NAME", "qo-worker-2")];
+    for answer in [throttled, ApiResponse::status(503)] {
+        let (r, _) = setup(Ok(answer.clone()), &named);
+        let mut ev = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
+        ev.origin.function = Some("qo-worker-1".into());
+        r.handle(WorkerEvent::Job(ev)).await;
+        let q = r.sink.requeues();
+        assert_eq!(q.len(), 1, "{answer:?}");
+        assert_eq!(
+            q[0].origin.function.as_deref(),
+            Some("qo-worker-2"),
+            "{answer:?}"
+        );
+
+        let (r, _) = setup(Ok(answer.clone()), &[]);
+        let mut ev = job_event(r#"{"path":"/x"}"#, "m-1", T0, 0);
+        ev.origin.function = Some("qo-worker-1".into());
+        r.handle(WorkerEvent::Job(ev)).await;
+        let q = r.sink.requeues();
+        assert_eq!(
+            q[0].origin.function.as_deref(),
+            Some("qo-worker-1"),
+            "{answer:?}"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The worker pool: jobs spread across the functions of `WORKER_FUNCTION_NAMES`, a job one
+//! function had answered 429 or failed is next called through another, and a per-function
+//! tier (`5/s per function`) holds for each function while the shared tiers hold for all.
+//!
+//! Each function is its own [`LocalInvoker`] (its own execution environments) behind a
+//! [`PoolInvoker`]; its stand-in worker waits for the slot, records the call with the
+//! function's name, and re-queues a failed or throttled job naming itself in
+//! `Origin::function`, as the worker does.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qo_core::ports::{JobSink, PoolInvoker, RecordKey, update_record};
+use qo_core::{Clock, NoObserver, Origin, Throttles, Timestamp, TokioClock, WorkerEvent};
+use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
+use qo_orchestrator::{OrchestratorConfig, Ports, RunReport, run};
+
+use crate::support::{WALL_CLOCK_LIMIT, Watchdog, config, max_in_window, start};
+
+/// One call: the function that made it, when, the job's path.
+#[derive(Clone, Debug)]
+struct Call {
+    function: String,
+    at: Timestamp,
+    path: String,
+}
+
+/// What the API does with a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
+    Ok,
+    /// A 5xx: re-queued after 1 s, attempt raised.
+    Fail,
+    /// A 429 with Retry-After 1 s: the back-off in the control record, re-queued after it.
+    Throttle,
+}
+
+type Verdict = Arc<dyn Fn(&str, &Call, &[Call]) -> Answer + Send + Sync>;
+
+struct Pool {
+    clock: Arc<TokioClock>,
+    queue: MemoryQueue,
+    store: MemoryStore,
+    invoker: PoolInvoker<LocalInvoker>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    names: Vec<String>,
+}
+
+impl Pool {
+    /// A pool of `n` functions whose API answers as `verdict` says (given the function, the
+    /// call, and every call before it).
+    fn new(n: usize, verdict: Verdict) -> Pool {
+        let clock = Arc::new(TokioClock::starting_at(start()));
+        let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+        let store = MemoryStore::new();
+        let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+        let names: Vec<String> = (1..=n).map(|i| format!("qo-worker-{i}")).collect();
+        let members = names
+            .iter()
+            .map(|name| {
+                let handler = stand_in(
+                    name.clone(),
+                    clock.clone(),
+                    queue.clone(),
+                    store.clone(),
+                    calls.clone(),
+                    verdict.clone(),
+                );
+                let invoker = LocalInvoker::with_options(
+                    clock.clone(),
+                    Arc::new(handler),
+                    InvokerOptions::template(),
+                )
+                .expect("options");
+                (name.clone(), invoker)
+            })
+            .collect();
+        Pool {
+            clock,
+            queue,
+            store,
+            invoker: PoolInvoker::new(members),
+            calls,
+            names,
+        }
+    }
+
+    fn config(&self, quota: &str) -> OrchestratorConfig {
+        let mut c = config(quota);
+        c.worker_functions = self.names.clone();
+        c
+    }
+
+    fn enqueue(&self, n: usize) {
+        for i in 0..n {
+            self.queue.send(format!(r#"{{"path":"/items/{i}"}}"#));
+        }
+    }
+
+    async fn run_for(&self, config: &OrchestratorConfig, d: Duration) -> RunReport {
+        let ports = Ports {
+            queue: &self.queue,
+            store: &self.store,
+            invoker: &self.invoker,
+            clock: self.clock.as_ref(),
+            observer: &NoObserver,
+        };
+        let deadline = self.clock.now().plus(d);
+        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
+        let report = run(ports, config, deadline).await.expect("run");
+        for (_, member) in self.invoker.members() {
+            member.wait_idle().await;
+        }
+        report
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        let mut c = self.calls.lock().expect("calls").clone();
+        c.sort_by_key(|c| c.at);
+        c
+    }
+}
+
+/// The stand-in worker of function `name`.
+fn stand_in(
+    name: String,
+    clock: Arc<TokioClock>,
+    queue: MemoryQueue,
+    store: MemoryStore,
+    calls: Arc<Mutex<Vec<Call>>>,
+    verdict: Verdict,
+) -> impl Fn(WorkerEvent) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
++ Send
++ Sync
++ 'static {
+    move |ev: WorkerEvent| {
+        let (name, clock, queue, store, calls, verdict) = (
+            name.clone(),
+            clock.clone(),
+            queue.clone(),
+            store.clone(),
+            calls.clone(),
+            verdict.clone(),
+        );
+        Box::pin(async move {
+            let WorkerEvent::Job(job) = ev else {
+                return;
+            };
+            clock.sleep_until(job.slot_at).await;
+            let call = Call {
+                function: name.clone(),
+                at: clock.now(),
+                path: job.job.path.clone(),
+            };
+            let answer = {
+                let mut all = calls.lock().expect("calls");
+                let answer = verdict(&name, &call, &all);
+                all.push(call.clone());
+                answer
+            };
+            let body = serde_json::to_string(&job.job).expect("json");
+            // As the worker does (Retry::tried_by): the re-queue names this function.
+            let tried = |origin: Origin| Origin {
+                function: Some(name.clone()),
+                ..origin
+            };
+            match answer {
+                Answer::Ok => {}
+                Answer::Fail => {
+                    let next = tried(Origin {
+                        attempt: job.origin.attempt + 1,
+                        ..job.origin.clone()
+                    });
+                    queue
+                        .requeue(&body, &next, Duration::from_secs(1))
+                        .await
+                        .expect("requeue");
+                }
+                Answer::Throttle => {
+                    let now = clock.now();
+                    let until = now.plus(Duration::from_secs(1));
+                    update_record::<qo_core::Control, _>(&store, RecordKey::Control, |c| {
+                        let mut c = c.clone();
+                        c.backoff_until = c.backoff_until.max(Some(until));
+                        c.throttles =
+                            Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
+                        Some(c)
+                    })
+                    .await
+                    .expect("back-off");
+                    let next = tried(Origin {
+                        throttled: job.origin.throttled + 1,
+                        ..job.origin.clone()
+                    });
+                    queue
+                        .requeue(&body, &next, Duration::from_secs(1))
+                        .await
+                        .expect("requeue");
+                }
+            }
+        })
+    }
+}
+
+/// Whether `call` is its job's first.
+fn first_call(call: &Call, before: &[Call]) -> bool {
+    !before.iter().any(|c| c.path == call.path)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_throttled_or_failed_by_one_function_is_next_called_through_another() {
+    // Every job's first call fails (every third one: a 429); its second succeeds.
+    let verdict: Verdict = Arc::new(|_, call, before| {
+        if !first_call(call, before) {
+            Answer::Ok
+        } else if call.path.ends_with('0') || call.path.ends_with('3') {
+            Answer::Throttle
+        } else {
+            Answer::Fail
+        }
+    });
+    let pool = Pool::new(3, verdict);
+    pool.enqueue(60);
+    let cfg = pool.config("10/s");
+    pool.run_for(&cfg, Duration::from_secs(120)).await;
+    let calls = pool.calls();
+    assert_eq!(calls.len(), 120, "each job twice");
+    for job in 0..60 {
+        let path = format!("/items/{job}");
+        let tries: Vec<&Call> = calls.iter().filter(|c| c.path == path).collect();
+        assert_eq!(tries.len(), 2, "{path}: {tries:?}");
+        assert_ne!(
+            tries[0].function, tries[1].function,
+            "{path} was retried through the function that failed it"
+        );
+    }
+    // Spread across the pool: each function made a third of the calls, give or take a few.
+    for name in &pool.names {
+        let n = calls.iter().filter(|c| &c.function == name).count();
+        assert!((35..=45).contains(&n), "{name} made {n} of 120 calls");
+    }
+    assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all() {
+    // Per function 5/s, shared 8/s, two functions. Every job's first call through
+    // qo-worker-1 fails, so its retry must go through qo-worker-2: the second function has
+    // more to do than half the pace, and its own tier binds.
+    let verdict: Verdict = Arc::new(|function, call, before| {
+        if function == "qo-worker-1" && first_call(call, before) {
+            Answer::Fail
+        } else {
+            Answer::Ok
+        }
+    });
+    let pool = Pool::new(2, verdict);
+    pool.enqueue(300);
+    let cfg = pool.config("8/s,5/s per function");
+    pool.run_for(&cfg, Duration::from_secs(300)).await;
+    let calls = pool.calls();
+    let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
+    let second = Duration::from_secs(1);
+    // The shared tier, over all calls.
+    let total = max_in_window(&times, second);
+    assert!(total <= 8, "{total} calls in a second across the pool");
+    // Each function's own tier.
+    for name in &pool.names {
+        let own: Vec<Timestamp> = calls
+            .iter()
+            .filter(|c| &c.function == name)
+            .map(|c| c.at)
+            .collect();
+        let most = max_in_window(&own, second);
+        assert!(most <= 5, "{name}: {most} calls in a second");
+    }
+    // Every job done; the retries all went through the second function.
+    let done: std::collections::BTreeSet<&str> = calls.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(done.len(), 300);
+    let by_second = calls.iter().filter(|c| c.function == "qo-worker-2").count();
+    assert!(
+        by_second > calls.len() / 2,
+        "{by_second} of {} calls",
+        calls.len()
+    );
+    // The shared pace used: at least 99% of 8/s while fresh jobs were waiting (from the first
+    // call to the last job's first call; after it only the retries are left, and they may go
+    // through the second function only, at its 5/s).
+    let last_fresh = calls
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| first_call(c, &calls[..*i]))
+        .map(|(_, c)| c.at)
+        .max()
+        .expect("calls");
+    let busy = times.iter().filter(|t| **t <= last_fresh).count();
+    let span = last_fresh.since(times[0]).as_secs_f64();
+    let rate = (busy - 1) as f64 / span;
+    println!(
+        "{} calls; {busy} in {span:.3} s while fresh jobs waited: {rate:.3}/s; most in a second: {total} in all, per function {per:?}",
+        calls.len(),
+        per = pool
+            .names
+            .iter()
+            .map(|n| {
+                let own: Vec<Timestamp> = calls
+                    .iter()
+                    .filter(|c| &c.function == n)
+                    .map(|c| c.at)
+                    .collect();
+                max_in_window(&own, second)
+            })
+            .collect::<Vec<_>>()
+    );
+    assert!(rate >= 0.99 * 8.0, "rate {rate:.3}/s over {busy} calls");
+    assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
+}
