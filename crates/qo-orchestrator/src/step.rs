@@ -360,9 +360,15 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
         Some(due) => s.timers.wake().min(due),
         None => s.timers.wake(),
     };
-    // Keep the hold supplied: a receive runs alongside dispatch, up to the hold target.
-    if !s.receiving && s.held < cfg.max_held && s.held < hold_target(s.pacer, cfg, s.now) {
-        return receive(s, s.held);
+    // Keep the hold supplied: a receive runs alongside dispatch, up to the hold target, once
+    // a full batch (or half the target, when that is less) is wanted: SQS bills each receive,
+    // and topping up one message at a time would cost a receive per dispatch.
+    if !s.receiving && s.held < cfg.max_held {
+        let target = hold_target(s.pacer, cfg, s.now);
+        let want = target.saturating_sub(s.held);
+        if want > 0 && want >= target.div_ceil(2).min(qo_core::sqs::MAX_BATCH) {
+            return receive(s, s.held);
+        }
     }
     // Ask at least half the lead ahead: a loop that wakes a little late (timers have
     // millisecond grain, schedulers jitter) keeps the pace's slot instead of pushing every
@@ -727,6 +733,19 @@ mod tests {
         let mut s = w.at(at(100), 100);
         s.receiving = false;
         assert!(matches!(next_step(&s), Step::Dispatch { .. }));
+    }
+
+    #[test]
+    fn the_hold_is_topped_up_a_full_batch_at_a_time() {
+        let w = World::new("10/s");
+        // 100 wanted: 95 held want 5, fewer than a batch: no receive (each is billed).
+        let mut s = w.at(at(100), 95);
+        s.receiving = false;
+        assert!(matches!(next_step(&s), Step::Dispatch { .. }));
+        // 90 held want a full batch.
+        let mut s = w.at(at(100), 90);
+        s.receiving = false;
+        assert!(matches!(next_step(&s), Step::Receive { max: 10, .. }));
     }
 
     #[test]
