@@ -750,7 +750,9 @@ mod tests {
 
     #[test]
     fn a_pass_dispatches_every_slot_due_before_the_next_tick() {
-        let w = World::new("1000/s");
+        // One job per invoke: the slots due, none riding in a batch.
+        let mut w = World::new("1000/s");
+        w.config.batch_max_jobs = 1;
         let now = at(100);
         let lead = w.config.dispatch_lead;
         match next_step(&w.at(now, 500)) {

@@ -102,7 +102,8 @@ pub struct LocalArgs {
     #[arg(long)]
     aws_endpoint: Option<String>,
     /// Jobs in one worker invocation at most (the orchestrator's BATCH_MAX_JOBS).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = qo_orchestrator::config::DEFAULT_BATCH_MAX_JOBS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
     batch_max_jobs: u64,
     /// A batch takes the jobs whose slots fall within this many milliseconds of its first
     /// (BATCH_WINDOW_MS).
