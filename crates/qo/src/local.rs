@@ -109,10 +109,20 @@ pub struct LocalArgs {
     /// (BATCH_WINDOW_MS).
     #[arg(long, default_value_t = 1000)]
     batch_window_ms: u64,
-    /// The worker's execution environments at most (its reserved concurrency; default the
-    /// template's, 50; 0: unbounded).
+    /// The worker's execution environments at most (its reserved concurrency; 0: unbounded).
+    /// Default: the template's sizing rule for this quota (`WorkerConcurrency`: the events a
+    /// second x (the dispatch lead + a batch's window + the slowest call), with half again to
+    /// spare), at least the template's 50.
     #[arg(long)]
     worker_concurrency: Option<usize>,
+}
+
+/// The template's sizing rule for the worker's reserved concurrency: `rate` calls a second in
+/// events of up to `batch` jobs, each holding an environment for `busy`, with half again to
+/// spare.
+fn sized_concurrency(rate: f64, batch: usize, busy: Duration) -> usize {
+    let events_per_s = rate / batch.max(1) as f64;
+    (events_per_s * busy.as_secs_f64() * 1.5).ceil() as usize
 }
 
 /// What the local run needs of a backend beyond the ports: filling and measuring the backlog.
@@ -266,7 +276,19 @@ where
     config.batch_window = Duration::from_millis(args.batch_window_ms);
     let template = InvokerOptions::template();
     let worker_concurrency = match args.worker_concurrency {
-        None => template.concurrency,
+        None => template.concurrency.map(|least| {
+            least.max(sized_concurrency(
+                args.quota.pacing_rate_per_s(),
+                config.batch_max_jobs,
+                config.dispatch_lead
+                    + if config.batch_max_jobs > 1 {
+                        config.batch_window
+                    } else {
+                        Duration::ZERO
+                    }
+                    + Duration::from_secs_f64(args.latency_ms.max / 1000.0),
+            ))
+        }),
         Some(0) => None,
         Some(n) => Some(n),
     };
@@ -438,4 +460,25 @@ fn recent_rate(times: &[qo_core::Timestamp]) -> f64 {
     };
     let from = last.minus(Duration::from_secs(2));
     times.iter().filter(|t| **t > from).count() as f64 / 2.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_is_sized_by_the_template_s_rule() {
+        // 1000 calls/s, one per event, each holding an environment 0.3 s: 300, +50%.
+        assert_eq!(
+            sized_concurrency(1000.0, 1, Duration::from_millis(300)),
+            450
+        );
+        // In batches of 10 held 1.3 s: 100 events/s x 1.3 s x 1.5.
+        assert_eq!(
+            sized_concurrency(1000.0, 10, Duration::from_millis(1_300)),
+            195
+        );
+        // 10/s: a handful (the template's 50 is the floor, applied by the caller).
+        assert_eq!(sized_concurrency(10.0, 1, Duration::from_millis(300)), 5);
+    }
 }
