@@ -479,8 +479,13 @@ else:
     # and closes nothing, the circuit being closed.
     expected = {
         "worker-job.json": {"late"},
+        "worker-batch.json": {"batch"},
         "worker-health-check.json": {"healthy"},
     }.get(name)
+    if name == "worker-batch.json":
+        # Each job of the batch has its own fate: both late here, re-queued untried.
+        fates = [o.get("outcome") for o in out.get("outcomes", [])]
+        need(fates == ["late", "late"], f"each job of the batch late, not {fates}")
     outcome = out.get("outcome")
     need(outcome is not None, "a worker outcome")
     if expected is not None:

@@ -101,6 +101,10 @@ pub struct LocalArgs {
     /// instead of the in-memory ones; the queues and the table are created there.
     #[arg(long)]
     aws_endpoint: Option<String>,
+    /// Lambda: the fraction of worker events delivered twice (asynchronous delivery is at least
+    /// once), each copy after its own delay.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_rate: f64,
     /// Jobs in one worker invocation at most (the orchestrator's BATCH_MAX_JOBS).
     #[arg(long, default_value_t = qo_orchestrator::config::DEFAULT_BATCH_MAX_JOBS as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -309,6 +313,7 @@ where
             delay: args.delivery_delay_ms.millis(),
             seed: args.seed,
             concurrency: worker_concurrency,
+            duplicate_rate: args.duplicate_rate,
             ..template
         },
         observer: collector.clone(),
