@@ -115,6 +115,18 @@ pub enum Outcome {
         /// Re-queued.
         requeued: bool,
     },
+    /// A job of a batch that was not called because a sibling of the same batch was answered
+    /// 429 and this job's slot came before the back-off it asked for ended: re-queued untried
+    /// for when the back-off ends, its claim dropped, its attempt and 429 counts kept.
+    HeldBack {
+        /// The job id.
+        job_id: String,
+        /// The delay of the re-queue (what was left of the sibling's back-off, at most SQS's
+        /// 900 s), in milliseconds.
+        backoff_ms: u64,
+        /// Re-queued.
+        requeued: bool,
+    },
     /// A batch: each job's outcome, in the batch's order.
     Batch {
         /// The outcomes.

@@ -36,7 +36,13 @@
 //! [`Observation::CredentialRejected`] (the `CredentialRejected` metric an alarm pages on).
 //!
 //! A batch event's jobs are each handled as above, concurrently, each at its own slot and
-//! each fate its own; see [`Worker::handle_until`] for what an unrecorded fate of one of them
+//! each fate its own, but for one thing they share: a 429. Its back-off (Retry-After, or
+//! the default) is held in memory for the one invocation ([`BatchHold`]), and a sibling
+//! whose slot comes before that back-off ends is not called: its claim is dropped and it is
+//! re-queued untried for when the back-off ends ([`Outcome::HeldBack`], its `attempt` and
+//! `throttled` kept). Its slot was committed a window ahead, before the 429 told the pacer to
+//! slow down; calling it anyway would earn another 429, or call through a Retry-After. A
+//! sibling whose slot comes after the back-off ends is called as usual. See [`Worker::handle_until`] for what an unrecorded fate of one of them
 //! does to the event, and for the jobs an invocation's remaining time cannot cover.
 //!
 //! Shared state is written before the job is re-queued, and the claim is dropped before either:
@@ -166,7 +172,7 @@ where
                     attempt = ev.origin.attempt,
                     epoch = ev.epoch,
                 );
-                self.handle_job(&ev).instrument(span).await
+                self.handle_job(&ev, None).instrument(span).await
             }
             WorkerEvent::Batch(batch) => {
                 let span = info_span!("batch", jobs = batch.jobs.len());
@@ -186,6 +192,8 @@ where
         batch: &BatchEvent,
         cover: Option<(Timestamp, Duration)>,
     ) -> Result<Outcome, WorkerError> {
+        let hold = BatchHold::default();
+        let hold = &hold;
         let results = futures::future::join_all(batch.jobs.iter().map(|ev| {
             let span = info_span!(
                 "job",
@@ -194,7 +202,7 @@ where
                 attempt = ev.origin.attempt,
                 epoch = ev.epoch,
             );
-            self.batch_job(ev, cover).instrument(span)
+            self.batch_job(ev, cover, hold).instrument(span)
         }))
         .await;
         let jobs = results.len();
@@ -240,13 +248,14 @@ where
         &self,
         ev: &JobEvent,
         cover: Option<(Timestamp, Duration)>,
+        hold: &BatchHold,
     ) -> Result<Outcome, WorkerError> {
         if let Some((deadline, margin)) = cover
             && let Some(short) = self.job_shortfall(deadline, ev, margin)
         {
             return self.out_of_time(ev, short).await;
         }
-        self.handle_job(ev).await
+        self.handle_job(ev, Some(hold)).await
     }
 
     /// Handles `event` in an invocation that ends at `deadline` (Lambda's), keeping `margin`
@@ -256,8 +265,10 @@ where
     /// is re-queued untried at once ([`Outcome::OutOfTime`], its attempt kept), so that the
     /// invocation is neither killed mid-call nor failed for the jobs it can call.
     ///
-    /// A batch's jobs are handled concurrently and each fate is its own: a 429, a failure, a
-    /// dead letter or a late slot of one job changes nothing for the others. When the fate of
+    /// A batch's jobs are handled concurrently and each fate is its own: a failure, a dead
+    /// letter or a late slot of one job changes nothing for the others; a 429 holds back the
+    /// siblings whose slots come before its back-off ends ([`Outcome::HeldBack`], see the
+    /// module's documentation), and only those. When the fate of
     /// one job cannot be recorded (a queue or store error), the others are still carried out
     /// to the end, their outcomes logged, and then the event fails ([`WorkerError::Batch`]) so
     /// that Lambda retries it: that is the only way the unrecorded job is not lost. The retry
@@ -355,8 +366,13 @@ where
         (remaining < needed).then(|| needed - remaining)
     }
 
-    /// Carries out [`plan`]: claims the job, then one effect per [`Plan`].
-    async fn handle_job(&self, ev: &JobEvent) -> Result<Outcome, WorkerError> {
+    /// Carries out [`plan`]: claims the job, then one effect per [`Plan`]. `hold` is the
+    /// back-off the job's batch siblings share (`None` for a single job event).
+    async fn handle_job(
+        &self,
+        ev: &JobEvent,
+        hold: Option<&BatchHold>,
+    ) -> Result<Outcome, WorkerError> {
         let job_id = ev.job_id().to_string();
         let now = self.clock.now();
         let claim = self
@@ -406,7 +422,10 @@ where
                     requeued,
                 })
             }
-            Plan::Call { reread } => self.call_at_slot(ev, job_id, reread, now, &policy).await,
+            Plan::Call { reread } => {
+                self.call_at_slot(ev, job_id, reread, now, &policy, hold)
+                    .await
+            }
         }
     }
 
@@ -423,8 +442,8 @@ where
         }
     }
 
-    /// Re-reads the key when `reread`, waits for the slot, and calls unless [`at_slot`] finds
-    /// the call late.
+    /// Re-reads the key when `reread`, waits for the slot, and calls unless a sibling's 429
+    /// holds the batch back ([`BatchHold`]) or [`at_slot`] finds the call late.
     async fn call_at_slot(
         &self,
         ev: &JobEvent,
@@ -432,6 +451,7 @@ where
         reread: bool,
         planned_at: Timestamp,
         policy: &JobPolicy,
+        hold: Option<&BatchHold>,
     ) -> Result<Outcome, WorkerError> {
         if reread {
             self.reread_credential(planned_at).await;
@@ -442,9 +462,14 @@ where
         // before (a slow claim, a credential re-read, a late wake-up) cannot slip a call past
         // its slot's tolerance. The connection itself is usually a pooled one (see
         // `ApiClient`), so no connect follows the check either.
+        // The batch's hold is read at the same point, for the same reason: a sibling answered
+        // 429 while this job waited is seen here, before its call goes out.
         let at = self.clock.now();
+        if let Some(left) = hold.and_then(|h| h.left(at)) {
+            return self.held_back(ev, job_id, left).await;
+        }
         match at_slot(ev.slot_at, at, policy) {
-            AtSlot::Call => self.call(ev, job_id, at, policy).await,
+            AtSlot::Call => self.call(ev, job_id, at, policy, hold).await,
             AtSlot::Late { late, reason } => {
                 warn!(late_ms = millis(late), "{reason}");
                 let requeued = self.give_back(ev, &job_id, &reason).await?;
@@ -457,13 +482,39 @@ where
         }
     }
 
-    /// Calls the API at `at`, then carries out [`decide`]: one effect per [`Decision`].
+    /// Gives back, untried, a job of a batch a sibling's 429 holds back: its claim dropped,
+    /// re-queued for when the back-off ends (`left` from now, capped at SQS's limit), its
+    /// attempt and 429 counts kept: it was never called.
+    async fn held_back(
+        &self,
+        ev: &JobEvent,
+        job_id: String,
+        left: Duration,
+    ) -> Result<Outcome, WorkerError> {
+        info!(
+            backoff_ms = millis(left),
+            "a sibling of the batch was answered 429: held back untried until its back-off ends"
+        );
+        self.store.abandon(&job_id).await?;
+        let reason = Reason::Throttled { retry_after: left };
+        let requeued = self.requeue_untried(ev, &job_id, left, &reason).await?;
+        Ok(Outcome::HeldBack {
+            job_id,
+            backoff_ms: millis(left.min(MAX_REQUEUE_DELAY)),
+            requeued,
+        })
+    }
+
+    /// Calls the API at `at`, then carries out [`decide`]: one effect per [`Decision`]. A
+    /// 429 sets the batch's `hold` before any write, so that a sibling whose slot comes while
+    /// they run is held back.
     async fn call(
         &self,
         ev: &JobEvent,
         job_id: String,
         at: Timestamp,
         policy: &JobPolicy,
+        hold: Option<&BatchHold>,
     ) -> Result<Outcome, WorkerError> {
         let answer = self.http.call(&ev.job).await;
         let now = self.clock.now();
@@ -481,7 +532,12 @@ where
         };
         match decide(&answer, &ev.origin, now, policy) {
             Decision::Done { status } => Ok(self.succeeded(job_id, status, window, at, now).await),
-            Decision::Throttled(t) => self.throttled(ev, job_id, t, window, now).await,
+            Decision::Throttled(t) => {
+                if let Some(h) = hold {
+                    h.throttle(now.plus(t.retry_after));
+                }
+                self.throttled(ev, job_id, t, window, now).await
+            }
             Decision::Failed(f) => self.failed(ev, job_id, f, now).await,
             Decision::CredentialRejected { status } => {
                 self.credential_rejected(ev, job_id, status, now).await
@@ -998,6 +1054,32 @@ where
 
     fn observe(&self, o: Observation) {
         self.observer.observe(o);
+    }
+}
+
+/// What the jobs of one batch invocation share: the end of the back-off a sibling's 429
+/// asked for (the latest, when several did). In memory only, for the one invocation; the
+/// control record carries the back-off to everything else.
+#[derive(Debug, Default)]
+pub(crate) struct BatchHold {
+    until: Mutex<Option<Timestamp>>,
+}
+
+impl BatchHold {
+    /// A sibling was answered 429 and asked for a back-off until `until` (a later one is
+    /// kept).
+    fn throttle(&self, until: Timestamp) {
+        let mut held = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.is_none_or(|u| u < until) {
+            *held = Some(until);
+        }
+    }
+
+    /// How long the back-off still runs at `at`; `None` when no sibling was throttled or
+    /// its back-off is over (the job is then called as usual).
+    fn left(&self, at: Timestamp) -> Option<Duration> {
+        let held = *self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        held.filter(|u| at < *u).map(|u| u.since(at))
     }
 }
 

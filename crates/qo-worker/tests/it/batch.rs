@@ -1,4 +1,5 @@
 //! Batch events under tokio's paused time: each job at its own slot, each fate its own; a
+//! 429 holds back the siblings whose slots come before its back-off ends, and only those; a
 //! duplicated batch calls nothing twice; a worker that wakes late for some slots gives those
 //! back untried; a job whose fate cannot be recorded fails the event without losing the
 //! others; a batch the invocation cannot cover hands its later jobs back untried.
@@ -25,11 +26,12 @@ fn ms(n: u64) -> Duration {
 }
 
 /// An API in memory answering by path (200 for a path it does not know), recording each
-/// call's path and time.
+/// call's path and time; its 429s carry `retry_after` when set.
 struct PathHttp {
     clock: TokioClock,
     answers: HashMap<&'static str, u16>,
     calls: Mutex<Vec<(String, Timestamp)>>,
+    retry_after: Mutex<Option<&'static str>>,
 }
 
 impl PathHttp {
@@ -38,6 +40,7 @@ impl PathHttp {
             clock,
             answers: answers.iter().copied().collect(),
             calls: Mutex::default(),
+            retry_after: Mutex::default(),
         }
     }
 
@@ -53,9 +56,12 @@ impl HttpCall for PathHttp {
             .lock()
             .expect("lock")
             .push((job.path.clone(), self.clock.now()));
-        Ok(ApiResponse::status(
-            self.answers.get(job.path.as_str()).copied().unwrap_or(200),
-        ))
+        let status = self.answers.get(job.path.as_str()).copied().unwrap_or(200);
+        let mut answer = ApiResponse::status(status);
+        if status == 429 {
+            answer.retry_after = (*self.retry_after.lock().expect("lock")).map(str::to_string);
+        }
+        Ok(answer)
     }
 
     async fn health(&self) -> Result<ApiResponse, HttpError> {
@@ -171,7 +177,8 @@ const MIXED: [(&str, u16); 3] = [("/busy", 429), ("/down", 503), ("/gone", 404)]
 #[tokio::test(start_paused = true)]
 async fn a_mixed_batch_calls_each_job_at_its_slot_and_settles_each_on_its_own() {
     let r = rig(&MIXED);
-    let ev = batch(&[("/ok", 100), ("/busy", 200), ("/down", 300), ("/gone", 400)]);
+    // The 429 comes last: a sibling after it would be held back (see below).
+    let ev = batch(&[("/ok", 100), ("/down", 200), ("/gone", 300), ("/busy", 400)]);
     let out = outcomes(r.worker.handle(ev).await.expect("handled"));
     assert_eq!(out.len(), 4);
     assert!(
@@ -180,17 +187,17 @@ async fn a_mixed_batch_calls_each_job_at_its_slot_and_settles_each_on_its_own() 
         out[0]
     );
     assert!(
-        matches!(&out[1], Outcome::Throttled { job_id, requeued: true, .. } if job_id == "m-busy"),
+        matches!(&out[1], Outcome::Failed { job_id, status: Some(503), requeued: true, .. } if job_id == "m-down"),
         "{:?}",
         out[1]
     );
     assert!(
-        matches!(&out[2], Outcome::Failed { job_id, status: Some(503), requeued: true, .. } if job_id == "m-down"),
+        matches!(&out[2], Outcome::DeadLettered { job_id, .. } if job_id == "m-gone"),
         "{:?}",
         out[2]
     );
     assert!(
-        matches!(&out[3], Outcome::DeadLettered { job_id, .. } if job_id == "m-gone"),
+        matches!(&out[3], Outcome::Throttled { job_id, requeued: true, .. } if job_id == "m-busy"),
         "{:?}",
         out[3]
     );
@@ -199,9 +206,9 @@ async fn a_mixed_batch_calls_each_job_at_its_slot_and_settles_each_on_its_own() 
         r.http.calls(),
         vec![
             ("/ok".to_string(), T0.plus(ms(100))),
-            ("/busy".to_string(), T0.plus(ms(200))),
-            ("/down".to_string(), T0.plus(ms(300))),
-            ("/gone".to_string(), T0.plus(ms(400))),
+            ("/down".to_string(), T0.plus(ms(200))),
+            ("/gone".to_string(), T0.plus(ms(300))),
+            ("/busy".to_string(), T0.plus(ms(400))),
         ]
     );
     // The 429 goes back with its attempt unchanged, the 503 with its attempt raised.
@@ -235,7 +242,126 @@ async fn a_mixed_batch_calls_each_job_at_its_slot_and_settles_each_on_its_own() 
         .iter()
         .map(|o| o["outcome"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, ["succeeded", "throttled", "failed", "dead_lettered"]);
+    assert_eq!(kinds, ["succeeded", "failed", "dead_lettered", "throttled"]);
+}
+
+/// A batch whose jobs all come with `attempt` 1 and `throttled` 2, so that a count that
+/// moved shows.
+fn counted(ev: WorkerEvent) -> WorkerEvent {
+    match ev {
+        WorkerEvent::Batch(mut b) => {
+            for j in &mut b.jobs {
+                j.origin.attempt = 1;
+                j.origin.throttled = 2;
+            }
+            WorkerEvent::Batch(b)
+        }
+        other => other,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_holds_back_the_later_jobs_of_its_batch_untried_until_its_retry_after() {
+    let r = rig(&[("/busy", 429)]);
+    *r.http.retry_after.lock().expect("lock") = Some("2");
+    let ev = counted(batch(&[
+        ("/a", 100),
+        ("/busy", 200),
+        ("/c", 300),
+        ("/d", 400),
+    ]));
+    let out = outcomes(r.worker.handle(ev).await.expect("handled"));
+    assert!(
+        matches!(&out[0], Outcome::Succeeded { job_id, status: 200, recorded: true } if job_id == "m-a"),
+        "{:?}",
+        out[0]
+    );
+    assert!(
+        matches!(&out[1], Outcome::Throttled { job_id, retry_after_ms: 2000, requeued: true } if job_id == "m-busy"),
+        "{:?}",
+        out[1]
+    );
+    // Jobs 3 and 4 came 100 and 200 ms into the 2 s back-off: held back for what was left.
+    assert_eq!(
+        out[2],
+        Outcome::HeldBack {
+            job_id: "m-c".into(),
+            backoff_ms: 1900,
+            requeued: true,
+        }
+    );
+    assert_eq!(
+        out[3],
+        Outcome::HeldBack {
+            job_id: "m-d".into(),
+            backoff_ms: 1800,
+            requeued: true,
+        }
+    );
+    // Not called: only the first two jobs reached the API.
+    let paths: Vec<String> = r.http.calls().into_iter().map(|(p, _)| p).collect();
+    assert_eq!(paths, ["/a", "/busy"]);
+    // Re-queued for when the back-off ends, their counts unchanged (never called); the
+    // throttled job's 429 count rose.
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 3, "{q:?}");
+    let find = |path: &str| {
+        q.iter()
+            .find(|q| q.body.contains(path))
+            .unwrap_or_else(|| panic!("{path} re-queued"))
+    };
+    for (path, at) in [("/c", 300), ("/d", 400)] {
+        let held = find(path);
+        assert_eq!(
+            (held.origin.attempt, held.origin.throttled),
+            (1, 2),
+            "{path}"
+        );
+        // Delivered when the back-off (200 ms + 2 s) ends.
+        assert_eq!(
+            T0.plus(ms(at)).plus(held.delay),
+            T0.plus(ms(2200)),
+            "{path}"
+        );
+    }
+    let busy = find("/busy");
+    assert_eq!((busy.origin.attempt, busy.origin.throttled), (1, 3));
+    assert_eq!(busy.delay, Duration::from_secs(2));
+    for id in ["m-busy", "m-c", "m-d"] {
+        assert_eq!(r.store.job_status(id), None, "{id}: claim dropped");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_leaves_the_jobs_before_it_and_after_its_back_off_alone() {
+    let r = rig(&[("/busy", 429)]);
+    *r.http.retry_after.lock().expect("lock") = Some("2");
+    // The 429 is listed first, but its slot comes last but one: the hold goes by slot.
+    let ev = batch(&[("/busy", 300), ("/a", 100), ("/b", 200), ("/after", 2400)]);
+    let out = outcomes(r.worker.handle(ev).await.expect("handled"));
+    assert!(
+        matches!(&out[0], Outcome::Throttled { job_id, .. } if job_id == "m-busy"),
+        "{:?}",
+        out[0]
+    );
+    for (o, id) in out[1..].iter().zip(["m-a", "m-b", "m-after"]) {
+        assert!(
+            matches!(o, Outcome::Succeeded { job_id, status: 200, recorded: true } if job_id == id),
+            "{o:?}"
+        );
+    }
+    assert_eq!(
+        r.http.calls(),
+        vec![
+            ("/a".to_string(), T0.plus(ms(100))),
+            ("/b".to_string(), T0.plus(ms(200))),
+            ("/busy".to_string(), T0.plus(ms(300))),
+            ("/after".to_string(), T0.plus(ms(2400))),
+        ]
+    );
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0].body.contains("/busy"), "{}", q[0].body);
 }
 
 #[tokio::test(start_paused = true)]
