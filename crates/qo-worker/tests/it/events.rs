@@ -11,13 +11,25 @@ fn worker_sample_events_parse() {
     {
         let event: WorkerEvent =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} does not parse: {e}"));
-        if let WorkerEvent::Job(job) = &event {
+        let jobs = match &event {
+            WorkerEvent::Job(job) => vec![job],
+            WorkerEvent::Batch(batch) => batch.jobs.iter().collect(),
+            WorkerEvent::HealthCheck(_) => Vec::new(),
+        };
+        for job in jobs {
             job.job.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         seen.push(name);
     }
     seen.sort();
-    assert_eq!(seen, vec!["worker-health-check.json", "worker-job.json"]);
+    assert_eq!(
+        seen,
+        vec![
+            "worker-batch.json",
+            "worker-health-check.json",
+            "worker-job.json"
+        ]
+    );
 }
 
 #[test]
