@@ -31,6 +31,18 @@ pub enum Reason {
         /// The slot.
         slot: Timestamp,
     },
+    /// A job of a batch whose slot and call the invocation's remaining time could not cover:
+    /// given back untried at once.
+    OutOfTime {
+        /// How much time was missing.
+        short: Duration,
+    },
+    /// A job of a batch whose slot fell inside the back-off a sibling's 429 asked for: given
+    /// back untried for when the back-off ends.
+    HeldBack {
+        /// What was left of the back-off.
+        backoff: Duration,
+    },
     /// Another delivery holds the job's claim (a duplicate delivery, or one that died
     /// mid-call). Re-queued untried for after the claim.
     ClaimedElsewhere {
@@ -121,6 +133,10 @@ pub enum ReasonKind {
     Late,
     /// [`Reason::TooEarly`].
     TooEarly,
+    /// [`Reason::OutOfTime`].
+    OutOfTime,
+    /// [`Reason::HeldBack`].
+    HeldBack,
     /// [`Reason::ClaimedElsewhere`].
     ClaimedElsewhere,
     /// [`Reason::Throttled`].
@@ -151,6 +167,8 @@ impl ReasonKind {
         match self {
             ReasonKind::Late => "late",
             ReasonKind::TooEarly => "too early",
+            ReasonKind::OutOfTime => "out of time",
+            ReasonKind::HeldBack => "held back",
             ReasonKind::ClaimedElsewhere => "claimed elsewhere",
             ReasonKind::Throttled => "throttled",
             ReasonKind::ServerError => "server error",
@@ -178,6 +196,8 @@ impl Reason {
         match self {
             Reason::Late { .. } => ReasonKind::Late,
             Reason::TooEarly { .. } => ReasonKind::TooEarly,
+            Reason::OutOfTime { .. } => ReasonKind::OutOfTime,
+            Reason::HeldBack { .. } => ReasonKind::HeldBack,
             Reason::ClaimedElsewhere { .. } => ReasonKind::ClaimedElsewhere,
             Reason::Throttled { .. } => ReasonKind::Throttled,
             Reason::ServerError { .. } => ReasonKind::ServerError,
@@ -224,6 +244,16 @@ impl fmt::Display for Reason {
                 f,
                 "slot {slot} is {} ms ahead, beyond MAX_SLOT_WAIT_MS: clock skew?",
                 early.as_millis()
+            ),
+            Reason::OutOfTime { short } => write!(
+                f,
+                "the invocation's remaining time was {} ms short of this job's slot and call",
+                short.as_millis()
+            ),
+            Reason::HeldBack { backoff } => write!(
+                f,
+                "held back: a job of the same batch was answered 429; {} ms of its back-off left",
+                backoff.as_millis()
             ),
             Reason::ClaimedElsewhere { since } => {
                 write!(f, "claimed by another delivery since {since}")
@@ -310,6 +340,20 @@ mod tests {
             (
                 Reason::ClaimedElsewhere { since: SLOT },
                 format!("claimed by another delivery since {SLOT}"),
+            ),
+            (
+                Reason::OutOfTime {
+                    short: Duration::from_millis(1_500),
+                },
+                "the invocation's remaining time was 1500 ms short of this job's slot and call"
+                    .to_string(),
+            ),
+            (
+                Reason::HeldBack {
+                    backoff: Duration::from_millis(1_900),
+                },
+                "held back: a job of the same batch was answered 429; 1900 ms of its back-off left"
+                    .to_string(),
             ),
             (
                 Reason::Throttled {

@@ -317,16 +317,12 @@ where
     /// cover: re-queued at once, its attempt count kept.
     async fn out_of_time(&self, ev: &JobEvent, short: Duration) -> Result<Outcome, WorkerError> {
         let job_id = ev.job_id().to_string();
-        let now = self.clock.now();
         warn!(
             short_ms = millis(short),
             "the invocation's remaining time cannot cover this job's slot and call: given back \
              untried (raise the function timeout, or lower BATCH_WINDOW_MS)"
         );
-        let reason = Reason::TooEarly {
-            early: ev.slot_at.since(now),
-            slot: ev.slot_at,
-        };
+        let reason = Reason::OutOfTime { short };
         let requeued = self
             .requeue_untried(ev, &job_id, Duration::ZERO, &reason)
             .await?;
@@ -496,7 +492,7 @@ where
             "a sibling of the batch was answered 429: held back untried until its back-off ends"
         );
         self.store.abandon(&job_id).await?;
-        let reason = Reason::Throttled { retry_after: left };
+        let reason = Reason::HeldBack { backoff: left };
         let requeued = self.requeue_untried(ev, &job_id, left, &reason).await?;
         Ok(Outcome::HeldBack {
             job_id,
