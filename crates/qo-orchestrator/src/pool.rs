@@ -78,6 +78,18 @@ impl WorkerPool {
         self.pacer.take(shared, slot, avoid)
     }
 
+    /// [`Self::take`], preferring `prefer` among the functions that allow the slot (the
+    /// function of the batch being filled).
+    pub fn take_preferring(
+        &mut self,
+        shared: &mut Pacer,
+        slot: Timestamp,
+        avoid: Option<&str>,
+        prefer: Option<&str>,
+    ) -> PoolSlot {
+        self.pacer.take_preferring(shared, slot, avoid, prefer)
+    }
+
     /// Follows an operator's change of the quota.
     pub fn set_spec(&mut self, spec: &QuotaSpec, config: &OrchestratorConfig) {
         self.pacer.set_spec(spec, config.pacing);

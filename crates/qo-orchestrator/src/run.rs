@@ -767,24 +767,32 @@ where
     }
 
     /// Records `events`' slots in the shared pacer and the pool, and sends them: one
-    /// invocation per run of consecutive jobs the pool routes to the same function (a single
-    /// job as a job event).
+    /// invocation per function the pool routes the group's jobs to, each with its jobs in slot
+    /// order (a single job as a job event).
     fn send(&mut self, events: Vec<JobEvent>, messages: Vec<Message>, now: Timestamp) {
         let mut runs: Vec<(String, Vec<JobEvent>, Vec<Message>)> = Vec::new();
+        let mut last: Option<String> = None;
         for (mut e, m) in events.into_iter().zip(messages) {
             // The slots are the pacer's answers on this same state, taken in order, and a
-            // function allows each (checked by `dispatch`): each is taken as it is.
-            let taken = self
-                .pool
-                .take(&mut self.pacer, e.slot_at, e.origin.function.as_deref());
+            // function allows each (checked by `dispatch`): each is taken as it is, by the
+            // function that took the previous slot when it allows it too, so that the group
+            // stays in as few invocations as the functions' own tiers allow.
+            let prefer = last.as_deref();
+            let taken = self.pool.take_preferring(
+                &mut self.pacer,
+                e.slot_at,
+                e.origin.function.as_deref(),
+                prefer,
+            );
             debug_assert_eq!(taken.at(), e.slot_at, "the decision's slot");
             e.slot_at = taken.at();
-            match runs.last_mut() {
-                Some((f, evs, ms)) if f == taken.function() => {
+            last = Some(taken.function().to_string());
+            match runs.iter_mut().find(|(f, _, _)| f == taken.function()) {
+                Some((_, evs, ms)) => {
                     evs.push(e);
                     ms.push(m);
                 }
-                _ => runs.push((taken.function().to_string(), vec![e], vec![m])),
+                None => runs.push((taken.function().to_string(), vec![e], vec![m])),
             }
         }
         for (function, events, messages) in runs {

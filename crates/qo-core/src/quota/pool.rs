@@ -232,10 +232,36 @@ impl PoolPacer {
     /// answered 429 or failed) when the pool has another. Records it in `shared` and in that
     /// function's usage.
     pub fn take(&mut self, shared: &mut Pacer, t: Timestamp, avoid: Option<&str>) -> PoolSlot {
+        self.take_preferring(shared, t, avoid, None)
+    }
+
+    /// [`Self::take`], but among the functions that allow the earliest slot, `prefer` first
+    /// (the function of the batch being filled, so that consecutive jobs share an invocation).
+    pub fn take_preferring(
+        &mut self,
+        shared: &mut Pacer,
+        t: Timestamp,
+        avoid: Option<&str>,
+        prefer: Option<&str>,
+    ) -> PoolSlot {
         let best = self
             .eligible(avoid)
-            .map(|i| (self.joint_slot(shared, i, t), self.members[i].last, i))
-            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+            .map(|i| {
+                let other = prefer != Some(self.members[i].name.as_str());
+                (
+                    self.joint_slot(shared, i, t),
+                    other,
+                    self.members[i].last,
+                    i,
+                )
+            })
+            .min_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then(a.1.cmp(&b.1))
+                    .then(a.2.cmp(&b.2))
+                    .then(a.3.cmp(&b.3))
+            })
+            .map(|(at, _, last, i)| (at, last, i));
         let (at, i) = best.map_or((t, 0), |(at, _, i)| (at, i));
         let slot = shared.take_first_from(at);
         let member = &mut self.members[i];

@@ -44,6 +44,8 @@ struct Pool {
     invoker: PoolInvoker<LocalInvoker>,
     calls: Arc<Mutex<Vec<Call>>>,
     names: Vec<String>,
+    /// Worker events delivered (a batch counts once).
+    events: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Pool {
@@ -55,6 +57,7 @@ impl Pool {
         let store = MemoryStore::new();
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let names: Vec<String> = (1..=n).map(|i| format!("qo-worker-{i}")).collect();
+        let events: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let members = names
             .iter()
             .map(|name| {
@@ -65,6 +68,7 @@ impl Pool {
                     store.clone(),
                     calls.clone(),
                     verdict.clone(),
+                    events.clone(),
                 );
                 let invoker = LocalInvoker::with_options(
                     clock.clone(),
@@ -82,6 +86,7 @@ impl Pool {
             invoker: PoolInvoker::new(members),
             calls,
             names,
+            events,
         }
     }
 
@@ -129,73 +134,81 @@ fn stand_in(
     store: MemoryStore,
     calls: Arc<Mutex<Vec<Call>>>,
     verdict: Verdict,
+    events: Arc<std::sync::atomic::AtomicUsize>,
 ) -> impl Fn(WorkerEvent) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 + Send
 + Sync
 + 'static {
     move |ev: WorkerEvent| {
-        let (name, clock, queue, store, calls, verdict) = (
+        let (name, clock, queue, store, calls, verdict, events) = (
             name.clone(),
             clock.clone(),
             queue.clone(),
             store.clone(),
             calls.clone(),
             verdict.clone(),
+            events.clone(),
         );
         Box::pin(async move {
-            let WorkerEvent::Job(job) = ev else {
-                return;
+            // A batch's jobs in slot order, each at its own slot.
+            let jobs = match ev {
+                WorkerEvent::Job(job) => vec![job],
+                WorkerEvent::Batch(batch) => batch.jobs,
+                WorkerEvent::HealthCheck(_) => return,
             };
-            clock.sleep_until(job.slot_at).await;
-            let call = Call {
-                function: name.clone(),
-                at: clock.now(),
-                path: job.job.path.clone(),
-            };
-            let answer = {
-                let mut all = calls.lock().expect("calls");
-                let answer = verdict(&name, &call, &all);
-                all.push(call.clone());
-                answer
-            };
-            let body = serde_json::to_string(&job.job).expect("json");
-            // As the worker does (Retry::tried_by): the re-queue names this function.
-            let tried = |origin: Origin| Origin {
-                function: Some(name.clone()),
-                ..origin
-            };
-            match answer {
-                Answer::Ok => {}
-                Answer::Fail => {
-                    let next = tried(Origin {
-                        attempt: job.origin.attempt + 1,
-                        ..job.origin.clone()
-                    });
-                    queue
-                        .requeue(&body, &next, Duration::from_secs(1))
+            events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for job in jobs {
+                clock.sleep_until(job.slot_at).await;
+                let call = Call {
+                    function: name.clone(),
+                    at: clock.now(),
+                    path: job.job.path.clone(),
+                };
+                let answer = {
+                    let mut all = calls.lock().expect("calls");
+                    let answer = verdict(&name, &call, &all);
+                    all.push(call.clone());
+                    answer
+                };
+                let body = serde_json::to_string(&job.job).expect("json");
+                // As the worker does (Retry::tried_by): the re-queue names this function.
+                let tried = |origin: Origin| Origin {
+                    function: Some(name.clone()),
+                    ..origin
+                };
+                match answer {
+                    Answer::Ok => {}
+                    Answer::Fail => {
+                        let next = tried(Origin {
+                            attempt: job.origin.attempt + 1,
+                            ..job.origin.clone()
+                        });
+                        queue
+                            .requeue(&body, &next, Duration::from_secs(1))
+                            .await
+                            .expect("requeue");
+                    }
+                    Answer::Throttle => {
+                        let now = clock.now();
+                        let until = now.plus(Duration::from_secs(1));
+                        update_record::<qo_core::Control, _>(&store, RecordKey::Control, |c| {
+                            let mut c = c.clone();
+                            c.backoff_until = c.backoff_until.max(Some(until));
+                            c.throttles =
+                                Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
+                            Some(c)
+                        })
                         .await
-                        .expect("requeue");
-                }
-                Answer::Throttle => {
-                    let now = clock.now();
-                    let until = now.plus(Duration::from_secs(1));
-                    update_record::<qo_core::Control, _>(&store, RecordKey::Control, |c| {
-                        let mut c = c.clone();
-                        c.backoff_until = c.backoff_until.max(Some(until));
-                        c.throttles =
-                            Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
-                        Some(c)
-                    })
-                    .await
-                    .expect("back-off");
-                    let next = tried(Origin {
-                        throttled: job.origin.throttled + 1,
-                        ..job.origin.clone()
-                    });
-                    queue
-                        .requeue(&body, &next, Duration::from_secs(1))
-                        .await
-                        .expect("requeue");
+                        .expect("back-off");
+                        let next = tried(Origin {
+                            throttled: job.origin.throttled + 1,
+                            ..job.origin.clone()
+                        });
+                        queue
+                            .requeue(&body, &next, Duration::from_secs(1))
+                            .await
+                            .expect("requeue");
+                    }
                 }
             }
         })
@@ -313,5 +326,41 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
             .collect::<Vec<_>>()
     );
     assert!(rate >= 0.99 * 8.0, "rate {rate:.3}/s over {busy} calls");
+    assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
+}
+
+#[tokio::test(start_paused = true)]
+async fn batches_through_a_pool_keep_each_function_s_tier() {
+    // Batches of up to 10 within a second, two functions at 5/s each under a shared 8/s: a
+    // batch goes through one function, and each of its slots conforms to that function's own
+    // tier as well as to the shared one.
+    let pool = Pool::new(2, Arc::new(|_, _, _| Answer::Ok));
+    pool.enqueue(200);
+    let mut cfg = pool.config("8/s,5/s per function");
+    cfg.batch_max_jobs = 10;
+    pool.run_for(&cfg, Duration::from_secs(120)).await;
+    let calls = pool.calls();
+    let second = Duration::from_secs(1);
+    let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
+    assert!(max_in_window(&times, second) <= 8);
+    for name in &pool.names {
+        let own: Vec<Timestamp> = calls
+            .iter()
+            .filter(|c| &c.function == name)
+            .map(|c| c.at)
+            .collect();
+        let most = max_in_window(&own, second);
+        assert!(most <= 5, "{name}: {most} calls in a second");
+        assert!(own.len() >= 80, "{name}: {} calls", own.len());
+    }
+    assert_eq!(calls.len(), 200, "each job called once");
+    let events = pool.events.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        events <= calls.len() / 2,
+        "{events} events for {} calls",
+        calls.len()
+    );
+    let rate = (times.len() - 1) as f64 / times[times.len() - 1].since(times[0]).as_secs_f64();
+    assert!(rate >= 0.99 * 8.0, "rate {rate:.3}/s");
     assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
 }
