@@ -10,7 +10,7 @@
 #      function's timeout, as Lambda does (cargo-lambda 1.9.2 always sends
 #      `Lambda-Runtime-Deadline-Ms: 600000`, i.e. 1970-01-01T00:10:00Z, so every invocation
 #      would look expired), and logs when each job event is invoked and handed out;
-#   4. .aws-sam/build/{Orchestrator,Worker}Function/bootstrap (aarch64) under qemu user-mode
+#   4. the built bootstraps (aarch64; where .aws-sam/build/template.yaml puts them) under qemu user-mode
 #      emulation (`qemu-aarch64` with the aarch64 glibc of libc6-arm64-cross), each with the
 #      Lambda variables and a clean environment: one orchestrator and a pool of worker
 #      instances (QO_EMULATOR_WORKERS, 8), warmed up with one health check each;
@@ -186,9 +186,25 @@ command -v "$QEMU" >/dev/null ||
 command -v cargo >/dev/null || die "cargo not found on PATH"
 command -v setsid >/dev/null || die "setsid (util-linux) not found on PATH"
 
+# Each function's bootstrap is where the built template's CodeUri says: SAM builds functions
+# alike (the pool's workers, one `worker` binary) once, into e.g. WorkerFunction-Shared.
+built_dir() {
+  [[ -f .aws-sam/build/template.yaml ]] ||
+    die ".aws-sam/build/template.yaml is missing: run bash tests/sam.sh first (sam build)"
+  "$PY" - "$1" <<'PYEOF'
+import sys
+from cfnlint.decode import decode
+tpl, errors = decode(".aws-sam/build/template.yaml")
+if errors:
+    sys.exit(f"emulator: ERROR: .aws-sam/build/template.yaml: {errors}")
+print(tpl["Resources"][sys.argv[1]]["Properties"]["CodeUri"])
+PYEOF
+}
+orchestrator_dir="$(built_dir OrchestratorFunction)" || die "OrchestratorFunction is not in .aws-sam/build/template.yaml"
+worker_dir="$(built_dir WorkerFunction)" || die "WorkerFunction is not in .aws-sam/build/template.yaml"
 declare -A BOOTSTRAP=(
-  [orchestrator]=".aws-sam/build/OrchestratorFunction/bootstrap"
-  [worker]=".aws-sam/build/WorkerFunction/bootstrap"
+  [orchestrator]=".aws-sam/build/$orchestrator_dir/bootstrap"
+  [worker]=".aws-sam/build/$worker_dir/bootstrap"
 )
 for fn in orchestrator worker; do
   f="${BOOTSTRAP[$fn]}"
