@@ -73,6 +73,17 @@ use crate::plan::{
     AtSlot, Decision, Failure, JobPolicy, Plan, Throttle, at_slot, called_status, decide, plan,
 };
 
+/// The span of one job's handling, alone or in a batch.
+fn job_span(ev: &JobEvent) -> tracing::Span {
+    info_span!(
+        "job",
+        message_id = %ev.origin.message_id,
+        job_id = %ev.job_id(),
+        attempt = ev.origin.attempt,
+        epoch = ev.epoch,
+    )
+}
+
 /// The longest delay a re-queue asks for (SQS's `DelaySeconds` limit).
 pub const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
 
@@ -164,16 +175,7 @@ where
     /// store failure) and the event should be retried; every answer of the API is an `Ok`.
     pub async fn handle(&self, event: WorkerEvent) -> Result<Outcome, WorkerError> {
         match event {
-            WorkerEvent::Job(ev) => {
-                let span = info_span!(
-                    "job",
-                    message_id = %ev.origin.message_id,
-                    job_id = %ev.job_id(),
-                    attempt = ev.origin.attempt,
-                    epoch = ev.epoch,
-                );
-                self.handle_job(&ev, None).instrument(span).await
-            }
+            WorkerEvent::Job(ev) => self.handle_job(&ev, None).instrument(job_span(&ev)).await,
             WorkerEvent::Batch(batch) => {
                 let span = info_span!("batch", jobs = batch.jobs.len());
                 self.handle_batch(&batch, None).instrument(span).await
@@ -194,16 +196,12 @@ where
     ) -> Result<Outcome, WorkerError> {
         let hold = BatchHold::default();
         let hold = &hold;
-        let results = futures::future::join_all(batch.jobs.iter().map(|ev| {
-            let span = info_span!(
-                "job",
-                message_id = %ev.origin.message_id,
-                job_id = %ev.job_id(),
-                attempt = ev.origin.attempt,
-                epoch = ev.epoch,
-            );
-            self.batch_job(ev, cover, hold).instrument(span)
-        }))
+        let results = futures::future::join_all(
+            batch
+                .jobs
+                .iter()
+                .map(|ev| self.batch_job(ev, cover, hold).instrument(job_span(ev))),
+        )
         .await;
         let jobs = results.len();
         let mut outcomes = Vec::with_capacity(jobs);
