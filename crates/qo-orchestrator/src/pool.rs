@@ -90,6 +90,15 @@ impl WorkerPool {
         self.pacer.take_preferring(shared, slot, avoid, prefer)
     }
 
+    /// The function the `probe`th health check of an episode goes through (1 for the first):
+    /// the pool in turn, so that one function whose address the API blocks or whose network
+    /// is down does not keep the circuit open while another could close it.
+    pub fn health_check_function(&self, probe: u32) -> &str {
+        let names: Vec<&str> = self.pacer.names().collect();
+        let at = (probe.max(1) - 1) as usize % names.len().max(1);
+        names.get(at).copied().unwrap_or(UNNAMED)
+    }
+
     /// Follows an operator's change of the quota.
     pub fn set_spec(&mut self, spec: &QuotaSpec, config: &OrchestratorConfig) {
         self.pacer.set_spec(spec, config.pacing);

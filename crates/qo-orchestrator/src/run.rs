@@ -973,23 +973,30 @@ where
             c.record_probe_sent(now, &policy).ok()
         })
         .await?;
-        let sent = updated.value.epoch == epoch
-            && matches!(updated.value.state, qo_core::CircuitState::HalfOpen { probe_sent_at, .. } if probe_sent_at == now);
+        let probe = match updated.value.state {
+            qo_core::CircuitState::HalfOpen {
+                probe_sent_at,
+                probes,
+                ..
+            } if updated.value.epoch == epoch && probe_sent_at == now => Some(probes),
+            _ => None,
+        };
         self.apply_circuit(updated.value);
-        if !sent {
+        let Some(probe) = probe else {
             return Ok(());
-        }
+        };
         let event = WorkerEvent::HealthCheck(HealthCheckEvent {
             epoch,
             sent_at: now,
         });
-        match self.ports.invoker.invoke(&event).await {
+        let function = self.pool.health_check_function(probe).to_string();
+        match self.ports.invoker.invoke_on(&function, &event).await {
             Ok(()) => {
                 self.report.health_checks += 1;
                 self.ports
                     .observer
                     .observe(Observation::HealthCheckSent { epoch });
-                info!(epoch, "health check sent");
+                info!(epoch, probe, function, "health check sent");
             }
             Err(e) => {
                 warn!(error = %e, "health check invoke failed; the next one follows its timeout")

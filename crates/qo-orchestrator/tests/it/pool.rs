@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qo_core::ports::{JobSink, PoolInvoker, RecordKey, update_record};
-use qo_core::{Clock, NoObserver, Origin, Throttles, Timestamp, TokioClock, WorkerEvent};
+use qo_core::{
+    Circuit, CircuitPolicy, Clock, NoObserver, Origin, Throttles, Timestamp, TokioClock,
+    WorkerEvent,
+};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, Ports, RunReport, run};
 
@@ -46,6 +49,8 @@ struct Pool {
     names: Vec<String>,
     /// Worker events delivered (a batch counts once).
     events: Arc<std::sync::atomic::AtomicUsize>,
+    /// The function each health check went through, in order.
+    health: Arc<Mutex<Vec<String>>>,
 }
 
 impl Pool {
@@ -58,6 +63,7 @@ impl Pool {
         let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let names: Vec<String> = (1..=n).map(|i| format!("qo-worker-{i}")).collect();
         let events: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let health: Arc<Mutex<Vec<String>>> = Arc::default();
         let members = names
             .iter()
             .map(|name| {
@@ -69,6 +75,7 @@ impl Pool {
                     calls.clone(),
                     verdict.clone(),
                     events.clone(),
+                    health.clone(),
                 );
                 let invoker = LocalInvoker::with_options(
                     clock.clone(),
@@ -87,6 +94,7 @@ impl Pool {
             calls,
             names,
             events,
+            health,
         }
     }
 
@@ -126,7 +134,10 @@ impl Pool {
     }
 }
 
-/// The stand-in worker of function `name`.
+/// The stand-in worker of function `name`. A health check through the first function
+/// (`qo-worker-1`) gets no answer, as if the API blocked its address; through any other it
+/// closes the circuit.
+#[allow(clippy::too_many_arguments)]
 fn stand_in(
     name: String,
     clock: Arc<TokioClock>,
@@ -135,12 +146,13 @@ fn stand_in(
     calls: Arc<Mutex<Vec<Call>>>,
     verdict: Verdict,
     events: Arc<std::sync::atomic::AtomicUsize>,
+    health: Arc<Mutex<Vec<String>>>,
 ) -> impl Fn(WorkerEvent) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 + Send
 + Sync
 + 'static {
     move |ev: WorkerEvent| {
-        let (name, clock, queue, store, calls, verdict, events) = (
+        let (name, clock, queue, store, calls, verdict, events, health) = (
             name.clone(),
             clock.clone(),
             queue.clone(),
@@ -148,13 +160,26 @@ fn stand_in(
             calls.clone(),
             verdict.clone(),
             events.clone(),
+            health.clone(),
         );
         Box::pin(async move {
             // A batch's jobs in slot order, each at its own slot.
             let jobs = match ev {
                 WorkerEvent::Job(job) => vec![job],
                 WorkerEvent::Batch(batch) => batch.jobs,
-                WorkerEvent::HealthCheck(_) => return,
+                WorkerEvent::HealthCheck(h) => {
+                    health.lock().expect("health").push(name.clone());
+                    if name != "qo-worker-1" {
+                        let now = clock.now();
+                        update_record::<Circuit, _>(&store, RecordKey::Circuit, |c| {
+                            c.record_probe_result(h.epoch, true, now, &CircuitPolicy::default())
+                                .ok()
+                        })
+                        .await
+                        .expect("close");
+                    }
+                    return;
+                }
             };
             events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for job in jobs {
@@ -363,4 +388,36 @@ async fn batches_through_a_pool_keep_each_function_s_tier() {
     let rate = (times.len() - 1) as f64 / times[times.len() - 1].since(times[0]).as_secs_f64();
     assert!(rate >= 0.99 * 8.0, "rate {rate:.3}/s");
     assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_go_through_the_pool_in_turn() {
+    // The circuit is open; a health check through the first function gets no answer (its
+    // address blocked), so the next goes through the second, which closes the circuit.
+    let pool = Pool::new(2, Arc::new(|_, _, _| Answer::Ok));
+    pool.enqueue(20);
+    let now = pool.clock.now();
+    let mut c = Circuit::closed_at(now).force_close(now);
+    for i in 0..3 {
+        c = c
+            .record_failure(
+                c.epoch,
+                now.plus(Duration::from_millis(i)),
+                &CircuitPolicy::default(),
+            )
+            .expect("fail");
+    }
+    qo_core::ports::save_record(&pool.store, RecordKey::Circuit, &c, 0, None)
+        .await
+        .expect("save");
+    let report = pool
+        .run_for(&pool.config("10/s"), Duration::from_secs(120))
+        .await;
+    let health = pool.health.lock().expect("health").clone();
+    assert_eq!(health, ["qo-worker-1", "qo-worker-2"], "{health:?}");
+    assert_eq!(report.health_checks, 2);
+    assert_eq!(
+        report.dispatched, 20,
+        "the circuit closed and the backlog drained"
+    );
 }
