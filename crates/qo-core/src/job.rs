@@ -170,6 +170,12 @@ pub struct Origin {
     pub function: Option<String>,
 }
 
+/// The default of the worker's `MAX_SLOT_WAIT_MS`: the longest it waits for a slot, counted
+/// from the start of its invocation. The orchestrator hands a job over `DISPATCH_LEAD_MS`
+/// before its slot, and a batch's last slot up to `BATCH_WINDOW_MS` after its first, so both
+/// together must stay under it (each function checks its side at start).
+pub const DEFAULT_MAX_SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(5_000);
+
 /// A job dispatched to the worker, with the slot it must call at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobEvent {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use qo_core::CircuitPolicy;
 use qo_core::config::{ConfigError, Env};
+use qo_core::job::DEFAULT_MAX_SLOT_WAIT;
 use qo_core::quota::{AdaptivePolicy, BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
 use qo_core::sqs::{self, QueueAttributes};
 
@@ -190,10 +191,14 @@ impl OrchestratorConfig {
         let cap: usize = env.parsed("WORKER_CONCURRENCY_CAP", 0)?;
         let max_held = at_least_one(env, "MAX_HELD", d.max_held)?;
         let batch_max_jobs = at_least_one(env, "BATCH_MAX_JOBS", d.batch_max_jobs)?;
+        let batch_window = env.millis("BATCH_WINDOW_MS", d.batch_window)?;
+        let dispatch_lead = env.millis("DISPATCH_LEAD_MS", d.dispatch_lead)?;
+        let max_slot_wait = env.millis("MAX_SLOT_WAIT_MS", DEFAULT_MAX_SLOT_WAIT)?;
+        check_slot_horizon(dispatch_lead, batch_max_jobs, batch_window, max_slot_wait)?;
         Ok(OrchestratorConfig {
             max_held,
             batch_max_jobs,
-            batch_window: env.millis("BATCH_WINDOW_MS", d.batch_window)?,
+            batch_window,
             pacing,
             worker_concurrency_cap: (cap > 0).then_some(cap),
             worker_busy: env.millis("WORKER_BUSY_MS", d.worker_busy)?,
@@ -201,7 +206,7 @@ impl OrchestratorConfig {
             visibility_timeout,
             retention,
             circuit: circuit_policy(env)?,
-            dispatch_lead: env.millis("DISPATCH_LEAD_MS", d.dispatch_lead)?,
+            dispatch_lead,
             persist_interval: env.seconds("PERSIST_INTERVAL_S", d.persist_interval)?,
             stop_margin: env.seconds("STOP_MARGIN_S", d.stop_margin)?,
             idle_exit: (!idle.is_zero()).then_some(idle),
@@ -264,6 +269,42 @@ pub fn worker_functions(env: &impl Env) -> Result<Vec<String>, ConfigError> {
         pool.push(entry.to_string());
     }
     Ok(pool)
+}
+
+/// The furthest ahead of its invocation a slot can be, `DISPATCH_LEAD_MS` (plus
+/// `BATCH_WINDOW_MS` for the last job of a batch), must stay under the worker's
+/// `MAX_SLOT_WAIT_MS` (read here too, with the worker's default): else the worker gives those
+/// jobs back untried, every time.
+fn check_slot_horizon(
+    lead: Duration,
+    batch_max_jobs: usize,
+    window: Duration,
+    max_slot_wait: Duration,
+) -> Result<(), ConfigError> {
+    let batched = batch_max_jobs > 1;
+    let horizon = if batched { lead + window } else { lead };
+    if horizon < max_slot_wait {
+        return Ok(());
+    }
+    let (name, value, what) = if batched {
+        (
+            "BATCH_WINDOW_MS",
+            window,
+            format!("DISPATCH_LEAD_MS={} + BATCH_WINDOW_MS", lead.as_millis()),
+        )
+    } else {
+        ("DISPATCH_LEAD_MS", lead, "DISPATCH_LEAD_MS".to_string())
+    };
+    Err(ConfigError::Invalid {
+        name: name.into(),
+        value: value.as_millis().to_string(),
+        reason: format!(
+            "{what} must be shorter than the worker's MAX_SLOT_WAIT_MS={}: the slots further \
+             ahead of their invocation than that are given back untried, every time (set \
+             MAX_SLOT_WAIT_MS for both functions when you change it)",
+            max_slot_wait.as_millis()
+        ),
+    })
 }
 
 pub use qo_core::config::circuit_policy;
@@ -624,6 +665,42 @@ mod tests {
         }
         let e = OrchestratorConfig::from_env(&env(&[("BATCH_WINDOW_MS", "-1")])).unwrap_err();
         assert!(e.to_string().contains("BATCH_WINDOW_MS"), "{e}");
+    }
+
+    #[test]
+    fn the_lead_and_the_batch_window_stay_under_the_worker_s_slot_wait() {
+        // 250 ms of lead + 4,750 ms of window reach the 5 s the worker waits at most.
+        let e = OrchestratorConfig::from_env(&env(&[
+            ("BATCH_MAX_JOBS", "10"),
+            ("BATCH_WINDOW_MS", "4750"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "configuration: BATCH_WINDOW_MS=\"4750\" is invalid: DISPATCH_LEAD_MS=250 + \
+             BATCH_WINDOW_MS must be shorter than the worker's MAX_SLOT_WAIT_MS=5000: the slots \
+             further ahead of their invocation than that are given back untried, every time \
+             (set MAX_SLOT_WAIT_MS for both functions when you change it)"
+        );
+        OrchestratorConfig::from_env(&env(&[
+            ("BATCH_MAX_JOBS", "10"),
+            ("BATCH_WINDOW_MS", "4749"),
+        ]))
+        .expect("just under");
+        // Unbatched, the window plays no part; a raised MAX_SLOT_WAIT_MS makes room.
+        OrchestratorConfig::from_env(&env(&[("BATCH_WINDOW_MS", "4750")])).expect("unbatched");
+        OrchestratorConfig::from_env(&env(&[
+            ("BATCH_MAX_JOBS", "10"),
+            ("BATCH_WINDOW_MS", "4750"),
+            ("MAX_SLOT_WAIT_MS", "6000"),
+        ]))
+        .expect("a longer wait");
+        let e = OrchestratorConfig::from_env(&env(&[("DISPATCH_LEAD_MS", "5000")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("configuration: DISPATCH_LEAD_MS=\"5000\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl WorkerConfig {
             connect_timeout: Duration::from_millis(2_000),
             read_timeout: Duration::from_millis(10_000),
             call_tolerance: Duration::from_millis(5),
-            max_slot_wait: Duration::from_millis(5_000),
+            max_slot_wait: qo_core::job::DEFAULT_MAX_SLOT_WAIT,
             batch_window: DEFAULT_BATCH_WINDOW,
             idempotency_ttl: Duration::from_secs(86_400),
             claim_ttl: MAX_FUNCTION_TIMEOUT,
