@@ -693,7 +693,6 @@ where
     /// invokes in flight and the worker concurrency cap allow (the first was checked by the
     /// decision). Slots not sent are not taken: the next pass asks again.
     fn dispatch(&mut self, slots: &[Timestamp], now: Timestamp) {
-        let cfg = self.config;
         self.report.dispatch_passes += 1;
         // The held job the pool can call first goes first (the decision's slot is its).
         if let Some((i, _)) = self.pool_ready(now)
@@ -704,66 +703,71 @@ where
         }
         let mut next = 0;
         while next < slots.len() && !self.held.is_empty() {
-            if next > 0
-                && (!is_due(cfg, slots[next], now)
-                    || self.in_flight.len() >= cfg.max_in_flight
-                    || cap_free_at(
-                        cfg.worker_concurrency_cap,
-                        self.busy_until.iter().copied(),
-                        now,
-                    )
-                    .is_some())
-            {
+            if next > 0 && !self.may_send_another(slots[next], now) {
                 break;
             }
-            let rest = &slots[next..];
-            let look = rest.len().min(cfg.batch_max_jobs).min(self.held.len());
-            let mut events: Vec<JobEvent> = self
-                .held
-                .iter()
-                .zip(rest)
-                .take(look)
-                .map(|(h, slot)| JobEvent {
-                    job: h.job.clone(),
-                    origin: h.message.origin.clone(),
-                    slot_at: *slot,
-                    epoch: self.circuit.epoch,
-                    dispatched_at: now,
-                })
-                .collect();
-            // A slot goes only where a function of the pool allows it by its own tiers (then
-            // the pool takes exactly that slot): the group ends before the first that no
-            // function allows.
-            let free = events
-                .iter()
-                .take_while(|e| {
-                    let avoid = e.origin.function.as_deref();
-                    self.pool.free_at(e.slot_at, avoid) <= e.slot_at
-                })
-                .count();
-            if free == 0 {
+            let events = self.next_group(&slots[next..], now);
+            if events.is_empty() {
                 break;
             }
-            events.truncate(free);
-            let look = events.len();
-            let n = if look > 1 {
-                let candidates: Vec<Candidate> = events
-                    .iter()
-                    .map(|e| Candidate {
-                        slot: e.slot_at,
-                        size: serde_json::to_vec(e).map_or(MAX_INVOKE_PAYLOAD, |v| v.len()),
-                        may_join: may_join_batch(&e.origin),
-                    })
-                    .collect();
-                group_len(&candidates, cfg.batch_max_jobs, cfg.batch_window).max(1)
-            } else {
-                1
-            };
-            events.truncate(n);
+            let n = events.len();
             let messages: Vec<Message> = self.held.drain(..n).map(|h| h.message).collect();
             next += n;
             self.send(events, messages, now);
         }
+    }
+
+    /// Whether a later invocation of the pass may go at `slot`: the slot is due, and the
+    /// invokes in flight and the worker concurrency cap allow one more.
+    fn may_send_another(&self, slot: Timestamp, now: Timestamp) -> bool {
+        let cfg = self.config;
+        is_due(cfg, slot, now)
+            && self.in_flight.len() < cfg.max_in_flight
+            && cap_free_at(
+                cfg.worker_concurrency_cap,
+                self.busy_until.iter().copied(),
+                now,
+            )
+            .is_none()
+    }
+
+    /// The next invocation's events: the first held jobs at `slots`, as many as one
+    /// invocation takes ([`group_len`]), and only while a function of the pool allows each
+    /// slot by its own tiers (the pool then takes exactly that slot). Empty when no function
+    /// allows the first.
+    fn next_group(&self, slots: &[Timestamp], now: Timestamp) -> Vec<JobEvent> {
+        let cfg = self.config;
+        let look = slots.len().min(cfg.batch_max_jobs).min(self.held.len());
+        let mut events: Vec<JobEvent> = self
+            .held
+            .iter()
+            .zip(slots)
+            .take(look)
+            .map(|(h, slot)| JobEvent {
+                job: h.job.clone(),
+                origin: h.message.origin.clone(),
+                slot_at: *slot,
+                epoch: self.circuit.epoch,
+                dispatched_at: now,
+            })
+            .take_while(|e| {
+                let avoid = e.origin.function.as_deref();
+                self.pool.free_at(e.slot_at, avoid) <= e.slot_at
+            })
+            .collect();
+        if events.len() > 1 {
+            let candidates: Vec<Candidate> = events
+                .iter()
+                .map(|e| Candidate {
+                    slot: e.slot_at,
+                    size: serde_json::to_vec(e).map_or(MAX_INVOKE_PAYLOAD, |v| v.len()),
+                    may_join: may_join_batch(&e.origin),
+                })
+                .collect();
+            let n = group_len(&candidates, cfg.batch_max_jobs, cfg.batch_window).max(1);
+            events.truncate(n);
+        }
+        events
     }
 
     /// Records `events`' slots in the shared pacer and the pool, and sends them: one

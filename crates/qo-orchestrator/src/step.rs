@@ -360,30 +360,12 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
         Some(due) => s.timers.wake().min(due),
         None => s.timers.wake(),
     };
-    // Keep the hold supplied: a receive runs alongside dispatch, up to the hold target, once
-    // a full batch (or half the target, when that is less) is wanted: SQS bills each receive,
-    // and topping up one message at a time would cost a receive per dispatch.
-    if !s.receiving && s.held < cfg.max_held {
-        let target = hold_target(s.pacer, cfg, s.now);
-        let want = target.saturating_sub(s.held);
-        if want > 0 && want >= target.div_ceil(2).min(qo_core::sqs::MAX_BATCH) {
-            return receive(s, s.held);
-        }
+    if let Some(top_up) = top_up(s) {
+        return top_up;
     }
-    // Ask at least half the lead ahead: a loop that wakes a little late (timers have
-    // millisecond grain, schedulers jitter) keeps the pace's slot instead of pushing every
-    // later slot back.
-    let ask = s.now.plus(cfg.dispatch_lead / 2);
-    let ask = s.pool_free_at.map_or(ask, |free| ask.max(free));
-    let (slot, uncounted) = match s.pacer.peek(ask) {
-        Ok(()) => (ask, false),
-        Err(NotNow::NotBefore { at, .. }) => (at, false),
-        // The API asked for the wait: not counted against the run's utilization.
-        Err(NotNow::BackingOff { until }) => (until, true),
-        Err(NotNow::ExhaustedUntil { until, tier }) if until >= s.timers.stop_at => {
-            return Step::Exhausted { until, tier };
-        }
-        Err(NotNow::ExhaustedUntil { until, .. }) => (until, true),
+    let (slot, uncounted) = match first_slot(s) {
+        Ok(first) => first,
+        Err(exhausted) => return exhausted,
     };
     let send_at = slot.minus(cfg.dispatch_lead);
     if send_at > s.now {
@@ -414,6 +396,40 @@ fn dispatch_or_wait(s: &Snapshot<'_>) -> Step {
     Step::Dispatch {
         slots: due_slots(s, slot, s.held),
         uncounted,
+    }
+}
+
+/// Keep the hold supplied: a receive runs alongside dispatch, up to the hold target, once a
+/// full batch (or half the target, when that is less) is wanted: SQS bills each receive, and
+/// topping up one message at a time would cost a receive per dispatch.
+fn top_up(s: &Snapshot<'_>) -> Option<Step> {
+    if s.receiving || s.held >= s.config.max_held {
+        return None;
+    }
+    let target = hold_target(s.pacer, s.config, s.now);
+    let want = target.saturating_sub(s.held);
+    (want > 0 && want >= target.div_ceil(2).min(qo_core::sqs::MAX_BATCH))
+        .then(|| receive(s, s.held))
+}
+
+/// The first held job's slot, and whether the wait for it is the API's or a budget's (not
+/// counted against the run's utilization); `Err` with [`Step::Exhausted`] when a budget is
+/// used up past the run's stop.
+fn first_slot(s: &Snapshot<'_>) -> Result<(Timestamp, bool), Step> {
+    // Ask at least half the lead ahead: a loop that wakes a little late (timers have
+    // millisecond grain, schedulers jitter) keeps the pace's slot instead of pushing every
+    // later slot back.
+    let ask = s.now.plus(s.config.dispatch_lead / 2);
+    let ask = s.pool_free_at.map_or(ask, |free| ask.max(free));
+    match s.pacer.peek(ask) {
+        Ok(()) => Ok((ask, false)),
+        Err(NotNow::NotBefore { at, .. }) => Ok((at, false)),
+        // The API asked for the wait: not counted against the run's utilization.
+        Err(NotNow::BackingOff { until }) => Ok((until, true)),
+        Err(NotNow::ExhaustedUntil { until, tier }) if until >= s.timers.stop_at => {
+            Err(Step::Exhausted { until, tier })
+        }
+        Err(NotNow::ExhaustedUntil { until, .. }) => Ok((until, true)),
     }
 }
 
