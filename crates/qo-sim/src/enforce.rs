@@ -369,6 +369,21 @@ impl Enforcer {
         Admission::Accepted
     }
 
+    /// [`Enforcer::admit`] for a call that must also fit `own`, the tiers of its source alone
+    /// (an API that limits per source address): counted in both only when both accept; the
+    /// wait is the longer of the two.
+    pub fn admit_with(&mut self, own: &mut Enforcer, now: Timestamp) -> Admission {
+        let now = self.catch_up(now);
+        let own_now = own.catch_up(now);
+        let wait = self.wait_at(now).max(own.wait_at(own_now));
+        if !wait.is_zero() {
+            return Admission::Throttled { retry_after: wait };
+        }
+        self.count(now);
+        own.count(own_now);
+        Admission::Accepted
+    }
+
     /// Applies the schedule's changes and the other client's calls up to `now`, without a
     /// call of ours (e.g. before reading [`Enforcer::window`] or the stats).
     pub fn advance(&mut self, now: Timestamp) {
@@ -432,6 +447,29 @@ mod tests {
 
     fn enforcer(spec: &str) -> Enforcer {
         Enforcer::new(&spec.parse().expect("spec"))
+    }
+
+    #[test]
+    fn a_call_counts_only_where_both_its_source_s_tiers_and_the_shared_ones_accept_it() {
+        let mut shared = enforcer("3/s");
+        let (mut a, mut b) = (enforcer("2/s"), enforcer("2/s"));
+        assert_eq!(shared.admit_with(&mut a, at_ms(0)), Admission::Accepted);
+        assert_eq!(shared.admit_with(&mut a, at_ms(100)), Admission::Accepted);
+        // Source `a` is full until its first call leaves its window; the shared tier is not.
+        assert_eq!(
+            shared.admit_with(&mut a, at_ms(200)),
+            Admission::Throttled {
+                retry_after: Duration::from_millis(800)
+            }
+        );
+        // The refused call took nothing of the shared tier: `b` gets its third call.
+        assert_eq!(shared.admit_with(&mut b, at_ms(300)), Admission::Accepted);
+        assert_eq!(
+            shared.admit_with(&mut b, at_ms(400)),
+            Admission::Throttled {
+                retry_after: Duration::from_millis(600)
+            }
+        );
     }
 
     fn throttled_for(a: Admission) -> Duration {

@@ -38,6 +38,9 @@ pub struct CallRecord {
     /// The remaining count its rate-limit headers reported, when it sent them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
+    /// The address the call came from, when the limit has tiers per source address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// One segment of the enforced limit and the densest windows it governed.

@@ -17,6 +17,11 @@
 //! the tightest tier in force, as the [`crate::Enforcer::window`] sees it just after the
 //! decision (so a 2xx's remaining count has the call itself taken off).
 //!
+//! A tier ending in ` per function` (of the limit in force at the start) holds for each source
+//! address on its own, beside the shared tiers: an API that limits per address, met by a pool
+//! of worker functions each calling from its own address. A call is counted only when both
+//! its source's tiers and the shared ones accept it.
+//!
 //! Only accepted (2xx) calls count against the quota: a faulted, refused or throttled call
 //! consumes nothing. This is the laxer reading of a real API (some count failed calls too); the
 //! orchestrator reserves a slot for every call it makes, so it holds under either reading.
@@ -24,17 +29,18 @@
 //! The arrival time is read from the clock under the server's one lock, so arrivals are
 //! decided in the order of their times; the simulated latency is slept afterwards.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Json, Response};
-use qo_core::{Clock, Timestamp, TokioClock};
+use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -55,6 +61,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct Inner {
     enforcer: Enforcer,
+    /// Per source address, the tiers each source has to itself ([`Shared::per_source`]).
+    sources: HashMap<IpAddr, Enforcer>,
     rng: StdRng,
     ledger: Ledger,
 }
@@ -63,6 +71,10 @@ struct Shared {
     config: SimConfig,
     /// The limit enforced (the quota unless the config says otherwise).
     limit: LimitSchedule,
+    /// The limit's tiers ending in ` per function`, enforced for each source address on its
+    /// own (an API that limits per address: each worker function behind its own NAT address),
+    /// beside the shared tiers.
+    per_source: Option<QuotaSpec>,
     clock: Arc<dyn Clock>,
     start: Timestamp,
     inner: Mutex<Inner>,
@@ -126,6 +138,7 @@ impl Shared {
     /// (A first-call 429 checks that no call was recorded before it.)
     fn decide(
         &self,
+        source: IpAddr,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
@@ -165,7 +178,17 @@ impl Shared {
                 error(StatusCode::INTERNAL_SERVER_ERROR, "simulated failure"),
             )
         } else {
-            let r = match inner.enforcer.admit(now) {
+            let admission = match &self.per_source {
+                None => inner.enforcer.admit(now),
+                Some(own) => {
+                    let own = inner
+                        .sources
+                        .entry(source)
+                        .or_insert_with(|| Enforcer::new(own));
+                    inner.enforcer.admit_with(own, now)
+                }
+            };
+            let r = match admission {
                 Admission::Accepted => {
                     let counter = inner.ledger.counters.accepted + 1;
                     (
@@ -211,6 +234,7 @@ impl Shared {
                 path: path.to_string(),
                 status,
                 remaining,
+                source: self.per_source.is_some().then_some(source),
             },
         );
         let latency = self.draw_latency(&mut inner.rng);
@@ -250,6 +274,7 @@ fn sim_status(code: &str) -> Response {
 
 async fn handle(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -267,7 +292,7 @@ async fn handle(
         let latency = shared.draw_latency(&mut shared.lock().rng);
         (response, latency)
     } else {
-        shared.decide(&method, &uri, &headers, body.len())
+        shared.decide(peer.ip(), &method, &uri, &headers, body.len())
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -320,12 +345,15 @@ impl SimServer {
             .map_err(|source| SimError::Bind { addr, source })?;
         let start = clock.now();
         let limit = config.enforced();
+        let per_source = limit.segments().next().and_then(|(_, s)| s.per_function());
         let shared = Arc::new(Shared {
+            per_source,
             start,
             clock,
             inner: Mutex::new(Inner {
                 enforcer: Enforcer::scheduled(limit.clone(), start)
                     .with_other_client(config.other_client_rate_per_s),
+                sources: HashMap::new(),
                 rng: StdRng::seed_from_u64(config.seed),
                 ledger: Ledger::default(),
             }),
@@ -337,6 +365,7 @@ impl SimServer {
             .with_state(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = stopped.await;
             });

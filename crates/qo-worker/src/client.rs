@@ -77,6 +77,7 @@ impl ApiClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .tcp_keepalive(TCP_KEEPALIVE)
             .redirect(reqwest::redirect::Policy::none())
+            .local_address(config.local_address)
             .user_agent(concat!(
                 "quota-orchestrator-worker/",
                 env!("CARGO_PKG_VERSION")

@@ -81,6 +81,11 @@ pub struct WorkerConfig {
     /// failure names it in `Origin::function`, so the orchestrator retries it through another
     /// function of the pool.
     pub function_name: Option<String>,
+    /// The local address the worker's API calls leave from (`None`: the system's choice, as
+    /// on Lambda, where a function's subnets and NAT gateway decide its address). `qo local`
+    /// gives each function of a pool its own loopback address, so that the built-in API can
+    /// limit per source address as some APIs do.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl WorkerConfig {
@@ -109,6 +114,7 @@ impl WorkerConfig {
             rate_limit_headers: RateLimitHeaders::Auto,
             api_window_report: Duration::from_millis(1_000),
             function_name: None,
+            local_address: None,
         }
     }
 
@@ -236,6 +242,7 @@ impl WorkerConfig {
             )?,
             rate_limit_headers,
             api_window_report: env.millis("API_WINDOW_REPORT_MS", d.api_window_report)?,
+            local_address: None,
         })
     }
 

@@ -243,7 +243,7 @@ async fn step(rate: u32, args: &BenchArgs) -> Result<StepReport, BenchError> {
         clock: clock.clone(),
         queue,
         store,
-        http: api.clone(),
+        http: vec![api.clone()],
         worker,
         orchestrator,
         invoker: InvokerOptions {

@@ -119,6 +119,32 @@ pub struct LocalArgs {
     /// spare), at least the template's 50.
     #[arg(long)]
     worker_concurrency: Option<usize>,
+    /// Worker functions in the pool (the template's WorkerFunctionCount, 1 to 4), each with
+    /// its own execution environments (`--worker-concurrency` each) and, against the built-in
+    /// API, its own source address (127.0.0.2, 127.0.0.3, ...), so that a tier ending in
+    /// ` per function` in the API's limit holds per function as an API that limits per
+    /// address enforces it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+    worker_functions: u8,
+}
+
+/// One API client per worker function; with several against the built-in API (`own_address`),
+/// each calls from its own loopback address (function k from 127.0.0.(k + 1)), as functions
+/// behind their own NAT gateways call from their own.
+fn function_clients(
+    config: &WorkerConfig,
+    functions: u8,
+    own_address: bool,
+) -> Result<Vec<ApiClient>, qo_worker::WorkerError> {
+    (1..=functions)
+        .map(|k| {
+            let mut config = config.clone();
+            if own_address && functions > 1 {
+                config.local_address = Some(std::net::IpAddr::from([127, 0, 0, k + 1]));
+            }
+            ApiClient::new(&config, None)
+        })
+        .collect()
 }
 
 /// The template's sizing rule for the worker's reserved concurrency: `rate` calls a second in
@@ -306,7 +332,7 @@ where
         clock: clock.clone(),
         queue: queue.clone(),
         store: store.clone(),
-        http: ApiClient::new(&worker_config, None)?,
+        http: function_clients(&worker_config, args.worker_functions, sim.is_some())?,
         worker: worker_config,
         orchestrator: config,
         invoker: InvokerOptions {
@@ -351,7 +377,7 @@ where
 
     let elsewhere = |reasoned: u64| {
         let queue = queue.clone();
-        let failures = system.invoker().failures().len() as u64;
+        let failures = system.failures().len() as u64;
         async move {
             let (by_sqs, expired) = queue.ended_by_queue(reasoned).await?;
             Ok::<_, QueueError>(Elsewhere {
@@ -394,7 +420,7 @@ where
     report.account(elsewhere(counts.dead_lettered).await?);
     report.dispatch = Some(dispatch);
     if let (Some(sqs), Some(units)) = (queue.sqs_requests(), store.request_units()) {
-        let invoker = system.invoker().stats();
+        let invoker = system.invoker_stats();
         let usage = Usage::new(
             invoker.delivered,
             invoker.billed_ms,

@@ -168,6 +168,10 @@ pub struct Report {
     /// of each tier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_max_in_any_window: Option<Vec<(String, u64)>>,
+    /// What the built-in API saw from each source address, when its limit has tiers per
+    /// function (a pool whose functions each call from their own address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_by_source: Option<Vec<SourceCalls>>,
     /// Why jobs were re-queued or dead-lettered, with counts.
     pub reasons: std::collections::BTreeMap<String, u64>,
     /// Jobs SQS's redrive policy moved to the dead-letter queue by itself: untried, with no
@@ -308,6 +312,62 @@ pub struct ApiSide {
     pub records: Vec<CallRecord>,
 }
 
+/// The calls of one source address, as the built-in API saw them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SourceCalls {
+    /// The address.
+    pub source: String,
+    /// API calls from it (every answer).
+    pub calls: u64,
+    /// Of them, accepted (2xx).
+    pub accepted: u64,
+    /// For each tier per function: the most accepted calls from this source in any window of
+    /// the tier's length (counted rolling, calendar tiers too).
+    pub max_in_any_window: Vec<(String, u64)>,
+}
+
+/// Each source's calls, when the API's limit (at its start) has tiers per function.
+fn by_source(api: &ApiSide) -> Option<Vec<SourceCalls>> {
+    let own = api.limit.segments().next()?.1.per_function()?;
+    let mut sources: std::collections::BTreeMap<std::net::IpAddr, (u64, Vec<Duration>)> =
+        std::collections::BTreeMap::new();
+    for r in api.records.iter().filter(|r| r.kind == CallKind::Api) {
+        let Some(source) = r.source else { continue };
+        let entry = sources.entry(source).or_default();
+        entry.0 += 1;
+        if (200..300).contains(&r.status) {
+            entry.1.push(r.at);
+        }
+    }
+    let calls = sources
+        .into_iter()
+        .map(|(source, (calls, ok))| SourceCalls {
+            source: source.to_string(),
+            calls,
+            accepted: ok.len() as u64,
+            max_in_any_window: own
+                .tiers()
+                .iter()
+                .map(|t| (t.to_string(), max_in_window(&ok, t.period.duration())))
+                .collect(),
+        })
+        .collect();
+    Some(calls)
+}
+
+/// The most of `times` (sorted) in any half-open window `(t - period, t]`.
+fn max_in_window(times: &[Duration], period: Duration) -> u64 {
+    let mut first = 0;
+    let mut most = 0;
+    for (i, &t) in times.iter().enumerate() {
+        while t.saturating_sub(times[first]) >= period {
+            first += 1;
+        }
+        most = most.max(i + 1 - first);
+    }
+    most as u64
+}
+
 /// How the pace followed one change of the built-in API's limit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LimitChange {
@@ -445,6 +505,7 @@ impl Report {
             health_checks: counts.health_checks,
             quota: quota.to_string(),
             api_max_in_any_window: None,
+            api_by_source: None,
             reasons: counts.reasons.clone(),
             dead_lettered_by_sqs: 0,
             expired: 0,
@@ -491,6 +552,7 @@ impl Report {
         counts: &Counts,
     ) {
         self.api_max_in_any_window = Some(api.stats.max_in_any_window.clone());
+        self.api_by_source = by_source(api);
         let ok: Vec<Duration> = api
             .records
             .iter()
@@ -502,7 +564,18 @@ impl Report {
             _ => (Duration::ZERO, Duration::ZERO),
         };
         let effective = rate_over_span(ok.len(), last.saturating_sub(first));
-        let limit_rate = api.limit.mean_pacing_rate_per_s(first, last);
+        let mut limit_rate = api.limit.mean_pacing_rate_per_s(first, last);
+        // Tiers per source address cap the pool at their rate times its sources.
+        if let (Some(sources), Some(own)) = (
+            &self.api_by_source,
+            api.limit
+                .segments()
+                .next()
+                .and_then(|(_, s)| s.per_function()),
+        ) && !sources.is_empty()
+        {
+            limit_rate = limit_rate.min(own.pacing_rate_per_s() * sources.len() as f64);
+        }
         let share = limit_rate - api.other_rate_per_s;
         self.effective_rate_per_s = round3(effective);
         self.effective_vs_quota = round3(effective / self.quota_rate_per_s);
@@ -755,6 +828,24 @@ impl Report {
                 );
             }
         }
+        for source in self.api_by_source.iter().flatten() {
+            let maxima: Vec<String> = source
+                .max_in_any_window
+                .iter()
+                .map(|(tier, max)| format!("{max} in a window of {tier}"))
+                .collect();
+            line(
+                &mut s,
+                "API, per source",
+                format!(
+                    "{}: {} calls, {} accepted; {}",
+                    source.source,
+                    source.calls,
+                    source.accepted,
+                    maxima.join(", ")
+                ),
+            );
+        }
         s
     }
 }
@@ -807,6 +898,7 @@ mod tests {
                 path: format!("/items/{k}"),
                 status: 200,
                 remaining: Some(3),
+                source: None,
             });
             if k % 10 == 5 {
                 records.push(CallRecord {

@@ -3,16 +3,17 @@
 //!
 //! One place builds it, for `qo local` (in memory or over the AWS adapters against a local
 //! endpoint), `qo bench` and the tests that run both sides together. It owns the rules that
-//! tie the two sides' settings: the orchestrator's circuit is the worker's, and each
-//! orchestrator run hydrates from the store as a new Lambda invocation would.
+//! tie the two sides' settings: the orchestrator's circuit is the worker's, each orchestrator
+//! run hydrates from the store as a new Lambda invocation would, and several worker functions
+//! form a pool the orchestrator names (`WORKER_FUNCTION_NAMES`), each behind its own invoker.
 
 use std::sync::Arc;
 
 use tracing::warn;
 
-use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, RecordStore};
+use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, PoolInvoker, RecordStore};
 use qo_core::{Observer, Timestamp, TokioClock, WorkerEvent};
-use qo_memory::{InvokerOptions, LocalInvoker, MemoryError};
+use qo_memory::{FailureRecord, InvokerOptions, InvokerStats, LocalInvoker, MemoryError};
 use qo_orchestrator::{OrchestratorConfig, OrchestratorError, Ports, RunReport};
 use qo_worker::{HttpCall, Worker, WorkerConfig};
 
@@ -24,13 +25,17 @@ pub struct Parts<Q, S, H> {
     pub queue: Q,
     /// The state store both sides share (quota, circuit, control, claims).
     pub store: S,
-    /// The worker's HTTP layer.
-    pub http: H,
-    /// The worker's settings. Its circuit policy is the orchestrator's too.
+    /// The worker's HTTP layer, one per worker function. One runs the worker as a single
+    /// function; several form a pool ([`pool_names`]): each function its own invoker (its own
+    /// execution environments, with the options below) and its own name in the re-queues it
+    /// makes, and the orchestrator's `worker_functions` names them all.
+    pub http: Vec<H>,
+    /// The worker's settings (each function's name set from the pool). Its circuit policy is
+    /// the orchestrator's too.
     pub worker: WorkerConfig,
     /// The orchestrator's settings (its `circuit` is replaced by the worker's).
     pub orchestrator: OrchestratorConfig,
-    /// How the invoker delivers events to the worker.
+    /// How each function's invoker delivers events to the worker.
     pub invoker: InvokerOptions,
     /// Where both sides' observations go.
     pub observer: Arc<dyn Observer>,
@@ -44,8 +49,8 @@ pub struct System<Q, S, H> {
     clock: Arc<TokioClock>,
     queue: Q,
     store: S,
-    worker: SharedWorker<Q, S, H>,
-    invoker: LocalInvoker,
+    workers: Vec<SharedWorker<Q, S, H>>,
+    invoker: PoolInvoker<LocalInvoker>,
     orchestrator: OrchestratorConfig,
     observer: Arc<dyn Observer>,
 }
@@ -56,8 +61,9 @@ where
     S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
     H: HttpCall + 'static,
 {
-    /// Wires the parts: the worker over the store and the queue, behind an invoker with the
-    /// given delivery; fails when the invoker's options are out of Lambda's range.
+    /// Wires the parts: the worker over the store and the queue, behind an invoker per
+    /// function with the given delivery; fails when no HTTP layer is given or the invoker's
+    /// options are out of Lambda's range.
     pub fn assemble(parts: Parts<Q, S, H>) -> Result<Self, MemoryError> {
         let Parts {
             clock,
@@ -70,30 +76,51 @@ where
             observer,
         } = parts;
         orchestrator.circuit = worker.circuit;
-        let worker = Arc::new(
-            Worker::new(worker, http, store.clone(), queue.clone(), clock.clone())
-                .with_observer(observer.clone()),
-        );
-        let handler = {
-            let worker = worker.clone();
-            move |ev: WorkerEvent| {
+        let names = pool_names(http.len());
+        let pooled = names.len() > 1;
+        if pooled {
+            orchestrator.worker_functions = names.clone();
+        }
+        if http.is_empty() {
+            return Err(MemoryError::InvalidOption {
+                name: "http",
+                value: "0 functions".to_string(),
+                reason: "the system needs at least one worker function",
+            });
+        }
+        let mut workers = Vec::with_capacity(http.len());
+        let mut members = Vec::with_capacity(http.len());
+        for (http, name) in http.into_iter().zip(names) {
+            let mut config = worker.clone();
+            config.function_name = pooled.then(|| name.clone());
+            let worker = Arc::new(
+                Worker::new(config, http, store.clone(), queue.clone(), clock.clone())
+                    .with_observer(observer.clone()),
+            );
+            let handler = {
                 let worker = worker.clone();
-                // An error is a function error: Lambda retries the event (1 min, then 2 min)
-                // and then sends it to the on-failure destination.
-                async move {
-                    worker.handle(ev).await.inspect_err(|e| {
-                        warn!(error = %e, "worker failed");
-                    })
+                move |ev: WorkerEvent| {
+                    let worker = worker.clone();
+                    // An error is a function error: Lambda retries the event (1 min, then 2
+                    // min) and then sends it to the on-failure destination.
+                    async move {
+                        worker.handle(ev).await.inspect_err(|e| {
+                            warn!(error = %e, "worker failed");
+                        })
+                    }
                 }
-            }
-        };
-        let invoker = LocalInvoker::with_options(clock.clone(), Arc::new(handler), invoker)?;
+            };
+            let invoker =
+                LocalInvoker::with_options(clock.clone(), Arc::new(handler), invoker.clone())?;
+            workers.push(worker);
+            members.push((name, invoker));
+        }
         Ok(System {
             clock,
             queue,
             store,
-            worker,
-            invoker,
+            workers,
+            invoker: PoolInvoker::new(members),
             orchestrator,
             observer,
         })
@@ -112,19 +139,38 @@ where
         qo_orchestrator::run(ports, &self.orchestrator, deadline).await
     }
 
-    /// Waits until the invoker has no event in flight (every delivery and retry ended).
+    /// Waits until no function's invoker has an event in flight (every delivery and retry
+    /// ended).
     pub async fn wait_idle(&self) {
-        self.invoker.wait_idle().await;
+        for (_, invoker) in self.invoker.members() {
+            invoker.wait_idle().await;
+        }
     }
 
-    /// The invoker (its failures: the events Lambda would send to the on-failure destination).
-    pub fn invoker(&self) -> &LocalInvoker {
-        &self.invoker
+    /// The worker functions by name, each with its invoker (its counts, and the events Lambda
+    /// would send to its on-failure destination).
+    pub fn functions(&self) -> &[(String, LocalInvoker)] {
+        self.invoker.members()
     }
 
-    /// The worker.
-    pub fn worker(&self) -> &SharedWorker<Q, S, H> {
-        &self.worker
+    /// The counts of every function's invoker together.
+    pub fn invoker_stats(&self) -> InvokerStats {
+        self.functions()
+            .iter()
+            .fold(InvokerStats::default(), |all, (_, i)| all.plus(i.stats()))
+    }
+
+    /// The on-failure destinations' records of every function.
+    pub fn failures(&self) -> Vec<FailureRecord> {
+        self.functions()
+            .iter()
+            .flat_map(|(_, i)| i.failures())
+            .collect()
+    }
+
+    /// The worker of each function, in the pool's order.
+    pub fn workers(&self) -> &[SharedWorker<Q, S, H>] {
+        &self.workers
     }
 
     /// The orchestrator's settings, the worker's circuit in them.
@@ -146,4 +192,13 @@ where
     pub fn clock(&self) -> &Arc<TokioClock> {
         &self.clock
     }
+}
+
+/// The names of a system's `n` worker functions: `worker` alone (the orchestrator's name for
+/// a single function it is not told of), else `qo-worker-1` to `qo-worker-n`.
+pub fn pool_names(n: usize) -> Vec<String> {
+    if n <= 1 {
+        return vec![qo_orchestrator::pool::UNNAMED.to_string()];
+    }
+    (1..=n).map(|i| format!("qo-worker-{i}")).collect()
 }

@@ -82,6 +82,41 @@ fn local_drains_a_backlog_within_the_quota() {
 /// headers: the run drains, and the report carries the effective rate against the quota and
 /// the API's limit, the 429 share, and the API's last remaining count beside ours.
 #[test]
+fn a_pool_of_functions_each_from_its_own_address_keeps_its_own_tier() {
+    // Two functions, each its own source address at the built-in API, which holds `8/s` per
+    // address beside the shared `20/s`: the pool's pace is 16/s, each function within 8/s.
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    let report = qo_local(&[
+        "--jobs",
+        "80",
+        "--quota",
+        "20/s,8/s per function",
+        "--worker-functions",
+        "2",
+    ]);
+    assert_eq!(report["succeeded"], 80, "{report}");
+    assert_eq!(report["dead_lettered"], 0, "{report}");
+    // As in `assert_drained_within_the_quota`: a call can arrive a window late.
+    assert!(
+        report["throttled"].as_u64().expect("throttled") <= 2,
+        "{report}"
+    );
+    let sources = report["api_by_source"].as_array().expect("api_by_source");
+    assert_eq!(sources.len(), 2, "one address per function: {report}");
+    for source in sources {
+        let calls = source["calls"].as_u64().expect("calls");
+        assert!(
+            (30..=50).contains(&calls),
+            "spread across the pool: {report}"
+        );
+        assert_eq!(source["max_in_any_window"][0][0], "8/s", "{report}");
+        let most = source["max_in_any_window"][0][1].as_u64().expect("most");
+        assert!((1..=8).contains(&most), "{report}");
+    }
+    assert_eq!(report["api_limit_rate_per_s"], 16.0, "{report}");
+}
+
+#[test]
 fn local_with_the_api_s_own_limit_and_headers_reports_both_sides() {
     let _one = ONE_AT_A_TIME.blocking_lock();
     let report = qo_local(&[

@@ -108,7 +108,7 @@ fn rig(limit: usize) -> (Rig, Arc<StrictApi>) {
         clock: clock.clone(),
         queue: MemoryQueue::with_options(clock.clone(), QueueOptions::template()),
         store: MemoryStore::new(),
-        http: api.clone(),
+        http: vec![api.clone()],
         worker,
         orchestrator,
         invoker: InvokerOptions {

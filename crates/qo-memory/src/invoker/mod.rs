@@ -112,6 +112,27 @@ pub struct InvokerStats {
     pub billed_ms: u64,
 }
 
+impl InvokerStats {
+    /// The counts of two invokers together (a pool's functions): each count summed, the peak
+    /// concurrency as the sum of the peaks (at most the pool's true peak's bound).
+    pub fn plus(self, o: InvokerStats) -> InvokerStats {
+        InvokerStats {
+            invokes: self.invokes + o.invokes,
+            accepted: self.accepted + o.accepted,
+            failed: self.failed + o.failed,
+            duplicates: self.duplicates + o.duplicates,
+            delivered: self.delivered + o.delivered,
+            completed: self.completed + o.completed,
+            function_errors: self.function_errors + o.function_errors,
+            throttled: self.throttled + o.throttled,
+            cold_starts: self.cold_starts + o.cold_starts,
+            on_failure: self.on_failure + o.on_failure,
+            peak_concurrency: self.peak_concurrency + o.peak_concurrency,
+            billed_ms: self.billed_ms + o.billed_ms,
+        }
+    }
+}
+
 struct Inner {
     clock: Arc<dyn Clock>,
     handler: Arc<dyn EventHandler>,
