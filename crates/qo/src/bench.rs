@@ -1,8 +1,11 @@
 //! `qo bench`: how fast one orchestrator paces dispatches, on the real clock.
 //!
 //! Each step runs the real orchestrator loop and the real worker ([`crate::system`]) over the
-//! in-memory queue and store, for a few seconds at one quota rate, with a backlog larger than
-//! the step can use. The invoker takes `--invoke-latency-ms` (default 20 ms) per Invoke call
+//! in-memory queue and store (`--adapters memory`), or over the AWS adapters, the real SQS and
+//! DynamoDB SDKs, against a local endpoint such as a moto server (`--adapters aws
+//! --aws-endpoint URL`, with a table and queues of the step's own; `qo` built with the `aws`
+//! feature), for a few seconds at one quota rate, with a backlog larger than the step can
+//! use. The invoker takes `--invoke-latency-ms` (default 20 ms) per Invoke call
 //! before it accepts an event, as the Invoke API's round trip does, then delivers as Lambda's
 //! asynchronous queue does (2 to 20 ms, unbounded concurrency). The API is a stand-in in
 //! memory that answers 200 at once and records when each call was made, so the bench measures
@@ -32,6 +35,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use qo_core::job::Job;
+use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, RecordStore};
 use qo_core::reason::ReasonKind;
 use qo_core::{Clock, Observation, Observer, QuotaSpec, Timestamp, TokioClock};
 use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions};
@@ -39,6 +43,9 @@ use qo_orchestrator::OrchestratorConfig;
 use qo_worker::{ApiResponse, HttpCall, HttpError, WorkerConfig, WorkerError};
 
 use crate::system::{Parts, System};
+
+/// The dispatch lead over the AWS adapters against a local endpoint.
+const AWS_DISPATCH_LEAD: Duration = Duration::from_millis(1_000);
 
 /// The pacing error and late share a sustained rate stays under.
 pub const SUSTAINED_BELOW: f64 = 0.01;
@@ -49,7 +56,8 @@ pub const SUSTAINED_BELOW: f64 = 0.01;
 pub enum Adapters {
     /// The in-memory queue, store and invoker.
     Memory,
-    /// The AWS adapters against local endpoints (not built yet: refused).
+    /// The SQS and DynamoDB adapters (the AWS SDK) against `--aws-endpoint`; the invoker
+    /// stays in memory.
     Aws,
 }
 
@@ -71,9 +79,13 @@ pub struct BenchArgs {
     /// The orchestrator's `MAX_IN_FLIGHT` (invokes in flight at most); default: its default.
     #[arg(long)]
     max_in_flight: Option<usize>,
-    /// Which adapters: `memory` (the in-memory ports) or `aws` (not built yet).
+    /// Which adapters: `memory` (the in-memory ports) or `aws` (SQS and DynamoDB over the
+    /// AWS SDK against `--aws-endpoint`).
     #[arg(long, value_enum, default_value = "memory")]
     adapters: Adapters,
+    /// With `--adapters aws`: the endpoint (e.g. a moto server, `http://127.0.0.1:5000`).
+    #[arg(long)]
+    aws_endpoint: Option<String>,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -90,12 +102,9 @@ pub enum BenchError {
         /// What is wrong.
         why: String,
     },
-    /// `--adapters aws` is not built.
-    #[error(
-        "--adapters aws is not built yet: only the in-memory adapters are benched (run without \
-         --adapters)"
-    )]
-    AwsNotBuilt,
+    /// `--adapters aws` in a `qo` built without the AWS SDK.
+    #[error("{0}")]
+    AwsNotBuilt(String),
     /// The system could not be assembled or run.
     #[error("the bench's system failed: {0}")]
     System(String),
@@ -166,8 +175,24 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Runs every step of `args`.
 pub async fn bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
-    if args.adapters == Adapters::Aws {
-        return Err(BenchError::AwsNotBuilt);
+    if args.adapters == Adapters::Aws && args.aws_endpoint.is_none() {
+        return Err(BenchError::Flag {
+            flag: "aws-endpoint",
+            why: "--adapters aws needs the endpoint to bench against, e.g. a moto server"
+                .to_string(),
+        });
+    }
+    if args.adapters == Adapters::Memory && args.aws_endpoint.is_some() {
+        return Err(BenchError::Flag {
+            flag: "aws-endpoint",
+            why: "only with --adapters aws".to_string(),
+        });
+    }
+    if cfg!(not(feature = "aws")) && args.adapters == Adapters::Aws {
+        return Err(BenchError::AwsNotBuilt(crate::without_aws(
+            "bench --adapters aws",
+            args.aws_endpoint.as_deref().unwrap_or_default(),
+        )));
     }
     let positive = |flag, v: f64| {
         if v.is_finite() && v >= 0.0 {
@@ -216,19 +241,47 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     })
 }
 
-/// One step at `rate` per second.
+/// One step at `rate` per second, over the adapters `args` names.
 async fn step(rate: u32, args: &BenchArgs) -> Result<StepReport, BenchError> {
-    let system_err = |e: &dyn std::fmt::Display| BenchError::System(e.to_string());
     let clock = Arc::new(TokioClock::system());
-    let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
-    let store = MemoryStore::new();
-    let api = Arc::new(StandIn::new(clock.clone()));
-    let seen = Arc::new(Seen::default());
     // More jobs than the step can call: the pacer never waits for work.
     let jobs = (f64::from(rate) * (args.seconds + 2.0)).ceil() as u64;
-    for i in 0..jobs {
-        queue.send(format!(r#"{{"path":"/items/{i}"}}"#));
+    match (args.adapters, args.aws_endpoint.as_deref()) {
+        #[cfg(feature = "aws")]
+        (Adapters::Aws, Some(endpoint)) => {
+            let (queue, store) = aws::stack(endpoint, jobs).await?;
+            measure(rate, args, clock, queue, store).await
+        }
+        _ => {
+            let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+            for i in 0..jobs {
+                queue.send(job_body(i));
+            }
+            measure(rate, args, clock, queue, MemoryStore::new()).await
+        }
     }
+}
+
+/// The body of the backlog's `i`th job.
+fn job_body(i: u64) -> String {
+    format!(r#"{{"path":"/items/{i}"}}"#)
+}
+
+/// Runs one step at `rate` over `queue` (its backlog already in) and `store`, and measures it.
+async fn measure<Q, S>(
+    rate: u32,
+    args: &BenchArgs,
+    clock: Arc<TokioClock>,
+    queue: Q,
+    store: S,
+) -> Result<StepReport, BenchError>
+where
+    Q: JobSource + JobSink + Clone + 'static,
+    S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
+{
+    let system_err = |e: &dyn std::fmt::Display| BenchError::System(e.to_string());
+    let api = Arc::new(StandIn::new(clock.clone()));
+    let seen = Arc::new(Seen::default());
     let url =
         qo_worker::config::api_base_url("http://bench.invalid/").map_err(|e| system_err(&e))?;
     let worker = WorkerConfig::new(url).with_function_timeout(Duration::from_secs(150));
@@ -236,6 +289,11 @@ async fn step(rate: u32, args: &BenchArgs) -> Result<StepReport, BenchError> {
     let mut orchestrator = OrchestratorConfig::with_quota(quota);
     orchestrator.stop_margin = Duration::from_millis(500);
     orchestrator.owner = "qo-bench".to_string();
+    if args.adapters == Adapters::Aws {
+        // As `qo local --aws-endpoint`: a local endpoint answers slower than DynamoDB, and
+        // the worker's claim must be made before the slot.
+        orchestrator.dispatch_lead = AWS_DISPATCH_LEAD;
+    }
     if let Some(n) = args.max_in_flight {
         orchestrator.max_in_flight = n.max(1);
     }
@@ -499,5 +557,54 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(cpu_time() > before);
+    }
+}
+
+/// The step's table and queues at a local endpoint, the backlog sent.
+#[cfg(feature = "aws")]
+mod aws {
+    use futures::{StreamExt, TryStreamExt};
+    use qo_aws::{DynamoStore, LocalStack, SdkSettings, SqsQueue, local_config};
+    use qo_core::Timestamp;
+    use qo_core::sqs::QueueAttributes;
+
+    use super::{BenchError, job_body};
+
+    /// Sends in flight at once while the backlog is filled.
+    const SENDS_IN_FLIGHT: usize = 16;
+
+    /// Creates a table and queues of the step's own at `endpoint` (the template's queue
+    /// attributes) and sends `jobs` jobs to the job queue.
+    pub(super) async fn stack(
+        endpoint: &str,
+        jobs: u64,
+    ) -> Result<(SqsQueue, DynamoStore), BenchError> {
+        let err = |e: &dyn std::fmt::Display| BenchError::System(e.to_string());
+        let prefix = format!(
+            "qo-bench-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let config = local_config(&SdkSettings::default(), endpoint).await;
+        let stack = LocalStack::create(config, &prefix, &prefix, QueueAttributes::TEMPLATE)
+            .await
+            .map_err(|e| err(&e))?;
+        let queue = stack.queue();
+        futures::stream::iter(0..jobs)
+            .map(|i| {
+                let queue = &queue;
+                async move {
+                    queue
+                        .send_job(
+                            &job_body(i),
+                            Timestamp::from_system(std::time::SystemTime::now()),
+                        )
+                        .await
+                }
+            })
+            .buffer_unordered(SENDS_IN_FLIGHT)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .map_err(|e| err(&e))?;
+        Ok((queue, stack.store()))
     }
 }

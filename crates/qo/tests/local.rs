@@ -186,6 +186,13 @@ fn without_the_aws_feature_operations_are_refused_naming_the_feature() {
     for args in [
         &["status", "--stack", "qo"][..],
         &["local", "--aws-endpoint", "http://127.0.0.1:9"][..],
+        &[
+            "bench",
+            "--adapters",
+            "aws",
+            "--aws-endpoint",
+            "http://127.0.0.1:9",
+        ][..],
     ] {
         let out = qo(args);
         assert!(!out.status.success(), "{args:?}");
@@ -195,6 +202,55 @@ fn without_the_aws_feature_operations_are_refused_naming_the_feature() {
             "{stderr}"
         );
     }
+}
+
+/// `qo bench` over the SQS and DynamoDB adapters against moto: the loop runs on them and never
+/// calls past the pace (how fast it keeps up is the benchmark's to say, not this test's).
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn bench_over_the_aws_adapters_against_moto() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+        return;
+    };
+    let endpoint = moto.endpoint.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        qo([
+            "bench",
+            "--adapters",
+            "aws",
+            "--aws-endpoint",
+            &endpoint,
+            "--rates",
+            "10",
+            "--seconds",
+            "4",
+            "--json",
+        ])
+    })
+    .await
+    .expect("qo bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("report");
+    assert_eq!(report["adapters"], "aws", "{report}");
+    let step = &report["steps"][0];
+    let (calls, allowed) = (
+        step["calls"].as_u64().expect("calls"),
+        step["allowed"].as_f64().expect("allowed"),
+    );
+    assert!(
+        calls > 0,
+        "the loop dispatched over the AWS adapters: {report}"
+    );
+    assert!(
+        calls as f64 <= allowed + 1.0,
+        "never past the pace: {report}"
+    );
 }
 
 #[cfg(feature = "aws")]
