@@ -208,7 +208,7 @@ async fn long_poll_outlasts_the_read_timeout() {
     let mut s = common::settings();
     s.read_timeout = Duration::from_secs(1);
     s.max_attempts = 1;
-    let short = common::sdk_config(&moto.endpoint, s).await;
+    let short = qo_aws::local_config(&s, &moto.endpoint).await;
     let q = SqsQueue::new(aws_sdk_sqs::Client::new(&short), sender.urls().clone());
     let start = Instant::now();
     let got = q
