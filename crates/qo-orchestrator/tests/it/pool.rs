@@ -10,12 +10,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qo_core::ports::{JobSink, PoolInvoker, RecordKey, update_record};
-use qo_core::{Clock, NoObserver, Origin, Throttles, Timestamp, TokioClock, WorkerEvent};
+use qo_core::ports::{JobSink, PoolInvoker};
+use qo_core::{Clock, Origin, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
-use qo_orchestrator::{OrchestratorConfig, Ports, RunReport, run};
+use qo_orchestrator::{OrchestratorConfig, RunReport};
 
-use crate::support::{WALL_CLOCK_LIMIT, Watchdog, config, max_in_window, start};
+use crate::support::{config, max_in_window, ports, record_throttle, run_for, start};
 
 /// One call: the function that made it, when, the job's path.
 #[derive(Clone, Debug)]
@@ -103,16 +103,8 @@ impl Pool {
     }
 
     async fn run_for(&self, config: &OrchestratorConfig, d: Duration) -> RunReport {
-        let ports = Ports {
-            queue: &self.queue,
-            store: &self.store,
-            invoker: &self.invoker,
-            clock: self.clock.as_ref(),
-            observer: &NoObserver,
-        };
-        let deadline = self.clock.now().plus(d);
-        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
-        let report = run(ports, config, deadline).await.expect("run");
+        let ports = ports(&self.queue, &self.store, &self.invoker, &self.clock);
+        let report = run_for(ports, config, d).await;
         for (_, member) in self.invoker.members() {
             member.wait_idle().await;
         }
@@ -170,46 +162,32 @@ fn stand_in(
                     all.push(call.clone());
                     answer
                 };
-                let body = serde_json::to_string(&job.job).expect("json");
-                // As the worker does (Retry::tried_by): the re-queue names this function.
-                let tried = |origin: Origin| Origin {
-                    function: Some(name.clone()),
-                    ..origin
-                };
-                match answer {
-                    Answer::Ok => {}
-                    Answer::Fail => {
-                        let next = tried(Origin {
-                            attempt: job.origin.attempt + 1,
-                            ..job.origin.clone()
-                        });
-                        queue
-                            .requeue(&body, &next, Duration::from_secs(1))
-                            .await
-                            .expect("requeue");
-                    }
+                let next = match answer {
+                    Answer::Ok => continue,
+                    Answer::Fail => Origin {
+                        attempt: job.origin.attempt + 1,
+                        ..job.origin.clone()
+                    },
                     Answer::Throttle => {
                         let now = clock.now();
                         let until = now.plus(Duration::from_secs(1));
-                        update_record::<qo_core::Control, _>(&store, RecordKey::Control, |c| {
-                            let mut c = c.clone();
-                            c.backoff_until = c.backoff_until.max(Some(until));
-                            c.throttles =
-                                Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
-                            Some(c)
-                        })
-                        .await
-                        .expect("back-off");
-                        let next = tried(Origin {
+                        record_throttle(&store, now, until, job.slot_at).await;
+                        Origin {
                             throttled: job.origin.throttled + 1,
                             ..job.origin.clone()
-                        });
-                        queue
-                            .requeue(&body, &next, Duration::from_secs(1))
-                            .await
-                            .expect("requeue");
+                        }
                     }
-                }
+                };
+                // As the worker does (Retry::tried_by): the re-queue names this function.
+                let next = Origin {
+                    function: Some(name.clone()),
+                    ..next
+                };
+                let body = serde_json::to_string(&job.job).expect("json");
+                queue
+                    .requeue(&body, &next, Duration::from_secs(1))
+                    .await
+                    .expect("requeue");
             }
         })
     }
