@@ -111,6 +111,13 @@ impl Pool {
         report
     }
 
+    /// `jobs` jobs on the queue, then a run of `d` at `quota`; every call made, by time.
+    async fn drive(&self, jobs: usize, quota: &str, d: Duration) -> Vec<Call> {
+        self.enqueue(jobs);
+        self.run_for(&self.config(quota), d).await;
+        self.calls()
+    }
+
     fn calls(&self) -> Vec<Call> {
         let mut c = self.calls.lock().expect("calls").clone();
         c.sort_by_key(|c| c.at);
@@ -193,6 +200,15 @@ fn stand_in(
     }
 }
 
+/// The times of the calls through `function`.
+fn times_of(calls: &[Call], function: &str) -> Vec<Timestamp> {
+    calls
+        .iter()
+        .filter(|c| c.function == function)
+        .map(|c| c.at)
+        .collect()
+}
+
 /// Whether `call` is its job's first.
 fn first_call(call: &Call, before: &[Call]) -> bool {
     !before.iter().any(|c| c.path == call.path)
@@ -211,10 +227,7 @@ async fn a_job_throttled_or_failed_by_one_function_is_next_called_through_anothe
         }
     });
     let pool = Pool::new(3, verdict);
-    pool.enqueue(60);
-    let cfg = pool.config("10/s");
-    pool.run_for(&cfg, Duration::from_secs(120)).await;
-    let calls = pool.calls();
+    let calls = pool.drive(60, "10/s", Duration::from_secs(120)).await;
     assert_eq!(calls.len(), 120, "each job twice");
     for job in 0..60 {
         let path = format!("/items/{job}");
@@ -246,10 +259,9 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
         }
     });
     let pool = Pool::new(2, verdict);
-    pool.enqueue(300);
-    let cfg = pool.config("8/s,5/s per function");
-    pool.run_for(&cfg, Duration::from_secs(300)).await;
-    let calls = pool.calls();
+    let calls = pool
+        .drive(300, "8/s,5/s per function", Duration::from_secs(300))
+        .await;
     let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
     let second = Duration::from_secs(1);
     // The shared tier, over all calls.
@@ -257,12 +269,7 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
     assert!(total <= 8, "{total} calls in a second across the pool");
     // Each function's own tier.
     for name in &pool.names {
-        let own: Vec<Timestamp> = calls
-            .iter()
-            .filter(|c| &c.function == name)
-            .map(|c| c.at)
-            .collect();
-        let most = max_in_window(&own, second);
+        let most = max_in_window(&times_of(&calls, name), second);
         assert!(most <= 5, "{name}: {most} calls in a second");
     }
     // Every job done; the retries all went through the second function.
@@ -293,14 +300,7 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
         per = pool
             .names
             .iter()
-            .map(|n| {
-                let own: Vec<Timestamp> = calls
-                    .iter()
-                    .filter(|c| &c.function == n)
-                    .map(|c| c.at)
-                    .collect();
-                max_in_window(&own, second)
-            })
+            .map(|n| max_in_window(&times_of(&calls, n), second))
             .collect::<Vec<_>>()
     );
     assert!(rate >= 0.99 * 8.0, "rate {rate:.3}/s over {busy} calls");
@@ -322,11 +322,7 @@ async fn batches_through_a_pool_keep_each_function_s_tier() {
     let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
     assert!(max_in_window(&times, second) <= 8);
     for name in &pool.names {
-        let own: Vec<Timestamp> = calls
-            .iter()
-            .filter(|c| &c.function == name)
-            .map(|c| c.at)
-            .collect();
+        let own = times_of(&calls, name);
         let most = max_in_window(&own, second);
         assert!(most <= 5, "{name}: {most} calls in a second");
         assert!(own.len() >= 80, "{name}: {} calls", own.len());
