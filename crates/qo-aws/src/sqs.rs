@@ -474,14 +474,14 @@ impl SqsQueue {
         .await
     }
 
-    /// The messages' receipts grouped by the queue they came from.
-    fn by_queue<'a>(&'a self, messages: &'a [Message]) -> Vec<(&'a str, Vec<&'a str>)> {
-        let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    /// The messages grouped by the URL of the queue they came from, in first-seen order.
+    fn by_queue<'a>(&'a self, messages: &'a [Message]) -> Vec<(&'a str, Vec<&'a Message>)> {
+        let mut groups: Vec<(&str, Vec<&Message>)> = Vec::new();
         for m in messages {
             let url = self.url(m.queue);
             match groups.iter_mut().find(|(u, _)| *u == url) {
-                Some((_, v)) => v.push(&m.receipt),
-                None => groups.push((url, vec![&m.receipt])),
+                Some((_, v)) => v.push(m),
+                None => groups.push((url, vec![m])),
             }
         }
         groups
@@ -515,8 +515,8 @@ impl JobSource for SqsQueue {
 
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
         let mut refusals = Refusals::new();
-        for (url, receipts) in self.by_queue(messages) {
-            let receipts: Vec<String> = receipts.into_iter().map(str::to_string).collect();
+        for (url, batch) in self.by_queue(messages) {
+            let receipts: Vec<String> = batch.iter().map(|m| m.receipt.clone()).collect();
             refusals.absorb(self.delete_receipts(url, &receipts).await)?;
         }
         refusals.finish("delete")
@@ -536,16 +536,8 @@ impl JobSource for SqsQueue {
     }
 
     async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
-        let mut groups: Vec<(&str, Vec<&Message>)> = Vec::new();
-        for m in messages {
-            let url = self.url(m.queue);
-            match groups.iter_mut().find(|(u, _)| *u == url) {
-                Some((_, v)) => v.push(m),
-                None => groups.push((url, vec![m])),
-            }
-        }
         let mut refusals = Refusals::new();
-        for (url, batch) in groups {
+        for (url, batch) in self.by_queue(messages) {
             let (r, f) = self.resend_batch(url, &batch, delay).await?;
             refusals.add(r.len(), f, r);
         }
@@ -555,7 +547,8 @@ impl JobSource for SqsQueue {
     async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError> {
         let seconds = i32::try_from(ceil_secs(after).min(MAX_VISIBILITY_S)).unwrap_or(0);
         let mut refusals = Refusals::new();
-        for (url, receipts) in self.by_queue(messages) {
+        for (url, batch) in self.by_queue(messages) {
+            let receipts: Vec<&str> = batch.iter().map(|m| m.receipt.as_str()).collect();
             refusals.absorb(self.change_visibility(url, &receipts, seconds).await)?;
         }
         refusals.finish("release")

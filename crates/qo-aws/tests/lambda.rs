@@ -161,7 +161,7 @@ async fn serve(script: &[Reply]) -> (Mock, String) {
 }
 
 async fn invoker(url: &str, max_retries: u32) -> LambdaInvoker {
-    let config = common::sdk_config(url, common::settings()).await;
+    let config = qo_aws::local_config(&common::settings(), url).await;
     let settings = InvokeSettings {
         rate_per_s: Some(1000.0),
         burst: 10,

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use qo_aws::{QueueUrls, SqsQueue, ensure_queues};
-use qo_core::Reason;
 use qo_core::job::Origin;
 use qo_core::ports::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
 };
 use qo_core::retry::GiveUp;
 use qo_core::time::Timestamp;
+use qo_core::{Reason, TransportKind};
 
 fn now() -> Timestamp {
     Timestamp::from_system(SystemTime::now())
@@ -208,7 +208,7 @@ async fn long_poll_outlasts_the_read_timeout() {
     let mut s = common::settings();
     s.read_timeout = Duration::from_secs(1);
     s.max_attempts = 1;
-    let short = common::sdk_config(&moto.endpoint, s).await;
+    let short = qo_aws::local_config(&s, &moto.endpoint).await;
     let q = SqsQueue::new(aws_sdk_sqs::Client::new(&short), sender.urls().clone());
     let start = Instant::now();
     let got = q
@@ -248,10 +248,14 @@ async fn dead_letter_carries_the_reason() {
         return;
     };
     let (q, client) = queues(&config, false).await;
-    let long_reason = format!("API answered 400: {}", "x".repeat(5000));
+    // A final status whose body excerpt is far longer than the attribute keeps.
+    let long_reason = Reason::FinalStatus {
+        status: 400,
+        excerpt: "x".repeat(5000),
+    };
     q.dead_letter(DeadLetter {
         body: r#"{"path":"/bad"}"#.to_string(),
-        reason: Reason::Other(long_reason.clone()),
+        reason: long_reason,
         origin: Origin {
             message_id: "m-123".to_string(),
             attempt: 4,
@@ -269,7 +273,7 @@ async fn dead_letter_carries_the_reason() {
     let m = &dlq[0];
     assert_eq!(m.body(), Some(r#"{"path":"/bad"}"#));
     let reason = attr(m, "qo-reason").expect("reason");
-    assert!(reason.starts_with("API answered 400: xxx"));
+    assert!(reason.starts_with("HTTP 400: xxx"));
     assert_eq!(reason.len(), qo_aws::sqs::MAX_REASON_BYTES);
     assert_eq!(attr(m, "qo-attempt"), Some("4"));
     assert_eq!(attr(m, "qo-source-message-id"), Some("m-123"));
@@ -484,7 +488,13 @@ async fn fifo_requeue_keeps_the_message_group() {
         .unwrap();
     q.dead_letter(DeadLetter {
         body: back[0].body.clone(),
-        reason: Reason::Other("gave up".into()),
+        reason: Reason::GaveUp(GiveUp::Attempts {
+            attempts: 2,
+            last: Box::new(Reason::ServerError {
+                status: 503,
+                excerpt: String::new(),
+            }),
+        }),
         origin: next.clone(),
     })
     .await
@@ -576,7 +586,13 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
     for i in 0..3 {
         q.dead_letter(DeadLetter {
             body: format!(r#"{{"path":"/d/{i}"}}"#),
-            reason: Reason::Other("boom".into()),
+            reason: Reason::GaveUp(GiveUp::Attempts {
+                attempts: 5,
+                last: Box::new(Reason::Transport {
+                    kind: TransportKind::Timeout,
+                    detail: "read".into(),
+                }),
+            }),
             origin: Origin {
                 message_id: format!("m{i}"),
                 attempt: 5,

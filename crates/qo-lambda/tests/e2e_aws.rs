@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 use aws_config::{Region, SdkConfig};
 use qo_aws::{
-    DynamoStore, InvokeSettings, LambdaInvoker, QueueDepth, SdkSettings, SqsQueue, ensure_queues,
-    load_config, with_static_credentials,
+    DynamoStore, InvokeSettings, LOCAL_CREDENTIALS, LambdaInvoker, LocalStack, QueueDepth,
+    SdkSettings, SqsQueue, local_config,
 };
 use qo_core::ports::{IdempotencyStore, Invoker, RecordKey, load_record};
+use qo_core::sqs::QueueAttributes;
 use qo_core::{
     Circuit, CircuitPhase, Clock, Job, JobEvent, NoObserver, Origin, QuotaSpec, TokioClock,
     WorkerEvent,
@@ -55,8 +56,8 @@ const HEALTH_CHECK_INITIAL: Duration = Duration::from_secs(1);
 /// Failures within the window that open the circuit (the default).
 const FAILURE_THRESHOLD: usize = 3;
 /// The static credentials and the region of every client, the worker's included.
-const KEY_ID: &str = "test";
-const SECRET: &str = "test";
+const KEY_ID: &str = LOCAL_CREDENTIALS.0;
+const SECRET: &str = LOCAL_CREDENTIALS.1;
 const REGION: &str = "us-east-1";
 const TABLE: &str = "qo-e2e";
 const QUEUE_PREFIX: &str = "qo-e2e-jobs";
@@ -94,20 +95,12 @@ impl Stack {
             },
         )
         .await;
-        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), TABLE);
-        store
-            .ensure_table()
+        let local = LocalStack::create(aws, TABLE, QUEUE_PREFIX, QueueAttributes::TEMPLATE)
             .await
-            .expect("create the table on moto");
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        let urls = ensure_queues(&sqs, QUEUE_PREFIX, false)
-            .await
-            .expect("create the queues on moto");
-        let retry_url = urls
-            .retry
-            .clone()
-            .expect("ensure_queues makes a retry queue");
-        let queue = SqsQueue::new(sqs, urls.clone());
+            .expect("create the table and queues on moto");
+        let urls = local.urls.clone();
+        let retry_url = urls.retry.clone().expect("LocalStack makes a retry queue");
+        let (store, queue) = (local.store(), local.queue());
 
         let api_port =
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("reserve a port for the API");
@@ -321,10 +314,11 @@ fn orchestrator_config() -> OrchestratorConfig {
     c
 }
 
-/// An SDK configuration for `endpoint` with the static credentials and region.
+/// The local SDK configuration for `endpoint` ([`local_config`]: the static credentials) in
+/// the worker's region.
 async fn sdk_config(endpoint: &str, settings: SdkSettings) -> SdkConfig {
-    let config = load_config(&settings, Some(endpoint)).await;
-    with_static_credentials(&config, KEY_ID, SECRET)
+    local_config(&settings, endpoint)
+        .await
         .to_builder()
         .region(Region::from_static(REGION))
         .build()

@@ -15,7 +15,8 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::routing::{get, post};
-use qo_aws::{DynamoStore, SdkSettings, ensure_queues, load_config, with_static_credentials};
+use qo_aws::{LOCAL_CREDENTIALS, LocalStack, SdkSettings, local_config};
+use qo_core::sqs::QueueAttributes;
 use qo_sim::{SimConfig, SimServer};
 use qo_testkit::{MotoServer, require};
 use serde_json::{Value, json};
@@ -141,18 +142,11 @@ async fn the_worker_binary_writes_emf_metrics_after_a_successful_job() {
         read_timeout: Duration::from_secs(5),
         max_attempts: 2,
     };
-    let aws = with_static_credentials(
-        &load_config(&settings, Some(&moto.endpoint)).await,
-        "testing",
-        "testing",
-    );
-    let urls = ensure_queues(&aws_sdk_sqs::Client::new(&aws), "emf-jobs", false)
+    let aws = local_config(&settings, &moto.endpoint).await;
+    let local = LocalStack::create(aws, TABLE, "emf-jobs", QueueAttributes::TEMPLATE)
         .await
-        .expect("queues");
-    DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), TABLE)
-        .ensure_table()
-        .await
-        .expect("table");
+        .expect("table and queues");
+    let urls = local.urls;
     let sim = SimServer::start(SimConfig::new("100/s".parse().expect("quota")))
         .await
         .expect("simulator");
@@ -167,8 +161,8 @@ async fn the_worker_binary_writes_emf_metrics_after_a_successful_job() {
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_ENDPOINT_URL", &moto.endpoint)
         .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_ACCESS_KEY_ID", LOCAL_CREDENTIALS.0)
+        .env("AWS_SECRET_ACCESS_KEY", LOCAL_CREDENTIALS.1)
         .env(
             "AWS_SHARED_CREDENTIALS_FILE",
             "/nonexistent/qo-test/credentials",

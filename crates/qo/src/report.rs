@@ -287,15 +287,8 @@ impl DispatchStats {
             sum.count += one.count;
             sum.ms += one.ms;
         }
-        let ratio = |a: u64, b: u64| {
-            if b == 0 {
-                0.0
-            } else {
-                round3(a as f64 / b as f64)
-            }
-        };
-        self.calls_per_invocation = ratio(self.calls, self.invocations);
-        self.invocations_per_pass = ratio(self.invocations, self.passes);
+        self.calls_per_invocation = ratio3(self.calls, self.invocations);
+        self.invocations_per_pass = ratio3(self.invocations, self.passes);
     }
 }
 
@@ -406,6 +399,15 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// `a / b` to three decimals, 0 when `b` is.
+fn ratio3(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        round3(a as f64 / b as f64)
+    }
+}
+
 /// `(n - 1) / span` of sorted times, 0 for fewer than two or no span.
 fn rate_over_span(n: usize, span: Duration) -> f64 {
     if n > 1 && !span.is_zero() {
@@ -466,9 +468,7 @@ impl Report {
         let mut times = counts.success_times.clone();
         times.sort();
         let achieved = match (times.first(), times.last()) {
-            (Some(a), Some(b)) if times.len() > 1 && b > a => {
-                (times.len() - 1) as f64 / b.since(*a).as_secs_f64()
-            }
+            (Some(a), Some(b)) => rate_over_span(times.len(), b.since(*a)),
             _ => 0.0,
         };
         let quota_rate = quota.pacing_rate_per_s();
@@ -514,11 +514,7 @@ impl Report {
             unaccounted: 0,
             effective_rate_per_s: round3(achieved),
             effective_vs_quota: round3(achieved / quota_rate),
-            throttled_share: if calls == 0 {
-                0.0
-            } else {
-                round3(counts.throttled as f64 / calls as f64)
-            },
+            throttled_share: ratio3(counts.throttled, calls),
             api_limit: None,
             api_limit_rate_per_s: None,
             effective_vs_api_limit: None,
@@ -586,11 +582,7 @@ impl Report {
         self.effective_vs_api_share = (share > 0.0).then(|| round3(effective / share));
         self.api_calls = Some(api.stats.calls);
         self.api_throttled = Some(api.stats.throttled);
-        self.throttled_share = if api.stats.calls == 0 {
-            0.0
-        } else {
-            round3(api.stats.throttled as f64 / api.stats.calls as f64)
-        };
+        self.throttled_share = ratio3(api.stats.throttled, api.stats.calls);
         let calls: Vec<Duration> = api
             .records
             .iter()

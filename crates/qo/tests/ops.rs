@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use qo_aws::{DynamoStore, QueueUrls, SdkSettings, SqsQueue, load_config, with_static_credentials};
+use qo_aws::{LocalStack, QueueUrls, SdkSettings, local_config};
 use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, LeaseStore, RecordKey, save_record};
 use qo_core::quota::{Pacer, PacingPolicy, QuotaSpec};
@@ -136,16 +136,17 @@ fn queue(status: &Value, name: &str) -> (u64, u64, u64) {
     (n("visible"), n("in_flight"), n("delayed"))
 }
 
-/// The SQS adapter over the queues `qo setup` printed.
-fn sqs_queue(config: &aws_config::SdkConfig, vars: &HashMap<String, String>) -> SqsQueue {
-    SqsQueue::new(
-        aws_sdk_sqs::Client::new(config),
-        QueueUrls {
+/// The table and queues `qo setup` printed, reached through the local configuration.
+async fn set_up_stack(endpoint: &str, vars: &HashMap<String, String>) -> LocalStack {
+    LocalStack {
+        config: local_config(&SdkSettings::default(), endpoint).await,
+        table: vars["TABLE_NAME"].clone(),
+        urls: QueueUrls {
             main: vars["QUEUE_URL"].clone(),
             retry: Some(vars["RETRY_QUEUE_URL"].clone()),
             dlq: vars["DLQ_URL"].clone(),
         },
-    )
+    }
 }
 
 fn jobs_file() -> PathBuf {
@@ -154,11 +155,6 @@ fn jobs_file() -> PathBuf {
 
 fn now() -> Timestamp {
     Timestamp::from_system(SystemTime::now())
-}
-
-async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
-    let config = load_config(&SdkSettings::default(), Some(endpoint)).await;
-    with_static_credentials(&config, "test", "test")
 }
 
 #[tokio::test]
@@ -302,8 +298,7 @@ async fn redrive_counts_then_moves_the_dead_letters() {
     };
     let mut qo = Qo::new(Some(&moto.endpoint));
     let vars = qo.setup("t4");
-    let config = sdk_config(&moto.endpoint).await;
-    let sqs = sqs_queue(&config, &vars);
+    let sqs = set_up_stack(&moto.endpoint, &vars).await.queue();
     for i in 1..=2 {
         sqs.dead_letter(DeadLetter {
             body: format!("{{\"path\":\"/dead/{i}\"}}"),
@@ -360,8 +355,7 @@ async fn status_shows_usage_and_the_lease() {
     let spec: QuotaSpec = "10/s,1000/h".parse().expect("spec");
     qo.env.insert("QUOTA_SPEC".into(), spec.to_string());
 
-    let config = sdk_config(&moto.endpoint).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &vars["TABLE_NAME"]);
+    let store = set_up_stack(&moto.endpoint, &vars).await.store();
     let t = now();
     let mut pacer = Pacer::new(spec, PacingPolicy::default());
     for i in 0..3 {
@@ -401,7 +395,7 @@ async fn a_stack_s_outputs_select_the_target() {
         return;
     };
     let qo = Qo::new(Some(&moto.endpoint));
-    let config = sdk_config(&moto.endpoint).await;
+    let config = local_config(&SdkSettings::default(), &moto.endpoint).await;
     let cfn = aws_sdk_cloudformation::Client::new(&config);
     let template = serde_json::json!({
         "Resources": {
@@ -510,9 +504,8 @@ async fn pause_stops_a_running_orchestrator_and_resume_restarts_it() {
         .collect();
     qo.ok_with(&["send", "-"], Some(&jobs));
 
-    let config = sdk_config(&moto.endpoint).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &vars["TABLE_NAME"]);
-    let queue = sqs_queue(&config, &vars);
+    let stack = set_up_stack(&moto.endpoint, &vars).await;
+    let (store, queue) = (stack.store(), stack.queue());
     let clock = Arc::new(TokioClock::system());
     let invoker = LocalInvoker::new(clock.clone(), |_event: WorkerEvent| async {});
     let dispatched: Arc<Mutex<Vec<Timestamp>>> = Arc::default();

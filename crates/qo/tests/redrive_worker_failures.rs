@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use qo_aws::{QueueUrls, SdkSettings, SqsQueue, load_config, with_static_credentials};
+use qo_aws::{QueueUrls, SdkSettings, SqsQueue, local_config};
 use qo_core::Timestamp;
 use qo_core::ports::JobSource;
 use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
@@ -122,11 +122,7 @@ async fn worker_failures_go_back_to_the_job_queue_and_the_rest_is_reported() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     qo.env.extend(vars.clone());
-    let config = with_static_credentials(
-        &load_config(&SdkSettings::default(), Some(&moto.endpoint)).await,
-        "test",
-        "test",
-    );
+    let config = local_config(&SdkSettings::default(), &moto.endpoint).await;
     let client = aws_sdk_sqs::Client::new(&config);
     let failures = client
         .create_queue()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aws_config::SdkConfig;
-use qo_aws::{SdkSettings, load_config, with_static_credentials};
+use qo_aws::{SdkSettings, local_config};
 use qo_testkit::{MotoServer, require};
 
 /// Short timeouts: moto answers in milliseconds.
@@ -17,16 +17,10 @@ pub fn settings() -> SdkSettings {
     }
 }
 
-/// A moto server of this test's own and a configuration for it with static credentials;
-/// `None` (skip) when moto is not installed outside CI.
+/// A moto server of this test's own and a configuration for it ([`local_config`] with
+/// [`settings`]); `None` (skip) when moto is not installed outside CI.
 pub async fn moto() -> Option<(MotoServer, SdkConfig)> {
     let moto = require(MotoServer::start().await, "moto server")?;
-    let config = sdk_config(&moto.endpoint, settings()).await;
+    let config = local_config(&settings(), &moto.endpoint).await;
     Some((moto, config))
-}
-
-/// An SDK configuration for `endpoint` with static test credentials.
-pub async fn sdk_config(endpoint: &str, settings: SdkSettings) -> SdkConfig {
-    let config = load_config(&settings, Some(endpoint)).await;
-    with_static_credentials(&config, "testing", "testing")
 }

@@ -131,6 +131,16 @@ async fn drive_all(h: &Harness, jobs: usize, run_s: u64) -> (OrchestratorConfig,
     (cfg, reports)
 }
 
+/// The halving runs: 2,400 jobs (runs of 600 s) through `h`, each of which must succeed, with
+/// nothing dead-lettered. The configuration, the call times, and the seconds (after the
+/// start) of the 429s.
+async fn drive_halving(h: &Harness) -> (OrchestratorConfig, Vec<Timestamp>, Vec<u64>) {
+    let (cfg, _) = drive_all(h, 2_400, 600).await;
+    assert_eq!(h.succeeded().len(), 2_400);
+    assert_eq!(h.dead(), 0);
+    (cfg, h.calls(), throttled_secs(h))
+}
+
 /// Calls per second from `from` to `to` seconds after the start.
 fn calls_per_s(calls: &[Timestamp], from: u64, to: u64) -> f64 {
     let (a, b) = (
@@ -231,12 +241,8 @@ async fn the_learned_rate_survives_a_restart() {
 async fn the_rate_follows_a_limit_that_halves_and_comes_back() {
     // 20/s, then 10/s from 30 s to 90 s, then 20/s again.
     let h = harness(halving);
-    let (cfg, _) = drive_all(&h, 2_400, 600).await;
-    assert_eq!(h.succeeded().len(), 2_400);
-    assert_eq!(h.dead(), 0);
-    let calls = h.calls();
+    let (cfg, calls, throttled) = drive_halving(&h).await;
     let per_s = |from, to| calls_per_s(&calls, from, to);
-    let throttled = throttled_secs(&h);
     eprintln!(
         "halving: 20-30 s {:.1}/s, 40-90 s {:.1}/s, 150-160 s {:.1}/s; throttled at {throttled:?}",
         per_s(20, 30),
@@ -300,12 +306,8 @@ async fn headers_that_show_the_limit_come_back_raise_the_rate_at_once() {
     let mut api = RollingApi::new(halving);
     api.headers = true;
     let h = harness_of(api);
-    drive_all(&h, 2_400, 600).await;
-    assert_eq!(h.succeeded().len(), 2_400);
-    assert_eq!(h.dead(), 0);
-    let calls = h.calls();
+    let (_, calls, throttled) = drive_halving(&h).await;
     let per_s = |from, to| calls_per_s(&calls, from, to);
-    let throttled = throttled_secs(&h);
     eprintln!(
         "halving with headers: 40-90 s {:.1}/s, 92-102 s {:.1}/s; throttled at {throttled:?}",
         per_s(40, 90),

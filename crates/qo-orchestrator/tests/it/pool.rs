@@ -11,14 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qo_core::ports::{JobSink, PoolInvoker, RecordKey, update_record};
-use qo_core::{
-    Circuit, CircuitPolicy, Clock, NoObserver, Origin, Throttles, Timestamp, TokioClock,
-    WorkerEvent,
-};
+use qo_core::{Circuit, CircuitPolicy, Clock, Origin, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
-use qo_orchestrator::{OrchestratorConfig, Ports, RunReport, run};
+use qo_orchestrator::{OrchestratorConfig, RunReport};
 
-use crate::support::{WALL_CLOCK_LIMIT, Watchdog, config, max_in_window, start};
+use crate::support::{config, max_in_window, ports, record_throttle, run_for, start};
 
 /// One call: the function that made it, when, the job's path.
 #[derive(Clone, Debug)]
@@ -111,20 +108,19 @@ impl Pool {
     }
 
     async fn run_for(&self, config: &OrchestratorConfig, d: Duration) -> RunReport {
-        let ports = Ports {
-            queue: &self.queue,
-            store: &self.store,
-            invoker: &self.invoker,
-            clock: self.clock.as_ref(),
-            observer: &NoObserver,
-        };
-        let deadline = self.clock.now().plus(d);
-        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
-        let report = run(ports, config, deadline).await.expect("run");
+        let ports = ports(&self.queue, &self.store, &self.invoker, &self.clock);
+        let report = run_for(ports, config, d).await;
         for (_, member) in self.invoker.members() {
             member.wait_idle().await;
         }
         report
+    }
+
+    /// `jobs` jobs on the queue, then a run of `d` at `quota`; every call made, by time.
+    async fn drive(&self, jobs: usize, quota: &str, d: Duration) -> Vec<Call> {
+        self.enqueue(jobs);
+        self.run_for(&self.config(quota), d).await;
+        self.calls()
     }
 
     fn calls(&self) -> Vec<Call> {
@@ -195,49 +191,44 @@ fn stand_in(
                     all.push(call.clone());
                     answer
                 };
-                let body = serde_json::to_string(&job.job).expect("json");
-                // As the worker does (Retry::tried_by): the re-queue names this function.
-                let tried = |origin: Origin| Origin {
-                    function: Some(name.clone()),
-                    ..origin
-                };
-                match answer {
-                    Answer::Ok => {}
-                    Answer::Fail => {
-                        let next = tried(Origin {
-                            attempt: job.origin.attempt + 1,
-                            ..job.origin.clone()
-                        });
-                        queue
-                            .requeue(&body, &next, Duration::from_secs(1))
-                            .await
-                            .expect("requeue");
-                    }
+                let next = match answer {
+                    Answer::Ok => continue,
+                    Answer::Fail => Origin {
+                        attempt: job.origin.attempt + 1,
+                        ..job.origin.clone()
+                    },
                     Answer::Throttle => {
                         let now = clock.now();
                         let until = now.plus(Duration::from_secs(1));
-                        update_record::<qo_core::Control, _>(&store, RecordKey::Control, |c| {
-                            let mut c = c.clone();
-                            c.backoff_until = c.backoff_until.max(Some(until));
-                            c.throttles =
-                                Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
-                            Some(c)
-                        })
-                        .await
-                        .expect("back-off");
-                        let next = tried(Origin {
+                        record_throttle(&store, now, until, job.slot_at).await;
+                        Origin {
                             throttled: job.origin.throttled + 1,
                             ..job.origin.clone()
-                        });
-                        queue
-                            .requeue(&body, &next, Duration::from_secs(1))
-                            .await
-                            .expect("requeue");
+                        }
                     }
-                }
+                };
+                // As the worker does (Retry::tried_by): the re-queue names this function.
+                let next = Origin {
+                    function: Some(name.clone()),
+                    ..next
+                };
+                let body = serde_json::to_string(&job.job).expect("json");
+                queue
+                    .requeue(&body, &next, Duration::from_secs(1))
+                    .await
+                    .expect("requeue");
             }
         })
     }
+}
+
+/// The times of the calls through `function`.
+fn times_of(calls: &[Call], function: &str) -> Vec<Timestamp> {
+    calls
+        .iter()
+        .filter(|c| c.function == function)
+        .map(|c| c.at)
+        .collect()
 }
 
 /// Whether `call` is its job's first.
@@ -258,10 +249,7 @@ async fn a_job_throttled_or_failed_by_one_function_is_next_called_through_anothe
         }
     });
     let pool = Pool::new(3, verdict);
-    pool.enqueue(60);
-    let cfg = pool.config("10/s");
-    pool.run_for(&cfg, Duration::from_secs(120)).await;
-    let calls = pool.calls();
+    let calls = pool.drive(60, "10/s", Duration::from_secs(120)).await;
     assert_eq!(calls.len(), 120, "each job twice");
     for job in 0..60 {
         let path = format!("/items/{job}");
@@ -293,10 +281,9 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
         }
     });
     let pool = Pool::new(2, verdict);
-    pool.enqueue(300);
-    let cfg = pool.config("8/s,5/s per function");
-    pool.run_for(&cfg, Duration::from_secs(300)).await;
-    let calls = pool.calls();
+    let calls = pool
+        .drive(300, "8/s,5/s per function", Duration::from_secs(300))
+        .await;
     let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
     let second = Duration::from_secs(1);
     // The shared tier, over all calls.
@@ -304,12 +291,7 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
     assert!(total <= 8, "{total} calls in a second across the pool");
     // Each function's own tier.
     for name in &pool.names {
-        let own: Vec<Timestamp> = calls
-            .iter()
-            .filter(|c| &c.function == name)
-            .map(|c| c.at)
-            .collect();
-        let most = max_in_window(&own, second);
+        let most = max_in_window(&times_of(&calls, name), second);
         assert!(most <= 5, "{name}: {most} calls in a second");
     }
     // Every job done; the retries all went through the second function.
@@ -340,14 +322,7 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
         per = pool
             .names
             .iter()
-            .map(|n| {
-                let own: Vec<Timestamp> = calls
-                    .iter()
-                    .filter(|c| &c.function == n)
-                    .map(|c| c.at)
-                    .collect();
-                max_in_window(&own, second)
-            })
+            .map(|n| max_in_window(&times_of(&calls, n), second))
             .collect::<Vec<_>>()
     );
     assert!(rate >= 0.99 * 8.0, "rate {rate:.3}/s over {busy} calls");
@@ -369,11 +344,7 @@ async fn batches_through_a_pool_keep_each_function_s_tier() {
     let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
     assert!(max_in_window(&times, second) <= 8);
     for name in &pool.names {
-        let own: Vec<Timestamp> = calls
-            .iter()
-            .filter(|c| &c.function == name)
-            .map(|c| c.at)
-            .collect();
+        let own = times_of(&calls, name);
         let most = max_in_window(&own, second);
         assert!(most <= 5, "{name}: {most} calls in a second");
         assert!(own.len() >= 80, "{name}: {} calls", own.len());

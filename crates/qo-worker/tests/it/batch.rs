@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lambda_runtime::{Context, LambdaEvent};
-use qo_core::job::{BatchEvent, Job, JobEvent, Origin};
-use qo_core::ports::{DeadLetter, JobSink, QueueError};
+use qo_core::job::{BatchEvent, Job, JobEvent};
 use qo_core::{Clock, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{JobStatus, MemoryStore};
 use qo_worker::{ApiResponse, HttpCall, HttpError, Outcome, Worker, WorkerError, handler};
@@ -73,44 +72,13 @@ impl HttpCall for PathHttp {
     }
 }
 
-/// A sink that fails every re-queue of a body containing `poison` while `armed`.
-#[derive(Clone)]
-struct PickySink {
-    inner: RecordingSink,
-    poison: &'static str,
-    armed: Arc<Mutex<bool>>,
-}
-
-#[async_trait]
-impl JobSink for PickySink {
-    async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
-        self.inner.dead_letter(letter).await
-    }
-
-    async fn requeue(
-        &self,
-        body: &str,
-        origin: &Origin,
-        delay: Duration,
-    ) -> Result<(), QueueError> {
-        if *self.armed.lock().expect("lock") && body.contains(self.poison) {
-            return Err(QueueError::Backend {
-                op: "requeue",
-                source: "injected queue failure".into(),
-            });
-        }
-        self.inner.requeue(body, origin, delay).await
-    }
-}
-
-type TestWorker = Worker<MemoryStore, PickySink, TokioClock, Arc<PathHttp>>;
+type TestWorker = Worker<MemoryStore, RecordingSink, TokioClock, Arc<PathHttp>>;
 
 struct Rig {
     worker: TestWorker,
     http: Arc<PathHttp>,
     store: MemoryStore,
     sink: RecordingSink,
-    armed: Arc<Mutex<bool>>,
     clock: TokioClock,
 }
 
@@ -119,17 +87,11 @@ fn rig(answers: &[(&'static str, u16)]) -> Rig {
     let http = Arc::new(PathHttp::new(clock.clone(), answers));
     let store = MemoryStore::new();
     let sink = RecordingSink::new(Arc::new(clock.clone()));
-    let armed = Arc::new(Mutex::new(false));
-    let picky = PickySink {
-        inner: sink.clone(),
-        poison: "/down",
-        armed: Arc::clone(&armed),
-    };
     let worker = Worker::new(
         config("http://api.test/v1", &[("CALL_TOLERANCE_MS", "5")]),
         Arc::clone(&http),
         store.clone(),
-        picky,
+        sink.clone(),
         clock.clone(),
     );
     Rig {
@@ -137,7 +99,6 @@ fn rig(answers: &[(&'static str, u16)]) -> Rig {
         http,
         store,
         sink,
-        armed,
         clock,
     }
 }
@@ -457,7 +418,7 @@ async fn a_worker_that_wakes_late_gives_back_the_late_slots_and_calls_the_others
 #[tokio::test(start_paused = true)]
 async fn a_job_whose_fate_cannot_be_recorded_fails_the_event_without_losing_the_others() {
     let r = rig(&MIXED);
-    *r.armed.lock().expect("lock") = true;
+    r.sink.poison(Some("/down"));
     let ev = batch(&[("/ok", 100), ("/down", 200), ("/gone", 300)]);
     let e = r.worker.handle(ev.clone()).await.unwrap_err();
     assert!(
@@ -474,7 +435,7 @@ async fn a_job_whose_fate_cannot_be_recorded_fails_the_event_without_losing_the_
     assert_eq!(r.http.calls().len(), 3);
     // Lambda retries the event a minute later: nothing is called again, the done job is
     // skipped, and the unrecorded one (and the dead-lettered one) go back untried.
-    *r.armed.lock().expect("lock") = false;
+    r.sink.poison(None);
     r.clock.sleep(Duration::from_secs(60)).await;
     let out = outcomes(r.worker.handle(ev).await.expect("the retry is recorded"));
     assert_eq!(r.http.calls().len(), 3, "the retry calls nothing");

@@ -84,7 +84,9 @@ impl CredentialSource for Secret {
     }
 }
 
-fn requeued_untried(r: &crate::support::Rig<Arc<KeyedApi>>) -> Vec<(u32, Duration)> {
+type KeyedRig = crate::support::Rig<Arc<KeyedApi>>;
+
+fn requeued_untried(r: &KeyedRig) -> Vec<(u32, Duration)> {
     r.sink
         .requeues()
         .iter()
@@ -98,11 +100,7 @@ fn keyed_rig(
     refusal: u16,
     stored: &str,
     extra: &[(&str, &str)],
-) -> (
-    crate::support::Rig<Arc<KeyedApi>>,
-    Arc<KeyedApi>,
-    Arc<Secret>,
-) {
+) -> (KeyedRig, Arc<KeyedApi>, Arc<Secret>) {
     let clock = TokioClock::starting_at(T0);
     let api = Arc::new(KeyedApi::new("new-key", refusal, "old-key"));
     let secret = Arc::new(Secret::default());
@@ -116,23 +114,29 @@ fn keyed_rig(
     (r, api, secret)
 }
 
+/// Handles the job with id `id` on `/x`, message `message_id`, slot `slot_at`.
+async fn handle_job(r: &KeyedRig, id: &str, message_id: &str, slot_at: Timestamp) -> Outcome {
+    let body = format!(r#"{{"id":"{id}","path":"/x"}}"#);
+    r.handle(job(&body, message_id, slot_at, 0)).await
+}
+
+/// Job `a`'s outcome when `status` refused the key: given back untried after `backoff_ms`.
+fn a_rejected(status: u16, key_changed: bool, backoff_ms: u64) -> Outcome {
+    Outcome::CredentialRejected {
+        job_id: "a".into(),
+        status,
+        key_changed,
+        backoff_ms,
+        requeued: true,
+    }
+}
+
 async fn refused_then_rotated(refusal: u16) {
     let (r, api, secret) = keyed_rig(refusal, "old-key", &[("CREDENTIAL_REREAD_S", "60")]);
 
     // 1. The key is refused; the re-read finds the same key: back off until the next re-read.
-    let out = r
-        .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a", T0, 0))
-        .await;
-    assert_eq!(
-        out,
-        Outcome::CredentialRejected {
-            job_id: "a".into(),
-            status: refusal,
-            key_changed: false,
-            backoff_ms: 60_000,
-            requeued: true,
-        }
-    );
+    let out = handle_job(&r, "a", "m-a", T0).await;
+    assert_eq!(out, a_rejected(refusal, false, 60_000));
     assert_eq!(secret.reads.load(Ordering::SeqCst), 1);
     let control = r.control().await.value;
     assert_eq!(
@@ -156,9 +160,7 @@ async fn refused_then_rotated(refusal: u16) {
     *secret.value.lock().expect("lock") = "new-key".to_string();
     tokio::time::advance(Duration::from_secs(10)).await;
     let t10 = r.clock.now();
-    let out = r
-        .handle(job(r#"{"id":"b","path":"/x"}"#, "m-b", t10, 0))
-        .await;
+    let out = handle_job(&r, "b", "m-b", t10).await;
     assert_eq!(
         out,
         Outcome::CredentialPending {
@@ -184,8 +186,7 @@ async fn refused_then_rotated(refusal: u16) {
     tokio::time::advance(Duration::from_secs(50)).await;
     let t60 = r.clock.now();
     for (id, m) in [("a", "m-a2"), ("b", "m-b2")] {
-        let body = format!(r#"{{"id":"{id}","path":"/x"}}"#);
-        let out = r.handle(job(&body, m, t60, 0)).await;
+        let out = handle_job(&r, id, m, t60).await;
         assert!(
             matches!(&out, Outcome::Succeeded { job_id, status: 200, .. } if job_id == id),
             "{out:?}"
@@ -222,28 +223,15 @@ async fn an_environment_with_a_stale_key_picks_up_the_rotation_without_a_back_of
     // Another environment already rotated: this one still holds the old key, the store has the
     // new one. The first refusal re-reads, sees a change, and gives the job back at once.
     let (r, _, _) = keyed_rig(403, "new-key", &[]);
-    let out = r
-        .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a", T0, 0))
-        .await;
-    assert_eq!(
-        out,
-        Outcome::CredentialRejected {
-            job_id: "a".into(),
-            status: 403,
-            key_changed: true,
-            backoff_ms: 0,
-            requeued: true,
-        }
-    );
+    let out = handle_job(&r, "a", "m-a", T0).await;
+    assert_eq!(out, a_rejected(403, true, 0));
     let control = r.control().await.value;
     assert_eq!(
         control.backoff_until, None,
         "no back-off for a key that changed"
     );
     assert_eq!(requeued_untried(&r), vec![(0, Duration::ZERO)]);
-    let out = r
-        .handle(job(r#"{"id":"a","path":"/x"}"#, "m-a2", T0, 0))
-        .await;
+    let out = handle_job(&r, "a", "m-a2", T0).await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     assert!(r.sink.dead_letters().is_empty());
 }

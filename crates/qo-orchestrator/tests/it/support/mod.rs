@@ -6,13 +6,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qo_core::ports::{JobSink, RecordKey, update_record};
+use qo_core::ports::{Invoker, JobSink, RecordKey, update_record};
 use qo_core::{
     ApiWindow, Circuit, CircuitPolicy, Clock, Control, NoObserver, QuotaSpec, Throttles, Timestamp,
     TokioClock, WorkerEvent,
 };
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
-use qo_orchestrator::{OrchestratorConfig, Ports, run, run as run_loop};
+use qo_orchestrator::{OrchestratorConfig, Ports, RunReport, run, run as run_loop};
 
 /// A stand-in for the worker: waits for the slot, records the call time, and does what
 /// `verdict` says with the job.
@@ -106,6 +106,53 @@ impl Drop for Watchdog {
 pub fn start() -> Timestamp {
     // 2026-11-21T00:00:00Z, mid-day of nothing in particular.
     Timestamp::from_secs(1_795_219_200)
+}
+
+/// The loop's ports over the in-memory queue and store, `invoker` and `clock`, with no
+/// observer.
+pub fn ports<'a, I: Invoker + ?Sized>(
+    queue: &'a MemoryQueue,
+    store: &'a MemoryStore,
+    invoker: &'a I,
+    clock: &'a TokioClock,
+) -> Ports<'a, MemoryQueue, MemoryStore, I> {
+    Ports {
+        queue,
+        store,
+        invoker,
+        clock,
+        observer: &NoObserver,
+    }
+}
+
+/// One run of the loop over `ports` until `d` from now, under a [`Watchdog`]; it must end
+/// without an error.
+pub async fn run_for<I: Invoker + ?Sized>(
+    ports: Ports<'_, MemoryQueue, MemoryStore, I>,
+    config: &OrchestratorConfig,
+    d: Duration,
+) -> RunReport {
+    let deadline = ports.clock.now().plus(d);
+    let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
+    run(ports, config, deadline).await.expect("run")
+}
+
+/// What the worker writes for a 429 at `now` of the job slotted at `slot_at`: the back-off
+/// until `until` (never shortened) and the 429 in the control record's throttles.
+pub async fn record_throttle(
+    store: &MemoryStore,
+    now: Timestamp,
+    until: Timestamp,
+    slot_at: Timestamp,
+) {
+    update_record::<Control, _>(store, RecordKey::Control, |c| {
+        let mut c = c.clone();
+        c.backoff_until = c.backoff_until.max(Some(until));
+        c.throttles = Some(Throttles::record(c.throttles.as_ref(), now, slot_at));
+        Some(c)
+    })
+    .await
+    .expect("back-off");
 }
 
 impl Harness {
@@ -247,21 +294,13 @@ impl Harness {
         }
     }
 
-    pub async fn run_for(
-        &self,
-        config: &OrchestratorConfig,
-        d: Duration,
-    ) -> qo_orchestrator::RunReport {
-        let ports = Ports {
-            queue: &self.queue,
-            store: &self.store,
-            invoker: &self.invoker,
-            clock: self.clock.as_ref(),
-            observer: &NoObserver,
-        };
-        let deadline = self.clock.now().plus(d);
-        let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
-        let report = run(ports, config, deadline).await.expect("run");
+    /// The loop's ports over this harness's adapters.
+    pub fn ports(&self) -> Ports<'_, MemoryQueue, MemoryStore, LocalInvoker> {
+        ports(&self.queue, &self.store, &self.invoker, &self.clock)
+    }
+
+    pub async fn run_for(&self, config: &OrchestratorConfig, d: Duration) -> RunReport {
+        let report = run_for(self.ports(), config, d).await;
         self.invoker.wait_idle().await;
         report
     }
@@ -305,15 +344,8 @@ impl Harness {
         let mut reports = Vec::new();
         let _watchdog = Watchdog::start(WALL_CLOCK_LIMIT);
         while self.distinct_succeeded() < jobs && self.clock.now() < end {
-            let ports = Ports {
-                queue: &self.queue,
-                store: &self.store,
-                invoker: &self.invoker,
-                clock: self.clock.as_ref(),
-                observer: &NoObserver,
-            };
             let deadline = self.clock.now().plus(run);
-            let report = run_loop(ports, config, deadline)
+            let report = run_loop(self.ports(), config, deadline)
                 .await
                 .unwrap_or_else(|e| panic!("run {} ended with an error: {e}", reports.len() + 1));
             reports.push(report);
@@ -400,14 +432,7 @@ async fn handle_job(
             let now = clock.now();
             let until = now.plus(wait);
             throttled.lock().expect("throttled").push(called_at);
-            update_record::<Control, _>(store, RecordKey::Control, |c| {
-                let mut c = c.clone();
-                c.backoff_until = c.backoff_until.max(Some(until));
-                c.throttles = Some(Throttles::record(c.throttles.as_ref(), now, job.slot_at));
-                Some(c)
-            })
-            .await
-            .expect("back-off");
+            record_throttle(store, now, until, job.slot_at).await;
             queue
                 .requeue(&body, &next, wait.min(qo_core::sqs::MAX_DELAY))
                 .await

@@ -23,12 +23,13 @@ pub struct Requeue {
 }
 
 /// A [`JobSink`] that records what it is asked and passes it on to a [`MemoryQueue`]; it can be
-/// told to fail.
+/// told to fail, every call (`fail`) or the re-queues of a body containing `poison`.
 #[derive(Clone)]
 pub struct RecordingSink {
     pub queue: MemoryQueue,
     pub requeues: Arc<Mutex<Vec<Requeue>>>,
     pub fail: Arc<Mutex<bool>>,
+    pub poison: Arc<Mutex<Option<&'static str>>>,
 }
 
 impl RecordingSink {
@@ -37,6 +38,7 @@ impl RecordingSink {
             queue: MemoryQueue::with_options(clock, QueueOptions::template()),
             requeues: Arc::default(),
             fail: Arc::default(),
+            poison: Arc::default(),
         }
     }
 
@@ -48,8 +50,15 @@ impl RecordingSink {
         self.queue.dead_letters()
     }
 
-    fn check(&self, op: &'static str) -> Result<(), QueueError> {
-        if *self.fail.lock().expect("lock") {
+    /// From now on, fails every re-queue of a body containing `part` (`None`: none).
+    pub fn poison(&self, part: Option<&'static str>) {
+        *self.poison.lock().expect("lock") = part;
+    }
+
+    fn check(&self, op: &'static str, body: &str) -> Result<(), QueueError> {
+        let poisoned = op == "requeue"
+            && (*self.poison.lock().expect("lock")).is_some_and(|p| body.contains(p));
+        if *self.fail.lock().expect("lock") || poisoned {
             Err(QueueError::Backend {
                 op,
                 source: "injected queue failure".into(),
@@ -63,7 +72,7 @@ impl RecordingSink {
 #[async_trait]
 impl JobSink for RecordingSink {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
-        self.check("dead_letter")?;
+        self.check("dead_letter", &letter.body)?;
         self.queue.dead_letter(letter).await
     }
 
@@ -73,7 +82,7 @@ impl JobSink for RecordingSink {
         origin: &Origin,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        self.check("requeue")?;
+        self.check("requeue", body)?;
         self.requeues.lock().expect("lock").push(Requeue {
             body: body.to_string(),
             origin: origin.clone(),
