@@ -99,9 +99,6 @@ pub enum Reason {
     },
     /// Past the attempt or the 429 bound: dead-lettered.
     GaveUp(GiveUp),
-    /// A reason known only by its text (none of the worker's or the orchestrator's own
-    /// decisions: a letter another tool or a test sends to the dead-letter queue).
-    Other(String),
 }
 
 /// Which transport failure.
@@ -157,8 +154,6 @@ pub enum ReasonKind {
     GaveUpAttempts,
     /// [`GiveUp::Throttled`].
     GaveUpThrottled,
-    /// [`Reason::Other`].
-    Other,
 }
 
 impl ReasonKind {
@@ -179,7 +174,6 @@ impl ReasonKind {
             ReasonKind::FinalStatus => "final HTTP status",
             ReasonKind::GaveUpAttempts => "gave up after MAX_ATTEMPTS",
             ReasonKind::GaveUpThrottled => "gave up after MAX_THROTTLED",
-            ReasonKind::Other => "other",
         }
     }
 }
@@ -208,7 +202,6 @@ impl Reason {
             Reason::FinalStatus { .. } => ReasonKind::FinalStatus,
             Reason::GaveUp(GiveUp::Attempts { .. }) => ReasonKind::GaveUpAttempts,
             Reason::GaveUp(GiveUp::Throttled { .. }) => ReasonKind::GaveUpThrottled,
-            Reason::Other(_) => ReasonKind::Other,
         }
     }
 
@@ -275,7 +268,6 @@ impl fmt::Display for Reason {
             Reason::InvalidJob(e) => write!(f, "{e}"),
             Reason::InvalidRequest { detail } => write!(f, "invalid request: {detail}"),
             Reason::GaveUp(g) => write!(f, "{g}"),
-            Reason::Other(text) => f.write_str(text),
         }
     }
 }
