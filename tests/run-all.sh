@@ -81,7 +81,7 @@ stage_test() {
   rm -f "$QO_SERVICE_LOG"
   cargo test --workspace --all-features
   # `qo` as the README's first command builds it, without the AWS SDK.
-  cargo test -p qo --test local -- --exact without_the_aws_feature_operations_are_refused_naming_the_feature
+  cargo test -p qo --test it -- --exact local::without_the_aws_feature_operations_are_refused_naming_the_feature
   service_summary "$QO_SERVICE_LOG"
 }
 

@@ -1,6 +1,6 @@
 //! The API key sources against moto: plain, Secrets Manager, SSM SecureString.
 
-mod common;
+use crate::common;
 
 use aws_sdk_ssm::types::ParameterType;
 use qo_aws::{KeySource, load_api_key};

@@ -1,6 +1,6 @@
 //! The SQS adapter against moto: every JobSource and JobSink operation, send, depths, redrive.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant, SystemTime};
 

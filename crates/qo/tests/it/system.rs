@@ -149,6 +149,7 @@ fn max_in_window(times: &[Timestamp], w: Duration) -> usize {
 
 #[tokio::test(start_paused = true)]
 async fn every_job_is_called_once_within_the_quota_despite_duplicates_and_failed_invokes() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let (system, api) = rig(20);
     drive(&system, &api, 400, Duration::from_secs(600)).await;
     let successes = api.successes();
@@ -171,6 +172,7 @@ async fn every_job_is_called_once_within_the_quota_despite_duplicates_and_failed
 
 #[tokio::test(start_paused = true)]
 async fn the_real_worker_and_orchestrator_learn_a_tighter_limit() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     // Quota 20/s, the API allows 15/s: the worker's 429s steer the orchestrator's pace.
     let (system, api) = rig(15);
     drive(&system, &api, 600, Duration::from_secs(900)).await;

@@ -11,10 +11,7 @@ use qo_testkit::OFFLINE_AWS_ENV;
 use qo_testkit::{MotoServer, require};
 use serde_json::Value;
 
-/// One `qo local` at a time: each runs an orchestrator, its workers and an API on this
-/// machine's two cores, and two at once bunch each other's calls at the API (a call that leaves
-/// on time but arrives late is another window's), which these tests would count as 429s.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::ONE_AT_A_TIME;
 
 /// Runs the built `qo` with `args` in the offline AWS environment only.
 fn qo<I, S>(args: I) -> Output

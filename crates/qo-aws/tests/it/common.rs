@@ -1,7 +1,5 @@
 //! Shared test setup: a private moto server and an SDK configuration pointed at it.
 
-#![allow(dead_code)]
-
 use std::time::Duration;
 
 use aws_config::SdkConfig;

@@ -494,6 +494,7 @@ fn errors_name_what_is_wrong_before_any_call() {
 /// the resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_a_running_orchestrator_and_resume_restarts_it() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
     let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
     };

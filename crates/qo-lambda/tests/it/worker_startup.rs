@@ -2,7 +2,7 @@
 //! Lambda reports as an init error) when its function timeout cannot cover its worst case, or
 //! its claim TTL is shorter than that timeout; the message names the variables and the numbers.
 
-mod startup;
+use crate::startup;
 
 /// Runs the worker binary with its minimal environment plus `extra`; returns its exit success
 /// and its output (stdout and stderr).

@@ -1,7 +1,7 @@
 //! The Lambda invoker against a tiny local imitation of the Invoke API
 //! (`POST /2015-03-31/functions/NAME/invocations`): throttling, server errors, refusals.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

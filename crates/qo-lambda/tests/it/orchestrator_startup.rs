@@ -3,7 +3,7 @@
 //! finish or its function timeout cannot hold the margin; the message names the variables and
 //! the numbers.
 
-mod startup;
+use crate::startup;
 
 /// Runs the orchestrator binary with its minimal environment plus `extra`.
 fn start(extra: &[(&str, &str)]) -> (bool, String) {

@@ -1,6 +1,6 @@
 //! The DynamoDB adapter against moto: conditional records, fencing, the lease, idempotency.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
