@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::support::{Harness, Verdict, config, max_in_window, start};
+use crate::support::{Harness, Verdict, config, max_in_window, open_circuit, start};
 use qo_core::ports::{LeaseStore, RecordKey, load_record, save_record, update_record};
-use qo_core::{Circuit, CircuitPolicy, Clock, Control};
+use qo_core::{Circuit, Clock, Control};
 use qo_memory::InvokerOptions;
 use qo_orchestrator::StopReason;
 
@@ -165,20 +165,7 @@ async fn an_open_circuit_stops_dispatch_and_a_health_check_closes_it() {
     let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(50);
     let now = h.clock.now();
-    let open = Circuit::closed_at(now).force_close(now);
-    let mut c = open.clone();
-    for i in 0..3 {
-        c = c
-            .record_failure(
-                c.epoch,
-                now.plus(Duration::from_millis(i)),
-                &CircuitPolicy::default(),
-            )
-            .expect("fail");
-    }
-    save_record(&h.store, RecordKey::Circuit, &c, 0, None)
-        .await
-        .expect("save");
+    let c = open_circuit(&h.store, now).await;
     let report = h.run_for(&config("10/s"), Duration::from_secs(30)).await;
     // One health check after 5 s; the (fake) worker closes the circuit; the backlog drains.
     assert_eq!(report.health_checks, 1);

@@ -10,12 +10,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qo_core::ports::{JobSink, PoolInvoker, RecordKey, update_record};
-use qo_core::{Circuit, CircuitPolicy, Clock, Origin, Timestamp, TokioClock, WorkerEvent};
+use qo_core::ports::{JobSink, PoolInvoker};
+use qo_core::{Clock, Origin, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{InvokerOptions, LocalInvoker, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::{OrchestratorConfig, RunReport};
 
-use crate::support::{config, max_in_window, ports, record_throttle, run_for, start};
+use crate::support::{
+    close_on_health_check, config, max_in_window, open_circuit, ports, record_throttle, run_for,
+    start,
+};
 
 /// One call: the function that made it, when, the job's path.
 #[derive(Clone, Debug)]
@@ -166,13 +169,7 @@ fn stand_in(
                 WorkerEvent::HealthCheck(h) => {
                     health.lock().expect("health").push(name.clone());
                     if name != "qo-worker-1" {
-                        let now = clock.now();
-                        update_record::<Circuit, _>(&store, RecordKey::Circuit, |c| {
-                            c.record_probe_result(h.epoch, true, now, &CircuitPolicy::default())
-                                .ok()
-                        })
-                        .await
-                        .expect("close");
+                        close_on_health_check(&store, h.epoch, clock.now()).await;
                     }
                     return;
                 }
@@ -367,20 +364,7 @@ async fn health_checks_go_through_the_pool_in_turn() {
     // address blocked), so the next goes through the second, which closes the circuit.
     let pool = Pool::new(2, Arc::new(|_, _, _| Answer::Ok));
     pool.enqueue(20);
-    let now = pool.clock.now();
-    let mut c = Circuit::closed_at(now).force_close(now);
-    for i in 0..3 {
-        c = c
-            .record_failure(
-                c.epoch,
-                now.plus(Duration::from_millis(i)),
-                &CircuitPolicy::default(),
-            )
-            .expect("fail");
-    }
-    qo_core::ports::save_record(&pool.store, RecordKey::Circuit, &c, 0, None)
-        .await
-        .expect("save");
+    open_circuit(&pool.store, pool.clock.now()).await;
     let report = pool
         .run_for(&pool.config("10/s"), Duration::from_secs(120))
         .await;

@@ -201,17 +201,25 @@ fn without_the_aws_feature_operations_are_refused_naming_the_feature() {
     }
 }
 
+/// Runs `f` with a fresh moto server's endpoint, one real-time run at a time, on the blocking
+/// pool (`qo` blocks); `None` when moto cannot start outside CI (in CI that fails the test).
+#[cfg(feature = "aws")]
+async fn over_moto<T: Send + 'static>(f: impl FnOnce(String) -> T + Send + 'static) -> Option<T> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let moto = require(MotoServer::start().await, "moto server")?;
+    let endpoint = moto.endpoint.clone();
+    let out = tokio::task::spawn_blocking(move || f(endpoint))
+        .await
+        .expect("qo");
+    Some(out)
+}
+
 /// `qo bench` over the SQS and DynamoDB adapters against moto: the loop runs on them and never
 /// calls past the pace (how fast it keeps up is the benchmark's to say, not this test's).
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn bench_over_the_aws_adapters_against_moto() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let Some(moto) = require(MotoServer::start().await, "moto server") else {
-        return;
-    };
-    let endpoint = moto.endpoint.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let Some(out) = over_moto(move |endpoint| {
         qo([
             "bench",
             "--adapters",
@@ -226,7 +234,9 @@ async fn bench_over_the_aws_adapters_against_moto() {
         ])
     })
     .await
-    .expect("qo bench");
+    else {
+        return;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -253,16 +263,11 @@ async fn bench_over_the_aws_adapters_against_moto() {
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn local_over_the_aws_adapters_against_moto() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+    let Some(report) =
+        over_moto(move |endpoint| qo_local(&["--jobs", "40", "--aws-endpoint", &endpoint])).await
+    else {
         return;
     };
-    let endpoint = moto.endpoint.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        qo_local(&["--jobs", "40", "--aws-endpoint", &endpoint])
-    })
-    .await
-    .expect("qo local");
     assert_drained_within_the_quota(&report, 40, 2);
 }
 
@@ -273,12 +278,7 @@ async fn local_over_the_aws_adapters_against_moto() {
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let Some(moto) = require(MotoServer::start().await, "moto server") else {
-        return;
-    };
-    let endpoint = moto.endpoint.clone();
-    let report = tokio::task::spawn_blocking(move || {
+    let Some(report) = over_moto(move |endpoint| {
         qo_local(&[
             "--jobs",
             "20",
@@ -289,7 +289,9 @@ async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
         ])
     })
     .await
-    .expect("qo local");
+    else {
+        return;
+    };
     assert_eq!(report["succeeded"], 20, "{report}");
     assert_eq!(report["throttled"], 1, "{report}");
     assert_eq!(report["dead_lettered"], 0, "{report}");
@@ -304,12 +306,7 @@ async fn a_retry_after_of_150_s_over_moto_dead_letters_nothing() {
 #[cfg(feature = "aws")]
 #[tokio::test]
 async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let Some(moto) = require(MotoServer::start().await, "moto server") else {
-        return;
-    };
-    let endpoint = moto.endpoint.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    let Some(out) = over_moto(move |endpoint| {
         qo([
             "local",
             "--json",
@@ -328,7 +325,9 @@ async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
         ])
     })
     .await
-    .expect("qo local");
+    else {
+        return;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Value = serde_json::from_str(stdout.trim())

@@ -155,6 +155,35 @@ pub async fn record_throttle(
     .expect("back-off");
 }
 
+/// What the worker writes when the health check of `epoch` succeeds at `now`: the circuit
+/// closes (if it is still that episode's).
+pub async fn close_on_health_check(store: &MemoryStore, epoch: u64, now: Timestamp) {
+    update_record::<Circuit, _>(store, RecordKey::Circuit, |c| {
+        c.record_probe_result(epoch, true, now, &CircuitPolicy::default())
+            .ok()
+    })
+    .await
+    .expect("close");
+}
+
+/// Opens the circuit in `store` at `now`, as three failures in a row do, and returns it.
+pub async fn open_circuit(store: &MemoryStore, now: Timestamp) -> Circuit {
+    let mut c = Circuit::closed_at(now).force_close(now);
+    for i in 0..3 {
+        c = c
+            .record_failure(
+                c.epoch,
+                now.plus(Duration::from_millis(i)),
+                &CircuitPolicy::default(),
+            )
+            .expect("fail");
+    }
+    qo_core::ports::save_record(store, RecordKey::Circuit, &c, 0, None)
+        .await
+        .expect("save");
+    c
+}
+
 impl Harness {
     pub fn new(
         verdict: impl Fn(usize) -> Verdict + Send + Sync + 'static,
@@ -260,13 +289,7 @@ impl Harness {
                         }
                         WorkerEvent::HealthCheck(h) => {
                             health.lock().expect("health").push(h.epoch);
-                            let now = clock.now();
-                            update_record::<Circuit, _>(&store, RecordKey::Circuit, |c| {
-                                c.record_probe_result(h.epoch, true, now, &CircuitPolicy::default())
-                                    .ok()
-                            })
-                            .await
-                            .expect("close");
+                            close_on_health_check(&store, h.epoch, clock.now()).await;
                         }
                     }
                 }
