@@ -94,9 +94,8 @@ impl WorkerPool {
     /// the pool in turn, so that one function whose address the API blocks or whose network
     /// is down does not keep the circuit open while another could close it.
     pub fn health_check_function(&self, probe: u32) -> &str {
-        let names: Vec<&str> = self.pacer.names().collect();
-        let at = (probe.max(1) - 1) as usize % names.len().max(1);
-        names.get(at).copied().unwrap_or(UNNAMED)
+        let at = (probe.max(1) - 1) as usize % self.pacer.names().count().max(1);
+        self.pacer.names().nth(at).unwrap_or(UNNAMED)
     }
 
     /// Follows an operator's change of the quota.

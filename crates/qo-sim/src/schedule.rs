@@ -115,6 +115,12 @@ impl LimitSchedule {
             .map_or(&self.first, |(_, s)| s)
     }
 
+    /// The tiers ending in ` per function` of the spec in force at the start: what the API
+    /// holds for each source address on its own (a later change's are not followed).
+    pub fn per_source(&self) -> Option<QuotaSpec> {
+        self.first.per_function()
+    }
+
     /// Every segment: `(from, spec)`, the first from zero, in order.
     pub fn segments(&self) -> impl Iterator<Item = (Duration, &QuotaSpec)> {
         std::iter::once((Duration::ZERO, &self.first))

@@ -345,7 +345,7 @@ impl SimServer {
             .map_err(|source| SimError::Bind { addr, source })?;
         let start = clock.now();
         let limit = config.enforced();
-        let per_source = limit.segments().next().and_then(|(_, s)| s.per_function());
+        let per_source = limit.per_source();
         let shared = Arc::new(Shared {
             per_source,
             start,

@@ -321,7 +321,7 @@ pub struct SourceCalls {
 
 /// Each source's calls, when the API's limit (at its start) has tiers per function.
 fn by_source(api: &ApiSide) -> Option<Vec<SourceCalls>> {
-    let own = api.limit.segments().next()?.1.per_function()?;
+    let own = api.limit.per_source()?;
     let mut sources: std::collections::BTreeMap<std::net::IpAddr, (u64, Vec<Duration>)> =
         std::collections::BTreeMap::new();
     for r in api.records.iter().filter(|r| r.kind == CallKind::Api) {
@@ -341,24 +341,14 @@ fn by_source(api: &ApiSide) -> Option<Vec<SourceCalls>> {
             max_in_any_window: own
                 .tiers()
                 .iter()
-                .map(|t| (t.to_string(), max_in_window(&ok, t.period.duration())))
+                .map(|t| {
+                    let most = qo_sim::max_in_window(&ok, t.period.duration());
+                    (t.to_string(), most as u64)
+                })
                 .collect(),
         })
         .collect();
     Some(calls)
-}
-
-/// The most of `times` (sorted) in any half-open window `(t - period, t]`.
-fn max_in_window(times: &[Duration], period: Duration) -> u64 {
-    let mut first = 0;
-    let mut most = 0;
-    for (i, &t) in times.iter().enumerate() {
-        while t.saturating_sub(times[first]) >= period {
-            first += 1;
-        }
-        most = most.max(i + 1 - first);
-    }
-    most as u64
 }
 
 /// How the pace followed one change of the built-in API's limit.
@@ -562,13 +552,8 @@ impl Report {
         let effective = rate_over_span(ok.len(), last.saturating_sub(first));
         let mut limit_rate = api.limit.mean_pacing_rate_per_s(first, last);
         // Tiers per source address cap the pool at their rate times its sources.
-        if let (Some(sources), Some(own)) = (
-            &self.api_by_source,
-            api.limit
-                .segments()
-                .next()
-                .and_then(|(_, s)| s.per_function()),
-        ) && !sources.is_empty()
+        if let (Some(sources), Some(own)) = (&self.api_by_source, api.limit.per_source())
+            && !sources.is_empty()
         {
             limit_rate = limit_rate.min(own.pacing_rate_per_s() * sources.len() as f64);
         }

@@ -41,30 +41,25 @@ pub struct Parts<Q, S, H> {
     pub observer: Arc<dyn Observer>,
 }
 
-/// The worker as the invoker runs it.
-type SharedWorker<Q, S, H> = Arc<Worker<S, Q, Arc<TokioClock>, H>>;
-
 /// The orchestrator and the worker over shared ports, ready to run.
-pub struct System<Q, S, H> {
+pub struct System<Q, S> {
     clock: Arc<TokioClock>,
     queue: Q,
     store: S,
-    workers: Vec<SharedWorker<Q, S, H>>,
     invoker: PoolInvoker<LocalInvoker>,
     orchestrator: OrchestratorConfig,
     observer: Arc<dyn Observer>,
 }
 
-impl<Q, S, H> System<Q, S, H>
+impl<Q, S> System<Q, S>
 where
     Q: JobSource + JobSink + Clone + 'static,
     S: RecordStore + LeaseStore + IdempotencyStore + Clone + 'static,
-    H: HttpCall + 'static,
 {
     /// Wires the parts: the worker over the store and the queue, behind an invoker per
     /// function with the given delivery; fails when no HTTP layer is given or the invoker's
     /// options are out of Lambda's range.
-    pub fn assemble(parts: Parts<Q, S, H>) -> Result<Self, MemoryError> {
+    pub fn assemble<H: HttpCall + 'static>(parts: Parts<Q, S, H>) -> Result<Self, MemoryError> {
         let Parts {
             clock,
             queue,
@@ -76,11 +71,6 @@ where
             observer,
         } = parts;
         orchestrator.circuit = worker.circuit;
-        let names = pool_names(http.len());
-        let pooled = names.len() > 1;
-        if pooled {
-            orchestrator.worker_functions = names.clone();
-        }
         if http.is_empty() {
             return Err(MemoryError::InvalidOption {
                 name: "http",
@@ -88,7 +78,11 @@ where
                 reason: "the system needs at least one worker function",
             });
         }
-        let mut workers = Vec::with_capacity(http.len());
+        let names = pool_names(http.len());
+        let pooled = names.len() > 1;
+        if pooled {
+            orchestrator.worker_functions = names.clone();
+        }
         let mut members = Vec::with_capacity(http.len());
         for (http, name) in http.into_iter().zip(names) {
             let mut config = worker.clone();
@@ -112,14 +106,12 @@ where
             };
             let invoker =
                 LocalInvoker::with_options(clock.clone(), Arc::new(handler), invoker.clone())?;
-            workers.push(worker);
             members.push((name, invoker));
         }
         Ok(System {
             clock,
             queue,
             store,
-            workers,
             invoker: PoolInvoker::new(members),
             orchestrator,
             observer,
@@ -166,11 +158,6 @@ where
             .iter()
             .flat_map(|(_, i)| i.failures())
             .collect()
-    }
-
-    /// The worker of each function, in the pool's order.
-    pub fn workers(&self) -> &[SharedWorker<Q, S, H>] {
-        &self.workers
     }
 
     /// The orchestrator's settings, the worker's circuit in them.

@@ -88,7 +88,7 @@ impl HttpCall for StrictApi {
     }
 }
 
-type Rig = System<MemoryQueue, MemoryStore, Arc<StrictApi>>;
+type Rig = System<MemoryQueue, MemoryStore>;
 
 /// The system at a quota of 20/s against an API that allows `limit` a second, with Lambda
 /// delivering 5% of events twice and failing 2% of invokes.
