@@ -5,7 +5,11 @@
 //! |---|---|
 //! | `quota`, `circuit`, `control`, `sweep` | `doc` (S, the record's JSON), `version` (N); the circuit also `phase` (S), `epoch` (N) |
 //! | `lease` | `owner` (S), `token` (N), `expires_at_ms` (N) |
-//! | `job#<id>` | `status` (S: `in_progress` or `done`), `claimed_at_ms` (N), `ttl` (N, epoch s) |
+//! | `job#<id>` | `status` (S: `in_progress` or `done`), `claimed_at_ms` (N), `ttl` (N, epoch s); a claim made for a batch also `batch` (S, the batch's key) |
+//! | `batch#<key>` | `jobs` (SS: the batch's jobs that succeeded), `completed_at_ms` (N), `ttl` (N) |
+//!
+//! A job of a batch stays `in_progress`: its batch's one done record says it is done, and a
+//! claim that finds it reads that record (one write a batch instead of one a job).
 //!
 //! Every write that can race is conditional; a fenced record write is a transaction with a
 //! condition check on the lease's token.
@@ -36,6 +40,8 @@ pub const TTL: &str = "ttl";
 pub const LEASE_PK: &str = "lease";
 /// An idempotency item's partition key prefix.
 pub const JOB_PREFIX: &str = "job#";
+/// A batch's done record's partition key prefix.
+pub const BATCH_PREFIX: &str = "batch#";
 
 const DOC: &str = "doc";
 const VERSION: &str = "version";
@@ -49,6 +55,8 @@ const CLAIMED_AT_MS: &str = "claimed_at_ms";
 const COMPLETED_AT_MS: &str = "completed_at_ms";
 const IN_PROGRESS: &str = "in_progress";
 const DONE: &str = "done";
+const BATCH: &str = "batch";
+const JOBS: &str = "jobs";
 /// DynamoDB's code for a failed condition inside a cancelled transaction.
 const CONDITIONAL_CHECK_FAILED: &str = "ConditionalCheckFailed";
 /// DynamoDB's code for a transaction that collided with another.
@@ -155,6 +163,111 @@ impl DynamoStore {
                 .map_err(|e| AwsError::sdk("dynamodb.UpdateTimeToLive", e))?;
         }
         Ok(())
+    }
+
+    /// Claims `job_id`, for a batch (its key, and how long the claim is kept) or alone.
+    ///
+    /// One conditional put, which also takes over a stale claim that names no batch. When it
+    /// finds a claim standing: a done item, or a batch claim whose batch's done record lists
+    /// the job, is [`Claim::AlreadyDone`]; a claim younger than `claim_ttl` is
+    /// [`Claim::InProgress`]; a stale batch claim not listed is taken over by a second put,
+    /// conditional on the claim read (so that of two deliveries taking it over, one does).
+    async fn claim_item(
+        &self,
+        job_id: &str,
+        batch: Option<(&str, Duration)>,
+        now: Timestamp,
+        claim_ttl: Duration,
+    ) -> Result<Claim, StoreError> {
+        const OP: &str = "dynamodb.PutItem(claim)";
+        let pk = format!("{JOB_PREFIX}{job_id}");
+        let stale = now.minus(claim_ttl).as_millis();
+        let keep = batch.map_or(claim_ttl, |(_, keep)| keep.max(claim_ttl));
+        let put = || {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item(PK, s(&pk))
+                .item(STATUS, s(IN_PROGRESS))
+                .item(CLAIMED_AT_MS, n(now.as_millis()))
+                .item(TTL, n(ttl_secs(now.plus(keep))));
+            match batch {
+                Some((key, _)) => put.item(BATCH, s(key)),
+                None => put,
+            }
+        };
+        for _ in 0..RACE_ATTEMPTS {
+            let res = put()
+                .condition_expression(
+                    "attribute_not_exists(#pk) OR (#status = :in_progress AND #claimed < :stale \
+                     AND attribute_not_exists(#batch))",
+                )
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#status", STATUS)
+                .expression_attribute_names("#claimed", CLAIMED_AT_MS)
+                .expression_attribute_names("#batch", BATCH)
+                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+                .expression_attribute_values(":stale", n(stale))
+                .send()
+                .await;
+            match res {
+                Ok(_) => return Ok(Claim::Claimed),
+                Err(e) if condition_failed(&e) => {}
+                Err(e) => return Err(store_err(OP, e)),
+            }
+            let Some(item) = self.get(&pk, "dynamodb.GetItem(claim)").await? else {
+                // Abandoned in between: try again.
+                continue;
+            };
+            if text(&item, STATUS) == Some(DONE) {
+                return Ok(Claim::AlreadyDone);
+            }
+            let claimed_at = num(&item, CLAIMED_AT_MS).unwrap_or(0);
+            let Some(owner) = text(&item, BATCH) else {
+                // A lone claim the put did not take over: not stale.
+                return Ok(Claim::InProgress {
+                    since: Timestamp::from_millis(claimed_at),
+                });
+            };
+            if self.batch_lists(owner, job_id).await? {
+                return Ok(Claim::AlreadyDone);
+            }
+            if claimed_at >= stale {
+                return Ok(Claim::InProgress {
+                    since: Timestamp::from_millis(claimed_at),
+                });
+            }
+            // A stale batch claim its batch never marked done: its delivery died.
+            let res = put()
+                .condition_expression("#status = :in_progress AND #claimed = :seen")
+                .expression_attribute_names("#status", STATUS)
+                .expression_attribute_names("#claimed", CLAIMED_AT_MS)
+                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+                .expression_attribute_values(":seen", n(claimed_at))
+                .send()
+                .await;
+            match res {
+                Ok(_) => return Ok(Claim::Claimed),
+                Err(e) if condition_failed(&e) => {}
+                Err(e) => return Err(store_err(OP, e)),
+            }
+        }
+        Err(store_backend(
+            OP,
+            AwsError::invalid(OP, format!("the claim on `{pk}` kept changing")),
+        ))
+    }
+
+    /// Whether the done record of batch `batch` lists `job_id`.
+    async fn batch_lists(&self, batch: &str, job_id: &str) -> Result<bool, StoreError> {
+        let pk = format!("{BATCH_PREFIX}{batch}");
+        let Some(item) = self.get(&pk, "dynamodb.GetItem(batch)").await? else {
+            return Ok(false);
+        };
+        Ok(
+            matches!(item.get(JOBS), Some(AttributeValue::Ss(jobs)) if jobs.iter().any(|j| j == job_id)),
+        )
     }
 
     /// A strongly consistent read of one item.
@@ -535,48 +648,19 @@ impl IdempotencyStore for DynamoStore {
         now: Timestamp,
         claim_ttl: Duration,
     ) -> Result<Claim, StoreError> {
-        const OP: &str = "dynamodb.PutItem(claim)";
-        let pk = format!("{JOB_PREFIX}{job_id}");
-        let stale = now.minus(claim_ttl).as_millis();
-        for _ in 0..RACE_ATTEMPTS {
-            let res = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item(PK, s(&pk))
-                .item(STATUS, s(IN_PROGRESS))
-                .item(CLAIMED_AT_MS, n(now.as_millis()))
-                .item(TTL, n(ttl_secs(now.plus(claim_ttl))))
-                .condition_expression(
-                    "attribute_not_exists(#pk) OR (#status = :in_progress AND #claimed < :stale)",
-                )
-                .expression_attribute_names("#pk", PK)
-                .expression_attribute_names("#status", STATUS)
-                .expression_attribute_names("#claimed", CLAIMED_AT_MS)
-                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-                .expression_attribute_values(":stale", n(stale))
-                .send()
-                .await;
-            match res {
-                Ok(_) => return Ok(Claim::Claimed),
-                Err(e) if condition_failed(&e) => {}
-                Err(e) => return Err(store_err(OP, e)),
-            }
-            let Some(item) = self.get(&pk, "dynamodb.GetItem(claim)").await? else {
-                // Abandoned in between: try again.
-                continue;
-            };
-            return match text(&item, STATUS) {
-                Some(DONE) => Ok(Claim::AlreadyDone),
-                _ => Ok(Claim::InProgress {
-                    since: Timestamp::from_millis(num(&item, CLAIMED_AT_MS).unwrap_or(0)),
-                }),
-            };
-        }
-        Err(store_backend(
-            OP,
-            AwsError::invalid(OP, format!("the claim on `{pk}` kept changing")),
-        ))
+        self.claim_item(job_id, None, now, claim_ttl).await
+    }
+
+    async fn claim_in_batch(
+        &self,
+        job_id: &str,
+        batch: &str,
+        now: Timestamp,
+        claim_ttl: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.claim_item(job_id, Some((batch, keep)), now, claim_ttl)
+            .await
     }
 
     async fn complete(
@@ -595,6 +679,30 @@ impl IdempotencyStore for DynamoStore {
             .send()
             .await
             .map_err(|e| store_err("dynamodb.PutItem(complete)", e))?;
+        Ok(())
+    }
+
+    async fn complete_batch(
+        &self,
+        batch: &str,
+        job_ids: &[&str],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        let jobs = AttributeValue::Ss(job_ids.iter().map(|id| id.to_string()).collect());
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, s(format!("{BATCH_PREFIX}{batch}")))
+            .item(JOBS, jobs)
+            .item(COMPLETED_AT_MS, n(now.as_millis()))
+            .item(TTL, n(ttl_secs(now.plus(ttl))))
+            .send()
+            .await
+            .map_err(|e| store_err("dynamodb.PutItem(complete batch)", e))?;
         Ok(())
     }
 

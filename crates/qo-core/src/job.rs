@@ -215,6 +215,18 @@ pub struct BatchEvent {
     pub jobs: Vec<JobEvent>,
 }
 
+impl BatchEvent {
+    /// The batch's name in the idempotency store: its first job's id and slot
+    /// (`<job id>@<slot ms>`), the same for every delivery of this event (Lambda may deliver
+    /// it twice) and different for any other batch (a job is given a slot once per
+    /// dispatch). `None` for an empty batch.
+    pub fn key(&self) -> Option<String> {
+        self.jobs
+            .first()
+            .map(|ev| format!("{}@{}", ev.job_id(), ev.slot_at.as_millis()))
+    }
+}
+
 /// What the orchestrator sends to the worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -9,6 +9,9 @@
 //!   needs the token to be current (an expired lease nobody took can still be renewed).
 //! - A job claim is refused while another claim younger than the claim TTL stands
 //!   ([`Claim::InProgress`]) or while a completed record exists ([`Claim::AlreadyDone`]).
+//!   A claim made for a batch names it and is kept for the done records' time; the batch's
+//!   one done record lists its jobs that succeeded, and a claim that finds such a job's claim
+//!   reads it ([`Claim::AlreadyDone`], whatever the claim's age).
 //! - TTL is lazy, as DynamoDB's is: an item past its TTL stays readable (a done record still
 //!   answers [`Claim::AlreadyDone`]) until it is swept, which DynamoDB does within days and
 //!   this store does only when [`MemoryStore::sweep_expired`] is called.
@@ -16,7 +19,7 @@
 //! Fault injection for tests: [`MemoryStore::fail_next_saves`] makes the next saves lose their
 //! race ([`StoreError::Conflict`]), to exercise retry loops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -77,6 +80,20 @@ fn record_bytes(value: &serde_json::Value) -> usize {
     value.to_string().len() + ITEM_OVERHEAD_BYTES
 }
 
+/// A claim made for a batch: the batch it names, and until when the item is kept.
+#[derive(Clone, Debug)]
+struct BatchClaim {
+    batch: String,
+    keep_until: Timestamp,
+}
+
+/// A batch's done record: its jobs that succeeded, and when it expires.
+#[derive(Clone, Debug)]
+struct BatchDone {
+    jobs: HashSet<String>,
+    expires_at: Timestamp,
+}
+
 #[derive(Debug, Default)]
 struct State {
     records: HashMap<RecordKey, Versioned<serde_json::Value>>,
@@ -84,9 +101,79 @@ struct State {
     /// The largest token ever issued: tokens never go back, even after a release.
     max_token: u64,
     jobs: HashMap<String, JobStatus>,
+    /// The batch a standing claim names (claims made with `claim_in_batch`).
+    batch_claims: HashMap<String, BatchClaim>,
+    /// Batches' done records, by batch key.
+    batches: HashMap<String, BatchDone>,
     fail_saves: u32,
     stats: StoreStats,
     latency: Duration,
+}
+
+impl State {
+    /// A job's record, with a batch claim's done record read as a claim reads it.
+    fn status(&self, job_id: &str) -> Option<JobStatus> {
+        let status = *self.jobs.get(job_id)?;
+        if let JobStatus::InProgress { .. } = status
+            && let Some(done) = self.batch_done(job_id)
+        {
+            return Some(JobStatus::Done {
+                expires_at: done.expires_at,
+            });
+        }
+        Some(status)
+    }
+
+    /// The done record of the batch a job's claim names, when it lists the job.
+    fn batch_done(&self, job_id: &str) -> Option<&BatchDone> {
+        let claim = self.batch_claims.get(job_id)?;
+        self.batches
+            .get(&claim.batch)
+            .filter(|done| done.jobs.contains(job_id))
+    }
+
+    /// The claim of `job_id` at `now` (the conditional put, and the reads when it finds a
+    /// claim standing), billed as the DynamoDB adapter's requests are; `batch` is the batch
+    /// the claim names and until when it is kept.
+    fn claim(
+        &mut self,
+        job_id: &str,
+        now: Timestamp,
+        claim_ttl: Duration,
+        batch: Option<BatchClaim>,
+    ) -> Claim {
+        // A conditional put, which also takes over a stale claim that names no batch; when its
+        // condition fails, a read of the item that is there, and of its batch's done record
+        // when it names a batch; a stale one not listed there is taken over by a second put.
+        self.stats.write_units += 1;
+        if let Some(status) = self.jobs.get(job_id).copied() {
+            let stale = match status {
+                JobStatus::InProgress { claimed_at } => claimed_at.plus(claim_ttl) <= now,
+                JobStatus::Done { .. } => false,
+            };
+            let of_batch = self.batch_claims.contains_key(job_id);
+            if !stale || of_batch {
+                self.stats.read_units += 1 + u64::from(of_batch);
+                match (self.status(job_id), status) {
+                    // Past its TTL but not swept: still there, as in DynamoDB.
+                    (Some(JobStatus::Done { .. }), _) => return Claim::AlreadyDone,
+                    (_, JobStatus::InProgress { claimed_at }) if !stale => {
+                        return Claim::InProgress { since: claimed_at };
+                    }
+                    _ => self.stats.write_units += 1,
+                }
+            }
+        }
+        self.jobs.insert(
+            job_id.to_string(),
+            JobStatus::InProgress { claimed_at: now },
+        );
+        match batch {
+            Some(b) => self.batch_claims.insert(job_id.to_string(), b),
+            None => self.batch_claims.remove(job_id),
+        };
+        Claim::Claimed
+    }
 }
 
 /// The state table in memory. Cloning shares it, so the orchestrator, the worker and `qo` see
@@ -110,13 +197,23 @@ impl MemoryStore {
     /// some time (often days) after they expire: a done record past `expires_at`, and a claim
     /// past `claim_ttl` (the DynamoDB adapter writes a claim's TTL that far ahead). Returns how
     /// many went.
+    /// A claim made for a batch is kept until its `keep`, and a batch's done record until its
+    /// TTL; those go too, uncounted.
     pub fn sweep_expired(&self, now: Timestamp, claim_ttl: Duration) -> usize {
         let mut st = self.lock();
+        let st = &mut *st;
         let before = st.jobs.len();
-        st.jobs.retain(|_, status| match status {
+        let batch_claims = &st.batch_claims;
+        st.jobs.retain(|id, status| match status {
             JobStatus::Done { expires_at } => *expires_at > now,
-            JobStatus::InProgress { claimed_at } => claimed_at.plus(claim_ttl) > now,
+            JobStatus::InProgress { claimed_at } => match batch_claims.get(id) {
+                Some(c) => c.keep_until > now,
+                None => claimed_at.plus(claim_ttl) > now,
+            },
         });
+        let jobs = &st.jobs;
+        st.batch_claims.retain(|id, _| jobs.contains_key(id));
+        st.batches.retain(|_, b| b.expires_at > now);
         before - st.jobs.len()
     }
 
@@ -150,17 +247,19 @@ impl MemoryStore {
         self.lock().lease.clone()
     }
 
-    /// A job's idempotency record as stored (expired or not).
+    /// A job's idempotency record as stored (expired or not), read as a claim reads it: a
+    /// claim for a batch whose done record lists the job is [`JobStatus::Done`], until that
+    /// record expires.
     pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
-        self.lock().jobs.get(job_id).copied()
+        self.lock().status(job_id)
     }
 
-    /// How many jobs have a done record (expired or not).
+    /// How many jobs are done, as [`MemoryStore::job_status`] reads them (expired or not).
     pub fn done_count(&self) -> usize {
-        self.lock()
-            .jobs
-            .values()
-            .filter(|s| matches!(s, JobStatus::Done { .. }))
+        let st = self.lock();
+        st.jobs
+            .keys()
+            .filter(|id| matches!(st.status(id), Some(JobStatus::Done { .. })))
             .count()
     }
 
@@ -301,27 +400,45 @@ impl IdempotencyStore for MemoryStore {
         claim_ttl: Duration,
     ) -> Result<Claim, StoreError> {
         self.round_trip().await;
+        Ok(self.lock().claim(job_id, now, claim_ttl, None))
+    }
+
+    async fn claim_in_batch(
+        &self,
+        job_id: &str,
+        batch: &str,
+        now: Timestamp,
+        claim_ttl: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.round_trip().await;
+        let claim = BatchClaim {
+            batch: batch.to_string(),
+            keep_until: now.plus(keep.max(claim_ttl)),
+        };
+        Ok(self.lock().claim(job_id, now, claim_ttl, Some(claim)))
+    }
+
+    async fn complete_batch(
+        &self,
+        batch: &str,
+        job_ids: &[&str],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.round_trip().await;
         let mut st = self.lock();
-        // A conditional put; when its condition fails, a read of the item that is there.
-        st.stats.write_units += 1;
-        match st.jobs.get(job_id) {
-            // Past its TTL but not swept: still there, as in DynamoDB.
-            Some(JobStatus::Done { .. }) => {
-                st.stats.read_units += 1;
-                return Ok(Claim::AlreadyDone);
-            }
-            Some(JobStatus::InProgress { claimed_at }) if claimed_at.plus(claim_ttl) > now => {
-                let since = *claimed_at;
-                st.stats.read_units += 1;
-                return Ok(Claim::InProgress { since });
-            }
-            _ => {}
-        }
-        st.jobs.insert(
-            job_id.to_string(),
-            JobStatus::InProgress { claimed_at: now },
+        // One put of an item holding the batch's key and its jobs' ids.
+        let bytes = batch.len() + job_ids.iter().map(|id| id.len()).sum::<usize>();
+        st.stats.write_units += write_units(bytes + ITEM_OVERHEAD_BYTES);
+        st.batches.insert(
+            batch.to_string(),
+            BatchDone {
+                jobs: job_ids.iter().map(|id| id.to_string()).collect(),
+                expires_at: now.plus(ttl),
+            },
         );
-        Ok(Claim::Claimed)
+        Ok(())
     }
 
     async fn complete(
@@ -339,6 +456,7 @@ impl IdempotencyStore for MemoryStore {
                 expires_at: now.plus(ttl),
             },
         );
+        st.batch_claims.remove(job_id);
         Ok(())
     }
 
@@ -346,8 +464,9 @@ impl IdempotencyStore for MemoryStore {
         self.round_trip().await;
         let mut st = self.lock();
         st.stats.write_units += 1;
-        if matches!(st.jobs.get(job_id), Some(JobStatus::InProgress { .. })) {
+        if matches!(st.status(job_id), Some(JobStatus::InProgress { .. })) {
             st.jobs.remove(job_id);
+            st.batch_claims.remove(job_id);
         }
         Ok(())
     }
@@ -624,6 +743,61 @@ mod tests {
             s.claim("j3", t(1), claim_ttl).await.expect("claim"),
             Claim::Claimed
         );
+    }
+
+    #[tokio::test]
+    async fn a_batch_claim_is_done_through_its_batch_record_or_taken_over_when_stale() {
+        let s = MemoryStore::new();
+        let claim_ttl = Duration::from_secs(120);
+        let keep = Duration::from_secs(86_400);
+        for id in ["a", "b"] {
+            assert_eq!(
+                s.claim_in_batch(id, "a@0", t(0), claim_ttl, keep)
+                    .await
+                    .expect("claim"),
+                Claim::Claimed
+            );
+        }
+        // While the batch runs, its jobs are in progress to any other delivery.
+        assert_eq!(
+            s.claim("a", t(1), claim_ttl).await.expect("claim"),
+            Claim::InProgress { since: t(0) }
+        );
+        let before = s.stats().write_units;
+        s.complete_batch("a@0", &["a"], t(2), keep)
+            .await
+            .expect("complete");
+        assert_eq!(s.stats().write_units - before, 1, "one write for the batch");
+        // "a" is done for any delivery, a batch's or a lone one's, long after the claim TTL.
+        assert_eq!(
+            s.claim("a", t(3), claim_ttl).await.expect("claim"),
+            Claim::AlreadyDone
+        );
+        assert_eq!(
+            s.claim_in_batch("a", "a@9", t(500), claim_ttl, keep)
+                .await
+                .expect("claim"),
+            Claim::AlreadyDone
+        );
+        assert_eq!(s.done_count(), 1);
+        // "b" was not listed: its delivery died; once stale, its claim is taken over.
+        assert_eq!(
+            s.claim("b", t(119), claim_ttl).await.expect("claim"),
+            Claim::InProgress { since: t(0) }
+        );
+        assert_eq!(
+            s.claim("b", t(120), claim_ttl).await.expect("claim"),
+            Claim::Claimed
+        );
+        // A sweep after the claim TTL keeps a done batch claim for the done records' time
+        // (it takes the lone claim "b" is now).
+        assert_eq!(s.sweep_expired(t(1_000), claim_ttl), 1);
+        assert_eq!(
+            s.claim("a", t(1_001), claim_ttl).await.expect("claim"),
+            Claim::AlreadyDone
+        );
+        assert_eq!(s.sweep_expired(t(2 + 86_400), claim_ttl), 1);
+        assert_eq!(s.job_status("a"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

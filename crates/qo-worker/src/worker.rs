@@ -7,7 +7,7 @@
 //!
 //! | answer | idempotency | shared state | the job |
 //! |---|---|---|---|
-//! | 2xx | done | none; control `api_window` only when few calls are left (see below) | finished |
+//! | 2xx | done (a batch's jobs: one record for the batch) | none; control `api_window` only when few calls are left (see below) | finished |
 //! | 429 | abandoned | control `backoff_until` (kept if later), `throttles` + 1, `api_window` | re-queued after Retry-After, `attempt` kept, `throttled` + 1 (dead-lettered at `MAX_THROTTLED`) |
 //! | 401, 403 | abandoned | control `backoff_until` (unless the re-read key changed) | re-queued untried |
 //! | 5xx, 408, timeout, no connection | abandoned | circuit failure | re-queued (`RETRY_DELAY_S`), `attempt` + 1 (dead-lettered at `MAX_ATTEMPTS`) |
@@ -36,7 +36,11 @@
 //! [`Observation::CredentialRejected`] (the `CredentialRejected` metric an alarm pages on).
 //!
 //! A batch event's jobs are each handled as above, concurrently, each at its own slot and
-//! each fate its own, but for one thing they share: a 429. Its back-off (Retry-After, or
+//! each fate its own, but for two things they share. Their claims name the batch
+//! ([`BatchEvent::key`]), and once every job is settled the ones that succeeded are marked done
+//! in one record for the batch ([`IdempotencyStore::complete_batch`]): one write a batch
+//! instead of one a job, which a later claim of any of them reads through its claim. And a
+//! 429. Its back-off (Retry-After, or
 //! the default) is held in memory for the one invocation ([`BatchHold`]), and a sibling
 //! whose slot comes before that back-off ends is not called: its claim is dropped and it is
 //! re-queued untried for when the back-off ends ([`Outcome::HeldBack`], its `attempt` and
@@ -194,7 +198,12 @@ where
         batch: &BatchEvent,
         cover: Option<(Timestamp, Duration)>,
     ) -> Result<Outcome, WorkerError> {
-        let hold = BatchHold::default();
+        let Some(key) = batch.key() else {
+            return Ok(Outcome::Batch {
+                outcomes: Vec::new(),
+            });
+        };
+        let hold = BatchHold::new(key);
         let hold = &hold;
         let results = futures::future::join_all(
             batch
@@ -206,6 +215,7 @@ where
         let jobs = results.len();
         let mut outcomes = Vec::with_capacity(jobs);
         let mut failed = Vec::new();
+        let results = self.mark_batch_done(&hold.key, results).await;
         for (ev, r) in batch.jobs.iter().zip(results) {
             match r {
                 Ok(o) => outcomes.push(o),
@@ -369,10 +379,16 @@ where
     ) -> Result<Outcome, WorkerError> {
         let job_id = ev.job_id().to_string();
         let now = self.clock.now();
-        let claim = self
-            .store
-            .claim(&job_id, now, self.config.claim_ttl)
-            .await?;
+        let claim_ttl = self.config.claim_ttl;
+        let claim = match hold {
+            Some(h) => {
+                let keep = self.config.idempotency_ttl;
+                (self.store)
+                    .claim_in_batch(&job_id, &h.key, now, claim_ttl, keep)
+                    .await?
+            }
+            None => self.store.claim(&job_id, now, claim_ttl).await?,
+        };
         let policy = JobPolicy::of(&self.config);
         match plan(claim, ev, now, self.rereads.before_call(now), &policy) {
             Plan::SkipDone => Ok(self.skip_done(job_id)),
@@ -525,7 +541,12 @@ where
             Err(_) => None,
         };
         match decide(&answer, &ev.origin, now, policy) {
-            Decision::Done { status } => Ok(self.succeeded(job_id, status, window, at, now).await),
+            Decision::Done { status } => {
+                let alone = hold.is_none();
+                Ok(self
+                    .succeeded(job_id, status, window, (at, now), alone)
+                    .await)
+            }
             Decision::Throttled(t) => {
                 if let Some(h) = hold {
                     h.throttle(now.plus(t.retry_after));
@@ -540,17 +561,19 @@ where
         }
     }
 
-    /// 2xx: marks the job done and reports a low window.
+    /// 2xx: marks the job done (when `alone`: a batch's jobs are marked done together, by
+    /// [`Worker::mark_batch_done`]) and reports a low window. `at` and `now`: the call's time
+    /// and the answer's.
     async fn succeeded(
         &self,
         job_id: String,
         status: u16,
         window: Option<ApiWindow>,
-        at: Timestamp,
-        now: Timestamp,
+        (at, now): (Timestamp, Timestamp),
+        alone: bool,
     ) -> Outcome {
         self.rereads.clear();
-        let recorded = self.mark_done(&job_id, now).await;
+        let recorded = alone && self.mark_done(&job_id, now).await;
         if let Some(w) = window {
             self.report_low_window(w, now).await;
         }
@@ -913,6 +936,54 @@ where
         false
     }
 
+    /// Marks the jobs of batch `key` that succeeded done, in one record (trying twice), once
+    /// every job of the batch is settled, and says so in their outcomes. A failure is logged,
+    /// not returned, as [`Worker::mark_done`]'s is. Between a job's success and this write
+    /// its claim stands, so a duplicate delivery meanwhile finds it in progress.
+    async fn mark_batch_done(
+        &self,
+        key: &str,
+        mut results: Vec<Result<Outcome, WorkerError>>,
+    ) -> Vec<Result<Outcome, WorkerError>> {
+        let done: Vec<&str> = results
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Outcome::Succeeded { job_id, .. }) => Some(job_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        if done.is_empty() {
+            return results;
+        }
+        let now = self.clock.now();
+        let ttl = self.config.idempotency_ttl;
+        let mut last = None;
+        for _ in 0..2 {
+            match self.store.complete_batch(key, &done, now, ttl).await {
+                Ok(()) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            error!(
+                error = %e,
+                jobs = done.len(),
+                "could not mark the batch's jobs done: a duplicate delivery after their claims \
+                 expire may call again"
+            );
+            return results;
+        }
+        for r in &mut results {
+            if let Ok(Outcome::Succeeded { recorded, .. }) = r {
+                *recorded = true;
+            }
+        }
+        results
+    }
+
     /// Drops the claim of a dead-lettered job, trying twice. A failure is logged, not
     /// returned: the job is already on the dead-letter queue, and the claim expires after
     /// `CLAIM_TTL_S` (a redrive before then is re-queued until it does).
@@ -1051,15 +1122,25 @@ where
     }
 }
 
-/// What the jobs of one batch invocation share: the end of the back-off a sibling's 429
-/// asked for (the latest, when several did). In memory only, for the one invocation; the
-/// control record carries the back-off to everything else.
-#[derive(Debug, Default)]
+/// What the jobs of one batch invocation share: the batch's key (its jobs' claims name it,
+/// and its one done record has it), and the end of the back-off a sibling's 429 asked for
+/// (the latest, when several did). In memory only, for the one invocation; the control record
+/// carries the back-off to everything else.
+#[derive(Debug)]
 pub(crate) struct BatchHold {
+    key: String,
     until: Mutex<Option<Timestamp>>,
 }
 
 impl BatchHold {
+    /// The shared state of the batch `key` ([`BatchEvent::key`]), nothing held back yet.
+    fn new(key: String) -> Self {
+        Self {
+            key,
+            until: Mutex::new(None),
+        }
+    }
+
     /// A sibling was answered 429 and asked for a back-off until `until` (a later one is
     /// kept).
     fn throttle(&self, until: Timestamp) {

@@ -426,6 +426,69 @@ async fn idempotency_claims_once_and_reports_duplicates() {
     );
 }
 
+/// A batch's jobs are claimed naming the batch and marked done by one record; a later claim
+/// reads it through the job's claim. A stale batch claim its record does not list (the
+/// delivery died) is taken over, once.
+#[tokio::test]
+async fn batch_claims_are_done_through_one_record() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    let claim_ttl = Duration::from_secs(120);
+    let day = Duration::from_secs(86_400);
+    let at = |secs| T0.plus(Duration::from_secs(secs));
+    for id in ["a", "b"] {
+        assert_eq!(
+            s.claim_in_batch(id, "a@1", T0, claim_ttl, day)
+                .await
+                .unwrap(),
+            Claim::Claimed
+        );
+    }
+    // The claim is kept as long as a done record would be, and names its batch.
+    let item = raw_item(&s, "job#a").await.unwrap();
+    assert_eq!(item["batch"], AttributeValue::S("a@1".into()));
+    assert_eq!(
+        item["ttl"],
+        AttributeValue::N((T0.as_secs() + 86_400).to_string())
+    );
+    assert_eq!(
+        s.claim("a", at(1), claim_ttl).await.unwrap(),
+        Claim::InProgress { since: T0 }
+    );
+    s.complete_batch("a@1", &["a"], at(2), day).await.unwrap();
+    let record = raw_item(&s, "batch#a@1").await.unwrap();
+    assert_eq!(record["jobs"], AttributeValue::Ss(vec!["a".into()]));
+    // Done, for a lone delivery or another batch's, long after the claim TTL.
+    assert_eq!(
+        s.claim("a", at(3), claim_ttl).await.unwrap(),
+        Claim::AlreadyDone
+    );
+    assert_eq!(
+        s.claim_in_batch("a", "a@9", at(3600), claim_ttl, day)
+            .await
+            .unwrap(),
+        Claim::AlreadyDone
+    );
+    // "b" is not listed: in progress until the claim TTL, then taken over, by one of two.
+    assert_eq!(
+        s.claim("b", at(119), claim_ttl).await.unwrap(),
+        Claim::InProgress { since: T0 }
+    );
+    let (x, y) = tokio::join!(
+        s.claim("b", at(121), claim_ttl),
+        s.claim_in_batch("b", "b@2", at(121), claim_ttl, day)
+    );
+    let mut answers = [x.unwrap(), y.unwrap()];
+    answers.sort_by_key(|c| matches!(c, Claim::Claimed));
+    assert_eq!(answers[1], Claim::Claimed, "{answers:?}");
+    assert!(
+        matches!(answers[0], Claim::InProgress { .. }),
+        "{answers:?}"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_claims_have_one_winner() {
     let Some((_moto, config)) = common::moto().await else {

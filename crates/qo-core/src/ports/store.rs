@@ -242,9 +242,33 @@ pub trait IdempotencyStore: Send + Sync {
         now: Timestamp,
         claim_ttl: Duration,
     ) -> Result<Claim, StoreError>;
+    /// Claims `job_id` for a delivery of the batch `batch` ([`crate::BatchEvent::key`]): as
+    /// [`IdempotencyStore::claim`], but the claim names the batch and is kept for `keep` (the
+    /// done records' time), because the batch's one done record
+    /// ([`IdempotencyStore::complete_batch`]) is found through it. A claim standing is then
+    /// [`Claim::AlreadyDone`] when its batch's done record lists the job, whatever its age;
+    /// otherwise it is taken again once older than `claim_ttl`, as a lone claim is.
+    async fn claim_in_batch(
+        &self,
+        job_id: &str,
+        batch: &str,
+        now: Timestamp,
+        claim_ttl: Duration,
+        keep: Duration,
+    ) -> Result<Claim, StoreError>;
     /// Marks `job_id` done; the record is kept for `ttl`.
     async fn complete(&self, job_id: &str, now: Timestamp, ttl: Duration)
     -> Result<(), StoreError>;
+    /// Marks the jobs `job_ids` of the batch `batch`, each claimed with
+    /// [`IdempotencyStore::claim_in_batch`], done in one record kept for `ttl`: one write for
+    /// the batch instead of one a job.
+    async fn complete_batch(
+        &self,
+        batch: &str,
+        job_ids: &[&str],
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
     /// Drops a claim whose call did not succeed, so a retry may claim it.
     async fn abandon(&self, job_id: &str) -> Result<(), StoreError>;
 }

@@ -370,6 +370,43 @@ async fn a_duplicated_batch_calls_nothing_twice() {
     );
 }
 
+/// A batch's successes are marked done in one write: ten claims and one done record, not a
+/// done record a job. A copy of one of its jobs in another event (SQS delivering a message
+/// twice) finds it done through its claim, and calls nothing.
+#[tokio::test(start_paused = true)]
+async fn a_batch_marks_its_jobs_done_in_one_write_that_a_later_copy_of_a_job_finds() {
+    let r = rig(&[]);
+    let paths: Vec<String> = (0..10).map(|i| format!("/j{i}")).collect();
+    let jobs: Vec<(&str, i64)> = paths
+        .iter()
+        .zip(0..)
+        .map(|(p, i)| (p.as_str(), 100 * (i + 1)))
+        .collect();
+    let out = outcomes(r.worker.handle(batch(&jobs)).await.expect("handled"));
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, Outcome::Succeeded { recorded: true, .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        r.store.stats().write_units,
+        11,
+        "10 claims and 1 done record"
+    );
+    assert_eq!(r.store.done_count(), 10);
+    // The same job again, alone, from a second copy of its message.
+    let copy = crate::support::job(r#"{"path":"/j3"}"#, "m-j3", r.clock.now(), 0);
+    let again = r.worker.handle(copy).await.expect("handled");
+    assert!(
+        matches!(
+            &again,
+            Outcome::Duplicate { job_id, in_progress: false, requeued: false } if job_id == "m-j3"
+        ),
+        "{again:?}"
+    );
+    assert_eq!(r.http.calls().len(), 10, "nothing called twice");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_worker_that_wakes_late_gives_back_the_late_slots_and_calls_the_others_on_time() {
     let r = rig(&[]);
