@@ -59,7 +59,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use qo_core::ports::{
-    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, update_record,
+    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, load_record,
+    update_record,
 };
 use qo_core::{
     ApiWindow, BackoffReason, BatchEvent, Circuit, Clock, Control, HealthCheckEvent, JobEvent,
@@ -93,6 +94,12 @@ pub const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
 
 /// Who the worker says changed the control record.
 const CONTROL_WRITER: &str = "worker";
+
+/// How long before a batch job's slot the shared back-off is read.
+pub const BACKOFF_LOOKAHEAD: Duration = Duration::from_millis(100);
+
+/// A batch reads the shared back-off at most once in this long (its jobs share the read).
+pub const BACKOFF_REREAD: Duration = Duration::from_millis(250);
 
 /// The worker: generic over its state store, its job sink, its clock and its HTTP seam.
 pub struct Worker<S, Q, C, H = ApiClient> {
@@ -203,7 +210,8 @@ where
                 outcomes: Vec::new(),
             });
         };
-        let hold = BatchHold::new(key);
+        let first_slot = (batch.jobs.iter().map(|ev| ev.slot_at).min()).unwrap_or(self.clock.now());
+        let hold = BatchHold::new(key, first_slot);
         let hold = &hold;
         let results = futures::future::join_all(
             batch
@@ -466,6 +474,9 @@ where
         if reread {
             self.reread_credential(planned_at).await;
         }
+        if let Some(h) = hold {
+            self.watch_backoff(ev.slot_at, h).await;
+        }
         self.clock.sleep_until(ev.slot_at).await;
         // Lateness is decided at the call: this reads the clock after the last await before
         // the request goes out (nothing but the HTTP call follows), so time lost anywhere
@@ -492,6 +503,27 @@ where
         }
     }
 
+    /// Reads the shared back-off (the control record's `backoff_until`) shortly before a batch
+    /// job's slot, at most once per [`BACKOFF_REREAD`] for the batch, and holds the batch
+    /// back until it ends. A batch commits its slots up to `BATCH_WINDOW_MS` ahead: a 429
+    /// (or a refused key) answered to another invocation meanwhile reaches the orchestrator
+    /// within its refresh, but not the slots already sent, which would otherwise call through
+    /// the `Retry-After`. A failed read is logged and changes nothing.
+    async fn watch_backoff(&self, slot: Timestamp, hold: &BatchHold) {
+        self.clock.sleep_until(slot.minus(BACKOFF_LOOKAHEAD)).await;
+        if !hold.read_due(self.clock.now()) {
+            return;
+        }
+        match load_record::<Control>(&self.store, RecordKey::Control).await {
+            Ok(c) => {
+                if let Some(until) = c.value.backoff_until {
+                    hold.throttle(until);
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read the shared back-off before a slot"),
+        }
+    }
+
     /// Gives back, untried, a job of a batch a sibling's 429 holds back: its claim dropped,
     /// re-queued for when the back-off ends (`left` from now, capped at SQS's limit), its
     /// attempt and 429 counts kept: it was never called.
@@ -503,7 +535,8 @@ where
     ) -> Result<Outcome, WorkerError> {
         info!(
             backoff_ms = millis(left),
-            "a sibling of the batch was answered 429: held back untried until its back-off ends"
+            "a 429 (a sibling's, or another invocation's in the shared back-off) holds the \
+             batch back: held back untried until its back-off ends"
         );
         self.store.abandon(&job_id).await?;
         let reason = Reason::HeldBack { backoff: left };
@@ -1130,15 +1163,31 @@ where
 pub(crate) struct BatchHold {
     key: String,
     until: Mutex<Option<Timestamp>>,
+    /// When the batch last read the shared back-off.
+    read_at: Mutex<Option<Timestamp>>,
 }
 
 impl BatchHold {
     /// The shared state of the batch `key` ([`BatchEvent::key`]), nothing held back yet.
-    fn new(key: String) -> Self {
+    /// `first_slot`: its first job's; the orchestrator read the back-off shortly before it
+    /// sent the batch, so the batch's first read is due [`BACKOFF_REREAD`] after it.
+    fn new(key: String, first_slot: Timestamp) -> Self {
         Self {
             key,
             until: Mutex::new(None),
+            read_at: Mutex::new(Some(first_slot.minus(BACKOFF_LOOKAHEAD))),
         }
+    }
+
+    /// Whether the batch's next read of the shared back-off is due at `now`; when it is, it
+    /// counts as made.
+    fn read_due(&self, now: Timestamp) -> bool {
+        let mut read = self.read_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = read.is_none_or(|at| now.since(at) >= BACKOFF_REREAD);
+        if due {
+            *read = Some(now);
+        }
+        due
     }
 
     /// A sibling was answered 429 and asked for a back-off until `until` (a later one is

@@ -325,6 +325,53 @@ async fn a_429_leaves_the_jobs_before_it_and_after_its_back_off_alone() {
     assert!(q[0].body.contains("/busy"), "{}", q[0].body);
 }
 
+/// A back-off another invocation recorded after this batch was sent (its 429, with a
+/// `Retry-After` of 150 s) holds back the batch's later slots: each batch reads the shared
+/// back-off shortly before its slots, at most once per `BACKOFF_REREAD`.
+#[tokio::test(start_paused = true)]
+async fn a_back_off_recorded_elsewhere_holds_back_the_later_slots_of_a_batch() {
+    use qo_core::Control;
+    use qo_core::ports::{RecordKey, update_record};
+    let r = rig(&[]);
+    let ev = batch(&[("/a", 100), ("/b", 200), ("/c", 600), ("/d", 1100)]);
+    let store = r.store.clone();
+    let clock = r.clock.clone();
+    let other = async move {
+        clock.sleep_until(T0.plus(ms(300))).await;
+        update_record::<Control, _>(&store, RecordKey::Control, |c| {
+            let mut c = c.clone();
+            c.backoff_until = Some(T0.plus(Duration::from_secs(150)));
+            Some(c)
+        })
+        .await
+        .expect("back-off recorded");
+    };
+    let (out, ()) = tokio::join!(r.worker.handle(ev), other);
+    let out = outcomes(out.expect("handled"));
+    let calls: Vec<String> = r.http.calls().into_iter().map(|c| c.0).collect();
+    assert_eq!(calls, ["/a", "/b"], "no call through the back-off: {out:?}");
+    for o in &out[2..] {
+        assert!(
+            matches!(o, Outcome::HeldBack { requeued: true, .. }),
+            "{o:?}"
+        );
+    }
+    let q = r.sink.requeues();
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert!(
+        q.iter()
+            .all(|q| (q.origin.attempt, q.origin.throttled) == (0, 0)),
+        "{q:?}"
+    );
+    // Reads: the back-off at the third slot, then at the fourth (more than 250 ms later);
+    // not before the first two, which the orchestrator's own read covered.
+    assert_eq!(
+        r.store.stats().loads,
+        2 + 1,
+        "two reads, and the write's read"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_duplicated_batch_calls_nothing_twice() {
     let r = rig(&[]);
