@@ -49,5 +49,7 @@ pub use lambda::{AsyncInvoke, Backoff, InvokeLimiter, InvokeSettings, LambdaInvo
 pub use local::{LOCAL_CREDENTIALS, LocalStack, local_config};
 pub use metrics::EmfMetrics;
 pub use secrets::{ApiKey, KeySource, load_api_key};
-pub use sqs::{QueueDepth, QueueUrls, SqsQueue, ensure_queues, ensure_queues_with};
+pub use sqs::{
+    BatchEntryError, JobsSent, QueueDepth, QueueUrls, SqsQueue, ensure_queues, ensure_queues_with,
+};
 pub use worker_failures::{WorkerFailuresReport, redrive_worker_failures};

@@ -41,7 +41,7 @@ use qo_core::job::Origin;
 use qo_core::ports::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
 };
-use qo_core::sqs::QueueAttributes;
+use qo_core::sqs::{MAX_MESSAGE_BYTES, QueueAttributes, send_batches};
 use qo_core::time::Timestamp;
 use rand::Rng;
 
@@ -218,11 +218,10 @@ impl SqsQueue {
             .client
             .send_message()
             .queue_url(&self.urls.main)
-            .message_body(body)
-            .message_attributes(
-                ATTR_ENQUEUED_AT_MS,
-                number_attr(now.as_millis()).map_err(|e| queue_backend(OP, e))?,
-            );
+            .message_body(body);
+        for (name, value) in new_job_attributes(OP, now)? {
+            req = req.message_attributes(name, value);
+        }
         if self.fifo {
             req = req
                 .message_group_id(DEFAULT_GROUP)
@@ -231,6 +230,79 @@ impl SqsQueue {
         let out = req.send().await.map_err(|e| queue_err(OP, e))?;
         out.message_id
             .ok_or_else(|| queue_backend(OP, AwsError::invalid(OP, "answer without a message id")))
+    }
+
+    /// Sends new jobs to the main queue with SendMessageBatch, each as [`SqsQueue::send_job`]
+    /// sends one (`qo-enqueued-at-ms` = `now`; on a FIFO queue group [`DEFAULT_GROUP`] and a
+    /// deduplication id of its own), and says what became of each body, by its index in
+    /// `bodies`. Meant for up to ten bodies, one request; more, or bodies over
+    /// [`MAX_BATCH_PAYLOAD_BYTES`](qo_core::sqs::MAX_BATCH_PAYLOAD_BYTES) together, are sent in
+    /// as many requests as SQS's limits take ([`send_batches`]), in order.
+    ///
+    /// Nothing is silent: an entry SQS refuses is in [`JobsSent::failed`] with SQS's code,
+    /// message and sender fault; a body over [`MAX_MESSAGE_BYTES`] (with its attribute) is
+    /// failed there too, without a request ([`TOO_LARGE`]). A request that fails as a whole
+    /// is an `Err` when nothing of the call was sent yet; after an earlier request was sent it
+    /// fails its own entries and those after it ([`REQUEST_FAILED`], its text the message), so
+    /// that the ids already given are not lost.
+    pub async fn send_jobs<S: AsRef<str>>(
+        &self,
+        bodies: &[S],
+        now: Timestamp,
+    ) -> Result<JobsSent, QueueError> {
+        const OP: &str = "sqs.SendMessageBatch";
+        let attrs = new_job_attributes(OP, now)?;
+        let sizes: Vec<usize> = bodies
+            .iter()
+            .map(|b| message_bytes(b.as_ref(), &attrs))
+            .collect();
+        let mut out = JobsSent::default();
+        for range in send_batches(&sizes) {
+            if let &[size] = &sizes[range.clone()]
+                && size > MAX_MESSAGE_BYTES
+            {
+                out.failed.push((range.start, too_large(size)));
+                continue;
+            }
+            let group = self.fifo.then_some(DEFAULT_GROUP);
+            let entries = bodies[range.clone()]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| send_entry(OP, i, b.as_ref(), &attrs, group, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            let answer = match self.send_entries(OP, &self.urls.main, entries).await {
+                Ok(answer) => answer,
+                Err(e) if out.sent.is_empty() => return Err(e),
+                Err(e) => {
+                    // Earlier requests were sent: this one's entries and the rest fail by
+                    // entry, so that the ids already given are kept.
+                    let why = request_failed(&e);
+                    let rest = range.start..bodies.len();
+                    out.failed.extend(rest.map(|i| (i, why.clone())));
+                    break;
+                }
+            };
+            out.record(range, &answer);
+        }
+        out.failed.sort_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+
+    /// One SendMessageBatch of `entries` to `url`.
+    async fn send_entries(
+        &self,
+        op: &'static str,
+        url: &str,
+        entries: Vec<SendMessageBatchRequestEntry>,
+    ) -> Result<aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput, QueueError>
+    {
+        self.client
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| queue_err(op, e))
     }
 
     /// Sends a job back to the main queue as a new message, keeping what its `origin` says:
@@ -287,30 +359,13 @@ impl SqsQueue {
         for chunk in messages.chunks(MAX_BATCH) {
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, m) in chunk.iter().enumerate() {
-                let mut e = SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(&m.body);
-                for (name, value) in job_attributes(OP, &m.origin)? {
-                    e = e.message_attributes(name, value);
-                }
-                if fifo {
-                    // No per-message delay on a FIFO queue (SQS refuses it).
-                    e = e
-                        .message_group_id(m.origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
-                        .message_deduplication_id(unique_dedup_id());
-                } else {
-                    e = e.delay_seconds(delay);
-                }
-                entries.push(e.build().map_err(|e| invalid_entry(OP, e))?);
+                let group = fifo.then(|| m.origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP));
+                // No per-message delay on a FIFO queue (SQS refuses it).
+                let delay = (!fifo).then_some(delay);
+                let attrs = job_attributes(OP, &m.origin)?;
+                entries.push(send_entry(OP, i, &m.body, &attrs, group, delay)?);
             }
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| queue_err(OP, e))?;
+            let out = self.send_entries(OP, url, entries).await?;
             if first.is_none() {
                 first = out.failed.first().map(batch_failure);
             }
@@ -370,38 +425,20 @@ impl SqsQueue {
         let main_fifo = is_fifo(&self.urls.main);
         let mut entries = Vec::with_capacity(batch.len());
         let mut receipts = Vec::with_capacity(batch.len());
-        for (i, m) in batch.into_iter().enumerate() {
-            let origin = origin_of(&m);
-            let receipt = m.receipt_handle.clone().unwrap_or_default();
-            let mut e = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(m.body.unwrap_or_default())
-                .message_attributes(
-                    ATTR_ATTEMPT,
-                    number_attr(0).map_err(|e| queue_backend(OP, e))?,
-                );
-            if let Some(at) = origin.enqueued_at {
-                e = e.message_attributes(
-                    ATTR_ENQUEUED_AT_MS,
-                    number_attr(at.as_millis()).map_err(|e| queue_backend(OP, e))?,
-                );
-            }
-            if main_fifo {
-                e = e
-                    .message_group_id(origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP))
-                    .message_deduplication_id(unique_dedup_id());
-            }
-            entries.push(e.build().map_err(|e| invalid_entry(OP, e))?);
-            receipts.push(receipt);
+        for (i, m) in batch.iter().enumerate() {
+            let origin = origin_of(m);
+            // Attempt 0, the first enqueue time kept; the 429 count and function dropped.
+            let redriven = Origin {
+                enqueued_at: origin.enqueued_at,
+                ..Origin::default()
+            };
+            let attrs = job_attributes(OP, &redriven)?;
+            let group = main_fifo.then(|| origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP));
+            let body = m.body.as_deref().unwrap_or_default();
+            entries.push(send_entry(OP, i, body, &attrs, group, None)?);
+            receipts.push(m.receipt_handle.clone().unwrap_or_default());
         }
-        let out = self
-            .client
-            .send_message_batch()
-            .queue_url(&self.urls.main)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| queue_err(OP, e))?;
+        let out = self.send_entries(OP, &self.urls.main, entries).await?;
         let sent: Vec<String> = out
             .successful
             .iter()
@@ -861,6 +898,146 @@ fn job_attributes(
     Ok(attrs)
 }
 
+/// Our message attributes of a new job's send: its first enqueue time (`qo-enqueued-at-ms`).
+fn new_job_attributes(
+    op: &'static str,
+    now: Timestamp,
+) -> Result<Vec<(&'static str, MessageAttributeValue)>, QueueError> {
+    Ok(vec![(
+        ATTR_ENQUEUED_AT_MS,
+        number_attr(now.as_millis()).map_err(|e| queue_backend(op, e))?,
+    )])
+}
+
+/// A message's size as SQS counts it against its limits: the body, and each attribute's name,
+/// data type and value.
+fn message_bytes(body: &str, attrs: &[(&str, MessageAttributeValue)]) -> usize {
+    body.len()
+        + attrs
+            .iter()
+            .map(|(name, v)| {
+                name.len() + v.data_type().len() + v.string_value().map_or(0, str::len)
+            })
+            .sum::<usize>()
+}
+
+/// The size of a new job's message with `body` sent at `now` ([`SqsQueue::send_job`],
+/// [`SqsQueue::send_jobs`]), as SQS counts it against
+/// [`MAX_MESSAGE_BYTES`] and the batch payload limit: the body and the `qo-enqueued-at-ms`
+/// attribute.
+pub fn new_job_bytes(body: &str, now: Timestamp) -> usize {
+    let attr = ATTR_ENQUEUED_AT_MS.len() + "Number".len() + now.as_millis().to_string().len();
+    body.len() + attr
+}
+
+/// One SendMessageBatch entry: id `index` (its place in the request, how SQS's answer names
+/// it), `body`, `attrs`; on a FIFO queue (`group`) that message group and a deduplication id
+/// unique to this send; a per-message delay when `delay` is given (never on FIFO).
+fn send_entry(
+    op: &'static str,
+    index: usize,
+    body: &str,
+    attrs: &[(&'static str, MessageAttributeValue)],
+    group: Option<&str>,
+    delay: Option<i32>,
+) -> Result<SendMessageBatchRequestEntry, QueueError> {
+    let mut e = SendMessageBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message_body(body);
+    for (name, value) in attrs {
+        e = e.message_attributes(*name, value.clone());
+    }
+    if let Some(group) = group {
+        e = e
+            .message_group_id(group)
+            .message_deduplication_id(unique_dedup_id());
+    }
+    if let Some(delay) = delay {
+        e = e.delay_seconds(delay);
+    }
+    e.build().map_err(|e| invalid_entry(op, e))
+}
+
+/// The code of a body [`SqsQueue::send_jobs`] fails without sending: over [`MAX_MESSAGE_BYTES`].
+pub const TOO_LARGE: &str = "qo.MessageTooLarge";
+
+/// The code of the entries of a request that failed as a whole after an earlier request of the
+/// same [`SqsQueue::send_jobs`] was sent.
+pub const REQUEST_FAILED: &str = "qo.RequestFailed";
+
+/// The code of an entry SQS's answer did not mention, failed rather than assumed sent.
+pub const NO_ANSWER: &str = "qo.NoAnswer";
+
+fn too_large(bytes: usize) -> BatchEntryError {
+    BatchEntryError {
+        code: TOO_LARGE.to_string(),
+        message: Some(format!(
+            "the message is {bytes} bytes with its attribute; SQS takes at most \
+             {MAX_MESSAGE_BYTES} (1 MiB), so it was not sent"
+        )),
+        sender_fault: true,
+    }
+}
+
+fn request_failed(e: &QueueError) -> BatchEntryError {
+    BatchEntryError {
+        code: REQUEST_FAILED.to_string(),
+        message: Some(e.to_string()),
+        sender_fault: false,
+    }
+}
+
+/// What [`SqsQueue::send_jobs`] did with each body, named by its index in the call's bodies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobsSent {
+    /// The bodies SQS took, with their message ids, in order.
+    pub sent: Vec<(usize, String)>,
+    /// The bodies not sent, in order, with why: SQS's refusal of the entry, or ours
+    /// ([`TOO_LARGE`], [`REQUEST_FAILED`]).
+    pub failed: Vec<(usize, BatchEntryError)>,
+}
+
+impl JobsSent {
+    /// Records SQS's answer to the request of the bodies `range`: its entries' ids are their
+    /// places in the request. An entry the answer names neither way is failed, not assumed sent.
+    fn record(
+        &mut self,
+        range: std::ops::Range<usize>,
+        answer: &aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput,
+    ) {
+        let index = |id: &str| {
+            id.parse::<usize>()
+                .ok()
+                .filter(|i| *i < range.len())
+                .map(|i| range.start + i)
+        };
+        let mut told = vec![false; range.len()];
+        for s in &answer.successful {
+            if let Some(i) = index(&s.id) {
+                told[i - range.start] = true;
+                self.sent.push((i, s.message_id.clone()));
+            }
+        }
+        for f in &answer.failed {
+            if let Some(i) = index(&f.id) {
+                told[i - range.start] = true;
+                self.failed.push((i, batch_failure(f)));
+            }
+        }
+        for (k, _) in told.iter().enumerate().filter(|(_, t)| !**t) {
+            self.failed.push((
+                range.start + k,
+                BatchEntryError {
+                    code: NO_ANSWER.to_string(),
+                    message: Some("SQS's answer named neither success nor failure".into()),
+                    sender_fault: false,
+                },
+            ));
+        }
+        self.sent.sort_by_key(|(i, _)| *i);
+    }
+}
+
 fn string_attr(v: &str) -> Result<MessageAttributeValue, AwsError> {
     MessageAttributeValue::builder()
         .data_type("String")
@@ -932,6 +1109,7 @@ fn batch_failure(f: &BatchResultErrorEntry) -> BatchEntryError {
     BatchEntryError {
         code: f.code().to_string(),
         message: f.message().map(str::to_string),
+        sender_fault: f.sender_fault(),
     }
 }
 
@@ -942,6 +1120,9 @@ pub struct BatchEntryError {
     pub code: String,
     /// Its message, when it gave one.
     pub message: Option<String>,
+    /// SQS's `SenderFault`: the entry itself is at fault (sending it again fails again);
+    /// false: SQS's side, worth another try.
+    pub sender_fault: bool,
 }
 
 impl std::fmt::Display for BatchEntryError {
@@ -1009,6 +1190,17 @@ mod tests {
         assert_eq!(whole_seconds(Duration::from_secs(60)), MAX_WAIT);
         assert_eq!(ceil_secs(Duration::from_millis(1001)), 2);
         assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn a_new_job_is_measured_as_its_message_is_sent() {
+        let now = Timestamp::from_millis(1_700_000_000_321);
+        let attrs = new_job_attributes("test", now).expect("attributes");
+        for body in ["", r#"{"path":"/a"}"#, &"x".repeat(1000)] {
+            assert_eq!(new_job_bytes(body, now), message_bytes(body, &attrs));
+        }
+        // The body, then `qo-enqueued-at-ms` (17), `Number` (6) and 13 digits.
+        assert_eq!(new_job_bytes("abc", now), 3 + 17 + 6 + 13);
     }
 
     #[test]

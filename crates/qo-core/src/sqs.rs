@@ -2,14 +2,49 @@
 //! that the adapters, the loop, `qo setup`, `qo local` and the tests share, so that no test
 //! runs on friendlier settings than a deployment (DESIGN.md, invariant 7).
 //!
-//! The limits are AWS's (Amazon SQS quotas and the ReceiveMessage, ChangeMessageVisibility and
-//! SendMessage references); [`QueueAttributes::TEMPLATE`] must equal the defaults of
-//! `template.yaml`, which a test reads.
+//! The limits are AWS's (Amazon SQS quotas and the ReceiveMessage, ChangeMessageVisibility,
+//! SendMessage and SendMessageBatch references); [`QueueAttributes::TEMPLATE`] must equal the
+//! defaults of `template.yaml`, which a test reads.
 
+use std::ops::Range;
 use std::time::Duration;
 
 /// The most messages one ReceiveMessage returns, and the most entries of a batch call.
 pub const MAX_BATCH: usize = 10;
+
+/// The largest message SQS takes, body and message attributes (each attribute's name, data type
+/// and value) counted: 1 MiB (1,048,576 bytes) since AWS raised it in 2025 (it was 256 KiB).
+/// A queue's `MaximumMessageSize` can set it lower; SQS then refuses the entry.
+pub const MAX_MESSAGE_BYTES: usize = 1_048_576;
+
+/// The largest payload of one SendMessageBatch: the sum of its messages' sizes (as
+/// [`MAX_MESSAGE_BYTES`] counts them), 1 MiB; past it SQS refuses the whole call
+/// (`BatchRequestTooLong`).
+pub const MAX_BATCH_PAYLOAD_BYTES: usize = 1_048_576;
+
+/// The SendMessageBatch calls that send messages of `sizes` bytes (as [`MAX_MESSAGE_BYTES`]
+/// counts them), in order: index ranges of at most [`MAX_BATCH`] messages and at most
+/// [`MAX_BATCH_PAYLOAD_BYTES`] in all, each as full as the order allows. A message over
+/// [`MAX_MESSAGE_BYTES`] gets a range of its own: SQS would refuse it, so a sender fails it
+/// without sending it.
+pub fn send_batches(sizes: &[usize]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    for (i, &size) in sizes.iter().enumerate() {
+        let full = i - start == MAX_BATCH
+            || bytes.saturating_add(size) > MAX_BATCH_PAYLOAD_BYTES
+            || size > MAX_MESSAGE_BYTES;
+        if full && i > start {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
 
 /// The longest long poll of one ReceiveMessage.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
@@ -76,3 +111,24 @@ pub const ROTATE_AFTER_RECEIVES: u32 = 2;
 /// A held message this close to its queue's retention is given back as a fresh copy rather
 /// than released, so that it does not expire while it waits.
 pub const ROTATE_BEFORE_EXPIRY: Duration = Duration::from_secs(86_400);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_ten_messages_and_a_mebibyte() {
+        assert_eq!(send_batches(&[]), Vec::<Range<usize>>::new());
+        assert_eq!(send_batches(&[20; 25]), vec![0..10, 10..20, 20..25]);
+        // 400 KiB each: two fit in 1 MiB, a third does not.
+        let big = 400 * 1024;
+        assert_eq!(send_batches(&[big; 5]), vec![0..2, 2..4, 4..5]);
+        // Exactly the limit fits; one byte more does not.
+        let half = MAX_BATCH_PAYLOAD_BYTES / 2;
+        assert_eq!(send_batches(&[half, half, 1]), vec![0..2, 2..3]);
+        assert_eq!(send_batches(&[half, half + 1]), vec![0..1, 1..2]);
+        // A message over the limit is alone, between the others.
+        let over = MAX_MESSAGE_BYTES + 1;
+        assert_eq!(send_batches(&[10, 10, over, 10]), vec![0..2, 2..3, 3..4]);
+    }
+}

@@ -220,6 +220,16 @@ fn billed(bytes: usize) -> u64 {
     bytes.div_ceil(64 * 1024).max(1) as u64
 }
 
+/// Billed requests of SendMessageBatch calls of messages of `sizes` bytes, grouped as SQS takes
+/// them ([`sqs::send_batches`]: 10 a call, at most 1 MiB a call): each call is billed as
+/// [`billed`] bills its payload. None for none.
+fn billed_send_batches(sizes: &[usize]) -> u64 {
+    sqs::send_batches(sizes)
+        .into_iter()
+        .map(|r| billed(sizes[r].iter().sum()))
+        .sum()
+}
+
 /// Batch requests of `n` entries (10 a batch), none for none.
 fn batches(n: usize) -> u64 {
     n.div_ceil(10) as u64
@@ -511,6 +521,32 @@ impl MemoryQueue {
         )
     }
 
+    /// Enqueues jobs on the main queue as [`MemoryQueue::send`] enqueues each, but billed as
+    /// SendMessageBatch calls bill: one request per call of up to 10 bodies (at most 1 MiB in
+    /// all, [`sqs::send_batches`]), plus one for every 64 KB of a call's payload past the first.
+    /// Returns their message ids, in order.
+    pub fn send_batch<S: Into<String>>(&self, bodies: impl IntoIterator<Item = S>) -> Vec<String> {
+        let now = self.inner.clock.now();
+        let bodies: Vec<String> = bodies.into_iter().map(Into::into).collect();
+        let sizes: Vec<usize> = bodies.iter().map(String::len).collect();
+        self.lock().requests.send += billed_send_batches(&sizes);
+        bodies
+            .into_iter()
+            .map(|body| {
+                self.enqueue(
+                    QueueRole::Main,
+                    body,
+                    Origin {
+                        enqueued_at: Some(now),
+                        ..Origin::default()
+                    },
+                    Duration::ZERO,
+                    None,
+                )
+            })
+            .collect()
+    }
+
     /// Enqueues a job on the main queue with a delay and FIFO ids. Returns its message id (on a
     /// FIFO queue, a deduplication id seen in the last 5 minutes returns the first message's id
     /// and enqueues nothing). A delay past 900 s is refused, as SQS refuses it.
@@ -785,10 +821,8 @@ impl JobSource for MemoryQueue {
 
     async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
         check_delay("resend", delay)?;
-        self.lock().requests.send += messages
-            .chunks(10)
-            .map(|b| billed(b.iter().map(|m| m.body.len()).sum()))
-            .sum::<u64>();
+        let sizes: Vec<usize> = messages.iter().map(|m| m.body.len()).collect();
+        self.lock().requests.send += billed_send_batches(&sizes);
         for m in messages {
             // A deduplication id unique to this send, as for a re-queue.
             let dedup_key = m.origin.dedup_id.as_ref().map(|d| {
@@ -1122,6 +1156,32 @@ mod tests {
         let r = q.requests();
         assert_eq!((r.receive, r.delete, r.change_visibility), (4, 2, 1));
         assert_eq!(r.total(), 27 + 4 + 2 + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_send_is_billed_as_one_send_message_batch() {
+        let q = MemoryQueue::new(clock());
+        // 25 small bodies: three calls (10, 10, 5), not 25 requests.
+        let ids = q.send_batch((0..25).map(|i| format!("job-{i}")));
+        assert_eq!(ids.len(), 25);
+        assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 25, "ids unique");
+        assert_eq!(q.requests().send, 3);
+        assert_eq!(q.depths().main_visible, 25);
+        // Ten 10 KB bodies: one call of 100 KB of payload, billed as two 64 KB requests.
+        q.send_batch((0..10).map(|_| "x".repeat(10 * 1024)));
+        assert_eq!(q.requests().send, 3 + 2);
+        // Three 400 KiB bodies: over 1 MiB together, so two calls (800 KiB = 13 x 64 KB, and
+        // 400 KiB = 7 x 64 KB).
+        q.send_batch((0..3).map(|_| "y".repeat(400 * 1024)));
+        assert_eq!(q.requests().send, 3 + 2 + 13 + 7);
+        // None sent, none billed.
+        assert!(q.send_batch(Vec::<String>::new()).is_empty());
+        assert_eq!(q.requests().send, 3 + 2 + 13 + 7);
+        // Each is a job like one `send` enqueues: attempt 0, enqueued now, on the main queue.
+        let got = q.receive(10, NOW).await.expect("receive");
+        assert!(got.iter().all(|m| m.origin.attempt == 0
+            && m.origin.enqueued_at == Some(Timestamp::from_secs(1_000))
+            && m.queue == QueueRole::Main));
     }
 
     #[tokio::test(start_paused = true)]

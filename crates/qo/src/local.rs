@@ -155,11 +155,16 @@ fn sized_concurrency(rate: f64, batch: usize, busy: Duration) -> usize {
     (events_per_s * busy.as_secs_f64() * 1.5).ceil() as usize
 }
 
+/// Jobs of the backlog a request: SQS's most entries of a SendMessageBatch, as `qo send` sends.
+const BACKLOG_BATCH: usize = qo_core::sqs::MAX_BATCH;
+
 /// What the local run needs of a backend beyond the ports: filling and measuring the backlog.
 #[async_trait::async_trait]
 trait Backlog: JobSource + JobSink + Send + Sync {
-    /// Enqueues one job.
-    async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError>;
+    /// Enqueues new jobs as the producer (`qo send`) does: with SendMessageBatch, up to
+    /// [`BACKLOG_BATCH`] a request (fewer where their payload would pass SQS's limit). Any
+    /// body not enqueued is an error.
+    async fn enqueue_batch(&self, bodies: Vec<String>, now: Timestamp) -> Result<(), QueueError>;
     /// Messages still on the main and retry queues (visible, in flight or delayed).
     async fn pending(&self) -> Result<u64, QueueError>;
     /// Jobs the queue ended by itself: moved to the dead-letter queue by the redrive policy
@@ -186,8 +191,8 @@ impl Metered for MemoryStore {
 
 #[async_trait::async_trait]
 impl Backlog for MemoryQueue {
-    async fn enqueue(&self, body: String, _now: Timestamp) -> Result<(), QueueError> {
-        self.send(body);
+    async fn enqueue_batch(&self, bodies: Vec<String>, _now: Timestamp) -> Result<(), QueueError> {
+        self.send_batch(bodies);
         Ok(())
     }
     async fn pending(&self) -> Result<u64, QueueError> {
@@ -345,11 +350,12 @@ where
         observer: collector.clone(),
     })?;
 
-    // The backlog.
-    for i in 0..args.jobs {
-        queue
-            .enqueue(format!(r#"{{"path":"/items/{i}"}}"#), clock.now())
-            .await?;
+    // The backlog, sent as `qo send` sends it: 10 jobs a SendMessageBatch.
+    let bodies: Vec<String> = (0..args.jobs)
+        .map(|i| format!(r#"{{"path":"/items/{i}"}}"#))
+        .collect();
+    for group in bodies.chunks(BACKLOG_BATCH) {
+        queue.enqueue_batch(group.to_vec(), clock.now()).await?;
     }
 
     let bar = progress_bar(args.jobs);

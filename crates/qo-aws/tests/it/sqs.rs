@@ -640,3 +640,84 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
     assert_eq!((rest.dead, rest.moved), (1, 1));
     assert_eq!(depth_of(&q.depths().await.unwrap(), "dlq"), (0, 0, 0));
 }
+
+#[tokio::test]
+async fn send_jobs_batches_new_jobs_and_fails_a_body_over_the_limit_alone() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, false).await;
+    let sent_at = Timestamp::from_millis(1_700_000_000_321);
+    // 25 jobs, and in their midst one body of 1 MiB: with its attribute it is over SQS's
+    // largest message, so it fails alone, without a request, and the others go.
+    let mut bodies: Vec<String> = (0..25)
+        .map(|i| format!(r#"{{"path":"/items/{i}"}}"#))
+        .collect();
+    bodies.insert(12, "x".repeat(qo_core::sqs::MAX_MESSAGE_BYTES));
+    let out = q.send_jobs(&bodies, sent_at).await.expect("send_jobs");
+    assert_eq!(out.failed.len(), 1, "{:?}", out.failed);
+    let (i, why) = &out.failed[0];
+    assert_eq!(*i, 12);
+    assert_eq!(why.code, qo_aws::sqs::TOO_LARGE);
+    assert!(why.sender_fault);
+    assert!(
+        why.to_string().contains("1048576"),
+        "the error says the limit: {why}"
+    );
+    assert_eq!(
+        out.sent.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..26).filter(|i| *i != 12).collect::<Vec<_>>()
+    );
+    let ids: std::collections::HashSet<&String> = out.sent.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 25, "a message id each");
+
+    // They all arrived, with the attribute `send_job` sets, and nothing else of ours.
+    let got = drain_raw(&client, &q.urls().main).await;
+    assert_eq!(got.len(), 25);
+    for m in &got {
+        assert!(ids.contains(&m.message_id().unwrap().to_string()));
+        assert_eq!(attr(m, "qo-enqueued-at-ms"), Some("1700000000321"));
+        assert_eq!(m.message_attributes().map(|a| a.len()), Some(1));
+        assert!(m.body().unwrap().starts_with(r#"{"path":"/items/"#));
+    }
+    let mut paths: Vec<String> = got.iter().map(|m| m.body().unwrap().to_string()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 25, "each job once");
+
+    // Nothing to send: no request, nothing sent.
+    let none: [&str; 0] = [];
+    assert_eq!(
+        q.send_jobs(&none, sent_at).await.expect("empty"),
+        qo_aws::JobsSent::default()
+    );
+}
+
+#[tokio::test]
+async fn fifo_send_jobs_go_to_the_default_group_with_ids_of_their_own() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, true).await;
+    let bodies: Vec<String> = (0..12).map(|i| format!(r#"{{"path":"/f/{i}"}}"#)).collect();
+    let out = q.send_jobs(&bodies, now()).await.expect("send_jobs");
+    assert!(out.failed.is_empty(), "{:?}", out.failed);
+    assert_eq!(out.sent.len(), 12);
+    let got = drain_raw(&client, &q.urls().main).await;
+    assert_eq!(got.len(), 12, "no deduplication between them");
+    let system = |m: &aws_sdk_sqs::types::Message, k| {
+        m.attributes()
+            .and_then(|a| a.get(&k))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        got.iter()
+            .all(|m| system(m, MessageSystemAttributeName::MessageGroupId) == "default")
+    );
+    let dedup: std::collections::HashSet<String> = got
+        .iter()
+        .map(|m| system(m, MessageSystemAttributeName::MessageDeduplicationId))
+        .collect();
+    assert_eq!(dedup.len(), 12);
+}

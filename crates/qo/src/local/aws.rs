@@ -14,8 +14,17 @@ use crate::report::Collector;
 
 #[async_trait::async_trait]
 impl Backlog for SqsQueue {
-    async fn enqueue(&self, body: String, now: Timestamp) -> Result<(), QueueError> {
-        self.send_job(&body, now).await.map(|_| ())
+    async fn enqueue_batch(&self, bodies: Vec<String>, now: Timestamp) -> Result<(), QueueError> {
+        let sent = self.send_jobs(&bodies, now).await?;
+        match sent.failed.first() {
+            None => Ok(()),
+            Some((_, first)) => Err(QueueError::partial(
+                "send",
+                sent.failed.len(),
+                Vec::new(),
+                first.clone(),
+            )),
+        }
     }
     async fn pending(&self) -> Result<u64, QueueError> {
         Ok(self

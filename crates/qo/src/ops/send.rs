@@ -1,10 +1,15 @@
 //! `qo send FILE`: validates a file of jobs (one JSON object per line, `-` for stdin) and sends
-//! them to the job queue, several at a time, with a progress bar on stderr.
+//! them to the job queue with SendMessageBatch, up to 10 lines a request and several requests
+//! at a time, with a progress bar (per line) on stderr.
 //!
 //! Every line is checked with [`Job::parse`] first: an invalid line stops everything before
-//! anything is sent (unless `--skip-invalid`), and the error names its line number. When a send
-//! fails, no new send starts; the error names the lines that failed and the first line not
-//! tried, so the rest can be sent again.
+//! anything is sent (unless `--skip-invalid`), and the error names its line number. The valid
+//! lines go in groups, in file order, of at most 10 and at most SQS's batch payload (1 MiB,
+//! each message's body and attribute counted; [`group_lines`]); a line over SQS's largest
+//! message (1 MiB) fails by itself, unsent. One billed request sends a group, where one
+//! SendMessage a line did before. When a request fails, or SQS refuses some of its entries, no
+//! new request starts; the error names the lines that failed (each refused entry with SQS's
+//! code and message) and the first line not tried, so the rest can be sent again.
 
 use std::fmt;
 use std::future::Future;
@@ -15,8 +20,10 @@ use std::time::SystemTime;
 use clap::Args;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
+use qo_aws::sqs::{BatchEntryError, JobsSent, NO_ANSWER, REQUEST_FAILED, TOO_LARGE, new_job_bytes};
 use qo_core::config::ProcessEnv;
 use qo_core::ports::QueueError;
+use qo_core::sqs::send_batches;
 use qo_core::{Job, Timestamp};
 use serde::Serialize;
 
@@ -35,7 +42,8 @@ pub struct SendArgs {
     /// Send the valid lines and list the invalid ones, instead of sending nothing.
     #[arg(long)]
     skip_invalid: bool,
-    /// Sends in flight at once.
+    /// SendMessageBatch requests in flight at once, each sending up to 10 lines (it counted
+    /// single sends before lines were sent in batches).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
     #[command(flatten)]
@@ -94,6 +102,26 @@ fn listing(items: &[(usize, String)]) -> String {
     s
 }
 
+/// The lines `jobs` in the groups one request each sends, in file order: at most 10 a group, and
+/// at most SQS's batch payload together, each line's message measured by `size` (the body and
+/// its attribute, [`new_job_bytes`]). A line over SQS's largest message is a group of its own
+/// ([`send_batches`]), which the send fails without sending.
+pub fn group_lines(jobs: &[Line], size: impl Fn(&str) -> usize) -> Vec<&[Line]> {
+    let sizes: Vec<usize> = jobs.iter().map(|l| size(&l.body)).collect();
+    send_batches(&sizes).into_iter().map(|r| &jobs[r]).collect()
+}
+
+/// Why an entry of a request was not sent, as `qo send` lists it.
+fn refusal(e: &BatchEntryError) -> String {
+    if [TOO_LARGE, REQUEST_FAILED, NO_ANSWER].contains(&e.code.as_str()) {
+        e.to_string()
+    } else if e.sender_fault {
+        format!("SQS refused the entry: {e} (sender fault: it fails again as it is)")
+    } else {
+        format!("SQS refused the entry: {e} (SQS's fault: it may succeed when sent again)")
+    }
+}
+
 /// What a batch of sends did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sent {
@@ -105,39 +133,66 @@ pub struct Sent {
     pub unsent: Vec<usize>,
 }
 
-/// Sends `jobs` with at most `concurrency` sends in flight; after a failure starts no new
-/// send but lets those in flight finish.
-pub async fn send_all<F, Fut>(jobs: &[Line], concurrency: usize, send: F, bar: &ProgressBar) -> Sent
+/// Sends `groups` ([`group_lines`]), one request each (`send` gets a group's bodies), with at
+/// most `concurrency` requests in flight. A request that fails fails every line of its group;
+/// an entry refused fails its line alone, with SQS's reason; a line the answer does not name
+/// is failed, not counted as sent. After any failure no new request starts, but those in
+/// flight finish. The bar moves by one per line sent.
+pub async fn send_all<'a, F, Fut>(
+    groups: &[&'a [Line]],
+    concurrency: usize,
+    send: F,
+    bar: &ProgressBar,
+) -> Sent
 where
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<String, QueueError>>,
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = Result<JobsSent, QueueError>>,
 {
     let mut out = Sent::default();
-    let mut pending = jobs.iter();
+    let mut pending = groups.iter();
     let mut in_flight = FuturesUnordered::new();
-    let start = |line: &Line| {
-        let fut = send(line.body.clone());
-        let number = line.number;
-        async move { (number, fut.await) }
+    let start = |group: &'a [Line]| {
+        let fut = send(group.iter().map(|l| l.body.clone()).collect());
+        async move { (group, fut.await) }
     };
-    for line in pending.by_ref().take(concurrency.max(1)) {
-        in_flight.push(start(line));
+    for group in pending.by_ref().take(concurrency.max(1)) {
+        in_flight.push(start(group));
     }
-    while let Some((number, result)) = in_flight.next().await {
+    while let Some((group, result)) = in_flight.next().await {
         match result {
-            Ok(_) => {
-                out.sent.push(number);
-                bar.inc(1);
+            Ok(answer) => {
+                let mut told = vec![false; group.len()];
+                for (i, _id) in &answer.sent {
+                    if let (Some(line), Some(t)) = (group.get(*i), told.get_mut(*i)) {
+                        *t = true;
+                        out.sent.push(line.number);
+                        bar.inc(1);
+                    }
+                }
+                for (i, e) in &answer.failed {
+                    if let (Some(line), Some(t)) = (group.get(*i), told.get_mut(*i)) {
+                        *t = true;
+                        out.failed.push((line.number, refusal(e)));
+                    }
+                }
+                for (line, _) in group.iter().zip(&told).filter(|(_, t)| !**t) {
+                    out.failed
+                        .push((line.number, "not named in SQS's answer".to_string()));
+                }
             }
-            Err(e) => out.failed.push((number, e.to_string())),
+            Err(e) => {
+                let why = e.to_string();
+                out.failed
+                    .extend(group.iter().map(|l| (l.number, why.clone())));
+            }
         }
         if out.failed.is_empty()
-            && let Some(line) = pending.next()
+            && let Some(group) = pending.next()
         {
-            in_flight.push(start(line));
+            in_flight.push(start(group));
         }
     }
-    out.unsent = pending.map(|l| l.number).collect();
+    out.unsent = pending.flat_map(|g| g.iter().map(|l| l.number)).collect();
     out.sent.sort_unstable();
     out.failed.sort_unstable();
     out
@@ -219,14 +274,16 @@ pub async fn run(args: SendArgs) -> Result<(), OpsError> {
     let conn = Connection::open(&args.target, &ProcessEnv).await?;
     let queue = conn.queues(false)?;
     let bar = progress_bar(parsed.jobs.len() as u64);
+    let now = Timestamp::from_system(SystemTime::now());
+    let groups = group_lines(&parsed.jobs, |body| new_job_bytes(body, now));
     let result = send_all(
-        &parsed.jobs,
+        &groups,
         usize::from(args.concurrency),
-        |body| {
+        |bodies| {
             let queue = &queue;
             async move {
                 queue
-                    .send_job(&body, Timestamp::from_system(SystemTime::now()))
+                    .send_jobs(&bodies, Timestamp::from_system(SystemTime::now()))
                     .await
             }
         },
@@ -296,38 +353,119 @@ mod tests {
             .collect()
     }
 
+    /// The size `qo send` measures a line's message by.
+    fn size(body: &str) -> usize {
+        new_job_bytes(body, Timestamp::from_millis(1_700_000_000_000))
+    }
+
+    fn numbers(group: &[Line]) -> Vec<usize> {
+        group.iter().map(|l| l.number).collect()
+    }
+
+    /// A sender that takes every body but those containing one of `refuse`, which it fails as
+    /// SQS fails an entry; it records the size of each request.
+    fn answer(bodies: &[String], refuse: &[&str]) -> JobsSent {
+        let mut out = JobsSent::default();
+        for (i, b) in bodies.iter().enumerate() {
+            if refuse.iter().any(|r| b.contains(r)) {
+                out.failed.push((
+                    i,
+                    BatchEntryError {
+                        code: "InvalidParameterValue".into(),
+                        message: Some("no".into()),
+                        sender_fault: true,
+                    },
+                ));
+            } else {
+                out.sent.push((i, format!("id-{i}")));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lines_go_ten_to_a_request_and_within_the_payload() {
+        let jobs = lines(25);
+        let groups = group_lines(&jobs, size);
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
+        assert_eq!(numbers(groups[2]), vec![21, 22, 23, 24, 25]);
+        // Lines 3 to 6 of 300 KiB: three fit with the small ones before them in 1 MiB, the
+        // fourth starts the next request.
+        let mut jobs = lines(12);
+        for l in &mut jobs[2..6] {
+            l.body = format!(
+                "{{\"path\":\"/{}\",\"x\":\"{}\"}}",
+                l.number,
+                "a".repeat(300 * 1024)
+            );
+        }
+        let groups = group_lines(&jobs, size);
+        assert_eq!(numbers(groups[0]), vec![1, 2, 3, 4, 5]);
+        assert_eq!(numbers(groups[1]), (6..=12).collect::<Vec<_>>());
+        assert_eq!(groups.len(), 2);
+        // A line over 1 MiB with its attribute is a request of its own.
+        let mut jobs = lines(3);
+        jobs[1].body = "b".repeat(qo_core::sqs::MAX_MESSAGE_BYTES);
+        let groups = group_lines(&jobs, size);
+        assert_eq!(
+            groups.iter().map(|g| numbers(g)).collect::<Vec<_>>(),
+            vec![vec![1], vec![2], vec![3]]
+        );
+    }
+
     #[tokio::test]
     async fn all_lines_are_sent_with_bounded_concurrency() {
         let live = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
+        let requests = AtomicUsize::new(0);
+        let jobs = lines(95);
+        let groups = group_lines(&jobs, size);
+        let bar = ProgressBar::hidden();
         let sent = send_all(
-            &lines(25),
+            &groups,
             4,
-            |_body| {
-                let (live, peak) = (&live, &peak);
+            |bodies| {
+                let (live, peak, requests) = (&live, &peak, &requests);
                 async move {
+                    assert!(bodies.len() <= 10, "{}", bodies.len());
+                    requests.fetch_add(1, Ordering::SeqCst);
                     let now = live.fetch_add(1, Ordering::SeqCst) + 1;
                     peak.fetch_max(now, Ordering::SeqCst);
                     tokio::task::yield_now().await;
                     live.fetch_sub(1, Ordering::SeqCst);
-                    Ok("id".to_string())
+                    Ok(answer(&bodies, &[]))
                 }
             },
-            &ProgressBar::hidden(),
+            &bar,
         )
         .await;
-        assert_eq!(sent.sent, (1..=25).collect::<Vec<_>>());
+        assert_eq!(sent.sent, (1..=95).collect::<Vec<_>>());
         assert!(sent.failed.is_empty() && sent.unsent.is_empty());
-        assert_eq!(peak.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            10,
+            "95 lines in 10 requests"
+        );
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            4,
+            "4 requests in flight at most"
+        );
+        assert_eq!(bar.position(), 95, "the bar counts lines");
     }
 
     #[tokio::test]
-    async fn a_failure_stops_new_sends_and_names_the_lines() {
+    async fn a_failed_request_stops_new_requests_and_names_its_lines() {
+        let jobs = lines(100);
+        let groups = group_lines(&jobs, size);
         let sent = send_all(
-            &lines(30),
+            &groups,
             2,
-            |body| async move {
-                if body.contains("/5\"") {
+            |bodies| async move {
+                if bodies.iter().any(|b| b.contains("/25\"")) {
                     Err(QueueError::Partial {
                         op: "send",
                         failed: 1,
@@ -336,23 +474,79 @@ mod tests {
                         source: None,
                     })
                 } else {
-                    Ok("id".to_string())
+                    Ok(answer(&bodies, &[]))
                 }
             },
             &ProgressBar::hidden(),
         )
         .await;
-        assert_eq!(sent.failed.len(), 1);
-        assert_eq!(sent.failed[0].0, 5);
-        assert!(sent.failed[0].1.contains("refused"));
-        // Lines before 5 are sent, and at most the one in flight beside it; none after that
-        // is tried, and every line is accounted for.
-        assert_eq!(&sent.sent[..4], &[1, 2, 3, 4]);
-        assert!(sent.sent.len() <= 5, "{sent:?}");
+        // The third request (lines 21 to 30) failed: each of its lines is named.
+        assert_eq!(
+            sent.failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+            (21..=30).collect::<Vec<_>>()
+        );
+        assert!(sent.failed.iter().all(|f| f.1.contains("refused")));
+        // The two requests before it are sent, and at most the one in flight beside it; none
+        // after that is tried, and every line is accounted for.
+        assert_eq!(&sent.sent[..20], &(1..=20).collect::<Vec<_>>()[..]);
+        assert!(sent.sent.len() <= 30, "{sent:?}");
         let mut all: Vec<usize> = sent.sent.iter().chain(&sent.unsent).copied().collect();
-        all.push(5);
+        all.extend(21..=30);
         all.sort_unstable();
-        assert_eq!(all, (1..=30).collect::<Vec<_>>());
-        assert!(sent.unsent.len() >= 24, "{sent:?}");
+        assert_eq!(all, (1..=100).collect::<Vec<_>>());
+        assert!(sent.unsent.len() >= 60, "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn entries_refused_in_a_request_are_the_lines_named() {
+        let jobs = lines(25);
+        let groups = group_lines(&jobs, size);
+        let bar = ProgressBar::hidden();
+        let sent = send_all(
+            &groups,
+            1,
+            |bodies| async move { Ok(answer(&bodies, &["/13\"", "/17\""])) },
+            &bar,
+        )
+        .await;
+        // Exactly the refused lines fail, with SQS's code and message; the rest of their
+        // request is sent; the request after it is not tried.
+        assert_eq!(
+            sent.failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+            vec![13, 17]
+        );
+        assert!(
+            sent.failed[0].1.contains("InvalidParameterValue: no")
+                && sent.failed[0].1.contains("sender fault"),
+            "{sent:?}"
+        );
+        let mut expected: Vec<usize> = (1..=20).collect();
+        expected.retain(|n| *n != 13 && *n != 17);
+        assert_eq!(sent.sent, expected);
+        assert_eq!(sent.unsent, (21..=25).collect::<Vec<_>>());
+        assert_eq!(bar.position(), 18);
+    }
+
+    #[tokio::test]
+    async fn a_line_the_answer_leaves_out_is_failed_not_sent() {
+        let jobs = lines(3);
+        let groups = group_lines(&jobs, size);
+        let sent = send_all(
+            &groups,
+            1,
+            |_bodies| async move {
+                Ok(JobsSent {
+                    sent: vec![(0, "a".into()), (2, "c".into())],
+                    failed: Vec::new(),
+                })
+            },
+            &ProgressBar::hidden(),
+        )
+        .await;
+        assert_eq!(sent.sent, vec![1, 3]);
+        assert_eq!(
+            sent.failed,
+            vec![(2, "not named in SQS's answer".to_string())]
+        );
     }
 }

@@ -237,6 +237,39 @@ async fn send_validates_every_line_then_status_counts_the_jobs() {
 }
 
 #[tokio::test]
+async fn send_batches_the_lines_and_every_one_arrives() {
+    let Some(moto) = require(MotoServer::start().await, "moto server") else {
+        return;
+    };
+    let mut qo = Qo::new(Some(&moto.endpoint));
+    let vars = qo.setup("t2b");
+
+    // 25 lines: three SendMessageBatch requests (10, 10, 5), at most 2 in flight.
+    let lines: String = (1..=25)
+        .map(|i| format!("{{\"path\":\"/batch/{i}\"}}\n"))
+        .collect();
+    let text = qo.ok_with(&["send", "-", "--concurrency", "2", "--json"], Some(&lines));
+    let out: Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!(out["sent"], 25, "{out}");
+    assert_eq!(out["queue_url"], vars["QUEUE_URL"].as_str());
+    assert_eq!(queue(&qo.status(), "main"), (25, 0, 0));
+
+    // Seven jobs of 190 KiB: ten would pass SQS's 1 MiB batch payload, so they go five and
+    // two, and all arrive.
+    let big: String = (1..=7)
+        .map(|i| {
+            format!(
+                "{{\"path\":\"/big/{i}\",\"body\":\"{}\"}}\n",
+                "z".repeat(190 * 1024)
+            )
+        })
+        .collect();
+    let out = qo.ok_with(&["send", "-"], Some(&big));
+    assert_eq!(out, format!("sent 7 job(s) to {}\n", vars["QUEUE_URL"]));
+    assert_eq!(queue(&qo.status(), "main"), (32, 0, 0));
+}
+
+#[tokio::test]
 async fn controls_change_what_status_shows() {
     let Some(moto) = require(MotoServer::start().await, "moto server") else {
         return;
