@@ -359,6 +359,29 @@ async fn batches_through_a_pool_keep_each_function_s_tier() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn batches_through_a_pool_whose_own_tiers_bind_move_no_slot() {
+    // Two functions at 8/s each under a shared 20/s: the functions' tiers are the bound, so a
+    // group's later slots must fit the function its earlier ones went through. The loop
+    // asserts (in a debug build) that the pool takes each slot exactly as the decision gave
+    // it; a group built on the pool's state before its own slots moved them later.
+    let pool = Pool::new(2, Arc::new(|_, _, _| Answer::Ok));
+    pool.enqueue(320);
+    let mut cfg = pool.config("20/s,8/s per function");
+    cfg.batch_max_jobs = 10;
+    pool.run_for(&cfg, Duration::from_secs(120)).await;
+    let calls = pool.calls();
+    let second = Duration::from_secs(1);
+    let times: Vec<Timestamp> = calls.iter().map(|c| c.at).collect();
+    assert_eq!(calls.len(), 320, "each job called once");
+    for name in &pool.names {
+        let most = max_in_window(&times_of(&calls, name), second);
+        assert!(most <= 8, "{name}: {most} calls in a second");
+    }
+    let rate = (times.len() - 1) as f64 / times[times.len() - 1].since(times[0]).as_secs_f64();
+    assert!(rate >= 0.99 * 16.0, "rate {rate:.3}/s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn health_checks_go_through_the_pool_in_turn() {
     // The circuit is open; a health check through the first function gets no answer (its
     // address blocked), so the next goes through the second, which closes the circuit.
