@@ -5,6 +5,13 @@
 //! `Retry-After` in whole seconds, at least 1, as the simulator answers), whose limit can
 //! change with time. The stand-in worker writes each 429 to the control record as the worker
 //! does (back-off and the throttle counter).
+//!
+//! The stand-in calls every job of a batch at its slot, with none of the worker's holds (a
+//! batch's later slots held back after a 429 of its own or on the shared back-off it reads), so
+//! the runs that follow the limit go one job per event (`BATCH_MAX_JOBS` 1, the default) even
+//! if the default changes: they test the controller. The closed loop with batches and the real
+//! worker is tested in `qo`'s system tests and measured with `qo local` (the README's Batched
+//! invocations section).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -119,7 +126,8 @@ fn halving(t: Duration) -> usize {
 /// succeeded or 900 s passed; returns the configuration and the runs' reports.
 async fn drive_all(h: &Harness, jobs: usize, run_s: u64) -> (OrchestratorConfig, Vec<RunReport>) {
     h.enqueue(jobs);
-    let cfg = config("20/s");
+    let mut cfg = config("20/s");
+    cfg.batch_max_jobs = 1;
     let reports = h
         .drive(
             &cfg,

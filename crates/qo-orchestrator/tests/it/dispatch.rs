@@ -298,11 +298,14 @@ async fn invokes_in_flight_keep_moving_while_the_loop_waits_on_the_state_store()
 #[tokio::test(start_paused = true)]
 async fn the_worker_concurrency_cap_bounds_the_events_in_progress() {
     // An unreserved worker with a cap of 3: an event counts from its dispatch until a second
-    // after its slot, so at most 3 slots fall in any second and a little more.
+    // after its slot, so at most 3 slots fall in any second and a little more. One job per
+    // event, so that events are calls (a batch counts once, until its last slot: see
+    // `scale`).
     let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.enqueue(30);
     let mut c = config("20/s");
     c.worker_concurrency_cap = Some(3);
+    c.batch_max_jobs = 1;
     let report = h.run_for(&c, Duration::from_secs(60)).await;
     assert_eq!(report.dispatched, 30);
     let calls = h.calls();
