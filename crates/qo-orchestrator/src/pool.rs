@@ -44,6 +44,11 @@ impl WorkerPool {
         WorkerPool { pacer }
     }
 
+    /// Whether any function has tiers of its own (` per function` in the quota).
+    pub fn has_own_tiers(&self) -> bool {
+        self.pacer.has_own_tiers()
+    }
+
     /// The earliest time at or after `t` a function that may take `avoid`'s job allows a call
     /// by its own tiers (the shared tiers aside): the decision asks the shared pacer from here.
     pub fn free_at(&self, t: Timestamp, avoid: Option<&str>) -> Timestamp {

@@ -733,13 +733,15 @@ where
 
     /// The next invocation's events: the first held jobs at `slots`, as many as one
     /// invocation takes ([`group_len`]), and only while a function of the pool allows each
-    /// slot by its own tiers after the slots before it in the group (tried on a copy of the
-    /// pool, taken as [`Self::send`] takes them, so that the pool then takes exactly that
-    /// slot). Empty when no function allows the first.
+    /// slot by its own tiers after the slots before it in the group (with per-function tiers
+    /// and room for more than one job, tried on a copy of the pool, taken as [`Self::send`]
+    /// takes them, so that the pool then takes exactly that slot). Empty when no function
+    /// allows the first.
     fn next_group(&self, slots: &[Timestamp], now: Timestamp) -> Vec<JobEvent> {
         let cfg = self.config;
         let look = slots.len().min(cfg.batch_max_jobs).min(self.held.len());
-        let (mut pool, mut pacer) = (self.pool.clone(), self.pacer.clone());
+        let mut trial = (look > 1 && self.pool.has_own_tiers())
+            .then(|| (self.pool.clone(), self.pacer.clone()));
         let mut last: Option<String> = None;
         let mut events: Vec<JobEvent> = self
             .held
@@ -758,7 +760,10 @@ where
                 if self.pool.free_at(e.slot_at, avoid) > e.slot_at {
                     return false;
                 }
-                let taken = pool.take_preferring(&mut pacer, e.slot_at, avoid, last.as_deref());
+                let Some((pool, pacer)) = trial.as_mut() else {
+                    return true;
+                };
+                let taken = pool.take_preferring(pacer, e.slot_at, avoid, last.as_deref());
                 last = Some(taken.function().to_string());
                 taken.at() == e.slot_at
             })

@@ -173,6 +173,12 @@ impl PoolPacer {
         self.members.is_empty()
     }
 
+    /// Whether any function has tiers of its own (` per function`): only then can a slot the
+    /// shared tiers allow be one no function allows.
+    pub fn has_own_tiers(&self) -> bool {
+        self.members.iter().any(|m| m.own.is_some())
+    }
+
     /// Follows an operator's change of the quota: each function keeps its usage of the
     /// per-function tiers that stay.
     pub fn set_spec(&mut self, spec: &QuotaSpec, policy: PacingPolicy) {
