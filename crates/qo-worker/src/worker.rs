@@ -101,6 +101,10 @@ pub const BACKOFF_LOOKAHEAD: Duration = Duration::from_millis(100);
 /// A batch reads the shared back-off at most once in this long (its jobs share the read).
 pub const BACKOFF_REREAD: Duration = Duration::from_millis(250);
 
+/// A read of the shared back-off not answered this long before the slot is given up: the slot
+/// is called as paced rather than late.
+pub const BACKOFF_READ_MARGIN: Duration = Duration::from_millis(10);
+
 /// The worker: generic over its state store, its job sink, its clock and its HTTP seam.
 pub struct Worker<S, Q, C, H = ApiClient> {
     config: WorkerConfig,
@@ -508,19 +512,26 @@ where
     /// back until it ends. A batch commits its slots up to `BATCH_WINDOW_MS` ahead: a 429
     /// (or a refused key) answered to another invocation meanwhile reaches the orchestrator
     /// within its refresh, but not the slots already sent, which would otherwise call through
-    /// the `Retry-After`. A failed read is logged and changes nothing.
+    /// the `Retry-After`. A failed read, or one not answered [`BACKOFF_READ_MARGIN`] before the
+    /// slot (a slow store, a cold connection), is logged and changes nothing: the slot is called
+    /// as paced, never made late by the read.
     async fn watch_backoff(&self, slot: Timestamp, hold: &BatchHold) {
         self.clock.sleep_until(slot.minus(BACKOFF_LOOKAHEAD)).await;
         if !hold.read_due(self.clock.now()) {
             return;
         }
-        match load_record::<Control>(&self.store, RecordKey::Control).await {
-            Ok(c) => {
-                if let Some(until) = c.value.backoff_until {
-                    hold.throttle(until);
+        let read = load_record::<Control>(&self.store, RecordKey::Control);
+        let give_up = self.clock.sleep_until(slot.minus(BACKOFF_READ_MARGIN));
+        tokio::select! {
+            r = read => match r {
+                Ok(c) => {
+                    if let Some(until) = c.value.backoff_until {
+                        hold.throttle(until);
+                    }
                 }
-            }
-            Err(e) => warn!(error = %e, "could not read the shared back-off before a slot"),
+                Err(e) => warn!(error = %e, "could not read the shared back-off before a slot"),
+            },
+            () = give_up => warn!("the shared back-off was not read in time: the slot is called as paced"),
         }
     }
 

@@ -372,6 +372,28 @@ async fn a_back_off_recorded_elsewhere_holds_back_the_later_slots_of_a_batch() {
     );
 }
 
+/// A read of the shared back-off that the store answers too late (200 ms a request) is given
+/// up just before the slot: the slot is called on time, not made late by the read.
+#[tokio::test(start_paused = true)]
+async fn a_slow_read_of_the_shared_back_off_never_makes_a_slot_late() {
+    let r = rig(&[]);
+    r.store.set_latency(ms(200));
+    let ev = batch(&[("/a", 1000), ("/b", 1300), ("/c", 1600)]);
+    let out = outcomes(r.worker.handle(ev).await.expect("handled"));
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Succeeded { .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        r.http.calls(),
+        vec![
+            ("/a".to_string(), T0.plus(ms(1000))),
+            ("/b".to_string(), T0.plus(ms(1300))),
+            ("/c".to_string(), T0.plus(ms(1600))),
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_duplicated_batch_calls_nothing_twice() {
     let r = rig(&[]);
