@@ -211,10 +211,8 @@ impl DynamoStore {
                 .expression_attribute_values(":stale", n(stale))
                 .send()
                 .await;
-            match res {
-                Ok(_) => return Ok(Claim::Claimed),
-                Err(e) if condition_failed(&e) => {}
-                Err(e) => return Err(store_err(OP, e)),
+            if conditional_put(res, OP)? {
+                return Ok(Claim::Claimed);
             }
             let Some(item) = self.get(&pk, "dynamodb.GetItem(claim)").await? else {
                 // Abandoned in between: try again.
@@ -247,10 +245,8 @@ impl DynamoStore {
                 .expression_attribute_values(":seen", n(claimed_at))
                 .send()
                 .await;
-            match res {
-                Ok(_) => return Ok(Claim::Claimed),
-                Err(e) if condition_failed(&e) => {}
-                Err(e) => return Err(store_err(OP, e)),
+            if conditional_put(res, OP)? {
+                return Ok(Claim::Claimed);
             }
         }
         Err(store_backend(
@@ -437,6 +433,24 @@ where
 }
 
 /// Seconds since the epoch, rounded up, for the `ttl` attribute.
+/// A conditional put's answer: whether it was written (`false`: its condition failed).
+fn conditional_put<O>(
+    res: Result<
+        O,
+        aws_sdk_dynamodb::error::SdkError<
+            PutItemError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
+    >,
+    op: &'static str,
+) -> Result<bool, StoreError> {
+    match res {
+        Ok(_) => Ok(true),
+        Err(e) if condition_failed(&e) => Ok(false),
+        Err(e) => Err(store_err(op, e)),
+    }
+}
+
 fn ttl_secs(at: Timestamp) -> u64 {
     at.as_micros().div_ceil(1_000_000)
 }

@@ -509,6 +509,11 @@ impl MemoryQueue {
         let now = self.inner.clock.now();
         let body = body.into();
         self.lock().requests.send += billed(body.len());
+        self.enqueue_fresh(body, now)
+    }
+
+    /// Enqueues a fresh job sent at `now` on the main queue (the producer's send, unbilled).
+    fn enqueue_fresh(&self, body: String, now: Timestamp) -> String {
         self.enqueue(
             QueueRole::Main,
             body,
@@ -532,18 +537,7 @@ impl MemoryQueue {
         self.lock().requests.send += billed_send_batches(&sizes);
         bodies
             .into_iter()
-            .map(|body| {
-                self.enqueue(
-                    QueueRole::Main,
-                    body,
-                    Origin {
-                        enqueued_at: Some(now),
-                        ..Origin::default()
-                    },
-                    Duration::ZERO,
-                    None,
-                )
-            })
+            .map(|body| self.enqueue_fresh(body, now))
             .collect()
     }
 
