@@ -34,8 +34,8 @@ use crate::error::OrchestratorError;
 use crate::pool::WorkerPool;
 use crate::slots::SlotLog;
 use crate::step::{
-    Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, cap_free_at, group_len,
-    is_due, may_join_batch, next_step,
+    Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, batch_limit, cap_free_at,
+    group_len, is_due, may_join_batch, next_step,
 };
 
 /// Why a run stopped.
@@ -739,7 +739,8 @@ where
     /// allows the first.
     fn next_group(&self, slots: &[Timestamp], now: Timestamp) -> Vec<JobEvent> {
         let cfg = self.config;
-        let look = slots.len().min(cfg.batch_max_jobs).min(self.held.len());
+        let batch_max = batch_limit(cfg, &self.pacer, now);
+        let look = slots.len().min(batch_max).min(self.held.len());
         let mut trial = (look > 1 && self.pool.has_own_tiers())
             .then(|| (self.pool.clone(), self.pacer.clone()));
         let mut last: Option<String> = None;
@@ -777,7 +778,7 @@ where
                     may_join: may_join_batch(&e.origin),
                 })
                 .collect();
-            let n = group_len(&candidates, cfg.batch_max_jobs, cfg.batch_window).max(1);
+            let n = group_len(&candidates, batch_max, cfg.batch_window).max(1);
             events.truncate(n);
         }
         events

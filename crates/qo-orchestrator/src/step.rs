@@ -178,6 +178,18 @@ pub fn may_join_batch(origin: &qo_core::Origin) -> bool {
     origin.function.is_none()
 }
 
+/// Jobs one invocation may carry at `now`: `BATCH_MAX_JOBS` while the pace is settled
+/// ([`Pacer::is_settled`]), else 1. While the pace follows the API (a decrease of the learned
+/// rate in force, a back-off, the slow-start ramp), each slot goes in its own invocation, so
+/// that a lower pace reaches the very next slot instead of the ones after a batch's window.
+pub fn batch_limit(config: &OrchestratorConfig, pacer: &Pacer, now: Timestamp) -> usize {
+    if config.batch_max_jobs > 1 && pacer.is_settled(now) {
+        config.batch_max_jobs
+    } else {
+        1
+    }
+}
+
 /// How many of `candidates` (in slot order) go in the invocation of the first: the following
 /// ones while each may join, its slot lies within `window` of the first's, the group stays at
 /// most `max_jobs` and its JSON under [`MAX_INVOKE_PAYLOAD`]. At least 1 (when any).
@@ -237,6 +249,7 @@ fn due_slots(s: &Snapshot<'_>, first: Timestamp, max: usize) -> Vec<Timestamp> {
     let first = pacer.take_first_from(first).at();
     let mut slots = vec![first];
     let (mut group_first, mut group_len) = (first, 1);
+    let batch_max = batch_limit(cfg, s.pacer, s.now);
     while slots.len() < max {
         let Some(&last) = slots.last() else { break };
         let next = match pacer.peek(last) {
@@ -247,7 +260,7 @@ fn due_slots(s: &Snapshot<'_>, first: Timestamp, max: usize) -> Vec<Timestamp> {
         if horizon.is_some_and(|h| next > h) {
             break;
         }
-        if group_len < cfg.batch_max_jobs && next.since(group_first) <= cfg.batch_window {
+        if group_len < batch_max && next.since(group_first) <= cfg.batch_window {
             group_len += 1;
         } else if is_due(cfg, next, s.now) {
             (group_first, group_len) = (next, 1);
@@ -908,5 +921,50 @@ mod tests {
         };
         let us = |ms: u64, us: u64| at(ms).plus(Duration::from_micros(us));
         assert_eq!(slots, vec![at(225), us(275, 250), us(325, 500)]);
+    }
+
+    #[test]
+    fn while_a_decrease_of_the_pace_is_in_force_a_pass_takes_only_the_due_slots() {
+        let mut w = World::new("20/s");
+        w.config.batch_max_jobs = 10;
+        w.config.batch_window = Duration::from_millis(1_000);
+        let spec = w.pacer.spec().clone();
+        let mut state = w.pacer.state().clone();
+        state.adaptive.last = Some(qo_core::quota::Decrease {
+            at: at(0),
+            paced_from: at(0),
+            from_per_s: 20.0,
+            to_per_s: 14.0,
+            estimate_per_s: None,
+            basis: qo_core::quota::DecreaseBasis::Multiplicative,
+        });
+        w.pacer = Pacer::hydrate(spec, PacingPolicy::default(), state);
+        w.timers.next_refresh = at(600_000);
+        w.timers.next_persist = at(600_000);
+        w.timers.stop_at = at(600_000);
+        let pass = |w: &World, now: Timestamp| {
+            let Step::Dispatch { slots, .. } = next_step(&w.at(now, 50)) else {
+                panic!("a dispatch");
+            };
+            slots
+        };
+        let now = at(100);
+        assert!(!w.pacer.is_settled(now));
+        let batched = pass(&w, now);
+        w.config.batch_max_jobs = 1;
+        let alone = pass(&w, now);
+        assert_eq!(
+            batched, alone,
+            "the slots of an unbatched pass: each goes on its own"
+        );
+        assert!(batched.iter().all(|s| is_due(&w.config, *s, now)));
+        // Once the decrease's hold and probe are over, the pass groups again.
+        w.config.batch_max_jobs = 10;
+        let adaptive = PacingPolicy::default().adaptive;
+        let later = at(0).plus(adaptive.hold + adaptive.probe);
+        w.pacer
+            .set_horizon(later, Some(later.plus(Duration::from_secs(60))));
+        assert!(w.pacer.is_settled(later));
+        assert_eq!(pass(&w, later).len(), 10);
     }
 }

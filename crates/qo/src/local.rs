@@ -115,8 +115,9 @@ pub struct LocalArgs {
     batch_window_ms: u64,
     /// The worker's execution environments at most (its reserved concurrency; 0: unbounded).
     /// Default: the template's sizing rule for this quota (`WorkerConcurrency`: the events a
-    /// second x (the dispatch lead + a batch's window + the slowest call), with half again to
-    /// spare), at least the template's 50.
+    /// second x (the dispatch lead + the slowest call), with half again to spare; in batches,
+    /// while the pace is settled, fewer events hold one a window longer, and the larger count
+    /// of the two is taken), at least the template's 50.
     #[arg(long)]
     worker_concurrency: Option<usize>,
     /// Worker functions in the pool (the template's WorkerFunctionCount, 1 to 4), each with
@@ -312,17 +313,18 @@ where
     let template = InvokerOptions::template();
     let worker_concurrency = match args.worker_concurrency {
         None => template.concurrency.map(|least| {
-            least.max(sized_concurrency(
+            // Batches go only while the pace is settled, so the unbatched sizing holds too.
+            let (rate, slowest) = (
                 args.quota.pacing_rate_per_s(),
+                Duration::from_secs_f64(args.latency_ms.max / 1000.0),
+            );
+            let alone = sized_concurrency(rate, 1, config.dispatch_lead + slowest);
+            let batched = sized_concurrency(
+                rate,
                 config.batch_max_jobs,
-                config.dispatch_lead
-                    + if config.batch_max_jobs > 1 {
-                        config.batch_window
-                    } else {
-                        Duration::ZERO
-                    }
-                    + Duration::from_secs_f64(args.latency_ms.max / 1000.0),
-            ))
+                config.dispatch_lead + config.batch_window + slowest,
+            );
+            least.max(alone).max(batched)
         }),
         Some(0) => None,
         Some(n) => Some(n),

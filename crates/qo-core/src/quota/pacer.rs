@@ -235,6 +235,21 @@ impl Pacer {
             .clamp(0.0, 1.0)
     }
 
+    /// Whether the pace is settled at `t`: the slow-start ramp is over, no decrease of the
+    /// learned rate is in force (none was made, or its hold and probe are over) and no back-off
+    /// holds. The orchestrator batches jobs only then: a batch commits its slots up to a window
+    /// ahead, which costs nothing at a steady pace and slows the reaction to a moving one.
+    pub fn is_settled(&self, t: Timestamp) -> bool {
+        let p = &self.policy.adaptive;
+        self.ramp_fraction(t) >= 1.0
+            && self
+                .state
+                .adaptive
+                .last
+                .is_none_or(|d| !p.enabled || t.since(d.at) >= p.hold + p.probe)
+            && self.state.backoff_until.is_none_or(|b| b <= t)
+    }
+
     /// The fraction of the configured pace allowed at `t`: the lower of the slow-start ramp and
     /// the learned rate.
     pub fn pace_fraction(&self, t: Timestamp) -> f64 {
@@ -460,6 +475,45 @@ mod tests {
 
     fn t(ms: u64) -> Timestamp {
         Timestamp::from_millis(1_700_000_000_000 + ms)
+    }
+
+    #[test]
+    fn the_pace_is_settled_only_with_no_ramp_no_decrease_in_force_and_no_back_off() {
+        let mut p = pacer("20/s");
+        assert!(p.is_settled(t(0)));
+        p.back_off_until(t(2_000));
+        assert!(!p.is_settled(t(1_999)), "a back-off in force");
+        assert!(p.is_settled(t(2_000)));
+        // A decrease of the learned rate: unsettled through its hold and its probe.
+        let adaptive = p.policy().adaptive;
+        let mut state = p.state().clone();
+        state.adaptive.last = Some(crate::quota::Decrease {
+            at: t(3_000),
+            paced_from: t(3_000),
+            from_per_s: 20.0,
+            to_per_s: 14.0,
+            estimate_per_s: None,
+            basis: crate::quota::DecreaseBasis::Multiplicative,
+        });
+        let p = Pacer::hydrate(p.spec().clone(), *p.policy(), state);
+        let over = t(3_000).plus(adaptive.hold + adaptive.probe);
+        assert!(!p.is_settled(t(3_000)));
+        assert!(!p.is_settled(over.minus(Duration::from_millis(1))));
+        assert!(p.is_settled(over));
+        // The slow-start ramp: unsettled until it ends.
+        let mut p = Pacer::new(
+            "20/s".parse().expect("spec"),
+            PacingPolicy {
+                slow_start: SlowStart {
+                    duration: Duration::from_secs(10),
+                    from_fraction: 0.2,
+                },
+                ..PacingPolicy::default()
+            },
+        );
+        p.start_ramp(t(0));
+        assert!(!p.is_settled(t(9_999)));
+        assert!(p.is_settled(t(10_000)));
     }
 
     /// Hands out `n` slots as fast as allowed from `start`; returns them.

@@ -192,14 +192,16 @@ async fn every_job_is_called_once_within_the_quota_despite_duplicates_and_failed
 #[tokio::test(start_paused = true)]
 async fn the_real_worker_and_orchestrator_learn_a_tighter_limit() {
     let _one = crate::ONE_AT_A_TIME.lock().await;
-    // Quota 20/s, the API allows 15/s: the worker's 429s steer the orchestrator's pace.
-    learn_a_tighter_limit(rig(15)).await;
+    // Quota 20/s, the API allows 15/s: the worker's 429s steer the orchestrator's pace, one
+    // job an invocation.
+    learn_a_tighter_limit(rig_batched(15, 1)).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_real_worker_in_batches_of_10_learns_a_tighter_limit_too() {
     let _one = crate::ONE_AT_A_TIME.lock().await;
-    // As above, with a batch's later slots already sent when a 429 comes.
+    // As above with the default, batches of up to 10 while the pace is settled: the first
+    // batch's later slots are already sent when a 429 comes.
     learn_a_tighter_limit(rig_batched(15, 10)).await;
 }
 
