@@ -79,6 +79,11 @@ pub struct BenchArgs {
     /// The orchestrator's `MAX_IN_FLIGHT` (invokes in flight at most); default: its default.
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// The orchestrator's `BATCH_MAX_JOBS`. Default 1: every slot its own invoke, the most
+    /// work a dispatch is (as while the pace follows the API, when a deployment's batches of
+    /// up to 10 go one job at a time).
+    #[arg(long, default_value_t = 1)]
+    batch_max_jobs: usize,
     /// Which adapters: `memory` (the in-memory ports) or `aws` (SQS and DynamoDB over the
     /// AWS SDK against `--aws-endpoint`).
     #[arg(long, value_enum, default_value = "memory")]
@@ -152,6 +157,8 @@ pub struct BenchReport {
     pub seconds_per_step: f64,
     /// `--max-in-flight`, when given.
     pub max_in_flight: Option<usize>,
+    /// `--batch-max-jobs`.
+    pub batch_max_jobs: usize,
     /// Each step.
     pub steps: Vec<StepReport>,
     /// The highest rate sustained (pacing error and late share under 1%); `None` if none was.
@@ -234,6 +241,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         invoke_latency_ms: args.invoke_latency_ms,
         seconds_per_step: args.seconds,
         max_in_flight: args.max_in_flight,
+        batch_max_jobs: args.batch_max_jobs,
         peak_rss_kib: steps.iter().map(|s| s.peak_rss_kib).max().unwrap_or(0),
         cpu_us_per_dispatch: per_dispatch_us(cpu_ms, dispatched),
         steps,
@@ -289,6 +297,7 @@ where
     let mut orchestrator = OrchestratorConfig::with_quota(quota);
     orchestrator.stop_margin = Duration::from_millis(500);
     orchestrator.owner = "qo-bench".to_string();
+    orchestrator.batch_max_jobs = args.batch_max_jobs.max(1);
     if args.adapters == Adapters::Aws {
         // As `qo local --aws-endpoint`: a local endpoint answers slower than DynamoDB, and
         // the worker's claim must be made before the slot.
