@@ -86,13 +86,11 @@ pub fn continuation_event(now: Timestamp) -> serde_json::Value {
 /// The `source` of a [`continuation_event`].
 pub const CONTINUATION_SOURCE: &str = "quota-orchestrator.continuation";
 
-/// The invocation's deadline; 60 s from now when the context has none (local tools).
+/// The invocation's deadline; 60 s from now when the context has none (local tools, or an
+/// emulator's placeholder already past: see [`qo_core::lambda::invocation_deadline`]).
 pub fn deadline_of(context: &lambda_runtime::Context, now: Timestamp) -> Timestamp {
-    if context.deadline > 0 {
-        Timestamp::from_millis(context.deadline)
-    } else {
-        now.plus(Duration::from_secs(60))
-    }
+    qo_core::lambda::invocation_deadline(context.deadline, now)
+        .unwrap_or_else(|| now.plus(Duration::from_secs(60)))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use lambda_runtime::LambdaEvent;
 use qo_core::config::SdkSettings;
 use qo_core::ports::{IdempotencyStore, JobSink, RecordStore};
-use qo_core::{Clock, Timestamp, WorkerEvent};
+use qo_core::{Clock, WorkerEvent};
 use tracing::{Instrument, info_span, warn};
 
 use crate::config::WorkerConfig;
@@ -33,22 +33,21 @@ where
     H: HttpCall,
 {
     let LambdaEvent { payload, context } = event;
-    // Zero when there is no deadline (a test's `Context::default()`).
-    if context.deadline > 0 {
-        let deadline = Timestamp::from_millis(context.deadline);
-        if let Some(short) = worker.deadline_shortfall(deadline, &payload, DEADLINE_MARGIN) {
-            warn!(
-                short_ms = u64::try_from(short.as_millis()).unwrap_or(u64::MAX),
-                call_budget_ms =
-                    u64::try_from(worker.config().call_budget().as_millis()).unwrap_or(u64::MAX),
-                "the invocation's remaining time is shorter than the slot wait + \
-                 API_CONNECT_TIMEOUT_MS + API_READ_TIMEOUT_MS + margin: raise the function timeout"
-            );
-        }
+    // None: no deadline, or an emulator's placeholder already past at the start.
+    let deadline = qo_core::lambda::invocation_deadline(context.deadline, worker.clock().now());
+    if let Some(short) =
+        deadline.and_then(|d| worker.deadline_shortfall(d, &payload, DEADLINE_MARGIN))
+    {
+        warn!(
+            short_ms = u64::try_from(short.as_millis()).unwrap_or(u64::MAX),
+            call_budget_ms =
+                u64::try_from(worker.config().call_budget().as_millis()).unwrap_or(u64::MAX),
+            "the invocation's remaining time is shorter than the slot wait + \
+             API_CONNECT_TIMEOUT_MS + API_READ_TIMEOUT_MS + margin: raise the function timeout"
+        );
     }
     let span = info_span!("invocation", request_id = %context.request_id);
-    if context.deadline > 0 {
-        let deadline = Timestamp::from_millis(context.deadline);
+    if let Some(deadline) = deadline {
         worker
             .handle_until(payload, deadline, DEADLINE_MARGIN)
             .instrument(span)

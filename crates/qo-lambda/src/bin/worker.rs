@@ -100,12 +100,17 @@ fn check_first_deadline(
     sdk: &SdkSettings,
     config: &WorkerConfig,
 ) -> Result<(), TimeoutBudgetError> {
-    if context.deadline == 0 {
-        return Ok(());
-    }
     let now = Timestamp::from_system(SystemTime::now());
-    let timeout = Timestamp::from_millis(context.deadline).since(now);
-    check_timeout_budget(sdk, config, timeout, TimeoutSource::FirstDeadline)
+    // None: no deadline, or an emulator's placeholder (see `invocation_deadline`).
+    let Some(deadline) = qo_core::lambda::invocation_deadline(context.deadline, now) else {
+        return Ok(());
+    };
+    check_timeout_budget(
+        sdk,
+        config,
+        deadline.since(now),
+        TimeoutSource::FirstDeadline,
+    )
 }
 
 /// The API key re-read from where the cold start read it (`API_KEY`, Secrets Manager or SSM),
