@@ -36,11 +36,11 @@ impl WorkerFunction {
 /// batch as out of time.
 pub fn invocation_deadline(deadline_ms: u64, now: Timestamp) -> Option<Timestamp> {
     let deadline = Timestamp::from_millis(deadline_ms);
-    (deadline_ms > 0 && deadline > now).then_some(deadline)
+    (deadline > now).then_some(deadline)
 }
 
 #[cfg(test)]
-mod deadline_tests {
+mod tests {
     use super::*;
 
     #[test]

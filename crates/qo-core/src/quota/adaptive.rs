@@ -289,13 +289,18 @@ impl Adaptive {
         Reaction::Decreased(d)
     }
 
+    /// Whether a decrease is in force at `t`: adaptation is on and the last decrease's hold and
+    /// probe are not over (its curve is still below the ceiling).
+    pub fn decrease_in_force(&self, t: Timestamp, policy: &AdaptivePolicy) -> bool {
+        policy.enabled
+            && self
+                .last
+                .is_some_and(|d| t.since(d.at) < policy.hold + policy.probe)
+    }
+
     /// Forgets a decrease whose curve has reached the ceiling (keeps the saved state small).
     pub fn settle(&mut self, t: Timestamp, policy: &AdaptivePolicy) {
-        if !policy.enabled
-            || self
-                .last
-                .is_some_and(|d| t.since(d.at) >= policy.hold + policy.probe)
-        {
+        if !self.decrease_in_force(t, policy) {
             self.last = None;
         }
     }

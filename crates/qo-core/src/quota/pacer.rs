@@ -240,13 +240,11 @@ impl Pacer {
     /// holds. The orchestrator batches jobs only then: a batch commits its slots up to a window
     /// ahead, which costs nothing at a steady pace and slows the reaction to a moving one.
     pub fn is_settled(&self, t: Timestamp) -> bool {
-        let p = &self.policy.adaptive;
         self.ramp_fraction(t) >= 1.0
-            && self
+            && !self
                 .state
                 .adaptive
-                .last
-                .is_none_or(|d| !p.enabled || t.since(d.at) >= p.hold + p.probe)
+                .decrease_in_force(t, &self.policy.adaptive)
             && self.state.backoff_until.is_none_or(|b| b <= t)
     }
 

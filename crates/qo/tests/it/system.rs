@@ -202,7 +202,7 @@ async fn the_real_worker_in_batches_of_10_learns_a_tighter_limit_too() {
     let _one = crate::ONE_AT_A_TIME.lock().await;
     // As above with the default, batches of up to 10 while the pace is settled: the first
     // batch's later slots are already sent when a 429 comes.
-    learn_a_tighter_limit(rig_batched(15, 10)).await;
+    learn_a_tighter_limit(rig(15)).await;
 }
 
 /// 600 jobs through `rig` (quota 20/s, the API's limit 15/s): each succeeds once, at most 3%
