@@ -10,7 +10,7 @@
 #   4. for the defaults and every set, the template as CloudFormation would resolve it:
 #      FUNCTION_TIMEOUT_S is each function's Timeout, the worker's timeout covers the worst
 #      case of one job (seed 003: the sum in template.yaml), the worker's reservation and the
-#      orchestrator's WORKER_CONCURRENCY_CAP, queue retention, redrive and age alarms, the
+#      orchestrator's WORKER_FUNCTION_CONCURRENCY_CAP or WORKER_CONCURRENCY_CAP, queue retention, redrive and age alarms, the
 #      worker's asynchronous settings, the orchestrator's own ARN, the credential's
 #      permissions, alarm actions, and DynamoDB permissions scoped by dynamodb:LeadingKeys;
 #   5. events/: every sample is JSON, jobs.jsonl holds 20 jobs with relative paths;
@@ -347,10 +347,14 @@ def resolved_checks(name, r):
         fail(f"{name}: the worker reserves {reserved}, WorkerConcurrency is {wc}")
     if int(num(orch.get("ReservedConcurrentExecutions", 0))) != 1:
         fail(f"{name}: the orchestrator must reserve exactly 1")
-    cap = int(num(orch["Environment"]["Variables"].get("WORKER_CONCURRENCY_CAP", 0)))
-    want_cap = wc if wc > 0 else int(num(v["UnreservedWorkerCap"]))
-    if cap < 1 or cap != want_cap:
-        fail(f"{name}: WORKER_CONCURRENCY_CAP is {cap}, expected {want_cap}")
+    # Reserved: each function keeps to its own reservation; unreserved: the pool to the cap.
+    env = orch["Environment"]["Variables"]
+    cap = int(num(env.get("WORKER_CONCURRENCY_CAP", 0)))
+    function_cap = int(num(env.get("WORKER_FUNCTION_CONCURRENCY_CAP", 0)))
+    want = (0, wc) if wc > 0 else (int(num(v["UnreservedWorkerCap"])), 0)
+    if (cap, function_cap) != want or max(cap, function_cap) < 1:
+        fail(f"{name}: WORKER_CONCURRENCY_CAP, WORKER_FUNCTION_CONCURRENCY_CAP are "
+             f"{cap}, {function_cap}, expected {want[0]}, {want[1]}")
 
     # Queues: 14-day retention, the dead-letter queue keeps at least as long, the redrive
     # policy uses MaxReceiveCount, and each source queue has an age alarm below its retention.

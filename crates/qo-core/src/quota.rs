@@ -17,7 +17,7 @@ pub mod utilization;
 pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, Reaction};
 pub use pacer::{Availability, NotNow, Pacer, Slot};
 pub use policy::{BudgetMode, PacingPolicy, SlowStart};
-pub use pool::{PoolError, PoolPacer, PoolSlot};
+pub use pool::{PoolError, PoolPacer, PoolSlot, Route};
 pub use spec::{Period, QuotaSpec, SpecError, Tier, TierId, WindowKind};
 pub use state::{QuotaState, TierReport, TierUsage};
 pub use utilization::{Utilization, UtilizationMeter};

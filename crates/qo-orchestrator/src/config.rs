@@ -45,11 +45,16 @@ pub struct OrchestratorConfig {
     /// The queues' retention (QUEUE_RETENTION_S): a message near it is given back as a fresh
     /// copy rather than released.
     pub retention: Duration,
-    /// Worker events kept in progress at most (WORKER_CONCURRENCY_CAP; `None`: no cap): an
-    /// event counts from its dispatch until `worker_busy` after its slot. The template sets it
-    /// to the worker's reserved concurrency, or, for an unreserved worker, to a cap that leaves
-    /// the account's unreserved pool to its other functions.
+    /// Worker events kept in progress at most across the pool (WORKER_CONCURRENCY_CAP; `None`:
+    /// no cap): an event counts from its dispatch until `worker_busy` after its slot. The
+    /// template sets it for an unreserved worker, whose functions share the account's
+    /// unreserved pool, to a cap that leaves that pool to the account's other functions.
     pub worker_concurrency_cap: Option<usize>,
+    /// Worker events kept in progress at most by each function of the pool
+    /// (WORKER_FUNCTION_CONCURRENCY_CAP; `None`: no cap), counted as `worker_concurrency_cap`
+    /// counts them: a full function takes no event until one of its own ends, and the others
+    /// take the work. The template sets it to each function's reserved concurrency.
+    pub worker_function_concurrency_cap: Option<usize>,
     /// How long after its slot a worker event is counted in progress (WORKER_BUSY_MS, 1000): its
     /// call and the writes after it.
     pub worker_busy: Duration,
@@ -96,6 +101,7 @@ impl OrchestratorConfig {
             max_in_flight: 64,
             hold_horizon: Duration::from_secs(10),
             worker_concurrency_cap: None,
+            worker_function_concurrency_cap: None,
             worker_busy: Duration::from_secs(1),
             receive_ahead: Duration::from_secs(1),
             visibility_timeout: QueueAttributes::TEMPLATE.visibility_timeout,
@@ -189,6 +195,7 @@ impl OrchestratorConfig {
             });
         }
         let cap: usize = env.parsed("WORKER_CONCURRENCY_CAP", 0)?;
+        let function_cap: usize = env.parsed("WORKER_FUNCTION_CONCURRENCY_CAP", 0)?;
         let max_held = at_least_one(env, "MAX_HELD", d.max_held)?;
         let batch_max_jobs = at_least_one(env, "BATCH_MAX_JOBS", d.batch_max_jobs)?;
         let batch_window = env.millis("BATCH_WINDOW_MS", d.batch_window)?;
@@ -201,6 +208,7 @@ impl OrchestratorConfig {
             batch_window,
             pacing,
             worker_concurrency_cap: (cap > 0).then_some(cap),
+            worker_function_concurrency_cap: (function_cap > 0).then_some(function_cap),
             worker_busy: env.millis("WORKER_BUSY_MS", d.worker_busy)?,
             hold_horizon: env.seconds("HOLD_HORIZON_S", d.hold_horizon)?,
             visibility_timeout,
@@ -485,6 +493,31 @@ mod tests {
         assert_eq!(c.idle_exit, None);
         assert_eq!(c.dispatch_lead, Duration::from_millis(250));
         assert_eq!(c.circuit.failure_threshold.get(), 3);
+    }
+
+    #[test]
+    fn the_pool_and_per_function_concurrency_caps_are_read_apart_and_zero_is_none() {
+        let c = OrchestratorConfig::from_env(&env(&[])).expect("defaults");
+        assert_eq!(
+            (c.worker_concurrency_cap, c.worker_function_concurrency_cap),
+            (None, None)
+        );
+        let c = OrchestratorConfig::from_env(&env(&[
+            ("WORKER_CONCURRENCY_CAP", "0"),
+            ("WORKER_FUNCTION_CONCURRENCY_CAP", "50"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (c.worker_concurrency_cap, c.worker_function_concurrency_cap),
+            (None, Some(50))
+        );
+        let e = OrchestratorConfig::from_env(&env(&[("WORKER_FUNCTION_CONCURRENCY_CAP", "-1")]))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("WORKER_FUNCTION_CONCURRENCY_CAP"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("-1"), "{e}");
     }
 
     #[test]

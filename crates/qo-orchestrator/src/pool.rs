@@ -5,7 +5,7 @@
 //! The rule is [`qo_core::quota::PoolPacer`] (pure, in core); this module builds it from the
 //! run's configuration and the saved quota state, which the run loop calls in a few places.
 
-use qo_core::quota::{Pacer, PoolPacer, PoolSlot, QuotaSpec, QuotaState};
+use qo_core::quota::{Pacer, PoolPacer, PoolSlot, QuotaSpec, QuotaState, Route};
 use qo_core::{Control, Timestamp};
 
 use crate::config::OrchestratorConfig;
@@ -49,24 +49,34 @@ impl WorkerPool {
         self.pacer.has_own_tiers()
     }
 
-    /// The earliest time at or after `t` a function that may take `avoid`'s job allows a call
-    /// by its own tiers (the shared tiers aside): the decision asks the shared pacer from here.
-    pub fn free_at(&self, t: Timestamp, avoid: Option<&str>) -> Timestamp {
-        self.pacer.free_at(t, avoid)
+    /// The earliest time at or after `t` a function that may take `avoid`'s job, and is not
+    /// `full`, allows a call by its own tiers (the shared tiers aside): the decision asks the
+    /// shared pacer from here. `None` when every function that may take it is full.
+    pub fn free_at(&self, t: Timestamp, avoid: Option<&str>, full: &[String]) -> Option<Timestamp> {
+        let route = Route {
+            avoid,
+            prefer: None,
+            full,
+        };
+        self.pacer.free_at(t, route)
     }
 
     /// Of the held jobs, each last failed by the function in `avoids` (oldest first), the one
-    /// the pool can call first by the functions' own tiers, and from when: the oldest among
-    /// equals. A job that must avoid a busy function does not hold up the jobs behind it that
-    /// another function can take. `None` when nothing is held.
+    /// the pool can call first by the functions' own tiers, through a function not `full`,
+    /// and from when: the oldest among equals. A job that must avoid a busy function does not
+    /// hold up the jobs behind it that another function can take. `None` when nothing is held
+    /// or every job held may only go through full functions.
     pub fn first_ready<'h>(
         &self,
         t: Timestamp,
         avoids: impl Iterator<Item = Option<&'h str>>,
+        full: &[String],
     ) -> Option<(usize, Timestamp)> {
         let mut best: Option<(usize, Timestamp)> = None;
         for (i, avoid) in avoids.enumerate() {
-            let at = self.pacer.free_at(t, avoid);
+            let Some(at) = self.free_at(t, avoid, full) else {
+                continue;
+            };
             if best.is_none_or(|(_, b)| at < b) {
                 best = Some((i, at));
             }
@@ -77,22 +87,17 @@ impl WorkerPool {
         best
     }
 
-    /// Takes the slot at or after `slot` for a job last failed by `avoid`, in the shared pacer
-    /// and the chosen function's usage at once.
-    pub fn take(&mut self, shared: &mut Pacer, slot: Timestamp, avoid: Option<&str>) -> PoolSlot {
-        self.pacer.take(shared, slot, avoid)
-    }
-
-    /// [`Self::take`], preferring `prefer` among the functions that allow the slot (the
-    /// function of the batch being filled).
-    pub fn take_preferring(
+    /// Takes the slot at or after `slot` for a job along `route`, in the shared pacer and the
+    /// chosen function's usage at once ([`PoolPacer::take_routed`]): preferring `route.prefer` among the functions that allow
+    /// the slot (the function of the batch being filled), never one in `route.full`. `None`,
+    /// with nothing taken, when every function the job may go through is full.
+    pub fn take_routed(
         &mut self,
         shared: &mut Pacer,
         slot: Timestamp,
-        avoid: Option<&str>,
-        prefer: Option<&str>,
-    ) -> PoolSlot {
-        self.pacer.take_preferring(shared, slot, avoid, prefer)
+        route: Route<'_>,
+    ) -> Option<PoolSlot> {
+        self.pacer.take_routed(shared, slot, route)
     }
 
     /// The function the `probe`th health check of an episode goes through (1 for the first):

@@ -22,7 +22,7 @@ use qo_core::ports::{
     DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, RecordKey,
     RecordStore, StoreError, load_record, save_record, update_record,
 };
-use qo_core::quota::{Reaction, TierId, Utilization, UtilizationMeter};
+use qo_core::quota::{Reaction, Route, TierId, Utilization, UtilizationMeter};
 use qo_core::sqs;
 use qo_core::{
     BatchEvent, Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer,
@@ -35,7 +35,7 @@ use crate::pool::WorkerPool;
 use crate::slots::SlotLog;
 use crate::step::{
     Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, batch_limit, cap_free_at,
-    group_len, is_due, may_join_batch, next_step,
+    full_functions, group_len, is_due, may_join_batch, next_step,
 };
 
 /// Why a run stopped.
@@ -264,9 +264,9 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     receiving: Option<Receiving<'a>>,
     /// The last receive brought nothing.
     receive_empty: bool,
-    /// When each dispatched worker event stops counting against the concurrency cap (its slot
-    /// plus `worker_busy`), oldest first.
-    busy_until: VecDeque<Timestamp>,
+    /// Each dispatched worker event's function and when the event stops counting against the
+    /// concurrency caps (its last slot plus `worker_busy`), oldest first.
+    busy_until: VecDeque<(String, Timestamp)>,
     /// Messages whose invoke was accepted, deleted in batches of up to 10 (and at each save).
     to_delete: Vec<Message>,
     /// At the stop: the messages of invokes that failed while the loop waited for the last
@@ -287,6 +287,11 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     timers: Timers,
     /// What the run did, returned at its end.
     report: RunReport,
+}
+
+/// The names of [`full_functions`]' functions.
+fn names_of(full: &[(String, Timestamp)]) -> Vec<String> {
+    full.iter().map(|(f, _)| f.clone()).collect()
 }
 
 /// The pacer from the saved usage, under the quota in force (the operator's override or the
@@ -502,6 +507,8 @@ where
 
     /// What the decision reads at `now`.
     fn snapshot(&self, now: Timestamp) -> Snapshot<'_> {
+        let full = self.full_functions(now);
+        let ready = self.pool_ready(now, &names_of(&full));
         Snapshot {
             now,
             config: self.config,
@@ -511,12 +518,14 @@ where
             paused: self.control.paused,
             held: self.held.len(),
             visibility_due: self.visibility_due(),
-            pool_free_at: self.pool_ready(now).map(|(_, at)| at),
-            worker_free_at: cap_free_at(
-                self.config.worker_concurrency_cap,
-                self.busy_until.iter().copied(),
-                now,
-            ),
+            pool_free_at: ready.map(|(_, at)| at),
+            // The pool's cap, or, when every held job may only go through functions at their
+            // own cap, the first time one of those takes an event again.
+            worker_free_at: self.pool_cap_free_at(now).or_else(|| {
+                (ready.is_none() && !self.held.is_empty())
+                    .then(|| full.iter().map(|(_, at)| *at).min())
+                    .flatten()
+            }),
             in_flight: self.in_flight.len(),
             receiving: self.receiving.is_some(),
             receive_empty: self.receive_empty,
@@ -677,14 +686,35 @@ where
         Ok(out)
     }
 
-    /// The held job the pool can call first, and from when ([`WorkerPool::first_ready`]).
-    fn pool_ready(&self, now: Timestamp) -> Option<(usize, Timestamp)> {
+    /// The held job the pool can call first through a function not `full`, and from when
+    /// ([`WorkerPool::first_ready`]).
+    fn pool_ready(&self, now: Timestamp, full: &[String]) -> Option<(usize, Timestamp)> {
         let ask = now.plus(self.config.dispatch_lead / 2);
         let avoids = self
             .held
             .iter()
             .map(|h| h.message.origin.function.as_deref());
-        self.pool.first_ready(ask, avoids)
+        self.pool.first_ready(ask, avoids, full)
+    }
+
+    /// When the pool's concurrency cap lets another event go, if it is reached
+    /// ([`cap_free_at`]).
+    fn pool_cap_free_at(&self, now: Timestamp) -> Option<Timestamp> {
+        cap_free_at(
+            self.config.worker_concurrency_cap,
+            self.busy_until.iter().map(|(_, t)| *t),
+            now,
+        )
+    }
+
+    /// The functions at their own concurrency cap at `now`, each with when it takes an event
+    /// again ([`full_functions`]).
+    fn full_functions(&self, now: Timestamp) -> Vec<(String, Timestamp)> {
+        full_functions(
+            self.config.worker_function_concurrency_cap,
+            self.busy_until.iter().map(|(f, t)| (f.as_str(), *t)),
+            now,
+        )
     }
 
     /// Hands the first held jobs out at `slots` (the pacer's, in order): grouped into
@@ -695,7 +725,7 @@ where
     fn dispatch(&mut self, slots: &[Timestamp], now: Timestamp) {
         self.report.dispatch_passes += 1;
         // The held job the pool can call first goes first (the decision's slot is its).
-        if let Some((i, _)) = self.pool_ready(now)
+        if let Some((i, _)) = self.pool_ready(now, &names_of(&self.full_functions(now)))
             && i > 0
             && let Some(h) = self.held.remove(i)
         {
@@ -723,22 +753,18 @@ where
         let cfg = self.config;
         is_due(cfg, slot, now)
             && self.in_flight.len() < cfg.max_in_flight
-            && cap_free_at(
-                cfg.worker_concurrency_cap,
-                self.busy_until.iter().copied(),
-                now,
-            )
-            .is_none()
+            && self.pool_cap_free_at(now).is_none()
     }
 
     /// The next invocation's events: the first held jobs at `slots`, as many as one
     /// invocation takes ([`group_len`]), and only while a function of the pool allows each
     /// slot by its own tiers after the slots before it in the group (with per-function tiers
     /// and room for more than one job, tried on a copy of the pool, taken as [`Self::send`]
-    /// takes them, so that the pool then takes exactly that slot). Empty when no function
-    /// allows the first.
+    /// takes them, so that the pool then takes exactly that slot), never through a function
+    /// at its own concurrency cap. Empty when no function allows the first.
     fn next_group(&self, slots: &[Timestamp], now: Timestamp) -> Vec<JobEvent> {
         let cfg = self.config;
+        let full = names_of(&self.full_functions(now));
         let batch_max = batch_limit(cfg, &self.pacer, now);
         let look = slots.len().min(batch_max).min(self.held.len());
         let mut trial = (look > 1 && self.pool.has_own_tiers())
@@ -758,13 +784,24 @@ where
             })
             .take_while(|e| {
                 let avoid = e.origin.function.as_deref();
-                if self.pool.free_at(e.slot_at, avoid) > e.slot_at {
+                if self
+                    .pool
+                    .free_at(e.slot_at, avoid, &full)
+                    .is_none_or(|free| free > e.slot_at)
+                {
                     return false;
                 }
                 let Some((pool, pacer)) = trial.as_mut() else {
                     return true;
                 };
-                let taken = pool.take_preferring(pacer, e.slot_at, avoid, last.as_deref());
+                let route = Route {
+                    avoid,
+                    prefer: last.as_deref(),
+                    full: &full,
+                };
+                let Some(taken) = pool.take_routed(pacer, e.slot_at, route) else {
+                    return false;
+                };
                 last = Some(taken.function().to_string());
                 taken.at() == e.slot_at
             })
@@ -790,18 +827,30 @@ where
     fn send(&mut self, events: Vec<JobEvent>, messages: Vec<Message>, now: Timestamp) {
         let mut runs: Vec<(String, Vec<JobEvent>, Vec<Message>)> = Vec::new();
         let mut last: Option<String> = None;
+        let full = names_of(&self.full_functions(now));
         for (mut e, m) in events.into_iter().zip(messages) {
             // The slots are the pacer's answers on this same state, taken in order, and a
-            // function allows each (checked by `dispatch`): each is taken as it is, by the
-            // function that took the previous slot when it allows it too, so that the group
-            // stays in as few invocations as the functions' own tiers allow.
-            let prefer = last.as_deref();
-            let taken = self.pool.take_preferring(
-                &mut self.pacer,
-                e.slot_at,
-                e.origin.function.as_deref(),
-                prefer,
-            );
+            // function not at its cap allows each (checked by `next_group`): each is taken as
+            // it is, by the function that took the previous slot when it allows it too, so
+            // that the group stays in as few invocations as the functions' own tiers allow.
+            let route = Route {
+                avoid: e.origin.function.as_deref(),
+                prefer: last.as_deref(),
+                full: &full,
+            };
+            let taken = match self.pool.take_routed(&mut self.pacer, e.slot_at, route) {
+                Some(taken) => taken,
+                // Unreachable (`next_group` found a function not full for it): the job goes
+                // over a function's cap rather than being dropped.
+                None => {
+                    debug_assert!(false, "no function for a slot next_group allowed");
+                    let anywhere = Route { full: &[], ..route };
+                    match self.pool.take_routed(&mut self.pacer, e.slot_at, anywhere) {
+                        Some(taken) => taken,
+                        None => continue,
+                    }
+                }
+            };
             debug_assert_eq!(taken.at(), e.slot_at, "the decision's slot");
             e.slot_at = taken.at();
             last = Some(taken.function().to_string());
@@ -846,12 +895,14 @@ where
             slot = %first_slot,
             jobs = events.len()
         );
-        if self.config.worker_concurrency_cap.is_some() {
+        if self.config.worker_concurrency_cap.is_some()
+            || self.config.worker_function_concurrency_cap.is_some()
+        {
             // One event per invocation, busy until its last slot; those that stopped counting
-            // against the cap are forgotten.
-            self.busy_until.retain(|t| *t > now);
+            // against the caps are forgotten.
+            self.busy_until.retain(|(_, t)| *t > now);
             self.busy_until
-                .push_back(last_slot.plus(self.config.worker_busy));
+                .push_back((function.clone(), last_slot.plus(self.config.worker_busy)));
         }
         self.report.dispatched += events.len() as u64;
         self.report.invocations += 1;

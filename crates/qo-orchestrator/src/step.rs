@@ -464,6 +464,33 @@ pub fn cap_free_at(
     (count >= cap).then_some(first).flatten()
 }
 
+/// The functions whose worker events in progress at `now` (`busy`: each event's function and
+/// when it stops counting) reach `cap` each, with when each takes an event again (its count
+/// falls under the cap). Empty without a cap.
+pub fn full_functions<'b>(
+    cap: Option<usize>,
+    busy: impl IntoIterator<Item = (&'b str, Timestamp)>,
+    now: Timestamp,
+) -> Vec<(String, Timestamp)> {
+    let Some(cap) = cap else {
+        return Vec::new();
+    };
+    let mut by_function: std::collections::BTreeMap<&str, Vec<Timestamp>> = Default::default();
+    for (function, until) in busy {
+        if until > now {
+            by_function.entry(function).or_default().push(until);
+        }
+    }
+    by_function
+        .into_iter()
+        .filter(|(_, ends)| ends.len() >= cap)
+        .map(|(function, mut ends)| {
+            ends.sort_unstable();
+            (function.to_string(), ends[ends.len() - cap])
+        })
+        .collect()
+}
+
 /// Whether a run with nothing received since `idle_since` and `in_flight` invokes unanswered
 /// has been idle long enough to stop at `now`.
 pub fn idle_long_enough(
@@ -732,6 +759,33 @@ mod tests {
         let busy = [at(900), at(200), at(500)];
         assert_eq!(cap_free_at(Some(3), busy, at(0)), Some(at(200)));
         assert_eq!(cap_free_at(Some(2), busy, at(200)), Some(at(500)));
+    }
+
+    #[test]
+    fn a_function_is_full_at_its_own_cap_and_takes_an_event_again_when_one_of_its_own_ends() {
+        let busy = [
+            ("a", at(300)),
+            ("b", at(900)),
+            ("a", at(100)),
+            ("b", at(50)),
+            ("a", at(700)),
+        ];
+        assert_eq!(full_functions(None, busy, at(0)), vec![]);
+        // a: 3 in progress, b: 2.
+        assert_eq!(
+            full_functions(Some(3), busy, at(0)),
+            vec![("a".into(), at(100))]
+        );
+        assert_eq!(
+            full_functions(Some(2), busy, at(0)),
+            vec![("a".into(), at(300)), ("b".into(), at(50))]
+        );
+        // At 100 ms: a has 2 left (300, 700), b 1 (900).
+        assert_eq!(
+            full_functions(Some(2), busy, at(100)),
+            vec![("a".into(), at(300))]
+        );
+        assert_eq!(full_functions(Some(3), busy, at(100)), vec![]);
     }
 
     #[test]

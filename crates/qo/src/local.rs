@@ -113,11 +113,13 @@ pub struct LocalArgs {
     /// (BATCH_WINDOW_MS).
     #[arg(long, default_value_t = 1000)]
     batch_window_ms: u64,
-    /// The worker's execution environments at most (its reserved concurrency; 0: unbounded).
-    /// Default: the template's sizing rule for this quota (`WorkerConcurrency`: the events a
-    /// second x (the dispatch lead + the slowest call), with half again to spare; in batches,
-    /// while the pace is settled, fewer events hold one a window longer, and the larger count
-    /// of the two is taken), at least the template's 50.
+    /// Each worker function's execution environments at most (its reserved concurrency; 0:
+    /// unbounded), and the orchestrator's cap on each function's events in progress
+    /// (WORKER_FUNCTION_CONCURRENCY_CAP), as the template sets both from `WorkerConcurrency`.
+    /// Default: the template's sizing rule for this quota (the events a second x (the
+    /// dispatch lead + WORKER_BUSY_MS or the slowest call, if longer), with half again to
+    /// spare; in batches, while the pace is settled, fewer events hold one a window longer,
+    /// and the larger count of the two is taken), at least the template's 50.
     #[arg(long)]
     worker_concurrency: Option<usize>,
     /// Worker functions in the pool (the template's WorkerFunctionCount, 1 to 4), each with
@@ -318,17 +320,24 @@ where
                 args.quota.pacing_rate_per_s(),
                 Duration::from_secs_f64(args.latency_ms.max / 1000.0),
             );
-            let alone = sized_concurrency(rate, 1, config.dispatch_lead + slowest);
+            // An event counts against the orchestrator's cap from its dispatch until
+            // WORKER_BUSY_MS after its last slot, and holds its environment until its last
+            // call ends: the longer of the two.
+            let hold = slowest.max(config.worker_busy);
+            let alone = sized_concurrency(rate, 1, config.dispatch_lead + hold);
             let batched = sized_concurrency(
                 rate,
                 config.batch_max_jobs,
-                config.dispatch_lead + config.batch_window + slowest,
+                config.dispatch_lead + config.batch_window + hold,
             );
             least.max(alone).max(batched)
         }),
         Some(0) => None,
         Some(n) => Some(n),
     };
+    // Each function reserves that many, and the orchestrator keeps each within it, as the
+    // template sets WORKER_FUNCTION_CONCURRENCY_CAP.
+    config.worker_function_concurrency_cap = worker_concurrency;
     let mut dispatch = DispatchStats {
         batch_max_jobs: config.batch_max_jobs,
         batch_window_ms: args.batch_window_ms,

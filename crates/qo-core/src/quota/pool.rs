@@ -108,6 +108,20 @@ impl PoolSlot {
     }
 }
 
+/// What a call asks of the pool's choice of function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Route<'a> {
+    /// The function that last had the job answered 429 or failed: never chosen when the pool
+    /// has another.
+    pub avoid: Option<&'a str>,
+    /// Among the functions that allow the earliest slot, this one first (the function of the
+    /// batch being filled).
+    pub prefer: Option<&'a str>,
+    /// Functions that take no more work now (each one's concurrency is all in use): never
+    /// chosen, not even when they are all the route allows.
+    pub full: &'a [String],
+}
+
 /// The functions of the pool and the usage of each one's own tiers.
 #[derive(Clone, Debug)]
 pub struct PoolPacer {
@@ -197,24 +211,26 @@ impl PoolPacer {
         }
     }
 
-    /// The functions that may take a job last tried by `avoid`: all but `avoid` when the pool
-    /// has another.
-    fn eligible<'s>(&'s self, avoid: Option<&'s str>) -> impl Iterator<Item = usize> + 's {
+    /// The functions that may take a job routed by `route`: all but `route.avoid` when the
+    /// pool has another, and of those none in `route.full`.
+    fn eligible<'s>(&'s self, route: Route<'s>) -> impl Iterator<Item = usize> + 's {
+        let avoid = route.avoid;
         let others = avoid.is_some_and(|a| self.members.iter().any(|m| m.name != a));
         self.members
             .iter()
             .enumerate()
             .filter(move |(_, m)| !(others && avoid == Some(m.name.as_str())))
+            .filter(move |(_, m)| !route.full.contains(&m.name))
             .map(|(i, _)| i)
     }
 
-    /// The earliest time at or after `t` some function that may take a job last tried by
-    /// `avoid` allows a call by its own tiers (the shared tiers aside).
-    pub fn free_at(&self, t: Timestamp, avoid: Option<&str>) -> Timestamp {
-        self.eligible(avoid)
+    /// The earliest time at or after `t` some function that may take a job routed by `route`
+    /// allows a call by its own tiers (the shared tiers aside); `None` when every function the
+    /// route allows is full ([`Route::full`]).
+    pub fn free_at(&self, t: Timestamp, route: Route<'_>) -> Option<Timestamp> {
+        self.eligible(route)
             .map(|i| self.members[i].next_slot(t))
             .min()
-            .unwrap_or(t)
     }
 
     /// The first slot at or after `t` that conforms to the shared tiers and to member `i`'s.
@@ -238,22 +254,31 @@ impl PoolPacer {
     /// answered 429 or failed) when the pool has another. Records it in `shared` and in that
     /// function's usage.
     pub fn take(&mut self, shared: &mut Pacer, t: Timestamp, avoid: Option<&str>) -> PoolSlot {
-        self.take_preferring(shared, t, avoid, None)
+        let route = Route {
+            avoid,
+            ..Route::default()
+        };
+        match self.take_routed(shared, t, route) {
+            Some(taken) => taken,
+            // Unreachable: with no function full, the pool (never empty) has one to take it.
+            None => self.record(shared, t, 0),
+        }
     }
 
-    /// [`Self::take`], but among the functions that allow the earliest slot, `prefer` first
-    /// (the function of the batch being filled, so that consecutive jobs share an invocation).
-    pub fn take_preferring(
+    /// [`Self::take`] along `route`: among the functions that allow the earliest slot,
+    /// `route.prefer` first (the function of the batch being filled, so that consecutive jobs
+    /// share an invocation), and never a function in `route.full`. `None`, with nothing
+    /// recorded, when every function the route allows is full.
+    pub fn take_routed(
         &mut self,
         shared: &mut Pacer,
         t: Timestamp,
-        avoid: Option<&str>,
-        prefer: Option<&str>,
-    ) -> PoolSlot {
-        let best = self
-            .eligible(avoid)
+        route: Route<'_>,
+    ) -> Option<PoolSlot> {
+        let (at, i) = self
+            .eligible(route)
             .map(|i| {
-                let other = prefer != Some(self.members[i].name.as_str());
+                let other = route.prefer != Some(self.members[i].name.as_str());
                 (
                     self.joint_slot(shared, i, t),
                     other,
@@ -267,8 +292,12 @@ impl PoolPacer {
                     .then(a.2.cmp(&b.2))
                     .then(a.3.cmp(&b.3))
             })
-            .map(|(at, _, last, i)| (at, last, i));
-        let (at, i) = best.map_or((t, 0), |(at, _, i)| (at, i));
+            .map(|(at, _, _, i)| (at, i))?;
+        Some(self.record(shared, at, i))
+    }
+
+    /// Records the call at the first slot from `at` in `shared` and in member `i`'s usage.
+    fn record(&mut self, shared: &mut Pacer, at: Timestamp, i: usize) -> PoolSlot {
         let slot = shared.take_first_from(at);
         let member = &mut self.members[i];
         if let Some(own) = &mut member.own {
@@ -339,6 +368,45 @@ mod tests {
         }
         let mut one = PoolPacer::new(vec!["a".into()], &spec, policy()).expect("pool");
         assert_eq!(one.take(&mut shared, t0(), Some("a")).function(), "a");
+    }
+
+    #[test]
+    fn a_full_function_is_never_chosen_and_a_pool_all_full_takes_nothing() {
+        let spec: QuotaSpec = "10/s".parse().expect("spec");
+        let mut shared = Pacer::new(spec.clone(), policy());
+        let names = vec!["a".to_string(), "b".into(), "c".into()];
+        let mut pool = PoolPacer::new(names, &spec, policy()).expect("pool");
+        let full = ["a".to_string()];
+        let route = Route {
+            full: &full,
+            ..Route::default()
+        };
+        let got: Vec<String> = (0..4)
+            .map(|_| {
+                let taken = pool.take_routed(&mut shared, t0(), route).expect("b or c");
+                taken.function().to_string()
+            })
+            .collect();
+        assert_eq!(got, ["b", "c", "b", "c"]);
+        // A job `b` failed, with `c` full too: it waits rather than go back through `b`...
+        let full = ["a".to_string(), "c".into()];
+        let route = Route {
+            avoid: Some("b"),
+            full: &full,
+            ..Route::default()
+        };
+        assert_eq!(pool.free_at(t0(), route), None);
+        let before = shared.state().clone();
+        assert_eq!(pool.take_routed(&mut shared, t0(), route), None);
+        assert_eq!(shared.state(), &before, "nothing recorded");
+        // ...while a fresh job goes through `b`.
+        let fresh = Route {
+            full: &full,
+            ..Route::default()
+        };
+        assert_eq!(pool.free_at(t0(), fresh), Some(t0()));
+        let taken = pool.take_routed(&mut shared, t0(), fresh).expect("b");
+        assert_eq!(taken.function(), "b");
     }
 
     #[test]

@@ -57,6 +57,11 @@ impl Pool {
     /// A pool of `n` functions whose API answers as `verdict` says (given the function, the
     /// call, and every call before it).
     fn new(n: usize, verdict: Verdict) -> Pool {
+        Pool::with_options(n, verdict, InvokerOptions::template())
+    }
+
+    /// [`Pool::new`], each function's Lambda behaving as `options` say.
+    fn with_options(n: usize, verdict: Verdict, options: InvokerOptions) -> Pool {
         let clock = Arc::new(TokioClock::starting_at(start()));
         let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
         let store = MemoryStore::new();
@@ -77,12 +82,9 @@ impl Pool {
                     events.clone(),
                     health.clone(),
                 );
-                let invoker = LocalInvoker::with_options(
-                    clock.clone(),
-                    Arc::new(handler),
-                    InvokerOptions::template(),
-                )
-                .expect("options");
+                let invoker =
+                    LocalInvoker::with_options(clock.clone(), Arc::new(handler), options.clone())
+                        .expect("options");
                 (name.clone(), invoker)
             })
             .collect();
@@ -261,6 +263,95 @@ async fn a_job_throttled_or_failed_by_one_function_is_next_called_through_anothe
     for name in &pool.names {
         let n = calls.iter().filter(|c| &c.function == name).count();
         assert!((35..=45).contains(&n), "{name} made {n} of 120 calls");
+    }
+    assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
+}
+
+/// The pace of `calls` from the first to the last, calls a second.
+fn rate_of(calls: &[Call]) -> f64 {
+    let (Some(first), Some(last)) = (calls.first(), calls.last()) else {
+        return 0.0;
+    };
+    (calls.len() - 1) as f64 / last.at.since(first.at).as_secs_f64()
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_function_keeps_to_its_own_concurrency_cap_and_the_pool_adds_them_up() {
+    // Two functions, each reserving 2 (its Lambda runs at most 2 events at once;
+    // WORKER_FUNCTION_CONCURRENCY_CAP 2). An event counts from its dispatch until a second
+    // after its slot, so each function has at most 2 slots in any second, and the pool, with
+    // 4 events in progress, about twice what the same cap over the whole pool allows. One job
+    // per event, so that events are calls.
+    let ok: Verdict = Arc::new(|_, _, _| Answer::Ok);
+    let reserved = InvokerOptions {
+        concurrency: Some(2),
+        ..InvokerOptions::template()
+    };
+    let run = async |per_function: bool| {
+        let pool = Pool::with_options(2, ok.clone(), reserved.clone());
+        let mut c = pool.config("20/s");
+        c.batch_max_jobs = 1;
+        if per_function {
+            c.worker_function_concurrency_cap = Some(2);
+        } else {
+            c.worker_concurrency_cap = Some(2);
+        }
+        pool.enqueue(40);
+        pool.run_for(&c, Duration::from_secs(60)).await;
+        let calls = pool.calls();
+        assert_eq!(calls.len(), 40, "every job called once");
+        assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
+        for (name, member) in pool.invoker.members() {
+            let stats = member.stats();
+            assert_eq!(stats.throttled, 0, "{name}: {stats:?}");
+            let most = max_in_window(&times_of(&calls, name), Duration::from_secs(1));
+            assert!(most <= 2, "{name}: {most} slots in a second");
+        }
+        rate_of(&calls)
+    };
+    let per_function = run(true).await;
+    let whole_pool = run(false).await;
+    println!("per function: {per_function:.3}/s; the same cap over the pool: {whole_pool:.3}/s");
+    // Each function under 2 a second (the cap's own bound), and together over 3.
+    assert!((3.0..4.0).contains(&per_function), "{per_function:.3}/s");
+    assert!(
+        per_function > 1.6 * whole_pool,
+        "{per_function:.3}/s against {whole_pool:.3}/s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_waits_for_another_function_to_have_room_rather_than_go_back() {
+    // Two functions reserving 1 each; every first call through qo-worker-1 fails. Its jobs'
+    // retries must go through qo-worker-2 and wait while it is busy, while fresh jobs keep
+    // qo-worker-1 busy.
+    let verdict: Verdict = Arc::new(|function, call, before| {
+        if function == "qo-worker-1" && first_call(call, before) {
+            Answer::Fail
+        } else {
+            Answer::Ok
+        }
+    });
+    let reserved = InvokerOptions {
+        concurrency: Some(1),
+        ..InvokerOptions::template()
+    };
+    let pool = Pool::with_options(2, verdict, reserved);
+    let mut c = pool.config("20/s");
+    c.batch_max_jobs = 1;
+    c.worker_function_concurrency_cap = Some(1);
+    pool.enqueue(20);
+    pool.run_for(&c, Duration::from_secs(120)).await;
+    let calls = pool.calls();
+    for job in 0..20 {
+        let path = format!("/items/{job}");
+        let tries: Vec<&Call> = calls.iter().filter(|c| c.path == path).collect();
+        let last = tries.last().expect("called");
+        assert_eq!(last.function, "qo-worker-2", "{path}: {tries:?}");
+        assert!(tries.len() <= 2, "{path}: {tries:?}");
+    }
+    for (name, member) in pool.invoker.members() {
+        assert_eq!(member.stats().throttled, 0, "{name}: {:?}", member.stats());
     }
     assert!(pool.queue.is_drained(), "{:?}", pool.queue.depths());
 }
