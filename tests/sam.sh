@@ -461,6 +461,11 @@ def resolved_checks(name, r):
         if (sid in wsids) != on:
             fail(f"{name}: statement {sid} does not follow {key}")
 
+    # Each function may read and write every item its code uses.
+    item_access(name, "OrchestratorFunction", orch, ORCHESTRATOR_ITEMS)
+    for f in present:
+        item_access(name, f, res[f]["Properties"], WORKER_ITEMS)
+
     # Every DynamoDB permission of both roles is scoped to item keys.
     for fn, props in (("OrchestratorFunction", orch), ("WorkerFunction", worker)):
         for s in statements(props):
@@ -471,6 +476,38 @@ def resolved_checks(name, r):
                     fail(f"{name}: {fn} statement {s.get('Sid')} has no dynamodb:LeadingKeys condition")
             if any(a in ("dynamodb:*", "sqs:*", "lambda:*") for a in actions(s)):
                 fail(f"{name}: {fn} statement {s.get('Sid')} grants a wildcard action")
+
+
+# The items each function's code reads and writes, from the code itself: the record keys
+# (RecordKey::as_str in qo-core), the lease item and the job#/batch# prefixes (qo-aws).
+_store_rs = pathlib.Path("crates/qo-core/src/ports/store.rs").read_text()
+_dynamo_rs = pathlib.Path("crates/qo-aws/src/dynamo.rs").read_text()
+RECORDS = dict(re.findall(r'RecordKey::(\w+) => "([^"]+)"', _store_rs))
+ITEM_CONSTS = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', _dynamo_rs))
+# Orchestrator: the lease (take, renew, release, the fencing check), quota usage and the sweep's
+# progress (fenced puts), the circuit (health checks sent) and the controls (operator commands).
+ORCHESTRATOR_ITEMS = {ITEM_CONSTS["LEASE_PK"], RECORDS["Quota"], RECORDS["Sweep"],
+                      RECORDS["Circuit"], RECORDS["Control"]}
+# Worker: its claims (job#<id>), a batch's done record (batch#<key>), the circuit, the back-off.
+WORKER_ITEMS = {ITEM_CONSTS["JOB_PREFIX"] + "*", ITEM_CONSTS["BATCH_PREFIX"] + "*",
+                RECORDS["Circuit"], RECORDS["Control"]}
+if len(RECORDS) != 4 or not {"LEASE_PK", "JOB_PREFIX", "BATCH_PREFIX"} <= ITEM_CONSTS.keys():
+    fail(f"could not read the item keys from the code: {RECORDS}, {ITEM_CONSTS}")
+
+
+def item_access(name, fn, props, want):
+    """Every item `want` names must be granted to GetItem and to PutItem (a fenced put inside a
+    TransactWriteItems is authorized as a PutItem)."""
+    for action in ("dynamodb:GetItem", "dynamodb:PutItem"):
+        granted = set()
+        for s in statements(props):
+            if action in actions(s):
+                for c in s.get("Condition", {}).values():
+                    keys = c.get("dynamodb:LeadingKeys", [])
+                    granted |= set([keys] if isinstance(keys, str) else keys)
+        if not want <= granted:
+            fail(f"{name}: {fn} may not {action} items {sorted(want - granted)} its code uses "
+                 f"(granted {sorted(granted)})")
 
 
 def rules_hold(name, r):
