@@ -484,29 +484,42 @@ _store_rs = pathlib.Path("crates/qo-core/src/ports/store.rs").read_text()
 _dynamo_rs = pathlib.Path("crates/qo-aws/src/dynamo.rs").read_text()
 RECORDS = dict(re.findall(r'RecordKey::(\w+) => "([^"]+)"', _store_rs))
 ITEM_CONSTS = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', _dynamo_rs))
-# Orchestrator: the lease (take, renew, release, the fencing check), quota usage and the sweep's
-# progress (fenced puts), the circuit (health checks sent) and the controls (operator commands).
-ORCHESTRATOR_ITEMS = {ITEM_CONSTS["LEASE_PK"], RECORDS["Quota"], RECORDS["Sweep"],
-                      RECORDS["Circuit"], RECORDS["Control"]}
-# Worker: its claims (job#<id>), a batch's done record (batch#<key>), the circuit, the back-off.
-WORKER_ITEMS = {ITEM_CONSTS["JOB_PREFIX"] + "*", ITEM_CONSTS["BATCH_PREFIX"] + "*",
-                RECORDS["Circuit"], RECORDS["Control"]}
+# Orchestrator: quota usage and the lease on its item (take, renew, release and the fenced save
+# are updates; a fenced save of another record checks it), the sweep's progress (a fenced put),
+# the circuit (health checks sent) and the controls (operator commands).
+LEASE = ITEM_CONSTS["LEASE_PK"]
+ORCHESTRATOR_ITEMS = {
+    "dynamodb:GetItem": {LEASE, RECORDS["Quota"], RECORDS["Sweep"], RECORDS["Circuit"], RECORDS["Control"]},
+    "dynamodb:PutItem": {RECORDS["Sweep"], RECORDS["Circuit"], RECORDS["Control"]},
+    "dynamodb:UpdateItem": {LEASE, RECORDS["Quota"]},
+    "dynamodb:ConditionCheckItem": {LEASE},
+}
+# Worker: its claims (job#<id>), a batch's done record (batch#<key>), the circuit, the back-off;
+# a claim released is deleted.
+_worker_items = {ITEM_CONSTS["JOB_PREFIX"] + "*", ITEM_CONSTS["BATCH_PREFIX"] + "*",
+                 RECORDS["Circuit"], RECORDS["Control"]}
+WORKER_ITEMS = {
+    "dynamodb:GetItem": _worker_items,
+    "dynamodb:PutItem": _worker_items,
+    "dynamodb:DeleteItem": {ITEM_CONSTS["JOB_PREFIX"] + "*"},
+}
 if len(RECORDS) != 4 or not {"LEASE_PK", "JOB_PREFIX", "BATCH_PREFIX"} <= ITEM_CONSTS.keys():
     fail(f"could not read the item keys from the code: {RECORDS}, {ITEM_CONSTS}")
 
 
 def item_access(name, fn, props, want):
-    """Every item `want` names must be granted to GetItem and to PutItem (a fenced put inside a
-    TransactWriteItems is authorized as a PutItem)."""
-    for action in ("dynamodb:GetItem", "dynamodb:PutItem"):
+    """Each action in `want` must be granted on every item it names (an item of a
+    TransactWriteItems is authorized by its own action: a Put by PutItem, a ConditionCheck by
+    ConditionCheckItem)."""
+    for action, items in want.items():
         granted = set()
         for s in statements(props):
             if action in actions(s):
                 for c in s.get("Condition", {}).values():
                     keys = c.get("dynamodb:LeadingKeys", [])
                     granted |= set([keys] if isinstance(keys, str) else keys)
-        if not want <= granted:
-            fail(f"{name}: {fn} may not {action} items {sorted(want - granted)} its code uses "
+        if not items <= granted:
+            fail(f"{name}: {fn} may not {action} items {sorted(items - granted)} its code uses "
                  f"(granted {sorted(granted)})")
 
 

@@ -3,16 +3,19 @@
 //!
 //! | pk | attributes |
 //! |---|---|
-//! | `quota`, `circuit`, `control`, `sweep` | `doc` (S, the record's JSON), `version` (N); the circuit also `phase` (S), `epoch` (N) |
-//! | `lease` | `owner` (S), `token` (N), `expires_at_ms` (N) |
+//! | `quota` | `doc` (S, the record's JSON), `version` (N), and the lease: `token` (N), and while it is held `owner` (S), `expires_at_ms` (N) |
+//! | `circuit`, `control`, `sweep` | `doc`, `version`; the circuit also `phase` (S), `epoch` (N) |
 //! | `job#<id>` | `status` (S: `in_progress` or `done`), `claimed_at_ms` (N), `ttl` (N, epoch s); a claim made for a batch also `batch` (S, the batch's key) |
 //! | `batch#<key>` | `jobs` (SS: the batch's jobs that succeeded), `completed_at_ms` (N), `ttl` (N) |
 //!
 //! A job of a batch stays `in_progress`: its batch's one done record says it is done, and a
 //! claim that finds it reads that record (one write a batch instead of one a job).
 //!
-//! Every write that can race is conditional; a fenced record write is a transaction with a
-//! condition check on the lease's token.
+//! Every write that can race is conditional. The lease lives on the quota record's item, so
+//! that the orchestrator's fenced save of its usage, every `PERSIST_INTERVAL_S`, is one
+//! conditional `UpdateItem` on the lease's token and the record's version; a fenced save of
+//! another record is a transaction with a condition check on that item. A release keeps the
+//! token, so that every take's token is larger than any before it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,8 +39,8 @@ use crate::error::{AwsError, store_backend, store_err};
 pub const PK: &str = "pk";
 /// The TTL attribute (epoch seconds).
 pub const TTL: &str = "ttl";
-/// The lease item's partition key.
-pub const LEASE_PK: &str = "lease";
+/// The partition key of the item that carries the lease: the quota record's.
+pub const LEASE_PK: &str = "quota";
 /// An idempotency item's partition key prefix.
 pub const JOB_PREFIX: &str = "job#";
 /// A batch's done record's partition key prefix.
@@ -281,22 +284,103 @@ impl DynamoStore {
     }
 
     async fn read_lease(&self) -> Result<Option<Lease>, StoreError> {
+        Ok(self.read_lease_state().await?.0)
+    }
+
+    /// The lease as held (`None`: never taken, released, or only the record there) and the
+    /// last token issued (0: none yet).
+    async fn read_lease_state(&self) -> Result<(Option<Lease>, u64), StoreError> {
         let Some(item) = self.get(LEASE_PK, "dynamodb.GetItem(lease)").await? else {
-            return Ok(None);
+            return Ok((None, 0));
         };
         let corrupt = |what: &str| StoreError::Corrupt {
             key: LEASE_PK,
             reason: format!("attribute `{what}` is missing or not a number/string"),
         };
-        Ok(Some(Lease {
-            owner: text(&item, OWNER)
-                .ok_or_else(|| corrupt(OWNER))?
-                .to_string(),
-            token: num(&item, TOKEN).ok_or_else(|| corrupt(TOKEN))?,
+        let Some(token) = num(&item, TOKEN) else {
+            if item.contains_key(TOKEN) {
+                return Err(corrupt(TOKEN));
+            }
+            return Ok((None, 0));
+        };
+        let Some(owner) = text(&item, OWNER) else {
+            // Released: the token stays for the next take.
+            return Ok((None, token));
+        };
+        let lease = Lease {
+            owner: owner.to_string(),
+            token,
             expires_at: Timestamp::from_millis(
                 num(&item, EXPIRES_AT_MS).ok_or_else(|| corrupt(EXPIRES_AT_MS))?,
             ),
-        }))
+        };
+        Ok((Some(lease), token))
+    }
+
+    /// The fenced save of the record on the lease's item: one `UpdateItem` of the document
+    /// and the version, on the token (still held) and the version. A failed condition is told
+    /// apart by a read: `Fenced` when the token is no longer `token` or the lease was released,
+    /// else `Conflict`.
+    async fn save_on_lease_item(
+        &self,
+        key: RecordKey,
+        doc: String,
+        expected: u64,
+        fence: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "dynamodb.UpdateItem(record)";
+        let version = expected + 1;
+        let versioned = if expected == 0 {
+            "attribute_not_exists(#version)"
+        } else {
+            "#version = :expected"
+        };
+        let cond = match fence {
+            Some(_) => format!("{versioned} AND #token = :token AND attribute_exists(#owner)"),
+            None => versioned.to_string(),
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(key.as_str()))
+            .update_expression("SET #doc = :doc, #version = :version")
+            .condition_expression(cond)
+            .expression_attribute_names("#doc", DOC)
+            .expression_attribute_names("#version", VERSION)
+            .expression_attribute_values(":doc", s(doc))
+            .expression_attribute_values(":version", n(version));
+        if expected > 0 {
+            req = req.expression_attribute_values(":expected", n(expected));
+        }
+        if let Some(token) = fence {
+            req = req
+                .expression_attribute_names("#token", TOKEN)
+                .expression_attribute_names("#owner", OWNER)
+                .expression_attribute_values(":token", n(token));
+        }
+        match req.send().await {
+            Ok(_) => Ok(version),
+            Err(e) if condition_failed(&e) => {
+                let Some(token) = fence else {
+                    return Err(StoreError::Conflict {
+                        key: key.as_str(),
+                        expected,
+                    });
+                };
+                match self.read_lease().await? {
+                    Some(l) if l.token == token => Err(StoreError::Conflict {
+                        key: key.as_str(),
+                        expected,
+                    }),
+                    _ => Err(StoreError::Fenced {
+                        key: key.as_str(),
+                        token,
+                    }),
+                }
+            }
+            Err(e) => Err(store_err(OP, e)),
+        }
     }
 
     /// `PutItem` of `item` if `cond` holds: the one conditional single-item write of a record
@@ -333,8 +417,9 @@ impl DynamoStore {
         let check = ConditionCheck::builder()
             .table_name(&self.table)
             .key(PK, s(LEASE_PK))
-            .condition_expression("#token = :token")
+            .condition_expression("#token = :token AND attribute_exists(#owner)")
             .expression_attribute_names("#token", TOKEN)
+            .expression_attribute_names("#owner", OWNER)
             .expression_attribute_values(":token", n(token))
             .build()
             .map_err(invalid)?;
@@ -464,6 +549,10 @@ impl RecordStore for DynamoStore {
         let Some(item) = self.get(key.as_str(), "dynamodb.GetItem(record)").await? else {
             return Ok(None);
         };
+        if !item.contains_key(DOC) && !item.contains_key(VERSION) {
+            // The quota record's item holding only the lease: no record yet.
+            return Ok(None);
+        }
         let corrupt = |reason: String| StoreError::Corrupt {
             key: key.as_str(),
             reason,
@@ -482,6 +571,12 @@ impl RecordStore for DynamoStore {
         fence: Option<u64>,
     ) -> Result<u64, StoreError> {
         const OP: &str = "dynamodb.PutItem(record)";
+        if key.as_str() == LEASE_PK {
+            // The lease's item: an update keeps the lease's attributes.
+            return self
+                .save_on_lease_item(key, value.to_string(), expected, fence)
+                .await;
+        }
         let version = expected + 1;
         let mut item: Item = HashMap::from([
             (PK.to_string(), s(key.as_str())),
@@ -526,36 +621,26 @@ impl RecordStore for DynamoStore {
 #[async_trait]
 impl LeaseStore for DynamoStore {
     async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
-        const OP: &str = "dynamodb.PutItem(lease)";
+        const OP: &str = "dynamodb.UpdateItem(lease take)";
         let expires_ms = now.plus(ttl).as_millis();
         for _ in 0..RACE_ATTEMPTS {
-            let current = self.read_lease().await?;
-            let (cond, old_token) = match &current {
+            let (current, old_token) = self.read_lease_state().await?;
+            let (cond, values) = match &current {
+                None if old_token == 0 => ("attribute_not_exists(#token)", vec![]),
+                // Released: free, and the token we read is still there.
                 None => (
-                    Condition {
-                        expression: "attribute_not_exists(#pk)",
-                        names: names(&[("#pk", PK)]),
-                        values: None,
-                    },
-                    0,
+                    "#token = :old AND attribute_not_exists(#owner)",
+                    vec![(":old", n(old_token))],
                 ),
                 Some(l) if l.expires_at <= now || l.owner == owner => (
                     // Race-free: the token we read is still there, and the lease is still free
                     // or ours (a renewal in between keeps the token but moves the expiry).
-                    Condition {
-                        expression: "#token = :old AND (#exp <= :now OR #owner = :me)",
-                        names: names(&[
-                            ("#token", TOKEN),
-                            ("#exp", EXPIRES_AT_MS),
-                            ("#owner", OWNER),
-                        ]),
-                        values: Some(values(vec![
-                            (":old", n(l.token)),
-                            (":now", n(now.as_millis())),
-                            (":me", s(owner)),
-                        ])),
-                    },
-                    l.token,
+                    "#token = :old AND (#exp <= :now OR #owner = :me)",
+                    vec![
+                        (":old", n(old_token)),
+                        (":now", n(now.as_millis())),
+                        (":me", s(owner)),
+                    ],
                 ),
                 Some(l) => {
                     return Err(StoreError::LeaseHeld {
@@ -565,14 +650,27 @@ impl LeaseStore for DynamoStore {
                 }
             };
             let token = old_token + 1;
-            let item = HashMap::from([
-                (PK.to_string(), s(LEASE_PK)),
-                (OWNER.to_string(), s(owner)),
-                (TOKEN.to_string(), n(token)),
-                (EXPIRES_AT_MS.to_string(), n(expires_ms)),
-            ]);
-            match self.put_if(item, cond).await {
-                Ok(()) => {
+            let mut values = values;
+            values.push((":owner", s(owner)));
+            values.push((":token", n(token)));
+            values.push((":expires", n(expires_ms)));
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, s(LEASE_PK))
+                .update_expression("SET #owner = :owner, #token = :token, #exp = :expires")
+                .condition_expression(cond)
+                .set_expression_attribute_names(Some(names(&[
+                    ("#token", TOKEN),
+                    ("#exp", EXPIRES_AT_MS),
+                    ("#owner", OWNER),
+                ])))
+                .set_expression_attribute_values(Some(self::values(values)))
+                .send()
+                .await;
+            match res {
+                Ok(_) => {
                     return Ok(Lease {
                         owner: owner.to_string(),
                         token,
@@ -629,14 +727,19 @@ impl LeaseStore for DynamoStore {
         }
     }
 
+    /// Gives the lease up: its holder and expiry go, its token stays (the next take's is one
+    /// more), and fenced saves with it are refused from then on.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        const OP: &str = "dynamodb.DeleteItem(lease)";
+        const OP: &str = "dynamodb.UpdateItem(lease release)";
         let res = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .key(PK, s(LEASE_PK))
-            .condition_expression("#token = :t")
+            .update_expression("REMOVE #owner, #exp")
+            .condition_expression("#token = :t AND attribute_exists(#owner)")
+            .expression_attribute_names("#owner", OWNER)
+            .expression_attribute_names("#exp", EXPIRES_AT_MS)
             .expression_attribute_names("#token", TOKEN)
             .expression_attribute_values(":t", n(lease.token))
             .send()

@@ -4,6 +4,8 @@
 //!
 //! - A record save succeeds only at the expected version (0: the record must not exist) and, with
 //!   a fence, only while the lease's token is that fence; the new version is the old plus one.
+//!   As in the DynamoDB adapter the lease lives on the quota record's item, so a quota save is
+//!   billed as one update of that item, and another record's fenced save as a transaction.
 //! - The lease is taken when free, expired, or already the taker's; each take's token is one more
 //!   than the largest token ever issued, so a taken-over holder's writes are fenced off. A renew
 //!   needs the token to be current (an expired lease nobody took can still be renewed).
@@ -75,6 +77,9 @@ fn write_units(bytes: usize) -> u64 {
     bytes.div_ceil(1024).max(1) as u64
 }
 
+/// Bytes the lease's attributes add to the quota record's item, which carries them.
+const LEASE_BYTES: usize = 64;
+
 /// The size of a record's item.
 fn record_bytes(value: &serde_json::Value) -> usize {
     value.to_string().len() + ITEM_OVERHEAD_BYTES
@@ -111,6 +116,15 @@ struct State {
 }
 
 impl State {
+    /// The size of the item that carries the lease: the quota record's, with the lease's
+    /// attributes.
+    fn lease_item_bytes(&self) -> usize {
+        self.records
+            .get(&RecordKey::Quota)
+            .map_or(ITEM_OVERHEAD_BYTES, |v| record_bytes(&v.value))
+            + LEASE_BYTES
+    }
+
     /// A job's record, with a batch claim's done record read as a claim reads it.
     fn status(&self, job_id: &str) -> Option<JobStatus> {
         let status = *self.jobs.get(job_id)?;
@@ -292,11 +306,13 @@ impl RecordStore for MemoryStore {
     ) -> Result<u64, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
-        // A fenced save is a transaction: a condition check on the lease and the put, each
-        // item billed twice.
+        // The quota record shares the lease's item: its save, fenced or not, is one update
+        // of that item. Another record's fenced save is a transaction: a condition check on
+        // the lease's item and the put, each item billed twice.
         let put = write_units(record_bytes(&value));
         st.stats.write_units += match fence {
-            Some(_) => 2 * (put + 1),
+            _ if key == RecordKey::Quota => write_units(record_bytes(&value) + LEASE_BYTES),
+            Some(_) => 2 * (put + write_units(st.lease_item_bytes())),
             None => put,
         };
         let conflict = StoreError::Conflict {
@@ -334,8 +350,8 @@ impl LeaseStore for MemoryStore {
     async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
-        // The lease is read, then put on a condition.
-        st.stats.read_units += 1;
+        // The lease's item is read, then updated on a condition.
+        st.stats.read_units += read_units(st.lease_item_bytes());
         if let Some(held) = &st.lease
             && held.owner != owner
             && held.expires_at > now
@@ -345,7 +361,7 @@ impl LeaseStore for MemoryStore {
                 until: held.expires_at,
             });
         }
-        st.stats.write_units += 1;
+        st.stats.write_units += write_units(st.lease_item_bytes());
         st.max_token += 1;
         let lease = Lease {
             owner: owner.to_string(),
@@ -364,7 +380,7 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Lease, StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
-        st.stats.write_units += 1;
+        st.stats.write_units += write_units(st.lease_item_bytes());
         match &mut st.lease {
             Some(held) if held.token == lease.token => {
                 held.expires_at = now.plus(ttl);
@@ -377,7 +393,7 @@ impl LeaseStore for MemoryStore {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
-        st.stats.write_units += 1;
+        st.stats.write_units += write_units(st.lease_item_bytes());
         if st.lease.as_ref().is_some_and(|l| l.token == lease.token) {
             st.lease = None;
         }
@@ -386,7 +402,10 @@ impl LeaseStore for MemoryStore {
 
     async fn current(&self) -> Result<Option<Lease>, StoreError> {
         self.round_trip().await;
-        self.lock().stats.read_units += 1;
+        {
+            let mut st = self.lock();
+            st.stats.read_units += read_units(st.lease_item_bytes());
+        }
         Ok(self.lease())
     }
 }
@@ -494,24 +513,30 @@ mod tests {
             .await
             .expect("save");
         assert_eq!(units(&s), (1, 1));
-        // A fenced save is a transaction of two items, each billed twice.
+        // The quota record carries the lease: a take reads and updates its item, and a fenced
+        // save of the quota is one update; another record's is a transaction of two items,
+        // each billed twice.
         let lease = s.take("me", t(0), TTL).await.expect("take");
         assert_eq!(units(&s), (2, 2));
         s.save(RecordKey::Quota, json!({"n": 2}), 1, Some(lease.token))
             .await
             .expect("fenced save");
-        assert_eq!(units(&s), (6, 2));
+        assert_eq!(units(&s), (3, 2));
+        s.save(RecordKey::Sweep, json!({"n": 1}), 0, Some(lease.token))
+            .await
+            .expect("fenced save");
+        assert_eq!(units(&s), (7, 2));
         // A record of under 3 KB (2,900 bytes of padding): three units to write, one to read.
         let big = json!({ "pad": "x".repeat(2900) });
         s.save(RecordKey::Control, big, 0, None)
             .await
             .expect("save");
         s.load(RecordKey::Control).await.expect("load");
-        assert_eq!(units(&s), (9, 3));
+        assert_eq!(units(&s), (10, 3));
         // A claim that finds the job in progress: the failed put, then a read.
         s.claim("j", t(0), TTL).await.expect("claim");
         s.claim("j", t(1), TTL).await.expect("claim");
-        assert_eq!(units(&s), (11, 4));
+        assert_eq!(units(&s), (12, 4));
     }
 
     #[tokio::test]

@@ -333,8 +333,93 @@ async fn lease_take_over_after_expiry_fences_the_old_holder() {
 
     s.release(&b).await.unwrap();
     assert_eq!(s.current().await.unwrap(), None);
+    // After a release no fence holds, and the next take's token is larger than any before.
+    let e = save_err(
+        &s,
+        RecordKey::Control,
+        json!({"paused": false}),
+        2,
+        Some(b.token),
+    )
+    .await;
+    assert!(matches!(e, StoreError::Fenced { .. }), "{e:?}");
     let c = s.take("c", later, ttl).await.unwrap();
-    assert_eq!(c.token, 1, "a released lease starts over");
+    assert_eq!(c.token, 4, "a released lease keeps its token");
+}
+
+#[tokio::test]
+async fn the_quota_record_shares_the_lease_s_item_and_its_fenced_save_is_one_update() {
+    // The lease lives on the quota record's item: a take does not touch the record, a save
+    // of the record does not touch the lease, and a fenced save is refused once another
+    // holder took over or the lease was released.
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    let ttl = Duration::from_secs(30);
+    let a = s.take("a", T0, ttl).await.expect("take");
+    assert_eq!(
+        s.load(RecordKey::Quota).await.unwrap(),
+        None,
+        "a lease, no record"
+    );
+    assert_eq!(
+        s.save(RecordKey::Quota, json!({"used": 1}), 0, Some(a.token))
+            .await
+            .expect("first fenced save"),
+        1
+    );
+    let a = s
+        .renew(&a, T0.plus(Duration::from_secs(5)), ttl)
+        .await
+        .expect("renew");
+    assert_eq!(
+        s.save(RecordKey::Quota, json!({"used": 2}), 1, Some(a.token))
+            .await
+            .expect("second fenced save"),
+        2
+    );
+    assert_eq!(
+        s.current().await.unwrap(),
+        Some(a.clone()),
+        "the save kept the lease"
+    );
+    let loaded = s.load(RecordKey::Quota).await.unwrap().expect("record");
+    assert_eq!((loaded.value, loaded.version), (json!({"used": 2}), 2));
+    // A stale version with the right token is a Conflict.
+    let e = save_err(&s, RecordKey::Quota, json!({"used": 9}), 1, Some(a.token)).await;
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                key: "quota",
+                expected: 1
+            }
+        ),
+        "{e:?}"
+    );
+    // Taken over after expiry: the old holder's save is Fenced, the new one's lands.
+    let later = T0.plus(Duration::from_secs(60));
+    let b = s.take("b", later, ttl).await.expect("take-over");
+    assert_eq!(b.token, a.token + 1);
+    let e = save_err(&s, RecordKey::Quota, json!({"used": 9}), 2, Some(a.token)).await;
+    assert!(
+        matches!(e, StoreError::Fenced { key: "quota", token } if token == a.token),
+        "{e:?}"
+    );
+    assert_eq!(
+        s.save(RecordKey::Quota, json!({"used": 3}), 2, Some(b.token))
+            .await
+            .expect("the new holder's save"),
+        3
+    );
+    // Released: the record stays, its fenced saves are refused.
+    s.release(&b).await.expect("release");
+    assert_eq!(s.current().await.unwrap(), None);
+    let e = save_err(&s, RecordKey::Quota, json!({"used": 9}), 3, Some(b.token)).await;
+    assert!(matches!(e, StoreError::Fenced { .. }), "{e:?}");
+    let loaded = s.load(RecordKey::Quota).await.unwrap().expect("record");
+    assert_eq!((loaded.value, loaded.version), (json!({"used": 3}), 3));
 }
 
 #[tokio::test]

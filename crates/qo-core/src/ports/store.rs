@@ -202,7 +202,8 @@ pub struct Lease {
 /// One dispatching orchestrator at a time.
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
-    /// Takes the lease if it is free, expired, or already `owner`'s; the token grows.
+    /// Takes the lease if it is free, expired, or already `owner`'s; its token is larger than
+    /// any issued before, a released lease's included.
     /// [`StoreError::LeaseHeld`] when another holds it.
     async fn take(&self, owner: &str, now: Timestamp, ttl: Duration) -> Result<Lease, StoreError>;
     /// Extends a held lease; [`StoreError::LeaseLost`] if its token is no longer current.
