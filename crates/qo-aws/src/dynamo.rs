@@ -383,8 +383,8 @@ impl DynamoStore {
         }
     }
 
-    /// `PutItem` of `item` if `cond` holds: the one conditional single-item write of a record
-    /// save and a lease take.
+    /// `PutItem` of `item` if `cond` holds: the unfenced save of a record other than the one
+    /// on the lease's item (see [`Self::save_on_lease_item`]).
     async fn put_if(
         &self,
         item: Item,
