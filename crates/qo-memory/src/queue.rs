@@ -200,6 +200,8 @@ pub struct SqsRequests {
     /// `ReceiveMessage` (one per queue polled: the retry queue's short poll, then the job
     /// queue's long poll).
     pub receive: u64,
+    /// Of `receive`, those of the retry queue.
+    pub receive_retry: u64,
     /// `SendMessage` and `SendMessageBatch` (the producer's sends, re-queues, dead letters).
     pub send: u64,
     /// `DeleteMessageBatch`.
@@ -426,6 +428,16 @@ impl State {
     }
 }
 
+/// A message id as long as SQS's (a UUID's 36 characters: the ids of a batch's jobs fill its
+/// done item as SQS's do): `prefix`, a dash, and `n` padded with zeros.
+fn message_id(prefix: &str, n: u64) -> String {
+    let width = SQS_MESSAGE_ID_LEN.saturating_sub(prefix.len() + 1).max(8);
+    format!("{prefix}-{n:0width$}")
+}
+
+/// The length of an SQS message id (a UUID).
+const SQS_MESSAGE_ID_LEN: usize = 36;
+
 fn receipt_handle(prefix: &str, seq: u64, receipt: u64) -> String {
     format!("{prefix}-rh-{seq}-{receipt}")
 }
@@ -580,7 +592,7 @@ impl MemoryQueue {
         let id = {
             let mut st = self.lock();
             if origin.message_id.is_empty() {
-                origin.message_id = format!("{prefix}-{:08}", st.next_id);
+                origin.message_id = message_id(prefix, st.next_id);
                 st.next_id += 1;
             }
             if origin.enqueued_at.is_none() {
@@ -735,7 +747,12 @@ impl MemoryQueue {
         let clock = &self.inner.clock;
         let options = &self.inner.options;
         let deadline = clock.now().plus(wait);
-        self.lock().requests.receive += lanes.len() as u64;
+        {
+            let mut st = self.lock();
+            st.requests.receive += lanes.len() as u64;
+            st.requests.receive_retry +=
+                lanes.iter().filter(|&&r| r == QueueRole::Retry).count() as u64;
+        }
         loop {
             // Register interest before looking, so a send between the look and the wait
             // still wakes this receive.
@@ -937,6 +954,8 @@ mod tests {
         let a = q.send("a");
         let b = q.send("b");
         assert_ne!(a, b);
+        // As long as SQS's UUIDs: a batch's done item holds its jobs' ids.
+        assert_eq!((a.len(), b.len()), (SQS_MESSAGE_ID_LEN, SQS_MESSAGE_ID_LEN));
         let got = q.receive(10, NOW).await.expect("receive");
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].body, "a");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use qo_core::CircuitPolicy;
 use qo_core::config::{ConfigError, Env};
-use qo_core::job::DEFAULT_MAX_SLOT_WAIT;
+use qo_core::job::{DEFAULT_BATCH_WINDOW, DEFAULT_MAX_SLOT_WAIT};
 use qo_core::quota::{AdaptivePolicy, BudgetMode, PacingPolicy, QuotaSpec, SlowStart};
 use qo_core::sqs::{self, QueueAttributes};
 
@@ -38,6 +38,13 @@ pub struct OrchestratorConfig {
     /// How long before the next dispatch time the queue is polled (SQS answers in tens of
     /// milliseconds; a second leaves room).
     pub receive_ahead: Duration,
+    /// How often a receive polls the retry queue before the main queue (RETRY_POLL_INTERVAL_S,
+    /// 5; 0: before every receive). A poll that finds re-queued jobs is followed by another at
+    /// the next receive; one that finds none waits this long: with a backlog, the main queue is
+    /// received about once a second at 10/s, and a short poll of an empty retry queue before
+    /// each was a fifth of the SQS requests per call. A re-queued job is seen this much later
+    /// at most (plus short polls' sampling): it waits out a `Retry-After` or a back-off anyway.
+    pub retry_poll_interval: Duration,
     /// The job and retry queues' visibility timeout (QUEUE_VISIBILITY_TIMEOUT_S; the template
     /// sets it to the orchestrator's timeout): a held message's visibility is extended before
     /// it runs out.
@@ -74,7 +81,7 @@ pub struct OrchestratorConfig {
     /// [`DEFAULT_BATCH_MAX_JOBS`]; 1: one job per invoke).
     pub batch_max_jobs: usize,
     /// A batch takes jobs whose slots fall within this long of its first slot (BATCH_WINDOW_MS,
-    /// default 1000). No slot is delayed to fill a batch.
+    /// default [`DEFAULT_BATCH_WINDOW`], 2000). No slot is delayed to fill a batch.
     pub batch_window: Duration,
     /// This orchestrator's name in the lease.
     pub owner: String,
@@ -104,13 +111,14 @@ impl OrchestratorConfig {
             worker_function_concurrency_cap: None,
             worker_busy: Duration::from_secs(1),
             receive_ahead: Duration::from_secs(1),
+            retry_poll_interval: Duration::from_secs(5),
             visibility_timeout: QueueAttributes::TEMPLATE.visibility_timeout,
             retention: QueueAttributes::TEMPLATE.retention,
             sweep_interval: Some(QueueAttributes::TEMPLATE.retention / 2),
             sweep_run: DEFAULT_SWEEP_RUN,
             max_held: DEFAULT_MAX_HELD,
             batch_max_jobs: DEFAULT_BATCH_MAX_JOBS,
-            batch_window: Duration::from_secs(1),
+            batch_window: DEFAULT_BATCH_WINDOW,
             owner: "orchestrator".to_string(),
             worker_functions: Vec::new(),
         }
@@ -216,6 +224,7 @@ impl OrchestratorConfig {
             circuit: circuit_policy(env)?,
             dispatch_lead,
             persist_interval: env.seconds("PERSIST_INTERVAL_S", d.persist_interval)?,
+            retry_poll_interval: env.seconds("RETRY_POLL_INTERVAL_S", d.retry_poll_interval)?,
             stop_margin: env.seconds("STOP_MARGIN_S", d.stop_margin)?,
             idle_exit: (!idle.is_zero()).then_some(idle),
             lease_ttl: env.seconds("LEASE_TTL_S", d.lease_ttl)?,
@@ -326,13 +335,14 @@ pub const DEFAULT_SWEEP_RUN: Duration = Duration::from_secs(60);
 /// hold horizon still bounds what a slower pace receives.
 pub const DEFAULT_MAX_HELD: usize = 100;
 
-/// `BATCH_MAX_JOBS`'s default: up to 10 jobs in one invocation while the pace is settled, one
+/// `BATCH_MAX_JOBS`'s default: up to 20 jobs in one invocation while the pace is settled, one
 /// while it follows the API ([`crate::step::batch_limit`]), chosen by measurement (the
-/// README's Batched invocations section). At a steady 10/s batches of 10 cut worker
-/// invocations tenfold and the bill per million calls from $2.68 to $1.50; where the API's limit
-/// is below the quota or moves, each slot goes alone, as unbatched, so the pace reaches the very
-/// next call.
-pub const DEFAULT_BATCH_MAX_JOBS: usize = 10;
+/// README's Batched invocations section). At a steady 10/s, with the 2 s window, batches of 20
+/// cut worker invocations twentyfold and the bill per million calls from $2.53 to $1.29 (an
+/// API answering in 1 to 5 ms; $2.69 to $1.30 at 50 to 150 ms); where the API's limit is below
+/// the quota or moves, each slot goes alone, as unbatched, so the pace reaches the very next
+/// call.
+pub const DEFAULT_BATCH_MAX_JOBS: usize = 20;
 
 /// A count setting that must be at least 1: `name`, or `default` when unset.
 fn at_least_one(env: &impl Env, name: &str, default: usize) -> Result<usize, ConfigError> {
@@ -493,6 +503,13 @@ mod tests {
         assert_eq!(c.idle_exit, None);
         assert_eq!(c.dispatch_lead, Duration::from_millis(250));
         assert_eq!(c.circuit.failure_threshold.get(), 3);
+        assert_eq!(c.retry_poll_interval, Duration::from_secs(5));
+        let c =
+            OrchestratorConfig::from_env(&env(&[("RETRY_POLL_INTERVAL_S", "0")])).expect("valid");
+        assert_eq!(c.retry_poll_interval, Duration::ZERO);
+        let e = OrchestratorConfig::from_env(&env(&[("RETRY_POLL_INTERVAL_S", "soon")]))
+            .expect_err("not seconds");
+        assert!(e.to_string().contains("RETRY_POLL_INTERVAL_S"), "{e}");
     }
 
     #[test]
@@ -679,7 +696,7 @@ mod tests {
             (
                 DEFAULT_MAX_HELD,
                 DEFAULT_BATCH_MAX_JOBS,
-                Duration::from_secs(1)
+                Duration::from_secs(2)
             )
         );
         let c = OrchestratorConfig::from_env(&env(&[

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use qo_core::ports::{
-    DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, RecordKey,
-    RecordStore, StoreError, load_record, save_record, update_record,
+    DeadLetter, Invoker, JobSink, JobSource, Lease, LeaseStore, Message, QueueError, QueueRole,
+    RecordKey, RecordStore, StoreError, load_record, save_record, update_record,
 };
 use qo_core::quota::{Reaction, Route, TierId, Utilization, UtilizationMeter};
 use qo_core::sqs;
@@ -264,6 +264,8 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     receiving: Option<Receiving<'a>>,
     /// The last receive brought nothing.
     receive_empty: bool,
+    /// The receive under way polls the retry queue first.
+    receiving_retry: bool,
     /// Each dispatched worker event's function and when the event stops counting against the
     /// concurrency caps (its last slot plus `worker_busy`), oldest first.
     busy_until: VecDeque<(String, Timestamp)>,
@@ -431,6 +433,7 @@ where
             in_flight: FuturesUnordered::new(),
             receiving: None,
             receive_empty: false,
+            receiving_retry: false,
             busy_until: VecDeque::new(),
             to_delete: Vec::new(),
             to_release: Vec::new(),
@@ -560,7 +563,11 @@ where
                 tally.count += 1;
                 tally.ms += waited;
             }
-            Step::Receive { wait, max } => self.start_receive(wait, max),
+            Step::Receive {
+                wait,
+                max,
+                retry_first,
+            } => self.start_receive(wait, max, retry_first),
             Step::ExtendVisibility => self.extend_held(now).await?,
             Step::SaveFirst { uncounted } => {
                 // No slot beyond the saved horizon is handed out: save on the next pass.
@@ -636,9 +643,16 @@ where
     /// Starts a long poll for at most `wait` and `max` messages. It runs alongside dispatch
     /// (a future that is not polled sends nothing: the waits poll it with the invokes); its
     /// answer is handled by [`Self::received`].
-    fn start_receive(&mut self, wait: Duration, max: u8) {
+    /// With `retry_first`, the retry queue is polled before the main queue; otherwise the
+    /// main queue alone (see [`OrchestratorConfig::retry_poll_interval`]).
+    fn start_receive(&mut self, wait: Duration, max: u8, retry_first: bool) {
         let queue = self.ports.queue;
-        self.receiving = Some(queue.receive(max, wait));
+        self.receiving_retry = retry_first;
+        self.receiving = Some(if retry_first {
+            queue.receive(max, wait)
+        } else {
+            queue.receive_from(QueueRole::Main, max, wait)
+        });
     }
 
     /// A receive's answer: what comes is held; nothing means the backlog is gone (with nothing
@@ -648,6 +662,16 @@ where
         result: Result<Vec<Message>, QueueError>,
     ) -> Result<(), OrchestratorError> {
         let messages = result?;
+        if std::mem::take(&mut self.receiving_retry) {
+            // Re-queued jobs found: more may be waiting, so the next receive polls again.
+            let found = messages.iter().any(|m| m.queue == QueueRole::Retry);
+            let now = self.now();
+            self.timers.next_retry_poll = if found {
+                now
+            } else {
+                now.plus(self.config.retry_poll_interval)
+            };
+        }
         if messages.is_empty() {
             self.receive_empty = true;
             if self.held.is_empty() {

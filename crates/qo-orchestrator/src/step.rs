@@ -26,6 +26,10 @@ pub struct Timers {
     pub next_persist: Timestamp,
     /// Since when nothing was received: the idle exit counts from here.
     pub idle_since: Timestamp,
+    /// From when a receive polls the retry queue first again (see
+    /// [`OrchestratorConfig::retry_poll_interval`]); not a wake-up: it is only asked when a
+    /// receive starts.
+    pub next_retry_poll: Timestamp,
 }
 
 impl Timers {
@@ -36,6 +40,7 @@ impl Timers {
             next_refresh: now,
             next_persist: now,
             idle_since: now,
+            next_retry_poll: now,
         }
     }
 
@@ -132,6 +137,9 @@ pub enum Step {
         wait: Duration,
         /// Messages to ask for (1 to 10).
         max: u8,
+        /// Whether the retry queue is polled first (its poll is due); otherwise only the main
+        /// queue is.
+        retry_first: bool,
     },
     /// Extend the visibility of what is held before it runs out.
     ExtendVisibility,
@@ -361,6 +369,7 @@ fn receive(s: &Snapshot<'_>, held: usize) -> Step {
     Step::Receive {
         wait: s.timers.wake().since(s.now).min(Duration::from_secs(1)),
         max: u8::try_from(want.clamp(1, qo_core::sqs::MAX_BATCH)).unwrap_or(1),
+        retry_first: s.timers.next_retry_poll <= s.now,
     }
 }
 
@@ -533,6 +542,7 @@ mod tests {
                     next_refresh: at(1_000),
                     next_persist: at(5_000),
                     idle_since: at(0),
+                    next_retry_poll: at(0),
                 },
                 pacer,
                 circuit: Circuit::default(),
@@ -580,7 +590,8 @@ mod tests {
             next_step(&w.at(at(0), 0)),
             Step::Receive {
                 wait: Duration::from_secs(1),
-                max: 10
+                max: 10,
+                retry_first: true,
             }
         );
         // A timer half a second away bounds the poll.
@@ -590,9 +601,24 @@ mod tests {
             next_step(&w.at(at(0), 0)),
             Step::Receive {
                 wait: Duration::from_millis(500),
-                max: 10
+                max: 10,
+                retry_first: true,
             }
         );
+    }
+
+    #[test]
+    fn the_retry_queue_is_polled_first_only_once_its_poll_is_due() {
+        let mut w = World::new("10/s");
+        w.timers.next_retry_poll = at(5_000);
+        let receive = |w: &World, t: u64| match next_step(&w.at(at(t), 0)) {
+            Step::Receive { retry_first, .. } => retry_first,
+            other => panic!("expected a receive at {t} ms, got {other:?}"),
+        };
+        assert!(!receive(&w, 0), "not due: the main queue alone");
+        w.timers.next_refresh = at(6_000);
+        w.timers.next_persist = at(6_000);
+        assert!(receive(&w, 5_000), "due: the retry queue first");
     }
 
     #[test]
@@ -809,7 +835,8 @@ mod tests {
             next_step(&s),
             Step::Receive {
                 wait: Duration::from_millis(900),
-                max: 10
+                max: 10,
+                retry_first: true,
             }
         );
         // At the target, no receive: dispatch.

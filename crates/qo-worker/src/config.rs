@@ -39,7 +39,7 @@ pub struct WorkerConfig {
     /// `MAX_SLOT_WAIT_MS` (default 5000): an event whose slot is further ahead than this is
     /// re-queued (clock skew guard) instead of being waited for.
     pub max_slot_wait: Duration,
-    /// `BATCH_WINDOW_MS` (default 1000; the orchestrator's setting of the same name, which the
+    /// `BATCH_WINDOW_MS` (default 2000; the orchestrator's setting of the same name, which the
     /// template passes to both): a batch's last slot is at most this far after its first.
     /// Each job of a batch waits for its own slot from the invocation's start, at most
     /// `MAX_SLOT_WAIT_MS`, so the window must be shorter than that (else a batch's later jobs
@@ -252,8 +252,8 @@ impl WorkerConfig {
     }
 }
 
-/// The default of `BATCH_WINDOW_MS`.
-pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1_000);
+/// The default of `BATCH_WINDOW_MS` (the orchestrator's too).
+pub use qo_core::job::DEFAULT_BATCH_WINDOW;
 
 /// Lambda's longest function timeout: the default claim TTL when the function timeout is not
 /// known.
@@ -391,7 +391,7 @@ mod tests {
         assert_eq!(c.read_timeout, Duration::from_millis(10_000));
         assert_eq!(c.call_tolerance, Duration::from_millis(5));
         assert_eq!(c.max_slot_wait, Duration::from_millis(5_000));
-        assert_eq!(c.batch_window, Duration::from_millis(1_000));
+        assert_eq!(c.batch_window, Duration::from_millis(2_000));
         assert_eq!(c.idempotency_ttl, Duration::from_secs(86_400));
         assert_eq!(
             c.claim_ttl,

@@ -365,7 +365,7 @@ mod tests {
         // The window lies inside the slot wait: the worst case is one job's, 139.005 s.
         assert_eq!(
             WorstCase::of(&sdk, &cfg).batch_window,
-            Duration::from_secs(1)
+            Duration::from_secs(2)
         );
         assert_eq!(
             WorstCase::of(&sdk, &cfg).total(),

@@ -165,6 +165,7 @@ mod tests {
             SqsRequests {
                 send: 1_000_000,
                 receive: 200_000,
+                receive_retry: 100_000,
                 delete: 100_000,
                 change_visibility: 0,
             },

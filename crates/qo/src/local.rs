@@ -111,7 +111,7 @@ pub struct LocalArgs {
     batch_max_jobs: u64,
     /// A batch takes the jobs whose slots fall within this many milliseconds of its first
     /// (BATCH_WINDOW_MS).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = qo_core::job::DEFAULT_BATCH_WINDOW.as_millis() as u64)]
     batch_window_ms: u64,
     /// Each worker function's execution environments at most (its reserved concurrency; 0:
     /// unbounded), and the orchestrator's cap on each function's events in progress

@@ -17,7 +17,7 @@ use crate::time::Timestamp;
 pub enum QueueRole {
     /// The main job queue.
     Main,
-    /// The retry queue (polled first).
+    /// The retry queue (polled first when the orchestrator polls it).
     Retry,
 }
 

@@ -8,7 +8,7 @@
 //!
 //! The stand-in calls every job of a batch at its slot, with none of the worker's holds (a
 //! batch's later slots held back after a 429 of its own or on the shared back-off it reads), so
-//! the runs that follow the limit go one job per event (`BATCH_MAX_JOBS` 1; the default, 10,
+//! the runs that follow the limit go one job per event (`BATCH_MAX_JOBS` 1; the default, 20,
 //! batches only while the pace is settled, and goes one job per event too while it follows
 //! the limit): they test the controller. The closed loop with batches and the real
 //! worker is tested in `qo`'s system tests and measured with `qo local` (the README's Batched

@@ -314,3 +314,53 @@ async fn the_worker_concurrency_cap_bounds_the_events_in_progress() {
     let rate = 29.0 / calls[29].since(calls[0]).as_secs_f64();
     assert!((2.0..3.0).contains(&rate), "rate {rate:.2}/s");
 }
+
+/// A backlog of `jobs` at 10/s whose 50th and 51st calls are re-queued (to the retry queue,
+/// seen a second later), with the retry queue polled at most every `interval`: every job
+/// succeeds once, and the run ends idle with the queues drained. Returns the receives of the
+/// job queue and of the retry queue.
+async fn retry_polls(interval: Duration, jobs: usize) -> (u64, u64) {
+    let h = Harness::new(
+        |n| {
+            if n == 50 || n == 51 {
+                Verdict::Requeue
+            } else {
+                Verdict::Succeed
+            }
+        },
+        InvokerOptions::template(),
+    );
+    h.enqueue(jobs);
+    let mut c = config("10/s");
+    c.retry_poll_interval = interval;
+    let report = h.run_for(&c, Duration::from_secs(120)).await;
+    assert_eq!(report.stopped, StopReason::Idle);
+    let mut done = h.succeeded();
+    done.sort();
+    done.dedup();
+    assert_eq!(done.len(), jobs, "every job succeeded");
+    assert_eq!(
+        h.calls().len(),
+        jobs + 2,
+        "and each once, the two re-queued twice"
+    );
+    assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+    let r = h.queue.requests();
+    (r.receive - r.receive_retry, r.receive_retry)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_queue_is_polled_at_most_every_interval_unless_it_has_jobs() {
+    // 300 jobs at 10/s: a receive of 10 about every second for 30 s, then the idle exit.
+    let (main, retry) = retry_polls(Duration::ZERO, 300).await;
+    assert!(main >= 30, "{main} receives of the job queue");
+    assert!(
+        retry >= main,
+        "interval 0: a retry poll before every receive ({retry} of {main})"
+    );
+    let (main, retry) = retry_polls(Duration::from_secs(5), 300).await;
+    assert!(main >= 30, "{main} receives of the job queue");
+    // About 40 s of receives: one poll at the start, one every 5 s, and the polls that found
+    // the re-queued jobs and the one after each.
+    assert!(retry <= 12, "{retry} retry polls against {main} receives");
+}
