@@ -266,6 +266,8 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     receive_empty: bool,
     /// The receive under way polls the retry queue first.
     receiving_retry: bool,
+    /// The last receive polled the retry queue first.
+    retry_checked: bool,
     /// Each dispatched worker event's function and when the event stops counting against the
     /// concurrency caps (its last slot plus `worker_busy`), oldest first.
     busy_until: VecDeque<(String, Timestamp)>,
@@ -434,6 +436,7 @@ where
             receiving: None,
             receive_empty: false,
             receiving_retry: false,
+            retry_checked: false,
             busy_until: VecDeque::new(),
             to_delete: Vec::new(),
             to_release: Vec::new(),
@@ -532,6 +535,7 @@ where
             in_flight: self.in_flight.len(),
             receiving: self.receiving.is_some(),
             receive_empty: self.receive_empty,
+            retry_checked: self.retry_checked,
         }
     }
 
@@ -662,7 +666,8 @@ where
         result: Result<Vec<Message>, QueueError>,
     ) -> Result<(), OrchestratorError> {
         let messages = result?;
-        if std::mem::take(&mut self.receiving_retry) {
+        self.retry_checked = std::mem::take(&mut self.receiving_retry);
+        if self.retry_checked {
             // Re-queued jobs found: more may be waiting, so the next receive polls again.
             let found = messages.iter().any(|m| m.queue == QueueRole::Retry);
             let now = self.now();

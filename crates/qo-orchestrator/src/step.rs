@@ -81,6 +81,9 @@ pub struct Snapshot<'a> {
     pub receiving: bool,
     /// The last receive brought nothing (the backlog is gone): the idle exit may apply.
     pub receive_empty: bool,
+    /// The last receive polled the retry queue too: a run stops idle only after an empty
+    /// receive of both queues.
+    pub retry_checked: bool,
 }
 
 /// Why the loop waited instead of dispatching (counted in [`crate::RunReport`]'s `waits`).
@@ -306,7 +309,12 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
         && !s.receiving
         && idle_long_enough(s.config, s.in_flight, t.idle_since, now)
     {
-        return Step::Stop(StopReason::Idle);
+        if s.retry_checked {
+            return Step::Stop(StopReason::Idle);
+        }
+        // The job queue is empty but the retry queue was not polled with it (its poll was not
+        // due): poll both once more before stopping.
+        return receive_with(s, 0, true);
     }
     if s.held == 0 {
         return receive_or_wait(s);
@@ -365,11 +373,16 @@ fn receive_or_wait(s: &Snapshot<'_>) -> Step {
 
 /// A receive of what the hold target still wants, beyond the `held` messages (1 to 10).
 fn receive(s: &Snapshot<'_>, held: usize) -> Step {
+    receive_with(s, held, s.timers.next_retry_poll <= s.now)
+}
+
+/// As [`receive`], polling the retry queue first when `retry_first`.
+fn receive_with(s: &Snapshot<'_>, held: usize, retry_first: bool) -> Step {
     let want = hold_target(s.pacer, s.config, s.now).saturating_sub(held);
     Step::Receive {
         wait: s.timers.wake().since(s.now).min(Duration::from_secs(1)),
         max: u8::try_from(want.clamp(1, qo_core::sqs::MAX_BATCH)).unwrap_or(1),
-        retry_first: s.timers.next_retry_poll <= s.now,
+        retry_first,
     }
 }
 
@@ -566,6 +579,7 @@ mod tests {
                 // to start one: see `a_hold_under_its_target_receives_alongside_dispatch`).
                 receiving: held > 0,
                 receive_empty: false,
+                retry_checked: true,
             }
         }
     }
@@ -918,6 +932,31 @@ mod tests {
         assert_eq!(next_step(&s), Step::Stop(StopReason::Idle));
         s.in_flight = 1;
         assert!(matches!(next_step(&s), Step::Receive { .. }));
+    }
+
+    #[test]
+    fn the_idle_exit_needs_the_retry_queue_polled_with_the_empty_receive() {
+        let mut w = World::new("10/s");
+        w.config.idle_exit = Some(Duration::from_secs(2));
+        w.timers.next_refresh = at(10_000);
+        w.timers.next_persist = at(10_000);
+        // The retry queue's poll is not due: the empty receive was of the job queue alone.
+        w.timers.next_retry_poll = at(5_000);
+        let mut s = w.at(at(3_000), 0);
+        s.receive_empty = true;
+        s.retry_checked = false;
+        assert!(
+            matches!(
+                next_step(&s),
+                Step::Receive {
+                    retry_first: true,
+                    ..
+                }
+            ),
+            "both queues once more before the idle stop"
+        );
+        s.retry_checked = true;
+        assert_eq!(next_step(&s), Step::Stop(StopReason::Idle));
     }
 
     fn candidates(slots_ms: &[u64]) -> Vec<Candidate> {

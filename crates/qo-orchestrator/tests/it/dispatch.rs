@@ -364,3 +364,31 @@ async fn the_retry_queue_is_polled_at_most_every_interval_unless_it_has_jobs() {
     // the re-queued jobs and the one after each.
     assert!(retry <= 12, "{retry} retry polls against {main} receives");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_polls_the_retry_queue_before_it_stops_idle() {
+    // The last of 20 calls is re-queued, visible at once, after the run's last poll of the
+    // retry queue; the idle exit (2 s) comes before that poll is due again (5 s): the run
+    // still finds the job before it stops.
+    let h = Harness::new(
+        |n| {
+            if n == 20 {
+                Verdict::RequeueAfter(Duration::ZERO)
+            } else {
+                Verdict::Succeed
+            }
+        },
+        InvokerOptions::template(),
+    );
+    h.enqueue(20);
+    let mut c = config("10/s");
+    c.retry_poll_interval = Duration::from_secs(5);
+    let report = h.run_for(&c, Duration::from_secs(120)).await;
+    assert_eq!(report.stopped, StopReason::Idle);
+    assert_eq!(
+        h.distinct_succeeded(),
+        20,
+        "the re-queued job too, in this run"
+    );
+    assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+}

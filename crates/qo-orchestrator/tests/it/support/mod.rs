@@ -22,6 +22,8 @@ pub enum Verdict {
     Succeed,
     /// A failure: re-queued after 1 s with its attempt raised.
     Requeue,
+    /// A failure: re-queued after this delay with its attempt raised.
+    RequeueAfter(Duration),
     /// A 429 with `Retry-After`: the back-off goes in the control record (as the worker writes
     /// it) and the job is re-queued after the wait (at most SQS's 900 s).
     Throttle(Duration),
@@ -450,6 +452,9 @@ async fn handle_job(
                 .requeue(&body, &next, Duration::from_secs(1))
                 .await
                 .expect("requeue");
+        }
+        Verdict::RequeueAfter(delay) => {
+            queue.requeue(&body, &next, delay).await.expect("requeue");
         }
         Verdict::Throttle(wait) => {
             let now = clock.now();
