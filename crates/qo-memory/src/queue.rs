@@ -197,8 +197,8 @@ impl Stored {
 /// 10 entries is one request, and every 64 KB of a request's payload counts as one more.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SqsRequests {
-    /// `ReceiveMessage` (one per queue polled: the retry queue's short poll, then the job
-    /// queue's long poll).
+    /// `ReceiveMessage` (one per queue polled: the retry queue's short poll when the
+    /// orchestrator asks for it, then the job queue's long poll).
     pub receive: u64,
     /// Of `receive`, those of the retry queue.
     pub receive_retry: u64,

@@ -39,11 +39,14 @@ pub struct OrchestratorConfig {
     /// milliseconds; a second leaves room).
     pub receive_ahead: Duration,
     /// How often a receive polls the retry queue before the main queue (RETRY_POLL_INTERVAL_S,
-    /// 5; 0: before every receive). A poll that finds re-queued jobs is followed by another at
-    /// the next receive; one that finds none waits this long: with a backlog, the main queue is
-    /// received about once a second at 10/s, and a short poll of an empty retry queue before
-    /// each was a fifth of the SQS requests per call. A re-queued job is seen this much later
-    /// at most (plus short polls' sampling): it waits out a `Retry-After` or a back-off anyway.
+    /// 5, at most 60; 0: before every receive). A poll that finds re-queued jobs is followed by
+    /// another at the next receive; one that finds none waits this long; and a run stops idle
+    /// only after an empty receive of both. With a backlog the main queue is received about
+    /// once a second at 10/s, and a short poll of an empty retry queue before each was a
+    /// quarter of the SQS requests per call. A re-queued job is seen up to this much later,
+    /// plus the time to the next receive (and once more this long for each short poll that
+    /// misses it: SQS's short poll asks only some of its servers); it waits out a
+    /// `Retry-After` or a back-off anyway.
     pub retry_poll_interval: Duration,
     /// The job and retry queues' visibility timeout (QUEUE_VISIBILITY_TIMEOUT_S; the template
     /// sets it to the orchestrator's timeout): a held message's visibility is extended before
@@ -224,7 +227,7 @@ impl OrchestratorConfig {
             circuit: circuit_policy(env)?,
             dispatch_lead,
             persist_interval: env.seconds("PERSIST_INTERVAL_S", d.persist_interval)?,
-            retry_poll_interval: env.seconds("RETRY_POLL_INTERVAL_S", d.retry_poll_interval)?,
+            retry_poll_interval: retry_poll_interval(env, d.retry_poll_interval)?,
             stop_margin: env.seconds("STOP_MARGIN_S", d.stop_margin)?,
             idle_exit: (!idle.is_zero()).then_some(idle),
             lease_ttl: env.seconds("LEASE_TTL_S", d.lease_ttl)?,
@@ -343,6 +346,26 @@ pub const DEFAULT_MAX_HELD: usize = 100;
 /// the quota or moves, each slot goes alone, as unbatched, so the pace reaches the very next
 /// call.
 pub const DEFAULT_BATCH_MAX_JOBS: usize = 20;
+
+/// The longest `RETRY_POLL_INTERVAL_S`: a busy run sees re-queued jobs at least this often.
+const MAX_RETRY_POLL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `RETRY_POLL_INTERVAL_S`, or `default` when unset; over [`MAX_RETRY_POLL_INTERVAL`] is refused.
+fn retry_poll_interval(env: &impl Env, default: Duration) -> Result<Duration, ConfigError> {
+    let interval = env.seconds("RETRY_POLL_INTERVAL_S", default)?;
+    if interval > MAX_RETRY_POLL_INTERVAL {
+        return Err(ConfigError::Invalid {
+            name: "RETRY_POLL_INTERVAL_S".into(),
+            value: interval.as_secs().to_string(),
+            reason: format!(
+                "must be at most {} s: a run that never goes idle sees re-queued jobs only at \
+                 its polls of the retry queue",
+                MAX_RETRY_POLL_INTERVAL.as_secs()
+            ),
+        });
+    }
+    Ok(interval)
+}
 
 /// A count setting that must be at least 1: `name`, or `default` when unset.
 fn at_least_one(env: &impl Env, name: &str, default: usize) -> Result<usize, ConfigError> {
@@ -507,9 +530,11 @@ mod tests {
         let c =
             OrchestratorConfig::from_env(&env(&[("RETRY_POLL_INTERVAL_S", "0")])).expect("valid");
         assert_eq!(c.retry_poll_interval, Duration::ZERO);
-        let e = OrchestratorConfig::from_env(&env(&[("RETRY_POLL_INTERVAL_S", "soon")]))
-            .expect_err("not seconds");
-        assert!(e.to_string().contains("RETRY_POLL_INTERVAL_S"), "{e}");
+        for bad in ["soon", "61"] {
+            let e = OrchestratorConfig::from_env(&env(&[("RETRY_POLL_INTERVAL_S", bad)]))
+                .expect_err("refused");
+            assert!(e.to_string().contains("RETRY_POLL_INTERVAL_S"), "{e}");
+        }
     }
 
     #[test]
@@ -633,11 +658,12 @@ mod tests {
         assert_eq!(small.batches(), 2);
         assert_eq!(small.total(), Duration::from_millis(13_500));
         assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(14)));
-        // MAX_HELD's default (100) and batches of 10 jobs (640 messages to delete): each goes
-        // in one round of concurrent calls, so the default finish stays 176 s.
+        // MAX_HELD's default (100) and the default batches of 20 jobs (1,280 messages to
+        // delete): each goes in one round of concurrent calls, so the default finish stays
+        // 176 s.
         let held = FinishBudget {
             max_held: DEFAULT_MAX_HELD,
-            batch_max_jobs: 10,
+            batch_max_jobs: DEFAULT_BATCH_MAX_JOBS,
             ..b
         };
         assert_eq!(held.total(), Duration::from_secs(176));

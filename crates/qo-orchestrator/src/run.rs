@@ -665,8 +665,8 @@ where
         &mut self,
         result: Result<Vec<Message>, QueueError>,
     ) -> Result<(), OrchestratorError> {
-        let messages = result?;
         self.retry_checked = std::mem::take(&mut self.receiving_retry);
+        let messages = result?;
         if self.retry_checked {
             // Re-queued jobs found: more may be waiting, so the next receive polls again.
             let found = messages.iter().any(|m| m.queue == QueueRole::Retry);

@@ -313,8 +313,16 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
             return Step::Stop(StopReason::Idle);
         }
         // The job queue is empty but the retry queue was not polled with it (its poll was not
-        // due): poll both once more before stopping.
-        return receive_with(s, 0, true);
+        // due): poll both once more before stopping, if a receive is due at all (not while a
+        // back-off or a used-up budget holds the next slot far off).
+        return match receive_or_wait(s) {
+            Step::Receive { wait, max, .. } => Step::Receive {
+                wait,
+                max,
+                retry_first: true,
+            },
+            _ => Step::Stop(StopReason::Idle),
+        };
     }
     if s.held == 0 {
         return receive_or_wait(s);

@@ -113,7 +113,8 @@ pub trait JobSource: Send + Sync {
     async fn release(&self, messages: &[Message], after: Duration) -> Result<(), QueueError>;
     /// Up to `max` (1 to 10) messages of the `role` queue only (the retry queue is not polled
     /// first), waiting up to `wait`; no retry queue answers empty. For the retention sweep,
-    /// which goes through one queue at a time.
+    /// which goes through one queue at a time, and the dispatch loop's receives of the main
+    /// queue alone (while the retry queue's poll is not due).
     async fn receive_from(
         &self,
         role: QueueRole,

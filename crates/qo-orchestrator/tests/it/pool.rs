@@ -419,7 +419,7 @@ async fn a_per_function_tier_holds_for_each_function_and_the_shared_tier_for_all
 
 #[tokio::test(start_paused = true)]
 async fn batches_through_a_pool_keep_each_function_s_tier() {
-    // Batches of up to 10 within a second, two functions at 5/s each under a shared 8/s: a
+    // Batches of up to 10 within the window, two functions at 5/s each under a shared 8/s: a
     // batch goes through one function, and each of its slots conforms to that function's own
     // tier as well as to the shared one.
     let pool = Pool::new(2, Arc::new(|_, _, _| Answer::Ok));

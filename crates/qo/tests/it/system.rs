@@ -198,10 +198,10 @@ async fn the_real_worker_and_orchestrator_learn_a_tighter_limit() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_real_worker_in_batches_of_10_learns_a_tighter_limit_too() {
+async fn the_real_worker_in_batches_learns_a_tighter_limit_too() {
     let _one = crate::ONE_AT_A_TIME.lock().await;
-    // As above with the default, batches of up to 10 while the pace is settled: the first
-    // batch's later slots are already sent when a 429 comes.
+    // As above with the default, batches of up to 20 in 2 s while the pace is settled: the
+    // first batch's later slots are already sent when a 429 comes.
     learn_a_tighter_limit(rig(15)).await;
 }
 
