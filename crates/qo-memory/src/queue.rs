@@ -807,13 +807,24 @@ impl MemoryQueue {
 
 #[async_trait]
 impl JobSource for MemoryQueue {
+    /// As the SQS adapter receives: a short poll of the retry queue (what is visible now),
+    /// then, for what it left of `max`, a poll of the main queue, long (`wait`) only when the
+    /// retry queue gave nothing; a retry queue that fills `max` leaves the main queue unpolled.
+    /// A message that turns visible on the retry queue during the main queue's long poll waits
+    /// for the next receive, as on SQS.
     async fn receive(&self, max: u8, wait: Duration) -> Result<Vec<Message>, QueueError> {
-        if self.inner.options.retry_queue {
-            self.receive_lanes(&[QueueRole::Retry, QueueRole::Main], max, wait)
-                .await
-        } else {
-            self.receive_lanes(&[QueueRole::Main], max, wait).await
+        if !self.inner.options.retry_queue {
+            return self.receive_lanes(&[QueueRole::Main], max, wait).await;
         }
+        let mut out = self
+            .receive_lanes(&[QueueRole::Retry], max, Duration::ZERO)
+            .await?;
+        let left = usize::from(max).saturating_sub(out.len());
+        if let Ok(left @ 1..) = u8::try_from(left) {
+            let wait = if out.is_empty() { wait } else { Duration::ZERO };
+            out.extend(self.receive_lanes(&[QueueRole::Main], left, wait).await?);
+        }
+        Ok(out)
     }
 
     async fn receive_from(
@@ -1220,6 +1231,51 @@ mod tests {
         assert_eq!(got[1].body, "main-1");
         assert_eq!(got[1].queue, QueueRole::Main);
         assert_eq!(q.depths().retry_in_flight, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_queue_is_short_polled_and_the_main_queue_long_polled_as_on_sqs() {
+        let c = clock();
+        let q = with_retry(c.clone());
+        let retried = Origin {
+            message_id: "earlier".into(),
+            attempt: 1,
+            ..Origin::default()
+        };
+        // Visible on the retry queue a second into the main queue's long poll: not this
+        // receive's (it asked the retry queue once, at its start), the next one's.
+        q.requeue("retry-1", &retried, Duration::from_secs(1))
+            .await
+            .expect("requeue");
+        let before = q.requests();
+        let (got, waited) = long_poll(&q, &c).await;
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(waited, Duration::from_secs(20));
+        assert_eq!(
+            q.requests().receive - before.receive,
+            2,
+            "one request a queue"
+        );
+        let (got, _) = long_poll(&q, &c).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].queue, QueueRole::Retry);
+        // A retry queue that fills the receive leaves the main queue unasked: one request.
+        q.send("main-1");
+        for i in 0..10 {
+            q.requeue(&format!("r{i}"), &retried, Duration::ZERO)
+                .await
+                .expect("requeue");
+        }
+        let before = q.requests();
+        let got = q.receive(10, NOW).await.expect("receive");
+        assert!(got.iter().all(|m| m.queue == QueueRole::Retry));
+        assert_eq!(
+            (
+                q.requests().receive - before.receive,
+                q.requests().receive_retry - before.receive_retry
+            ),
+            (1, 1)
+        );
     }
 
     #[tokio::test(start_paused = true)]

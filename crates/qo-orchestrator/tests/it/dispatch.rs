@@ -367,12 +367,13 @@ async fn the_retry_queue_is_polled_at_most_every_interval_unless_it_has_jobs() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_polls_the_retry_queue_before_it_stops_idle() {
-    // The last of 20 calls is re-queued, visible at once, after the run's last poll of the
+    // The 10th of 20 calls is re-queued, visible at once, after the run's last poll of the
     // retry queue; the idle exit (2 s) comes before that poll is due again (5 s): the run
-    // still finds the job before it stops.
+    // still finds the job before it stops. (A job re-queued after that last receive, by an
+    // event still in progress at the stop, waits for the next run, as on SQS.)
     let h = Harness::new(
         |n| {
-            if n == 20 {
+            if n == 10 {
                 Verdict::RequeueAfter(Duration::ZERO)
             } else {
                 Verdict::Succeed
