@@ -731,10 +731,11 @@ fn check_delay(op: &'static str, delay: Duration) -> Result<(), QueueError> {
 }
 
 impl MemoryQueue {
-    /// Receives from `lanes` in order, long-polling up to `wait` when none has a message.
-    async fn receive_lanes(
+    /// Receives from `lane` (one `ReceiveMessage`), long-polling up to `wait` when it has no
+    /// message; `None` (a retry queue that does not exist) answers empty after `wait`, unbilled.
+    async fn receive_lane(
         &self,
-        lanes: &[QueueRole],
+        lane: Option<QueueRole>,
         max: u8,
         wait: Duration,
     ) -> Result<Vec<Message>, QueueError> {
@@ -749,9 +750,8 @@ impl MemoryQueue {
         let deadline = clock.now().plus(wait);
         {
             let mut st = self.lock();
-            st.requests.receive += lanes.len() as u64;
-            st.requests.receive_retry +=
-                lanes.iter().filter(|&&r| r == QueueRole::Retry).count() as u64;
+            st.requests.receive += u64::from(lane.is_some());
+            st.requests.receive_retry += u64::from(lane == Some(QueueRole::Retry));
         }
         loop {
             // Register interest before looking, so a send between the look and the wait
@@ -763,11 +763,8 @@ impl MemoryQueue {
             let mut out = Vec::new();
             let next = {
                 let mut st = self.lock();
-                for &role in lanes {
-                    let want = usize::from(max) - out.len();
-                    if want > 0 {
-                        st.take(role, now, options, want, &mut out);
-                    }
+                if let Some(role) = lane {
+                    st.take(role, now, options, usize::from(max), &mut out);
                 }
                 let oldest = st
                     .by_age
@@ -814,15 +811,15 @@ impl JobSource for MemoryQueue {
     /// for the next receive, as on SQS.
     async fn receive(&self, max: u8, wait: Duration) -> Result<Vec<Message>, QueueError> {
         if !self.inner.options.retry_queue {
-            return self.receive_lanes(&[QueueRole::Main], max, wait).await;
+            return self.receive_lane(Some(QueueRole::Main), max, wait).await;
         }
         let mut out = self
-            .receive_lanes(&[QueueRole::Retry], max, Duration::ZERO)
+            .receive_lane(Some(QueueRole::Retry), max, Duration::ZERO)
             .await?;
         let left = usize::from(max).saturating_sub(out.len());
         if let Ok(left @ 1..) = u8::try_from(left) {
             let wait = if out.is_empty() { wait } else { Duration::ZERO };
-            out.extend(self.receive_lanes(&[QueueRole::Main], left, wait).await?);
+            out.extend(self.receive_lane(Some(QueueRole::Main), left, wait).await?);
         }
         Ok(out)
     }
@@ -833,12 +830,8 @@ impl JobSource for MemoryQueue {
         max: u8,
         wait: Duration,
     ) -> Result<Vec<Message>, QueueError> {
-        let lanes: &[QueueRole] = match role {
-            QueueRole::Retry if !self.inner.options.retry_queue => &[],
-            QueueRole::Retry => &[QueueRole::Retry],
-            QueueRole::Main => &[QueueRole::Main],
-        };
-        self.receive_lanes(lanes, max, wait).await
+        let lane = (role == QueueRole::Main || self.inner.options.retry_queue).then_some(role);
+        self.receive_lane(lane, max, wait).await
     }
 
     async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {

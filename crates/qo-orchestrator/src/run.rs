@@ -264,9 +264,8 @@ struct Loop<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
     receiving: Option<Receiving<'a>>,
     /// The last receive brought nothing.
     receive_empty: bool,
-    /// The receive under way polls the retry queue first.
-    receiving_retry: bool,
-    /// The last receive polled the retry queue first.
+    /// The receive under way, or else the last one, polled the retry queue first (the idle
+    /// exit reads it only when no receive is under way).
     retry_checked: bool,
     /// Each dispatched worker event's function and when the event stops counting against the
     /// concurrency caps (its last slot plus `worker_busy`), oldest first.
@@ -435,7 +434,6 @@ where
             in_flight: FuturesUnordered::new(),
             receiving: None,
             receive_empty: false,
-            receiving_retry: false,
             retry_checked: false,
             busy_until: VecDeque::new(),
             to_delete: Vec::new(),
@@ -651,7 +649,7 @@ where
     /// main queue alone (see [`OrchestratorConfig::retry_poll_interval`]).
     fn start_receive(&mut self, wait: Duration, max: u8, retry_first: bool) {
         let queue = self.ports.queue;
-        self.receiving_retry = retry_first;
+        self.retry_checked = retry_first;
         self.receiving = Some(if retry_first {
             queue.receive(max, wait)
         } else {
@@ -665,7 +663,6 @@ where
         &mut self,
         result: Result<Vec<Message>, QueueError>,
     ) -> Result<(), OrchestratorError> {
-        self.retry_checked = std::mem::take(&mut self.receiving_retry);
         let messages = result?;
         if self.retry_checked {
             // Re-queued jobs found: more may be waiting, so the next receive polls again.

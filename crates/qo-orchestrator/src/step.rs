@@ -381,16 +381,11 @@ fn receive_or_wait(s: &Snapshot<'_>) -> Step {
 
 /// A receive of what the hold target still wants, beyond the `held` messages (1 to 10).
 fn receive(s: &Snapshot<'_>, held: usize) -> Step {
-    receive_with(s, held, s.timers.next_retry_poll <= s.now)
-}
-
-/// As [`receive`], polling the retry queue first when `retry_first`.
-fn receive_with(s: &Snapshot<'_>, held: usize, retry_first: bool) -> Step {
     let want = hold_target(s.pacer, s.config, s.now).saturating_sub(held);
     Step::Receive {
         wait: s.timers.wake().since(s.now).min(Duration::from_secs(1)),
         max: u8::try_from(want.clamp(1, qo_core::sqs::MAX_BATCH)).unwrap_or(1),
-        retry_first,
+        retry_first: s.timers.next_retry_poll <= s.now,
     }
 }
 
