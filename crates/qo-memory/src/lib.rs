@@ -28,9 +28,10 @@ pub mod store;
 pub use error::MemoryError;
 pub use invoker::{
     EventHandler, FailureCondition, FailureRecord, FunctionError, HandlerOutput, InvokerOptions,
-    InvokerStats, LocalInvoker,
+    InvokerStats, Kill, LocalInvoker,
 };
 pub use queue::{
-    BatchOp, Expired, MemoryQueue, QueueDepths, QueueOptions, Redriven, SendOptions, SqsRequests,
+    BatchOp, Expired, MemoryQueue, QueueDepths, QueueFaults, QueueOptions, Redriven, SendOptions,
+    SqsRequests,
 };
 pub use store::{JobStatus, MemoryStore, StoreStats};

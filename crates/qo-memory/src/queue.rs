@@ -32,6 +32,9 @@
 //!   deduplication id was seen in the last 5 minutes is accepted and dropped, as SQS does. A
 //!   re-queue is deduplicated by an id unique to that send, as the SQS adapter sends it. A
 //!   message group is blocked while one of its messages is in flight.
+//! - Faults SQS documents, off by default and drawn from a seeded generator ([`QueueFaults`]):
+//!   a deleted message that comes back (at-least-once delivery), a short poll that misses
+//!   visible messages (it asks only some of SQS's servers), single batch entries refused.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -43,6 +46,8 @@ use qo_core::job::Origin;
 use qo_core::ports::{DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole};
 use qo_core::sqs::{self, QueueAttributes};
 use qo_core::time::{Clock, Timestamp};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 
 use crate::error::MemoryError;
@@ -68,6 +73,48 @@ pub struct QueueOptions {
     pub fifo: bool,
     /// Prefix of message ids and receipt handles, to tell queues apart (default `msg`).
     pub id_prefix: String,
+    /// Faults SQS documents, each off by default.
+    pub faults: QueueFaults,
+}
+
+/// Faults SQS documents for standard queues, drawn from a generator seeded with `seed`, so a
+/// run repeats. Every rate is a fraction from 0 to 1, and 0 (the default) turns the fault off.
+#[derive(Clone, Debug, Default)]
+pub struct QueueFaults {
+    /// Seed of the draws.
+    pub seed: u64,
+    /// Fraction of deleted messages that come back: "more than one copy of a message might be
+    /// delivered" (at-least-once delivery; a server that missed the delete serves its copy). The
+    /// copy keeps its message id, body and receive count, and turns visible a visibility timeout
+    /// after the receive the delete answered.
+    pub redeliver_rate: f64,
+    /// Fraction of visible messages a short poll (a receive with no wait) misses: it queries
+    /// only a subset of servers, so it can return fewer messages, or none, while some are
+    /// visible. A long poll queries every server and misses none.
+    pub short_poll_miss_rate: f64,
+    /// Fraction of entries of DeleteMessageBatch and ChangeMessageVisibilityBatch refused on
+    /// their own while the call succeeds.
+    pub refuse_rate: f64,
+}
+
+impl QueueFaults {
+    /// Checks that each rate is a fraction.
+    pub fn validate(&self) -> Result<(), MemoryError> {
+        for (name, rate) in [
+            ("redeliver_rate", self.redeliver_rate),
+            ("short_poll_miss_rate", self.short_poll_miss_rate),
+            ("refuse_rate", self.refuse_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(MemoryError::InvalidOption {
+                    name,
+                    value: rate.to_string(),
+                    reason: "must be a fraction from 0 to 1",
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for QueueOptions {
@@ -77,6 +124,7 @@ impl Default for QueueOptions {
             retry_queue: false,
             fifo: false,
             id_prefix: "msg".to_string(),
+            faults: QueueFaults::default(),
         }
     }
 }
@@ -260,9 +308,40 @@ struct State {
     refuse: HashMap<BatchOp, usize>,
     /// The highest receive count any message reached.
     peak_receive_count: u32,
+    /// The fault draws ([`QueueFaults`]), seeded at the queue's creation.
+    rng: Option<StdRng>,
+    /// The faults.
+    faults: QueueFaults,
+    /// Deleted messages that came back ([`QueueFaults::redeliver_rate`]).
+    redelivered: u64,
 }
 
 impl State {
+    /// Draws whether a fault of `rate` happens now.
+    fn fault(&mut self, rate: f64) -> bool {
+        rate > 0.0 && self.rng.as_mut().is_some_and(|r| r.random::<f64>() < rate)
+    }
+
+    /// Deletes `seq`, or keeps a copy that comes back a visibility timeout after its receive
+    /// ([`QueueFaults::redeliver_rate`]).
+    fn delete(&mut self, seq: u64, now: Timestamp, visibility: Duration) {
+        if !self.fault(self.faults.redeliver_rate) {
+            self.remove(seq);
+            return;
+        }
+        let Some(m) = self.messages.get_mut(&seq) else {
+            return;
+        };
+        let (role, old) = (m.role, m.visible_at);
+        let at = m.received_at.unwrap_or(now).plus(visibility).max(now);
+        m.visible_at = at;
+        m.receipt = None;
+        self.redelivered += 1;
+        let lane = self.lane(role);
+        lane.remove(&(old, seq));
+        lane.insert((at, seq));
+    }
+
     fn lane(&mut self, role: QueueRole) -> &mut BTreeSet<(Timestamp, u64)> {
         match role {
             QueueRole::Main => &mut self.main,
@@ -315,6 +394,7 @@ impl State {
         now: Timestamp,
         options: &QueueOptions,
         want: usize,
+        short: bool,
         out: &mut Vec<Message>,
     ) {
         let mut busy = if options.fifo {
@@ -329,6 +409,9 @@ impl State {
         for key in ready {
             if taken >= want {
                 break;
+            }
+            if short && self.fault(self.faults.short_poll_miss_rate) {
+                continue;
             }
             let Some(m) = self.messages.get(&key.1) else {
                 continue;
@@ -416,14 +499,14 @@ impl State {
         Ok(())
     }
 
-    /// Whether to refuse the next entry of `op` (a test asked for it).
+    /// Whether to refuse the next entry of `op` (a test asked for it, or a fault drew it).
     fn refuse_one(&mut self, op: BatchOp) -> bool {
         match self.refuse.get_mut(&op) {
             Some(n) if *n > 0 => {
                 *n -= 1;
                 true
             }
-            _ => false,
+            _ => self.fault(self.faults.refuse_rate),
         }
     }
 }
@@ -481,11 +564,16 @@ impl MemoryQueue {
 
     /// Queues as `options` say.
     pub fn with_options(clock: Arc<dyn Clock>, options: QueueOptions) -> Self {
+        let state = State {
+            rng: Some(StdRng::seed_from_u64(options.faults.seed)),
+            faults: options.faults.clone(),
+            ..State::default()
+        };
         MemoryQueue {
             inner: Arc::new(Inner {
                 clock,
                 options,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(state),
                 changed: Notify::new(),
             }),
         }
@@ -679,6 +767,22 @@ impl MemoryQueue {
         self.lock().expired.clone()
     }
 
+    /// Deleted messages that came back so far ([`QueueFaults::redeliver_rate`]).
+    pub fn redelivered(&self) -> u64 {
+        self.lock().redelivered
+    }
+
+    /// Every message on the main and retry queues (visible, in flight or delayed), in send
+    /// order: its queue, body and origin.
+    pub fn messages(&self) -> Vec<(QueueRole, String, Origin)> {
+        let st = self.lock();
+        let mut all: Vec<(&u64, &Stored)> = st.messages.iter().collect();
+        all.sort_by_key(|(seq, _)| **seq);
+        all.into_iter()
+            .map(|(_, m)| (m.role, m.body.clone(), m.origin.clone()))
+            .collect()
+    }
+
     /// True when the main and retry queues hold nothing (visible, in flight or delayed); dead
     /// letters do not count.
     pub fn is_drained(&self) -> bool {
@@ -764,7 +868,8 @@ impl MemoryQueue {
             let next = {
                 let mut st = self.lock();
                 if let Some(role) = lane {
-                    st.take(role, now, options, usize::from(max), &mut out);
+                    let short = wait.is_zero();
+                    st.take(role, now, options, usize::from(max), short, &mut out);
                 }
                 let oldest = st
                     .by_age
@@ -856,9 +961,11 @@ impl JobSource for MemoryQueue {
     }
 
     async fn delete(&self, messages: &[Message]) -> Result<(), QueueError> {
+        let now = self.inner.clock.now();
+        let visibility = self.inner.options.attributes.visibility_timeout;
         self.lock().requests.delete += batches(messages.len());
         self.per_receipt(BatchOp::Delete, messages, |st, seq| {
-            st.remove(seq);
+            st.delete(seq, now, visibility);
             Ok(())
         })
     }

@@ -13,6 +13,8 @@
 //! - `report`: the observer that counts what happened, and the report it makes.
 //! - `args`: parsing of ranges such as `5..50`.
 //! - `sim`: `qo sim`, the quota-enforcing API on its own.
+//! - `simulate`: `qo simulate`, the whole system under the services' documented faults, seed
+//!   by seed, judged by a checker of the invariants.
 //! - `ops`: operations on a deployed stack or a local endpoint: `qo status`, `pause`, `resume`,
 //!   `circuit`, `quota`, `redrive`, `send`, `setup`.
 //!
@@ -30,6 +32,7 @@ pub mod local;
 pub mod ops;
 mod report;
 pub mod sim;
+pub mod simulate;
 pub mod system;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +58,8 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Measure the highest rate one orchestrator paces (in-memory ports, real clock).
     Bench(bench::BenchArgs),
+    /// Run the whole system under injected faults, seed by seed, and check its invariants.
+    Simulate(simulate::SimulateArgs),
     /// An operation on a deployed stack or a local endpoint.
     #[cfg(feature = "aws")]
     #[command(flatten)]
@@ -81,6 +86,7 @@ pub async fn run(command: Command) -> CommandResult {
         Command::Local(args) => local::run(*args).await,
         Command::Sim(args) => sim::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
         #[cfg(feature = "aws")]
         Command::Ops(command) => ops::run(command).await,
         #[cfg(not(feature = "aws"))]

@@ -5,11 +5,17 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = qo::Cli::parse();
+    // `qo simulate` injects faults on purpose: their errors are the point, not news.
+    let quiet = if matches!(cli.command, qo::Command::Simulate(_)) {
+        "off"
+    } else {
+        "error"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet)),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

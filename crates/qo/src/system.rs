@@ -131,6 +131,27 @@ where
         qo_orchestrator::run(ports, &self.orchestrator, deadline).await
     }
 
+    /// As [`System::run_until`], as the orchestrator named `owner` (each Lambda invocation
+    /// names itself anew, so two runs at once contest the lease).
+    pub async fn run_as(
+        &self,
+        owner: &str,
+        deadline: Timestamp,
+    ) -> Result<RunReport, OrchestratorError> {
+        let config = OrchestratorConfig {
+            owner: owner.to_string(),
+            ..self.orchestrator.clone()
+        };
+        let ports = Ports {
+            queue: &self.queue,
+            store: &self.store,
+            invoker: &self.invoker,
+            clock: self.clock.as_ref(),
+            observer: self.observer.as_ref(),
+        };
+        qo_orchestrator::run(ports, &config, deadline).await
+    }
+
     /// Waits until no function's invoker has an event in flight (every delivery and retry
     /// ended).
     pub async fn wait_idle(&self) {

@@ -19,7 +19,7 @@ use super::environments::Start;
 use super::failure::{FailureCondition, FailureRecord};
 use super::handler::FunctionError;
 use super::schedule::{function_error_retry_delay, throttle_backoff};
-use super::{Inner, lock_stats};
+use super::{Inner, Kill, lock_stats};
 
 /// Holds one count in the invoker's outstanding deliveries from the invoke (taken there, so
 /// `wait_idle` sees it at once) to the copy's end, even if its task is dropped.
@@ -143,7 +143,32 @@ pub(super) async fn deliver(
 /// the delivery.
 async fn run(inner: &Inner, event: WorkerEvent) -> RunEnd {
     let handler = inner.handler.clone();
-    match tokio::spawn(async move { handler.handle(event).await }).await {
+    let kill = inner.draw_kill();
+    let copy = kill.map(|_| event.clone());
+    let mut task = tokio::spawn(async move { handler.handle(event).await });
+    let joined = match kill {
+        None => task.await,
+        Some(after) => {
+            tokio::select! {
+                biased;
+                joined = &mut task => joined,
+                () = inner.clock.sleep(after) => {
+                    // The run stops at the await it reached: nothing after it happens.
+                    task.abort();
+                    let at = inner.clock.now();
+                    if let Some(event) = copy {
+                        inner.kills_mut().push(Kill { at, event });
+                    }
+                    lock_stats(inner).killed += 1;
+                    return RunEnd::Crashed(FunctionError(format!(
+                        "killed {} ms into the run (injected)",
+                        after.as_millis()
+                    )));
+                }
+            }
+        }
+    };
+    match joined {
         Ok(Ok(())) => RunEnd::Succeeded,
         Ok(Err(e)) => RunEnd::Failed(e),
         Err(join) if join.is_panic() => RunEnd::Crashed(FunctionError(format!(

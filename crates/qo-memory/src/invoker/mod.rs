@@ -32,8 +32,13 @@
 //! [`LocalInvoker::wait_idle`] resolves once no copy is queued, waiting out a back-off or a
 //! retry, initialising or running.
 //!
+//! - Faults, off by default: a fraction `lost_answer_rate` of accepted invokes answer the caller
+//!   with a transport error (the event still runs), and a fraction `kill_rate` of runs is killed
+//!   part-way (a timeout, an out-of-memory kill), at a random await within `kill_within`: a
+//!   function error that also discards the environment ([`LocalInvoker::kills`]).
+//!
 //! Not modelled: Lambda lengthening the retry interval and reading its queue more slowly when
-//! the queue is long, events dropped from the queue without delivery, function timeouts.
+//! the queue is long, events dropped from the queue without delivery.
 //!
 //! # Layout
 //! - `options`: [`InvokerOptions`] and their defaults;
@@ -55,7 +60,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use qo_core::job::WorkerEvent;
 use qo_core::ports::{InvokeError, Invoker};
-use qo_core::time::{Clock, duration_micros};
+use qo_core::time::{Clock, Timestamp, duration_micros};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -96,8 +101,12 @@ pub struct InvokerStats {
     pub delivered: u64,
     /// Handler runs that succeeded.
     pub completed: u64,
-    /// Handler runs that failed (returned an error or panicked).
+    /// Handler runs that failed (returned an error, panicked or were killed).
     pub function_errors: u64,
+    /// Handler runs killed part-way (`kill_rate`).
+    pub killed: u64,
+    /// Accepted invokes answered with a transport error (`lost_answer_rate`).
+    pub lost_answers: u64,
     /// Attempts that found the concurrency all busy and went back to the queue.
     pub throttled: u64,
     /// Runs that started a new execution environment (and waited out its init).
@@ -124,6 +133,8 @@ impl InvokerStats {
             delivered: self.delivered + o.delivered,
             completed: self.completed + o.completed,
             function_errors: self.function_errors + o.function_errors,
+            killed: self.killed + o.killed,
+            lost_answers: self.lost_answers + o.lost_answers,
             throttled: self.throttled + o.throttled,
             cold_starts: self.cold_starts + o.cold_starts,
             on_failure: self.on_failure + o.on_failure,
@@ -141,6 +152,8 @@ struct Inner {
     stats: Mutex<InvokerStats>,
     environments: Environments,
     failures: Mutex<Vec<FailureRecord>>,
+    /// The runs killed part-way, oldest first.
+    kills: Mutex<Vec<Kill>>,
     /// Accepted copies not yet ended (queued, waiting to retry, initialising or running).
     outstanding: watch::Sender<usize>,
 }
@@ -149,6 +162,33 @@ impl Inner {
     fn failures_mut(&self) -> MutexGuard<'_, Vec<FailureRecord>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn kills_mut(&self) -> MutexGuard<'_, Vec<Kill>> {
+        self.kills.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How far into the next run it is killed (`kill_rate`), or `None`.
+    fn draw_kill(&self) -> Option<Duration> {
+        let o = &self.options;
+        if o.kill_rate <= 0.0 {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        if rng.random::<f64>() >= o.kill_rate {
+            return None;
+        }
+        let within = duration_micros(o.kill_within);
+        Some(Duration::from_micros(rng.random_range(0..=within)))
+    }
+}
+
+/// A handler run killed part-way ([`InvokerOptions::kill_rate`]).
+#[derive(Clone, Debug)]
+pub struct Kill {
+    /// When it was killed.
+    pub at: Timestamp,
+    /// The event the run had.
+    pub event: WorkerEvent,
 }
 
 fn lock_stats(inner: &Inner) -> MutexGuard<'_, InvokerStats> {
@@ -177,6 +217,8 @@ impl std::fmt::Debug for LocalInvoker {
 struct Draw {
     fail: Option<InvokeError>,
     delays: Vec<Duration>,
+    /// The event is queued, but the caller is told the call failed.
+    lose_answer: bool,
 }
 
 impl LocalInvoker {
@@ -212,6 +254,7 @@ impl LocalInvoker {
                 stats: Mutex::new(InvokerStats::default()),
                 environments,
                 failures: Mutex::new(Vec::new()),
+                kills: Mutex::new(Vec::new()),
                 outstanding: watch::channel(0).0,
             }),
         }
@@ -234,6 +277,11 @@ impl LocalInvoker {
     /// The on-failure destination's records so far, oldest first.
     pub fn failures(&self) -> Vec<FailureRecord> {
         self.inner.failures_mut().clone()
+    }
+
+    /// The runs killed part-way so far, oldest first.
+    pub fn kills(&self) -> Vec<Kill> {
+        self.inner.kills_mut().clone()
     }
 
     /// Takes the on-failure destination's records out (as a redrive reads its queue), oldest
@@ -286,13 +334,19 @@ impl LocalInvoker {
             return Draw {
                 fail: Some(fail),
                 delays: Vec::new(),
+                lose_answer: false,
             };
         }
         let mut delays = vec![delay(rng)];
         if rng.random::<f64>() < o.duplicate_rate {
             delays.push(delay(rng));
         }
-        Draw { fail: None, delays }
+        let lose_answer = o.lost_answer_rate > 0.0 && rng.random::<f64>() < o.lost_answer_rate;
+        Draw {
+            fail: None,
+            delays,
+            lose_answer,
+        }
     }
 
     /// The event as the worker would receive it: through its JSON form, within the size limit.
@@ -335,6 +389,12 @@ impl Invoker for LocalInvoker {
         for delay in draw.delays {
             let outstanding = Outstanding::take(self.inner.clone());
             tokio::spawn(deliver(outstanding, delivered.clone(), accepted_at, delay));
+        }
+        if draw.lose_answer {
+            lock_stats(&self.inner).lost_answers += 1;
+            return Err(InvokeError::transport(
+                "injected lost answer: the event was accepted",
+            ));
         }
         Ok(())
     }

@@ -46,6 +46,17 @@ pub struct InvokerOptions {
     pub fail_rate: f64,
     /// Fraction of accepted events delivered twice, 0 to 1 (default 0).
     pub duplicate_rate: f64,
+    /// Fraction of accepted invokes whose answer is lost, 0 to 1 (default 0): the event is
+    /// queued and delivered, but the caller sees a transport error, as a client whose request
+    /// timed out after Lambda accepted it does.
+    pub lost_answer_rate: f64,
+    /// Fraction of handler runs killed part-way, 0 to 1 (default 0): a timeout, an
+    /// out-of-memory kill or a lost environment stops the run at whatever await it has
+    /// reached, drawn uniformly within `kill_within` of its start. A kill is a function error
+    /// (retried as one) and discards the environment; [`crate::LocalInvoker::kills`] lists them.
+    pub kill_rate: f64,
+    /// How far into a run a kill may fall (default 10 s).
+    pub kill_within: Duration,
     /// Seed of the random draws (default 0).
     pub seed: u64,
     /// The function's reserved concurrency: at most this many environments are busy (in init or
@@ -74,6 +85,9 @@ impl Default for InvokerOptions {
             delay: Duration::from_millis(2)..=Duration::from_millis(20),
             fail_rate: 0.0,
             duplicate_rate: 0.0,
+            lost_answer_rate: 0.0,
+            kill_rate: 0.0,
+            kill_within: Duration::from_secs(10),
             seed: 0,
             concurrency: None,
             maximum_event_age: DEFAULT_MAXIMUM_EVENT_AGE,
@@ -102,6 +116,8 @@ impl InvokerOptions {
         for (name, rate) in [
             ("fail_rate", self.fail_rate),
             ("duplicate_rate", self.duplicate_rate),
+            ("lost_answer_rate", self.lost_answer_rate),
+            ("kill_rate", self.kill_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(MemoryError::InvalidOption {

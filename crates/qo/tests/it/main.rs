@@ -8,6 +8,7 @@ mod local;
 mod ops;
 #[cfg(feature = "aws")]
 mod redrive_worker_failures;
+mod simulate;
 mod system;
 
 /// One real-time run at a time: a `qo local` run, the pause test's orchestrator, or a
