@@ -204,6 +204,22 @@ impl JobEvent {
     }
 }
 
+/// The body to send again for a message received with `body` under `message_id`: the job with
+/// its idempotency key made explicit (its `id`, else `message_id`), so that a copy keeps the
+/// key of the original, which may still be delivered (SQS delivers at least once, and a
+/// refused delete leaves it on the queue). SQS gives every send a new message id. A body that
+/// is not a job is returned unchanged: it has no key, and is dead-lettered when received.
+pub fn pin_key<'a>(body: &'a str, message_id: &str) -> std::borrow::Cow<'a, str> {
+    let Ok(mut job) = serde_json::from_str::<Job>(body) else {
+        return body.into();
+    };
+    if job.id.is_some() {
+        return body.into();
+    }
+    job.id = Some(message_id.to_string());
+    serde_json::to_string(&job).map_or(body.into(), Into::into)
+}
+
 /// A health check of the API, sent while the circuit is open.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheckEvent {
@@ -282,6 +298,15 @@ mod tests {
             Job::parse("not json"),
             Err(JobError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_copy_keeps_the_key_of_the_original() {
+        let pinned = pin_key(r#"{"path":"/x"}"#, "m-1");
+        assert_eq!(Job::parse(&pinned).expect("job").id.as_deref(), Some("m-1"));
+        let own = r#"{"id":"mine","path":"/x"}"#;
+        assert_eq!(pin_key(own, "m-1"), own, "an explicit id stays");
+        assert_eq!(pin_key("not json", "m-1"), "not json");
     }
 
     #[test]

@@ -24,10 +24,10 @@
 //!   change. All times come from the injected [`Clock`], so it runs under tokio's paused time.
 //! - [`JobSource::resend`] stores a fresh copy of a received message on the queue it came from
 //!   (receive count 0, sent now), as the SQS adapter's SendMessageBatch makes one.
-//! - A re-queued job keeps its `origin.message_id`: it names the job across attempts, so the
-//!   idempotency key of a job without an explicit id does not change when it is retried. It
-//!   keeps the counts the re-queue gives it, as the SQS adapter's attributes carry them:
-//!   `attempt` (`qo-attempt`) and `throttled` (`qo-throttled`, the 429s answered).
+//! - A re-queued or re-sent message gets a new message id, as every SQS send does: whoever
+//!   sends a copy puts the job's idempotency key in its body. A re-queue keeps the counts it
+//!   is given, as the SQS adapter's attributes carry them: `attempt` (`qo-attempt`) and
+//!   `throttled` (`qo-throttled`, the 429s answered).
 //! - FIFO (optional): `group_id` and `dedup_id` are kept in the [`Origin`]; a send whose
 //!   deduplication id was seen in the last 5 minutes is accepted and dropped, as SQS does. A
 //!   re-queue is deduplicated by an id unique to that send, as the SQS adapter sends it. A
@@ -949,13 +949,12 @@ impl JobSource for MemoryQueue {
                 let n = self.lock().next_seq;
                 format!("{d}/{}/{n}", m.origin.attempt)
             });
-            self.enqueue(
-                self.lane_of(m.queue),
-                m.body.clone(),
-                m.origin.clone(),
-                delay,
-                dedup_key,
-            );
+            // A send: SQS gives the copy a new message id (the key is in the body).
+            let origin = Origin {
+                message_id: String::new(),
+                ..m.origin.clone()
+            };
+            self.enqueue(self.lane_of(m.queue), m.body.clone(), origin, delay, dedup_key);
         }
         Ok(())
     }
@@ -1023,7 +1022,12 @@ impl JobSink for MemoryQueue {
             let n = self.lock().next_seq;
             format!("{d}/{}/{n}", origin.attempt)
         });
-        self.enqueue(role, body.to_string(), origin.clone(), delay, dedup_key);
+        // A send: SQS gives the copy a new message id (the key is in the body).
+        let origin = Origin {
+            message_id: String::new(),
+            ..origin.clone()
+        };
+        self.enqueue(role, body.to_string(), origin, delay, dedup_key);
         Ok(())
     }
 }
@@ -1217,7 +1221,10 @@ mod tests {
             Some("qo-worker-a"),
             "the function that failed it is carried, as qo-function is"
         );
-        assert_eq!(again[0].origin.message_id, id, "the job keeps its id");
+        assert_ne!(
+            again[0].origin.message_id, id,
+            "a re-queue is a send: SQS gives it a new message id (the key goes in the body)"
+        );
         assert_eq!(
             again[0].origin.enqueued_at,
             Some(Timestamp::from_secs(1_000))
@@ -1327,7 +1334,7 @@ mod tests {
         assert_eq!(got[0].body, "retry-1");
         assert_eq!(got[0].queue, QueueRole::Retry);
         assert_eq!(got[0].origin.attempt, 2);
-        assert_eq!(got[0].origin.message_id, "earlier");
+        assert_ne!(got[0].origin.message_id, "earlier", "a send gets a new message id");
         assert_eq!(got[1].body, "main-1");
         assert_eq!(got[1].queue, QueueRole::Main);
         assert_eq!(q.depths().retry_in_flight, 1);
@@ -1811,9 +1818,17 @@ mod tests {
         assert_eq!(copy[0].receive_count, 1, "a new message: this receive only");
         assert_eq!(copy[0].sent_at, Timestamp::from_secs(1_060));
         assert_eq!(
-            copy[0].origin, retry[0].origin,
+            Origin {
+                message_id: String::new(),
+                ..copy[0].origin.clone()
+            },
+            Origin {
+                message_id: String::new(),
+                ..retry[0].origin.clone()
+            },
             "attempt, throttles, enqueue kept"
         );
+        assert_ne!(copy[0].origin.message_id, retry[0].origin.message_id, "a new message id");
         assert!(
             q.resend(&copy, Duration::from_secs(901)).await.is_err(),
             "a delay past 900 s is refused"

@@ -1225,7 +1225,7 @@ where
     }
 
     /// Re-sends each message as a fresh copy (receive count 0, a new retention period; same
-    /// body, job id and attempt) visible after `after`, then deletes the originals. Returns the
+    /// job, idempotency key and attempt) visible after `after`, then deletes the originals. Returns the
     /// messages it could not re-send, still held, for the caller to release.
     async fn resend_fresh(
         &mut self,
@@ -1235,10 +1235,12 @@ where
         let mut resent = Vec::new();
         let mut failed = Vec::new();
         for m in messages {
+            // The copy gets a new message id: the key goes in its body.
+            let body = qo_core::job::pin_key(&m.body, &m.origin.message_id);
             match self
                 .ports
                 .queue
-                .requeue(&m.body, &m.origin, after.min(sqs::MAX_DELAY))
+                .requeue(&body, &m.origin, after.min(sqs::MAX_DELAY))
                 .await
             {
                 Ok(()) => resent.push(m),

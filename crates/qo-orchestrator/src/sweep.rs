@@ -313,7 +313,15 @@ async fn copy<Q: JobSource + ?Sized>(
     report: &mut SweepReport,
     clock: &dyn qo_core::Clock,
 ) -> Result<(), OrchestratorError> {
-    let refused: Vec<String> = match queue.resend(&messages, Duration::ZERO).await {
+    // Each copy gets a new message id: the key goes in its body.
+    let copies: Vec<Message> = messages
+        .iter()
+        .map(|m| Message {
+            body: qo_core::job::pin_key(&m.body, &m.origin.message_id).into_owned(),
+            ..m.clone()
+        })
+        .collect();
+    let refused: Vec<String> = match queue.resend(&copies, Duration::ZERO).await {
         Ok(()) => Vec::new(),
         Err(e @ QueueError::Partial { .. }) => {
             warn!(error = %e, "retention sweep: copies refused; their originals are kept");
