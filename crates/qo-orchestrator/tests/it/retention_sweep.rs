@@ -337,3 +337,47 @@ async fn throttles_read_after_a_sweep_are_judged_at_the_time_after_it() {
         c.sweep_run.as_secs()
     );
 }
+
+/// Ten jobs of about 110 KB are over SendMessageBatch's 1 MiB together: the sweep copies them
+/// in groups SQS takes (the in-memory queue refuses a larger call whole, as SQS does), and the
+/// pass completes instead of stopping at the same ten every run.
+#[tokio::test(start_paused = true)]
+async fn large_jobs_are_copied_in_calls_under_one_mib() {
+    let clock = Arc::new(TokioClock::starting_at(crate::support::start()));
+    let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+    let store = MemoryStore::new();
+    let invoker = LocalInvoker::new(clock.clone(), |_: qo_core::WorkerEvent| async {});
+    let pad = "x".repeat(110_000);
+    for i in 0..10 {
+        queue.send(format!(r#"{{"path":"/big/{i}","body":"{pad}"}}"#));
+    }
+    clock.sleep(DAY).await;
+    let c = OrchestratorConfig::with_quota("1/s".parse().expect("quota"));
+    let ports = Ports {
+        queue: &queue,
+        store: &store,
+        invoker: &invoker,
+        clock: clock.as_ref(),
+        observer: &NoObserver,
+    };
+    let last = SweepRecord {
+        last_started_at: Some(clock.now().minus(DAY * 7)),
+        ..SweepRecord::default()
+    };
+    save_record(&store, RecordKey::Sweep, &last, 0, None)
+        .await
+        .expect("sweep record");
+    let mut lease = store
+        .take("test", clock.now(), c.lease_ttl)
+        .await
+        .expect("lease");
+    let stop = clock.now().plus(Duration::from_secs(600));
+    let part = run_if_due(&ports, &c, &mut lease, stop)
+        .await
+        .expect("a pass was due");
+    assert!(part.completed, "{part:?}");
+    assert_eq!((part.resent, part.refused), (10, 0), "{part:?}");
+    let d = queue.depths();
+    assert_eq!(d.pending(), 10, "each job once: {d:?}");
+    assert!(queue.expired().is_empty() && d.dead == 0);
+}
