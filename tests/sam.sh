@@ -494,13 +494,15 @@ ORCHESTRATOR_ITEMS = {
     "dynamodb:UpdateItem": {LEASE, RECORDS["Quota"]},
     "dynamodb:ConditionCheckItem": {LEASE},
 }
-# Worker: its claims (job#<id>), a batch's done record (batch#<key>), the circuit, the back-off;
-# a claim released is deleted.
+# Worker: its claims (job#<id>), a batch's done record (batch#<key>, read, and written by an
+# update that adds to its set of job ids), the circuit, the back-off; a claim released is
+# deleted.
 _worker_items = {ITEM_CONSTS["JOB_PREFIX"] + "*", ITEM_CONSTS["BATCH_PREFIX"] + "*",
                  RECORDS["Circuit"], RECORDS["Control"]}
 WORKER_ITEMS = {
     "dynamodb:GetItem": _worker_items,
-    "dynamodb:PutItem": _worker_items,
+    "dynamodb:PutItem": {ITEM_CONSTS["JOB_PREFIX"] + "*", RECORDS["Circuit"], RECORDS["Control"]},
+    "dynamodb:UpdateItem": {ITEM_CONSTS["BATCH_PREFIX"] + "*"},
     "dynamodb:DeleteItem": {ITEM_CONSTS["JOB_PREFIX"] + "*"},
 }
 if len(RECORDS) != 4 or not {"LEASE_PK", "JOB_PREFIX", "BATCH_PREFIX"} <= ITEM_CONSTS.keys():

@@ -810,16 +810,24 @@ impl IdempotencyStore for DynamoStore {
             return Ok(());
         }
         let jobs = AttributeValue::Ss(job_ids.iter().map(|id| id.to_string()).collect());
+        // ADD unions the ids into the set (creating the item if absent): two deliveries of one
+        // batch event that split its claims between them each add their own successes, where a
+        // put by the later one would erase the earlier one's, and its jobs would be called
+        // again once their claims went stale. Idempotent, and the same 1 WRU as a put.
         self.client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .item(PK, s(format!("{BATCH_PREFIX}{batch}")))
-            .item(JOBS, jobs)
-            .item(COMPLETED_AT_MS, n(now.as_millis()))
-            .item(TTL, n(ttl_secs(now.plus(ttl))))
+            .key(PK, s(format!("{BATCH_PREFIX}{batch}")))
+            .update_expression("ADD #jobs :jobs SET #completed = :completed, #ttl = :ttl")
+            .expression_attribute_names("#jobs", JOBS)
+            .expression_attribute_names("#completed", COMPLETED_AT_MS)
+            .expression_attribute_names("#ttl", TTL)
+            .expression_attribute_values(":jobs", jobs)
+            .expression_attribute_values(":completed", n(now.as_millis()))
+            .expression_attribute_values(":ttl", n(ttl_secs(now.plus(ttl))))
             .send()
             .await
-            .map_err(|e| store_err("dynamodb.PutItem(complete batch)", e))?;
+            .map_err(|e| store_err("dynamodb.UpdateItem(complete batch)", e))?;
         Ok(())
     }
 

@@ -10,10 +10,14 @@ use qo_core::quota::Utilization;
 use qo_core::{CircuitPhase, Observation, Observer, ReasonKind, Timestamp};
 use serde_json::{Value, json};
 
+/// The `function` of the worker's metrics ([`EmfMetrics::from_env`]).
+pub const WORKER: &str = "worker";
+
 /// Counts observations; [`EmfMetrics::flush`] writes them as one EMF record.
 ///
 /// Counters are summed and reset at each flush; gauges (`CircuitOpen`, `Backlog`) keep their
-/// last value; `JobWait` (Milliseconds) lists each call's wait from enqueue to call;
+/// last value; the worker's metrics ([`WORKER`]) have no `CircuitOpen` gauge but count
+/// `CircuitOpened`, the openings its failures caused; `JobWait` (Milliseconds) lists each call's wait from enqueue to call;
 /// `QuotaUtilization` (Percent) is the calls dispatched over the calls the pace
 /// allowed while work waited, since the previous flush, and is left out when nothing waited;
 /// `ApiRemaining` (Count) is the fewest calls the API said were left in its window since the
@@ -153,6 +157,17 @@ impl Observer for EmfMetrics {
             Observation::DeadLettered { .. } => self.add("DeadLettered", 1.0),
             Observation::Duplicate { .. } => self.add("Duplicates", 1.0),
             Observation::CredentialRejected { .. } => self.add("CredentialRejected", 1.0),
+            // Only the orchestrator keeps the `CircuitOpen` gauge: it re-reads the circuit at
+            // least every second, so its series follows the circuit both ways. A worker sees
+            // the circuit only when its own call opens it or its own health check closes it,
+            // and a gauge survives flushes: the environment that opened it would report 1 for
+            // the rest of its life, and the alarm (the Maximum over the stack) would page
+            // after the circuit closed. The worker counts the openings it caused instead.
+            Observation::Circuit { phase, .. } if self.function == WORKER => {
+                if phase != CircuitPhase::Closed {
+                    self.add("CircuitOpened", 1.0);
+                }
+            }
             Observation::Circuit { phase, .. } => self.gauge(
                 "CircuitOpen",
                 if phase == CircuitPhase::Closed {
@@ -227,6 +242,30 @@ mod tests {
         let r2 = m.take_record(Timestamp::from_millis(6)).expect("record");
         assert!(r2.get("Dispatched").is_none());
         assert_eq!(r2["CircuitOpen"], 1.0);
+    }
+
+    #[test]
+    fn the_worker_counts_openings_and_keeps_no_circuit_gauge() {
+        let m = EmfMetrics::from_env(&HashMap::<String, String>::new(), WORKER);
+        m.observe(Observation::Circuit {
+            phase: CircuitPhase::Open,
+            epoch: 1,
+        });
+        let r = m.take_record(Timestamp::EPOCH).expect("record");
+        assert_eq!(r["CircuitOpened"], 1.0);
+        assert!(r.get("CircuitOpen").is_none(), "{r}");
+        // Later invocations of the same environment, after the circuit closed elsewhere:
+        // nothing about the circuit, so the orchestrator's 0 is the stack's only value.
+        m.observe(Observation::Succeeded { job_id: "j".into() });
+        let r2 = m.take_record(Timestamp::from_millis(1)).expect("record");
+        assert!(r2.get("CircuitOpen").is_none(), "{r2}");
+        assert!(r2.get("CircuitOpened").is_none(), "{r2}");
+        // Its own health check closing the circuit: no gauge either.
+        m.observe(Observation::Circuit {
+            phase: CircuitPhase::Closed,
+            epoch: 1,
+        });
+        assert!(m.take_record(Timestamp::from_millis(2)).is_none());
     }
 
     #[test]

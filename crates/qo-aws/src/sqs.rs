@@ -342,9 +342,11 @@ impl SqsQueue {
         Ok(req)
     }
 
-    /// Sends fresh copies of `messages` (all received from `url`) with one SendMessageBatch
-    /// per ten; returns the receipts of the originals whose copy SQS refused, and the first
-    /// refusal's reason.
+    /// Sends fresh copies of `messages` (all received from `url`) with SendMessageBatch calls
+    /// of at most ten messages and 1 MiB in all ([`send_batches`], bodies and attributes
+    /// counted as SQS counts them: past 1 MiB SQS refuses the whole call); a copy over
+    /// [`MAX_MESSAGE_BYTES`] on its own is refused without a request. Returns the receipts of
+    /// the originals whose copy was refused, and the first refusal's reason.
     async fn resend_batch(
         &self,
         url: &str,
@@ -354,16 +356,32 @@ impl SqsQueue {
         const OP: &str = "sqs.SendMessageBatch(resend)";
         let fifo = is_fifo(url);
         let delay = i32::try_from(ceil_secs(delay).min(MAX_DELAY_S)).unwrap_or(0);
+        let attrs = messages
+            .iter()
+            .map(|m| job_attributes(OP, &m.origin))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sizes: Vec<usize> = messages
+            .iter()
+            .zip(&attrs)
+            .map(|(m, a)| message_bytes(&m.body, a))
+            .collect();
         let mut refused = Vec::new();
         let mut first = None;
-        for chunk in messages.chunks(MAX_BATCH) {
+        for range in send_batches(&sizes) {
+            let chunk = &messages[range.clone()];
+            if let &[size] = &sizes[range.clone()]
+                && size > MAX_MESSAGE_BYTES
+            {
+                first.get_or_insert_with(|| too_large(size));
+                refused.push(chunk[0].receipt.clone());
+                continue;
+            }
             let mut entries = Vec::with_capacity(chunk.len());
-            for (i, m) in chunk.iter().enumerate() {
+            for (i, (m, attrs)) in chunk.iter().zip(&attrs[range.clone()]).enumerate() {
                 let group = fifo.then(|| m.origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP));
                 // No per-message delay on a FIFO queue (SQS refuses it).
                 let delay = (!fifo).then_some(delay);
-                let attrs = job_attributes(OP, &m.origin)?;
-                entries.push(send_entry(OP, i, &m.body, &attrs, group, delay)?);
+                entries.push(send_entry(OP, i, &m.body, attrs, group, delay)?);
             }
             let out = self.send_entries(OP, url, entries).await?;
             if first.is_none() {
@@ -416,16 +434,18 @@ impl SqsQueue {
         })
     }
 
-    /// Sends a batch of dead-letter messages to the main queue and deletes those sent.
+    /// Sends a batch of dead-letter messages to the main queue and deletes those sent, with
+    /// SendMessageBatch calls of at most ten messages and 1 MiB in all ([`send_batches`]: past
+    /// 1 MiB SQS refuses the whole call, and the redrive would stop at the same messages every
+    /// time); a message over [`MAX_MESSAGE_BYTES`] on its own is failed without a request.
     async fn move_to_main(
         &self,
         batch: Vec<aws_sdk_sqs::types::Message>,
     ) -> Result<u64, QueueError> {
         const OP: &str = "sqs.SendMessageBatch";
         let main_fifo = is_fifo(&self.urls.main);
-        let mut entries = Vec::with_capacity(batch.len());
-        let mut receipts = Vec::with_capacity(batch.len());
-        for (i, m) in batch.iter().enumerate() {
+        let mut prepared = Vec::with_capacity(batch.len());
+        for m in &batch {
             let origin = origin_of(m);
             // Attempt 0, the first enqueue time kept; the 429 count and function dropped.
             let redriven = Origin {
@@ -433,26 +453,56 @@ impl SqsQueue {
                 ..Origin::default()
             };
             let attrs = job_attributes(OP, &redriven)?;
-            let group = main_fifo.then(|| origin.group_id.as_deref().unwrap_or(DEFAULT_GROUP));
+            let group = main_fifo.then(|| origin.group_id.unwrap_or_else(|| DEFAULT_GROUP.into()));
             let body = m.body.as_deref().unwrap_or_default();
-            entries.push(send_entry(OP, i, body, &attrs, group, None)?);
-            receipts.push(m.receipt_handle.clone().unwrap_or_default());
+            prepared.push((body, attrs, group));
         }
-        let out = self.send_entries(OP, &self.urls.main, entries).await?;
-        let sent: Vec<String> = out
-            .successful
+        let sizes: Vec<usize> = prepared
             .iter()
-            .filter_map(|s| s.id.parse::<usize>().ok())
-            .filter_map(|i| receipts.get(i).cloned())
+            .map(|(body, attrs, _)| message_bytes(body, attrs))
             .collect();
+        let mut sent = Vec::with_capacity(batch.len());
+        let mut failed = 0;
+        let mut first = None;
+        for range in send_batches(&sizes) {
+            if let &[size] = &sizes[range.clone()]
+                && size > MAX_MESSAGE_BYTES
+            {
+                failed += 1;
+                first.get_or_insert_with(|| too_large(size));
+                continue;
+            }
+            let entries = prepared[range.clone()]
+                .iter()
+                .enumerate()
+                .map(|(i, (body, attrs, group))| {
+                    send_entry(OP, i, body, attrs, group.as_deref(), None)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = match self.send_entries(OP, &self.urls.main, entries).await {
+                Ok(out) => out,
+                Err(e) => {
+                    // Those sent by earlier calls leave the dead-letter queue first, so that
+                    // they are not moved twice.
+                    self.delete_receipts(&self.urls.dlq, &sent).await?;
+                    return Err(e);
+                }
+            };
+            sent.extend(
+                out.successful
+                    .iter()
+                    .filter_map(|s| s.id.parse::<usize>().ok())
+                    .filter_map(|i| batch.get(range.start + i))
+                    .map(|m| m.receipt_handle.clone().unwrap_or_default()),
+            );
+            failed += out.failed.len();
+            if first.is_none() {
+                first = out.failed.first().map(batch_failure);
+            }
+        }
         self.delete_receipts(&self.urls.dlq, &sent).await?;
-        if let Some(f) = out.failed.first() {
-            return Err(QueueError::partial(
-                "redrive",
-                out.failed.len(),
-                Vec::new(),
-                batch_failure(f),
-            ));
+        if let Some(first) = first {
+            return Err(QueueError::partial("redrive", failed, Vec::new(), first));
         }
         Ok(sent.len() as u64)
     }
@@ -1169,6 +1219,35 @@ pub fn unique_dedup_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size the orchestrator and the in-memory queue group re-sends by is the size this
+    /// adapter sends.
+    #[test]
+    fn the_core_count_of_a_resent_message_is_the_adapter_s() {
+        let origins = [
+            Origin::default(),
+            Origin {
+                attempt: 12,
+                throttled: 3,
+                function: Some("qo-worker-2".into()),
+                enqueued_at: Some(Timestamp::from_millis(1_795_219_200_123)),
+                ..Origin::default()
+            },
+            Origin {
+                attempt: 1,
+                function: Some(String::new()),
+                ..Origin::default()
+            },
+        ];
+        for origin in &origins {
+            let attrs = job_attributes("test", origin).expect("attributes");
+            assert_eq!(
+                qo_core::sqs::job_message_bytes("{\"path\":\"/x\"}", origin),
+                message_bytes("{\"path\":\"/x\"}", &attrs),
+                "{origin:?}"
+            );
+        }
+    }
 
     #[test]
     fn dedup_ids_are_unique_per_send() {

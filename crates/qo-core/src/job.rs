@@ -11,6 +11,33 @@ use crate::time::Timestamp;
 /// the event envelope.
 pub const MAX_JOB_BYTES: usize = 200 * 1024;
 
+/// The longest job `id`, in bytes. The id is the job's idempotency key, and DynamoDB keys
+/// the items on it: `job#<id>` (the claim) and `batch#<id>@<slot ms>` (the done record of a
+/// batch the job leads), where a partition key is at most 2,048 bytes; an id past that is
+/// accepted and then every write of its claim is refused. 512 keeps both keys a quarter of
+/// DynamoDB's bound, and a batch's done record (a set of up to `BATCH_MAX_JOBS` ids) far under
+/// its 400 KB item.
+pub const MAX_JOB_ID_BYTES: usize = 512;
+
+/// The most headers a job may set. HTTP servers bound the header fields of a request (Apache
+/// httpd's `LimitRequestFields` is 100 by default) and the worker adds its own (the
+/// credential, `Content-Type`, `User-Agent`, the idempotency key): 64 leaves them room.
+pub const MAX_JOB_HEADERS: usize = 64;
+
+/// The most bytes of a job's headers, each name and value counted. HTTP servers refuse a
+/// request whose header block is past 8 KiB (nginx's `large_client_header_buffers` and
+/// Apache httpd's `LimitRequestFieldSize` are 8 KiB by default; API Gateway takes 10 KB in
+/// all); 8,192 keeps a job's own under that, and each field under it too.
+pub const MAX_JOB_HEADER_BYTES: usize = 8_192;
+
+/// The most bytes of a job's query string as the worker sends it: the query the `path`
+/// carries plus the `query` parameters form-encoded (`k=v` joined with `&`, each byte other
+/// than ASCII letters, digits and `*-._` written as `%XX`, a space as `+`). The request line
+/// (method, path, query, version) is bounded at about 8 KiB by common servers (Apache
+/// httpd's `LimitRequestLine` 8,190, nginx's buffer 8 KiB) and URLs at 8,192 by CloudFront:
+/// half of it for the query leaves the other half to the base URL and the path.
+pub const MAX_JOB_QUERY_BYTES: usize = 4_096;
+
 /// An HTTP method a job may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -82,6 +109,31 @@ pub enum JobError {
     /// A header may not be set by a job.
     #[error("job header `{0}` is not allowed")]
     Header(String),
+    /// The path has a `..` segment, plain or percent-encoded (`%2e%2e`, `.%2E`, ...): a URL
+    /// parser resolves it, so the request would leave the API base URL's path.
+    #[error(
+        "job path `{0}` has a `..` segment (plain or percent-encoded, e.g. `%2e%2e`), which \
+         would leave the API base URL's path"
+    )]
+    DotSegment(String),
+    /// The id is longer than [`MAX_JOB_ID_BYTES`].
+    #[error(
+        "job id is {0} bytes; the limit is {MAX_JOB_ID_BYTES} (it keys DynamoDB items, \
+         `job#<id>`, whose partition key is at most 2,048 bytes)"
+    )]
+    IdTooLong(usize),
+    /// More headers than [`MAX_JOB_HEADERS`].
+    #[error("job sets {0} headers; the limit is {MAX_JOB_HEADERS}")]
+    TooManyHeaders(usize),
+    /// Headers larger than [`MAX_JOB_HEADER_BYTES`] in all.
+    #[error("job headers are {0} bytes (names and values); the limit is {MAX_JOB_HEADER_BYTES}")]
+    HeadersTooLarge(usize),
+    /// A query string longer than [`MAX_JOB_QUERY_BYTES`].
+    #[error(
+        "job query string is {0} bytes as sent (the path's query and the encoded `query` \
+         parameters); the limit is {MAX_JOB_QUERY_BYTES}"
+    )]
+    QueryTooLong(usize),
 }
 
 /// Headers a job may not set: the worker owns them.
@@ -106,18 +158,27 @@ impl Job {
         Ok(job)
     }
 
-    /// Checks the path and headers.
+    /// Checks what a job carries against what the services on its way take: its id (a
+    /// DynamoDB key), its path ([`check_path`]), its query string and its headers (an HTTP
+    /// server's bounds, and the headers the worker owns). The orchestrator runs it before the
+    /// job takes a quota slot; the worker again before it calls.
     pub fn validate(&self) -> Result<(), JobError> {
-        let p = &self.path;
-        let bad = !p.starts_with('/')
-            || p.starts_with("//")
-            || p.contains("://")
-            || p.contains('\\')
-            || p.split(['/', '?', '#']).any(|seg| seg == "..")
-            || p.chars().any(|c| c.is_control() || c == ' ')
-            || p.contains('#');
-        if bad {
-            return Err(JobError::Path(p.clone()));
+        if let Some(id) = &self.id
+            && id.len() > MAX_JOB_ID_BYTES
+        {
+            return Err(JobError::IdTooLong(id.len()));
+        }
+        check_path(&self.path)?;
+        let query = query_bytes(&self.path, &self.query);
+        if query > MAX_JOB_QUERY_BYTES {
+            return Err(JobError::QueryTooLong(query));
+        }
+        if self.headers.len() > MAX_JOB_HEADERS {
+            return Err(JobError::TooManyHeaders(self.headers.len()));
+        }
+        let header_bytes: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if header_bytes > MAX_JOB_HEADER_BYTES {
+            return Err(JobError::HeadersTooLarge(header_bytes));
         }
         for name in self.headers.keys() {
             let lower = name.to_ascii_lowercase();
@@ -136,6 +197,55 @@ impl Job {
         }
         Ok(())
     }
+}
+
+/// Checks a job's path: relative to the API base URL (starting with one `/`, no scheme, no
+/// backslash, no fragment, no space or control character) and with no `..` segment, plain or
+/// percent-encoded in any case (`%2e%2e`, `.%2E`, `%2E.`): URL parsers (WHATWG's, which the
+/// worker's `url` crate follows) decode `%2e` as a dot when they resolve dot segments, so such
+/// a path would climb out of the base URL's path. The one rule for both functions: the
+/// orchestrator refuses such a job before it takes a quota slot, and the worker builds no URL
+/// from a path that fails it.
+pub fn check_path(p: &str) -> Result<(), JobError> {
+    let bad = !p.starts_with('/')
+        || p.starts_with("//")
+        || p.contains("://")
+        || p.contains('\\')
+        || p.chars().any(|c| c.is_control() || c == ' ')
+        || p.contains('#');
+    if bad {
+        return Err(JobError::Path(p.to_string()));
+    }
+    if p.split(['/', '?', '#']).any(is_double_dot) {
+        return Err(JobError::DotSegment(p.to_string()));
+    }
+    Ok(())
+}
+
+/// Whether a path segment is `..` once each `%2e` / `%2E` is read as a dot.
+fn is_double_dot(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    lower.replace("%2e", ".") == ".."
+}
+
+/// The bytes of the query string the worker sends for `path` and `query`: the path's own
+/// query (after `?`), then each parameter form-encoded as `k=v`, all joined with `&`.
+fn query_bytes(path: &str, query: &BTreeMap<String, String>) -> usize {
+    let own = path.split_once('?').map_or(0, |(_, q)| q.len());
+    let encoded = |s: &str| -> usize {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"*-._ ".contains(&b) {
+                    1
+                } else {
+                    3
+                }
+            })
+            .sum()
+    };
+    let params: usize = query.iter().map(|(k, v)| encoded(k) + 1 + encoded(v)).sum();
+    let parts = usize::from(own > 0) + query.len();
+    own + params + parts.saturating_sub(1)
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -279,13 +389,151 @@ mod tests {
             "https://evil.example/x",
             "//evil.example/x",
             "v1/items",
-            "/a/../../etc",
             "/a b",
             "/x#frag",
         ] {
             let body = serde_json::json!({ "path": p }).to_string();
             assert!(matches!(Job::parse(&body), Err(JobError::Path(_))), "{p}");
         }
+    }
+
+    /// A `..` segment in any spelling a URL parser resolves is refused by `validate` itself,
+    /// so that the orchestrator refuses the job before it takes a quota slot.
+    #[test]
+    fn refuses_dot_segments_plain_or_percent_encoded() {
+        for p in [
+            "/a/../../etc",
+            "/..",
+            "/%2e%2e/admin",
+            "/%2E%2E/admin",
+            "/%2E%2e/admin",
+            "/a/.%2e/admin",
+            "/a/%2E./admin",
+            "/a/%2e%2E",
+            "/a/..?x=1",
+        ] {
+            let job = Job {
+                path: p.to_string(),
+                ..Job::default()
+            };
+            let e = job.validate().expect_err(p);
+            assert_eq!(e, JobError::DotSegment(p.to_string()));
+            assert!(e.to_string().contains("`..` segment"), "{e}");
+            assert_eq!(check_path(p), Err(e));
+        }
+        // Dots that are not a `..` segment are a path like any other.
+        for p in [
+            "/a/.../b", "/a/..b", "/%2e%2ex", "/v1.2/x", "/a/%2e/b", "/a?q=..",
+        ] {
+            let job = Job {
+                path: p.to_string(),
+                ..Job::default()
+            };
+            assert_eq!(job.validate(), Ok(()), "{p}");
+        }
+    }
+
+    #[test]
+    fn bounds_the_id_so_that_its_keys_fit_dynamodb() {
+        let at = |n: usize| Job {
+            id: Some("i".repeat(n)),
+            path: "/x".into(),
+            ..Job::default()
+        };
+        assert_eq!(at(MAX_JOB_ID_BYTES).validate(), Ok(()));
+        // The claim's key and a batch's done record's key fit DynamoDB's 2,048 bytes.
+        assert!("job#".len() + MAX_JOB_ID_BYTES <= 2_048);
+        assert!(
+            "batch#".len() + MAX_JOB_ID_BYTES + "@".len() + u64::MAX.to_string().len() <= 2_048
+        );
+        let e = at(3_000).validate().expect_err("too long");
+        assert_eq!(e, JobError::IdTooLong(3_000));
+        let text = e.to_string();
+        assert!(text.contains("3000") && text.contains("512"), "{text}");
+        // Counted in bytes, not characters.
+        let wide = Job {
+            id: Some("é".repeat(MAX_JOB_ID_BYTES / 2 + 1)),
+            ..at(0)
+        };
+        assert_eq!(
+            wide.validate(),
+            Err(JobError::IdTooLong(MAX_JOB_ID_BYTES + 2))
+        );
+    }
+
+    #[test]
+    fn bounds_the_headers_count_and_size() {
+        let with = |headers: BTreeMap<String, String>| Job {
+            path: "/x".into(),
+            headers,
+            ..Job::default()
+        };
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| (format!("X-H{i}"), "v".to_string()))
+                .collect()
+        };
+        assert_eq!(with(many(MAX_JOB_HEADERS)).validate(), Ok(()));
+        let e = with(many(MAX_JOB_HEADERS + 1))
+            .validate()
+            .expect_err("too many");
+        assert_eq!(e, JobError::TooManyHeaders(MAX_JOB_HEADERS + 1));
+        assert!(
+            e.to_string().contains("65") && e.to_string().contains("64"),
+            "{e}"
+        );
+
+        let big = |value: usize| {
+            [("X-Big".to_string(), "v".repeat(value))]
+                .into_iter()
+                .collect()
+        };
+        let fits = MAX_JOB_HEADER_BYTES - "X-Big".len();
+        assert_eq!(with(big(fits)).validate(), Ok(()));
+        let e = with(big(fits + 1)).validate().expect_err("too large");
+        assert_eq!(e, JobError::HeadersTooLarge(MAX_JOB_HEADER_BYTES + 1));
+        assert!(
+            e.to_string().contains("8193") && e.to_string().contains("8192"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bounds_the_query_string_as_sent() {
+        let with = |path: &str, query: BTreeMap<String, String>| Job {
+            path: path.into(),
+            query,
+            ..Job::default()
+        };
+        let one = |k: &str, v: String| -> BTreeMap<String, String> {
+            [(k.to_string(), v)].into_iter().collect()
+        };
+        // `q=` and the value: at the limit, then one byte over.
+        let fits = MAX_JOB_QUERY_BYTES - 2;
+        assert_eq!(with("/x", one("q", "a".repeat(fits))).validate(), Ok(()));
+        let e = with("/x", one("q", "a".repeat(fits + 1)))
+            .validate()
+            .expect_err("too long");
+        assert_eq!(e, JobError::QueryTooLong(MAX_JOB_QUERY_BYTES + 1));
+        assert!(
+            e.to_string().contains("4097") && e.to_string().contains("4096"),
+            "{e}"
+        );
+        // Counted encoded: a byte that goes as %XX counts 3.
+        let e = with("/x", one("q", "/".repeat(fits / 3 + 1)))
+            .validate()
+            .expect_err("encoded");
+        assert!(
+            matches!(e, JobError::QueryTooLong(n) if n > MAX_JOB_QUERY_BYTES),
+            "{e}"
+        );
+        // The path's own query counts, joined with `&`.
+        let own = format!("/x?{}", "b".repeat(MAX_JOB_QUERY_BYTES - 3));
+        assert_eq!(with(&own, one("q", String::new())).validate(), Ok(()));
+        assert_eq!(
+            with(&own, one("q", "c".into())).validate(),
+            Err(JobError::QueryTooLong(MAX_JOB_QUERY_BYTES + 1))
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::job::Origin;
+
 /// The most messages one ReceiveMessage returns, and the most entries of a batch call.
 pub const MAX_BATCH: usize = 10;
 
@@ -44,6 +46,30 @@ pub fn send_batches(sizes: &[usize]) -> Vec<Range<usize>> {
         out.push(start..sizes.len());
     }
     out
+}
+
+/// The size of a job's message as SQS counts it against [`MAX_MESSAGE_BYTES`] and
+/// [`MAX_BATCH_PAYLOAD_BYTES`] when the SQS adapter sends it again (a re-send, a fresh copy):
+/// the body, and each message attribute's name, data type and value, those the adapter writes
+/// from `origin`: `qo-attempt` (a Number, always), `qo-throttled` (a Number, when not 0),
+/// `qo-function` (a String, when set) and `qo-enqueued-at-ms` (a Number, when set). What a
+/// caller groups with [`send_batches`] before a `JobSource::resend` (the adapter's own count
+/// must agree; its tests check that).
+pub fn job_message_bytes(body: &str, origin: &Origin) -> usize {
+    const NUMBER: usize = "Number".len();
+    const STRING: usize = "String".len();
+    let digits = |n: u64| n.to_string().len();
+    let mut bytes = body.len() + "qo-attempt".len() + NUMBER + digits(u64::from(origin.attempt));
+    if origin.throttled > 0 {
+        bytes += "qo-throttled".len() + NUMBER + digits(u64::from(origin.throttled));
+    }
+    if let Some(f) = origin.function.as_deref().filter(|f| !f.is_empty()) {
+        bytes += "qo-function".len() + STRING + f.len();
+    }
+    if let Some(at) = origin.enqueued_at {
+        bytes += "qo-enqueued-at-ms".len() + NUMBER + digits(at.as_millis());
+    }
+    bytes
 }
 
 /// The longest long poll of one ReceiveMessage.

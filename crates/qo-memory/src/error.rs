@@ -26,6 +26,13 @@ pub enum MemoryError {
     /// A send asked for a delay SQS refuses (`DelaySeconds` is at most 900).
     #[error("delay of {0:?} is past SQS's 900 s")]
     DelayTooLong(std::time::Duration),
+    /// A SendMessageBatch whose messages (bodies and attributes) total more than 1 MiB: SQS
+    /// refuses the whole call (`BatchRequestTooLong`) and sends none of them.
+    #[error(
+        "BatchRequestTooLong: the batch's messages total {0} bytes; SQS takes at most 1048576 \
+         (1 MiB) in one SendMessageBatch"
+    )]
+    BatchRequestTooLong(usize),
     /// An entry refused on purpose by a test ([`crate::MemoryQueue::refuse_next`]).
     #[error("entry refused (injected InternalError)")]
     Injected,

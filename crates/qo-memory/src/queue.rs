@@ -939,9 +939,25 @@ impl JobSource for MemoryQueue {
         self.receive_lane(lane, max, wait).await
     }
 
+    /// As one SendMessageBatch of the SQS adapter's takes them: messages that total more than
+    /// 1 MiB (bodies and the attributes the adapter writes, [`sqs::job_message_bytes`]) are
+    /// refused whole, as SQS refuses such a call (`BatchRequestTooLong`), and none is sent; a
+    /// caller groups them with [`sqs::send_batches`].
     async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError> {
         check_delay("resend", delay)?;
-        let sizes: Vec<usize> = messages.iter().map(|m| m.body.len()).collect();
+        let sizes: Vec<usize> = messages
+            .iter()
+            .map(|m| sqs::job_message_bytes(&m.body, &m.origin))
+            .collect();
+        let total: usize = sizes.iter().sum();
+        if total > sqs::MAX_BATCH_PAYLOAD_BYTES {
+            // Billed: SQS answers the call, with an error.
+            self.lock().requests.send += 1;
+            return Err(QueueError::Backend {
+                op: "resend",
+                source: Box::new(MemoryError::BatchRequestTooLong(total)),
+            });
+        }
         self.lock().requests.send += billed_send_batches(&sizes);
         for m in messages {
             // A deduplication id unique to this send, as for a re-queue.
@@ -1833,6 +1849,31 @@ mod tests {
             q.resend(&copy, Duration::from_secs(901)).await.is_err(),
             "a delay past 900 s is refused"
         );
+        // Copies that total more than 1 MiB, bodies and attributes counted, are refused whole
+        // (BatchRequestTooLong), as SQS refuses such a SendMessageBatch; each alone is taken.
+        let big = "x".repeat(sqs::MAX_BATCH_PAYLOAD_BYTES / 2);
+        q.send(big.clone());
+        q.send(big);
+        let bigs: Vec<Message> = q
+            .receive_from(QueueRole::Main, 10, NOW)
+            .await
+            .expect("receive")
+            .into_iter()
+            .filter(|m| m.body.len() > 1_000)
+            .collect();
+        assert_eq!(bigs.len(), 2);
+        let before = q.depths();
+        let e = q
+            .resend(&bigs, Duration::ZERO)
+            .await
+            .expect_err("over 1 MiB in all");
+        assert!(e.to_string().contains("BatchRequestTooLong"), "{e}");
+        assert_eq!(q.depths(), before, "none sent");
+        for m in &bigs {
+            q.resend(std::slice::from_ref(m), Duration::ZERO)
+                .await
+                .expect("one alone");
+        }
         let none = MemoryQueue::new(c.clone());
         none.send("x");
         assert!(

@@ -447,16 +447,20 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<(), StoreError> {
         self.round_trip().await;
         let mut st = self.lock();
-        // One put of an item holding the batch's key and its jobs' ids.
-        let bytes = batch.len() + job_ids.iter().map(|id| id.len()).sum::<usize>();
-        st.stats.write_units += write_units(bytes + ITEM_OVERHEAD_BYTES);
-        st.batches.insert(
-            batch.to_string(),
-            BatchDone {
-                jobs: job_ids.iter().map(|id| id.to_string()).collect(),
+        // One update that adds the jobs' ids to the batch's set (DynamoDB's `ADD` on a string
+        // set: a union), so that two deliveries of the batch that split its claims keep each
+        // other's successes. Billed on the item after the update.
+        let done = st
+            .batches
+            .entry(batch.to_string())
+            .or_insert_with(|| BatchDone {
+                jobs: Default::default(),
                 expires_at: now.plus(ttl),
-            },
-        );
+            });
+        done.jobs.extend(job_ids.iter().map(|id| id.to_string()));
+        done.expires_at = now.plus(ttl);
+        let bytes = batch.len() + done.jobs.iter().map(String::len).sum::<usize>();
+        st.stats.write_units += write_units(bytes + ITEM_OVERHEAD_BYTES);
         Ok(())
     }
 
@@ -768,6 +772,44 @@ mod tests {
             s.claim("j3", t(1), claim_ttl).await.expect("claim"),
             Claim::Claimed
         );
+    }
+
+    /// Two deliveries of one batch event that split its claims: each records its own
+    /// successes, and neither erases the other's (a union, as DynamoDB's `ADD` on a set).
+    #[tokio::test]
+    async fn two_completes_of_one_batch_keep_both_sets_of_jobs_done() {
+        let s = MemoryStore::new();
+        let claim_ttl = Duration::from_secs(120);
+        let keep = Duration::from_secs(86_400);
+        for id in ["j1", "j2", "j3", "j4"] {
+            assert_eq!(
+                s.claim_in_batch(id, "j1@0", t(0), claim_ttl, keep)
+                    .await
+                    .expect("claim"),
+                Claim::Claimed
+            );
+        }
+        s.complete_batch("j1@0", &["j1", "j3"], t(1), keep)
+            .await
+            .expect("complete");
+        s.complete_batch("j1@0", &["j2", "j4"], t(2), keep)
+            .await
+            .expect("complete");
+        // Long past the claim TTL (when a copy of each would take over a claim the batch's
+        // record does not list), all four are done.
+        for id in ["j1", "j2", "j3", "j4"] {
+            assert_eq!(
+                s.claim(id, t(1_000), claim_ttl).await.expect("claim"),
+                Claim::AlreadyDone,
+                "{id}"
+            );
+        }
+        assert_eq!(s.done_count(), 4);
+        // The same delivery's write again (a retried request) changes nothing.
+        s.complete_batch("j1@0", &["j1", "j3"], t(3), keep)
+            .await
+            .expect("complete");
+        assert_eq!(s.done_count(), 4);
     }
 
     #[tokio::test]

@@ -364,8 +364,13 @@ where
     )
     .await;
 
-    // 2. Hydrate quota usage, circuit and controls.
+    // 2. Hydrate quota usage, circuit and controls. The sweep may have taken up to
+    // `SWEEP_RUN_S`: the time is read again after it, and the throttles hydrated are judged at
+    // the time after hydration, so that a decrease's hold and probe count from now, not from
+    // before the sweep (when they would already be over).
+    let now = ports.clock.now();
     let mut lp = Loop::hydrate(ports, config, lease, report, now, deadline).await?;
+    let now = lp.now();
     lp.react_to_throttles(now);
     let result = lp.dispatch_until(deadline).await;
     let stop = lp.finish(result.as_ref().ok().cloned()).await;

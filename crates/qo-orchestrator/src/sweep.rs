@@ -307,6 +307,13 @@ async fn give_back<Q: JobSource + ?Sized>(
 
 /// Re-sends `messages` as fresh copies and deletes the originals whose copy was accepted; a
 /// message whose copy was refused is released at once.
+///
+/// The copies go in groups SQS takes in one SendMessageBatch: at most ten and 1 MiB in all,
+/// bodies and attributes counted ([`sqs::send_batches`] over [`sqs::job_message_bytes`]); past
+/// 1 MiB SQS refuses the whole call, and ten jobs of about 105 KB would stop every pass at the
+/// same messages. A message too large to share a call goes alone. When a group fails as a
+/// whole, the originals of the groups already copied are still deleted (their copies stand)
+/// before the error ends this run's part.
 async fn copy<Q: JobSource + ?Sized>(
     queue: &Q,
     messages: Vec<Message>,
@@ -321,14 +328,31 @@ async fn copy<Q: JobSource + ?Sized>(
             ..m.clone()
         })
         .collect();
-    let refused: Vec<String> = match queue.resend(&copies, Duration::ZERO).await {
-        Ok(()) => Vec::new(),
-        Err(e @ QueueError::Partial { .. }) => {
-            warn!(error = %e, "retention sweep: copies refused; their originals are kept");
-            e.refused().to_vec()
+    let sizes: Vec<usize> = copies
+        .iter()
+        .map(|m| sqs::job_message_bytes(&m.body, &m.origin))
+        .collect();
+    let mut refused: Vec<String> = Vec::new();
+    let mut failure = None;
+    let mut tried = messages.len();
+    for range in sqs::send_batches(&sizes) {
+        match queue.resend(&copies[range.clone()], Duration::ZERO).await {
+            Ok(()) => {}
+            Err(e @ QueueError::Partial { .. }) => {
+                warn!(error = %e, "retention sweep: copies refused; their originals are kept");
+                refused.extend_from_slice(e.refused());
+            }
+            Err(e) => {
+                tried = range.start;
+                failure = Some(e);
+                break;
+            }
         }
-        Err(e) => return Err(e.into()),
-    };
+    }
+    let mut messages = messages;
+    // Not tried (a group failed as a whole): left as they are, they come back after their
+    // visibility timeout, as before the grouping.
+    messages.truncate(tried);
     let (kept, copied): (Vec<Message>, Vec<Message>) = messages
         .into_iter()
         .partition(|m| refused.contains(&m.receipt));
@@ -339,6 +363,23 @@ async fn copy<Q: JobSource + ?Sized>(
     {
         // Not released: they come back after their visibility timeout.
         warn!(error = %e, "retention sweep: could not release messages whose copy was refused");
+    }
+    delete_originals(queue, copied, report, clock).await?;
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Deletes the originals of `copied`, whose copies SQS accepted, retrying entries refused.
+async fn delete_originals<Q: JobSource + ?Sized>(
+    queue: &Q,
+    copied: Vec<Message>,
+    report: &mut SweepReport,
+    clock: &dyn qo_core::Clock,
+) -> Result<(), OrchestratorError> {
+    if copied.is_empty() {
+        return Ok(());
     }
     let mut pending = copied;
     for attempt in 1..=DELETE_ATTEMPTS {

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qo_core::job::{Job, Method};
+use qo_core::job::{Job, Method, check_path};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, Url};
 
@@ -278,13 +278,10 @@ pub fn build_url(
     path: &str,
     query: &std::collections::BTreeMap<String, String>,
 ) -> Result<Url, HttpError> {
-    let check = Job {
-        path: path.to_string(),
-        ..Job::default()
-    };
-    check
-        .validate()
-        .map_err(|e| HttpError::Invalid(e.to_string()))?;
+    // The rule `Job::validate` applies (the orchestrator's check before the slot), so that a
+    // path is refused the same way on both sides; the check below that the URL stays under the
+    // base is a second guard, on what the URL parser made of it.
+    check_path(path).map_err(|e| HttpError::Invalid(e.to_string()))?;
     let (rel_path, rel_query) = match path.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path, None),

@@ -574,6 +574,51 @@ async fn batch_claims_are_done_through_one_record() {
     );
 }
 
+/// Two deliveries of one batch event that split its claims each record their own successes:
+/// the done record is the union of both (an update that adds to the set), not the last write.
+#[tokio::test]
+async fn two_completes_of_one_batch_keep_both_sets_of_jobs() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let s = store(&config).await;
+    let claim_ttl = Duration::from_secs(120);
+    let day = Duration::from_secs(86_400);
+    let at = |secs| T0.plus(Duration::from_secs(secs));
+    for id in ["j1", "j2", "j3", "j4"] {
+        assert_eq!(
+            s.claim_in_batch(id, "j1@1", T0, claim_ttl, day)
+                .await
+                .unwrap(),
+            Claim::Claimed
+        );
+    }
+    s.complete_batch("j1@1", &["j1", "j3"], at(1), day)
+        .await
+        .unwrap();
+    s.complete_batch("j1@1", &["j2", "j4"], at(2), day)
+        .await
+        .unwrap();
+    let record = raw_item(&s, "batch#j1@1").await.unwrap();
+    let AttributeValue::Ss(mut jobs) = record["jobs"].clone() else {
+        panic!("jobs is not a string set: {record:?}");
+    };
+    jobs.sort();
+    assert_eq!(jobs, ["j1", "j2", "j3", "j4"]);
+    assert_eq!(
+        record["ttl"],
+        AttributeValue::N((T0.as_secs() + 2 + 86_400).to_string())
+    );
+    // Past the claim TTL, a copy of any of them finds it done.
+    for id in ["j1", "j2", "j3", "j4"] {
+        assert_eq!(
+            s.claim(id, at(1_000), claim_ttl).await.unwrap(),
+            Claim::AlreadyDone,
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn concurrent_claims_have_one_winner() {
     let Some((_moto, config)) = common::moto().await else {

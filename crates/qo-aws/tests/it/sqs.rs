@@ -641,6 +641,66 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
     assert_eq!(depth_of(&q.depths().await.unwrap(), "dlq"), (0, 0, 0));
 }
 
+/// Ten jobs of about 110 KB are over SendMessageBatch's 1 MiB together (SQS, and moto, refuse
+/// such a call whole: `BatchRequestTooLong`): the sweep's re-send and the redrive of the
+/// dead-letter queue send them in calls under it, and every one arrives.
+#[tokio::test]
+async fn resend_and_redrive_split_large_jobs_under_one_mib_a_call() {
+    let Some((_moto, config)) = common::moto().await else {
+        return;
+    };
+    let (q, client) = queues(&config, false).await;
+    let pad = "x".repeat(110_000);
+    let bodies: Vec<String> = (0..10)
+        .map(|i| format!(r#"{{"path":"/big/{i}","body":"{pad}"}}"#))
+        .collect();
+    let out = q.send_jobs(&bodies, now()).await.expect("send_jobs");
+    assert_eq!(
+        (out.sent.len(), out.failed.len()),
+        (10, 0),
+        "{:?}",
+        out.failed
+    );
+
+    // The retention sweep's fresh copies.
+    let held = receive_n(&q, 10).await;
+    assert_eq!(held.len(), 10);
+    q.resend(&held, Duration::ZERO)
+        .await
+        .expect("resend of ten large jobs");
+    q.delete(&held).await.expect("delete originals");
+    let copies = drain_raw(&client, &q.urls().main).await;
+    let mut paths: Vec<&str> = copies
+        .iter()
+        .filter_map(|m| m.body()?.split(r#"","body""#).next())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 10, "each copied once: {paths:?}");
+
+    // The same ten dead-lettered, then redriven.
+    for (i, body) in bodies.iter().enumerate() {
+        q.dead_letter(DeadLetter {
+            body: body.clone(),
+            reason: Reason::InvalidJob(qo_core::JobError::Malformed("test".into())),
+            origin: Origin {
+                message_id: format!("m{i}"),
+                enqueued_at: Some(now()),
+                ..Origin::default()
+            },
+        })
+        .await
+        .expect("dead letter");
+    }
+    let report = q
+        .redrive(None, false)
+        .await
+        .expect("redrive of ten large jobs");
+    assert_eq!(report.moved, 10, "{report:?}");
+    assert_eq!(depth_of(&q.depths().await.unwrap(), "dlq"), (0, 0, 0));
+    assert_eq!(drain_raw(&client, &q.urls().main).await.len(), 10);
+}
+
 #[tokio::test]
 async fn send_jobs_batches_new_jobs_and_fails_a_body_over_the_limit_alone() {
     let Some((_moto, config)) = common::moto().await else {

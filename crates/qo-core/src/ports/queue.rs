@@ -126,7 +126,10 @@ pub trait JobSource: Send + Sync {
     /// its `origin` carries (attempt, first enqueue time, FIFO group), invisible for `delay`
     /// (at most 900 s). The originals are left as they are: the caller deletes those whose
     /// copy was accepted. Copies refused are reported as [`QueueError::Partial`] with the
-    /// originals' receipts.
+    /// originals' receipts. SQS takes at most 1 MiB in one SendMessageBatch (bodies and
+    /// attributes, [`crate::sqs::job_message_bytes`]) and refuses a larger call whole: the SQS
+    /// adapter splits a call by size, the in-memory queue refuses one over 1 MiB, so a caller
+    /// groups with [`crate::sqs::send_batches`].
     async fn resend(&self, messages: &[Message], delay: Duration) -> Result<(), QueueError>;
 }
 

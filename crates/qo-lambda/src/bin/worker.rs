@@ -59,8 +59,9 @@ async fn run() -> Result<(), lambda_runtime::Error> {
 
     let source = Arc::new(SecretStoreKey { aws: aws.clone() });
     // Metrics (Succeeded, Throttled, Failures, Requeued, LateDeliveries, Duplicates,
-    // CredentialRejected, JobWait, ...) as one EMF line on stdout per invocation.
-    let metrics = Arc::new(EmfMetrics::from_env(&env, "worker"));
+    // CredentialRejected, CircuitOpened, JobWait, ...) as one EMF line on stdout per
+    // invocation; no CircuitOpen gauge (the orchestrator's feeds the alarm).
+    let metrics = Arc::new(EmfMetrics::from_env(&env, qo_aws::metrics::WORKER));
     let worker = Arc::new(
         Worker::new(config, client, store, queue, SystemClock)
             .with_credential_source(source)

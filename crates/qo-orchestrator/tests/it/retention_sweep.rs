@@ -245,3 +245,139 @@ async fn a_pass_over_several_runs_copies_each_job_once_keeping_its_attempt() {
     let stop = clock.now().plus(Duration::from_secs(600));
     assert_eq!(run_if_due(&ports, &c, &mut lease, stop).await, None);
 }
+
+#[async_trait]
+impl JobSink for Slow {
+    async fn dead_letter(&self, letter: qo_core::ports::DeadLetter) -> Result<(), QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.dead_letter(letter).await
+    }
+    async fn requeue(
+        &self,
+        body: &str,
+        origin: &Origin,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.clock.sleep(LATENCY).await;
+        self.inner.requeue(body, origin, delay).await
+    }
+}
+
+/// Keeps the pace decreases a run reports.
+#[derive(Default)]
+struct Decreases(std::sync::Mutex<Vec<qo_core::quota::Decrease>>);
+
+impl qo_core::Observer for Decreases {
+    fn observe(&self, o: qo_core::Observation) {
+        if let qo_core::Observation::PaceDecreased(d) = o
+            && let Ok(mut seen) = self.0.lock()
+        {
+            seen.push(d);
+        }
+    }
+}
+
+/// A run that sweeps first judges the 429s it hydrates at the time after the sweep: a decrease
+/// stamped at the run's start, up to `SWEEP_RUN_S` earlier, would have its hold and probe over
+/// at once, and the pace would go straight back to the ceiling.
+#[tokio::test(start_paused = true)]
+async fn throttles_read_after_a_sweep_are_judged_at_the_time_after_it() {
+    let clock = Arc::new(TokioClock::starting_at(crate::support::start()));
+    let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+    let store = MemoryStore::new();
+    let invoker = LocalInvoker::new(clock.clone(), |_: qo_core::WorkerEvent| async {});
+    // A day-old backlog larger than a 30 s part of a pass gets through (Slow: 0.6 s a batch).
+    queue.send_batch((0..1_000).map(|i| format!(r#"{{"path":"/main/{i}"}}"#)));
+    clock.sleep(DAY).await;
+    let began = clock.now();
+    // The worker counted a 429 of a slot just before this run.
+    let control = qo_core::Control {
+        throttles: Some(qo_core::control::Throttles::record(
+            None,
+            began.minus(Duration::from_secs(1)),
+            began.minus(Duration::from_secs(2)),
+        )),
+        ..qo_core::Control::default()
+    };
+    save_record(&store, RecordKey::Control, &control, 0, None)
+        .await
+        .expect("control record");
+    let last = SweepRecord {
+        last_started_at: Some(began.minus(DAY * 7)),
+        ..SweepRecord::default()
+    };
+    save_record(&store, RecordKey::Sweep, &last, 0, None)
+        .await
+        .expect("sweep record");
+    let slow = Slow {
+        inner: queue.clone(),
+        clock: clock.clone(),
+    };
+    let mut c = config("10/s");
+    c.sweep_run = Duration::from_secs(30);
+    let seen = Decreases::default();
+    let ports = Ports {
+        queue: &slow,
+        store: &store,
+        invoker: &invoker,
+        clock: clock.as_ref(),
+        observer: &seen,
+    };
+    let report = qo_orchestrator::run(ports, &c, began.plus(Duration::from_secs(90)))
+        .await
+        .expect("run");
+    let sweep = report.sweep.expect("a sweep part ran");
+    assert!(!sweep.completed && sweep.resent > 0, "{sweep:?}");
+    let decreases = seen.0.lock().expect("lock").clone();
+    let first = decreases.first().expect("the 429 lowered the pace");
+    assert!(
+        first.at >= began.plus(c.sweep_run),
+        "decided at {} s into the run, before the sweep's {} s ended",
+        first.at.since(began).as_secs_f64(),
+        c.sweep_run.as_secs()
+    );
+}
+
+/// Ten jobs of about 110 KB are over SendMessageBatch's 1 MiB together: the sweep copies them
+/// in groups SQS takes (the in-memory queue refuses a larger call whole, as SQS does), and the
+/// pass completes instead of stopping at the same ten every run.
+#[tokio::test(start_paused = true)]
+async fn large_jobs_are_copied_in_calls_under_one_mib() {
+    let clock = Arc::new(TokioClock::starting_at(crate::support::start()));
+    let queue = MemoryQueue::with_options(clock.clone(), QueueOptions::template());
+    let store = MemoryStore::new();
+    let invoker = LocalInvoker::new(clock.clone(), |_: qo_core::WorkerEvent| async {});
+    let pad = "x".repeat(110_000);
+    for i in 0..10 {
+        queue.send(format!(r#"{{"path":"/big/{i}","body":"{pad}"}}"#));
+    }
+    clock.sleep(DAY).await;
+    let c = OrchestratorConfig::with_quota("1/s".parse().expect("quota"));
+    let ports = Ports {
+        queue: &queue,
+        store: &store,
+        invoker: &invoker,
+        clock: clock.as_ref(),
+        observer: &NoObserver,
+    };
+    let last = SweepRecord {
+        last_started_at: Some(clock.now().minus(DAY * 7)),
+        ..SweepRecord::default()
+    };
+    save_record(&store, RecordKey::Sweep, &last, 0, None)
+        .await
+        .expect("sweep record");
+    let mut lease = store
+        .take("test", clock.now(), c.lease_ttl)
+        .await
+        .expect("lease");
+    let stop = clock.now().plus(Duration::from_secs(600));
+    let part = run_if_due(&ports, &c, &mut lease, stop)
+        .await
+        .expect("a pass was due");
+    assert!(part.completed, "{part:?}");
+    assert_eq!((part.resent, part.refused), (10, 0), "{part:?}");
+    let d = queue.depths();
+    assert_eq!(d.pending(), 10, "each job once: {d:?}");
+    assert!(queue.expired().is_empty() && d.dead == 0);
+}
