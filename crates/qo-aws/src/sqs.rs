@@ -454,7 +454,16 @@ impl SqsQueue {
             };
             let attrs = job_attributes(OP, &redriven)?;
             let group = main_fifo.then(|| origin.group_id.unwrap_or_else(|| DEFAULT_GROUP.into()));
-            let body = m.body.as_deref().unwrap_or_default();
+            // The copy gets a new message id: the job's key goes in its body. A dead letter
+            // names the message it was made from; a message the redrive policy moved keeps
+            // its own id.
+            let key = m
+                .message_attributes
+                .as_ref()
+                .and_then(|a| a.get(ATTR_SOURCE_MESSAGE_ID))
+                .and_then(|v| v.string_value())
+                .unwrap_or(&origin.message_id);
+            let body = qo_core::job::pin_key(m.body.as_deref().unwrap_or_default(), key);
             prepared.push((body, attrs, group));
         }
         let sizes: Vec<usize> = prepared

@@ -970,7 +970,13 @@ impl JobSource for MemoryQueue {
                 message_id: String::new(),
                 ..m.origin.clone()
             };
-            self.enqueue(self.lane_of(m.queue), m.body.clone(), origin, delay, dedup_key);
+            self.enqueue(
+                self.lane_of(m.queue),
+                m.body.clone(),
+                origin,
+                delay,
+                dedup_key,
+            );
         }
         Ok(())
     }
@@ -1350,7 +1356,10 @@ mod tests {
         assert_eq!(got[0].body, "retry-1");
         assert_eq!(got[0].queue, QueueRole::Retry);
         assert_eq!(got[0].origin.attempt, 2);
-        assert_ne!(got[0].origin.message_id, "earlier", "a send gets a new message id");
+        assert_ne!(
+            got[0].origin.message_id, "earlier",
+            "a send gets a new message id"
+        );
         assert_eq!(got[1].body, "main-1");
         assert_eq!(got[1].queue, QueueRole::Main);
         assert_eq!(q.depths().retry_in_flight, 1);
@@ -1844,7 +1853,10 @@ mod tests {
             },
             "attempt, throttles, enqueue kept"
         );
-        assert_ne!(copy[0].origin.message_id, retry[0].origin.message_id, "a new message id");
+        assert_ne!(
+            copy[0].origin.message_id, retry[0].origin.message_id,
+            "a new message id"
+        );
         assert!(
             q.resend(&copy, Duration::from_secs(901)).await.is_err(),
             "a delay past 900 s is refused"

@@ -50,6 +50,8 @@ pub struct ApiClient {
     health_path: String,
     auth_header: HeaderName,
     auth_prefix: String,
+    /// `IDEMPOTENCY_KEY_HEADER`: where a job's `id` goes.
+    idempotency_header: Option<HeaderName>,
     credential: Arc<RwLock<Option<(HeaderName, HeaderValue)>>>,
     body_limit: usize,
     /// The rate-limit headers kept from each answer (`RATE_LIMIT_HEADERS`).
@@ -91,6 +93,7 @@ impl ApiClient {
             health_path: config.health_path.clone(),
             auth_header: config.auth_header.clone(),
             auth_prefix: config.auth_prefix.clone(),
+            idempotency_header: config.idempotency_header.clone(),
             credential: Arc::new(RwLock::new(credential)),
             body_limit: config.excerpt_bytes + EXCERPT_SLACK,
             rate_names: config.rate_limit_headers.names().into(),
@@ -128,6 +131,12 @@ impl ApiClient {
             let value = HeaderValue::from_str(value)
                 .map_err(|_| HttpError::Invalid(format!("value of header `{name}`")))?;
             headers.append(name, value);
+        }
+        // The key replaces any value the job set under that name.
+        if let (Some(name), Some(id)) = (&self.idempotency_header, &job.id) {
+            let value = HeaderValue::from_str(id)
+                .map_err(|_| HttpError::Invalid(format!("job id `{id}` as header `{name}`")))?;
+            headers.insert(name.clone(), value);
         }
         let mut builder = self
             .client
@@ -415,6 +424,19 @@ mod tests {
         // The key never shows in debug output.
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(!format!("{:?}", r.headers()).contains("s3cret"));
+    }
+
+    #[test]
+    fn the_job_id_goes_in_the_idempotency_header_when_one_is_named() {
+        let job =
+            Job::parse(r#"{"id":"order-7","path":"/v1/charges","method":"POST"}"#).expect("job");
+        let mut config = WorkerConfig::new("https://api.example.com".parse().expect("url"));
+        let plain = ApiClient::new(&config, None).expect("client");
+        assert!(plain.request(&job).expect("request").headers().is_empty());
+        config.idempotency_header = Some(HeaderName::from_static("idempotency-key"));
+        let keyed = ApiClient::new(&config, None).expect("client");
+        let r = keyed.request(&job).expect("request");
+        assert_eq!(r.headers()["idempotency-key"], "order-7");
     }
 
     #[test]

@@ -29,6 +29,12 @@ pub struct WorkerConfig {
     /// `API_KEY_PREFIX` (default `"Bearer "` for `Authorization`, none for any other header):
     /// written before the key.
     pub auth_prefix: String,
+    /// `IDEMPOTENCY_KEY_HEADER` (default none): a header that carries each job's idempotency
+    /// key (its `id`, else its first message id), for an API that answers a repeated key with
+    /// its first answer (`Idempotency-Key` at Stripe, Adyen, Square and others). It closes the
+    /// window in which a call repeats: the API answered and the function died before
+    /// recording it.
+    pub idempotency_header: Option<HeaderName>,
     /// `API_CONNECT_TIMEOUT_MS` (default 2000): TCP + TLS connect timeout.
     pub connect_timeout: Duration,
     /// `API_READ_TIMEOUT_MS` (default 10000): read timeout; a call's whole budget is
@@ -98,6 +104,7 @@ impl WorkerConfig {
             health_path: "/health".to_string(),
             auth_header: reqwest::header::AUTHORIZATION,
             auth_prefix: "Bearer ".to_string(),
+            idempotency_header: None,
             connect_timeout: Duration::from_millis(2_000),
             read_timeout: Duration::from_millis(10_000),
             call_tolerance: Duration::from_millis(5),
@@ -161,6 +168,7 @@ impl WorkerConfig {
                 "control characters are not allowed in a header".to_string(),
             ));
         }
+        let idempotency_header = idempotency_header(env, &auth_header)?;
         let excerpt_bytes: usize = env.parsed("RESPONSE_EXCERPT_BYTES", d.excerpt_bytes)?;
         if excerpt_bytes > MAX_EXCERPT_BYTES {
             return Err(invalid(
@@ -208,6 +216,7 @@ impl WorkerConfig {
             health_path,
             auth_header,
             auth_prefix,
+            idempotency_header,
             connect_timeout: positive(
                 env,
                 "API_CONNECT_TIMEOUT_MS",
@@ -329,6 +338,28 @@ pub fn api_base_url(text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// `IDEMPOTENCY_KEY_HEADER`: unset or blank is none; else a header name other than the
+/// credential's.
+fn idempotency_header(
+    env: &impl Env,
+    auth_header: &HeaderName,
+) -> Result<Option<HeaderName>, ConfigError> {
+    const VAR: &str = "IDEMPOTENCY_KEY_HEADER";
+    let Some(text) = env.get(VAR).filter(|t| !t.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let name = HeaderName::from_bytes(text.trim().as_bytes())
+        .map_err(|e| invalid(VAR, &text, e.to_string()))?;
+    if name == *auth_header {
+        return Err(invalid(
+            VAR,
+            &text,
+            "is the API key's header (API_KEY_HEADER)".to_string(),
+        ));
+    }
+    Ok(Some(name))
+}
+
 fn positive(env: &impl Env, name: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
         let value = env.get(name).unwrap_or_else(|| "0".to_string());
@@ -407,6 +438,25 @@ mod tests {
         assert_eq!(c.api_window_report, Duration::from_secs(1));
         assert_eq!(c.circuit, CircuitPolicy::default());
         assert_eq!(c.call_budget(), Duration::from_secs(12));
+    }
+
+    #[test]
+    fn the_idempotency_header_is_off_unless_named_and_never_the_credential_s() {
+        let base = ("API_BASE_URL", "https://api.example/");
+        let off = WorkerConfig::from_env(&env(&[base])).expect("valid");
+        assert_eq!(off.idempotency_header, None);
+        let on =
+            WorkerConfig::from_env(&env(&[base, ("IDEMPOTENCY_KEY_HEADER", "Idempotency-Key")]))
+                .expect("valid");
+        assert_eq!(
+            on.idempotency_header.as_ref().map(|h| h.as_str()),
+            Some("idempotency-key")
+        );
+        for bad in ["Authorization", "no spaces"] {
+            let e = WorkerConfig::from_env(&env(&[base, ("IDEMPOTENCY_KEY_HEADER", bad)]))
+                .expect_err(bad);
+            assert!(e.to_string().contains("IDEMPOTENCY_KEY_HEADER"), "{e}");
+        }
     }
 
     #[test]

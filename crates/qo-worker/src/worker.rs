@@ -63,7 +63,7 @@ use qo_core::ports::{
     update_record,
 };
 use qo_core::{
-    ApiWindow, BackoffReason, BatchEvent, Circuit, Clock, Control, HealthCheckEvent, JobEvent,
+    ApiWindow, BackoffReason, BatchEvent, Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent,
     NoObserver, Observation, Observer, Reason, Throttles, Timestamp, WorkerEvent,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -570,7 +570,18 @@ where
         policy: &JobPolicy,
         hold: Option<&BatchHold>,
     ) -> Result<Outcome, WorkerError> {
-        let answer = self.http.call(&ev.job).await;
+        // With an idempotency header the API is given the key, an id-less job's too.
+        let keyed;
+        let job = if ev.job.id.is_none() && self.config.idempotency_header.is_some() {
+            keyed = Job {
+                id: Some(job_id.clone()),
+                ..ev.job.clone()
+            };
+            &keyed
+        } else {
+            &ev.job
+        };
+        let answer = self.http.call(job).await;
         let now = self.clock.now();
         if let Some(status) = called_status(&answer) {
             self.observe(Observation::Called {

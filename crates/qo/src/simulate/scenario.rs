@@ -163,8 +163,8 @@ fn secs(r: &mut StdRng, lo: u64, hi: u64) -> Duration {
     Duration::from_secs(r.random_range(lo..hi))
 }
 
-/// Job `n`: mostly valid (with and without an `id`, small or large), some malformed or out of
-/// bounds.
+/// Job `n`: mostly valid (with and without an `id`, small or large), some malformed, pointing
+/// at another host, or with an id too long to be a key.
 fn job(r: &mut StdRng, n: usize, spread: u64) -> JobPlan {
     let path = format!("/j/{n}");
     let id = r.random_bool(0.5).then(|| format!("job-{n}"));
@@ -178,7 +178,12 @@ fn job(r: &mut StdRng, n: usize, spread: u64) -> JobPlan {
             refused = true;
             format!("{{\"path\":\"https://elsewhere.example{path}\"}}")
         }
-        5..=8 => {
+        5 => {
+            // An id longer than a DynamoDB key takes: refused before any slot.
+            refused = true;
+            serde_json::json!({ "id": "k".repeat(3_000), "path": path }).to_string()
+        }
+        6..=9 => {
             // Large: a body of about 100 KB, so ten fill a batch call past 1 MiB.
             let pad = "x".repeat(100 * 1024);
             serde_json::json!({ "id": id, "path": path, "method": "POST", "body": { "pad": pad } })

@@ -1,7 +1,7 @@
 //! The seeded whole-system simulation (`qo::simulate`) as a test: a block of seeds runs on
 //! every test run and each must keep every invariant; a seed replays exactly.
 //!
-//! `QO_SIM_SEEDS` sets how many seeds run (default 48) and `QO_SIM_FROM` the first (default 0);
+//! `QO_SIM_SEEDS` sets how many seeds run (default 300) and `QO_SIM_FROM` the first (default 0);
 //! `cargo run --release -p qo -- simulate --seeds 10000` is the soak.
 
 use qo::simulate::{replay_command, run_seed, run_seeds};
@@ -18,7 +18,7 @@ fn every_seed_keeps_the_invariants() {
     // The seeds keep both cores busy: no real-time test runs beside them.
     let _one = crate::ONE_AT_A_TIME.blocking_lock();
     let from = env_u64("QO_SIM_FROM", 0);
-    let count = env_u64("QO_SIM_SEEDS", 48);
+    let count = env_u64("QO_SIM_SEEDS", 300);
     let summary = run_seeds(from, count, 2);
     eprintln!(
         "{} seeds: {} done, {} dead-lettered, {} queued, {} repeated in the unrecorded window; \
