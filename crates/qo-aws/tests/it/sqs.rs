@@ -629,7 +629,13 @@ async fn redrive_dry_run_counts_and_real_run_moves() {
     for m in &moved {
         assert_eq!(m.queue, QueueRole::Main);
         assert_eq!(m.origin.attempt, 0, "attempts reset");
-        let n: u64 = m.body[12..13].parse().unwrap();
+        let job = qo_core::Job::parse(&m.body).expect("a job");
+        let n: u64 = job.path["/d/".len()..].parse().expect("its number");
+        assert_eq!(
+            job.id,
+            Some(format!("m{n}")),
+            "the copy carries the key of the message it was dead-lettered from"
+        );
         assert_eq!(
             m.origin.enqueued_at,
             Some(Timestamp::from_millis(1_000 + n))
