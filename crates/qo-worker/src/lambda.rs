@@ -61,7 +61,9 @@ where
 /// the claim, re-reads the key, reads and conditionally writes the control record, and
 /// re-queues the job (5). The others make fewer: a 5xx or 429 drops the claim, reads and writes
 /// the circuit or control record, re-queues (4); a final 4xx dead-letters and drops the claim,
-/// twice at worst (3); a success marks the job done, twice at worst (2). A lost race on a
+/// twice at worst (3); a success marks the job done, twice at worst (2), a batch's job as
+/// well (it is added to the batch's done record at once: no write waits for the batch's end,
+/// so a batch's worst case is its last job's). A lost race on a
 /// conditional write is a quick answer, not a timeout, and is not counted again.
 pub const SDK_CALLS_AFTER_THE_CALL: u32 = 5;
 

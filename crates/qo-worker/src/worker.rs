@@ -37,9 +37,9 @@
 //!
 //! A batch event's jobs are each handled as above, concurrently, each at its own slot and
 //! each fate its own, but for two things they share. Their claims name the batch
-//! ([`BatchEvent::key`]), and once every job is settled the ones that succeeded are marked done
-//! in one record for the batch ([`IdempotencyStore::complete_batch`]): one write a batch
-//! instead of one a job, which a later claim of any of them reads through its claim. And a
+//! ([`BatchEvent::key`]), and each job that succeeds is added at once to one done record for
+//! the batch ([`IdempotencyStore::complete_batch`], a set union), which a later claim of any
+//! of them reads through its claim: a crash repeats one job's call at most. And a
 //! 429. Its back-off (Retry-After, or
 //! the default) is held in memory for the one invocation ([`BatchHold`]), and a sibling
 //! whose slot comes before that back-off ends is not called: its claim is dropped and it is
@@ -227,7 +227,6 @@ where
         let jobs = results.len();
         let mut outcomes = Vec::with_capacity(jobs);
         let mut failed = Vec::new();
-        let results = self.mark_batch_done(&hold.key, results).await;
         for (ev, r) in batch.jobs.iter().zip(results) {
             match r {
                 Ok(o) => outcomes.push(o),
@@ -597,9 +596,9 @@ where
         };
         match decide(&answer, &ev.origin, now, policy) {
             Decision::Done { status } => {
-                let alone = hold.is_none();
+                let batch = hold.map(|h| h.key.as_str());
                 Ok(self
-                    .succeeded(job_id, status, window, (at, now), alone)
+                    .succeeded(job_id, status, window, (at, now), batch)
                     .await)
             }
             Decision::Throttled(t) => {
@@ -616,19 +615,19 @@ where
         }
     }
 
-    /// 2xx: marks the job done (when `alone`: a batch's jobs are marked done together, by
-    /// [`Worker::mark_batch_done`]) and reports a low window. `at` and `now`: the call's time
-    /// and the answer's.
+    /// 2xx: marks the job done at once (a batch's job in the batch's done record, see
+    /// [`Worker::mark_done`]) and reports a low window. `at` and `now`: the call's time and the
+    /// answer's.
     async fn succeeded(
         &self,
         job_id: String,
         status: u16,
         window: Option<ApiWindow>,
         (at, now): (Timestamp, Timestamp),
-        alone: bool,
+        batch: Option<&str>,
     ) -> Outcome {
         self.rereads.clear();
-        let recorded = alone && self.mark_done(&job_id, now).await;
+        let recorded = self.mark_done(&job_id, batch, now).await;
         if let Some(w) = window {
             self.report_low_window(w, now).await;
         }
@@ -969,14 +968,22 @@ where
         Ok(Outcome::DeadLettered { job_id, reason })
     }
 
-    /// Marks a job done, trying twice. A failure is logged, not returned: the job's fate is
-    /// already settled, and failing the event would have Lambda retry it, which after the
-    /// claim expires could call the API a second time.
-    async fn mark_done(&self, job_id: &str, now: Timestamp) -> bool {
+    /// Marks a job done as soon as it succeeded, trying twice: alone, on its own claim; in a
+    /// batch, by adding it to the batch's done record (a set union, so deliveries of one batch
+    /// never erase each other's jobs), which a later claim of it reads through its claim. A
+    /// crash can then repeat one job's call at most, never the calls a batch made before it,
+    /// and no write is left for after the batch's last call. A failure is logged, not
+    /// returned: the job's fate is already settled, and failing the event would have Lambda
+    /// retry it, which after the claim expires could call the API a second time.
+    async fn mark_done(&self, job_id: &str, batch: Option<&str>, now: Timestamp) -> bool {
         let ttl = self.config.idempotency_ttl;
         let mut last = None;
         for _ in 0..2 {
-            match self.store.complete(job_id, now, ttl).await {
+            let written = match batch {
+                None => self.store.complete(job_id, now, ttl).await,
+                Some(key) => self.store.complete_batch(key, &[job_id], now, ttl).await,
+            };
+            match written {
                 Ok(()) => return true,
                 Err(e) => last = Some(e),
             }
@@ -989,54 +996,6 @@ where
             );
         }
         false
-    }
-
-    /// Marks the jobs of batch `key` that succeeded done, in one record (trying twice), once
-    /// every job of the batch is settled, and says so in their outcomes. A failure is logged,
-    /// not returned, as [`Worker::mark_done`]'s is. Between a job's success and this write
-    /// its claim stands, so a duplicate delivery meanwhile finds it in progress.
-    async fn mark_batch_done(
-        &self,
-        key: &str,
-        mut results: Vec<Result<Outcome, WorkerError>>,
-    ) -> Vec<Result<Outcome, WorkerError>> {
-        let done: Vec<&str> = results
-            .iter()
-            .filter_map(|r| match r {
-                Ok(Outcome::Succeeded { job_id, .. }) => Some(job_id.as_str()),
-                _ => None,
-            })
-            .collect();
-        if done.is_empty() {
-            return results;
-        }
-        let now = self.clock.now();
-        let ttl = self.config.idempotency_ttl;
-        let mut last = None;
-        for _ in 0..2 {
-            match self.store.complete_batch(key, &done, now, ttl).await {
-                Ok(()) => {
-                    last = None;
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
-            error!(
-                error = %e,
-                jobs = done.len(),
-                "could not mark the batch's jobs done: a duplicate delivery after their claims \
-                 expire may call again"
-            );
-            return results;
-        }
-        for r in &mut results {
-            if let Ok(Outcome::Succeeded { recorded, .. }) = r {
-                *recorded = true;
-            }
-        }
-        results
     }
 
     /// Drops the claim of a dead-lettered job, trying twice. A failure is logged, not

@@ -439,11 +439,11 @@ async fn a_duplicated_batch_calls_nothing_twice() {
     );
 }
 
-/// A batch's successes are marked done in one write: ten claims and one done record, not a
-/// done record a job. A copy of one of its jobs in another event (SQS delivering a message
+/// Each success of a batch is added to the batch's done record at once: ten claims and ten
+/// additions to one item. A copy of one of its jobs in another event (SQS delivering a message
 /// twice) finds it done through its claim, and calls nothing.
 #[tokio::test(start_paused = true)]
-async fn a_batch_marks_its_jobs_done_in_one_write_that_a_later_copy_of_a_job_finds() {
+async fn a_batch_marks_each_job_done_as_it_succeeds_and_a_later_copy_of_a_job_finds_it() {
     let r = rig(&[]);
     let paths: Vec<String> = (0..10).map(|i| format!("/j{i}")).collect();
     let jobs: Vec<(&str, i64)> = paths
@@ -459,8 +459,8 @@ async fn a_batch_marks_its_jobs_done_in_one_write_that_a_later_copy_of_a_job_fin
     );
     assert_eq!(
         r.store.stats().write_units,
-        11,
-        "10 claims and 1 done record"
+        20,
+        "10 claims and 10 additions to the batch's done record"
     );
     assert_eq!(r.store.done_count(), 10);
     // The same job again, alone, from a second copy of its message.
@@ -474,6 +474,30 @@ async fn a_batch_marks_its_jobs_done_in_one_write_that_a_later_copy_of_a_job_fin
         "{again:?}"
     );
     assert_eq!(r.http.calls().len(), 10, "nothing called twice");
+}
+
+/// A worker killed mid-batch (a timeout, an out-of-memory kill) leaves the jobs it already
+/// called recorded done: a retry or a copy repeats at most the call it was in, never the
+/// batch's earlier ones.
+#[tokio::test(start_paused = true)]
+async fn a_worker_killed_mid_batch_leaves_the_jobs_it_called_recorded() {
+    let r = rig(&[]);
+    let paths: Vec<String> = (0..10).map(|i| format!("/j{i}")).collect();
+    let jobs: Vec<(&str, i64)> = paths
+        .iter()
+        .zip(0..)
+        .map(|(p, i)| (p.as_str(), 100 * (i + 1)))
+        .collect();
+    // Killed 550 ms in: the slots at 100 to 500 ms were called, the others not yet.
+    let killed =
+        tokio::time::timeout(Duration::from_millis(550), r.worker.handle(batch(&jobs))).await;
+    assert!(killed.is_err(), "the run was cut short");
+    assert_eq!(r.http.calls().len(), 5);
+    assert_eq!(
+        r.store.done_count(),
+        5,
+        "each call recorded as it succeeded"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,8 +7,9 @@
 //!   an operator redrives); a job the orchestrator must refuse is never called.
 //! - **Nothing done twice**: no job's work is done twice by the API, except in the one window
 //!   no system closes without the API's help: the work was done and the function could not
-//!   record it (its run was killed after the call, the done record was refused, or the answer
-//!   was lost on the way back). Those are counted apart, not failed.
+//!   record it (its run was killed between the answer and the job's own record, the done
+//!   record was refused, or the answer was lost on the way back). Those are counted apart, not
+//!   failed. A kill later than that, a batch's end included, does not excuse a repeat.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -125,16 +126,21 @@ pub fn check(scenario: &Scenario, history: &History) -> Verdict {
     v
 }
 
+/// How soon after the API's answer a job's done record is written: the store's round trip,
+/// with room to spare. A kill after it cannot explain a repeated call.
+const RECORD_WINDOW: Duration = Duration::from_secs(1);
+
 /// Counts or fails the second and later times the API did job `n`'s work (`effects`, in call
 /// order).
 fn repeats(history: &History, n: usize, effects: &[&Call], v: &mut Verdict) {
     for pair in effects.windows(2) {
         let (first, again) = (pair[0], pair[1]);
         let lost = first.answer == Answer::Lost;
-        let killed = history
-            .kills
-            .iter()
-            .any(|(at, jobs)| *at >= first.at && *at <= again.at && jobs.contains(&n));
+        // A kill opens the window only between the answer and the job's own record, which
+        // follows the answer at once: a kill later than that found the job recorded.
+        let killed = history.kills.iter().any(|(at, jobs)| {
+            *at >= first.at && *at <= first.at.plus(RECORD_WINDOW) && jobs.contains(&n)
+        });
         let unrecorded = history.unrecorded.iter().any(|u| {
             u.at >= first.at
                 && u.at <= again.at
