@@ -115,7 +115,8 @@ impl QueueAttributes {
     };
 
     /// The job and retry queues as `template.yaml` deploys them with its defaults:
-    /// visibility = `OrchestratorTimeout` (900 s), 14 days' retention, `MaxReceiveCount` 10.
+    /// visibility 120 s (the orchestrator extends what it holds; a run that dies hides its
+    /// messages for that long only), 14 days' retention, `MaxReceiveCount` 10.
     ///
     /// Why 10: the orchestrator receives a message only when its slot is near, keeps what it
     /// holds by extending its visibility, and gives back a message that was already received
@@ -123,7 +124,7 @@ impl QueueAttributes {
     /// releasing it. So in normal operation no count passes 2; only a run that crashes while
     /// holding messages adds more, and 10 leaves room for 8 such crashes.
     pub const TEMPLATE: QueueAttributes = QueueAttributes {
-        visibility_timeout: Duration::from_secs(900),
+        visibility_timeout: Duration::from_secs(120),
         retention: MAX_RETENTION,
         max_receive_count: Some(10),
     };

@@ -40,9 +40,9 @@ fn queue_attributes_equal_the_template_defaults() {
         "MaxReceiveCount's default"
     );
     assert_eq!(
-        value(&t, "OrchestratorTimeout", "Default"),
+        value(&t, "OrchestratorFunction", "QUEUE_VISIBILITY_TIMEOUT_S"),
         Some(a.visibility_timeout.as_secs().to_string()),
-        "the queues' visibility is the orchestrator's timeout"
+        "the orchestrator is told the queues' visibility"
     );
     for queue in ["JobQueue", "RetryQueue"] {
         assert_eq!(
@@ -51,9 +51,9 @@ fn queue_attributes_equal_the_template_defaults() {
             "{queue}'s retention"
         );
         assert_eq!(
-            value(&t, queue, "VisibilityTimeout").as_deref(),
-            Some("!Ref OrchestratorTimeout"),
-            "{queue}'s visibility"
+            value(&t, queue, "VisibilityTimeout"),
+            Some(a.visibility_timeout.as_secs().to_string()),
+            "{queue}'s visibility: short, so a run that dies leaves its messages hidden briefly"
         );
         assert_eq!(
             value(&t, queue, "maxReceiveCount").as_deref(),
