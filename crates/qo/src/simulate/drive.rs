@@ -68,7 +68,7 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
         clock: clock.clone(),
         queue: queue.clone(),
         store: store.clone(),
-        http: vec![api.clone()],
+        http: vec![api.clone(); scenario.functions],
         worker: WorkerConfig::new("http://api.invalid".parse()?),
         orchestrator,
         invoker: InvokerOptions {

@@ -76,6 +76,8 @@ pub struct Scenario {
     pub jobs: Vec<JobPlan>,
     /// Jobs in one worker invocation at most.
     pub batch_max_jobs: usize,
+    /// Worker functions in the pool (1, or 2 with per-function concurrency).
+    pub functions: usize,
     /// An outage of the API: from, for how long (from the start).
     pub outage: Option<(Duration, Duration)>,
     /// The faults.
@@ -147,6 +149,7 @@ impl Scenario {
             retry_after: r.random_bool(0.5),
             jobs,
             batch_max_jobs: [1, 5, 20][r.random_range(0..3)],
+            functions: if r.random_bool(0.25) { 2 } else { 1 },
             outage,
             faults,
             length: Duration::from_secs(40 * 60),
