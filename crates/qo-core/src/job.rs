@@ -337,6 +337,12 @@ pub struct HealthCheckEvent {
     pub epoch: u64,
     /// When the orchestrator sent it.
     pub sent_at: Timestamp,
+    /// The quota slot the orchestrator took for it: the worker calls the API's health path at
+    /// this time, not before, as it calls a job at its slot, so that the check counts against
+    /// the quota where the pacer counted it. Absent in events from before it was added: the
+    /// worker then calls at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_at: Option<Timestamp>,
 }
 
 /// Several jobs in one worker invocation (`BATCH_MAX_JOBS`), each with its own slot: the
@@ -562,6 +568,7 @@ mod tests {
         let ev = WorkerEvent::HealthCheck(HealthCheckEvent {
             epoch: 3,
             sent_at: Timestamp::from_millis(1),
+            slot_at: None,
         });
         let j = serde_json::to_value(&ev).expect("json");
         assert_eq!(j["kind"], "health_check");

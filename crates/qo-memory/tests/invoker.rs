@@ -31,6 +31,7 @@ fn event(epoch: u64) -> WorkerEvent {
     WorkerEvent::HealthCheck(HealthCheckEvent {
         epoch,
         sent_at: START,
+        slot_at: None,
     })
 }
 

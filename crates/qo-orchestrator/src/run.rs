@@ -1085,9 +1085,16 @@ where
         let Some(probe) = probe else {
             return Ok(());
         };
+        // The check is a call the API counts: it takes its quota slot a dispatch lead ahead
+        // (the step waited until there was one), and the worker calls at that slot.
+        let slot_at = self
+            .pacer
+            .take_first_from(now.plus(self.config.dispatch_lead))
+            .at();
         let event = WorkerEvent::HealthCheck(HealthCheckEvent {
             epoch,
             sent_at: now,
+            slot_at: Some(slot_at),
         });
         let function = self.pool.health_check_function(probe).to_string();
         match self.ports.invoker.invoke_on(&function, &event).await {

@@ -330,13 +330,20 @@ pub fn next_step(s: &Snapshot<'_>) -> Step {
     dispatch_or_wait(s)
 }
 
-/// Paused or circuit not closed: a health check when one is due (never while paused).
+/// Paused or circuit not closed: a health check when one is due (never while paused) and the
+/// quota has a slot for it a dispatch lead ahead: a health check is a call the API counts.
 fn standby(s: &Snapshot<'_>) -> Step {
     let mut wake = s.timers.wake();
     let mut probe_now = false;
     if !s.paused
         && let Some(due) = s.circuit.probe_due(&s.config.circuit)
     {
+        let lead = s.config.dispatch_lead;
+        let slot = match s.pacer.peek(s.now.plus(lead)) {
+            Ok(()) => s.now,
+            Err(not_now) => not_now.earliest().minus(lead),
+        };
+        let due = due.max(slot);
         if due <= s.now {
             probe_now = true;
         } else {
@@ -744,6 +751,21 @@ mod tests {
                 ..
             }
         ));
+        // A health check is a call: with the quota's window full, it waits for a slot.
+        let mut full = w.pacer.clone();
+        while full.take(due.plus(w.config.dispatch_lead)).is_ok() {}
+        let s = Snapshot {
+            timers: &later,
+            pacer: &full,
+            ..w.at(due, 0)
+        };
+        match next_step(&s) {
+            Step::Standby {
+                probe_now: false,
+                wake,
+            } => assert!(wake > due, "{wake} after {due}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

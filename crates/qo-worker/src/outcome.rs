@@ -139,6 +139,16 @@ pub enum Outcome {
         /// Whether it closed the circuit (false: stale epoch, or nothing to close).
         closed: bool,
     },
+    /// The health check was not made: delivered past its slot's tolerance, or with its slot
+    /// further ahead than `MAX_SLOT_WAIT_MS`. Calling then could exceed the quota; the
+    /// circuit is left as it is, and the orchestrator sends another after its probe timeout.
+    HealthCheckMissed {
+        /// The epoch the health check was sent under.
+        epoch: u64,
+        /// How far off its slot the delivery was, in milliseconds: positive when late,
+        /// negative when early.
+        slot_off_ms: i64,
+    },
     /// The health check failed.
     Unhealthy {
         /// The epoch the health check was sent under.

@@ -1084,6 +1084,35 @@ where
     }
 
     async fn handle_health(&self, ev: &HealthCheckEvent) -> Result<Outcome, WorkerError> {
+        // A health check is a call the API counts: made at its slot, as a job is.
+        if let Some(slot) = ev.slot_at {
+            let now = self.clock.now();
+            let tolerance = self.config.call_tolerance;
+            let ahead = slot.since(now);
+            if now > slot.plus(tolerance) || ahead > self.config.max_slot_wait {
+                let off = millis(now.since(slot)) as i64 - millis(ahead) as i64;
+                warn!(
+                    slot_off_ms = off,
+                    "health check delivered off its slot: not made"
+                );
+                return Ok(Outcome::HealthCheckMissed {
+                    epoch: ev.epoch,
+                    slot_off_ms: off,
+                });
+            }
+            self.clock.sleep_until(slot).await;
+            if self.clock.now() > slot.plus(tolerance) {
+                let off = millis(self.clock.now().since(slot)) as i64;
+                warn!(
+                    slot_off_ms = off,
+                    "health check woke past its slot: not made"
+                );
+                return Ok(Outcome::HealthCheckMissed {
+                    epoch: ev.epoch,
+                    slot_off_ms: off,
+                });
+            }
+        }
         let answer = self.http.health().await;
         let now = self.clock.now();
         let (healthy, status) = match &answer {

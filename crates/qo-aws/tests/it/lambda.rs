@@ -179,6 +179,7 @@ fn event() -> WorkerEvent {
     WorkerEvent::HealthCheck(HealthCheckEvent {
         epoch: 7,
         sent_at: Timestamp::from_millis(42),
+        slot_at: None,
     })
 }
 

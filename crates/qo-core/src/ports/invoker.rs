@@ -197,6 +197,7 @@ mod tests {
         let ev = WorkerEvent::HealthCheck(crate::job::HealthCheckEvent {
             epoch: 1,
             sent_at: crate::Timestamp::from_millis(1),
+            slot_at: None,
         });
         pool.invoke_on("b", &ev).await.expect("b");
         pool.invoke(&ev).await.expect("the first");

@@ -562,6 +562,36 @@ async fn a_health_check_that_times_out_is_unhealthy() {
     assert_eq!(r.store.record(RecordKey::Circuit), None);
 }
 
+/// A health check is a call the API counts: it is made at the slot the orchestrator took for
+/// it, never before, and not at all when delivered past its tolerance.
+#[tokio::test(start_paused = true)]
+async fn a_health_check_calls_at_its_slot_and_not_when_delivered_late() {
+    let (r, http) = setup(Ok(ApiResponse::status(200)), &[]);
+    let slot = T0.plus(ms(250));
+    let on_time = WorkerEvent::HealthCheck(qo_core::HealthCheckEvent {
+        epoch: 0,
+        sent_at: T0,
+        slot_at: Some(slot),
+    });
+    let out = r.handle(on_time).await;
+    assert!(matches!(out, Outcome::Healthy { epoch: 0, .. }), "{out:?}");
+    assert_eq!(*http.health_calls.lock().expect("lock"), vec![slot]);
+    let late = WorkerEvent::HealthCheck(qo_core::HealthCheckEvent {
+        epoch: 0,
+        sent_at: T0,
+        slot_at: Some(r.clock.now().minus(ms(6))),
+    });
+    let out = r.handle(late).await;
+    assert_eq!(
+        out,
+        Outcome::HealthCheckMissed {
+            epoch: 0,
+            slot_off_ms: 6
+        }
+    );
+    assert_eq!(http.health_calls.lock().expect("lock").len(), 1, "no call");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_deadline_check_counts_the_slot_wait_and_one_call() {
     let (r, _) = setup(Ok(ApiResponse::status(200)), &[]);

@@ -180,13 +180,46 @@ fn check_quota(scenario: &Scenario, history: &History, v: &mut Verdict) {
             WindowKind::Calendar => qo_sim::max_in_calendar_period(&times, tier.period),
         };
         if seen as u64 > u64::from(tier.limit.get()) {
+            let at = match tier.window {
+                WindowKind::Rolling => densest(&history.calls, tier.period.duration()),
+                WindowKind::Calendar => String::new(),
+            };
             v.violations.push(format!(
-                "the API saw {seen} calls in one {} window; the quota allows {}",
+                "the API saw {seen} calls in one {} window; the quota allows {}{at}",
                 period_name(tier.period),
                 tier.limit
             ));
         }
     }
+}
+
+/// Where the densest rolling window of `window` ends, and what its calls were, for a
+/// violation's message.
+fn densest(calls: &[Call], window: Duration) -> String {
+    let (mut best, mut i, mut from) = ((0, 0), 0, 0);
+    for (j, c) in calls.iter().enumerate() {
+        while c.at.since(calls[i].at) >= window {
+            i += 1;
+        }
+        if j + 1 - i > best.1 - best.0 {
+            best = (i, j + 1);
+            from = i;
+        }
+    }
+    let inside = &calls[from..best.1];
+    let health = inside.iter().filter(|c| c.job.is_none()).count();
+    let list: Vec<String> = inside
+        .iter()
+        .map(|c| {
+            let what = c.job.map_or("health".to_string(), |n| format!("job {n}"));
+            format!("{} {what} {:?}", c.at, c.answer)
+        })
+        .collect();
+    format!(
+        " (the window ending {}: {health} health checks; {})",
+        inside.last().map_or(String::new(), |c| c.at.to_string()),
+        list.join(", ")
+    )
 }
 
 fn period_name(p: Period) -> String {

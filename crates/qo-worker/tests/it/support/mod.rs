@@ -245,5 +245,9 @@ pub fn job(body: &str, message_id: &str, slot_at: Timestamp, epoch: u64) -> Work
 }
 
 pub fn health(epoch: u64, sent_at: Timestamp) -> WorkerEvent {
-    WorkerEvent::HealthCheck(HealthCheckEvent { epoch, sent_at })
+    WorkerEvent::HealthCheck(HealthCheckEvent {
+        epoch,
+        sent_at,
+        slot_at: None,
+    })
 }
