@@ -141,6 +141,14 @@ PARAMETER_SETS["pool-in-subnets"] = {
 }
 # The largest pool, no subnets.
 PARAMETER_SETS["pool-of-four"] = {"ApiBaseUrl": "https://api.example.com", "WorkerFunctionCount": 4}
+# Named producers only, no response excerpt in dead letters, an API that takes idempotency keys.
+PARAMETER_SETS["named-producers"] = {
+    "ApiBaseUrl": "https://api.example.com",
+    "ProducerPrincipals": "arn:aws:iam::123456789012:role/orders,arn:aws:iam::123456789012:role/ops",
+    "WorkerFunctionCount": 2,
+    "ResponseExcerptBytes": 0,
+    "IdempotencyKeyHeader": "Idempotency-Key",
+}
 # Values for the defaults' check: ApiBaseUrl has no default.
 REQUIRED_FOR_DEFAULTS = {"ApiBaseUrl": "https://api.example.com"}
 PSEUDO = {
@@ -257,6 +265,8 @@ class Resolved:
                     items = self.value(arg[1])
                     items = items.split(",") if isinstance(items, str) else items
                     return str(arg[0]).join(str(x) for x in items)
+                if key == "Fn::Split":
+                    return str(self.value(arg[1])).split(arg[0])
                 if key == "Fn::EachMemberEquals":
                     items = self.value(arg[0])
                     items = items.split(",") if isinstance(items, str) else items
@@ -525,6 +535,26 @@ def item_access(name, fn, props, want):
                  f"(granted {sorted(granted)})")
 
 
+def producers_only(name, r, values):
+    """With ProducerPrincipals, the job queue's policy refuses SendMessage to all but them and
+    the stack's own function roles; without, it names no producer."""
+    statements = r.resources["JobQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    deny = [s for s in statements if s.get("Sid") == "OnlyNamedProducersSend"]
+    named = [p for p in str(values.get("ProducerPrincipals", "")).split(",") if p]
+    if not named:
+        if deny:
+            fail(f"{name}: OnlyNamedProducersSend without ProducerPrincipals")
+        return
+    if len(deny) != 1 or deny[0]["Effect"] != "Deny" or deny[0]["Action"] != "sqs:SendMessage":
+        fail(f"{name}: the job queue's policy does not refuse other producers: {deny}")
+    allowed = deny[0]["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+    roles = ["<OrchestratorFunctionRole.Arn>", "<WorkerFunctionRole.Arn>"]
+    roles += [f"<WorkerFunction{i}Role.Arn>" for i in range(2, int(values.get("WorkerFunctionCount", 1)) + 1)]
+    for arn in named + roles:
+        if arn not in allowed:
+            fail(f"{name}: {arn} may not send to the job queue (allowed: {allowed})")
+
+
 def rules_hold(name, r):
     for rule_name, rule in tpl.get("Rules", {}).items():
         if "RuleCondition" in rule and not r.value(rule["RuleCondition"]):
@@ -542,6 +572,7 @@ for name, values in sets.items():
     rules_hold(name, r)
     summary = timeouts(name, r)
     resolved_checks(name, r)
+    producers_only(name, r, values)
     print(f"sam.sh: ok: {name}: resolved template checks pass; {summary}")
     if name != "defaults":
         rendered = json.loads(json.dumps(tpl))

@@ -36,6 +36,9 @@ mod tests {
     fn bounded_and_cut_on_a_char_boundary() {
         assert_eq!(excerpt(b"not found", 512), "not found");
         assert_eq!(excerpt(b"abcdefgh", 3), "abc");
+        // RESPONSE_EXCERPT_BYTES=0 keeps nothing of the answer.
+        assert_eq!(excerpt(b"token=s3cret", 0), "");
+        assert!(!http_reason(404, b"token=s3cret", 0).contains("s3cret"));
         // 'é' is two bytes: a limit inside it drops it whole.
         let body = "abcdé-rest".as_bytes();
         assert_eq!(excerpt(body, 5), "abcd");
