@@ -439,19 +439,24 @@ async fn a_duplicated_batch_calls_nothing_twice() {
     );
 }
 
-/// Each success of a batch is added to the batch's done record at once: ten claims and ten
-/// additions to one item. A copy of one of its jobs in another event (SQS delivering a message
-/// twice) finds it done through its claim, and calls nothing.
-#[tokio::test(start_paused = true)]
-async fn a_batch_marks_each_job_done_as_it_succeeds_and_a_later_copy_of_a_job_finds_it() {
-    let r = rig(&[]);
+/// A batch of ten jobs, `/j0` to `/j9`, with slots 100 ms apart from 100 ms ahead.
+fn ten_jobs() -> WorkerEvent {
     let paths: Vec<String> = (0..10).map(|i| format!("/j{i}")).collect();
     let jobs: Vec<(&str, i64)> = paths
         .iter()
         .zip(0..)
         .map(|(p, i)| (p.as_str(), 100 * (i + 1)))
         .collect();
-    let out = outcomes(r.worker.handle(batch(&jobs)).await.expect("handled"));
+    batch(&jobs)
+}
+
+/// Each success of a batch is added to the batch's done record at once: ten claims and ten
+/// additions to one item. A copy of one of its jobs in another event (SQS delivering a message
+/// twice) finds it done through its claim, and calls nothing.
+#[tokio::test(start_paused = true)]
+async fn a_batch_marks_each_job_done_as_it_succeeds_and_a_later_copy_of_a_job_finds_it() {
+    let r = rig(&[]);
+    let out = outcomes(r.worker.handle(ten_jobs()).await.expect("handled"));
     assert!(
         out.iter()
             .all(|o| matches!(o, Outcome::Succeeded { recorded: true, .. })),
@@ -482,15 +487,9 @@ async fn a_batch_marks_each_job_done_as_it_succeeds_and_a_later_copy_of_a_job_fi
 #[tokio::test(start_paused = true)]
 async fn a_worker_killed_mid_batch_leaves_the_jobs_it_called_recorded() {
     let r = rig(&[]);
-    let paths: Vec<String> = (0..10).map(|i| format!("/j{i}")).collect();
-    let jobs: Vec<(&str, i64)> = paths
-        .iter()
-        .zip(0..)
-        .map(|(p, i)| (p.as_str(), 100 * (i + 1)))
-        .collect();
     // Killed 550 ms in: the slots at 100 to 500 ms were called, the others not yet.
     let killed =
-        tokio::time::timeout(Duration::from_millis(550), r.worker.handle(batch(&jobs))).await;
+        tokio::time::timeout(Duration::from_millis(550), r.worker.handle(ten_jobs())).await;
     assert!(killed.is_err(), "the run was cut short");
     assert_eq!(r.http.calls().len(), 5);
     assert_eq!(
