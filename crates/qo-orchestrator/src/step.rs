@@ -169,6 +169,13 @@ pub const DISPATCH_TICK: Duration = Duration::from_millis(1);
 /// limit for the `Event` invocation type. A batch stops before its JSON would pass it.
 pub const MAX_INVOKE_PAYLOAD: usize = 256 * 1024;
 
+/// The largest batch payload this loop sends: 16 KiB under [`MAX_INVOKE_PAYLOAD`]. When a
+/// batch fails for good, Lambda sends its on-failure destination a record that wraps the event
+/// in a request context, a response context and the function's error; a batch filled to the
+/// invoke limit would leave that record no room, and Lambda drops the payload of a record it
+/// cannot deliver: the batch's jobs, already deleted from the queue, would be lost.
+pub const MAX_BATCH_PAYLOAD: usize = MAX_INVOKE_PAYLOAD - 16 * 1024;
+
 /// What a batch's JSON adds around its jobs' events: `{"kind":"batch","jobs":[...]}`.
 const BATCH_ENVELOPE: usize = 32;
 
@@ -203,7 +210,7 @@ pub fn batch_limit(config: &OrchestratorConfig, pacer: &Pacer, now: Timestamp) -
 
 /// How many of `candidates` (in slot order) go in the invocation of the first: the following
 /// ones while each may join, its slot lies within `window` of the first's, the group stays at
-/// most `max_jobs` and its JSON under [`MAX_INVOKE_PAYLOAD`]. At least 1 (when any).
+/// most `max_jobs` and its JSON under [`MAX_BATCH_PAYLOAD`]. At least 1 (when any).
 pub fn group_len(candidates: &[Candidate], max_jobs: usize, window: Duration) -> usize {
     let Some(first) = candidates.first() else {
         return 0;
@@ -218,7 +225,7 @@ pub fn group_len(candidates: &[Candidate], max_jobs: usize, window: Duration) ->
             break;
         }
         // One comma between events.
-        if size + 1 + c.size > MAX_INVOKE_PAYLOAD {
+        if size + 1 + c.size > MAX_BATCH_PAYLOAD {
             break;
         }
         size += 1 + c.size;
@@ -1017,17 +1024,19 @@ mod tests {
         assert_eq!(group_len(&c, 10, window), 2);
         // A first job that may not join goes alone.
         assert_eq!(group_len(&c[2..], 10, window), 1);
-        // Payload: 100 KB events, two fit under 256 KB, three do not.
+        // Payload: 100 KB events, two fit under 240 KB, three do not.
         let mut c = candidates(&[0, 10, 20, 30]);
         for x in &mut c {
             x.size = 100 * 1024;
         }
         assert_eq!(group_len(&c, 10, window), 2);
-        // The limit itself: an envelope, two events and a comma exactly at it fit.
-        let half = (MAX_INVOKE_PAYLOAD - BATCH_ENVELOPE - 1) / 2;
+        // The limit itself: an envelope, two events and a comma exactly at it fit; 16 KiB
+        // stay free under the invoke limit for the on-failure record's envelope.
+        assert_eq!(MAX_INVOKE_PAYLOAD - MAX_BATCH_PAYLOAD, 16 * 1024);
+        let half = (MAX_BATCH_PAYLOAD - BATCH_ENVELOPE - 1) / 2;
         let mut c = candidates(&[0, 10, 20]);
         c[0].size = half;
-        c[1].size = MAX_INVOKE_PAYLOAD - BATCH_ENVELOPE - 1 - half;
+        c[1].size = MAX_BATCH_PAYLOAD - BATCH_ENVELOPE - 1 - half;
         c[2].size = 1;
         assert_eq!(group_len(&c, 10, window), 2);
         c[1].size += 1;
