@@ -61,6 +61,10 @@ pub const DEDUP_WINDOW: Duration = sqs::DEDUP_WINDOW;
 /// The most messages one receive returns (SQS: 10).
 pub const MAX_RECEIVE: u8 = sqs::MAX_BATCH as u8;
 
+/// A receive waiting less than this is a short poll on SQS (`WaitTimeSeconds` is whole
+/// seconds, and the SQS adapter rounds to the nearest).
+const SHORT_POLL_BELOW: Duration = Duration::from_millis(500);
+
 /// How the queues behave.
 #[derive(Clone, Debug)]
 pub struct QueueOptions {
@@ -88,9 +92,10 @@ pub struct QueueFaults {
     /// copy keeps its message id, body and receive count, and turns visible a visibility timeout
     /// after the receive the delete answered.
     pub redeliver_rate: f64,
-    /// Fraction of visible messages a short poll (a receive with no wait) misses: it queries
-    /// only a subset of servers, so it can return fewer messages, or none, while some are
-    /// visible. A long poll queries every server and misses none.
+    /// Fraction of visible messages a short poll (a receive that waits under half a second,
+    /// which SQS's whole seconds make none) misses: it queries only a subset of servers, so it
+    /// can return fewer messages, or none, while some are visible. A long poll queries every
+    /// server and misses none.
     pub short_poll_miss_rate: f64,
     /// Fraction of entries of DeleteMessageBatch and ChangeMessageVisibilityBatch refused on
     /// their own while the call succeeds.
@@ -868,7 +873,9 @@ impl MemoryQueue {
             let next = {
                 let mut st = self.lock();
                 if let Some(role) = lane {
-                    let short = wait.is_zero();
+                    // SQS takes whole seconds of wait, and the SQS adapter rounds to the
+                    // nearest: a wait under half a second is a short poll.
+                    let short = wait < SHORT_POLL_BELOW;
                     st.take(role, now, options, usize::from(max), short, &mut out);
                 }
                 let oldest = st

@@ -86,6 +86,11 @@ impl SweepStage {
     }
 }
 
+/// The shortest wait of a sweep's receive: a long poll asks every SQS server, a short one (a
+/// wait under half a second rounds to none) only some, and can miss what is there. A run's
+/// part with less than this left ends without another receive.
+pub const MIN_RECEIVE_WAIT: Duration = Duration::from_secs(1);
+
 /// The sweep's state record (`sweep`): the pass in progress and the last one completed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepRecord {
@@ -220,12 +225,12 @@ where
                     Err(e) => return Err(e.into()),
                 }
             }
-            if now >= until {
+            // Never a short poll: it can miss what is there.
+            if now >= until || until.since(now) < MIN_RECEIVE_WAIT {
                 return Ok(());
             }
-            let wait = until.since(now).min(Duration::from_secs(1));
             let messages = queue
-                .receive_from(record.stage.role(), sqs::MAX_BATCH as u8, wait)
+                .receive_from(record.stage.role(), sqs::MAX_BATCH as u8, MIN_RECEIVE_WAIT)
                 .await?;
             let (older, newer): (Vec<Message>, Vec<Message>) =
                 messages.into_iter().partition(|m| m.sent_at < started_at);
