@@ -83,6 +83,17 @@ async fn without_the_sweep_the_same_backlog_expires() {
     );
 }
 
+/// A deployment whose last pass began 7 days before `now`: one is due.
+async fn a_pass_is_due(store: &MemoryStore, now: qo_core::Timestamp) {
+    let last = SweepRecord {
+        last_started_at: Some(now.minus(DAY * 7)),
+        ..SweepRecord::default()
+    };
+    save_record(store, RecordKey::Sweep, &last, 0, None)
+        .await
+        .expect("sweep record");
+}
+
 /// A queue whose every call takes SQS's tens of milliseconds, so that a pass bounded by
 /// `SWEEP_RUN_S` ends its run's part with work left.
 struct Slow {
@@ -174,14 +185,7 @@ async fn a_pass_over_several_runs_copies_each_job_once_keeping_its_attempt() {
         observer: &NoObserver,
     };
 
-    // A deployment whose last pass began 7 days ago: one is due.
-    let last = SweepRecord {
-        last_started_at: Some(clock.now().minus(DAY * 7)),
-        ..SweepRecord::default()
-    };
-    save_record(&store, RecordKey::Sweep, &last, 0, None)
-        .await
-        .expect("sweep record");
+    a_pass_is_due(&store, clock.now()).await;
 
     let mut parts = Vec::new();
     for _ in 0..20 {
@@ -323,13 +327,7 @@ async fn throttles_read_after_a_sweep_are_judged_at_the_time_after_it() {
     save_record(&store, RecordKey::Control, &control, 0, None)
         .await
         .expect("control record");
-    let last = SweepRecord {
-        last_started_at: Some(began.minus(DAY * 7)),
-        ..SweepRecord::default()
-    };
-    save_record(&store, RecordKey::Sweep, &last, 0, None)
-        .await
-        .expect("sweep record");
+    a_pass_is_due(&store, began).await;
     let slow = Slow {
         inner: queue.clone(),
         clock: clock.clone(),
@@ -383,13 +381,7 @@ async fn large_jobs_are_copied_in_calls_under_one_mib() {
         clock: clock.as_ref(),
         observer: &NoObserver,
     };
-    let last = SweepRecord {
-        last_started_at: Some(clock.now().minus(DAY * 7)),
-        ..SweepRecord::default()
-    };
-    save_record(&store, RecordKey::Sweep, &last, 0, None)
-        .await
-        .expect("sweep record");
+    a_pass_is_due(&store, clock.now()).await;
     let mut lease = store
         .take("test", clock.now(), c.lease_ttl)
         .await
