@@ -780,6 +780,20 @@ impl IdempotencyStore for DynamoStore {
             .await
     }
 
+    async fn is_done(&self, job_id: &str) -> Result<bool, StoreError> {
+        let pk = format!("{JOB_PREFIX}{job_id}");
+        let Some(item) = self.get(&pk, "dynamodb.GetItem(is_done)").await? else {
+            return Ok(false);
+        };
+        if text(&item, STATUS) == Some(DONE) {
+            return Ok(true);
+        }
+        match text(&item, BATCH) {
+            Some(batch) => self.batch_lists(batch, job_id).await,
+            None => Ok(false),
+        }
+    }
+
     async fn complete(
         &self,
         job_id: &str,

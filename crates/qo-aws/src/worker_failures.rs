@@ -14,17 +14,23 @@
 //!  "responsePayload": { …the error… }}
 //! ```
 //!
-//! A record whose `requestPayload` is a job event is the job itself, never called successfully
-//! or not known to be: it is sent back to the job queue (its id made explicit, its attempt
-//! count and first enqueue time kept), then the record is deleted. A health check's record is
-//! deleted (the orchestrator sends new ones while the circuit is open). Anything else (not
-//! JSON, no payload, a payload that is not a worker event) stays on the queue and is reported.
+//! A record whose `requestPayload` is a job event, or a batch of them, holds jobs whose fate
+//! the worker could not record. Some may have succeeded (a batch fails on one job, after its
+//! siblings' calls). So each job is looked up in the idempotency records first: one recorded
+//! done is skipped, the others are sent back to the job queue (the id made explicit, the attempt
+//! count and first enqueue time kept), then the record is deleted. Done records live
+//! `IDEMPOTENCY_TTL_S` and the failure queue keeps records 14 days, so a record older than the
+//! done records' time cannot be checked: it is left and reported, unless the operator asks to
+//! send it unchecked. A health check's record is deleted (the orchestrator sends new ones while
+//! the circuit is open). Anything else (not JSON, no payload, a payload that is not a worker
+//! event) stays on the queue and is reported.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use qo_core::WorkerEvent;
-use qo_core::ports::QueueError;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use qo_core::ports::{IdempotencyStore, QueueError};
+use qo_core::{Timestamp, WorkerEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::sqs::SqsQueue;
@@ -48,6 +54,19 @@ pub enum RecordError {
     NotAWorkerEvent {
         /// The parser's message.
         detail: String,
+    },
+    /// The record is older than the done records' time, so whether its jobs succeeded can no
+    /// longer be read.
+    #[error(
+        "the record is {age_s} s old, past the done records' time ({checked_within_s} s, \
+         IDEMPOTENCY_TTL_S): whether its jobs succeeded cannot be checked (--unchecked sends \
+         them anyway)"
+    )]
+    TooOldToCheck {
+        /// Seconds since Lambda sent the record.
+        age_s: u64,
+        /// The done records' time, in seconds.
+        checked_within_s: u64,
     },
 }
 
@@ -111,6 +130,8 @@ pub struct WorkerFailuresReport {
     pub records: u64,
     /// Jobs sent back to the job queue (on a dry run: that would be).
     pub jobs: u64,
+    /// Jobs skipped because they are recorded done (their call succeeded).
+    pub already_done: u64,
     /// Health-check records deleted (on a dry run: that would be).
     pub health_checks: u64,
     /// Records left on the queue, and why.
@@ -123,23 +144,40 @@ pub struct WorkerFailuresReport {
 /// visible again at the end.
 const HOLD: Duration = Duration::from_secs(300);
 
-/// Moves the job records of the failure queue at `failure_url` back to `jobs`' main queue, at
-/// most `max` jobs (all when `None`); deletes health-check records; leaves the rest, reported.
-/// With `dry_run` it reads and classifies every record, then makes them all visible again.
+/// How a redrive of the failure queue runs.
+#[derive(Clone, Copy, Debug)]
+pub struct RedriveOptions {
+    /// Send at most this many jobs (all when `None`).
+    pub max: Option<u64>,
+    /// Read and classify every record, then make them all visible again.
+    pub dry_run: bool,
+    /// The done records' time (the worker's `IDEMPOTENCY_TTL_S`): a record older than this
+    /// cannot be checked against them.
+    pub checked_within: Duration,
+    /// Send the jobs of records too old to check all the same.
+    pub unchecked: bool,
+    /// Now, to age the records by.
+    pub now: Timestamp,
+}
+
+/// Moves the job records of the failure queue at `failure_url` back to `queues`' main queue,
+/// skipping each job `store` records done; deletes health-check records; leaves the rest,
+/// reported. With `dry_run` it reads and classifies every record, then makes them all visible
+/// again.
 ///
-/// A record is deleted only after its job was sent, so a failure in between leaves a copy
+/// A record is deleted only after its jobs were sent, so a failure in between leaves a copy
 /// (which the worker's idempotency record makes harmless), never no copy.
 pub async fn redrive_worker_failures(
     queues: &SqsQueue,
+    store: &dyn IdempotencyStore,
     failure_url: &str,
-    max: Option<u64>,
-    dry_run: bool,
+    opts: RedriveOptions,
 ) -> Result<WorkerFailuresReport, QueueError> {
     let mut report = WorkerFailuresReport {
-        dry_run,
+        dry_run: opts.dry_run,
         ..WorkerFailuresReport::default()
     };
-    let max = max.unwrap_or(u64::MAX);
+    let max = opts.max.unwrap_or(u64::MAX);
     let mut seen = HashSet::new();
     let mut keep: Vec<String> = Vec::new();
     let hold = i32::try_from(HOLD.as_secs()).unwrap_or(300);
@@ -169,7 +207,15 @@ pub async fn redrive_worker_failures(
                 continue;
             }
             report.records += 1;
-            match parse_record(m.body.as_deref().unwrap_or_default()) {
+            let sent_at = m
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Timestamp::from_millis);
+            let parsed = parse_record(m.body.as_deref().unwrap_or_default())
+                .and_then(|r| check_age(r, sent_at, &opts));
+            match parsed {
                 Err(reason) => {
                     tracing::warn!(%message_id, %reason, "worker-failure record left on the queue");
                     report.left.push(LeftRecord { message_id, reason });
@@ -180,30 +226,46 @@ pub async fn redrive_worker_failures(
                     ..
                 }) => {
                     report.health_checks += 1;
-                    if dry_run {
+                    if opts.dry_run {
                         keep.push(receipt);
                     } else {
                         delete.push(receipt);
                     }
                 }
                 Ok(FailedInvocation { event, condition }) => {
-                    // A job event, or a batch of them: every job of the record goes back
-                    // (a batch may take the count past `max` by its size).
+                    // A job event, or a batch of them: every job of the record not recorded
+                    // done goes back (a batch may take the count past `max` by its size).
+                    if !opts.dry_run && report.jobs >= max {
+                        keep.push(receipt);
+                        continue;
+                    }
                     let resend = jobs_to_resend(event).map_err(|e| QueueError::Backend {
                         op: "redrive worker failures",
                         source: Box::new(e),
                     })?;
-                    let n = u64::try_from(resend.len()).unwrap_or(u64::MAX);
-                    if dry_run {
-                        report.jobs += n;
+                    let mut send = Vec::with_capacity(resend.len());
+                    for job in resend {
+                        let done =
+                            store
+                                .is_done(&job.0)
+                                .await
+                                .map_err(|e| QueueError::Backend {
+                                    op: "redrive worker failures: reading a done record",
+                                    source: Box::new(e),
+                                })?;
+                        if done {
+                            tracing::info!(job_id = %job.0, "job recorded done: not sent again");
+                            report.already_done += 1;
+                        } else {
+                            send.push(job);
+                        }
+                    }
+                    report.jobs += u64::try_from(send.len()).unwrap_or(u64::MAX);
+                    if opts.dry_run {
                         keep.push(receipt);
                         continue;
                     }
-                    if report.jobs >= max {
-                        keep.push(receipt);
-                        continue;
-                    }
-                    for (job_id, body, origin) in &resend {
+                    for (job_id, body, origin) in &send {
                         let new_id = queues.resend_job(body, origin).await?;
                         tracing::info!(
                             %job_id,
@@ -213,7 +275,6 @@ pub async fn redrive_worker_failures(
                             "job from the worker-failure queue sent back to the job queue"
                         );
                     }
-                    report.jobs += n;
                     delete.push(receipt);
                 }
             }
@@ -225,10 +286,34 @@ pub async fn redrive_worker_failures(
     Ok(report)
 }
 
+/// Refuses a job record sent longer ago than the done records' time (unless asked to send it
+/// unchecked): its jobs' done records may be gone, so a succeeded job would be called again.
+/// Health checks pass whatever their age.
+fn check_age(
+    record: FailedInvocation,
+    sent_at: Option<Timestamp>,
+    opts: &RedriveOptions,
+) -> Result<FailedInvocation, RecordError> {
+    if opts.unchecked || matches!(record.event, WorkerEvent::HealthCheck(_)) {
+        return Ok(record);
+    }
+    let Some(sent_at) = sent_at else {
+        return Ok(record);
+    };
+    let age = opts.now.since(sent_at);
+    if age > opts.checked_within {
+        return Err(RecordError::TooOldToCheck {
+            age_s: age.as_secs(),
+            checked_within_s: opts.checked_within.as_secs(),
+        });
+    }
+    Ok(record)
+}
+
 /// The jobs a failed invocation's event sends back to the job queue, in its order: (job id,
 /// body with the id made explicit, origin kept). One for a job event, every job of a batch
-/// (whichever of them were settled before the event failed: the done ones are skipped by their
-/// idempotency records when delivered again), none for a health check.
+/// (whichever of them were settled before the event failed: the caller skips the done ones),
+/// none for a health check.
 pub fn jobs_to_resend(
     event: WorkerEvent,
 ) -> Result<Vec<(String, String, qo_core::Origin)>, serde_json::Error> {

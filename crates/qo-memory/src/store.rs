@@ -493,6 +493,15 @@ impl IdempotencyStore for MemoryStore {
         }
         Ok(())
     }
+
+    async fn is_done(&self, job_id: &str) -> Result<bool, StoreError> {
+        self.round_trip().await;
+        let mut st = self.lock();
+        // A read of the job's item, and of its batch's done record when the claim names one.
+        let of_batch = st.batch_claims.contains_key(job_id);
+        st.stats.read_units += 1 + u64::from(of_batch);
+        Ok(matches!(st.status(job_id), Some(JobStatus::Done { .. })))
+    }
 }
 
 #[cfg(test)]
@@ -776,6 +785,32 @@ mod tests {
 
     /// Two deliveries of one batch event that split its claims: each records its own
     /// successes, and neither erases the other's (a union, as DynamoDB's `ADD` on a set).
+    #[tokio::test]
+    async fn is_done_reads_lone_and_batch_records_and_claims_nothing() {
+        let s = MemoryStore::new();
+        let day = Duration::from_secs(86_400);
+        s.claim("alone", t(1), TTL).await.expect("claim");
+        s.complete("alone", t(2), day).await.expect("done");
+        for id in ["listed", "claimed"] {
+            s.claim_in_batch(id, "b", t(1), TTL, day)
+                .await
+                .expect("claim");
+        }
+        s.complete_batch("b", &["listed"], t(2), day)
+            .await
+            .expect("batch done");
+        let mut got = Vec::new();
+        for id in ["alone", "listed", "claimed", "unknown"] {
+            got.push(s.is_done(id).await.expect("read"));
+        }
+        assert_eq!(got, [true, true, false, false]);
+        // A read claims nothing: the unknown job is claimed afresh afterwards.
+        assert_eq!(
+            s.claim("unknown", t(3), TTL).await.expect("claim"),
+            Claim::Claimed
+        );
+    }
+
     #[tokio::test]
     async fn two_completes_of_one_batch_keep_both_sets_of_jobs_done() {
         let s = MemoryStore::new();

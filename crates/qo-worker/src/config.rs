@@ -15,6 +15,9 @@ use crate::ratelimit::{self, RateLimitHeaders};
 /// message's 256 KB; a reason needs far less).
 pub const MAX_EXCERPT_BYTES: usize = 16 * 1024;
 
+/// How long a done job is remembered by default (`IDEMPOTENCY_TTL_S`).
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(86_400);
+
 /// Everything the worker reads from the environment (the API key excepted: it comes from
 /// `API_KEY`, Secrets Manager or SSM, loaded by the binary and handed to
 /// [`crate::ApiClient::new`]).
@@ -110,7 +113,7 @@ impl WorkerConfig {
             call_tolerance: Duration::from_millis(5),
             max_slot_wait: qo_core::job::DEFAULT_MAX_SLOT_WAIT,
             batch_window: DEFAULT_BATCH_WINDOW,
-            idempotency_ttl: Duration::from_secs(86_400),
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             claim_ttl: MAX_FUNCTION_TIMEOUT,
             excerpt_bytes: 512,
             retry_delay: Duration::from_secs(5),

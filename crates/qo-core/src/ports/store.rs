@@ -272,4 +272,8 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Drops a claim whose call did not succeed, so a retry may claim it.
     async fn abandon(&self, job_id: &str) -> Result<(), StoreError>;
+    /// Whether `job_id` is recorded done, alone or in its batch's done record: a read, which
+    /// claims nothing. `false` once the record has expired and been deleted, so it answers
+    /// only within the done records' time (`IDEMPOTENCY_TTL_S`).
+    async fn is_done(&self, job_id: &str) -> Result<bool, StoreError>;
 }

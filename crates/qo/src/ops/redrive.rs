@@ -1,12 +1,17 @@
 //! `qo redrive`: moves dead-lettered jobs back to the job queue (their attempt count reset),
 //! or with `--dry-run` only counts them. `qo redrive --worker-failures` brings back what
 //! reached the worker's on-failure queue instead (Lambda's invocation records): job events go
-//! back to the job queue, health checks are deleted, anything else stays and is reported.
+//! back to the job queue unless recorded done, health checks are deleted, anything else stays
+//! and is reported.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
-use qo_aws::worker_failures::{LeftRecord, WorkerFailuresReport, redrive_worker_failures};
+use qo_aws::worker_failures::{
+    LeftRecord, RedriveOptions, WorkerFailuresReport, redrive_worker_failures,
+};
+use qo_core::Timestamp;
 use qo_core::config::ProcessEnv;
 use qo_core::ports::{Redrive, RedriveReport};
 use serde::Serialize;
@@ -37,6 +42,20 @@ pub struct RedriveArgs {
         conflicts_with = "stack"
     )]
     worker_failure_queue_url: Option<String>,
+    /// How long the worker keeps done records (its `IDEMPOTENCY_TTL_S`): a record older than
+    /// this cannot be checked for jobs that succeeded, and is left unless `--unchecked`.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "IDEMPOTENCY_TTL_S",
+        default_value_t = qo_worker::config::DEFAULT_IDEMPOTENCY_TTL.as_secs(),
+        requires = "worker_failures"
+    )]
+    idempotency_ttl_s: u64,
+    /// Send back the jobs of records too old to check against the done records, though a job
+    /// that succeeded is then called again.
+    #[arg(long, requires = "worker_failures")]
+    unchecked: bool,
     #[command(flatten)]
     target: TargetArgs,
     /// Print one JSON object.
@@ -93,6 +112,8 @@ pub struct WorkerFailuresOutput {
     pub records: u64,
     /// Jobs sent back to the job queue (a dry run: that would be).
     pub jobs: u64,
+    /// Jobs not sent because they are recorded done.
+    pub already_done: u64,
     /// Health-check records deleted (a dry run: that would be).
     pub health_checks: u64,
     /// Records left on the queue, and why.
@@ -108,6 +129,7 @@ impl WorkerFailuresOutput {
             queue_url: queue_url.to_string(),
             records: report.records,
             jobs: report.jobs,
+            already_done: report.already_done,
             health_checks: report.health_checks,
             left: report.left,
             dry_run: report.dry_run,
@@ -130,6 +152,13 @@ impl fmt::Display for WorkerFailuresOutput {
                 f,
                 "sent {} job(s) back to the job queue, deleted {} health-check record(s)",
                 self.jobs, self.health_checks
+            )?;
+        }
+        if self.already_done > 0 {
+            writeln!(
+                f,
+                "skipped {} job(s) recorded done (their call succeeded)",
+                self.already_done
             )?;
         }
         if !self.left.is_empty() {
@@ -156,7 +185,15 @@ pub async fn run(args: RedriveArgs) -> Result<(), OpsError> {
         };
         let queues = conn.queues(false)?;
         let main = queues.urls().main.clone();
-        let report = redrive_worker_failures(&queues, &failure_url, args.max, args.dry_run)
+        let store = conn.store()?;
+        let opts = RedriveOptions {
+            max: args.max,
+            dry_run: args.dry_run,
+            checked_within: Duration::from_secs(args.idempotency_ttl_s),
+            unchecked: args.unchecked,
+            now: Timestamp::from_system(SystemTime::now()),
+        };
+        let report = redrive_worker_failures(&queues, &store, &failure_url, opts)
             .await
             .map_err(|source| OpsError::Queue {
                 what: format!("redriving {failure_url} to {main}"),

@@ -228,4 +228,9 @@ impl<S: IdempotencyStore> IdempotencyStore for FaultyStore<S> {
         self.faulty("abandon", None, self.store.abandon(job_id))
             .await
     }
+
+    async fn is_done(&self, job_id: &str) -> Result<bool, StoreError> {
+        self.faulty("is_done", None, self.store.is_done(job_id))
+            .await
+    }
 }

@@ -1,16 +1,17 @@
 //! `qo redrive --worker-failures` against a moto server: Lambda's invocation records on the
 //! worker's on-failure queue are turned back into jobs on the job queue (job events), deleted
-//! (health checks) or left and reported (anything else). The built `qo` binary is run as a user
-//! runs it, with dummy credentials and no other environment.
+//! (health checks) or left and reported (anything else); a job recorded done is not sent again.
+//! The built `qo` binary is run as a user runs it, with dummy credentials and no other
+//! environment.
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use qo_aws::{QueueUrls, SdkSettings, SqsQueue, local_config};
+use qo_aws::{DynamoStore, QueueUrls, SdkSettings, SqsQueue, local_config};
 use qo_core::Timestamp;
-use qo_core::ports::JobSource;
+use qo_core::ports::{IdempotencyStore, JobSource};
 use qo_testkit::{MotoServer, OFFLINE_AWS_ENV, require};
 use serde_json::{Value, json};
 
@@ -83,6 +84,20 @@ fn job_event(job: Value, message_id: &str, attempt: u32, enqueued_ms: u64) -> Va
         "epoch": 3,
         "dispatched_at": 1_796_000_000_000_000u64
     })
+}
+
+/// A batch event of three jobs: `done-alone` (recorded done by its own record), `done-in-batch`
+/// (listed in the batch's done record) and `not-done` (claimed, never done).
+fn batch_event() -> Value {
+    let job = |id: &str, m: &str| {
+        json!({"job": {"id": id, "path": format!("/{id}")},
+               "origin": {"message_id": m, "attempt": 0},
+               "slot_at": 1_796_000_000_000_000u64, "epoch": 3,
+               "dispatched_at": 1_796_000_000_000_000u64})
+    };
+    json!({"kind": "batch", "key": "b-1", "jobs": [
+        job("done-alone", "m-c1"), job("done-in-batch", "m-c2"), job("not-done", "m-c3")
+    ]})
 }
 
 async fn visible(client: &aws_sdk_sqs::Client, url: &str) -> u64 {
@@ -159,7 +174,31 @@ async fn worker_failures_go_back_to_the_job_queue_and_the_rest_is_reported() {
         "not an invocation record".to_string(),
         // Lambda drops a payload too large for the destination.
         json!({"version": "1.0", "requestContext": {"condition": "RetriesExhausted"}}).to_string(),
+        // A batch that failed after two of its jobs succeeded.
+        record("RetriesExhausted", batch_event()),
     ];
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        vars["TABLE_NAME"].clone(),
+    );
+    let now = Timestamp::from_system(std::time::SystemTime::now());
+    let day = Duration::from_secs(86_400);
+    let claim_ttl = Duration::from_secs(900);
+    store
+        .claim("done-alone", now, claim_ttl)
+        .await
+        .expect("claim");
+    store.complete("done-alone", now, day).await.expect("done");
+    for id in ["done-in-batch", "not-done"] {
+        store
+            .claim_in_batch(id, "b-1", now, claim_ttl, day)
+            .await
+            .expect("claim in batch");
+    }
+    store
+        .complete_batch("b-1", &["done-in-batch"], now, day)
+        .await
+        .expect("batch done");
     for b in &bodies {
         client
             .send_message()
@@ -183,13 +222,47 @@ async fn worker_failures_go_back_to_the_job_queue_and_the_rest_is_reported() {
     qo.env
         .insert("WORKER_FAILURE_QUEUE_URL".into(), failures.clone());
     let dry = qo.json(&["redrive", "--worker-failures", "--dry-run"]);
-    assert_eq!(dry["records"], 5, "{dry}");
-    assert_eq!(dry["jobs"], 2, "{dry}");
+    assert_eq!(dry["records"], 6, "{dry}");
+    assert_eq!(dry["jobs"], 3, "{dry}");
+    assert_eq!(dry["already_done"], 2, "{dry}");
     assert_eq!(dry["health_checks"], 1, "{dry}");
     assert_eq!(dry["left"].as_array().map(Vec::len), Some(2), "{dry}");
     assert_eq!(dry["dry_run"], true);
-    assert_eq!(visible(&client, &failures).await, 5);
+    assert_eq!(visible(&client, &failures).await, 6);
     assert_eq!(visible(&client, &vars["QUEUE_URL"]).await, 0);
+
+    // A record older than the done records' time cannot be checked: left, unless unchecked.
+    let old = qo.json(&[
+        "redrive",
+        "--worker-failures",
+        "--dry-run",
+        "--idempotency-ttl-s",
+        "0",
+    ]);
+    let reasons: Vec<&str> = old["left"]
+        .as_array()
+        .expect("left")
+        .iter()
+        .filter_map(|l| l["reason"]["kind"].as_str())
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|k| **k == "too_old_to_check").count(),
+        3,
+        "{old}"
+    );
+    assert_eq!(
+        (old["jobs"].as_u64(), old["health_checks"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let unchecked = qo.json(&[
+        "redrive",
+        "--worker-failures",
+        "--dry-run",
+        "--idempotency-ttl-s",
+        "0",
+        "--unchecked",
+    ]);
+    assert_eq!(unchecked["jobs"], 3, "{unchecked}");
 
     // The real run, with the flag this time.
     qo.env.remove("WORKER_FAILURE_QUEUE_URL");
@@ -200,13 +273,14 @@ async fn worker_failures_go_back_to_the_job_queue_and_the_rest_is_reported() {
         &failures,
     ]);
     assert!(
-        text.starts_with("worker-failure queue: 5 record(s)\n"),
+        text.starts_with("worker-failure queue: 6 record(s)\n"),
         "{text}"
     );
     assert!(
-        text.contains("sent 2 job(s) back to the job queue, deleted 1 health-check record(s)"),
+        text.contains("sent 3 job(s) back to the job queue, deleted 1 health-check record(s)"),
         "{text}"
     );
+    assert!(text.contains("skipped 2 job(s) recorded done"), "{text}");
     assert!(text.contains("left 2 record(s) on the queue:"), "{text}");
     assert!(
         text.contains("the body is not an invocation record"),
@@ -228,8 +302,12 @@ async fn worker_failures_go_back_to_the_job_queue_and_the_rest_is_reported() {
         .receive(10, Duration::from_secs(1))
         .await
         .expect("receive");
-    assert_eq!(got.len(), 2, "{got:?}");
-    got.sort_by(|a, b| a.body.cmp(&b.body));
+    assert_eq!(got.len(), 3, "{got:?}");
+    let id = |body: &str| serde_json::from_str::<Value>(body).expect("json")["id"].to_string();
+    got.sort_by_key(|m| id(&m.body));
+    // Of the batch, only the job not recorded done.
+    let c: Value = serde_json::from_str(&got[2].body).expect("json");
+    assert_eq!(c["id"], "not-done", "{got:?}");
     let a: Value = serde_json::from_str(&got[0].body).expect("json");
     let b: Value = serde_json::from_str(&got[1].body).expect("json");
     assert_eq!(a["id"], "job-a");
