@@ -192,6 +192,27 @@ async fn retry_after_as_an_http_date_and_the_default() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_429_whose_control_write_loses_every_race_is_still_requeued() {
+    // A 429 storm from many environments: every read-modify-write of the control item loses.
+    // The job goes back all the same; the event does not fail (a failed batch would be
+    // retried by Lambda, late, and page).
+    let (r, _) = setup(Ok(ApiResponse::status(429)), &[]);
+    r.store.fail_next_saves(100);
+    let out = r.handle_x("m-1", T0, 0).await;
+    assert!(
+        matches!(out, Outcome::Throttled { requeued: true, .. }),
+        "{out:?}"
+    );
+    assert_eq!(r.sink.requeues().len(), 1);
+    r.store.fail_next_saves(0);
+    assert_eq!(
+        r.control().await.value.backoff_until,
+        None,
+        "nothing written"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_long_retry_after_is_kept_in_control_but_the_requeue_delay_is_capped() {
     let answer = ApiResponse {
         status: 429,
