@@ -127,6 +127,7 @@ PARAMETER_SETS = {
         "LogRetentionDays": 7,
         "AdaptivePacing": "off",
         "WorkerSystemLogLevel": "WARN",
+        "WorkerBusyMs": 30000,
     },
 }
 # A pool of worker functions, each in its own subnets (its own NAT address).
@@ -413,6 +414,18 @@ def resolved_checks(name, r):
     names = orch["Environment"]["Variables"].get("WORKER_FUNCTION_NAMES")
     if names != ",".join(f"<{f}>" for f in present) or "WORKER_FUNCTION_NAME" in orch["Environment"]["Variables"]:
         fail(f"{name}: WORKER_FUNCTION_NAMES is {names!r}, expected the pool {present}")
+    # Logs: SAM's AWSLambdaBasicExecutionRole is capped by a boundary on every function to
+    # the stack's two log groups.
+    if tpl["Globals"]["Function"].get("PermissionsBoundary") != {"Ref": "FunctionPermissionsBoundary"}:
+        fail(f"{name}: the functions' PermissionsBoundary is not FunctionPermissionsBoundary")
+    boundary = res["FunctionPermissionsBoundary"]["Properties"]["PolicyDocument"]["Statement"]
+    logs = [st for st in boundary if any(a.startswith("logs:") for a in actions(st))]
+    rest = [st for st in boundary if st not in logs]
+    if sorted(a for st in logs for a in actions(st)) != ["logs:CreateLogStream", "logs:PutLogEvents"] \
+            or sorted(x for st in logs for x in st["Resource"]) != ["<OrchestratorLogGroup.Arn>", "<WorkerLogGroup.Arn>"]:
+        fail(f"{name}: the boundary's logs statement is {logs}")
+    if any(st.get("NotAction") != "logs:*" for st in rest):
+        fail(f"{name}: the boundary allows logs actions beyond the two log groups: {rest}")
     strip = lambda p: {k: x for k, x in p.items() if k not in ("Description", "VpcConfig")}
     for n, f in enumerate(present, 1):
         props = res[f]["Properties"]
