@@ -189,11 +189,18 @@ impl Observer for EmfMetrics {
                 self.gauge("PaceCeiling", ceiling_per_s);
             }
             Observation::PaceDecreased(_) => self.add("PaceDecreases", 1.0),
-            Observation::Swept { resent, completed } => {
+            Observation::Swept {
+                resent,
+                completed,
+                pass_age,
+            } => {
                 self.add("SweptCopies", resent as f64);
                 if completed {
                     self.add("SweepPassesCompleted", 1.0);
                 }
+                // Gauges outlive a run in a warm environment: a completed pass sets 0.
+                let age = pass_age.unwrap_or_default();
+                self.gauge("SweepPassAgeSeconds", age.as_secs_f64());
             }
             Observation::ApiRemaining { remaining, .. } => self.with(|c| {
                 let r = remaining as f64;
@@ -207,6 +214,7 @@ impl Observer for EmfMetrics {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
 
     #[test]
     fn writes_an_emf_record() {
@@ -242,6 +250,27 @@ mod tests {
         let r2 = m.take_record(Timestamp::from_millis(6)).expect("record");
         assert!(r2.get("Dispatched").is_none());
         assert_eq!(r2["CircuitOpen"], 1.0);
+    }
+
+    #[test]
+    fn a_pass_in_progress_reports_its_age_and_a_completed_one_zero() {
+        let m = EmfMetrics::from_env(&HashMap::<String, String>::new(), "orchestrator");
+        m.observe(Observation::Swept {
+            resent: 40,
+            completed: false,
+            pass_age: Some(Duration::from_secs(7_200)),
+        });
+        let r = m.take_record(Timestamp::EPOCH).expect("record");
+        assert_eq!(r["SweepPassAgeSeconds"], 7_200.0);
+        assert_eq!(r["SweptCopies"], 40.0);
+        m.observe(Observation::Swept {
+            resent: 3,
+            completed: true,
+            pass_age: None,
+        });
+        let r = m.take_record(Timestamp::EPOCH).expect("record");
+        assert_eq!(r["SweepPassAgeSeconds"], 0.0);
+        assert_eq!(r["SweepPassesCompleted"], 1.0);
     }
 
     #[test]

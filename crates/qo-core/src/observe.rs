@@ -134,6 +134,9 @@ pub enum Observation {
         resent: u64,
         /// Whether the pass completed in this run.
         completed: bool,
+        /// How long ago the pass still in progress began (`None` when it completed, or when
+        /// the run failed before it knew): a pass that keeps failing grows it.
+        pass_age: Option<Duration>,
     },
     /// Calls dispatched against the calls the pace allowed while work was waiting, since the
     /// last such observation ([`crate::quota::UtilizationMeter`]).

@@ -163,9 +163,14 @@ where
             warn!(error = %e, resent = report.resent, "retention sweep stopped; it resumes next run")
         }
     }
+    let pass_age = match (report.completed, report.started_at) {
+        (false, Some(began)) => Some(ports.clock.now().since(began)),
+        _ => None,
+    };
     ports.observer.observe(Observation::Swept {
         resent: report.resent,
         completed: report.completed,
+        pass_age,
     });
     Some(report)
 }

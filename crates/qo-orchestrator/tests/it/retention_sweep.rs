@@ -288,16 +288,27 @@ impl JobSink for Slow {
     }
 }
 
-/// Keeps the pace decreases a run reports.
+/// Keeps the pace decreases a run reports, and the ages of the sweep's pass in progress.
 #[derive(Default)]
-struct Decreases(std::sync::Mutex<Vec<qo_core::quota::Decrease>>);
+struct Decreases(
+    std::sync::Mutex<Vec<qo_core::quota::Decrease>>,
+    std::sync::Mutex<Vec<Option<Duration>>>,
+);
 
 impl qo_core::Observer for Decreases {
     fn observe(&self, o: qo_core::Observation) {
-        if let qo_core::Observation::PaceDecreased(d) = o
-            && let Ok(mut seen) = self.0.lock()
-        {
-            seen.push(d);
+        match o {
+            qo_core::Observation::PaceDecreased(d) => {
+                if let Ok(mut seen) = self.0.lock() {
+                    seen.push(d);
+                }
+            }
+            qo_core::Observation::Swept { pass_age, .. } => {
+                if let Ok(mut seen) = self.1.lock() {
+                    seen.push(pass_age);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -347,6 +358,13 @@ async fn throttles_read_after_a_sweep_are_judged_at_the_time_after_it() {
         .expect("run");
     let sweep = report.sweep.expect("a sweep part ran");
     assert!(!sweep.completed && sweep.resent > 0, "{sweep:?}");
+    // The pass goes on: its age is reported (the metric an alarm watches), about the part's
+    // 30 s.
+    let ages = seen.1.lock().expect("lock").clone();
+    assert!(
+        matches!(ages[..], [Some(a)] if a >= Duration::from_secs(29) && a <= c.sweep_run),
+        "{ages:?}"
+    );
     let decreases = seen.0.lock().expect("lock").clone();
     let first = decreases.first().expect("the 429 lowered the pace");
     // The sweep's part ends when less than a long poll's wait is left of it.
