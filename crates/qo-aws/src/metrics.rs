@@ -189,6 +189,8 @@ impl Observer for EmfMetrics {
                 self.gauge("PaceCeiling", ceiling_per_s);
             }
             Observation::PaceDecreased(_) => self.add("PaceDecreases", 1.0),
+            Observation::ResultDelivered { .. } => self.add("ResultsDelivered", 1.0),
+            Observation::ResultUndelivered { .. } => self.add("ResultsUndelivered", 1.0),
             Observation::Swept {
                 resent,
                 completed,

@@ -116,6 +116,26 @@ pub trait Env {
     }
 }
 
+/// Reads the stack's result destinations, which both functions read: `RESULT_DESTINATIONS`
+/// (comma-separated ARNs of SQS queues, SNS topics, EventBridge buses and Lambda functions;
+/// empty or unset: none) and `RESULT_DEFAULT` (the name of the one a job without `reply_to`
+/// gets; empty or unset: none).
+pub fn result_destinations(env: &impl Env) -> Result<crate::result::Destinations, ConfigError> {
+    let arns = env.get("RESULT_DESTINATIONS").unwrap_or_default();
+    let default = env.get("RESULT_DEFAULT").unwrap_or_default();
+    crate::result::Destinations::parse(&arns, &default).map_err(|e| {
+        let (name, value) = match e {
+            crate::result::DestinationError::UnknownDefault(_) => ("RESULT_DEFAULT", default),
+            _ => ("RESULT_DESTINATIONS", arns),
+        };
+        ConfigError::Invalid {
+            name: name.to_string(),
+            value,
+            reason: e.to_string(),
+        }
+    })
+}
+
 /// The circuit breaker's policy from `CIRCUIT_FAILURE_THRESHOLD`, `CIRCUIT_FAILURE_WINDOW_S`,
 /// `HEALTH_CHECK_INITIAL_S`, `HEALTH_CHECK_MAX_S` and `HEALTH_CHECK_TIMEOUT_S`: one reader for
 /// the orchestrator, the worker and `qo`, so they cannot disagree.

@@ -92,6 +92,13 @@ pub struct Job {
     /// JSON body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
+    /// The result destination, by name ([`crate::result::Destinations`]); the stack's
+    /// default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// An object echoed untouched in the job's result, for correlation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 /// Why a job was refused; the reason goes with it to the dead-letter queue.
@@ -134,6 +141,20 @@ pub enum JobError {
          parameters); the limit is {MAX_JOB_QUERY_BYTES}"
     )]
     QueryTooLong(usize),
+    /// `reply_to` is not a destination name (an ARN, a URL, a character no service allows).
+    #[error(
+        "job reply_to `{0}` is not a destination name (letters, digits, `-`, `_`, `.`; a job \
+         names a destination the stack declares, never an ARN)"
+    )]
+    ReplyTo(String),
+    /// `reply_to` names no destination the stack declares.
+    #[error(
+        "job reply_to `{0}` is not one of the stack's result destinations (RESULT_DESTINATIONS)"
+    )]
+    UnknownDestination(String),
+    /// `meta` is not a small object.
+    #[error("job meta {0}")]
+    Meta(String),
 }
 
 /// Headers a job may not set: the worker owns them.
@@ -195,7 +216,7 @@ impl Job {
                 return Err(JobError::Header(value.clone()));
             }
         }
-        Ok(())
+        crate::result::check_job(self)
     }
 }
 

@@ -25,6 +25,8 @@
 //! - [`control`]: the operator control record.
 //! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
 //!   redrive), [`ports::store`] (records, lease, idempotency), [`ports::invoker`].
+//! - [`result`]: what comes after the call: a job's [`result::JobResult`] and the named
+//!   [`result::Destinations`] it is delivered to.
 //! - [`reason`]: [`Reason`], why a job was re-queued or dead-lettered, printed as the text
 //!   logs and the dead-letter queue carry, grouped by its [`ReasonKind`].
 //! - [`retry`]: what becomes of a job tried and not done: re-queued, or given up on past the
@@ -47,6 +49,7 @@ pub mod observe;
 pub mod ports;
 pub mod quota;
 pub mod reason;
+pub mod result;
 pub mod retry;
 pub mod secret;
 pub mod sqs;

@@ -127,6 +127,21 @@ pub enum Observation {
     /// The pace went down: the API throttled a call paced at the current rate, or its
     /// rate-limit headers said less was left.
     PaceDecreased(crate::quota::Decrease),
+    /// A job's result reached its destination.
+    ResultDelivered {
+        /// The job's idempotency key.
+        job_id: String,
+        /// The destination's name.
+        destination: String,
+    },
+    /// A job's result could not be delivered after every try: it went to the dead-letter
+    /// queue instead.
+    ResultUndelivered {
+        /// The job's idempotency key.
+        job_id: String,
+        /// The destination's name.
+        destination: String,
+    },
     /// The orchestrator's retention sweep re-sent waiting messages as fresh copies (so that
     /// none is deleted by the queue's retention while nobody receives it).
     Swept {

@@ -99,6 +99,15 @@ pub enum Reason {
     },
     /// Past the attempt or the 429 bound: dead-lettered.
     GaveUp(GiveUp),
+    /// The job succeeded (or was given up on) but its result could not be delivered to its
+    /// destination: the result itself goes to the dead-letter queue. The API is not called
+    /// again.
+    ResultUndelivered {
+        /// The destination's name.
+        destination: String,
+        /// What the destination's service answered.
+        detail: String,
+    },
 }
 
 /// Which transport failure.
@@ -150,6 +159,8 @@ pub enum ReasonKind {
     InvalidJob,
     /// [`Reason::FinalStatus`].
     FinalStatus,
+    /// [`Reason::ResultUndelivered`].
+    ResultUndelivered,
     /// [`GiveUp::Attempts`].
     GaveUpAttempts,
     /// [`GiveUp::Throttled`].
@@ -172,6 +183,7 @@ impl ReasonKind {
             ReasonKind::CredentialPending => "credential pending",
             ReasonKind::InvalidJob => "invalid job",
             ReasonKind::FinalStatus => "final HTTP status",
+            ReasonKind::ResultUndelivered => "result undelivered",
             ReasonKind::GaveUpAttempts => "gave up after MAX_ATTEMPTS",
             ReasonKind::GaveUpThrottled => "gave up after MAX_THROTTLED",
         }
@@ -200,6 +212,7 @@ impl Reason {
             Reason::CredentialPending { .. } => ReasonKind::CredentialPending,
             Reason::InvalidJob(_) | Reason::InvalidRequest { .. } => ReasonKind::InvalidJob,
             Reason::FinalStatus { .. } => ReasonKind::FinalStatus,
+            Reason::ResultUndelivered { .. } => ReasonKind::ResultUndelivered,
             Reason::GaveUp(GiveUp::Attempts { .. }) => ReasonKind::GaveUpAttempts,
             Reason::GaveUp(GiveUp::Throttled { .. }) => ReasonKind::GaveUpThrottled,
         }
@@ -266,6 +279,14 @@ impl fmt::Display for Reason {
                 "HTTP {status}: the credential was refused; no call before its re-read"
             ),
             Reason::InvalidJob(e) => write!(f, "{e}"),
+            Reason::ResultUndelivered {
+                destination,
+                detail,
+            } => write!(
+                f,
+                "the result could not be delivered to `{destination}`: {detail} (the body is the \
+                 result; the API was not called again)"
+            ),
             Reason::InvalidRequest { detail } => write!(f, "invalid request: {detail}"),
             Reason::GaveUp(g) => write!(f, "{g}"),
         }

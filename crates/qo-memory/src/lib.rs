@@ -18,11 +18,14 @@
 //!   back-off, cold starts and warm reuse, function-error retries, the on-failure destination
 //!   ([`FailureRecord`]), random delivery delays, injected invoke failures and duplicate
 //!   deliveries.
+//! - [`results`]: [`MemoryResults`], the result destinations ([`qo_core::ports::ResultSink`]),
+//!   with a bucket for large bodies and injected refusals.
 //! - [`error`]: [`MemoryError`], what these adapters refuse on their own account.
 
 pub mod error;
 pub mod invoker;
 pub mod queue;
+pub mod results;
 pub mod store;
 
 pub use error::MemoryError;
@@ -34,4 +37,5 @@ pub use queue::{
     BatchOp, Expired, MemoryQueue, QueueDepths, QueueFaults, QueueOptions, Redriven, SendOptions,
     SqsRequests,
 };
+pub use results::{DeliveredResult, MemoryResults};
 pub use store::{JobStatus, MemoryStore, StoreStats};

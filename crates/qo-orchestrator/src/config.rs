@@ -93,6 +93,9 @@ pub struct OrchestratorConfig {
     /// function, as in tests). Jobs are spread across them; a job one function had answered
     /// 429 or failed is retried through another ([`crate::pool`]).
     pub worker_functions: Vec<String>,
+    /// The stack's result destinations (RESULT_DESTINATIONS, RESULT_DEFAULT; default none): a
+    /// job whose `reply_to` names none of them is dead-lettered before it takes a slot.
+    pub destinations: qo_core::result::Destinations,
 }
 
 impl OrchestratorConfig {
@@ -124,6 +127,7 @@ impl OrchestratorConfig {
             batch_window: DEFAULT_BATCH_WINDOW,
             owner: "orchestrator".to_string(),
             worker_functions: Vec::new(),
+            destinations: qo_core::result::Destinations::default(),
         }
     }
 
@@ -238,6 +242,7 @@ impl OrchestratorConfig {
                 .get("AWS_LAMBDA_LOG_STREAM_NAME")
                 .unwrap_or_else(|| format!("orchestrator-{}", uuid::Uuid::new_v4())),
             worker_functions: worker_functions(env)?,
+            destinations: qo_core::config::result_destinations(env)?,
             ..d
         })
     }

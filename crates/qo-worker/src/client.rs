@@ -56,6 +56,10 @@ pub struct ApiClient {
     body_limit: usize,
     /// The rate-limit headers kept from each answer (`RATE_LIMIT_HEADERS`).
     rate_names: Arc<[HeaderName]>,
+    /// Whether answers feed results (the stack has destinations): the body is read up to
+    /// `RESULT_BODY_MAX_BYTES`, and `result_headers` are kept.
+    results: bool,
+    result_headers: Arc<[HeaderName]>,
 }
 
 impl fmt::Debug for ApiClient {
@@ -95,8 +99,21 @@ impl ApiClient {
             auth_prefix: config.auth_prefix.clone(),
             idempotency_header: config.idempotency_header.clone(),
             credential: Arc::new(RwLock::new(credential)),
-            body_limit: config.excerpt_bytes + EXCERPT_SLACK,
+            // With result destinations a result carries the body; else only an excerpt of it.
+            body_limit: if config.destinations.is_empty() {
+                config.excerpt_bytes + EXCERPT_SLACK
+            } else {
+                config
+                    .result_body_max
+                    .max(config.excerpt_bytes + EXCERPT_SLACK)
+            },
             rate_names: config.rate_limit_headers.names().into(),
+            results: !config.destinations.is_empty(),
+            result_headers: if config.destinations.is_empty() {
+                Arc::from([])
+            } else {
+                config.result_headers.clone().into()
+            },
         })
     }
 
@@ -174,16 +191,34 @@ impl ApiClient {
                 rate_headers.push(name.as_str(), v);
             }
         }
+        let headers = self
+            .result_headers
+            .iter()
+            .filter_map(|name| {
+                let v = response.headers().get(name)?.to_str().ok()?;
+                Some((name.as_str().to_string(), v.to_string()))
+            })
+            .collect();
         let mut body_start = Vec::new();
-        // The status decides; the body only feeds an excerpt, so a failure reading it is
-        // not a failed call.
-        while body_start.len() < self.body_limit {
+        let mut body_truncated = false;
+        // The status decides; the body feeds an excerpt or a result, so a failure reading it
+        // is not a failed call.
+        loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     let room = self.body_limit - body_start.len();
                     body_start.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if chunk.len() > room {
+                        body_truncated = true;
+                        break;
+                    }
                 }
                 Ok(None) | Err(_) => break,
+            }
+            if body_start.len() >= self.body_limit {
+                // An excerpt reads no further. A result is marked cut only when more follows.
+                body_truncated = self.results && !matches!(response.chunk().await, Ok(None));
+                break;
             }
         }
         Ok(ApiResponse {
@@ -191,6 +226,8 @@ impl ApiClient {
             retry_after,
             rate_headers,
             body_start,
+            body_truncated,
+            headers,
         })
     }
 }

@@ -1,10 +1,12 @@
 //! The worker's configuration: environment variables read once at cold start.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use qo_core::CircuitPolicy;
 use qo_core::config::{ConfigError, Env};
 use qo_core::job::Job;
+use qo_core::result::Destinations;
 use reqwest::Url;
 use reqwest::header::HeaderName;
 
@@ -95,7 +97,24 @@ pub struct WorkerConfig {
     /// gives each function of a pool its own loopback address, so that the built-in API can
     /// limit per source address as some APIs do.
     pub local_address: Option<std::net::IpAddr>,
+    /// `RESULT_DESTINATIONS` and `RESULT_DEFAULT` (default none): where jobs' results go
+    /// ([`qo_core::result::Destinations`]). With none, results are not built and bodies are
+    /// read only for excerpts.
+    pub destinations: Destinations,
+    /// `RESULT_HEADERS` (default [`crate::results::DEFAULT_RESULT_HEADERS`]): the response
+    /// headers a result keeps, comma-separated, any case.
+    pub result_headers: Vec<HeaderName>,
+    /// `RESULT_BODY_MAX_BYTES` (default 1 MiB, at most 16 MiB): the most of a response body a
+    /// result carries; a longer one is cut and marked truncated. Bounded because a batch's
+    /// bodies are held in the function's memory together.
+    pub result_body_max: usize,
 }
+
+/// The default of `RESULT_BODY_MAX_BYTES`.
+pub const DEFAULT_RESULT_BODY_MAX: usize = 1024 * 1024;
+
+/// The largest `RESULT_BODY_MAX_BYTES`.
+pub const MAX_RESULT_BODY_MAX: usize = 16 * 1024 * 1024;
 
 impl WorkerConfig {
     /// The configuration of a worker calling `api_base_url` with every other setting at its
@@ -125,6 +144,10 @@ impl WorkerConfig {
             api_window_report: Duration::from_millis(1_000),
             function_name: None,
             local_address: None,
+            destinations: Destinations::default(),
+            result_headers: result_headers(crate::results::DEFAULT_RESULT_HEADERS)
+                .unwrap_or_default(),
+            result_body_max: DEFAULT_RESULT_BODY_MAX,
         }
     }
 
@@ -255,6 +278,24 @@ impl WorkerConfig {
             rate_limit_headers,
             api_window_report: env.millis("API_WINDOW_REPORT_MS", d.api_window_report)?,
             local_address: None,
+            destinations: qo_core::config::result_destinations(env)?,
+            result_headers: match env.get("RESULT_HEADERS") {
+                None => d.result_headers,
+                Some(text) => {
+                    result_headers(&text).map_err(|why| invalid("RESULT_HEADERS", &text, why))?
+                }
+            },
+            result_body_max: {
+                let max = env.parsed("RESULT_BODY_MAX_BYTES", d.result_body_max)?;
+                if max > MAX_RESULT_BODY_MAX {
+                    return Err(invalid(
+                        "RESULT_BODY_MAX_BYTES",
+                        &max.to_string(),
+                        format!("the limit is {MAX_RESULT_BODY_MAX}"),
+                    ));
+                }
+                max
+            },
         })
     }
 
@@ -374,6 +415,15 @@ fn positive(env: &impl Env, name: &str, d: Duration) -> Result<Duration, ConfigE
     } else {
         Ok(d)
     }
+}
+
+/// Reads a comma-separated list of header names.
+fn result_headers(text: &str) -> Result<Vec<HeaderName>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| HeaderName::from_str(h).map_err(|_| format!("`{h}` is not a header name")))
+        .collect()
 }
 
 fn invalid(name: &str, value: &str, reason: String) -> ConfigError {

@@ -20,8 +20,13 @@ pub struct ApiResponse {
     /// else of the header map.
     pub rate_headers: RateHeaders,
     /// The start of the body: a few bytes beyond the configured excerpt size at most (so the
-    /// excerpt can be cut on a character boundary); the rest is not read.
+    /// excerpt can be cut on a character boundary), or with result destinations the body up
+    /// to `RESULT_BODY_MAX_BYTES`; the rest is not read.
     pub body_start: Vec<u8>,
+    /// Whether the body went on past `body_start`.
+    pub body_truncated: bool,
+    /// The response headers `RESULT_HEADERS` names (with result destinations only).
+    pub headers: Vec<(String, String)>,
 }
 
 impl ApiResponse {

@@ -19,6 +19,8 @@
 //! - [`ratelimit`]: reading the API's rate-limit headers (`RATE_LIMIT_HEADERS`) into an
 //!   [`qo_core::ApiWindow`].
 //! - [`excerpt`]: bounded body excerpts for dead-letter reasons.
+//! - [`results`]: the result path: a job's [`qo_core::result::JobResult`] built from the
+//!   answer and delivered to its destination, retried, or dead-lettered itself.
 //! - [`lambda`]: the Lambda [`handler`].
 //! - [`error`]: the crate's error, [`WorkerError`].
 
@@ -33,6 +35,7 @@ pub mod lambda;
 pub mod outcome;
 mod plan;
 pub mod ratelimit;
+pub mod results;
 pub mod retry_after;
 pub mod worker;
 

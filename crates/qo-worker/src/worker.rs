@@ -59,9 +59,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use qo_core::ports::{
-    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, Retry, load_record,
+    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, ResultSink, Retry, load_record,
     update_record,
 };
+use qo_core::result::JobResult;
 use qo_core::{
     ApiWindow, BackoffReason, BatchEvent, Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent,
     NoObserver, Observation, Observer, Reason, Throttles, Timestamp, WorkerEvent,
@@ -77,6 +78,7 @@ use crate::outcome::Outcome;
 use crate::plan::{
     AtSlot, Decision, Failure, JobPolicy, Plan, Throttle, at_slot, called_status, decide, plan,
 };
+use crate::results::ResultPath;
 
 /// The span of one job's handling, alone or in a batch.
 fn job_span(ev: &JobEvent) -> tracing::Span {
@@ -121,6 +123,8 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     seen_limit: AtomicU64,
     /// Whether a malformed rate-limit header was logged already (once per environment).
     warned_malformed: AtomicBool,
+    /// Where jobs' results go (`None`: nowhere).
+    results: Option<ResultPath>,
 }
 
 impl<S, Q, C, H> Worker<S, Q, C, H>
@@ -144,7 +148,15 @@ where
             window_reported_at: Mutex::new(None),
             seen_limit: AtomicU64::new(0),
             warned_malformed: AtomicBool::new(false),
+            results: None,
         }
+    }
+
+    /// Delivers jobs' results through `sink` to the configured destinations
+    /// (`RESULT_DESTINATIONS`); without it, results go nowhere.
+    pub fn with_result_sink(mut self, sink: Arc<dyn ResultSink>) -> Self {
+        self.results = Some(ResultPath::new(sink, self.config.destinations.clone()));
+        self
     }
 
     /// Reports observations to `observer`.
@@ -389,6 +401,9 @@ where
         hold: Option<&BatchHold>,
     ) -> Result<Outcome, WorkerError> {
         let job_id = ev.job_id().to_string();
+        if let Err(e) = self.config.destinations.for_job(&ev.job) {
+            return self.dead_letter(ev, job_id, e.into()).await;
+        }
         let now = self.clock.now();
         let claim_ttl = self.config.claim_ttl;
         let claim = match hold {
@@ -596,6 +611,10 @@ where
         };
         match decide(&answer, &ev.origin, now, policy) {
             Decision::Done { status } => {
+                if let Ok(response) = &answer {
+                    let result = || ResultPath::succeeded(ev, &job_id, response, (at, now));
+                    self.deliver(ev, result).await;
+                }
                 let batch = hold.map(|h| h.key.as_str());
                 Ok(self
                     .succeeded(job_id, status, window, (at, now), batch)
@@ -971,6 +990,9 @@ where
             reason: reason.clone(),
         });
         self.release_claim(&job_id).await;
+        let now = self.clock.now();
+        self.deliver(ev, || ResultPath::dead_lettered(ev, &job_id, &reason, now))
+            .await;
         Ok(Outcome::DeadLettered { job_id, reason })
     }
 
@@ -1082,8 +1104,11 @@ where
                 warn!(reason = %reason, "dead-lettered");
                 self.observe(Observation::DeadLettered {
                     message_id: ev.origin.message_id.clone(),
-                    reason,
+                    reason: reason.clone(),
                 });
+                let now = self.clock.now();
+                self.deliver(ev, || ResultPath::dead_lettered(ev, job_id, &reason, now))
+                    .await;
                 Ok(false)
             }
         }
@@ -1168,6 +1193,19 @@ where
 
     fn observe(&self, o: Observation) {
         self.observer.observe(o);
+    }
+
+    /// Delivers the result `result` builds to `ev`'s destination, when it has one
+    /// ([`crate::results`]).
+    async fn deliver(&self, ev: &JobEvent, result: impl FnOnce() -> JobResult) {
+        let Some(path) = &self.results else {
+            return;
+        };
+        if let Some(to) = path.destination(ev) {
+            let observer = self.observer.as_ref();
+            path.deliver(to, result(), ev, &self.clock, &self.sink, observer)
+                .await;
+        }
     }
 }
 

@@ -31,6 +31,10 @@ pub struct Counts {
     pub duplicates: u64,
     pub invoke_failures: u64,
     pub health_checks: u64,
+    /// Results delivered to their destination.
+    pub results_delivered: u64,
+    /// Results that went to the dead-letter queue, undelivered.
+    pub results_undelivered: u64,
     pub circuit_openings: u64,
     pub circuit: Option<CircuitPhase>,
     pub success_times: Vec<Timestamp>,
@@ -106,6 +110,8 @@ impl Observer for Collector {
                 c.circuit = Some(phase);
             }
             Observation::HealthCheckSent { .. } => c.health_checks += 1,
+            Observation::ResultDelivered { .. } => c.results_delivered += 1,
+            Observation::ResultUndelivered { .. } => c.results_undelivered += 1,
             Observation::PaceDecreased(_) => c.pace_decreases += 1,
             Observation::Pace {
                 rate_per_s,

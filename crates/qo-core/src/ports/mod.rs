@@ -9,13 +9,16 @@
 //! | [`LeaseStore`] one dispatching orchestrator | yes | |
 //! | [`IdempotencyStore`] one successful call per job | | yes |
 //! | [`Invoker`] async invoke of the worker | yes | |
+//! | [`ResultSink`] a job's result to its destination | | yes |
 //! | [`crate::time::Clock`] | yes | yes |
 //!
-//! One module per port: [`queue`], [`store`] (records, lease, idempotency), [`invoker`]. The
+//! One module per port: [`queue`], [`store`] (records, lease, idempotency), [`invoker`],
+//! [`results`]. The
 //! retry policy over [`JobSink`] lives in [`crate::retry`] and is re-exported here.
 
 pub mod invoker;
 pub mod queue;
+pub mod results;
 pub mod store;
 
 pub use crate::retry::{GiveUp, Retry, requeue_or_dead_letter};
@@ -23,6 +26,7 @@ pub use invoker::{InvokeError, Invoker, PoolInvoker, SharedError};
 pub use queue::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,
 };
+pub use results::{Delivered, ResultError, ResultSink};
 pub use store::{
     Claim, IdempotencyStore, Lease, LeaseStore, RecordKey, RecordStore, StoreError,
     UPDATE_ATTEMPTS, Versioned, load_record, save_record, update_record,

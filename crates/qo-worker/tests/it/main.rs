@@ -8,5 +8,6 @@ mod credential;
 mod events;
 mod loopback;
 mod redrive;
+mod results;
 mod support;
 mod timing;

@@ -1,0 +1,183 @@
+//! The result path: what the worker does after a job ends, when the job has a destination
+//! (its `reply_to`, else the stack's default; [`qo_core::result::Destinations`]).
+//!
+//! A success's result (status, the headers the stack keeps, the body, the times and counts)
+//! is delivered before the job is marked done, and a dead letter's result (outcome, reason,
+//! status and excerpt) after the dead letter is sent. A delivery the destination refuses is
+//! tried [`DELIVERY_ATTEMPTS`] times, then the result itself goes to the dead-letter queue
+//! ([`Reason::ResultUndelivered`], its body the result). Neither failure fails the event, so
+//! neither makes the worker call the API again. The window this leaves is the one a call
+//! already has: a function killed between the answer and the done record calls again when
+//! Lambda retries it, and delivers that answer's result (the same `result_id`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qo_core::ports::{DeadLetter, JobSink, ResultSink};
+use qo_core::result::{Destination, Destinations, JobResult, ResultOutcome, ResultTimes};
+use qo_core::{Clock, JobEvent, Observation, Observer, Reason, Timestamp};
+use tracing::{error, warn};
+
+use crate::http::ApiResponse;
+
+/// Tries of one delivery before the result is dead-lettered.
+pub const DELIVERY_ATTEMPTS: u32 = 3;
+
+/// The pause before each retry of a delivery.
+pub const DELIVERY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+
+/// The response headers a result keeps by default (`RESULT_HEADERS`): the content type, the
+/// request ids APIs send, and the common rate-limit headers.
+pub const DEFAULT_RESULT_HEADERS: &str = "content-type,x-request-id,request-id,x-amzn-requestid,\
+     x-ratelimit-limit,x-ratelimit-remaining,x-ratelimit-reset,ratelimit-limit,\
+     ratelimit-remaining,ratelimit-reset,ratelimit,ratelimit-policy";
+
+/// The destinations and the sink that delivers to them.
+#[derive(Clone)]
+pub struct ResultPath {
+    sink: Arc<dyn ResultSink>,
+    destinations: Destinations,
+}
+
+impl ResultPath {
+    /// Delivers through `sink` to `destinations`.
+    pub fn new(sink: Arc<dyn ResultSink>, destinations: Destinations) -> Self {
+        ResultPath { sink, destinations }
+    }
+
+    /// The destinations.
+    pub fn destinations(&self) -> &Destinations {
+        &self.destinations
+    }
+
+    /// Where `ev`'s result goes (`None`: nowhere; a name that is no destination too: the
+    /// worker refuses such a job before its call).
+    pub fn destination(&self, ev: &JobEvent) -> Option<&Destination> {
+        self.destinations.for_job(&ev.job).ok().flatten()
+    }
+
+    /// The result of a success: `response` answered at `answered`, called at `called`.
+    pub fn succeeded(
+        ev: &JobEvent,
+        job_id: &str,
+        response: &ApiResponse,
+        (called, answered): (Timestamp, Timestamp),
+    ) -> JobResult {
+        let mut result = base(ev, job_id, ResultOutcome::Succeeded, answered);
+        result.status = Some(response.status);
+        result.times.called = Some(called.to_rfc3339());
+        result.headers = response
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect::<BTreeMap<_, _>>();
+        result.set_body(&response.body_start);
+        result.body_truncated = response.body_truncated;
+        result
+    }
+
+    /// The result of a dead letter.
+    pub fn dead_lettered(ev: &JobEvent, job_id: &str, reason: &Reason, at: Timestamp) -> JobResult {
+        let mut result = base(ev, job_id, ResultOutcome::DeadLettered, at);
+        result.reason = Some(reason.to_string());
+        result.status = status_of(reason);
+        result
+    }
+
+    /// Delivers `result` to `to`, [`DELIVERY_ATTEMPTS`] times at most; then dead-letters the
+    /// result itself. Never an error: the job's fate is settled, and failing the event would
+    /// have Lambda call the API again. A result neither delivered nor dead-lettered is logged
+    /// at ERROR and observed.
+    pub async fn deliver(
+        &self,
+        to: &Destination,
+        result: JobResult,
+        ev: &JobEvent,
+        clock: &impl Clock,
+        sink: &impl JobSink,
+        observer: &dyn Observer,
+    ) {
+        let mut last = None;
+        for attempt in 0..DELIVERY_ATTEMPTS {
+            if attempt > 0 {
+                let pause =
+                    DELIVERY_BACKOFF[(attempt as usize - 1).min(DELIVERY_BACKOFF.len() - 1)];
+                clock.sleep(pause).await;
+            }
+            match self.sink.deliver(to, &result).await {
+                Ok(_) => {
+                    observer.observe(Observation::ResultDelivered {
+                        job_id: result.job_id.clone(),
+                        destination: to.name.clone(),
+                    });
+                    return;
+                }
+                Err(e) => {
+                    warn!(destination = %to.name, attempt = attempt + 1, error = %e, "result not delivered");
+                    last = Some(e);
+                }
+            }
+        }
+        let detail = last.map(|e| e.to_string()).unwrap_or_default();
+        let reason = Reason::ResultUndelivered {
+            destination: to.name.clone(),
+            detail,
+        };
+        observer.observe(Observation::ResultUndelivered {
+            job_id: result.job_id.clone(),
+            destination: to.name.clone(),
+        });
+        let letter = DeadLetter {
+            body: result.to_json(),
+            reason: reason.clone(),
+            origin: ev.origin.clone(),
+        };
+        match sink.dead_letter(letter).await {
+            Ok(()) => warn!(reason = %reason, "result dead-lettered"),
+            Err(e) => error!(
+                reason = %reason,
+                error = %e,
+                result = %result.to_json(),
+                "the result could neither be delivered nor dead-lettered: it is in this line only"
+            ),
+        }
+    }
+}
+
+/// A result's common part.
+fn base(ev: &JobEvent, job_id: &str, outcome: ResultOutcome, answered: Timestamp) -> JobResult {
+    JobResult {
+        result_id: JobResult::id_of(job_id, outcome),
+        job_id: job_id.to_string(),
+        meta: ev.job.meta.clone(),
+        outcome,
+        status: None,
+        reason: None,
+        headers: BTreeMap::new(),
+        body: None,
+        body_encoding: None,
+        body_location: None,
+        body_truncated: false,
+        times: ResultTimes::of(
+            ev.origin.enqueued_at,
+            Some(ev.slot_at),
+            None,
+            Some(answered),
+        ),
+        attempts: ev.origin.attempt,
+        throttled: ev.origin.throttled,
+    }
+}
+
+/// The HTTP status a reason carries, when it carries one.
+fn status_of(reason: &Reason) -> Option<u16> {
+    match reason {
+        Reason::FinalStatus { status, .. }
+        | Reason::ServerError { status, .. }
+        | Reason::CredentialRefused { status } => Some(*status),
+        Reason::GaveUp(qo_core::ports::GiveUp::Attempts { last, .. }) => status_of(last),
+        Reason::GaveUp(qo_core::ports::GiveUp::Throttled { .. }) => Some(429),
+        _ => None,
+    }
+}

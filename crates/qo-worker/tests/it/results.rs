@@ -1,0 +1,177 @@
+//! The result path: a job's answer delivered to its destination once the call succeeds, a
+//! failure result after a dead letter, retries of a refused delivery, and the result itself
+//! dead-lettered when the destination keeps refusing. The API is called once per job
+//! throughout.
+
+use std::sync::Arc;
+
+use crate::support::{FakeHttp, config, job, rig};
+use qo_core::ports::IdempotencyStore;
+use qo_core::reason::ReasonKind;
+use qo_core::result::{JobResult, ResultOutcome};
+use qo_core::{Timestamp, TokioClock};
+use qo_memory::{JobStatus, MemoryResults};
+use qo_worker::{ApiResponse, Outcome};
+
+const T0: Timestamp = Timestamp::from_secs(1_700_000_000);
+const ORDERS: &str = "arn:aws:sqs:us-east-1:123456789012:orders";
+const AUDIT: &str = "arn:aws:sns:us-east-1:123456789012:audit";
+
+fn ok_answer() -> ApiResponse {
+    ApiResponse {
+        status: 200,
+        body_start: br#"{"customer":42}"#.to_vec(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        ..ApiResponse::default()
+    }
+}
+
+fn results_rig(
+    answer: ApiResponse,
+    default: &str,
+) -> (
+    crate::support::Rig<Arc<FakeHttp>>,
+    Arc<FakeHttp>,
+    MemoryResults,
+) {
+    let clock = TokioClock::starting_at(T0);
+    let http = Arc::new(FakeHttp::new(clock.clone(), Ok(answer)));
+    let destinations = format!("{ORDERS},{AUDIT}");
+    let cfg = config(
+        "https://api.example.com",
+        &[
+            ("RESULT_DESTINATIONS", destinations.as_str()),
+            ("RESULT_DEFAULT", default),
+        ],
+    );
+    let results = MemoryResults::new();
+    let mut r = rig(cfg, http.clone(), clock);
+    r.worker = r.worker.with_result_sink(Arc::new(results.clone()));
+    (r, http, results)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_delivers_its_answer_with_meta_before_it_is_marked_done() {
+    let (r, http, results) = results_rig(ok_answer(), "");
+    let body = r#"{"id":"c-42","path":"/v1/customers/42","reply_to":"orders","meta":{"ticket":7}}"#;
+    let out = r.handle(job(body, "m-1", T0, 0)).await;
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    let sent = results.delivered();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].destination, "orders");
+    let res = &sent[0].result;
+    assert_eq!(res.result_id, "c-42:succeeded");
+    assert_eq!(res.outcome, ResultOutcome::Succeeded);
+    assert_eq!(res.status, Some(200));
+    assert_eq!(res.meta, Some(serde_json::json!({"ticket": 7})));
+    assert_eq!(res.body.as_deref(), Some(r#"{"customer":42}"#));
+    assert_eq!(
+        res.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    assert_eq!(res.times.slot.as_deref(), Some(T0.to_rfc3339().as_str()));
+    assert_eq!(http.calls().len(), 1);
+    assert!(matches!(
+        r.store.job_status("c-42"),
+        Some(JobStatus::Done { .. })
+    ));
+    // A job without reply_to and no default: no result. The default applies otherwise.
+    r.handle(job(r#"{"id":"quiet","path":"/x"}"#, "m-2", T0, 0))
+        .await;
+    assert_eq!(results.delivered().len(), 1);
+    let (r, _, results) = results_rig(ok_answer(), "audit");
+    r.handle(job(r#"{"id":"d","path":"/x"}"#, "m-3", T0, 0))
+        .await;
+    assert_eq!(results.delivered()[0].destination, "audit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_delivery_is_retried_and_the_api_called_once() {
+    let (r, http, results) = results_rig(ok_answer(), "orders");
+    results.refuse_next(2);
+    let out = r
+        .handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert_eq!(results.refused(), 2);
+    assert_eq!(results.delivered().len(), 1, "delivered on the third try");
+    assert_eq!(http.calls().len(), 1);
+    assert!(r.sink.dead_letters().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_the_destination_keeps_refusing_goes_to_the_dead_letter_queue() {
+    let (r, http, results) = results_rig(ok_answer(), "orders");
+    results.refuse_next(100);
+    let out = r
+        .handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert!(results.delivered().is_empty());
+    let dead = r.sink.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason.kind(), ReasonKind::ResultUndelivered);
+    let kept: JobResult = serde_json::from_str(&dead[0].body).expect("the body is the result");
+    assert_eq!(kept.result_id, "j:succeeded");
+    assert_eq!(kept.body.as_deref(), Some(r#"{"customer":42}"#));
+    // The job is done: a second delivery of its event calls nothing.
+    assert!(r.store.is_done("j").await.expect("read"));
+    r.handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    assert_eq!(http.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_sends_a_failure_result() {
+    let answer = ApiResponse {
+        status: 404,
+        body_start: b"no such customer".to_vec(),
+        ..ApiResponse::default()
+    };
+    let (r, _, results) = results_rig(answer, "");
+    let out = r
+        .handle(job(
+            r#"{"id":"c-9","path":"/v1/customers/9","reply_to":"audit","meta":{"t":1}}"#,
+            "m-1",
+            T0,
+            0,
+        ))
+        .await;
+    assert!(matches!(out, Outcome::DeadLettered { .. }), "{out:?}");
+    let sent = results.delivered();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let res = &sent[0].result;
+    assert_eq!(
+        (res.outcome, res.status, res.result_id.as_str()),
+        (ResultOutcome::DeadLettered, Some(404), "c-9:dead_lettered")
+    );
+    assert!(
+        res.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no such customer")),
+        "{res:?}"
+    );
+    assert_eq!(res.meta, Some(serde_json::json!({"t": 1})));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_naming_an_unknown_destination_is_dead_lettered_uncalled() {
+    let (r, http, results) = results_rig(ok_answer(), "");
+    let out = r
+        .handle(job(
+            r#"{"id":"j","path":"/x","reply_to":"payments"}"#,
+            "m-1",
+            T0,
+            0,
+        ))
+        .await;
+    assert!(matches!(out, Outcome::DeadLettered { .. }), "{out:?}");
+    assert!(http.calls().is_empty());
+    assert!(results.delivered().is_empty());
+    let dead = r.sink.dead_letters();
+    assert!(
+        dead[0].reason.to_string().contains("payments"),
+        "{}",
+        dead[0].reason
+    );
+}
