@@ -14,6 +14,8 @@
 //! - [`worker`]: [`Worker`], which carries out the decisions of `plan` (a private module:
 //!   the pure plan of a delivered job before its call, and the decision on the API's answer)
 //!   one effect per variant.
+//! - [`window`]: the API's window read from each answer and reported after a success only
+//!   when few calls are left ([`window::is_low`]).
 //! - [`outcome`]: [`Outcome`], the function's JSON result.
 //! - [`retry_after`]: parsing `Retry-After`.
 //! - [`ratelimit`]: reading the API's rate-limit headers (`RATE_LIMIT_HEADERS`) into an
@@ -37,6 +39,7 @@ mod plan;
 pub mod ratelimit;
 pub mod results;
 pub mod retry_after;
+pub mod window;
 pub mod worker;
 
 pub use client::{ApiClient, build_url};

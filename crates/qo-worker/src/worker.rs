@@ -54,7 +54,6 @@
 //! claim free (or, if even dropping it failed, held: see [`Outcome::Duplicate`]), so the job is
 //! never lost.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -73,12 +72,14 @@ use crate::client::ApiClient;
 use crate::config::WorkerConfig;
 use crate::credential::{CredentialSource, Rereads};
 use crate::error::WorkerError;
-use crate::http::{ApiResponse, HttpCall};
+use crate::http::HttpCall;
 use crate::outcome::Outcome;
 use crate::plan::{
     AtSlot, Decision, Failure, JobPolicy, Plan, Throttle, at_slot, called_status, decide, plan,
 };
 use crate::results::ResultPath;
+use crate::window::WindowReports;
+pub use crate::window::is_low;
 
 /// The span of one job's handling, alone or in a batch.
 fn job_span(ev: &JobEvent) -> tracing::Span {
@@ -116,13 +117,8 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     clock: C,
     observer: Arc<dyn Observer>,
     rereads: Rereads,
-    /// When this execution environment last wrote the API's window after a success.
-    window_reported_at: Mutex<Option<Timestamp>>,
-    /// The limit the API's headers gave on this environment's last answer (0: none yet): a
-    /// change is reported even with calls left, so the pace can follow a limit that came back.
-    seen_limit: AtomicU64,
-    /// Whether a malformed rate-limit header was logged already (once per environment).
-    warned_malformed: AtomicBool,
+    /// What this execution environment read and reported of the API's windows.
+    windows: WindowReports,
     /// Where jobs' results go (`None`: nowhere).
     results: Option<ResultPath>,
 }
@@ -145,9 +141,7 @@ where
             sink,
             clock,
             observer: Arc::new(NoObserver),
-            window_reported_at: Mutex::new(None),
-            seen_limit: AtomicU64::new(0),
-            warned_malformed: AtomicBool::new(false),
+            windows: WindowReports::default(),
             results: None,
         }
     }
@@ -606,7 +600,12 @@ where
             });
         }
         let window = match &answer {
-            Ok(r) => self.read_window(r, now),
+            Ok(r) => self.windows.read(
+                &self.config.rate_limit_headers,
+                r,
+                now,
+                self.observer.as_ref(),
+            ),
             Err(_) => None,
         };
         match decide(&answer, &ev.origin, now, policy) {
@@ -648,7 +647,8 @@ where
         self.rereads.clear();
         let recorded = self.mark_done(&job_id, batch, now).await;
         if let Some(w) = window {
-            self.report_low_window(w, now).await;
+            let every = self.config.api_window_report;
+            self.windows.report_low(&self.store, every, w, now).await;
         }
         // DEBUG, not INFO: a line per successful job is most of a job's log bytes, and the
         // EMF line already counts it (Succeeded, JobWait). Failures stay at INFO.
@@ -741,78 +741,6 @@ where
         })
         .await?;
         Ok(())
-    }
-
-    /// The API's window from the answer's rate-limit headers, observed for the metrics. A
-    /// malformed header is logged once per execution environment and read as absent.
-    fn read_window(&self, response: &ApiResponse, now: Timestamp) -> Option<ApiWindow> {
-        if response.rate_headers.is_empty() {
-            return None;
-        }
-        match self
-            .config
-            .rate_limit_headers
-            .read(&response.rate_headers, now)
-        {
-            Ok(Some(w)) => {
-                self.observe(Observation::ApiRemaining {
-                    remaining: w.remaining,
-                    limit: w.limit,
-                });
-                Some(w)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                if !self.warned_malformed.swap(true, Ordering::Relaxed) {
-                    warn!(error = %e, "ignoring the API's rate-limit headers (logged once)");
-                }
-                None
-            }
-        }
-    }
-
-    /// After a success: writes the API's window to the control record only when few calls
-    /// are left ([`is_low`]) or its limit differs from the one this environment's previous
-    /// answer gave, and at most once per `API_WINDOW_REPORT_MS` in this execution
-    /// environment, and only over an older observation. A failed write is logged, not
-    /// returned: the job is done, and the next low answer reports again.
-    async fn report_low_window(&self, window: ApiWindow, now: Timestamp) {
-        let limit = window.limit.unwrap_or(0);
-        let before = self.seen_limit.load(Ordering::Relaxed);
-        let changed = before != 0 && limit != 0 && before != limit;
-        if !changed {
-            self.seen_limit.store(limit, Ordering::Relaxed);
-        }
-        if !is_low(&window) && !changed {
-            return;
-        }
-        {
-            let mut last = self
-                .window_reported_at
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|t| now < t.plus(self.config.api_window_report)) {
-                // A change of the limit stays unseen until it is reported.
-                return;
-            }
-            *last = Some(now);
-        }
-        self.seen_limit.store(limit, Ordering::Relaxed);
-        let written = update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
-            window.supersedes(c.api_window.as_ref()).then(|| Control {
-                api_window: Some(window),
-                ..c.clone()
-            })
-        })
-        .await;
-        match written {
-            Ok(_) => debug!(
-                remaining = window.remaining,
-                limit = ?window.limit,
-                "reported the API's low window"
-            ),
-            Err(e) => warn!(error = %e, "could not report the API's window"),
-        }
     }
 
     /// 5xx, 408, timeout, no connection: drops the claim, counts a failure against the
@@ -1258,15 +1186,6 @@ impl BatchHold {
     fn left(&self, at: Timestamp) -> Option<Duration> {
         let held = *self.until.lock().unwrap_or_else(PoisonError::into_inner);
         held.filter(|u| at < *u).map(|u| u.since(at))
-    }
-}
-
-/// Whether the API's window is nearly used up: at most a fifth of its limit left (at least
-/// 1), or, with no limit known, at most 1. Only then does a success report it.
-pub fn is_low(w: &ApiWindow) -> bool {
-    match w.limit {
-        Some(limit) => w.remaining <= (limit / 5).max(1),
-        None => w.remaining <= 1,
     }
 }
 

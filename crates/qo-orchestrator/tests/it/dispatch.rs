@@ -132,20 +132,24 @@ async fn a_job_naming_an_unknown_destination_is_dead_lettered_before_its_slot() 
     h.queue.send(r#"{"path":"/a","reply_to":"payments"}"#);
     h.queue.send(r#"{"path":"/b","reply_to":"orders"}"#);
     let mut c = config("10/s");
-    c.destinations = qo_core::result::Destinations::parse(
-        "arn:aws:sqs:us-east-1:123456789012:orders",
-        "",
-    )
-    .expect("destinations");
+    c.destinations =
+        qo_core::result::Destinations::parse("arn:aws:sqs:us-east-1:123456789012:orders", "")
+            .expect("destinations");
     let report = h.run_for(&c, Duration::from_secs(10)).await;
     assert_eq!((report.dead_lettered, report.dispatched), (1, 1));
     let dead = h.queue.dead_letters();
     assert!(
-        dead[0].reason.contains("`payments` is not one of the stack's result destinations"),
+        dead[0]
+            .reason
+            .contains("`payments` is not one of the stack's result destinations"),
         "{}",
         dead[0].reason
     );
-    assert_eq!(h.calls().len(), 1, "only the known destination's job was called");
+    assert_eq!(
+        h.calls().len(),
+        1,
+        "only the known destination's job was called"
+    );
 }
 
 #[tokio::test(start_paused = true)]
