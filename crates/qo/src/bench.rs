@@ -319,6 +319,7 @@ where
             ..InvokerOptions::default()
         },
         observer: seen.clone(),
+        results: None,
     })
     .map_err(|e| system_err(&e))?;
     let margin = system.orchestrator_config().stop_margin;

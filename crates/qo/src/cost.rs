@@ -74,6 +74,9 @@ pub struct Usage {
     pub dynamodb_read_units: u64,
     /// CloudWatch Logs bytes, estimated per invocation.
     pub log_bytes: u64,
+    /// Results sent to an SQS destination, as SQS bills them: one request per 64 KB chunk
+    /// of each (`qo local --results` delivers to one SQS queue).
+    pub result_requests: u64,
 }
 
 impl Usage {
@@ -98,7 +101,18 @@ impl Usage {
             dynamodb_read_units: read_units,
             log_bytes: worker_invocations * WORKER_LOG_BYTES
                 + orchestrator_runs * ORCHESTRATOR_LOG_BYTES,
+            result_requests: 0,
         }
+    }
+
+    /// With the SendMessage requests of results of these sizes (JSON bytes) to an SQS queue.
+    pub fn with_results(mut self, sizes: impl IntoIterator<Item = usize>) -> Self {
+        const CHUNK: usize = 64 * 1024;
+        self.result_requests = sizes
+            .into_iter()
+            .map(|b| b.div_ceil(CHUNK).max(1) as u64)
+            .sum();
+        self
     }
 }
 
@@ -129,7 +143,7 @@ impl Bill {
         let lambda_usd = (usage.worker_invocations + usage.orchestrator_invocations) as f64
             * prices.lambda_request
             + (usage.worker_gb_s + usage.orchestrator_gb_s) * prices.lambda_gb_s;
-        let sqs_usd = usage.sqs_requests as f64 * prices.sqs_request;
+        let sqs_usd = (usage.sqs_requests + usage.result_requests) as f64 * prices.sqs_request;
         let dynamodb_usd = usage.dynamodb_write_units as f64 * prices.dynamodb_wru
             + usage.dynamodb_read_units as f64 * prices.dynamodb_rru;
         let logs_usd = usage.log_bytes as f64 * prices.log_byte;
@@ -179,5 +193,14 @@ mod tests {
         assert!((bill.logs_usd - 0.335).abs() < 1e-9);
         assert_eq!(bill.per_million_calls_usd, Some(2.905));
         assert_eq!(Bill::price(usage, 0, &PRICES).per_million_calls_usd, None);
+        // A million results of 2 KB to an SQS queue add a million requests: $0.40.
+        let with = Bill::price(
+            usage.with_results([2_000; 1].repeat(1_000_000)),
+            1_000_000,
+            &PRICES,
+        );
+        assert!((with.sqs_usd - 0.92).abs() < 1e-9, "{with:?}");
+        // One of 100 KB is two 64 KB chunks.
+        assert_eq!(Usage::default().with_results([100_000]).result_requests, 2);
     }
 }

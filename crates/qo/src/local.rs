@@ -15,9 +15,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::warn;
 
 use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, QueueError, RecordStore};
+use qo_core::result::Destinations;
 use qo_core::sqs::QueueAttributes;
 use qo_core::{Clock, QuotaSpec, Timestamp, TokioClock};
-use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions, SqsRequests};
+use qo_memory::{
+    InvokerOptions, MemoryQueue, MemoryResults, MemoryStore, QueueOptions, SqsRequests,
+};
 use qo_orchestrator::{OrchestratorConfig, StopReason};
 use qo_sim::{HeaderScheme, LimitSchedule, SimConfig, SimServer};
 use qo_worker::{ApiClient, WorkerConfig};
@@ -30,7 +33,7 @@ mod aws;
 
 use crate::args::Range;
 use crate::cost::{Bill, PRICES, Usage};
-use crate::report::{ApiSide, Collector, DispatchStats, Elsewhere, Report};
+use crate::report::{ApiSide, Collector, DispatchStats, Elsewhere, Report, ResultsSeen};
 use crate::system::{Parts, System};
 
 /// Options of `qo local`.
@@ -129,7 +132,15 @@ pub struct LocalArgs {
     /// address enforces it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
     worker_functions: u8,
+    /// Deliver every job's result (the API's answer, or why the job was given up on) to a
+    /// local destination, and write each as one JSON line to FILE. The report sets results
+    /// beside calls, and the run fails when a success has no result.
+    #[arg(long, value_name = "FILE")]
+    results: Option<std::path::PathBuf>,
 }
+
+/// The destination `--results` delivers to: one SQS queue, the default of every job.
+pub const LOCAL_RESULTS_ARN: &str = "arn:aws:sqs:local:000000000000:qo-local-results";
 
 /// One API client per worker function; with several against the built-in API (`own_address`),
 /// each calls from its own loopback address (function k from 127.0.0.(k + 1)), as functions
@@ -338,6 +349,13 @@ where
     // Each function reserves that many, and the orchestrator keeps each within it, as the
     // template sets WORKER_FUNCTION_CONCURRENCY_CAP.
     config.worker_function_concurrency_cap = worker_concurrency;
+    // --results: every job's result to one local queue, the default destination.
+    let results = args.results.as_ref().map(|_| MemoryResults::new());
+    if results.is_some() {
+        let destinations = Destinations::parse(LOCAL_RESULTS_ARN, "qo-local-results")?;
+        worker_config.destinations = destinations.clone();
+        config.destinations = destinations;
+    }
     let mut dispatch = DispatchStats {
         batch_max_jobs: config.batch_max_jobs,
         batch_window_ms: args.batch_window_ms,
@@ -359,6 +377,9 @@ where
             ..template
         },
         observer: collector.clone(),
+        results: results
+            .clone()
+            .map(|r| Arc::new(r) as Arc<dyn qo_core::ports::ResultSink>),
     })?;
 
     // The backlog, sent as `qo send` sends it: 10 jobs a SendMessageBatch.
@@ -436,6 +457,19 @@ where
     let mut report = Report::new(args.jobs, &counts, started.elapsed(), &args.quota, runs);
     report.account(elsewhere(counts.dead_lettered).await?);
     report.dispatch = Some(dispatch);
+    let mut result_sizes = Vec::new();
+    if let (Some(path), Some(sink)) = (&args.results, &results) {
+        let delivered = sink.delivered();
+        let mut lines = String::new();
+        for d in &delivered {
+            let line = d.result.to_json();
+            result_sizes.push(line.len());
+            lines.push_str(&line);
+            lines.push('\n');
+        }
+        std::fs::write(path, lines).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        report.results = Some(ResultsSeen::of(&delivered, &counts, path));
+    }
     if let (Some(sqs), Some(units)) = (queue.sqs_requests(), store.request_units()) {
         let invoker = system.invoker_stats();
         let usage = Usage::new(
@@ -446,6 +480,7 @@ where
             sqs,
             units,
         );
+        let usage = usage.with_results(result_sizes);
         report.bill = Some(Bill::price(usage, counts.succeeded, &PRICES));
     }
     if let Some(sim) = &sim {

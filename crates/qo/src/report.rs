@@ -127,6 +127,46 @@ impl Observer for Collector {
     }
 }
 
+/// Results seen beside the calls (`qo local --results`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ResultsSeen {
+    /// Where they were written, one JSON line each.
+    pub file: String,
+    /// Results delivered (a result delivered twice counts twice).
+    pub delivered: u64,
+    /// Distinct jobs whose success was delivered.
+    pub succeeded_delivered: u64,
+    /// Results the destination kept refusing: dead-lettered, with the result in them.
+    pub undelivered: u64,
+    /// Successes with no result delivered or dead-lettered: should be 0.
+    pub succeeded_without_result: u64,
+}
+
+impl ResultsSeen {
+    /// What `delivered` says against the counts.
+    pub fn of(
+        delivered: &[qo_memory::DeliveredResult],
+        counts: &Counts,
+        file: &std::path::Path,
+    ) -> Self {
+        let succeeded: std::collections::BTreeSet<&str> = delivered
+            .iter()
+            .filter(|d| d.result.outcome == qo_core::result::ResultOutcome::Succeeded)
+            .map(|d| d.result.job_id.as_str())
+            .collect();
+        let succeeded_delivered = succeeded.len() as u64;
+        ResultsSeen {
+            file: file.display().to_string(),
+            delivered: delivered.len() as u64,
+            succeeded_delivered,
+            undelivered: counts.results_undelivered,
+            succeeded_without_result: counts
+                .succeeded
+                .saturating_sub(succeeded_delivered + counts.results_undelivered),
+        }
+    }
+}
+
 /// A reason's group, so that like reasons count together: its kind, with the HTTP status or
 /// the transport failure where it has one, and for a job given up on the last attempt's.
 fn key(reason: &Reason) -> String {
@@ -225,6 +265,9 @@ pub struct Report {
     pub api_calls: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_throttled: Option<u64>,
+    /// Results delivered beside the calls (`--results`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<ResultsSeen>,
     /// The remaining count in the last rate-limit headers the API sent (`--api-headers`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_remaining: Option<u64>,
@@ -519,6 +562,7 @@ impl Report {
             api_calls: None,
             api_throttled: None,
             api_remaining: None,
+            results: None,
             api_remaining_at_s: None,
             our_remaining: None,
             api_limit_changes: Vec::new(),
@@ -631,6 +675,12 @@ impl Report {
                 self.worker_failures,
                 "in the worker's on-failure queue (Lambda gave up on their events)",
             ),
+            (
+                self.results
+                    .as_ref()
+                    .map_or(0, |r| r.succeeded_without_result),
+                "succeeded with no result delivered or dead-lettered",
+            ),
         ]
         .into_iter()
         .filter(|(n, _)| *n > 0)
@@ -660,6 +710,21 @@ impl Report {
             if v > 0 {
                 line(&mut s, k, v.to_string());
             }
+        }
+        if let Some(r) = &self.results {
+            line(
+                &mut s,
+                "results",
+                format!(
+                    "{} delivered for {} jobs ended ({} undelivered, in the dead-letter \
+                     queue); {} successes without one; written to {}",
+                    r.delivered,
+                    self.succeeded + self.dead_lettered,
+                    r.undelivered,
+                    r.succeeded_without_result,
+                    r.file
+                ),
+            );
         }
         line(
             &mut s,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use qo_core::ports::{IdempotencyStore, JobSink, JobSource, LeaseStore, PoolInvoker, RecordStore};
+use qo_core::ports::{
+    IdempotencyStore, JobSink, JobSource, LeaseStore, PoolInvoker, RecordStore, ResultSink,
+};
 use qo_core::{Observer, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{FailureRecord, InvokerOptions, InvokerStats, LocalInvoker, MemoryError};
 use qo_orchestrator::{OrchestratorConfig, OrchestratorError, Ports, RunReport};
@@ -39,6 +41,9 @@ pub struct Parts<Q, S, H> {
     pub invoker: InvokerOptions,
     /// Where both sides' observations go.
     pub observer: Arc<dyn Observer>,
+    /// Where the worker delivers jobs' results (to the worker's `destinations`); `None`:
+    /// nowhere.
+    pub results: Option<Arc<dyn ResultSink>>,
 }
 
 /// The orchestrator and the worker over shared ports, ready to run.
@@ -69,6 +74,7 @@ where
             mut orchestrator,
             invoker,
             observer,
+            results,
         } = parts;
         orchestrator.circuit = worker.circuit;
         if http.is_empty() {
@@ -87,10 +93,12 @@ where
         for (http, name) in http.into_iter().zip(names) {
             let mut config = worker.clone();
             config.function_name = pooled.then(|| name.clone());
-            let worker = Arc::new(
-                Worker::new(config, http, store.clone(), queue.clone(), clock.clone())
-                    .with_observer(observer.clone()),
-            );
+            let mut built = Worker::new(config, http, store.clone(), queue.clone(), clock.clone())
+                .with_observer(observer.clone());
+            if let Some(sink) = &results {
+                built = built.with_result_sink(sink.clone());
+            }
+            let worker = Arc::new(built);
             let handler = {
                 let worker = worker.clone();
                 move |ev: WorkerEvent| {

@@ -81,6 +81,7 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
             ..InvokerOptions::template()
         },
         observer: Arc::new(NoObserver),
+        results: None,
     })?);
 
     let producer = tokio::task::spawn_local(produce(scenario.clone(), queue, clock.clone()));

@@ -75,6 +75,39 @@ fn local_drains_a_backlog_within_the_quota() {
     assert_drained_within_the_quota(&report, 60, 2);
 }
 
+/// `--results FILE`: every success's answer written once as a JSON line, with its status and
+/// body; the report sets results beside calls, and none is missing.
+#[test]
+fn local_writes_every_result_beside_its_call() {
+    let _one = ONE_AT_A_TIME.blocking_lock();
+    let dir = std::env::temp_dir().join(format!("qo-results-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("results.jsonl");
+    let path = file.to_str().expect("utf-8 path");
+    let report = qo_local(&["--jobs", "40", "--results", path]);
+    assert_drained_within_the_quota(&report, 40, 2);
+    let results = &report["results"];
+    assert_eq!(results["succeeded_without_result"], 0, "{report}");
+    assert_eq!(results["succeeded_delivered"], 40, "{report}");
+    let text = std::fs::read_to_string(&file).expect("results file");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let mut ids: Vec<&str> = lines.iter().filter_map(|r| r["job_id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "one result per job");
+    for r in &lines {
+        assert_eq!(r["outcome"], "succeeded", "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+        let body: Value = serde_json::from_str(r["body"].as_str().expect("a text body"))
+            .expect("the API's JSON answer");
+        assert_eq!(body["ok"], true, "{r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The built-in API enforcing its own limit (here equal to the quota) with X-RateLimit
 /// headers: the run drains, and the report carries the effective rate against the quota and
 /// the API's limit, the 429 share, and the API's last remaining count beside ours.

@@ -137,6 +137,7 @@ fn rig_batched(limit: usize, batch_max_jobs: usize) -> (Rig, Arc<StrictApi>) {
             ..InvokerOptions::template()
         },
         observer: Arc::new(NoObserver),
+        results: None,
     })
     .expect("system");
     (system, api)
