@@ -10,6 +10,9 @@
 //!   record it (its run was killed between the answer and the job's own record, the done
 //!   record was refused, or the answer was lost on the way back). Those are counted apart, not
 //!   failed. A kill later than that, a batch's end included, does not excuse a repeat.
+//! - **Every success heard back**: with results on, each job the API answered 2xx has its
+//!   result delivered to its destination, or dead-lettered undelivered, at least once; unless
+//!   the job is still on a queue (a kill before the delivery leaves it to be called again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -42,6 +45,10 @@ pub struct History {
     pub kills: Vec<(Timestamp, Vec<usize>)>,
     /// Done records that were not written.
     pub unrecorded: Vec<Unrecorded>,
+    /// Whether jobs' results went to a destination.
+    pub results_on: bool,
+    /// Every result delivered or dead-lettered undelivered: the job and its outcome.
+    pub results: Vec<(usize, qo_core::result::ResultOutcome)>,
 }
 
 /// What the checker found.
@@ -59,6 +66,8 @@ pub struct Verdict {
     pub queued: usize,
     /// Calls that reached the API.
     pub calls: usize,
+    /// Results delivered or dead-lettered undelivered.
+    pub results: usize,
 }
 
 impl Verdict {
@@ -83,6 +92,7 @@ pub fn check(scenario: &Scenario, history: &History) -> Verdict {
             effects.entry(n).or_default().push(c);
         }
     }
+    v.results = history.results.len();
     let count = |list: &[usize], n: usize| list.iter().filter(|j| **j == n).count();
     for job in &scenario.jobs {
         let n = job.n;
@@ -102,6 +112,10 @@ pub fn check(scenario: &Scenario, history: &History) -> Verdict {
                 ));
             }
             continue;
+        }
+        let waiting = count(&history.queued, n) + count(&history.failed_events, n) > 0;
+        if history.results_on && !waiting {
+            heard_back(history, n, &mut v);
         }
         if let Some(list) = effects.get(&n) {
             v.done += 1;
@@ -126,9 +140,36 @@ pub fn check(scenario: &Scenario, history: &History) -> Verdict {
     v
 }
 
+/// Fails job `n` when the API answered it 2xx and no success result of it was delivered or
+/// dead-lettered.
+fn heard_back(history: &History, n: usize, v: &mut Verdict) {
+    let answered = history.calls.iter().find(|c| {
+        c.job == Some(n) && matches!(c.answer, Answer::Status(s) if (200..300).contains(&s))
+    });
+    let Some(first) = answered else {
+        return;
+    };
+    let heard = history
+        .results
+        .iter()
+        .any(|(j, o)| *j == n && *o == qo_core::result::ResultOutcome::Succeeded);
+    if !heard {
+        v.violations.push(format!(
+            "job {n} was answered 2xx at {} and its result was neither delivered nor \
+             dead-lettered",
+            first.at
+        ));
+    }
+}
+
 /// How soon after the API's answer a job's done record is written: the store's round trip,
-/// with room to spare. A kill after it cannot explain a repeated call.
-const RECORD_WINDOW: Duration = Duration::from_secs(1);
+/// with room to spare, after the result's delivery (which a refusing destination stretches by
+/// its retries' pauses: the result is delivered before the record, so that a kill never leaves
+/// a job recorded with its result unsent). A kill after it cannot explain a repeated call.
+fn record_window() -> Duration {
+    let retries: Duration = qo_worker::results::DELIVERY_BACKOFF.iter().sum();
+    Duration::from_secs(1) + retries
+}
 
 /// Counts or fails the second and later times the API did job `n`'s work (`effects`, in call
 /// order).
@@ -139,7 +180,7 @@ fn repeats(history: &History, n: usize, effects: &[&Call], v: &mut Verdict) {
         // A kill opens the window only between the answer and the job's own record, which
         // follows the answer at once: a kill later than that found the job recorded.
         let killed = history.kills.iter().any(|(at, jobs)| {
-            *at >= first.at && *at <= first.at.plus(RECORD_WINDOW) && jobs.contains(&n)
+            *at >= first.at && *at <= first.at.plus(record_window()) && jobs.contains(&n)
         });
         let unrecorded = history.unrecorded.iter().any(|u| {
             u.at >= first.at

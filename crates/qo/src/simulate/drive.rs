@@ -15,8 +15,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 
+use qo_core::result::Destinations;
 use qo_core::{Clock, NoObserver, QuotaSpec, TokioClock, WorkerEvent};
-use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueFaults, QueueOptions};
+use qo_memory::{
+    InvokerOptions, MemoryQueue, MemoryResults, MemoryStore, QueueFaults, QueueOptions,
+};
 use qo_orchestrator::OrchestratorConfig;
 use qo_worker::WorkerConfig;
 
@@ -34,6 +37,9 @@ const RUN_LENGTH: Duration = Duration::from_secs(120);
 
 /// How often the schedule starts a run (EventBridge's finest rate).
 const SCHEDULE: Duration = Duration::from_secs(60);
+
+/// The destination results go to.
+const RESULTS_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:replies";
 
 /// How far into a worker run a kill may fall: past a batch's span of slots.
 const KILL_WITHIN: Duration = Duration::from_secs(4);
@@ -64,12 +70,22 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
     let api = Arc::new(FaultyApi::new(scenario, clock.clone())?);
     let mut orchestrator = OrchestratorConfig::with_quota(scenario.quota.parse::<QuotaSpec>()?);
     orchestrator.batch_max_jobs = scenario.batch_max_jobs;
+    let mut worker = WorkerConfig::new("http://api.invalid".parse()?);
+    // Results: every job's to one queue, the stack's default, which refuses some deliveries.
+    let results = scenario
+        .results
+        .then(|| MemoryResults::with_refuse_rate(seed ^ 0x7E5, scenario.results_refuse));
+    if results.is_some() {
+        let destinations = Destinations::parse(RESULTS_ARN, "replies")?;
+        worker.destinations = destinations.clone();
+        orchestrator.destinations = destinations;
+    }
     let system = Arc::new(System::assemble(Parts {
         clock: clock.clone(),
         queue: queue.clone(),
         store: store.clone(),
         http: vec![api.clone(); scenario.functions],
-        worker: WorkerConfig::new("http://api.invalid".parse()?),
+        worker,
         orchestrator,
         invoker: InvokerOptions {
             duplicate_rate: f.lambda_duplicate,
@@ -81,7 +97,9 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
             ..InvokerOptions::template()
         },
         observer: Arc::new(NoObserver),
-        results: None,
+        results: results
+            .clone()
+            .map(|r| Arc::new(r) as Arc<dyn qo_core::ports::ResultSink>),
     })?);
 
     let producer = tokio::task::spawn_local(produce(scenario.clone(), queue, clock.clone()));
@@ -92,6 +110,19 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
     };
     system.wait_idle().await;
     collect(&system, &api, &store, &mut history);
+    if let Some(sink) = &results {
+        history.results_on = true;
+        let delivered = sink.delivered().into_iter().map(|d| d.result);
+        let dead_lettered = system
+            .queue()
+            .dead_letters()
+            .into_iter()
+            .filter_map(|d| serde_json::from_str::<qo_core::result::JobResult>(&d.body).ok());
+        history.results = delivered
+            .chain(dead_lettered)
+            .filter_map(|r| Some((*history.keys.get(&r.job_id)?, r.outcome)))
+            .collect();
+    }
     let stats = system.invoker_stats();
     let struck = Struck {
         worker_kills: stats.killed,
@@ -210,9 +241,11 @@ fn jobs_of(event: &WorkerEvent) -> Vec<usize> {
 fn collect(system: &Rig, api: &FaultyApi, store: &FaultyStore<MemoryStore>, h: &mut History) {
     let queue = system.queue();
     h.calls = api.calls();
+    // A result dead-lettered undelivered is the job's result, not the job.
     h.dead_lettered = queue
         .dead_letters()
         .into_iter()
+        .filter(|d| d.reason.kind() != qo_core::reason::ReasonKind::ResultUndelivered)
         .filter_map(|d| Some((job_in(&d.body)?, d.reason.to_string())))
         .collect();
     h.redriven = queue

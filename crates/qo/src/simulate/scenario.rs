@@ -84,6 +84,10 @@ pub struct Scenario {
     pub faults: Faults,
     /// How long the run lasts (virtual time).
     pub length: Duration,
+    /// Whether every job's result goes to a destination (the stack's default).
+    pub results: bool,
+    /// The destination refuses a delivery with this probability.
+    pub results_refuse: f64,
 }
 
 /// Where the first scenario's clock starts: 2026-01-31T23:59:00Z, a minute before a day's and a
@@ -141,7 +145,7 @@ impl Scenario {
         let outage = r
             .random_bool(0.2)
             .then(|| (secs(&mut r, 5, 60), secs(&mut r, 5, 90)));
-        Scenario {
+        let mut scenario = Scenario {
             seed,
             start,
             quota,
@@ -153,7 +157,17 @@ impl Scenario {
             outage,
             faults,
             length: Duration::from_secs(40 * 60),
-        }
+            results: false,
+            results_refuse: 0.0,
+        };
+        // Drawn last, so that the draws before stay each seed's own.
+        scenario.results = r.random_bool(0.7);
+        scenario.results_refuse = if r.random_bool(0.5) {
+            r.random_range(0.0..0.6)
+        } else {
+            0.0
+        };
+        scenario
     }
 
     /// The jobs the orchestrator must not refuse.
