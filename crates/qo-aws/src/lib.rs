@@ -1,6 +1,7 @@
 //! AWS adapters for the quota-orchestrator ports (`qo_core::ports`), over the AWS SDK for Rust:
-//! the job queues on SQS, the shared state on DynamoDB, the worker invoker on Lambda, and the
-//! API key from Secrets Manager or SSM.
+//! the job queues on SQS, the shared state on DynamoDB, the worker invoker on Lambda, jobs'
+//! results to SQS, SNS, EventBridge or Lambda (large bodies to S3), and the API key from
+//! Secrets Manager or SSM.
 //!
 //! Every client is built from one [`SdkConfig`](aws_config::SdkConfig) made by
 //! [`load_config`]: explicit connect and read timeouts, a per-call timeout, and a bounded number
@@ -21,6 +22,8 @@
 //!   [`InvokeLimiter`] and [`Backoff`].
 //! - [`local`]: a local endpoint's SDK configuration ([`local_config`]) and a table and queues
 //!   there ([`LocalStack`]), for `qo local --aws-endpoint`, `qo setup` and the moto tests.
+//! - [`results`]: [`AwsResults`] ([`ResultSink`](qo_core::ports::ResultSink)): jobs' results
+//!   to SQS, SNS, EventBridge and Lambda, large bodies to S3.
 //! - [`secrets`]: [`load_api_key`] and the never-printed [`ApiKey`].
 //! - [`worker_failures`]: bringing back the worker's on-failure queue
 //!   ([`redrive_worker_failures`]).
@@ -35,6 +38,7 @@ pub mod lambda;
 pub mod local;
 pub mod logging;
 pub mod metrics;
+pub mod results;
 pub mod secrets;
 pub mod sqs;
 pub mod worker_failures;
@@ -48,6 +52,7 @@ pub use error::{AwsError, SdkFailure};
 pub use lambda::{AsyncInvoke, Backoff, InvokeLimiter, InvokeSettings, LambdaInvoker};
 pub use local::{LOCAL_CREDENTIALS, LocalStack, local_config};
 pub use metrics::EmfMetrics;
+pub use results::AwsResults;
 pub use secrets::{ApiKey, KeySource, load_api_key};
 pub use sqs::{
     BatchEntryError, JobsSent, QueueDepth, QueueUrls, SqsQueue, ensure_queues, ensure_queues_with,

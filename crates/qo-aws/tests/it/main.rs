@@ -6,5 +6,6 @@
 mod common;
 mod dynamo;
 mod lambda;
+mod results;
 mod secrets;
 mod sqs;

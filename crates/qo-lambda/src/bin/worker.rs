@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use lambda_runtime::{Context, LambdaEvent, service_fn};
-use qo_aws::{ApiKey, EmfMetrics, SdkSettings, load_api_key, load_config};
-use qo_core::config::ProcessEnv;
+use qo_aws::{ApiKey, AwsResults, EmfMetrics, SdkSettings, load_api_key, load_config};
+use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, Timestamp, WorkerEvent};
 use qo_lambda::{Common, function_timeout};
 use qo_worker::lambda::{TimeoutBudgetError, TimeoutSource, check_timeout_budget};
@@ -62,11 +62,24 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     // CredentialRejected, CircuitOpened, JobWait, ...) as one EMF line on stdout per
     // invocation; no CircuitOpen gauge (the orchestrator's feeds the alarm).
     let metrics = Arc::new(EmfMetrics::from_env(&env, qo_aws::metrics::WORKER));
-    let worker = Arc::new(
-        Worker::new(config, client, store, queue, SystemClock)
-            .with_credential_source(source)
-            .with_observer(Arc::clone(&metrics) as Arc<dyn qo_core::Observer>),
-    );
+    // Results: to the destinations the stack declares (RESULT_DESTINATIONS), large bodies to
+    // RESULT_BUCKET.
+    let results = (!config.destinations.is_empty()).then(|| {
+        let bucket = env.get("RESULT_BUCKET");
+        info!(
+            destinations = config.destinations.list().len(),
+            bucket = bucket.as_deref().unwrap_or(""),
+            "results go to the stack's destinations"
+        );
+        Arc::new(AwsResults::new(&aws, bucket)) as Arc<dyn qo_core::ports::ResultSink>
+    });
+    let mut worker = Worker::new(config, client, store, queue, SystemClock)
+        .with_credential_source(source)
+        .with_observer(Arc::clone(&metrics) as Arc<dyn qo_core::Observer>);
+    if let Some(sink) = results {
+        worker = worker.with_result_sink(sink);
+    }
+    let worker = Arc::new(worker);
     let checked = Arc::new(AtomicBool::new(declared.is_some()));
     let refused: Arc<OnceLock<TimeoutBudgetError>> = Arc::new(OnceLock::new());
     lambda_runtime::run(service_fn(move |event: LambdaEvent<WorkerEvent>| {
