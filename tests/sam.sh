@@ -150,6 +150,16 @@ PARAMETER_SETS["named-producers"] = {
     "ResponseExcerptBytes": 0,
     "IdempotencyKeyHeader": "Idempotency-Key",
 }
+# Results to one destination of each kind, a FIFO queue among them, with a default.
+PARAMETER_SETS["results"] = {
+    "ApiBaseUrl": "https://api.example.com",
+    "ResultQueueArns": "arn:aws:sqs:us-east-1:123456789012:orders,arn:aws:sqs:us-east-1:123456789012:replies.fifo",
+    "ResultTopicArns": "arn:aws:sns:us-east-1:123456789012:alerts",
+    "ResultBusArns": "arn:aws:events:us-east-1:123456789012:event-bus/billing",
+    "ResultFunctionArns": "arn:aws:lambda:us-east-1:123456789012:function:after-call:live",
+    "DefaultResultDestination": "orders",
+    "WorkerFunctionCount": 2,
+}
 # Values for the defaults' check: ApiBaseUrl has no default.
 REQUIRED_FOR_DEFAULTS = {"ApiBaseUrl": "https://api.example.com"}
 PSEUDO = {
@@ -225,7 +235,12 @@ class Resolved:
         if name in PSEUDO:
             return PSEUDO[name]
         if name in self.values:
-            return self.values[name]
+            value = self.values[name]
+            # A list parameter's Ref is the list, as CloudFormation gives it.
+            kind = params.get(name, {}).get("Type", "")
+            if kind == "CommaDelimitedList" or kind.startswith("List<"):
+                return [x.strip() for x in str(value).split(",")]
+            return value
         return f"<{name}>"
 
     def sub(self, text, extra=None):
@@ -306,9 +321,12 @@ def timeouts(name, r):
     MAX_SLOT_WAIT_S, CALL_TOLERANCE_S = 5.0, 0.005
     API_ATTEMPTS = 1
     SDK_MAX_ATTEMPTS, SDK_CONNECT_S, SDK_READ_S = 3, 3.0, 5.0
-    SDK_CALLS_AFTER_THE_CALL = 5
-    MARGIN_S = 2.0
     v = r.values
+    # With result destinations, 2 more: the delivery (every try within one SDK call's time)
+    # and the result's dead letter (qo_worker::lambda::SDK_CALLS_FOR_A_RESULT).
+    has_results = any(str(v.get(k, "")) for k in ("ResultQueueArns", "ResultTopicArns", "ResultBusArns", "ResultFunctionArns"))
+    SDK_CALLS_AFTER_THE_CALL = 5 + (2 if has_results else 0)
+    MARGIN_S = 2.0
     api = API_ATTEMPTS * (num(v["ApiConnectTimeoutMs"]) + num(v["ApiReadTimeoutMs"])) / 1000
     sdk = SDK_MAX_ATTEMPTS * (SDK_CONNECT_S + SDK_READ_S)
     need = MAX_SLOT_WAIT_S + CALL_TOLERANCE_S + api + SDK_CALLS_AFTER_THE_CALL * sdk + MARGIN_S
@@ -414,6 +432,29 @@ def resolved_checks(name, r):
     names = orch["Environment"]["Variables"].get("WORKER_FUNCTION_NAMES")
     if names != ",".join(f"<{f}>" for f in present) or "WORKER_FUNCTION_NAME" in orch["Environment"]["Variables"]:
         fail(f"{name}: WORKER_FUNCTION_NAMES is {names!r}, expected the pool {present}")
+    # Results: the destinations in both functions' environment, the worker allowed to reach
+    # each of them and nothing else, and a bucket for large bodies exactly when there are any.
+    arn_lists = [v.get(k, "") for k in ("ResultQueueArns", "ResultTopicArns", "ResultBusArns", "ResultFunctionArns")]
+    want_arns = [a for lst in arn_lists for a in str(lst).split(",") if a]
+    glob_env = tpl["Globals"]["Function"]["Environment"]["Variables"]
+    got_arns = [a for a in str(r.value(glob_env["RESULT_DESTINATIONS"])).split(",") if a]
+    if got_arns != want_arns:
+        fail(f"{name}: RESULT_DESTINATIONS is {got_arns}, expected {want_arns}")
+    if ("ResultsBucket" in res) != bool(want_arns):
+        fail(f"{name}: ResultsBucket exists: {'ResultsBucket' in res}, destinations: {want_arns}")
+    granted = {
+        a: sorted(str(x) for x in (st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]))
+        for st in statements(worker)
+        for a in actions(st)
+        if a in ("sqs:GetQueueUrl", "sns:Publish", "events:PutEvents", "lambda:InvokeFunction")
+    }
+    for action, key in (("sqs:GetQueueUrl", "ResultQueueArns"), ("sns:Publish", "ResultTopicArns"),
+                        ("events:PutEvents", "ResultBusArns"), ("lambda:InvokeFunction", "ResultFunctionArns")):
+        want = sorted(a for a in str(v.get(key, "")).split(",") if a)
+        if granted.get(action, []) != want:
+            fail(f"{name}: the worker's {action} covers {granted.get(action)}, expected {want}")
+    if want_arns and worker["Environment"]["Variables"].get("RESULT_BUCKET") != "<ResultsBucket>":
+        fail(f"{name}: the worker's RESULT_BUCKET is not the results bucket")
     # Logs: SAM's AWSLambdaBasicExecutionRole is capped by a boundary on every function to
     # the stack's two log groups.
     if tpl["Globals"]["Function"].get("PermissionsBoundary") != {"Ref": "FunctionPermissionsBoundary"}:
@@ -433,8 +474,9 @@ def resolved_checks(name, r):
             fail(f"{name}: {f} differs from WorkerFunction in more than its description and subnets")
         subnets = [x for x in str(v[f"WorkerSubnetIds{n}"]).split(",") if x]
         vpc = props.get("VpcConfig")
-        if bool(subnets) != bool(vpc) or (vpc and (vpc["SubnetIds"].split(",") != subnets
-                                                  or vpc["SecurityGroupIds"] != v["WorkerSecurityGroupIds"])):
+        as_list = lambda x: x if isinstance(x, list) else [y for y in str(x).split(",") if y]
+        if bool(subnets) != bool(vpc) or (vpc and (as_list(vpc["SubnetIds"]) != subnets
+                                                  or as_list(vpc["SecurityGroupIds"]) != as_list(v["WorkerSecurityGroupIds"]))):
             fail(f"{name}: {f}'s VpcConfig {vpc} does not follow WorkerSubnetIds{n} and WorkerSecurityGroupIds")
     # Lambda's alarms on the worker cover every function of the pool.
     for metric in ("Throttles", "AsyncEventAge", "Errors"):

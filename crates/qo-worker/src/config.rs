@@ -108,6 +108,10 @@ pub struct WorkerConfig {
     /// result carries; a longer one is cut and marked truncated. Bounded because a batch's
     /// bodies are held in the function's memory together.
     pub result_body_max: usize,
+    /// How long a result's delivery may take, every try included, before the result is
+    /// dead-lettered instead: one AWS SDK call's worst case (`SDK_MAX_ATTEMPTS` x (connect +
+    /// read)), which the function timeout's budget counts.
+    pub result_budget: Duration,
 }
 
 /// The default of `RESULT_BODY_MAX_BYTES`.
@@ -148,6 +152,7 @@ impl WorkerConfig {
             result_headers: result_headers(crate::results::DEFAULT_RESULT_HEADERS)
                 .unwrap_or_default(),
             result_body_max: DEFAULT_RESULT_BODY_MAX,
+            result_budget: qo_core::config::SdkSettings::default().operation_timeout(),
         }
     }
 
@@ -296,6 +301,7 @@ impl WorkerConfig {
                 }
                 max
             },
+            result_budget: qo_core::config::SdkSettings::from_env(env)?.operation_timeout(),
         })
     }
 

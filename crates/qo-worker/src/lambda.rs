@@ -71,6 +71,11 @@ pub const SDK_CALLS_AFTER_THE_CALL: u32 = 5;
 /// re-queue (a delivery that came too late).
 pub const SDK_CALLS_WITHOUT_A_CALL: u32 = 4;
 
+/// The SDK calls a success adds when the stack has result destinations: its result's
+/// delivery, every try of it bounded together by one SDK call's time (`WorkerConfig::
+/// result_budget`), and the result dead-lettered when the destination keeps refusing.
+pub const SDK_CALLS_FOR_A_RESULT: u32 = 2;
+
 /// Where the function timeout that was checked came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutSource {
@@ -113,6 +118,9 @@ pub struct WorstCase {
     pub sdk: SdkSettings,
     /// [`DEADLINE_MARGIN`]: the answer to the Runtime API and the rest.
     pub margin: Duration,
+    /// The SDK calls after the API call: [`SDK_CALLS_AFTER_THE_CALL`], and
+    /// [`SDK_CALLS_FOR_A_RESULT`] more with result destinations.
+    pub sdk_calls: u32,
 }
 
 impl WorstCase {
@@ -126,16 +134,22 @@ impl WorstCase {
             sdk_call: sdk.operation_timeout(),
             sdk: *sdk,
             margin: DEADLINE_MARGIN,
+            sdk_calls: SDK_CALLS_AFTER_THE_CALL
+                + if config.destinations.is_empty() {
+                    0
+                } else {
+                    SDK_CALLS_FOR_A_RESULT
+                },
         }
     }
 
-    /// With an API call: slot wait + tolerance + the call + [`SDK_CALLS_AFTER_THE_CALL`] SDK
-    /// calls + the margin.
+    /// With an API call: slot wait + tolerance + the call + `sdk_calls` SDK calls + the
+    /// margin.
     pub fn with_a_call(&self) -> Duration {
         self.slot_wait
             .saturating_add(self.tolerance)
             .saturating_add(self.api_call)
-            .saturating_add(self.sdk_call.saturating_mul(SDK_CALLS_AFTER_THE_CALL))
+            .saturating_add(self.sdk_call.saturating_mul(self.sdk_calls))
             .saturating_add(self.margin)
     }
 
@@ -166,7 +180,7 @@ pub enum TimeoutBudgetError {
         .worst.tolerance.as_millis(), .worst.api_call.as_millis(), .worst.sdk.max_attempts,
         .worst.sdk.connect_timeout.as_millis(), .worst.sdk.read_timeout.as_millis(),
         secs(.worst.sdk_call), secs(.worst.margin), secs(whole_seconds(.worst.total())),
-        n = SDK_CALLS_AFTER_THE_CALL
+        n = .worst.sdk_calls
     )]
     FunctionTimeout {
         /// Where the timeout came from.
@@ -440,5 +454,36 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn result_destinations_add_the_delivery_and_its_dead_letter_to_the_budget() {
+        let sdk = SdkSettings::default();
+        let plain = WorstCase::of(&sdk, &config());
+        let mut with = config();
+        with.destinations =
+            qo_core::result::Destinations::parse("arn:aws:sqs:us-east-1:123456789012:orders", "")
+                .expect("destinations");
+        let results = WorstCase::of(&sdk, &with);
+        assert_eq!(plain.sdk_calls, 5);
+        assert_eq!(results.sdk_calls, 7);
+        assert_eq!(results.total() - plain.total(), sdk.operation_timeout() * 2);
+        // 139.005 s without results, 187.005 s with: the template's 190 covers both.
+        assert!(
+            check_timeout_budget(
+                &sdk,
+                &with,
+                Duration::from_secs(150),
+                TimeoutSource::Variable
+            )
+            .is_err()
+        );
+        check_timeout_budget(
+            &sdk,
+            &with,
+            Duration::from_secs(190),
+            TimeoutSource::Variable,
+        )
+        .expect("190 s covers it");
     }
 }

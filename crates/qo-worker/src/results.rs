@@ -85,41 +85,39 @@ impl ResultPath {
         result
     }
 
-    /// Delivers `result` to `to`, [`DELIVERY_ATTEMPTS`] times at most; then dead-letters the
-    /// result itself. Never an error: the job's fate is settled, and failing the event would
+    /// Delivers `result` to `to`, [`DELIVERY_ATTEMPTS`] times at most and within `budget` in
+    /// all; then dead-letters the result itself. Never an error: the job's fate is settled, and failing the event would
     /// have Lambda call the API again. A result neither delivered nor dead-lettered is logged
     /// at ERROR and observed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn deliver(
         &self,
         to: &Destination,
         result: JobResult,
         ev: &JobEvent,
+        budget: Duration,
         clock: &impl Clock,
         sink: &impl JobSink,
         observer: &dyn Observer,
     ) {
-        let mut last = None;
-        for attempt in 0..DELIVERY_ATTEMPTS {
-            if attempt > 0 {
-                let pause =
-                    DELIVERY_BACKOFF[(attempt as usize - 1).min(DELIVERY_BACKOFF.len() - 1)];
-                clock.sleep(pause).await;
-            }
-            match self.sink.deliver(to, &result).await {
-                Ok(_) => {
+        // Every try together within `budget`, which the function timeout's budget counts.
+        let detail = tokio::select! {
+            biased;
+            tried = self.tries(to, &result, clock) => match tried {
+                Ok(()) => {
                     observer.observe(Observation::ResultDelivered {
                         job_id: result.job_id.clone(),
                         destination: to.name.clone(),
                     });
                     return;
                 }
-                Err(e) => {
-                    warn!(destination = %to.name, attempt = attempt + 1, error = %e, "result not delivered");
-                    last = Some(e);
-                }
-            }
-        }
-        let detail = last.map(|e| e.to_string()).unwrap_or_default();
+                Err(detail) => detail,
+            },
+            () = clock.sleep(budget) => format!(
+                "no answer within {} ms (one AWS SDK call's worst case)",
+                budget.as_millis()
+            ),
+        };
         let reason = Reason::ResultUndelivered {
             destination: to.name.clone(),
             detail,
@@ -142,6 +140,32 @@ impl ResultPath {
                 "the result could neither be delivered nor dead-lettered: it is in this line only"
             ),
         }
+    }
+}
+
+impl ResultPath {
+    /// [`DELIVERY_ATTEMPTS`] tries with [`DELIVERY_BACKOFF`] between; the last error's text.
+    async fn tries(
+        &self,
+        to: &Destination,
+        result: &JobResult,
+        clock: &impl Clock,
+    ) -> Result<(), String> {
+        let mut last = String::new();
+        for attempt in 0..DELIVERY_ATTEMPTS {
+            if attempt > 0 {
+                let i = (attempt as usize - 1).min(DELIVERY_BACKOFF.len() - 1);
+                clock.sleep(DELIVERY_BACKOFF[i]).await;
+            }
+            match self.sink.deliver(to, result).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    warn!(destination = %to.name, attempt = attempt + 1, error = %e, "result not delivered");
+                    last = e.to_string();
+                }
+            }
+        }
+        Err(last)
     }
 }
 

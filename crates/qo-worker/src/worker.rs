@@ -1131,7 +1131,8 @@ where
         };
         if let Some(to) = path.destination(ev) {
             let observer = self.observer.as_ref();
-            path.deliver(to, result(), ev, &self.clock, &self.sink, observer)
+            let budget = self.config.result_budget;
+            path.deliver(to, result(), ev, budget, &self.clock, &self.sink, observer)
                 .await;
         }
     }

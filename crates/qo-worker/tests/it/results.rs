@@ -9,7 +9,7 @@ use crate::support::{FakeHttp, config, job, rig};
 use qo_core::ports::IdempotencyStore;
 use qo_core::reason::ReasonKind;
 use qo_core::result::{JobResult, ResultOutcome};
-use qo_core::{Timestamp, TokioClock};
+use qo_core::{Clock, Timestamp, TokioClock};
 use qo_memory::{JobStatus, MemoryResults};
 use qo_worker::{ApiResponse, Outcome};
 
@@ -174,4 +174,45 @@ async fn a_job_naming_an_unknown_destination_is_dead_lettered_uncalled() {
         "{}",
         dead[0].reason
     );
+}
+
+/// A destination that never answers.
+struct Hangs;
+
+#[async_trait::async_trait]
+impl qo_core::ports::ResultSink for Hangs {
+    async fn deliver(
+        &self,
+        _to: &qo_core::result::Destination,
+        _result: &JobResult,
+    ) -> Result<qo_core::ports::Delivered, qo_core::ports::ResultError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_destination_that_never_answers_costs_one_sdk_call_s_time_then_a_dead_letter() {
+    let (mut r, http, _) = results_rig(ok_answer(), "orders");
+    r.worker = r.worker.with_result_sink(Arc::new(Hangs));
+    let budget = r.worker.config().result_budget;
+    assert_eq!(
+        budget,
+        std::time::Duration::from_secs(24),
+        "3 x (3 s + 5 s)"
+    );
+    let began = r.clock.now();
+    let out = r
+        .handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    assert_eq!(r.clock.now().since(began), budget, "given up at the budget");
+    let dead = r.sink.dead_letters();
+    assert_eq!(dead[0].reason.kind(), ReasonKind::ResultUndelivered);
+    assert!(
+        dead[0]
+            .reason
+            .to_string()
+            .contains("no answer within 24000 ms")
+    );
+    assert_eq!(http.calls().len(), 1);
 }
