@@ -65,4 +65,32 @@ impl LocalStack {
     pub fn queue(&self) -> SqsQueue {
         SqsQueue::new(aws_sdk_sqs::Client::new(&self.config), self.urls.clone())
     }
+
+    /// Creates (or finds) the standard queue `name` for results; its URL and ARN.
+    pub async fn create_results_queue(&self, name: &str) -> Result<(String, String), AwsError> {
+        let sqs = aws_sdk_sqs::Client::new(&self.config);
+        let url = sqs
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("sqs.CreateQueue", e))?
+            .queue_url
+            .ok_or_else(|| AwsError::invalid("sqs.CreateQueue", "no queue URL"))?;
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| AwsError::sdk("sqs.GetQueueAttributes", e))?;
+        let arn = attrs
+            .attributes
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .cloned()
+            })
+            .ok_or_else(|| AwsError::invalid("sqs.GetQueueAttributes", "no QueueArn"))?;
+        Ok((url, arn))
+    }
 }

@@ -72,6 +72,13 @@ impl Timestamp {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
     }
 
+    /// Reads RFC 3339 text (as [`Timestamp::to_rfc3339`] writes it); `None` when it is not.
+    pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+        let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+        let micros = u64::try_from(t.timestamp_micros()).ok()?;
+        Some(Timestamp(micros))
+    }
+
     /// RFC 3339 text, for logs and reports.
     pub fn to_rfc3339(self) -> String {
         let secs = i64::try_from(self.0 / 1_000_000).unwrap_or(i64::MAX);

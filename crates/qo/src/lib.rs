@@ -64,7 +64,7 @@ pub enum Command {
     #[cfg(feature = "aws")]
     #[command(flatten)]
     Ops(ops::OpsCommand),
-    /// The operations (`status`, `pause`, `resume`, `circuit`, `quota`, `redrive`, `send`,
+    /// The operations (`status`, `pause`, `resume`, `circuit`, `quota`, `redrive`, `send`, `call`,
     /// `setup`) in a build without the `aws` feature: refused with the command that has them.
     #[cfg(not(feature = "aws"))]
     #[command(external_subcommand)]

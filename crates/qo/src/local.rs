@@ -137,7 +137,17 @@ pub struct LocalArgs {
     /// beside calls, and the run fails when a success has no result.
     #[arg(long, value_name = "FILE")]
     results: Option<std::path::PathBuf>,
+    /// With `--aws-endpoint`: serve for this many seconds (0: until Ctrl-C) instead of running
+    /// a backlog. Jobs sent to the queues (`qo send`, `qo call`) are paced and called, and
+    /// their results delivered to a results queue of the run's own; the variables `qo call`
+    /// needs are printed first.
+    #[arg(long, value_name = "SECONDS", requires = "aws_endpoint")]
+    serve: Option<u64>,
 }
+
+/// Where a run delivers results over the AWS adapters (`--serve`): the sink and its
+/// destinations.
+pub(crate) type ServedResults = (Arc<dyn qo_core::ports::ResultSink>, Destinations);
 
 /// The destination `--results` delivers to: one SQS queue, the default of every job.
 pub const LOCAL_RESULTS_ARN: &str = "arn:aws:sqs:local:000000000000:qo-local-results";
@@ -286,6 +296,7 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
                 api_url,
                 queue,
                 MemoryStore::new(),
+                None,
             )
             .await
         }
@@ -294,6 +305,7 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the orchestrator and the worker over `queue` and `store` until every job ended.
+#[allow(clippy::too_many_arguments)]
 async fn drive<Q, S>(
     args: LocalArgs,
     clock: Arc<TokioClock>,
@@ -302,6 +314,7 @@ async fn drive<Q, S>(
     api_url: String,
     queue: Q,
     store: S,
+    served: Option<ServedResults>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     Q: Backlog + Clone + 'static,
@@ -356,6 +369,14 @@ where
         worker_config.destinations = destinations.clone();
         config.destinations = destinations;
     }
+    let mut sink: Option<Arc<dyn qo_core::ports::ResultSink>> = results
+        .clone()
+        .map(|r| Arc::new(r) as Arc<dyn qo_core::ports::ResultSink>);
+    if let Some((served, destinations)) = served {
+        worker_config.destinations = destinations.clone();
+        config.destinations = destinations;
+        sink = Some(served);
+    }
     let mut dispatch = DispatchStats {
         batch_max_jobs: config.batch_max_jobs,
         batch_window_ms: args.batch_window_ms,
@@ -377,10 +398,12 @@ where
             ..template
         },
         observer: collector.clone(),
-        results: results
-            .clone()
-            .map(|r| Arc::new(r) as Arc<dyn qo_core::ports::ResultSink>),
+        results: sink,
     })?;
+
+    if let Some(secs) = args.serve {
+        return serve(&system, &clock, &collector, secs, args.run_seconds).await;
+    }
 
     // The backlog, sent as `qo send` sends it: 10 jobs a SendMessageBatch.
     let bodies: Vec<String> = (0..args.jobs)
@@ -509,6 +532,43 @@ where
         None => Ok(()),
         Some(why) => Err(format!("not every job ended as a job should: {why}").into()),
     }
+}
+
+/// `--serve`: orchestrator runs one after another until `secs` have passed (0: until Ctrl-C),
+/// each hydrating as a new Lambda invocation does; then a one-line account.
+async fn serve<Q, S>(
+    system: &System<Q, S>,
+    clock: &Arc<TokioClock>,
+    collector: &Collector,
+    secs: u64,
+    run_seconds: f64,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    Q: Backlog + Clone + 'static,
+    S: RecordStore + LeaseStore + IdempotencyStore + Metered + Clone + 'static,
+{
+    let until = (secs > 0).then(|| clock.now().plus(Duration::from_secs(secs)));
+    loop {
+        let now = clock.now();
+        if until.is_some_and(|t| now >= t) {
+            break;
+        }
+        let mut deadline = now.plus(Duration::from_secs_f64(run_seconds));
+        if let Some(t) = until {
+            deadline = deadline.min(t);
+        }
+        tokio::select! {
+            report = system.run_until(deadline) => { report?; }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    system.wait_idle().await;
+    let c = collector.counts();
+    eprintln!(
+        "qo local: served {} call(s): {} succeeded, {} dead-lettered, {} result(s) delivered",
+        c.calls, c.succeeded, c.dead_lettered, c.results_delivered
+    );
+    Ok(())
 }
 
 /// The job and retry queues' attributes: the template's, with `--max-receive-count`.

@@ -12,10 +12,12 @@
 //! - `control`: `qo pause`, `qo resume`, `qo circuit open|close`, `qo quota set|clear`.
 //! - `redrive`: `qo redrive`.
 //! - `send`: `qo send FILE`.
+//! - `call`: `qo call PATH`, one job and its result.
 //! - `setup`: `qo setup`, the table and queues on a local endpoint.
 //! - `output`: human or JSON output, times.
 //! - `error`: [`OpsError`].
 
+mod call;
 mod control;
 mod error;
 mod output;
@@ -47,6 +49,8 @@ pub enum OpsCommand {
     Redrive(redrive::RedriveArgs),
     /// Send jobs from a file of JSON lines (`-`: stdin).
     Send(send::SendArgs),
+    /// Send one job and print the API's answer when its result comes back.
+    Call(Box<call::CallArgs>),
     /// Create the table and queues on a local endpoint and print their variables.
     Setup(setup::SetupArgs),
 }
@@ -75,6 +79,7 @@ async fn run_command(command: OpsCommand) -> Result<(), OpsError> {
         }
         OpsCommand::Redrive(args) => redrive::run(args).await,
         OpsCommand::Send(args) => send::run(args).await,
+        OpsCommand::Call(args) => call::run(*args).await,
         OpsCommand::Setup(args) => setup::run(args).await,
     }
 }

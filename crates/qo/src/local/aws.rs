@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use qo_aws::{LocalStack, SdkSettings, SqsQueue, local_config};
+use qo_aws::{AwsResults, LocalStack, SdkSettings, SqsQueue, local_config};
 use qo_core::Timestamp;
 use qo_core::TokioClock;
 use qo_core::ports::QueueError;
+use qo_core::result::Destinations;
 use qo_sim::SimServer;
 
-use super::{Backlog, LocalArgs, Metered, drive, queue_attributes};
+use super::{Backlog, LocalArgs, Metered, ServedResults, drive, queue_attributes};
 use crate::report::Collector;
 
 #[async_trait::async_trait]
@@ -76,5 +77,32 @@ pub(super) async fn run(
         stack.urls.main
     );
     let (queue, store) = (stack.queue(), stack.store());
-    drive(args, clock, collector, sim, api_url, queue, store).await
+    let served = match args.serve {
+        None => None,
+        Some(_) => Some(serve_results(&stack, &prefix).await?),
+    };
+    drive(args, clock, collector, sim, api_url, queue, store, served).await
+}
+
+/// `--serve`: a results queue of the run's own, every job's default destination, delivered to
+/// over the real SDK; prints what `qo call` and `qo send` need.
+async fn serve_results(
+    stack: &LocalStack,
+    prefix: &str,
+) -> Result<ServedResults, Box<dyn std::error::Error>> {
+    let name = format!("{prefix}-results");
+    let (url, arn) = stack.create_results_queue(&name).await?;
+    let destinations = Destinations::parse(&arn, &name)?;
+    // No bucket: a result over 252 KiB is dead-lettered with the reason.
+    let sink = Arc::new(AwsResults::new(&stack.config, None));
+    println!("TABLE_NAME={}", stack.table);
+    println!("QUEUE_URL={}", stack.urls.main);
+    if let Some(retry) = &stack.urls.retry {
+        println!("RETRY_QUEUE_URL={retry}");
+    }
+    println!("DLQ_URL={}", stack.urls.dlq);
+    println!("REPLY_QUEUE_URL={url}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    Ok((sink, destinations))
 }

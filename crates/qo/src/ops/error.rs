@@ -125,6 +125,9 @@ pub enum OpsError {
     /// The report could not be written as JSON.
     #[error("cannot write the report as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `qo call`'s job or its wait.
+    #[error("qo call: {0}")]
+    Call(String),
 }
 
 /// A backend error in one line: the operation and the innermost cause, without the SDK's

@@ -217,6 +217,11 @@ impl Connection {
         ))
     }
 
+    /// An SQS client of this connection.
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.config)
+    }
+
     /// The job queues: the job queue always, the dead-letter queue when `need_dlq`.
     pub fn queues(&self, need_dlq: bool) -> Result<SqsQueue, OpsError> {
         let main = self.target.queue_url()?.to_string();

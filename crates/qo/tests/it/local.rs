@@ -370,3 +370,84 @@ async fn jobs_left_untried_in_the_dead_letter_queue_fail_the_run() {
     assert!(!out.status.success(), "{report}");
     assert!(stderr.contains("redrive policy"), "{stderr}");
 }
+
+/// `qo call` against `qo local --aws-endpoint --serve`: the job goes through the real SQS and
+/// DynamoDB adapters, is called at its slot by the built-in API, and its result comes back on
+/// the run's results queue; `qo call` prints it and waits for nothing else.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn call_prints_the_answer_of_a_job_served_by_local() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let Some(out) = over_moto(move |endpoint| {
+        let mut server = Command::new(env!("CARGO_BIN_EXE_qo"))
+            .args([
+                "local",
+                "--aws-endpoint",
+                &endpoint,
+                "--serve",
+                "120",
+                "--quota",
+                "5/s",
+            ])
+            .env_clear()
+            .envs(OFFLINE_AWS_ENV)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qo local --serve");
+        let mut vars = std::collections::HashMap::new();
+        let lines = BufReader::new(server.stdout.take().expect("stdout"));
+        for line in lines.lines() {
+            let line = line.expect("a line");
+            if let Some((k, v)) = line.split_once('=') {
+                vars.insert(k.to_string(), v.to_string());
+            }
+            if line.starts_with("REPLY_QUEUE_URL=") {
+                break;
+            }
+        }
+        let call = Command::new(env!("CARGO_BIN_EXE_qo"))
+            .args([
+                "call",
+                "/v1/customers/42",
+                "--meta",
+                r#"{"ticket":7}"#,
+                "--endpoint",
+                &endpoint,
+                "--queue-url",
+                &vars["QUEUE_URL"],
+                "--reply-queue-url",
+                &vars["REPLY_QUEUE_URL"],
+                "--timeout-s",
+                "60",
+                "--json",
+            ])
+            .env_clear()
+            .envs(OFFLINE_AWS_ENV)
+            .output()
+            .expect("qo call");
+        let _ = server.kill();
+        let _ = server.wait();
+        call
+    })
+    .await
+    else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let result = &printed["result"];
+    assert_eq!(result["outcome"], "succeeded", "{printed}");
+    assert_eq!(result["status"], 200, "{printed}");
+    assert_eq!(result["meta"]["ticket"], 7, "{printed}");
+    let body: Value =
+        serde_json::from_str(result["body"].as_str().expect("a text body")).expect("JSON");
+    assert_eq!(body["path"], "/v1/customers/42", "{printed}");
+    assert!(printed["slot_wait_ms"].as_i64().is_some(), "{printed}");
+}
