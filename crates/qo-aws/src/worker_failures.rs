@@ -232,6 +232,20 @@ pub async fn redrive_worker_failures(
                         delete.push(receipt);
                     }
                 }
+                Ok(FailedInvocation {
+                    event: WorkerEvent::Deliver(d),
+                    ..
+                }) => {
+                    // A result to deliver again: back to the job queue as it came, where the
+                    // orchestrator hands it to the worker once more (no call, no slot).
+                    report.jobs += 1;
+                    if opts.dry_run {
+                        keep.push(receipt);
+                        continue;
+                    }
+                    queues.resend_job(&d.result.to_json(), &d.origin).await?;
+                    delete.push(receipt);
+                }
                 Ok(FailedInvocation { event, condition }) => {
                     // A job event, or a batch of them: every job of the record not recorded
                     // done goes back (a batch may take the count past `max` by its size).
@@ -320,7 +334,7 @@ pub fn jobs_to_resend(
     let jobs = match event {
         WorkerEvent::Job(ev) => vec![ev],
         WorkerEvent::Batch(batch) => batch.jobs,
-        WorkerEvent::HealthCheck(_) => Vec::new(),
+        WorkerEvent::HealthCheck(_) | WorkerEvent::Deliver(_) => Vec::new(),
     };
     jobs.into_iter()
         .map(|ev| {

@@ -397,6 +397,18 @@ pub enum WorkerEvent {
     Batch(BatchEvent),
     /// Check the API's health.
     HealthCheck(HealthCheckEvent),
+    /// Deliver a result again: one the worker dead-lettered when its destination kept
+    /// refusing it, brought back to the job queue by `qo redrive`. No API call, no slot.
+    Deliver(DeliverEvent),
+}
+
+/// A result to deliver again ([`WorkerEvent::Deliver`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliverEvent {
+    /// The result, its `destination` set.
+    pub result: crate::result::JobResult,
+    /// The message it came on.
+    pub origin: Origin,
 }
 
 #[cfg(test)]

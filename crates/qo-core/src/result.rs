@@ -308,6 +308,9 @@ pub struct JobResult {
     /// The producer's `meta`, untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
+    /// The destination's name it was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     /// How the job ended.
     pub outcome: ResultOutcome,
     /// The API's HTTP status (none when no answer came).
@@ -491,6 +494,7 @@ mod tests {
             result_id: JobResult::id_of("j", ResultOutcome::Succeeded),
             job_id: "j".into(),
             meta: None,
+            destination: None,
             outcome: ResultOutcome::Succeeded,
             status: Some(200),
             reason: None,

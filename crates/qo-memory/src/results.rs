@@ -131,6 +131,7 @@ mod tests {
             result_id: "j:succeeded".into(),
             job_id: "j".into(),
             meta: None,
+            destination: None,
             outcome: ResultOutcome::Succeeded,
             status: Some(200),
             reason: None,

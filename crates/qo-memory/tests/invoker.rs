@@ -40,6 +40,7 @@ fn epoch_of(ev: &WorkerEvent) -> u64 {
         WorkerEvent::HealthCheck(h) => h.epoch,
         WorkerEvent::Job(j) => j.epoch,
         WorkerEvent::Batch(b) => b.jobs.first().map_or(0, |j| j.epoch),
+        WorkerEvent::Deliver(_) => 0,
     }
 }
 

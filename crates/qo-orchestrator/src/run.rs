@@ -955,6 +955,31 @@ where
         ));
     }
 
+    /// Hands a result back to the worker to deliver again: one it dead-lettered when its
+    /// destination kept refusing, brought back by `qo redrive`. It calls nothing and takes no
+    /// slot; the message is deleted once Lambda accepts the event, as a job's is.
+    fn redeliver(&mut self, m: Message) {
+        let Ok(result) = serde_json::from_str::<qo_core::result::JobResult>(&m.body) else {
+            return;
+        };
+        info!(job_id = %result.job_id, "a dead-lettered result: handed to the worker to deliver again");
+        let function = self.pool.health_check_function(1).to_string();
+        let event = WorkerEvent::Deliver(qo_core::job::DeliverEvent {
+            result,
+            origin: m.origin.clone(),
+        });
+        self.report.invocations += 1;
+        let invoker = self.ports.invoker;
+        let span = info_span!("redeliver", message_id = %m.origin.message_id);
+        self.in_flight.push(Box::pin(
+            async move {
+                let result = invoker.invoke_on(&function, &event).await;
+                (vec![m], result)
+            }
+            .instrument(span),
+        ));
+    }
+
     /// Validates received messages: a bad one goes to the dead-letter queue with the reason.
     async fn accept(&mut self, messages: Vec<Message>) -> Result<(), OrchestratorError> {
         for m in messages {
@@ -971,6 +996,7 @@ where
                         visible_until,
                     });
                 }
+                Err(_) if is_result(&m.body) => self.redeliver(m),
                 Err(e) => {
                     let reason = qo_core::Reason::InvalidJob(e);
                     warn!(message_id = %m.origin.message_id, %reason, "invalid job: dead-lettered");
@@ -1526,4 +1552,9 @@ where
         }
         Ok(())
     }
+}
+
+/// Whether a message body is a job's result to deliver (it names its destination), not a job.
+fn is_result(body: &str) -> bool {
+    serde_json::from_str::<qo_core::result::JobResult>(body).is_ok_and(|r| r.destination.is_some())
 }

@@ -156,6 +156,15 @@ pub enum Outcome {
         /// The HTTP status; `None` for a timeout or connection error.
         status: Option<u16>,
     },
+    /// A dead-lettered result brought back: delivered, or dead-lettered again.
+    Redelivered {
+        /// The job id of the result.
+        job_id: String,
+        /// Its destination.
+        destination: String,
+        /// Whether the destination took it this time.
+        delivered: bool,
+    },
 }
 
 /// A reason in the JSON result: its text.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use qo_core::ports::{DeadLetter, JobSink, ResultSink};
 use qo_core::result::{Destination, Destinations, JobResult, ResultOutcome, ResultTimes};
-use qo_core::{Clock, JobEvent, Observation, Observer, Reason, Timestamp};
+use qo_core::{Clock, JobEvent, Observation, Observer, Origin, Reason, Timestamp};
 use tracing::{error, warn};
 
 use crate::http::ApiResponse;
@@ -93,13 +93,14 @@ impl ResultPath {
     pub async fn deliver(
         &self,
         to: &Destination,
-        result: JobResult,
-        ev: &JobEvent,
+        mut result: JobResult,
+        origin: &Origin,
         budget: Duration,
         clock: &impl Clock,
         sink: &impl JobSink,
         observer: &dyn Observer,
-    ) {
+    ) -> bool {
+        result.destination = Some(to.name.clone());
         // Every try together within `budget`, which the function timeout's budget counts.
         let detail = tokio::select! {
             biased;
@@ -109,7 +110,7 @@ impl ResultPath {
                         job_id: result.job_id.clone(),
                         destination: to.name.clone(),
                     });
-                    return;
+                    return true;
                 }
                 Err(detail) => detail,
             },
@@ -129,7 +130,7 @@ impl ResultPath {
         let letter = DeadLetter {
             body: result.to_json(),
             reason: reason.clone(),
-            origin: ev.origin.clone(),
+            origin: origin.clone(),
         };
         match sink.dead_letter(letter).await {
             Ok(()) => warn!(reason = %reason, "result dead-lettered"),
@@ -140,6 +141,7 @@ impl ResultPath {
                 "the result could neither be delivered nor dead-lettered: it is in this line only"
             ),
         }
+        false
     }
 }
 
@@ -175,6 +177,7 @@ fn base(ev: &JobEvent, job_id: &str, outcome: ResultOutcome, answered: Timestamp
         result_id: JobResult::id_of(job_id, outcome),
         job_id: job_id.to_string(),
         meta: ev.job.meta.clone(),
+        destination: None,
         outcome,
         status: None,
         reason: None,

@@ -57,6 +57,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use qo_core::job::DeliverEvent;
 use qo_core::ports::{
     DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, ResultSink, Retry, load_record,
     update_record,
@@ -205,6 +206,55 @@ where
                 let span = info_span!("health_check", epoch = ev.epoch);
                 self.handle_health(&ev).instrument(span).await
             }
+            WorkerEvent::Deliver(ev) => {
+                let span = info_span!("deliver", job_id = %ev.result.job_id);
+                Ok(self.redeliver(ev).instrument(span).await)
+            }
+        }
+    }
+
+    /// Delivers a dead-lettered result again, to the destination it names; a destination the
+    /// stack no longer declares, or none at all, dead-letters it again with the reason.
+    async fn redeliver(&self, ev: DeliverEvent) -> Outcome {
+        let DeliverEvent { result, origin } = ev;
+        let job_id = result.job_id.clone();
+        let name = result.destination.clone().unwrap_or_default();
+        let observer = self.observer.as_ref();
+        let budget = self.config.result_budget;
+        let delivered = match (&self.results, self.config.destinations.get(&name)) {
+            (Some(path), Some(to)) => {
+                path.deliver(
+                    to,
+                    result,
+                    &origin,
+                    budget,
+                    &self.clock,
+                    &self.sink,
+                    observer,
+                )
+                .await
+            }
+            _ => {
+                let reason = Reason::ResultUndelivered {
+                    destination: name.clone(),
+                    detail: "not one of the stack's result destinations".to_string(),
+                };
+                warn!(%reason, "result not redelivered");
+                let letter = DeadLetter {
+                    body: result.to_json(),
+                    reason,
+                    origin,
+                };
+                if let Err(e) = self.sink.dead_letter(letter).await {
+                    error!(error = %e, "the result could not be dead-lettered again");
+                }
+                false
+            }
+        };
+        Outcome::Redelivered {
+            job_id,
+            destination: name,
+            delivered,
         }
     }
 
@@ -378,7 +428,7 @@ where
                 .map(|ev| ev.slot_at.since(now).min(self.config.max_slot_wait))
                 .min()
                 .unwrap_or_default(),
-            WorkerEvent::HealthCheck(_) => Duration::ZERO,
+            WorkerEvent::HealthCheck(_) | WorkerEvent::Deliver(_) => Duration::ZERO,
         };
         let needed = wait
             .saturating_add(self.config.call_budget())
@@ -1132,8 +1182,17 @@ where
         if let Some(to) = path.destination(ev) {
             let observer = self.observer.as_ref();
             let budget = self.config.result_budget;
-            path.deliver(to, result(), ev, budget, &self.clock, &self.sink, observer)
-                .await;
+            let origin = &ev.origin;
+            path.deliver(
+                to,
+                result(),
+                origin,
+                budget,
+                &self.clock,
+                &self.sink,
+                observer,
+            )
+            .await;
         }
     }
 }

@@ -23,6 +23,7 @@ fn result(job_id: &str, body: &str) -> JobResult {
         result_id: JobResult::id_of(job_id, ResultOutcome::Succeeded),
         job_id: job_id.to_string(),
         meta: Some(serde_json::json!({"order": 42})),
+        destination: None,
         outcome: ResultOutcome::Succeeded,
         status: Some(200),
         reason: None,

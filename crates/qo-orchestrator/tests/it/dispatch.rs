@@ -152,6 +152,25 @@ async fn a_job_naming_an_unknown_destination_is_dead_lettered_before_its_slot() 
     );
 }
 
+/// A result the worker dead-lettered (its destination kept refusing), brought back by `qo
+/// redrive`, is handed to the worker to deliver again: no slot, no call, and its message is
+/// deleted once Lambda accepts the event.
+#[tokio::test(start_paused = true)]
+async fn a_redriven_result_is_handed_back_to_the_worker_without_a_slot() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
+    h.queue.send(
+        r#"{"result_id":"c-1:succeeded","job_id":"c-1","destination":"orders",
+            "outcome":"succeeded","status":200,"times":{},"attempts":0,"throttled":0}"#,
+    );
+    h.enqueue(2);
+    let report = h.run_for(&config("10/s"), Duration::from_secs(10)).await;
+    assert_eq!(report.dead_lettered, 0, "{report:?}");
+    assert_eq!(report.dispatched, 2, "only the jobs take slots");
+    assert_eq!(h.calls().len(), 2);
+    assert_eq!(*h.redelivered.lock().expect("lock"), ["c-1"]);
+    assert!(h.queue.is_drained(), "{:?}", h.queue.depths());
+}
+
 #[tokio::test(start_paused = true)]
 async fn nothing_is_lost_when_invokes_and_calls_fail() {
     let opts = InvokerOptions {

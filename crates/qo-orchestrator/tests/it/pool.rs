@@ -175,6 +175,7 @@ fn stand_in(
                     }
                     return;
                 }
+                WorkerEvent::Deliver(_) => return,
             };
             events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for job in jobs {

@@ -14,7 +14,7 @@ fn worker_sample_events_parse() {
         let jobs = match &event {
             WorkerEvent::Job(job) => vec![job],
             WorkerEvent::Batch(batch) => batch.jobs.iter().collect(),
-            WorkerEvent::HealthCheck(_) => Vec::new(),
+            WorkerEvent::HealthCheck(_) | WorkerEvent::Deliver(_) => Vec::new(),
         };
         for job in jobs {
             job.job.validate().unwrap_or_else(|e| panic!("{name}: {e}"));

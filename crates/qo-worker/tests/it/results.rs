@@ -216,3 +216,61 @@ async fn a_destination_that_never_answers_costs_one_sdk_call_s_time_then_a_dead_
     );
     assert_eq!(http.calls().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_lettered_result_brought_back_is_delivered_without_a_call() {
+    // The destination refuses: the result is dead-lettered, and names its destination.
+    let (r, http, results) = results_rig(ok_answer(), "orders");
+    results.refuse_next(100);
+    r.handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    let dead = r.sink.dead_letters();
+    let kept: JobResult = serde_json::from_str(&dead[0].body).expect("the result");
+    assert_eq!(kept.destination.as_deref(), Some("orders"));
+    // The destination recovers; `qo redrive` brings the result back and the orchestrator
+    // hands it to the worker.
+    results.refuse_next(0);
+    let event = qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
+        result: kept.clone(),
+        origin: dead[0].origin.clone(),
+    });
+    let out = r.handle(event).await;
+    assert_eq!(
+        out,
+        Outcome::Redelivered {
+            job_id: "j".into(),
+            destination: "orders".into(),
+            delivered: true
+        }
+    );
+    assert_eq!(results.delivered().len(), 1);
+    assert_eq!(results.delivered()[0].result.result_id, "j:succeeded");
+    assert_eq!(http.calls().len(), 1, "no second call");
+    // A result naming a destination the stack no longer declares goes back with the reason.
+    let mut stray = kept;
+    stray.destination = Some("gone".into());
+    let out = r
+        .handle(qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
+            result: stray,
+            origin: dead[0].origin.clone(),
+        }))
+        .await;
+    assert!(
+        matches!(
+            out,
+            Outcome::Redelivered {
+                delivered: false,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let again = r.sink.dead_letters();
+    assert_eq!(again.len(), 2);
+    assert!(
+        again[1]
+            .reason
+            .to_string()
+            .contains("not one of the stack's result destinations")
+    );
+}

@@ -233,7 +233,7 @@ fn jobs_of(event: &WorkerEvent) -> Vec<usize> {
     let paths: Vec<&str> = match event {
         WorkerEvent::Job(j) => vec![&j.job.path],
         WorkerEvent::Batch(b) => b.jobs.iter().map(|j| j.job.path.as_str()).collect(),
-        WorkerEvent::HealthCheck(_) => Vec::new(),
+        WorkerEvent::HealthCheck(_) | WorkerEvent::Deliver(_) => Vec::new(),
     };
     paths.into_iter().filter_map(job_in).collect()
 }

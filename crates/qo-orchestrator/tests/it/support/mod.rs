@@ -47,6 +47,8 @@ pub struct Harness {
     pub throttled: Arc<Mutex<Vec<Timestamp>>>,
     /// The slots of each batch event the worker got (single job events are not listed).
     pub batches: Arc<Mutex<Vec<Vec<Timestamp>>>>,
+    /// The job ids of the results the worker was handed to deliver again.
+    pub redelivered: Arc<Mutex<Vec<String>>>,
 }
 
 /// The harness's state the stand-in worker writes to: one clone per event it handles.
@@ -61,6 +63,7 @@ struct Shared {
     succeeded: Arc<Mutex<Vec<String>>>,
     throttled: Arc<Mutex<Vec<Timestamp>>>,
     batches: Arc<Mutex<Vec<Vec<Timestamp>>>>,
+    redelivered: Arc<Mutex<Vec<String>>>,
 }
 
 /// The most real time one run may take. On the paused clock a run takes milliseconds; a loop
@@ -245,6 +248,7 @@ impl Harness {
         let succeeded = Arc::new(Mutex::new(Vec::new()));
         let throttled = Arc::new(Mutex::new(Vec::new()));
         let batches = Arc::new(Mutex::new(Vec::new()));
+        let redelivered = Arc::new(Mutex::new(Vec::new()));
         let handler = {
             let shared = Shared {
                 clock: clock.clone(),
@@ -256,6 +260,7 @@ impl Harness {
                 succeeded: succeeded.clone(),
                 throttled: throttled.clone(),
                 batches: batches.clone(),
+                redelivered: redelivered.clone(),
             };
             let verdict: Arc<dyn Fn(usize, Timestamp) -> Verdict + Send + Sync> = Arc::new(verdict);
             move |ev: WorkerEvent| {
@@ -293,6 +298,13 @@ impl Harness {
                             health.lock().expect("health").push(h.epoch);
                             close_on_health_check(&store, h.epoch, clock.now()).await;
                         }
+                        WorkerEvent::Deliver(d) => {
+                            shared
+                                .redelivered
+                                .lock()
+                                .expect("redelivered")
+                                .push(d.result.job_id);
+                        }
                     }
                 }
             }
@@ -310,6 +322,7 @@ impl Harness {
             succeeded,
             throttled,
             batches,
+            redelivered,
         }
     }
 
