@@ -108,6 +108,12 @@ pub enum Reason {
         /// What the destination's service answered.
         detail: String,
     },
+    /// The user's code around the call decided a 2xx answer is a failure: dead-lettered, not
+    /// retried (the API did the work).
+    HandlerFailed {
+        /// The user's reason.
+        detail: String,
+    },
 }
 
 /// Which transport failure.
@@ -161,6 +167,8 @@ pub enum ReasonKind {
     FinalStatus,
     /// [`Reason::ResultUndelivered`].
     ResultUndelivered,
+    /// [`Reason::HandlerFailed`].
+    HandlerFailed,
     /// [`GiveUp::Attempts`].
     GaveUpAttempts,
     /// [`GiveUp::Throttled`].
@@ -184,6 +192,7 @@ impl ReasonKind {
             ReasonKind::InvalidJob => "invalid job",
             ReasonKind::FinalStatus => "final HTTP status",
             ReasonKind::ResultUndelivered => "result undelivered",
+            ReasonKind::HandlerFailed => "failed by the answer handler",
             ReasonKind::GaveUpAttempts => "gave up after MAX_ATTEMPTS",
             ReasonKind::GaveUpThrottled => "gave up after MAX_THROTTLED",
         }
@@ -213,6 +222,7 @@ impl Reason {
             Reason::InvalidJob(_) | Reason::InvalidRequest { .. } => ReasonKind::InvalidJob,
             Reason::FinalStatus { .. } => ReasonKind::FinalStatus,
             Reason::ResultUndelivered { .. } => ReasonKind::ResultUndelivered,
+            Reason::HandlerFailed { .. } => ReasonKind::HandlerFailed,
             Reason::GaveUp(GiveUp::Attempts { .. }) => ReasonKind::GaveUpAttempts,
             Reason::GaveUp(GiveUp::Throttled { .. }) => ReasonKind::GaveUpThrottled,
         }
@@ -279,6 +289,9 @@ impl fmt::Display for Reason {
                 "HTTP {status}: the credential was refused; no call before its re-read"
             ),
             Reason::InvalidJob(e) => write!(f, "{e}"),
+            Reason::HandlerFailed { detail } => {
+                write!(f, "the answer handler failed the job after a 2xx: {detail}")
+            }
             Reason::ResultUndelivered {
                 destination,
                 detail,

@@ -6,6 +6,8 @@
 //! binary of `qo-lambda`, over `qo-aws`; this library depends on no AWS SDK crate) and in memory (tests and `qo local`, over `qo-memory`).
 //!
 //! # Layout
+//! - [`around`]: [`AroundCall`], the user's own code around the paced call: the request built
+//!   from the job, and what to make of a 2xx answer; [`Passthrough`] by default.
 //! - [`config`]: [`WorkerConfig`], read from the environment once.
 //! - [`clock`]: [`SystemClock`], the clock of the Lambda binary.
 //! - [`credential`]: [`CredentialSource`], the key re-read after a 401 or 403.
@@ -21,11 +23,13 @@
 //! - [`ratelimit`]: reading the API's rate-limit headers (`RATE_LIMIT_HEADERS`) into an
 //!   [`qo_core::ApiWindow`].
 //! - [`excerpt`]: bounded body excerpts for dead-letter reasons.
+//! - `records` (private): a job's idempotency records at its end, marked done or released.
 //! - [`results`]: the result path: a job's [`qo_core::result::JobResult`] built from the
 //!   answer and delivered to its destination, retried, or dead-lettered itself.
 //! - [`lambda`]: the Lambda [`handler`].
 //! - [`error`]: the crate's error, [`WorkerError`].
 
+pub mod around;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -37,11 +41,13 @@ pub mod lambda;
 pub mod outcome;
 mod plan;
 pub mod ratelimit;
+mod records;
 pub mod results;
 pub mod retry_after;
 pub mod window;
 pub mod worker;
 
+pub use around::{AfterCall, Answer, AroundCall, HandlerError, Passthrough};
 pub use client::{ApiClient, build_url};
 pub use clock::SystemClock;
 pub use config::WorkerConfig;

@@ -14,12 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use qo_core::job::DeliverEvent;
 use qo_core::ports::{DeadLetter, JobSink, ResultSink};
 use qo_core::result::{Destination, Destinations, JobResult, ResultOutcome, ResultTimes};
 use qo_core::{Clock, JobEvent, Observation, Observer, Origin, Reason, Timestamp};
 use tracing::{error, warn};
 
+use crate::config::WorkerConfig;
 use crate::http::ApiResponse;
+use crate::outcome::Outcome;
 
 /// Tries of one delivery before the result is dead-lettered.
 pub const DELIVERY_ATTEMPTS: u32 = 3;
@@ -206,5 +209,49 @@ fn status_of(reason: &Reason) -> Option<u16> {
         Reason::GaveUp(qo_core::ports::GiveUp::Attempts { last, .. }) => status_of(last),
         Reason::GaveUp(qo_core::ports::GiveUp::Throttled { .. }) => Some(429),
         _ => None,
+    }
+}
+
+/// Delivers a dead-lettered result again (a [`qo_core::WorkerEvent::Deliver`]), to the
+/// destination it names; a destination the stack no longer declares, or no result path at
+/// all, dead-letters it again with the reason.
+pub async fn redeliver(
+    path: Option<&ResultPath>,
+    config: &WorkerConfig,
+    ev: DeliverEvent,
+    clock: &impl Clock,
+    sink: &impl JobSink,
+    observer: &dyn Observer,
+) -> Outcome {
+    let DeliverEvent { result, origin } = ev;
+    let job_id = result.job_id.clone();
+    let name = result.destination.clone().unwrap_or_default();
+    let budget = config.result_budget;
+    let delivered = match (path, config.destinations.get(&name)) {
+        (Some(path), Some(to)) => {
+            path.deliver(to, result, &origin, budget, clock, sink, observer)
+                .await
+        }
+        _ => {
+            let reason = Reason::ResultUndelivered {
+                destination: name.clone(),
+                detail: "not one of the stack's result destinations".to_string(),
+            };
+            warn!(%reason, "result not redelivered");
+            let letter = DeadLetter {
+                body: result.to_json(),
+                reason,
+                origin,
+            };
+            if let Err(e) = sink.dead_letter(letter).await {
+                error!(error = %e, "the result could not be dead-lettered again");
+            }
+            false
+        }
+    };
+    Outcome::Redelivered {
+        job_id,
+        destination: name,
+        delivered,
     }
 }

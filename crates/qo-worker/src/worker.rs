@@ -57,7 +57,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use qo_core::job::DeliverEvent;
 use qo_core::ports::{
     DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, ResultSink, Retry, load_record,
     update_record,
@@ -69,6 +68,7 @@ use qo_core::{
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::around::{AfterCall, Answer, AroundCall, HandlerError, Passthrough};
 use crate::client::ApiClient;
 use crate::config::WorkerConfig;
 use crate::credential::{CredentialSource, Rereads};
@@ -78,7 +78,8 @@ use crate::outcome::Outcome;
 use crate::plan::{
     AtSlot, Decision, Failure, JobPolicy, Plan, Throttle, at_slot, called_status, decide, plan,
 };
-use crate::results::ResultPath;
+use crate::records;
+use crate::results::{ResultPath, redeliver};
 use crate::window::WindowReports;
 pub use crate::window::is_low;
 
@@ -122,6 +123,8 @@ pub struct Worker<S, Q, C, H = ApiClient> {
     windows: WindowReports,
     /// Where jobs' results go (`None`: nowhere).
     results: Option<ResultPath>,
+    /// The user's code around the call ([`Passthrough`] by default).
+    around: Arc<dyn AroundCall>,
 }
 
 impl<S, Q, C, H> Worker<S, Q, C, H>
@@ -144,7 +147,14 @@ where
             observer: Arc::new(NoObserver),
             windows: WindowReports::default(),
             results: None,
+            around: Arc::new(Passthrough),
         }
+    }
+
+    /// Runs `around` before each job's slot and after each 2xx ([`crate::around`]).
+    pub fn with_around(mut self, around: Arc<dyn AroundCall>) -> Self {
+        self.around = around;
+        self
     }
 
     /// Delivers jobs' results through `sink` to the configured destinations
@@ -208,53 +218,11 @@ where
             }
             WorkerEvent::Deliver(ev) => {
                 let span = info_span!("deliver", job_id = %ev.result.job_id);
-                Ok(self.redeliver(ev).instrument(span).await)
+                let (path, observer) = (self.results.as_ref(), self.observer.as_ref());
+                let redelivered =
+                    redeliver(path, &self.config, ev, &self.clock, &self.sink, observer);
+                Ok(redelivered.instrument(span).await)
             }
-        }
-    }
-
-    /// Delivers a dead-lettered result again, to the destination it names; a destination the
-    /// stack no longer declares, or none at all, dead-letters it again with the reason.
-    async fn redeliver(&self, ev: DeliverEvent) -> Outcome {
-        let DeliverEvent { result, origin } = ev;
-        let job_id = result.job_id.clone();
-        let name = result.destination.clone().unwrap_or_default();
-        let observer = self.observer.as_ref();
-        let budget = self.config.result_budget;
-        let delivered = match (&self.results, self.config.destinations.get(&name)) {
-            (Some(path), Some(to)) => {
-                path.deliver(
-                    to,
-                    result,
-                    &origin,
-                    budget,
-                    &self.clock,
-                    &self.sink,
-                    observer,
-                )
-                .await
-            }
-            _ => {
-                let reason = Reason::ResultUndelivered {
-                    destination: name.clone(),
-                    detail: "not one of the stack's result destinations".to_string(),
-                };
-                warn!(%reason, "result not redelivered");
-                let letter = DeadLetter {
-                    body: result.to_json(),
-                    reason,
-                    origin,
-                };
-                if let Err(e) = self.sink.dead_letter(letter).await {
-                    error!(error = %e, "the result could not be dead-lettered again");
-                }
-                false
-            }
-        };
-        Outcome::Redelivered {
-            job_id,
-            destination: name,
-            delivered,
         }
     }
 
@@ -536,6 +504,16 @@ where
         if reread {
             self.reread_credential(planned_at).await;
         }
+        // The user's request, built before the slot wait: a slow build never makes it late.
+        let built = self.around.request(&ev.job).await.map_err(|e| e.0);
+        let job = match built.and_then(|j| j.validate().map(|()| j).map_err(|e| e.to_string())) {
+            Ok(job) => job,
+            Err(detail) => {
+                let detail = format!("the request handler refused the job: {detail}");
+                let reason = Reason::InvalidRequest { detail };
+                return self.dead_letter(ev, job_id, reason).await;
+            }
+        };
         if let Some(h) = hold {
             self.watch_backoff(ev.slot_at, h).await;
         }
@@ -552,7 +530,7 @@ where
             return self.held_back(ev, job_id, left).await;
         }
         match at_slot(ev.slot_at, at, policy) {
-            AtSlot::Call => self.call(ev, job_id, at, policy, hold).await,
+            AtSlot::Call => self.call(ev, &job, job_id, at, policy, hold).await,
             AtSlot::Late { late, reason } => {
                 warn!(late_ms = millis(late), "{reason}");
                 let requeued = self.give_back(ev, &job_id, &reason).await?;
@@ -623,6 +601,7 @@ where
     async fn call(
         &self,
         ev: &JobEvent,
+        job: &Job,
         job_id: String,
         at: Timestamp,
         policy: &JobPolicy,
@@ -630,16 +609,16 @@ where
     ) -> Result<Outcome, WorkerError> {
         // With an idempotency header the API is given the key, an id-less job's too.
         let keyed;
-        let job = if ev.job.id.is_none() && self.config.idempotency_header.is_some() {
+        let sent = if job.id.is_none() && self.config.idempotency_header.is_some() {
             keyed = Job {
                 id: Some(job_id.clone()),
-                ..ev.job.clone()
+                ..job.clone()
             };
             &keyed
         } else {
-            &ev.job
+            job
         };
-        let answer = self.http.call(job).await;
+        let answer = self.http.call(sent).await;
         let now = self.clock.now();
         if let Some(status) = called_status(&answer) {
             self.observe(Observation::Called {
@@ -661,7 +640,28 @@ where
         match decide(&answer, &ev.origin, now, policy) {
             Decision::Done { status } => {
                 if let Ok(response) = &answer {
-                    let result = || ResultPath::succeeded(ev, &job_id, response, (at, now));
+                    // The user's code sees the answer before it is delivered and recorded.
+                    let seen = Answer {
+                        status,
+                        headers: &response.headers,
+                        body: &response.body_start,
+                    };
+                    let body = match self.around.answered(job, seen).await {
+                        Ok(AfterCall::Keep) => None,
+                        Ok(AfterCall::Body(b)) => Some(b),
+                        Ok(AfterCall::Failed(detail)) | Err(HandlerError(detail)) => {
+                            let reason = Reason::HandlerFailed { detail };
+                            return self.dead_letter(ev, job_id, reason).await;
+                        }
+                    };
+                    let result = || {
+                        let mut r = ResultPath::succeeded(ev, &job_id, response, (at, now));
+                        if let Some(b) = &body {
+                            r.set_body(b);
+                            r.body_truncated = false;
+                        }
+                        r
+                    };
                     self.deliver(ev, result).await;
                 }
                 let batch = hold.map(|h| h.key.as_str());
@@ -695,7 +695,8 @@ where
         batch: Option<&str>,
     ) -> Outcome {
         self.rereads.clear();
-        let recorded = self.mark_done(&job_id, batch, now).await;
+        let ttl = self.config.idempotency_ttl;
+        let recorded = records::mark_done(&self.store, ttl, &job_id, batch, now).await;
         if let Some(w) = window {
             let every = self.config.api_window_report;
             self.windows.report_low(&self.store, every, w, now).await;
@@ -967,57 +968,11 @@ where
             message_id: ev.origin.message_id.clone(),
             reason: reason.clone(),
         });
-        self.release_claim(&job_id).await;
+        records::release_claim(&self.store, &job_id).await;
         let now = self.clock.now();
         self.deliver(ev, || ResultPath::dead_lettered(ev, &job_id, &reason, now))
             .await;
         Ok(Outcome::DeadLettered { job_id, reason })
-    }
-
-    /// Marks a job done as soon as it succeeded, trying twice: alone, on its own claim; in a
-    /// batch, by adding it to the batch's done record (a set union, so deliveries of one batch
-    /// never erase each other's jobs), which a later claim of it reads through its claim. A
-    /// crash can then repeat one job's call at most, never the calls a batch made before it,
-    /// and no write is left for after the batch's last call. A failure is logged, not
-    /// returned: the job's fate is already settled, and failing the event would have Lambda
-    /// retry it, which after the claim expires could call the API a second time.
-    async fn mark_done(&self, job_id: &str, batch: Option<&str>, now: Timestamp) -> bool {
-        let ttl = self.config.idempotency_ttl;
-        let mut last = None;
-        for _ in 0..2 {
-            let written = match batch {
-                None => self.store.complete(job_id, now, ttl).await,
-                Some(key) => self.store.complete_batch(key, &[job_id], now, ttl).await,
-            };
-            match written {
-                Ok(()) => return true,
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
-            error!(
-                error = %e,
-                "could not mark the job done: a duplicate delivery after the claim expires \
-                 may call again"
-            );
-        }
-        false
-    }
-
-    /// Drops the claim of a dead-lettered job, trying twice. A failure is logged, not
-    /// returned: the job is already on the dead-letter queue, and the claim expires after
-    /// `CLAIM_TTL_S` (a redrive before then is re-queued until it does).
-    async fn release_claim(&self, job_id: &str) {
-        let mut last = None;
-        for _ in 0..2 {
-            match self.store.abandon(job_id).await {
-                Ok(()) => return,
-                Err(e) => last = Some(e),
-            }
-        }
-        if let Some(e) = last {
-            error!(error = %e, "could not drop the claim of a dead-lettered job: it expires after CLAIM_TTL_S");
-        }
     }
 
     /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt

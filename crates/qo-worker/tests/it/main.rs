@@ -3,6 +3,7 @@
 //! loopback HTTP, redrive, timing, batches), sharing the rig in `support`.
 //! Run one module with `cargo test -p qo-worker --test it timing`.
 
+mod around;
 mod batch;
 mod credential;
 mod events;
