@@ -9,10 +9,14 @@
 //!   built over them), [`function_timeout`].
 //! - `src/bin/orchestrator.rs`: the orchestrator function (the template's `Binary:
 //!   orchestrator`), over DynamoDB, SQS and Lambda.
-//! - `src/bin/worker.rs`: the worker function (`Binary: worker`), over DynamoDB, SQS and the
-//!   API key from Secrets Manager or SSM.
+//! - [`worker`]: the worker function's life ([`worker::run`]), over DynamoDB, SQS, the result
+//!   destinations and the API key from Secrets Manager or SSM, with the user's
+//!   [`qo_worker::AroundCall`]; `src/bin/worker.rs` runs it with the stock one (`Binary:
+//!   worker`), and a user's worker binary with its own (`examples/customer-summary`).
 //! - `tests/`: the binaries started as Lambda starts them (refusals at init, EMF on stdout) and
 //!   the end-to-end run over moto and `cargo lambda watch`.
+
+pub mod worker;
 
 use std::future::Future;
 use std::process::ExitCode;

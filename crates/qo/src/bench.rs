@@ -320,6 +320,7 @@ where
         },
         observer: seen.clone(),
         results: None,
+        around: None,
     })
     .map_err(|e| system_err(&e))?;
     let margin = system.orchestrator_config().stop_margin;

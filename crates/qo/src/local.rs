@@ -399,6 +399,7 @@ where
         },
         observer: collector.clone(),
         results: sink,
+        around: None,
     })?;
 
     if let Some(secs) = args.serve {

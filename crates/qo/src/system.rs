@@ -17,7 +17,7 @@ use qo_core::ports::{
 use qo_core::{Observer, Timestamp, TokioClock, WorkerEvent};
 use qo_memory::{FailureRecord, InvokerOptions, InvokerStats, LocalInvoker, MemoryError};
 use qo_orchestrator::{OrchestratorConfig, OrchestratorError, Ports, RunReport};
-use qo_worker::{HttpCall, Worker, WorkerConfig};
+use qo_worker::{AroundCall, HttpCall, Worker, WorkerConfig};
 
 /// What a [`System`] is built from.
 pub struct Parts<Q, S, H> {
@@ -44,6 +44,9 @@ pub struct Parts<Q, S, H> {
     /// Where the worker delivers jobs' results (to the worker's `destinations`); `None`:
     /// nowhere.
     pub results: Option<Arc<dyn ResultSink>>,
+    /// The user's code around each call (`None`: the stock worker's, which calls each job as
+    /// it is and keeps its answer).
+    pub around: Option<Arc<dyn AroundCall>>,
 }
 
 /// The orchestrator and the worker over shared ports, ready to run.
@@ -75,6 +78,7 @@ where
             invoker,
             observer,
             results,
+            around,
         } = parts;
         orchestrator.circuit = worker.circuit;
         if http.is_empty() {
@@ -97,6 +101,9 @@ where
                 .with_observer(observer.clone());
             if let Some(sink) = &results {
                 built = built.with_result_sink(sink.clone());
+            }
+            if let Some(around) = &around {
+                built = built.with_around(around.clone());
             }
             let worker = Arc::new(built);
             let handler = {

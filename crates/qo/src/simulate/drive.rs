@@ -100,6 +100,7 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
         results: results
             .clone()
             .map(|r| Arc::new(r) as Arc<dyn qo_core::ports::ResultSink>),
+        around: None,
     })?);
 
     let producer = tokio::task::spawn_local(produce(scenario.clone(), queue, clock.clone()));

@@ -138,6 +138,7 @@ fn rig_batched(limit: usize, batch_max_jobs: usize) -> (Rig, Arc<StrictApi>) {
         },
         observer: Arc::new(NoObserver),
         results: None,
+        around: None,
     })
     .expect("system");
     (system, api)
