@@ -720,6 +720,31 @@ PY
     [[ "${h[18]}${h[19]}" == b700 ]] || die "$f is not aarch64 (e_machine 0x${h[19]}${h[18]}, want 0x00b7)"
     ok "$fn: $f: ELF64 LSB aarch64 executable, $(($(wc -c <"$f") / 1024)) KiB"
   done
+
+  # 7. The example worker (examples/customer-summary) with the one change its README names:
+  #    the worker functions' BuildProperties Binary. Only WorkerFunction is built.
+  example_tpl="$(mktemp -d)/template.yaml"
+  sed 's/^        Binary: worker$/        Binary: customer-summary-worker/' template.yaml >"$example_tpl"
+  [[ "$(grep -c 'Binary: customer-summary-worker' "$example_tpl")" == 4 ]] ||
+    die "the example's template change did not reach the four worker functions"
+  t=$SECONDS
+  sam build WorkerFunction --beta-features --template-file "$example_tpl" --base-dir . \
+    --build-dir .aws-sam/example-build --parameter-overrides ApiBaseUrl=https://api.example.com
+  dir="$("$VENV/bin/python3" - <<'PY'
+import sys
+from cfnlint.decode import decode
+tpl, errors = decode(".aws-sam/example-build/template.yaml")
+if errors:
+    sys.exit(f"sam.sh: ERROR: .aws-sam/example-build/template.yaml: {errors}")
+print(tpl["Resources"]["WorkerFunction"]["Properties"]["CodeUri"])
+PY
+)" || die "WorkerFunction is not in .aws-sam/example-build/template.yaml"
+  f=".aws-sam/example-build/$dir/bootstrap"
+  [[ -x "$f" ]] || die "$f was not produced"
+  read -r -a h <<<"$(od -An -tx1 -N20 -v "$f" | tr '\n' ' ')"
+  [[ "${h[18]}${h[19]}" == b700 ]] || die "$f is not aarch64"
+  ok "example worker: sam build WorkerFunction with Binary customer-summary-worker in $((SECONDS - t)) s"
+  CHECKED+=("sam build of the example worker (examples/customer-summary)")
 fi
 
 say "all checks passed in $((SECONDS - start)) s:"
