@@ -352,6 +352,51 @@ impl JobResult {
         }
     }
 
+    /// The failure result of a message the orchestrator refused before its slot (a job out of
+    /// bounds, a path that escapes the base URL), when the body still names a destination it
+    /// can reach (`reply_to`, else the default): whoever waits hears back. `None` when the body
+    /// is not a JSON object or names no destination the stack declares.
+    pub fn of_refused(
+        body: &str,
+        message_id: &str,
+        destinations: &Destinations,
+        reason: &str,
+        at: Timestamp,
+    ) -> Option<(JobResult, Destination)> {
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        let obj = value.as_object()?;
+        let to = match obj.get("reply_to") {
+            Some(name) => destinations.get(name.as_str()?)?,
+            None => destinations
+                .default
+                .and_then(|i| destinations.list.get(i))?,
+        };
+        let job_id = obj
+            .get("id")
+            .and_then(serde_json::Value::as_str)
+            .filter(|id| id.len() <= crate::job::MAX_JOB_ID_BYTES)
+            .unwrap_or(message_id)
+            .to_string();
+        let result = JobResult {
+            result_id: JobResult::id_of(&job_id, ResultOutcome::DeadLettered),
+            job_id,
+            meta: obj.get("meta").filter(|m| m.is_object()).cloned(),
+            destination: Some(to.name.clone()),
+            outcome: ResultOutcome::DeadLettered,
+            status: None,
+            reason: Some(reason.to_string()),
+            headers: BTreeMap::new(),
+            body: None,
+            body_encoding: None,
+            body_location: None,
+            body_truncated: false,
+            times: ResultTimes::of(None, None, None, Some(at)),
+            attempts: 0,
+            throttled: 0,
+        };
+        Some((result, to.clone()))
+    }
+
     /// Sets the body from the bytes the API sent: text when they are UTF-8, else base64.
     pub fn set_body(&mut self, bytes: &[u8]) {
         match std::str::from_utf8(bytes) {
@@ -486,6 +531,40 @@ mod tests {
             .expect("a job with reply_to and meta");
         assert_eq!(ok.reply_to.as_deref(), Some("orders"));
         assert_eq!(ok.meta, Some(serde_json::json!({"order": 42})));
+    }
+
+    #[test]
+    fn a_refused_message_tells_its_destination_when_it_names_one() {
+        let d = Destinations::parse(QUEUE, "").expect("list");
+        let at = Timestamp::from_secs(1);
+        let refused = |body: &str, d: &Destinations| {
+            JobResult::of_refused(body, "m-1", d, "job path `/../x` has a `..` segment", at)
+        };
+        let (r, to) = refused(
+            r#"{"id":"j","path":"/../x","reply_to":"orders","meta":{"t":1}}"#,
+            &d,
+        )
+        .expect("a result");
+        assert_eq!(to.name, "orders");
+        assert_eq!(
+            (r.result_id.as_str(), r.outcome, r.meta.clone()),
+            (
+                "j:dead_lettered",
+                ResultOutcome::DeadLettered,
+                Some(serde_json::json!({"t": 1}))
+            )
+        );
+        assert!(r.reason.as_deref().is_some_and(|x| x.contains("..")));
+        // No reply_to and no default, an unknown one, or not JSON: nobody to tell.
+        assert!(refused(r#"{"path":"/../x"}"#, &d).is_none());
+        assert!(refused(r#"{"path":"/x","reply_to":"payments"}"#, &d).is_none());
+        assert!(refused("not json", &d).is_none());
+        // The default, and the message id for an id too long to be a key.
+        let with_default = Destinations::parse(QUEUE, "orders").expect("list");
+        let long = "k".repeat(3_000);
+        let (r, _) = refused(&format!(r#"{{"id":"{long}","path":"/x"}}"#), &with_default)
+            .expect("to the default");
+        assert_eq!(r.job_id, "m-1");
     }
 
     #[test]

@@ -963,18 +963,40 @@ where
             return;
         };
         info!(job_id = %result.job_id, "a dead-lettered result: handed to the worker to deliver again");
+        let origin = m.origin.clone();
+        self.hand_over(result, origin, vec![m]);
+    }
+
+    /// Tells whoever waits on a refused message's destination that it was refused: its
+    /// failure result, handed to the worker to deliver (no slot, no call).
+    fn tell_refused(&mut self, m: &Message, reason: &qo_core::Reason) {
+        let now = self.ports.clock.now();
+        let destinations = &self.config.destinations;
+        let (id, text) = (&m.origin.message_id, reason.to_string());
+        if let Some((result, _)) =
+            qo_core::result::JobResult::of_refused(&m.body, id, destinations, &text, now)
+        {
+            self.hand_over(result, m.origin.clone(), Vec::new());
+        }
+    }
+
+    /// Invokes the worker with `result` to deliver; `messages` are deleted once Lambda
+    /// accepts the event (released if it refuses), as a job's are.
+    fn hand_over(
+        &mut self,
+        result: qo_core::result::JobResult,
+        origin: qo_core::Origin,
+        messages: Vec<Message>,
+    ) {
         let function = self.pool.health_check_function(1).to_string();
-        let event = WorkerEvent::Deliver(qo_core::job::DeliverEvent {
-            result,
-            origin: m.origin.clone(),
-        });
+        let span = info_span!("deliver", job_id = %result.job_id);
+        let event = WorkerEvent::Deliver(qo_core::job::DeliverEvent { result, origin });
         self.report.invocations += 1;
         let invoker = self.ports.invoker;
-        let span = info_span!("redeliver", message_id = %m.origin.message_id);
         self.in_flight.push(Box::pin(
             async move {
                 let result = invoker.invoke_on(&function, &event).await;
-                (vec![m], result)
+                (messages, result)
             }
             .instrument(span),
         ));
@@ -1008,6 +1030,7 @@ where
                             origin: m.origin.clone(),
                         })
                         .await?;
+                    self.tell_refused(&m, &reason);
                     self.ports.observer.observe(Observation::DeadLettered {
                         message_id: m.origin.message_id.clone(),
                         reason,

@@ -131,12 +131,17 @@ async fn a_job_naming_an_unknown_destination_is_dead_lettered_before_its_slot() 
     let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
     h.queue.send(r#"{"path":"/a","reply_to":"payments"}"#);
     h.queue.send(r#"{"path":"/b","reply_to":"orders"}"#);
+    // Refused for its path, but its destination is known: its failure result goes there.
+    h.queue
+        .send(r#"{"id":"bad-1","path":"/../admin","reply_to":"orders"}"#);
     let mut c = config("10/s");
     c.destinations =
         qo_core::result::Destinations::parse("arn:aws:sqs:us-east-1:123456789012:orders", "")
             .expect("destinations");
     let report = h.run_for(&c, Duration::from_secs(10)).await;
-    assert_eq!((report.dead_lettered, report.dispatched), (1, 1));
+    assert_eq!((report.dead_lettered, report.dispatched), (2, 1));
+    // Whoever waits on `orders` hears of the refused job; nobody can on `payments`.
+    assert_eq!(*h.redelivered.lock().expect("lock"), ["bad-1"]);
     let dead = h.queue.dead_letters();
     assert!(
         dead[0]
