@@ -27,6 +27,17 @@ use crate::outcome::Outcome;
 /// Tries of one delivery before the result is dead-lettered.
 pub const DELIVERY_ATTEMPTS: u32 = 3;
 
+/// Times a result the destination keeps refusing is re-queued for a later delivery (after
+/// [`requeue_delay`]) before it is dead-lettered: a destination down for about half an hour
+/// still gets it.
+pub const RESULT_REQUEUES: u32 = 5;
+
+/// How long a result re-queued for the `attempt`th time (from 0) waits: 60 s doubling, at most
+/// SQS's 900 s (60, 120, 240, 480, 900: about 30 minutes in all).
+pub fn requeue_delay(attempt: u32) -> Duration {
+    Duration::from_secs(60u64.saturating_mul(1 << attempt.min(4))).min(Duration::from_secs(900))
+}
+
 /// The pause before each retry of a delivery.
 pub const DELIVERY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 
@@ -122,6 +133,28 @@ impl ResultPath {
                 budget.as_millis()
             ),
         };
+        // Kept and tried again later: re-queued (the orchestrator hands it back to the worker,
+        // no slot, no call), [`RESULT_REQUEUES`] times; then dead-lettered.
+        if origin.attempt < RESULT_REQUEUES {
+            let delay = requeue_delay(origin.attempt);
+            let next = Origin {
+                attempt: origin.attempt + 1,
+                ..origin.clone()
+            };
+            match sink.requeue(&result.to_json(), &next, delay).await {
+                Ok(()) => {
+                    warn!(
+                        destination = %to.name,
+                        delay_s = delay.as_secs(),
+                        requeues = next.attempt,
+                        error = %detail,
+                        "result not delivered: re-queued for a later delivery"
+                    );
+                    return false;
+                }
+                Err(e) => warn!(error = %e, "the result could not be re-queued: dead-lettered"),
+            }
+        }
         let reason = Reason::ResultUndelivered {
             destination: to.name.clone(),
             detail,

@@ -1137,7 +1137,12 @@ where
         if let Some(to) = path.destination(ev) {
             let observer = self.observer.as_ref();
             let budget = self.config.result_budget;
-            let origin = &ev.origin;
+            // A result's own deliveries count from 0, whatever the job's attempts were.
+            let origin = &qo_core::Origin {
+                attempt: 0,
+                throttled: 0,
+                ..ev.origin.clone()
+            };
             path.deliver(
                 to,
                 result(),

@@ -100,25 +100,41 @@ async fn a_refused_delivery_is_retried_and_the_api_called_once() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_result_the_destination_keeps_refusing_goes_to_the_dead_letter_queue() {
+async fn a_result_the_destination_keeps_refusing_is_requeued_then_dead_lettered() {
     let (r, http, results) = results_rig(ok_answer(), "orders");
-    results.refuse_next(100);
+    results.refuse_next(1_000);
     let out = r
         .handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
         .await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     assert!(results.delivered().is_empty());
+    // The job is done at once: a second delivery of its event calls nothing.
+    assert!(r.store.is_done("j").await.expect("read"));
+    r.handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    assert_eq!(http.calls().len(), 1);
+    // The result is kept on the queue and handed back (as the orchestrator does) after each
+    // delay: 60 s doubling to 900 s, five times; then it is dead-lettered, with itself inside.
+    let mut delays: Vec<u64> = Vec::new();
+    while r.sink.requeues().len() > delays.len() {
+        let last = r.sink.requeues().last().cloned().expect("a re-queue");
+        delays.push(last.delay.as_secs());
+        let kept: JobResult = serde_json::from_str(&last.body).expect("the result");
+        assert_eq!(kept.destination.as_deref(), Some("orders"));
+        r.handle(qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
+            result: kept,
+            origin: last.origin.clone(),
+        }))
+        .await;
+    }
+    assert_eq!(delays, [60, 120, 240, 480, 900]);
     let dead = r.sink.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].reason.kind(), ReasonKind::ResultUndelivered);
     let kept: JobResult = serde_json::from_str(&dead[0].body).expect("the body is the result");
     assert_eq!(kept.result_id, "j:succeeded");
     assert_eq!(kept.body.as_deref(), Some(r#"{"customer":42}"#));
-    // The job is done: a second delivery of its event calls nothing.
-    assert!(r.store.is_done("j").await.expect("read"));
-    r.handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
-        .await;
-    assert_eq!(http.calls().len(), 1);
+    assert_eq!(http.calls().len(), 1, "the API was called once throughout");
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,7 +207,7 @@ impl qo_core::ports::ResultSink for Hangs {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_destination_that_never_answers_costs_one_sdk_call_s_time_then_a_dead_letter() {
+async fn a_destination_that_never_answers_costs_one_sdk_call_s_time_then_a_requeue() {
     let (mut r, http, _) = results_rig(ok_answer(), "orders");
     r.worker = r.worker.with_result_sink(Arc::new(Hangs));
     let budget = r.worker.config().result_budget;
@@ -206,29 +222,23 @@ async fn a_destination_that_never_answers_costs_one_sdk_call_s_time_then_a_dead_
         .await;
     assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
     assert_eq!(r.clock.now().since(began), budget, "given up at the budget");
-    let dead = r.sink.dead_letters();
-    assert_eq!(dead[0].reason.kind(), ReasonKind::ResultUndelivered);
-    assert!(
-        dead[0]
-            .reason
-            .to_string()
-            .contains("no answer within 24000 ms")
-    );
+    let requeued = r.sink.requeues();
+    assert_eq!(requeued.len(), 1, "kept for a later delivery");
+    assert_eq!(requeued[0].delay, std::time::Duration::from_secs(60));
     assert_eq!(http.calls().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_dead_lettered_result_brought_back_is_delivered_without_a_call() {
-    // The destination refuses: the result is dead-lettered, and names its destination.
+async fn a_kept_result_handed_back_is_delivered_without_a_call() {
+    // The destination refuses: the result is kept on the queue, and names its destination.
     let (r, http, results) = results_rig(ok_answer(), "orders");
-    results.refuse_next(100);
+    results.refuse_next(3);
     r.handle(job(r#"{"id":"j","path":"/x"}"#, "m-1", T0, 0))
         .await;
-    let dead = r.sink.dead_letters();
+    let dead = r.sink.requeues();
     let kept: JobResult = serde_json::from_str(&dead[0].body).expect("the result");
     assert_eq!(kept.destination.as_deref(), Some("orders"));
-    // The destination recovers; `qo redrive` brings the result back and the orchestrator
-    // hands it to the worker.
+    // The destination recovers; the orchestrator receives the result and hands it back.
     results.refuse_next(0);
     let event = qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
         result: kept.clone(),
@@ -266,9 +276,9 @@ async fn a_dead_lettered_result_brought_back_is_delivered_without_a_call() {
         "{out:?}"
     );
     let again = r.sink.dead_letters();
-    assert_eq!(again.len(), 2);
+    assert_eq!(again.len(), 1);
     assert!(
-        again[1]
+        again[0]
             .reason
             .to_string()
             .contains("not one of the stack's result destinations")

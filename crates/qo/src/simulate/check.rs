@@ -47,7 +47,8 @@ pub struct History {
     pub unrecorded: Vec<Unrecorded>,
     /// Whether jobs' results went to a destination.
     pub results_on: bool,
-    /// Every result delivered or dead-lettered undelivered: the job and its outcome.
+    /// Every result delivered, dead-lettered undelivered, or kept on a queue for a later
+    /// delivery: the job and its outcome.
     pub results: Vec<(usize, qo_core::result::ResultOutcome)>,
 }
 

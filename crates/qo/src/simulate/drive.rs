@@ -119,8 +119,19 @@ pub async fn run(scenario: &Scenario) -> Result<(History, Struck), Box<dyn std::
             .dead_letters()
             .into_iter()
             .filter_map(|d| serde_json::from_str::<qo_core::result::JobResult>(&d.body).ok());
+        // A result kept on a queue for a later delivery is heard back once it is delivered;
+        // at the end it still counts as kept.
+        let kept: Vec<_> = system
+            .queue()
+            .messages()
+            .into_iter()
+            .filter_map(|(_, body, _)| {
+                serde_json::from_str::<qo_core::result::JobResult>(&body).ok()
+            })
+            .collect();
         history.results = delivered
             .chain(dead_lettered)
+            .chain(kept)
             .filter_map(|r| Some((*history.keys.get(&r.job_id)?, r.outcome)))
             .collect();
     }
