@@ -344,6 +344,28 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// The result of job `job_id` ending as `outcome`, with nothing else known yet: no status,
+    /// headers, body, times or counts.
+    pub fn new(job_id: &str, outcome: ResultOutcome) -> JobResult {
+        JobResult {
+            result_id: JobResult::id_of(job_id, outcome),
+            job_id: job_id.to_string(),
+            meta: None,
+            destination: None,
+            outcome,
+            status: None,
+            reason: None,
+            headers: BTreeMap::new(),
+            body: None,
+            body_encoding: None,
+            body_location: None,
+            body_truncated: false,
+            times: ResultTimes::default(),
+            attempts: 0,
+            throttled: 0,
+        }
+    }
+
     /// The result id of a job's outcome.
     pub fn id_of(job_id: &str, outcome: ResultOutcome) -> String {
         match outcome {
@@ -378,21 +400,11 @@ impl JobResult {
             .unwrap_or(message_id)
             .to_string();
         let result = JobResult {
-            result_id: JobResult::id_of(&job_id, ResultOutcome::DeadLettered),
-            job_id,
             meta: obj.get("meta").filter(|m| m.is_object()).cloned(),
             destination: Some(to.name.clone()),
-            outcome: ResultOutcome::DeadLettered,
-            status: None,
             reason: Some(reason.to_string()),
-            headers: BTreeMap::new(),
-            body: None,
-            body_encoding: None,
-            body_location: None,
-            body_truncated: false,
             times: ResultTimes::of(None, None, None, Some(at)),
-            attempts: 0,
-            throttled: 0,
+            ..JobResult::new(&job_id, ResultOutcome::DeadLettered)
         };
         Some((result, to.clone()))
     }
@@ -570,21 +582,8 @@ mod tests {
     #[test]
     fn bodies_are_text_or_base64() {
         let mut r = JobResult {
-            result_id: JobResult::id_of("j", ResultOutcome::Succeeded),
-            job_id: "j".into(),
-            meta: None,
-            destination: None,
-            outcome: ResultOutcome::Succeeded,
             status: Some(200),
-            reason: None,
-            headers: BTreeMap::new(),
-            body: None,
-            body_encoding: None,
-            body_location: None,
-            body_truncated: false,
-            times: ResultTimes::default(),
-            attempts: 0,
-            throttled: 0,
+            ..JobResult::new("j", ResultOutcome::Succeeded)
         };
         r.set_body("{\"n\":1}".as_bytes());
         assert_eq!(

@@ -124,25 +124,13 @@ impl ResultSink for MemoryResults {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qo_core::result::{Destinations, ResultOutcome, ResultTimes};
+    use qo_core::result::{Destinations, ResultOutcome};
 
     fn result(body: &str) -> JobResult {
         JobResult {
-            result_id: "j:succeeded".into(),
-            job_id: "j".into(),
-            meta: None,
-            destination: None,
-            outcome: ResultOutcome::Succeeded,
             status: Some(200),
-            reason: None,
-            headers: BTreeMap::new(),
             body: Some(body.to_string()),
-            body_encoding: None,
-            body_location: None,
-            body_truncated: false,
-            times: ResultTimes::default(),
-            attempts: 0,
-            throttled: 0,
+            ..JobResult::new("j", ResultOutcome::Succeeded)
         }
     }
 

@@ -210,18 +210,7 @@ impl ResultPath {
 /// A result's common part.
 fn base(ev: &JobEvent, job_id: &str, outcome: ResultOutcome, answered: Timestamp) -> JobResult {
     JobResult {
-        result_id: JobResult::id_of(job_id, outcome),
-        job_id: job_id.to_string(),
         meta: ev.job.meta.clone(),
-        destination: None,
-        outcome,
-        status: None,
-        reason: None,
-        headers: BTreeMap::new(),
-        body: None,
-        body_encoding: None,
-        body_location: None,
-        body_truncated: false,
         times: ResultTimes::of(
             ev.origin.enqueued_at,
             Some(ev.slot_at),
@@ -230,6 +219,7 @@ fn base(ev: &JobEvent, job_id: &str, outcome: ResultOutcome, answered: Timestamp
         ),
         attempts: ev.origin.attempt,
         throttled: ev.origin.throttled,
+        ..JobResult::new(job_id, outcome)
     }
 }
 

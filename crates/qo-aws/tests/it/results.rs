@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use aws_sdk_sqs::types::QueueAttributeName;
 use qo_aws::AwsResults;
 use qo_core::ports::ResultSink;
-use qo_core::result::{Destinations, JobResult, ResultOutcome, ResultTimes};
+use qo_core::result::{Destinations, JobResult, ResultOutcome};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,21 +20,9 @@ const REGION: &str = "us-east-1";
 
 fn result(job_id: &str, body: &str) -> JobResult {
     let mut r = JobResult {
-        result_id: JobResult::id_of(job_id, ResultOutcome::Succeeded),
-        job_id: job_id.to_string(),
         meta: Some(serde_json::json!({"order": 42})),
-        destination: None,
-        outcome: ResultOutcome::Succeeded,
         status: Some(200),
-        reason: None,
-        headers: BTreeMap::new(),
-        body: None,
-        body_encoding: None,
-        body_location: None,
-        body_truncated: false,
-        times: ResultTimes::default(),
-        attempts: 0,
-        throttled: 0,
+        ..JobResult::new(job_id, ResultOutcome::Succeeded)
     };
     r.set_body(body.as_bytes());
     r
