@@ -10,6 +10,25 @@ use crate::process::{Supervised, port_for, service_dir};
 use crate::{ServiceError, http_get_status, tool};
 
 const TOOL: &str = "moto_server";
+/// Runs moto's server with each DynamoDB request done under one lock.
+///
+/// moto's server is threaded and its DynamoDB backend checks a condition and then writes
+/// without a lock, so two concurrent conditional puts on one item can both succeed. DynamoDB
+/// itself applies each write to an item atomically, so the tests see that behaviour, not
+/// moto's. SQS is left concurrent: a long poll must not block other requests.
+const ATOMIC_DYNAMODB: &str = r#"
+import sys, threading
+from moto.dynamodb.responses import DynamoHandler
+_lock = threading.Lock()
+_call_action = DynamoHandler.call_action
+def call_action(self):
+    with _lock:
+        return _call_action(self)
+DynamoHandler.call_action = call_action
+from moto.server import main
+sys.argv[0] = "moto_server"
+sys.exit(main())
+"#;
 /// How long moto gets to answer (it starts in about 2 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts tried when the server exits early (for instance: its port was taken meanwhile).
@@ -60,7 +79,7 @@ impl MotoServer {
     async fn start_once(exe: &Path) -> Result<MotoServer, ServiceError> {
         let dir = service_dir(TOOL)?;
         let port = port_for(TOOL)?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = server_command(exe);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // Unbuffered, so the log shows what happened before a crash.
             .env("PYTHONUNBUFFERED", "1");
@@ -93,5 +112,18 @@ impl MotoServer {
     /// The server's log file (removed when the handle is dropped).
     pub fn log_path(&self) -> &Path {
         self.proc.log_path()
+    }
+}
+
+/// `python3 -c ATOMIC_DYNAMODB` with the interpreter beside `moto_server` (a virtualenv's),
+/// or `moto_server` itself when there is none.
+fn server_command(exe: &Path) -> Command {
+    match exe.parent().map(|d| d.join("python3")) {
+        Some(python) if python.is_file() => {
+            let mut cmd = Command::new(python);
+            cmd.args(["-c", ATOMIC_DYNAMODB]);
+            cmd
+        }
+        _ => Command::new(exe),
     }
 }

@@ -430,7 +430,7 @@ async fn concurrent_takes_have_one_winner() {
     let s = Arc::new(store(&config).await);
     let ttl = Duration::from_secs(30);
     let mut tasks = Vec::new();
-    for i in 0..4 {
+    for i in 0..16 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             s.take(&format!("o{i}"), T0, ttl).await
