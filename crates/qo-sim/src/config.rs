@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use qo_core::QuotaSpec;
 
-use crate::{LimitSchedule, SimError};
+use crate::{LimitSchedule, Limiter, SimError};
 
 /// Which rate-limit headers the API sends on its 2xx and 429 answers, describing the tightest
 /// tier in force ([`crate::enforce::tightest_tier`]; see [`crate::WindowView`]).
@@ -69,6 +69,12 @@ pub struct SimConfig {
     /// The limit the simulator enforces instead of `quota`, and when it changes (a shared key,
     /// a misdocumented limit); `None`: the quota.
     pub limit: Option<LimitSchedule>,
+    /// How the API counts each rolling tier of the limit: a sliding log (the default), fixed
+    /// windows, a token bucket or GCRA ([`crate::limiter`]).
+    pub limiter: Limiter,
+    /// Whether a 429 carries `Retry-After` (whole seconds, rounded up). Many leaky buckets
+    /// (nginx `limit_req`) send none.
+    pub retry_after: bool,
     /// Calls per second another client on the same key takes out of the enforced limit
     /// (evenly spaced, ahead of ours when a window is full; see [`crate::enforce`]); 0: none.
     pub other_client_rate_per_s: f64,
@@ -97,6 +103,8 @@ impl SimConfig {
         SimConfig {
             quota,
             limit: None,
+            limiter: Limiter::SlidingLog,
+            retry_after: true,
             other_client_rate_per_s: 0.0,
             headers: HeaderScheme::None,
             fail_rate: 0.0,

@@ -24,6 +24,7 @@ use qo_core::quota::{Period, Tier, WindowKind};
 use qo_core::{QuotaSpec, Timestamp};
 
 use crate::calendar::{next_start, period_start};
+use crate::limiter::{Limiter, Meter};
 use crate::schedule::LimitSchedule;
 
 /// The answer to one call.
@@ -110,6 +111,11 @@ pub struct Enforcer {
     other_admitted: Vec<Timestamp>,
     /// The latest instant decided on: time never goes back.
     last: Option<Timestamp>,
+    /// How rolling tiers are counted.
+    limiter: Limiter,
+    /// Per rolling period, its meter under a bucket or fixed-window limiter (kept across
+    /// changes of the limit).
+    meters: Vec<(Duration, Meter)>,
 }
 
 fn limit(t: &Tier) -> usize {
@@ -178,6 +184,8 @@ impl Enforcer {
             other: None,
             other_admitted: Vec::new(),
             last: None,
+            limiter: Limiter::SlidingLog,
+            meters: Vec::new(),
         };
         e.switch_to(0);
         e
@@ -193,6 +201,19 @@ impl Enforcer {
             dropped: 0,
         });
         self
+    }
+
+    /// Counts rolling tiers as `limiter` does (see [`crate::limiter`]); the default is the
+    /// sliding log.
+    pub fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
+        self.meters.clear();
+        self
+    }
+
+    /// How rolling tiers are counted.
+    pub fn limiter(&self) -> Limiter {
+        self.limiter
     }
 
     /// The spec in force (after the last instant decided on).
@@ -259,6 +280,10 @@ impl Enforcer {
         }
         let mut wait = Duration::ZERO;
         for &(limit, period) in &self.rolling {
+            if let Some(meter) = meter_for(&mut self.meters, self.limiter, period) {
+                wait = wait.max(meter.wait(self.limiter, limit as u64, period, now));
+                continue;
+            }
             // In the window iff t > now - period, i.e. now - t < period.
             let first_in = self.log.partition_point(|&t| now.since(t) >= period);
             let in_window = self.log.len() - first_in;
@@ -290,6 +315,11 @@ impl Enforcer {
     fn count(&mut self, now: Timestamp) {
         if self.keep_log {
             self.log.push_back(now);
+        }
+        for &(limit, period) in &self.rolling {
+            if let Some(meter) = meter_for(&mut self.meters, self.limiter, period) {
+                meter.count(limit as u64, period, now);
+            }
         }
         for c in &mut self.calendar {
             c.count += 1;
@@ -396,6 +426,18 @@ impl Enforcer {
         let tier = tightest_tier(self.spec_in_force());
         let limit = u64::from(tier.limit.get());
         let period = tier.period.duration();
+        let meter = (tier.window == WindowKind::Rolling)
+            .then(|| self.meters.iter().find(|(p, _)| *p == period))
+            .flatten()
+            .map(|(_, m)| *m)
+            .or_else(|| {
+                (tier.window == WindowKind::Rolling)
+                    .then(|| Meter::new(self.limiter))
+                    .flatten()
+            });
+        if let Some(m) = meter {
+            return m.view(self.limiter, limit, period, t);
+        }
         match tier.window {
             WindowKind::Rolling => {
                 let first_in = self.log.partition_point(|&e| t.since(e) >= period);
@@ -427,6 +469,23 @@ impl Enforcer {
             }
         }
     }
+}
+
+/// The meter of the rolling tier of `period` under `limiter`, made on first use; `None` for
+/// the sliding log (which counts on the log).
+fn meter_for(
+    meters: &mut Vec<(Duration, Meter)>,
+    limiter: Limiter,
+    period: Duration,
+) -> Option<&mut Meter> {
+    let i = match meters.iter().position(|(p, _)| *p == period) {
+        Some(i) => i,
+        None => {
+            meters.push((period, Meter::new(limiter)?));
+            meters.len() - 1
+        }
+    };
+    meters.get_mut(i).map(|(_, m)| m)
 }
 
 /// `Retry-After` in whole seconds: the wait rounded up, at least 1.

@@ -24,6 +24,8 @@
 //! - [`schedule`]: [`LimitSchedule`], the limit enforced and when it changes (`20/s;10/s@30`).
 //! - [`enforce`]: [`Enforcer`], the pure admission decision per tier (rolling and calendar),
 //!   and the [`WindowView`] the headers report.
+//! - [`limiter`]: [`Limiter`], how the API counts a rolling tier (sliding log, fixed window,
+//!   token bucket, GCRA), and each tier's meter.
 //! - [`calendar`]: UTC calendar periods, computed independently of the pacer's arithmetic.
 //! - [`window`]: [`max_in_window`] and [`max_in_calendar_period`] over a log of call times.
 //! - [`record`]: [`CallRecord`] and [`SimStats`].
@@ -34,6 +36,7 @@ pub mod calendar;
 pub mod config;
 pub mod enforce;
 pub mod error;
+pub mod limiter;
 pub mod record;
 pub mod schedule;
 pub mod server;
@@ -42,6 +45,7 @@ pub mod window;
 pub use config::{HeaderScheme, SimConfig};
 pub use enforce::{Admission, Enforcer, WindowView};
 pub use error::SimError;
+pub use limiter::Limiter;
 pub use record::{CallKind, CallRecord, InForce, SimStats};
 pub use schedule::{LimitSchedule, ScheduleError};
 pub use server::{HEALTH_PATH, SimServer};

@@ -7,8 +7,9 @@
 //!   handling. Not an API call: it is neither counted nor subject to quota, faults or auth.
 //! - any other `/_sim/...` path: 404, not an API call.
 //! - everything else is an API call, decided in this order at its arrival time: the outage
-//!   (503), the key (401), a simulated failure at `fail_rate` (500), the quota (429 with
-//!   `Retry-After`, or 200 echoing the request).
+//!   (503), the key (401), a simulated failure at `fail_rate` (500), the quota (429, with
+//!   `Retry-After` unless [`SimConfig::retry_after`] is off, or 200 echoing the request),
+//!   counted as [`SimConfig::limiter`] says.
 //!
 //! The limit enforced is [`SimConfig::enforced`]: the quota, or a [`crate::LimitSchedule`]
 //! whose seconds count from the server's start; another client on the key
@@ -171,7 +172,7 @@ impl Shared {
             && !inner.ledger.records.iter().any(|r| r.kind == CallKind::Api)
         {
             inner.enforcer.advance(now);
-            (CallKind::Api, throttled(wait))
+            (CallKind::Api, throttled(wait, true))
         } else if inner.rng.random::<f64>() < self.config.fail_rate {
             (
                 CallKind::Api,
@@ -184,7 +185,7 @@ impl Shared {
                     let own = inner
                         .sources
                         .entry(source)
-                        .or_insert_with(|| Enforcer::new(own));
+                        .or_insert_with(|| Enforcer::new(own).with_limiter(self.config.limiter));
                     inner.enforcer.admit_with(own, now)
                 }
             };
@@ -204,7 +205,9 @@ impl Shared {
                     )
                         .into_response()
                 }
-                Admission::Throttled { retry_after } => throttled(retry_after),
+                Admission::Throttled { retry_after } => {
+                    throttled(retry_after, self.config.retry_after)
+                }
             };
             (CallKind::Api, r)
         };
@@ -352,6 +355,7 @@ impl SimServer {
             clock,
             inner: Mutex::new(Inner {
                 enforcer: Enforcer::scheduled(limit.clone(), start)
+                    .with_limiter(config.limiter)
                     .with_other_client(config.other_client_rate_per_s),
                 sources: HashMap::new(),
                 rng: StdRng::seed_from_u64(config.seed),
@@ -487,14 +491,16 @@ fn rate_limit_headers(scheme: HeaderScheme, view: &WindowView, headers: &mut Hea
     }
 }
 
-/// A 429 with `Retry-After` in whole seconds (rounded up, at least 1).
-fn throttled(retry_after: Duration) -> Response {
+/// A 429, with `Retry-After` in whole seconds (rounded up, at least 1) when `header`.
+fn throttled(retry_after: Duration, header: bool) -> Response {
     let secs = retry_after_secs(retry_after);
     let mut r = (
         StatusCode::TOO_MANY_REQUESTS,
         Json(json!({"error": "quota exceeded", "retry_after_s": secs})),
     )
         .into_response();
-    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    if header {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
     r
 }

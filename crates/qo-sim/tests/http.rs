@@ -549,3 +549,37 @@ async fn another_client_on_the_key_uses_part_of_the_limit() {
     assert!(s.max_for("20/s").expect("tier") <= 15, "{s:?}");
     sim.shutdown().await;
 }
+
+/// A leaky bucket without `Retry-After`, as nginx `limit_req` answers: a burst gets the
+/// bucket's capacity (burst + 1), the rest 429s that say nothing of when to come back.
+#[tokio::test]
+async fn a_gcra_limiter_without_retry_after_takes_its_burst_and_says_nothing() {
+    let sim = SimServer::start(SimConfig {
+        limiter: qo_sim::Limiter::Gcra { burst: 2 },
+        retry_after: false,
+        ..config("15/s")
+    })
+    .await
+    .expect("start");
+    let c = reqwest::Client::new();
+    let calls = (0..6).map(|i| get(&c, format!("{}/items/{i}", sim.url())));
+    let answers = futures::future::join_all(calls).await;
+    let spread = {
+        let r = sim.records();
+        r.last().expect("records").at - r[0].at
+    };
+    assert!(
+        spread < Duration::from_millis(60),
+        "burst too slow to test: {spread:?}"
+    );
+    let ok = answers
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    assert_eq!(ok, 3, "a burst of 2 takes 3 at once");
+    for r in answers.iter().filter(|r| r.status() != StatusCode::OK) {
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(r.headers().get("retry-after").is_none());
+    }
+    sim.shutdown().await;
+}

@@ -94,6 +94,13 @@ pub struct BenchArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Instead of the rate steps: run each limiter kind, with and without `Retry-After`,
+    /// through the limit scenarios on a virtual clock, and print the share of the real limit
+    /// reached and the share of 429s ([`crate::limiters`]).
+    #[arg(long)]
+    limiters: bool,
+    #[command(flatten)]
+    matrix: crate::limiters::LimitersArgs,
 }
 
 /// Why the bench could not run.
@@ -171,6 +178,21 @@ pub struct BenchReport {
 
 /// Runs the bench and prints its report.
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.limiters {
+        let matrix = args.matrix.clone();
+        let cells = tokio::task::spawn_blocking(move || crate::limiters::run_matrix(&matrix))
+            .await?
+            .map_err(BenchError::System)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&cells)?);
+        } else {
+            print!("{}", crate::limiters::table(&cells));
+        }
+        if cells.iter().any(|c| !c.met) {
+            return Err("some cells miss their targets (marked `!`)".into());
+        }
+        return Ok(());
+    }
     let report = bench(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

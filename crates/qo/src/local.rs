@@ -22,7 +22,7 @@ use qo_memory::{
     InvokerOptions, MemoryQueue, MemoryResults, MemoryStore, QueueOptions, SqsRequests,
 };
 use qo_orchestrator::{OrchestratorConfig, StopReason};
-use qo_sim::{HeaderScheme, LimitSchedule, SimConfig, SimServer};
+use qo_sim::{HeaderScheme, LimitSchedule, Limiter, SimConfig, SimServer};
 use qo_worker::{ApiClient, WorkerConfig};
 
 #[cfg(feature = "aws")]
@@ -58,6 +58,16 @@ pub struct LocalArgs {
     /// RateLimit).
     #[arg(long, default_value = "none", conflicts_with = "api_url")]
     api_headers: HeaderScheme,
+    /// Built-in API: how it counts each rolling tier of its limit: `sliding-log` (a strict
+    /// rolling window), `fixed-window` (windows that reset on whole seconds or minutes),
+    /// `token-bucket[:CAPACITY]` (API Gateway, Stripe; capacity default the limit) or
+    /// `gcra[:BURST]` (a leaky bucket: nginx `limit_req`, Envoy, Kong; burst default 0).
+    #[arg(long, default_value = "sliding-log", conflicts_with = "api_url")]
+    api_limiter: Limiter,
+    /// Built-in API: whether its 429s carry `Retry-After` (`false`: as many leaky buckets,
+    /// they say nothing of when to come back).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, conflicts_with = "api_url")]
+    api_retry_after: bool,
     /// Built-in API: calls per second another client on the same key takes out of its limit.
     #[arg(long, default_value_t = 0.0, conflicts_with = "api_url")]
     api_other_rate: f64,
@@ -268,6 +278,8 @@ pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {
             config.first_retry_after = args.first_429_retry_after_s.map(Duration::from_secs);
             config.limit = args.api_limit.clone();
             config.headers = args.api_headers;
+            config.limiter = args.api_limiter;
+            config.retry_after = args.api_retry_after;
             config.other_client_rate_per_s = args.api_other_rate;
             Some(SimServer::start(config).await?)
         }
