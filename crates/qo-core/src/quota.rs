@@ -14,7 +14,7 @@ pub mod spec;
 pub mod state;
 pub mod utilization;
 
-pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, Reaction};
+pub use adaptive::{Adaptive, AdaptivePolicy, Decrease, DecreaseBasis, LimitEstimate, Reaction};
 pub use pacer::{Availability, NotNow, Pacer, Slot};
 pub use policy::{BudgetMode, PacingPolicy, SlowStart};
 pub use pool::{PoolError, PoolPacer, PoolSlot, Route};

@@ -1484,7 +1484,7 @@ where
         };
         let slots = &self.slots;
         let reaction = self.pacer.on_throttles(&throttles, now, |slot| {
-            slots.estimate_per_s(slot, &throttles.recent_slots)
+            slots.estimate(slot, &throttles.recent_slots)
         });
         self.record_reaction(reaction);
     }

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use qo_core::Timestamp;
+use qo_core::quota::LimitEstimate;
 
 /// The most slots kept (a per-minute tier of 10,000 calls needs no more).
 const MAX_SLOTS: usize = 10_000;
@@ -91,12 +92,77 @@ impl SlotLog {
     }
 }
 
+impl SlotLog {
+    /// What our slots tell of the API's limit when `slot` is the first throttled one paced at
+    /// the current rate (see [`LimitEstimate`]): the window's count before it
+    /// ([`SlotLog::estimate_per_s`]), whether our calls filled only part of that window, and
+    /// the rate it accepted of our calls from `slot` to the latest throttled slot.
+    pub fn estimate(&self, slot: Timestamp, throttled: &[Timestamp]) -> LimitEstimate {
+        let window = self.estimate_per_s(slot, throttled);
+        let from = slot.minus(self.period + self.slack);
+        let first = self.slots.iter().find(|s| **s >= from && **s < slot);
+        // Our calls began well into the window: a count under the limit may only say we
+        // had not used it yet (a bucket), not that it is full.
+        let partial = first.is_none_or(|f| f.since(from) > self.period / 10 + self.slack);
+        LimitEstimate {
+            window,
+            partial,
+            share: self.accepted_between_throttles(slot, throttled),
+        }
+    }
+
+    /// The rate the API accepted of our calls from the throttled `first` to the latest
+    /// throttled slot after it: `None` with fewer than two throttled slots, or when it
+    /// accepted none in between (a full window says nothing of a rate).
+    fn accepted_between_throttles(&self, first: Timestamp, throttled: &[Timestamp]) -> Option<f64> {
+        let refused: Vec<&Timestamp> = throttled.iter().filter(|t| **t >= first).collect();
+        let last = **refused.iter().max()?;
+        let span = last.since(first).as_secs_f64();
+        if refused.len() < 2 || span <= 0.0 {
+            return None;
+        }
+        let sent = self
+            .slots
+            .iter()
+            .filter(|s| **s >= first && **s <= last)
+            .count();
+        // The last throttled slot closes the span: the accepted calls lie between the two.
+        let accepted = sent.saturating_sub(refused.len());
+        (accepted > 0).then(|| accepted as f64 / span)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn t(ms: u64) -> Timestamp {
         Timestamp::from_millis(1_000_000 + ms)
+    }
+
+    /// A leaky bucket of 15/s met at 20/s: a quarter of our calls refused, evenly. The
+    /// calls before the first 429 cover part of the window only, so their count says little;
+    /// the calls accepted between the 429s say 15.
+    #[test]
+    fn a_bucket_s_rate_is_what_it_accepts_between_its_throttles() {
+        let mut log = SlotLog::new(Duration::from_secs(1), Duration::ZERO, Timestamp::EPOCH);
+        for i in 0..30 {
+            log.push(t(500 + i * 50));
+        }
+        // Throttled: every fourth slot from 900 ms.
+        let refused: Vec<Timestamp> = (0..5).map(|i| t(900 + i * 200)).collect();
+        let e = log.estimate(t(900), &refused);
+        assert!(e.partial, "{e:?}");
+        assert_eq!(e.window, Some(8.0));
+        let share = e.share.expect("a share");
+        assert!((share - 15.0).abs() < 1e-9, "{share}");
+        // A full window refuses everything between: no share.
+        let all: Vec<Timestamp> = (0..6).map(|i| t(900 + i * 50)).collect();
+        assert_eq!(log.estimate(t(900), &all).share, None);
+        // One throttle alone: no span.
+        assert_eq!(log.estimate(t(900), &refused[..1]).share, None);
+        // A window our calls filled from its start is not partial.
+        assert!(!log.estimate(t(1_600), &[t(1_600)]).partial);
     }
 
     #[test]

@@ -216,6 +216,15 @@ pub(crate) struct Throttle {
     pub reason: Reason,
 }
 
+impl Throttle {
+    /// How long every call pauses: the API's `Retry-After`, or nothing without one. A 429
+    /// that says nothing of when to come back (a leaky bucket's) is answered by the pace's
+    /// decrease, not by stopping every call for a default pause.
+    pub fn pause(&self) -> Duration {
+        self.header.unwrap_or_default()
+    }
+}
+
 /// A failed attempt's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Failure {

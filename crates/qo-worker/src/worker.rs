@@ -8,7 +8,7 @@
 //! | answer | idempotency | shared state | the job |
 //! |---|---|---|---|
 //! | 2xx | done (a batch's jobs: one record for the batch) | none; control `api_window` only when few calls are left (see below) | finished |
-//! | 429 | abandoned | control `backoff_until` (kept if later), `throttles` + 1, `api_window` | re-queued after Retry-After, `attempt` kept, `throttled` + 1 (dead-lettered at `MAX_THROTTLED`) |
+//! | 429 | abandoned | control `backoff_until` from `Retry-After` (kept if later; none without it), `throttles` + 1, `api_window` | re-queued after Retry-After (1 s without), `attempt` kept, `throttled` + 1 (dead-lettered at `MAX_THROTTLED`) |
 //! | 401, 403 | abandoned | control `backoff_until` (unless the re-read key changed) | re-queued untried |
 //! | 5xx, 408, timeout, no connection | abandoned | circuit failure | re-queued (`RETRY_DELAY_S`), `attempt` + 1 (dead-lettered at `MAX_ATTEMPTS`) |
 //! | other status | abandoned | none | dead-lettered with `HTTP <status>: <excerpt>` |
@@ -671,7 +671,7 @@ where
             }
             Decision::Throttled(t) => {
                 if let Some(h) = hold {
-                    h.throttle(now.plus(t.retry_after));
+                    h.throttle(now.plus(t.pause()));
                 }
                 self.throttled(ev, job_id, t, window, now).await
             }
@@ -735,7 +735,7 @@ where
             job_id: job_id.clone(),
             retry_after: header,
         });
-        let until = now.plus(retry_after);
+        let until = now.plus(header.unwrap_or_default());
         // A lost throttle write is logged, not returned: under a 429 storm from many
         // environments the control item's read-modify-write can lose every race, and failing
         // the event would have Lambda retry the whole batch late. The job is re-queued all the
@@ -775,6 +775,8 @@ where
         update_record::<Control, _>(&self.store, RecordKey::Control, |c| {
             let (backoff_until, backoff_reason) = match c.backoff_until {
                 Some(b) if b >= until => (Some(b), c.backoff_reason),
+                // No Retry-After: no pause; the pace's decrease answers it.
+                _ if until <= now => (c.backoff_until, c.backoff_reason),
                 _ => (Some(until), Some(BackoffReason::Throttled)),
             };
             Some(Control {

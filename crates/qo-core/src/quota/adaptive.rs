@@ -58,6 +58,45 @@ impl Default for AdaptivePolicy {
     }
 }
 
+/// What our calls tell of the API's limit when it throttles one paced at the current rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LimitEstimate {
+    /// The calls it accepted in the tier's period before the throttled one, a second. Exact
+    /// for a window that our calls filled; for a bucket it says what we sent, not its rate.
+    pub window: Option<f64>,
+    /// Our calls began well into that period: a count under the limit may only mean the
+    /// limit was not reached yet.
+    pub partial: bool,
+    /// The rate it accepted of our calls from the first throttled one to the latest: a
+    /// bucket's drain rate (the limit) while we paced above it. `None` when it accepted none
+    /// in between (a full window) or with one throttle only.
+    pub share: Option<f64>,
+}
+
+impl From<Option<f64>> for LimitEstimate {
+    fn from(window: Option<f64>) -> Self {
+        LimitEstimate {
+            window,
+            ..LimitEstimate::default()
+        }
+    }
+}
+
+impl LimitEstimate {
+    /// The estimate to act on: the window's count, unless our calls filled only part of the
+    /// window and the API accepted some of them between its throttles (a bucket met early:
+    /// the count is what we had sent, not its rate), then the accepted share. Over a whole
+    /// window the count is kept: the share of a short span is noisy (a sliding window frees
+    /// its room in bursts, another client's calls come and go).
+    pub fn choose(&self) -> Option<f64> {
+        let ok = |e: &f64| e.is_finite() && *e > 0.0;
+        match self.share.filter(ok) {
+            Some(s) if self.partial => Some(s),
+            _ => self.window.filter(ok),
+        }
+    }
+}
+
 /// How the rate after a decrease was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -173,14 +212,14 @@ impl Adaptive {
     /// decrease made now takes full effect (see [`Decrease::paced_from`]); `estimate(slot)` is
     /// the API's limit judged from the calls it accepted in the window before `slot`, asked for
     /// the first throttled slot paced at the current rate.
-    pub fn on_throttles(
+    pub fn on_throttles<E: Into<LimitEstimate>>(
         &mut self,
         throttles: &Throttles,
         now: Timestamp,
         paced_from: Timestamp,
         ceiling: f64,
         policy: &AdaptivePolicy,
-        estimate: impl FnOnce(Timestamp) -> Option<f64>,
+        estimate: impl FnOnce(Timestamp) -> E,
     ) -> Reaction {
         if throttles.count <= self.seen {
             // A counter lower than the one seen: the record was reset; start from it.
@@ -192,12 +231,23 @@ impl Adaptive {
         if !policy.enabled {
             return Reaction::Disabled { new };
         }
-        let Some(slot) = throttles.first_slot_from(self.last.map(|d| d.paced_from)) else {
+        // Only the new throttles count: an old one kept in the record (from before the last
+        // decrease was settled) is not news of the pace now.
+        let recent = &throttles.recent_slots;
+        let fresh = usize::try_from(new)
+            .ok()
+            .and_then(|n| recent.len().checked_sub(n))
+            .and_then(|i| recent.get(i).copied());
+        let from = match (self.last.map(|d| d.paced_from), fresh) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(slot) = throttles.first_slot_from(from) else {
             return Reaction::AlreadyDecreased { new };
         };
         let rate = self.rate_per_s(slot.min(now), ceiling, policy);
         let floor = ceiling * policy.floor.clamp(0.0, 1.0);
-        let estimate = estimate(slot).filter(|e| e.is_finite() && *e > 0.0);
+        let estimate = estimate(slot).into().choose();
         let (to, basis) = match estimate {
             Some(e) if e < rate => (e * policy.margin, DecreaseBasis::Estimate),
             Some(_) => (rate * policy.margin, DecreaseBasis::FullWindow),
@@ -345,6 +395,69 @@ mod tests {
         assert_eq!(d.basis, DecreaseBasis::Estimate);
         assert!((d.to_per_s - 14.7).abs() < 1e-9, "{d:?}");
         assert!((a.rate_per_s(t(20.0), 20.0, &p) - 14.7).abs() < 1e-9);
+    }
+
+    /// A leaky bucket met at the start of a run: our calls filled part of the window when
+    /// it refused one, so their count (8) says what we sent, not its rate; what it accepted
+    /// between its 429s (15 a second) does. Over a whole window the count is kept.
+    #[test]
+    fn a_bucket_met_early_is_judged_by_what_it_accepts_between_its_throttles() {
+        let p = AdaptivePolicy::default();
+        let early = LimitEstimate {
+            window: Some(8.0),
+            partial: true,
+            share: Some(15.0),
+        };
+        let mut a = Adaptive::default();
+        let r = a.on_throttles(
+            &throttled(3, &[0.4, 0.6, 0.8]),
+            t(1.0),
+            t(1.0),
+            20.0,
+            &p,
+            |_| early,
+        );
+        let Reaction::Decreased(d) = r else {
+            panic!("{r:?}")
+        };
+        assert!((d.to_per_s - 15.0 * p.margin).abs() < 1e-9, "{d:?}");
+        let whole = LimitEstimate {
+            partial: false,
+            ..early
+        };
+        let mut b = Adaptive::default();
+        b.on_throttles(
+            &throttled(3, &[0.4, 0.6, 0.8]),
+            t(1.0),
+            t(1.0),
+            20.0,
+            &p,
+            |_| whole,
+        );
+        assert!((b.rate_per_s(t(2.0), 20.0, &p) - 8.0 * p.margin).abs() < 1e-9);
+    }
+
+    /// The record keeps the last 32 throttled slots. Once a decrease is settled, a new 429
+    /// is judged from its own slot, not from the oldest slot the record still holds.
+    #[test]
+    fn only_the_new_throttles_are_judged() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive {
+            seen: 2,
+            ..Adaptive::default()
+        };
+        let r = a.on_throttles(
+            &throttled(3, &[3.0, 3.1, 37.0]),
+            t(37.5),
+            t(37.5),
+            20.0,
+            &p,
+            |slot| {
+                assert_eq!(slot, t(37.0), "judged from the new throttle's slot");
+                Some(15.0)
+            },
+        );
+        assert!(matches!(r, Reaction::Decreased(_)), "{r:?}");
     }
 
     #[test]

@@ -274,11 +274,11 @@ impl Pacer {
     /// Reacts at `now` to the control record's throttle counter (see
     /// [`Adaptive::on_throttles`](super::Adaptive::on_throttles)); `estimate(slot)` is the
     /// API's limit judged from the calls before `slot`, if known.
-    pub fn on_throttles(
+    pub fn on_throttles<E: Into<super::LimitEstimate>>(
         &mut self,
         throttles: &Throttles,
         now: Timestamp,
-        estimate: impl FnOnce(Timestamp) -> Option<f64>,
+        estimate: impl FnOnce(Timestamp) -> E,
     ) -> Reaction {
         let ceiling = self.ceiling;
         let policy = self.policy.adaptive;

@@ -189,6 +189,12 @@ async fn retry_after_as_an_http_date_and_the_default() {
         job_id: "m-1".into(),
         retry_after: None
     }));
+    // No Retry-After: the job waits the default, but no call pauses; the 429 is counted for
+    // the pace to come down.
+    let control = r.control().await.value;
+    assert_eq!(control.backoff_until, None);
+    assert_eq!(control.throttles.map(|t| t.count), Some(1));
+    assert_eq!(r.sink.requeues()[0].delay, Duration::from_secs(1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,7 +202,12 @@ async fn a_429_whose_control_write_loses_every_race_is_still_requeued() {
     // A 429 storm from many environments: every read-modify-write of the control item loses.
     // The job goes back all the same; the event does not fail (a failed batch would be
     // retried by Lambda, late, and page).
-    let (r, _) = setup(Ok(ApiResponse::status(429)), &[]);
+    let answer = ApiResponse {
+        status: 429,
+        retry_after: Some("2".into()),
+        ..ApiResponse::default()
+    };
+    let (r, _) = setup(Ok(answer), &[]);
     r.store.fail_next_saves(100);
     let out = r.handle_x("m-1", T0, 0).await;
     assert!(
