@@ -85,14 +85,15 @@ impl From<Option<f64>> for LimitEstimate {
 impl LimitEstimate {
     /// The estimate to act on: the window's count, unless our calls filled only part of the
     /// window and the API accepted some of them between its throttles (a bucket met early:
-    /// the count is what we had sent, not its rate), then the accepted share. Over a whole
+    /// the count is what we had sent, not its rate), then the larger of the two. Over a whole
     /// window the count is kept: the share of a short span is noisy (a sliding window frees
     /// its room in bursts, another client's calls come and go).
     pub fn choose(&self) -> Option<f64> {
         let ok = |e: &f64| e.is_finite() && *e > 0.0;
+        let window = self.window.filter(ok);
         match self.share.filter(ok) {
-            Some(s) if self.partial => Some(s),
-            _ => self.window.filter(ok),
+            Some(s) if self.partial => Some(window.map_or(s, |w| w.max(s))),
+            _ => window,
         }
     }
 }
@@ -435,6 +436,22 @@ mod tests {
             |_| whole,
         );
         assert!((b.rate_per_s(t(2.0), 20.0, &p) - 8.0 * p.margin).abs() < 1e-9);
+        // A window count above the share (another client's retries took the room between
+        // our 429s) is not thrown away.
+        let mut c = Adaptive::default();
+        c.on_throttles(
+            &throttled(3, &[0.4, 0.6, 0.8]),
+            t(1.0),
+            t(1.0),
+            20.0,
+            &p,
+            |_| LimitEstimate {
+                window: Some(12.0),
+                partial: true,
+                share: Some(7.5),
+            },
+        );
+        assert!((c.rate_per_s(t(2.0), 20.0, &p) - 12.0 * p.margin).abs() < 1e-9);
     }
 
     /// The record keeps the last 32 throttled slots. Once a decrease is settled, a new 429
