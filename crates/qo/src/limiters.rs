@@ -125,14 +125,20 @@ pub struct LimitersArgs {
     #[arg(long = "scenario", value_enum, value_delimiter = ',')]
     pub scenarios: Vec<Scenario>,
     /// One-way latency of each request and each answer, in milliseconds, drawn uniformly.
-    #[arg(long, default_value = "2..40")]
+    /// The default spreads arrivals by a few milliseconds (an API in the same region);
+    /// against a strict window, a spread wider than `CALL_TOLERANCE_MS` (5) can put one call
+    /// too many in a window.
+    #[arg(long, default_value = "1..5")]
     pub jitter_ms: Range,
-    /// Seed of the latencies and the system's delays.
+    /// Seed of the latencies and the system's delays in the first run of each cell.
     #[arg(long, default_value_t = 1)]
     pub limiter_seed: u64,
+    /// Runs of each cell, with seeds from `--limiter-seed` on: the table shows the median.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=101))]
+    pub seeds: u64,
 }
 
-/// One cell of the matrix.
+/// One cell of the matrix: the median of its runs, judged against the scenario's targets.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CellReport {
     /// The limiter kind.
@@ -141,6 +147,28 @@ pub struct CellReport {
     pub retry_after: bool,
     /// The scenario.
     pub scenario: Scenario,
+    /// The median of the runs' [`CellRun::fraction`].
+    pub fraction: f64,
+    /// The lowest of the runs' fractions.
+    pub fraction_min: f64,
+    /// The median of the runs' [`CellRun::recovered`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<f64>,
+    /// The median of the runs' 429 shares.
+    pub share_429: f64,
+    /// The most jobs dead-lettered in a run.
+    pub dead_lettered: usize,
+    /// Whether the medians meet the scenario's targets.
+    pub met: bool,
+    /// Each run, by seed.
+    pub runs: Vec<CellRun>,
+}
+
+/// One run of a cell, with one seed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CellRun {
+    /// The seed of its latencies and delays.
+    pub seed: u64,
     /// Jobs sent.
     pub jobs: usize,
     /// Jobs whose call succeeded.
@@ -159,8 +187,6 @@ pub struct CellReport {
     pub decreases: usize,
     /// When the last job succeeded, seconds from the start.
     pub seconds: f64,
-    /// Whether the cell meets its targets.
-    pub met: bool,
 }
 
 /// Keeps the pace's decreases.
@@ -266,14 +292,15 @@ pub fn run_cell(
     retry_after: bool,
     scenario: Scenario,
     args: &LimitersArgs,
-) -> Result<CellReport, String> {
+    seed: u64,
+) -> Result<CellRun, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .map_err(|e| format!("no runtime: {e}"))?;
     tokio::task::LocalSet::new()
-        .block_on(&rt, cell(limiter, retry_after, scenario, args))
+        .block_on(&rt, cell(limiter, retry_after, scenario, args, seed))
         .map_err(|e| format!("{limiter} {}: {e}", scenario.name()))
 }
 
@@ -282,7 +309,8 @@ async fn cell(
     retry_after: bool,
     scenario: Scenario,
     args: &LimitersArgs,
-) -> Result<CellReport, Box<dyn std::error::Error>> {
+    seed: u64,
+) -> Result<CellRun, Box<dyn std::error::Error>> {
     let start = Timestamp::from_secs(1_767_225_600);
     let clock = Arc::new(TokioClock::starting_at(start));
     let schedule: LimitSchedule = scenario.limit().parse()?;
@@ -297,7 +325,7 @@ async fn cell(
             enforcer: Enforcer::scheduled(schedule, start)
                 .with_limiter(limiter)
                 .with_other_client(scenario.other_rate()),
-            rng: StdRng::seed_from_u64(args.limiter_seed),
+            rng: StdRng::seed_from_u64(seed),
             calls: Vec::new(),
         }),
     });
@@ -311,7 +339,7 @@ async fn cell(
         worker: WorkerConfig::new("http://api.invalid".parse()?),
         orchestrator: OrchestratorConfig::with_quota(QUOTA.parse::<QuotaSpec>()?),
         invoker: InvokerOptions {
-            seed: args.limiter_seed ^ 0x1A,
+            seed: seed ^ 0x1A,
             ..InvokerOptions::template()
         },
         observer: decreases.clone(),
@@ -346,7 +374,7 @@ async fn cell(
     if std::env::var_os("QO_LIMITERS_TRACE").is_some() {
         for d in &decreases {
             eprintln!(
-                "{limiter} {} ra={retry_after}: at {:.2}s {:.2} -> {:.2} est {:?} {:?}",
+                "{limiter} {} ra={retry_after} seed {seed}: at {:.2}s {:.2} -> {:.2} est {:?} {:?}",
                 scenario.name(),
                 d.at.since(start).as_secs_f64(),
                 d.from_per_s,
@@ -356,16 +384,10 @@ async fn cell(
             );
         }
     }
-    let mut report = measure(
-        limiter,
-        retry_after,
-        scenario,
-        start,
-        &api.calls(),
-        dead_lettered,
-    );
-    report.decreases = decreases.len();
-    Ok(report)
+    let mut run = measure(scenario, start, &api.calls(), dead_lettered);
+    run.seed = seed;
+    run.decreases = decreases.len();
+    Ok(run)
 }
 
 /// Successful calls in `[from, to)`.
@@ -377,13 +399,11 @@ fn successes_in(calls: &[(Timestamp, u16)], from: Timestamp, to: Timestamp) -> u
 }
 
 fn measure(
-    limiter: Limiter,
-    retry_after: bool,
     scenario: Scenario,
     start: Timestamp,
     calls: &[(Timestamp, u16)],
     dead_lettered: usize,
-) -> CellReport {
+) -> CellRun {
     let ok: Vec<Timestamp> = calls
         .iter()
         .filter(|(_, s)| *s == 200)
@@ -417,15 +437,8 @@ fn measure(
             ((ok.len().saturating_sub(1)) as f64 / (limit * span), None)
         }
     };
-    let (target, max_429) = scenario.targets();
-    let met = fraction >= target
-        && recovered.is_none_or(|r| r >= 0.95)
-        && share_429 <= max_429
-        && dead_lettered == 0;
-    CellReport {
-        limiter: limiter.to_string(),
-        retry_after,
-        scenario,
+    CellRun {
+        seed: 0,
         jobs: scenario.jobs(),
         succeeded: ok.len(),
         fraction,
@@ -434,11 +447,52 @@ fn measure(
         dead_lettered,
         decreases: 0,
         seconds: last.since(start).as_secs_f64(),
-        met,
     }
 }
 
-/// Runs the matrix: every kind, with and without `Retry-After`, through every scenario.
+/// The median of `values` (the lower middle of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+impl CellReport {
+    /// The medians of `runs`, judged against `scenario`'s targets.
+    fn judge(limiter: Limiter, retry_after: bool, scenario: Scenario, runs: Vec<CellRun>) -> Self {
+        let fraction = median(runs.iter().map(|r| r.fraction).collect());
+        let fraction_min = runs
+            .iter()
+            .map(|r| r.fraction)
+            .fold(f64::INFINITY, f64::min);
+        let recovered = (scenario == Scenario::Halves)
+            .then(|| median(runs.iter().filter_map(|r| r.recovered).collect()));
+        let share_429 = median(runs.iter().map(|r| r.share_429).collect());
+        let dead_lettered = runs.iter().map(|r| r.dead_lettered).max().unwrap_or(0);
+        let (target, max_429) = scenario.targets();
+        let met = fraction >= target
+            && recovered.is_none_or(|r| r >= 0.95)
+            && share_429 <= max_429
+            && dead_lettered == 0;
+        CellReport {
+            limiter: limiter.to_string(),
+            retry_after,
+            scenario,
+            fraction,
+            fraction_min,
+            recovered,
+            share_429,
+            dead_lettered,
+            met,
+            runs,
+        }
+    }
+}
+
+/// Runs the matrix: every kind, with and without `Retry-After`, through every scenario,
+/// each cell once per seed.
 pub fn run_matrix(args: &LimitersArgs) -> Result<Vec<CellReport>, String> {
     let kinds = if args.kinds.is_empty() {
         Limiter::ALL.to_vec()
@@ -458,7 +512,11 @@ pub fn run_matrix(args: &LimitersArgs) -> Result<Vec<CellReport>, String> {
             }
         }
     }
-    // The cells are independent: two threads share them.
+    let seeds: Vec<u64> = (0..args.seeds).map(|k| args.limiter_seed + k).collect();
+    let work: Vec<(usize, u64)> = (0..cells.len())
+        .flat_map(|c| seeds.iter().map(move |&s| (c, s)))
+        .collect();
+    // The runs are independent: two threads share them.
     let next = Mutex::new(0usize);
     let out = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -471,20 +529,29 @@ pub fn run_matrix(args: &LimitersArgs) -> Result<Vec<CellReport>, String> {
                         *n += 1;
                         i
                     };
-                    let Some(&(kind, retry_after, scenario)) = cells.get(i) else {
+                    let Some(&(c, seed)) = work.get(i) else {
                         break;
                     };
-                    let r = run_cell(kind, retry_after, scenario, args);
+                    let (kind, retry_after, scenario) = cells[c];
+                    let r = run_cell(kind, retry_after, scenario, args, seed);
                     out.lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push((i, r));
+                        .push((i, c, r));
                 }
             });
         }
     });
     let mut out = out.into_inner().unwrap_or_else(PoisonError::into_inner);
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
+    out.sort_by_key(|(i, _, _)| *i);
+    let mut runs: Vec<Vec<CellRun>> = vec![Vec::new(); cells.len()];
+    for (_, c, r) in out {
+        runs[c].push(r?);
+    }
+    Ok(cells
+        .into_iter()
+        .zip(runs)
+        .map(|((kind, ra, scenario), runs)| CellReport::judge(kind, ra, scenario, runs))
+        .collect())
 }
 
 /// The matrix as a table: one row per kind and `Retry-After`, one column per scenario, each

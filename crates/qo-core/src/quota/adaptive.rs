@@ -88,11 +88,14 @@ impl LimitEstimate {
     /// the count is what we had sent, not its rate), then the larger of the two. Over a whole
     /// window the count is kept: the share of a short span is noisy (a sliding window frees
     /// its room in bursts, another client's calls come and go).
-    pub fn choose(&self) -> Option<f64> {
+    pub fn choose(&self, rate: f64) -> Option<f64> {
         let ok = |e: &f64| e.is_finite() && *e > 0.0;
         let window = self.window.filter(ok);
         match self.share.filter(ok) {
             Some(s) if self.partial => Some(window.map_or(s, |w| w.max(s))),
+            // Every call of ours in the window was accepted: its count tells nothing of the
+            // limit (a full bucket's burst, a limit that just fell); the share does.
+            Some(s) if window.is_none_or(|w| w >= rate) => Some(s),
             _ => window,
         }
     }
@@ -248,7 +251,7 @@ impl Adaptive {
         };
         let rate = self.rate_per_s(slot.min(now), ceiling, policy);
         let floor = ceiling * policy.floor.clamp(0.0, 1.0);
-        let estimate = estimate(slot).into().choose();
+        let estimate = estimate(slot).into().choose(rate);
         let (to, basis) = match estimate {
             Some(e) if e < rate => (e * policy.margin, DecreaseBasis::Estimate),
             Some(_) => (rate * policy.margin, DecreaseBasis::FullWindow),
@@ -452,6 +455,22 @@ mod tests {
             },
         );
         assert!((c.rate_per_s(t(2.0), 20.0, &p) - 12.0 * p.margin).abs() < 1e-9);
+        // A full bucket's burst: every call of ours in the window was accepted, so the
+        // count says nothing; the share between the 429s is the rate.
+        let mut d = Adaptive::default();
+        d.on_throttles(
+            &throttled(3, &[4.0, 4.2, 4.4]),
+            t(5.0),
+            t(5.0),
+            20.0,
+            &p,
+            |_| LimitEstimate {
+                window: Some(20.0),
+                partial: false,
+                share: Some(15.0),
+            },
+        );
+        assert!((d.rate_per_s(t(6.0), 20.0, &p) - 15.0 * p.margin).abs() < 1e-9);
     }
 
     /// The record keeps the last 32 throttled slots. Once a decrease is settled, a new 429
