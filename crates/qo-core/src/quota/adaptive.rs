@@ -11,10 +11,8 @@
 //!   rate that was throttled (multiplicative decrease, as the AWS SDKs' adaptive retry mode);
 //! - **hold**: for `hold` the rate stays where the decrease put it (the API's limit is rarely
 //!   a moving target, and each new throttle costs a `Retry-After` pause);
-//! - **probe**: then it climbs as TCP CUBIC does around its last maximum: up to the limit the
-//!   estimate said, flattening as it nears it (half the `probe`), then past it, slowly at
-//!   first, to the ceiling at the end of `probe`. Little overshoot where the limit most likely
-//!   is, so a limit that has not moved costs few 429s.
+//! - **probe**: then it climbs on a convex (cubic) curve that reaches the ceiling after `probe`,
+//!   slowly at first, as TCP CUBIC probes past its last maximum.
 //!
 //! Only throttles of slots paced wholly at the current rate count: a slot within one window of
 //! a call paced at the old rate (the calls already dispatched when the rate went down) was bound
@@ -206,17 +204,7 @@ impl Adaptive {
             return ceiling;
         }
         let x = ((since - policy.hold).as_secs_f64() / probe).min(1.0);
-        // As CUBIC around its last maximum: up to the limit the estimate said, flattening as
-        // it nears it, then past it slowly at first. Little overshoot where the limit most
-        // likely is, so few 429s when it has not moved; the whole quota by the probe's end.
-        let plateau = d.estimate_per_s.map_or(low, |e| e.clamp(low, ceiling));
-        if x < 0.5 {
-            let y = 1.0 - 2.0 * x;
-            plateau - (plateau - low) * y * y * y
-        } else {
-            let y = 2.0 * x - 1.0;
-            plateau + (ceiling - plateau) * y * y * y
-        }
+        low + (ceiling - low) * x * x * x
     }
 
     /// Whether the rate is below `ceiling` at `t` (a decrease still in force).
@@ -586,13 +574,6 @@ mod tests {
             at(early)
         );
         assert!(at(hold + 0.7 * probe) > at(hold + 0.4 * probe));
-        // Flat at the limit the estimate said, halfway through the probe, then past it.
-        assert!((at(hold + 0.5 * probe) - 10.0).abs() < 1e-9);
-        assert!(
-            at(hold + 0.55 * probe) - 10.0 < 0.02,
-            "{}",
-            at(hold + 0.55 * probe)
-        );
         assert_eq!(at(hold + probe), 20.0);
         assert_eq!(at(600.0), 20.0);
         let mut settled = a;
