@@ -128,6 +128,7 @@ PARAMETER_SETS = {
         "AdaptivePacing": "off",
         "WorkerSystemLogLevel": "WARN",
         "WorkerBusyMs": 30000,
+        "OrchestratorMemorySize": 512,
     },
 }
 # A pool of worker functions, each in its own subnets (its own NAT address).
@@ -376,6 +377,9 @@ def resolved_checks(name, r):
         fail(f"{name}: the worker reserves {reserved}, WorkerConcurrency is {wc}")
     if int(num(orch.get("ReservedConcurrentExecutions", 0))) != 1:
         fail(f"{name}: the orchestrator must reserve exactly 1")
+    # Its memory (so its CPU share) is the parameter's; the workers keep the global 128 MB.
+    if int(num(orch.get("MemorySize", 0))) != int(num(v["OrchestratorMemorySize"])):
+        fail(f"{name}: the orchestrator has {orch.get('MemorySize')} MB, OrchestratorMemorySize is {v['OrchestratorMemorySize']}")
     # Reserved: each function keeps to its own reservation; unreserved: the pool to the cap.
     env = orch["Environment"]["Variables"]
     cap = int(num(env.get("WORKER_CONCURRENCY_CAP", 0)))

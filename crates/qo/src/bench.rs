@@ -94,6 +94,12 @@ pub struct BenchArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// Run at the CPU share Lambda gives a function of this many MB (MB / 1,769 of one CPU),
+    /// capped by a cgroup of the process's own (needs a writable cgroup file system: root on
+    /// a host that exposes it). The report adds what a month of one orchestrator costs at
+    /// that size.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(128..=10_240))]
+    memory_mb: Option<u32>,
     /// Instead of the rate steps: run each limiter kind, with and without `Retry-After`,
     /// through the limit scenarios on a virtual clock, and print the share of the real limit
     /// reached and the share of 429s ([`crate::limiters`]).
@@ -174,6 +180,16 @@ pub struct BenchReport {
     pub peak_rss_kib: u64,
     /// CPU per dispatch over all steps, in microseconds.
     pub cpu_us_per_dispatch: f64,
+    /// `--memory-mb`, when given: the process ran at its CPU share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// The share of one CPU the process had (`None`: not capped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_share: Option<f64>,
+    /// With `--memory-mb`: one orchestrator running the whole month at that size, in USD at
+    /// list prices (Arm, per GB-second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub month_usd: Option<f64>,
 }
 
 /// Runs the bench and prints its report.
@@ -193,7 +209,18 @@ pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Ok(());
     }
-    let report = bench(&args).await?;
+    // Capped before the first step; the guard puts the process back when the bench ends.
+    let cap = args
+        .memory_mb
+        .map(|mb| crate::cpu_share::CpuCap::apply(crate::cpu_share::share_for_memory_mb(mb)))
+        .transpose()?;
+    let mut report = bench(&args).await?;
+    if let (Some(mb), Some(cap)) = (args.memory_mb, &cap) {
+        report.memory_mb = Some(mb);
+        report.cpu_share = Some(cap.share());
+        report.month_usd = Some(month_usd(mb));
+    }
+    drop(cap);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -268,6 +295,9 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         cpu_us_per_dispatch: per_dispatch_us(cpu_ms, dispatched),
         steps,
         max_sustained_rate_per_s,
+        memory_mb: None,
+        cpu_share: None,
+        month_usd: None,
     })
 }
 
@@ -389,6 +419,11 @@ where
     })
 }
 
+/// What one function of `mb` MB running a whole 30-day month costs at list prices.
+pub fn month_usd(mb: u32) -> f64 {
+    f64::from(mb) / 1024.0 * 30.0 * 86_400.0 * crate::cost::PRICES.lambda_gb_s
+}
+
 /// `|made - allowed| / allowed`; 1 (all wrong) when nothing was allowed.
 pub fn pacing_error(made: u64, allowed: f64) -> f64 {
     if allowed <= 0.0 {
@@ -478,6 +513,12 @@ pub fn human(r: &BenchReport) -> String {
             s.cpu_us_per_dispatch,
             s.peak_rss_kib,
             if s.sustained { "yes" } else { "no" },
+        ));
+    }
+    if let (Some(mb), Some(share), Some(usd)) = (r.memory_mb, r.cpu_share, r.month_usd) {
+        out.push_str(&format!(
+            "at {mb} MB: {:.1}% of one CPU; one orchestrator all month at this size ${usd:.2}\n",
+            share * 100.0
         ));
     }
     out.push_str(&format!(

@@ -9,6 +9,8 @@
 //!   worker behind an invoker that delivers as Lambda does ([`system::System`]).
 //! - `bench`: `qo bench`, the highest rate one orchestrator paces on the real clock, its CPU
 //!   per dispatch and its peak RSS.
+//! - `cpu_share`: `qo bench --memory-mb`, the process capped at the CPU share Lambda gives a
+//!   memory size.
 //! - `limiters`: `qo bench --limiters`, the share of the real limit the closed loop reaches
 //!   against each kind of limiter, on a virtual clock.
 //! - `cost`: what a deployment would be billed for a local run, from one dated price table.
@@ -29,6 +31,7 @@
 mod args;
 pub mod bench;
 pub mod cost;
+pub mod cpu_share;
 pub mod limiters;
 pub mod local;
 #[cfg(feature = "aws")]
