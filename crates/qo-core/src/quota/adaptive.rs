@@ -308,6 +308,13 @@ impl Adaptive {
         if length <= 0.0 {
             return Reaction::Unchanged;
         }
+        // More of our calls in the window than its whole limit: the report is not of the
+        // window we count (a bucket's headers give its capacity, a few calls, and no window;
+        // read as a limit per period they would take the pace to a fraction of the real
+        // one). Only 429s tell this API's limit.
+        if ours as f64 > limit as f64 * 1.5 + 1.0 {
+            return Reaction::Unchanged;
+        }
         let used = limit.saturating_sub(window.remaining);
         let others = used.saturating_sub(ours);
         let available = limit.saturating_sub(others) as f64 / length;
@@ -631,6 +638,43 @@ mod tests {
             a.on_api_window(&roomy, 10, Duration::from_secs(1), t(1.5), t(2.0), 20.0, &p),
             Reaction::Unchanged
         );
+    }
+
+    /// A leaky bucket's `X-RateLimit-Limit` is its capacity (3 for a burst of 2), with no
+    /// window: read as 3 a second it took the pace from 15/s to 2.9/s. With 15 of our calls
+    /// in the second before it, the report cannot be of that window, and is left alone.
+    #[test]
+    fn a_report_whose_limit_our_own_calls_exceed_is_not_of_our_window() {
+        let p = AdaptivePolicy::default();
+        let mut a = Adaptive::default();
+        let bucket = ApiWindow {
+            limit: Some(3),
+            window_s: None,
+            remaining: 1,
+            reset_at: t(1.0),
+            observed_at: t(0.9),
+        };
+        let sec = Duration::from_secs(1);
+        assert_eq!(
+            a.on_api_window(&bucket, 15, sec, t(1.0), t(2.0), 20.0, &p),
+            Reaction::Unchanged
+        );
+        assert_eq!(a.rate_per_s(t(2.0), 20.0, &p), 20.0);
+        // The same report with 2 of ours in the window is of it: another client took one.
+        let r = a.on_api_window(
+            &ApiWindow {
+                observed_at: t(1.5),
+                remaining: 0,
+                ..bucket
+            },
+            2,
+            sec,
+            t(1.5),
+            t(2.5),
+            20.0,
+            &p,
+        );
+        assert!(matches!(r, Reaction::Decreased(_)), "{r:?}");
     }
 
     #[test]
