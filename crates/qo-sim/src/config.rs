@@ -36,6 +36,30 @@ impl HeaderScheme {
     }
 }
 
+impl HeaderScheme {
+    /// The headers (lower-case names) that describe `view` in this scheme; none for `None`.
+    pub fn pairs(self, view: &crate::WindowView) -> Vec<(&'static str, String)> {
+        match self {
+            HeaderScheme::None => Vec::new(),
+            HeaderScheme::XRateLimit => vec![
+                ("x-ratelimit-limit", view.limit.to_string()),
+                ("x-ratelimit-remaining", view.remaining.to_string()),
+                ("x-ratelimit-reset", view.reset_secs().to_string()),
+            ],
+            HeaderScheme::Ietf => vec![
+                (
+                    "ratelimit-policy",
+                    format!("\"default\";q={};w={}", view.limit, view.period.as_secs()),
+                ),
+                (
+                    "ratelimit",
+                    format!("\"default\";r={};t={}", view.remaining, view.reset_secs()),
+                ),
+            ],
+        }
+    }
+}
+
 impl FromStr for HeaderScheme {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

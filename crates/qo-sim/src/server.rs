@@ -466,27 +466,9 @@ impl Drop for SimServer {
 
 /// Adds the rate-limit headers of `scheme` describing `view`.
 fn rate_limit_headers(scheme: HeaderScheme, view: &WindowView, headers: &mut HeaderMap) {
-    let mut set = |name: &'static str, value: String| {
+    for (name, value) in scheme.pairs(view) {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
-        }
-    };
-    match scheme {
-        HeaderScheme::None => {}
-        HeaderScheme::XRateLimit => {
-            set("x-ratelimit-limit", view.limit.to_string());
-            set("x-ratelimit-remaining", view.remaining.to_string());
-            set("x-ratelimit-reset", view.reset_secs().to_string());
-        }
-        HeaderScheme::Ietf => {
-            set(
-                "ratelimit-policy",
-                format!("\"default\";q={};w={}", view.limit, view.period.as_secs()),
-            );
-            set(
-                "ratelimit",
-                format!("\"default\";r={};t={}", view.remaining, view.reset_secs()),
-            );
         }
     }
 }

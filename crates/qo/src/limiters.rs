@@ -33,7 +33,8 @@ use qo_core::quota::Decrease;
 use qo_core::{Clock, Job, Observation, Observer, QuotaSpec, Timestamp, TokioClock};
 use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions};
 use qo_orchestrator::OrchestratorConfig;
-use qo_sim::{Admission, Enforcer, LimitSchedule, Limiter};
+use qo_sim::{Admission, Enforcer, HeaderScheme, LimitSchedule, Limiter};
+use qo_worker::RateHeaders;
 use qo_worker::{ApiResponse, HttpCall, HttpError, WorkerConfig, WorkerError};
 
 use crate::args::Range;
@@ -130,6 +131,10 @@ pub struct LimitersArgs {
     /// too many in a window.
     #[arg(long, default_value = "1..5")]
     pub jitter_ms: Range,
+    /// The rate-limit headers on the API's 2xx and 429 answers: `none`, `x-ratelimit` or
+    /// `ietf` (for a bucket: its capacity, what it takes now, the time until it is full).
+    #[arg(long, default_value = "none")]
+    pub limiter_headers: HeaderScheme,
     /// Seed of the latencies and the system's delays in the first run of each cell.
     #[arg(long, default_value_t = 1)]
     pub limiter_seed: u64,
@@ -208,6 +213,7 @@ impl Observer for Decreases {
 struct LimitedApi {
     clock: Arc<TokioClock>,
     retry_after: bool,
+    headers: HeaderScheme,
     jitter: (Duration, Duration),
     state: Mutex<ApiState>,
 }
@@ -235,7 +241,7 @@ impl LimitedApi {
         let response = {
             let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let now = self.clock.now();
-            let response = match st.enforcer.admit(now) {
+            let mut response = match st.enforcer.admit(now) {
                 Admission::Accepted => ApiResponse::status(200),
                 Admission::Throttled { retry_after } => ApiResponse {
                     retry_after: self
@@ -244,6 +250,8 @@ impl LimitedApi {
                     ..ApiResponse::status(429)
                 },
             };
+            response.rate_headers =
+                RateHeaders::from_pairs(&self.headers.pairs(&st.enforcer.window(now)));
             st.calls.push((now, response.status));
             response
         };
@@ -317,6 +325,7 @@ async fn cell(
     let api = Arc::new(LimitedApi {
         clock: clock.clone(),
         retry_after,
+        headers: args.limiter_headers,
         jitter: (
             Duration::from_secs_f64(args.jitter_ms.min / 1000.0),
             Duration::from_secs_f64(args.jitter_ms.max / 1000.0),
@@ -611,6 +620,7 @@ mod tests {
             kinds: Vec::new(),
             scenarios: Vec::new(),
             jitter_ms: Range { min: 1.0, max: 5.0 },
+            limiter_headers: HeaderScheme::None,
             limiter_seed: 1,
             seeds: 1,
         }
