@@ -251,8 +251,16 @@ impl Adaptive {
         };
         let rate = self.rate_per_s(slot.min(now), ceiling, policy);
         let floor = ceiling * policy.floor.clamp(0.0, 1.0);
-        let estimate = estimate(slot).into().choose(rate);
+        let judged: LimitEstimate = estimate(slot).into();
+        let estimate = judged.choose(rate);
+        // A window our calls only began to fill gives a lower bound (the API took at least
+        // that many), not the limit: it may not cut deeper than the multiplicative decrease
+        // a 429 with no estimate makes. A bucket met early counts 7 of its 15 there.
+        let lower_bound = judged.partial && judged.share.is_none();
         let (to, basis) = match estimate {
+            Some(e) if lower_bound && e * policy.margin < rate * policy.decrease => {
+                (rate * policy.decrease, DecreaseBasis::Multiplicative)
+            }
             Some(e) if e < rate => (e * policy.margin, DecreaseBasis::Estimate),
             Some(_) => (rate * policy.margin, DecreaseBasis::FullWindow),
             None => (rate * policy.decrease, DecreaseBasis::Multiplicative),
@@ -478,6 +486,34 @@ mod tests {
             },
         );
         assert!((d.rate_per_s(t(6.0), 20.0, &p) - 15.0 * p.margin).abs() < 1e-9);
+    }
+
+    /// A window our calls only began to fill, with nothing accepted between 429s (a
+    /// Retry-After pause stopped every call): its count is a lower bound. It sets the rate
+    /// when it is near the pace (a strict window met early: 15 of 20 is its limit), but may
+    /// not cut deeper than the multiplicative decrease (a bucket met early: 7 of its 15).
+    #[test]
+    fn a_partial_window_is_a_lower_bound_that_cuts_no_deeper_than_the_decrease() {
+        let p = AdaptivePolicy::default();
+        let partial = |w: f64| LimitEstimate {
+            window: Some(w),
+            partial: true,
+            share: None,
+        };
+        let mut a = Adaptive::default();
+        let r = a.on_throttles(&throttled(1, &[0.35]), t(1.0), t(1.0), 20.0, &p, |_| {
+            partial(7.0)
+        });
+        let Reaction::Decreased(d) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(d.basis, DecreaseBasis::Multiplicative);
+        assert!((d.to_per_s - 20.0 * p.decrease).abs() < 1e-9, "{d:?}");
+        let mut b = Adaptive::default();
+        b.on_throttles(&throttled(1, &[0.75]), t(1.0), t(1.0), 20.0, &p, |_| {
+            partial(15.0)
+        });
+        assert!((b.rate_per_s(t(2.0), 20.0, &p) - 15.0 * p.margin).abs() < 1e-9);
     }
 
     /// The record keeps the last 32 throttled slots. Once a decrease is settled, a new 429
