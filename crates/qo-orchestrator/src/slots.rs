@@ -90,9 +90,7 @@ impl SlotLog {
         let period = self.period.as_secs_f64();
         (n > 0 && period > 0.0).then(|| n as f64 / period)
     }
-}
 
-impl SlotLog {
     /// What our slots tell of the API's limit when `slot` is the first throttled one paced at
     /// the current rate (see [`LimitEstimate`]): the window's count before it
     /// ([`SlotLog::estimate_per_s`]), whether our calls filled only part of that window, and

@@ -724,6 +724,7 @@ where
         window: Option<ApiWindow>,
         now: Timestamp,
     ) -> Result<Outcome, WorkerError> {
+        let until = now.plus(throttle.pause());
         let Throttle {
             retry_after,
             header,
@@ -735,7 +736,6 @@ where
             job_id: job_id.clone(),
             retry_after: header,
         });
-        let until = now.plus(header.unwrap_or_default());
         // A lost throttle write is logged, not returned: under a 429 storm from many
         // environments the control item's read-modify-write can lose every race, and failing
         // the event would have Lambda retry the whole batch late. The job is re-queued all the
