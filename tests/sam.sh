@@ -150,6 +150,8 @@ PARAMETER_SETS["named-producers"] = {
     "WorkerFunctionCount": 2,
     "ResponseExcerptBytes": 0,
     "IdempotencyKeyHeader": "Idempotency-Key",
+    "AllowedMethods": "GET,POST",
+    "AllowedPathPrefixes": "/v1/customers/,/v1/orders",
 }
 # Results to one destination of each kind, a FIFO queue among them, with a default.
 PARAMETER_SETS["results"] = {
@@ -614,6 +616,21 @@ def producers_only(name, r, values):
             fail(f"{name}: {arn} may not send to the job queue (allowed: {allowed})")
 
 
+def allow_list(name, r, values):
+    """Every function reads the same allow-list (the Globals' variables, the parameters'
+    values); no function sets its own."""
+    glob_env = tpl["Globals"]["Function"]["Environment"]["Variables"]
+    for var, param in (("ALLOWED_METHODS", "AllowedMethods"), ("ALLOWED_PATH_PREFIXES", "AllowedPathPrefixes")):
+        want = str(values.get(param, ""))
+        got = r.value(glob_env[var]) if var in glob_env else "<unset>"
+        if got != want:
+            fail(f"{name}: {var} is {got!r}, {param} is {want!r}")
+        for fn, res in r.resources.items():
+            own = res.get("Properties", {}).get("Environment", {}).get("Variables", {})
+            if res.get("Type") == "AWS::Serverless::Function" and var in own:
+                fail(f"{name}: {fn} sets its own {var}")
+
+
 def rules_hold(name, r):
     for rule_name, rule in tpl.get("Rules", {}).items():
         if "RuleCondition" in rule and not r.value(rule["RuleCondition"]):
@@ -632,6 +649,7 @@ for name, values in sets.items():
     summary = timeouts(name, r)
     resolved_checks(name, r)
     producers_only(name, r, values)
+    allow_list(name, r, values)
     print(f"sam.sh: ok: {name}: resolved template checks pass; {summary}")
     if name != "defaults":
         rendered = json.loads(json.dumps(tpl))

@@ -136,6 +136,24 @@ pub fn result_destinations(env: &impl Env) -> Result<crate::result::Destinations
     })
 }
 
+/// What jobs may ask for, from `ALLOWED_METHODS` and `ALLOWED_PATH_PREFIXES` (comma-separated;
+/// unset or empty allows all). The orchestrator and the worker read it alike.
+pub fn allowed_requests(env: &impl Env) -> Result<crate::allow::AllowList, ConfigError> {
+    let methods = env.get("ALLOWED_METHODS").unwrap_or_default();
+    let prefixes = env.get("ALLOWED_PATH_PREFIXES").unwrap_or_default();
+    crate::allow::AllowList::parse(&methods, &prefixes).map_err(|e| {
+        let (name, value) = match e {
+            crate::allow::AllowListError::Method(_) => ("ALLOWED_METHODS", methods),
+            crate::allow::AllowListError::Prefix(_) => ("ALLOWED_PATH_PREFIXES", prefixes),
+        };
+        ConfigError::Invalid {
+            name: name.to_string(),
+            value,
+            reason: e.to_string(),
+        }
+    })
+}
+
 /// The circuit breaker's policy from `CIRCUIT_FAILURE_THRESHOLD`, `CIRCUIT_FAILURE_WINDOW_S`,
 /// `HEALTH_CHECK_INITIAL_S`, `HEALTH_CHECK_MAX_S` and `HEALTH_CHECK_TIMEOUT_S`: one reader for
 /// the orchestrator, the worker and `qo`, so they cannot disagree.

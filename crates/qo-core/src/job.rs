@@ -155,6 +155,12 @@ pub enum JobError {
     /// `meta` is not a small object.
     #[error("job meta {0}")]
     Meta(String),
+    /// The method is not on the stack's allow-list ([`crate::allow::AllowList`]).
+    #[error("job method {0} is not one the stack allows (ALLOWED_METHODS)")]
+    MethodNotAllowed(String),
+    /// The path is under none of the stack's allowed prefixes.
+    #[error("job path `{0}` is under none of the stack's allowed prefixes (ALLOWED_PATH_PREFIXES)")]
+    PathNotAllowed(String),
 }
 
 /// Headers a job may not set: the worker owns them.

@@ -21,7 +21,8 @@
 //!   - [`quota::adaptive`]: the rate learned from the API's throttles;
 //!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
-//! - [`job`]: the job contract and the worker events.
+//! - [`job`]: the job contract and the worker events; [`allow`]: the methods and path
+//!   prefixes a stack lets jobs use.
 //! - [`control`]: the operator control record.
 //! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
 //!   redrive), [`ports::store`] (records, lease, idempotency), [`ports::invoker`].
@@ -39,6 +40,7 @@
 //! - [`sqs`]: what SQS allows and the queue attributes the template deploys; [`lambda`]: the
 //!   worker function's asynchronous settings the template deploys.
 
+pub mod allow;
 pub mod batch;
 pub mod circuit;
 pub mod config;

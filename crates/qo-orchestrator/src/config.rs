@@ -96,6 +96,9 @@ pub struct OrchestratorConfig {
     /// The stack's result destinations (RESULT_DESTINATIONS, RESULT_DEFAULT; default none): a
     /// job whose `reply_to` names none of them is dead-lettered before it takes a slot.
     pub destinations: qo_core::result::Destinations,
+    /// `ALLOWED_METHODS` and `ALLOWED_PATH_PREFIXES` (default all): a job asking for another
+    /// method or path is dead-lettered before it takes a slot.
+    pub allow: qo_core::allow::AllowList,
 }
 
 impl OrchestratorConfig {
@@ -128,6 +131,7 @@ impl OrchestratorConfig {
             owner: "orchestrator".to_string(),
             worker_functions: Vec::new(),
             destinations: qo_core::result::Destinations::default(),
+            allow: qo_core::allow::AllowList::any(),
         }
     }
 
@@ -243,6 +247,7 @@ impl OrchestratorConfig {
                 .unwrap_or_else(|| format!("orchestrator-{}", uuid::Uuid::new_v4())),
             worker_functions: worker_functions(env)?,
             destinations: qo_core::config::result_destinations(env)?,
+            allow: qo_core::config::allowed_requests(env)?,
             ..d
         })
     }

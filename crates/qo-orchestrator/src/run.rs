@@ -1005,10 +1005,13 @@ where
     /// Validates received messages: a bad one goes to the dead-letter queue with the reason.
     async fn accept(&mut self, messages: Vec<Message>) -> Result<(), OrchestratorError> {
         for m in messages {
-            // A job naming a result destination the stack does not declare is refused here,
-            // before it takes a slot.
-            let job = Job::parse(&m.body)
-                .and_then(|job| self.config.destinations.for_job(&job).map(|_| job));
+            // A job naming a result destination the stack does not declare, or asking for a
+            // request the stack does not allow, is refused here, before it takes a slot.
+            let job = Job::parse(&m.body).and_then(|job| {
+                self.config.destinations.for_job(&job)?;
+                self.config.allow.check(&job)?;
+                Ok(job)
+            });
             match job {
                 Ok(job) => {
                     let visible_until = m.received_at.plus(self.config.visibility_timeout);

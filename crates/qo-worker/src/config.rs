@@ -101,6 +101,9 @@ pub struct WorkerConfig {
     /// ([`qo_core::result::Destinations`]). With none, results are not built and bodies are
     /// read only for excerpts.
     pub destinations: Destinations,
+    /// `ALLOWED_METHODS` and `ALLOWED_PATH_PREFIXES` (default all): a job asking for another
+    /// method or path is dead-lettered, never called (the orchestrator refuses it first).
+    pub allow: qo_core::allow::AllowList,
     /// `RESULT_HEADERS` (default [`crate::results::DEFAULT_RESULT_HEADERS`]): the response
     /// headers a result keeps, comma-separated, any case.
     pub result_headers: Vec<HeaderName>,
@@ -149,6 +152,7 @@ impl WorkerConfig {
             function_name: None,
             local_address: None,
             destinations: Destinations::default(),
+            allow: qo_core::allow::AllowList::any(),
             result_headers: result_headers(crate::results::DEFAULT_RESULT_HEADERS)
                 .unwrap_or_default(),
             result_body_max: DEFAULT_RESULT_BODY_MAX,
@@ -284,6 +288,7 @@ impl WorkerConfig {
             api_window_report: env.millis("API_WINDOW_REPORT_MS", d.api_window_report)?,
             local_address: None,
             destinations: qo_core::config::result_destinations(env)?,
+            allow: qo_core::config::allowed_requests(env)?,
             result_headers: match env.get("RESULT_HEADERS") {
                 None => d.result_headers,
                 Some(text) => {

@@ -413,7 +413,9 @@ where
         hold: Option<&BatchHold>,
     ) -> Result<Outcome, WorkerError> {
         let job_id = ev.job_id().to_string();
-        if let Err(e) = self.config.destinations.for_job(&ev.job) {
+        let admitted = (self.config.destinations.for_job(&ev.job))
+            .and_then(|_| self.config.allow.check(&ev.job));
+        if let Err(e) = admitted {
             return self.dead_letter(ev, job_id, e.into()).await;
         }
         let now = self.clock.now();

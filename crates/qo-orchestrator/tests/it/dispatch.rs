@@ -157,6 +157,36 @@ async fn a_job_naming_an_unknown_destination_is_dead_lettered_before_its_slot() 
     );
 }
 
+/// A job asking for a method or a path the stack's allow-list leaves out is dead-lettered
+/// with the reason before it takes a slot; an allowed one is dispatched and called.
+#[tokio::test(start_paused = true)]
+async fn a_job_outside_the_allow_list_is_dead_lettered_before_its_slot() {
+    let h = Harness::new(|_| Verdict::Succeed, InvokerOptions::template());
+    h.queue
+        .send(r#"{"method":"POST","path":"/v1/customers/1"}"#);
+    h.queue.send(r#"{"path":"/v1/admin/keys"}"#);
+    h.queue.send(r#"{"path":"/v1/customers/2"}"#);
+    let mut c = config("10/s");
+    c.allow = qo_core::allow::AllowList::parse("GET", "/v1/customers/").expect("allow-list");
+    let report = h.run_for(&c, Duration::from_secs(10)).await;
+    assert_eq!((report.dead_lettered, report.dispatched), (2, 1));
+    let reasons: Vec<String> = h
+        .queue
+        .dead_letters()
+        .into_iter()
+        .map(|d| d.reason.to_string())
+        .collect();
+    assert!(
+        reasons[0].contains("method POST is not one the stack allows"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("`/v1/admin/keys` is under none"),
+        "{reasons:?}"
+    );
+    assert_eq!(h.calls().len(), 1, "only the allowed job was called");
+}
+
 /// A result the worker dead-lettered (its destination kept refusing), brought back by `qo
 /// redrive`, is handed to the worker to deliver again: no slot, no call, and its message is
 /// deleted once Lambda accepts the event.

@@ -373,6 +373,45 @@ async fn job_paths_are_joined_under_the_base_path() {
     assert_eq!(sim.records().len(), 1);
 }
 
+/// With `ALLOWED_METHODS` and `ALLOWED_PATH_PREFIXES` set, a job asking for anything else is
+/// dead-lettered with the reason and never sent; the orchestrator refuses it before its slot,
+/// and an event that reaches the worker anyway meets the same lists.
+#[tokio::test]
+async fn a_job_outside_the_allow_list_is_dead_lettered_never_sent() {
+    let sim = sim("100/s").await;
+    let allow = [
+        ("ALLOWED_METHODS", "GET"),
+        ("ALLOWED_PATH_PREFIXES", "/items"),
+    ];
+    let cfg = config(&sim.url(), &allow);
+    let r = rig(cfg.clone(), client(&cfg), TokioClock::system());
+    let now = r.clock.now();
+    let out = r.handle(job(r#"{"path":"/items/7"}"#, "m-1", now, 0)).await;
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    for (body, why) in [
+        (r#"{"method":"DELETE","path":"/items/7"}"#, "method DELETE"),
+        (
+            r#"{"path":"/admin/users"}"#,
+            "under none of the stack's allowed",
+        ),
+        (
+            r#"{"path":"/items-private"}"#,
+            "under none of the stack's allowed",
+        ),
+    ] {
+        let out = r.handle(job(body, "m-2", r.clock.now(), 0)).await;
+        let Outcome::DeadLettered { reason, .. } = out else {
+            panic!("{body}: {out:?}")
+        };
+        assert!(reason.to_string().contains(why), "{body}: {reason}");
+    }
+    assert_eq!(
+        sim.records().len(),
+        1,
+        "only the allowed job reached the API"
+    );
+}
+
 #[tokio::test]
 async fn the_api_key_is_sent_in_the_configured_header() {
     let mut sc = sim_config("100/s");
