@@ -325,10 +325,11 @@ def timeouts(name, r):
     API_ATTEMPTS = 1
     SDK_MAX_ATTEMPTS, SDK_CONNECT_S, SDK_READ_S = 3, 3.0, 5.0
     v = r.values
-    # With result destinations, 2 more: the delivery (every try within one SDK call's time)
-    # and the result's dead letter (qo_worker::lambda::SDK_CALLS_FOR_A_RESULT).
+    # With result destinations, 4 more: the delivery (every try within one SDK call's time),
+    # a large body put in the bucket, the re-queue, and the result's dead letter
+    # (qo_worker::lambda::SDK_CALLS_FOR_A_RESULT).
     has_results = any(str(v.get(k, "")) for k in ("ResultQueueArns", "ResultTopicArns", "ResultBusArns", "ResultFunctionArns"))
-    SDK_CALLS_AFTER_THE_CALL = 5 + (2 if has_results else 0)
+    SDK_CALLS_AFTER_THE_CALL = 5 + (4 if has_results else 0)
     MARGIN_S = 2.0
     api = API_ATTEMPTS * (num(v["ApiConnectTimeoutMs"]) + num(v["ApiReadTimeoutMs"])) / 1000
     sdk = SDK_MAX_ATTEMPTS * (SDK_CONNECT_S + SDK_READ_S)

@@ -110,9 +110,12 @@ impl AwsResults {
         };
         let key = format!("{BODY_PREFIX}{}", result.result_id);
         let body = result.body.clone().unwrap_or_default();
+        // The object is the body as the result writes it: the API's text under the API's
+        // content type, or the base64 of bytes that were not UTF-8.
         let content_type = match result.body_encoding {
-            Some(BodyEncoding::Base64) => "text/plain; charset=utf-8; x-encoding=base64",
-            _ => "application/octet-stream",
+            Some(BodyEncoding::Base64) => "text/plain; charset=us-ascii; x-encoding=base64",
+            _ => (result.headers.get("content-type").map(String::as_str))
+                .unwrap_or("text/plain; charset=utf-8"),
         };
         self.s3
             .put_object()
@@ -138,13 +141,11 @@ impl ResultSink for AwsResults {
         to: &Destination,
         result: &JobResult,
     ) -> Result<Delivered, ResultError> {
-        let mut delivered = Delivered::default();
-        let mut json = result.to_json();
-        if json.len() > MAX_INLINE_RESULT_BYTES {
-            let (sent, location) = self.offload(result).await?;
-            json = sent.to_json();
-            delivered.body_location = Some(location);
-        }
+        let sent = self.stow(result).await?;
+        let delivered = Delivered {
+            body_location: sent.body_location.clone(),
+        };
+        let json = sent.to_json();
         match to.kind {
             DestinationKind::Sqs => {
                 let url = self.queue_url(&to.arn).await?;
@@ -207,6 +208,13 @@ impl ResultSink for AwsResults {
             }
         }
         Ok(delivered)
+    }
+
+    async fn stow(&self, result: &JobResult) -> Result<JobResult, ResultError> {
+        if result.to_json().len() <= MAX_INLINE_RESULT_BYTES {
+            return Ok(result.clone());
+        }
+        Ok(self.offload(result).await?.0)
     }
 }
 

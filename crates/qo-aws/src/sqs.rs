@@ -828,6 +828,10 @@ async fn create_queue(
                 .attributes(
                     QueueAttributeName::MessageRetentionPeriod,
                     a.retention.as_secs().to_string(),
+                )
+                .attributes(
+                    QueueAttributeName::MaximumMessageSize,
+                    a.max_message_bytes.to_string(),
                 );
             if a.max_receive_count.is_some() {
                 req = req.attributes(QueueAttributeName::RedrivePolicy, redrive_policy);

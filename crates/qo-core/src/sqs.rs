@@ -88,6 +88,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(4 * 86_400);
 /// The longest retention SQS allows: 14 days.
 pub const MAX_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 
+/// A queue's `MaximumMessageSize` when none is set: 256 KiB. The template sets none on the job,
+/// retry and dead-letter queues (their jobs are at most [`crate::job::MAX_JOB_BYTES`]); a
+/// larger message is refused.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 262_144;
+
 /// A queue's visibility timeout when none is set.
 pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 
@@ -104,6 +109,9 @@ pub struct QueueAttributes {
     /// The redrive policy's `maxReceiveCount` (`None`: no redrive policy): a message received
     /// this many times moves to the dead-letter queue at its next receive, with no reason.
     pub max_receive_count: Option<u32>,
+    /// `MaximumMessageSize`: a larger message (body and attributes, as
+    /// [`job_message_bytes`] counts them) is refused.
+    pub max_message_bytes: usize,
 }
 
 impl QueueAttributes {
@@ -112,6 +120,7 @@ impl QueueAttributes {
         visibility_timeout: DEFAULT_VISIBILITY,
         retention: DEFAULT_RETENTION,
         max_receive_count: None,
+        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
     };
 
     /// The job and retry queues as `template.yaml` deploys them with its defaults:
@@ -127,6 +136,7 @@ impl QueueAttributes {
         visibility_timeout: Duration::from_secs(120),
         retention: MAX_RETENTION,
         max_receive_count: Some(10),
+        max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
     };
 }
 

@@ -26,6 +26,15 @@ pub enum MemoryError {
     /// A send asked for a delay SQS refuses (`DelaySeconds` is at most 900).
     #[error("delay of {0:?} is past SQS's 900 s")]
     DelayTooLong(std::time::Duration),
+    /// A message larger than the queue's `MaximumMessageSize`: SQS refuses it
+    /// (`InvalidParameterValue`).
+    #[error("message of {size} bytes is past the queue's MaximumMessageSize of {max}")]
+    MessageTooLong {
+        /// Its body and attributes.
+        size: usize,
+        /// The queue's maximum.
+        max: usize,
+    },
     /// A SendMessageBatch whose messages (bodies and attributes) total more than 1 MiB: SQS
     /// refuses the whole call (`BatchRequestTooLong`) and sends none of them.
     #[error(

@@ -828,6 +828,18 @@ impl MemoryQueue {
     }
 }
 
+/// Refuses a message larger than the queue's `MaximumMessageSize`, as SQS does.
+fn check_size(op: &'static str, body: &str, origin: &Origin, max: usize) -> Result<(), QueueError> {
+    let size = sqs::job_message_bytes(body, origin);
+    if size > max {
+        return Err(QueueError::Backend {
+            op,
+            source: Box::new(MemoryError::MessageTooLong { size, max }),
+        });
+    }
+    Ok(())
+}
+
 /// Refuses a delay past SQS's 900 s.
 fn check_delay(op: &'static str, delay: Duration) -> Result<(), QueueError> {
     if delay > sqs::MAX_DELAY {
@@ -1026,6 +1038,8 @@ impl JobSource for MemoryQueue {
 #[async_trait]
 impl JobSink for MemoryQueue {
     async fn dead_letter(&self, letter: DeadLetter) -> Result<(), QueueError> {
+        let max = self.inner.options.attributes.max_message_bytes;
+        check_size("dead_letter", &letter.body, &letter.origin, max)?;
         let mut st = self.lock();
         st.requests.send += billed(letter.body.len());
         st.dead.push(letter);
@@ -1039,6 +1053,12 @@ impl JobSink for MemoryQueue {
         delay: Duration,
     ) -> Result<(), QueueError> {
         check_delay("requeue", delay)?;
+        check_size(
+            "requeue",
+            body,
+            origin,
+            self.inner.options.attributes.max_message_bytes,
+        )?;
         self.lock().requests.send += billed(body.len());
         let role = if self.inner.options.retry_queue {
             QueueRole::Retry
@@ -1220,6 +1240,27 @@ mod tests {
             .await
             .expect("as SQS: delete after expiry works");
         assert!(q.is_drained());
+    }
+
+    /// The template's queues take 256 KiB a message (no `MaximumMessageSize`): a larger
+    /// re-queue or dead letter is refused, as SQS refuses it.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_past_the_queue_s_maximum_size_is_refused() {
+        let q = MemoryQueue::with_options(clock(), QueueOptions::template());
+        let origin = Origin::default();
+        let body = "x".repeat(sqs::DEFAULT_MAX_MESSAGE_BYTES);
+        let e = q.requeue(&body, &origin, Duration::ZERO).await;
+        assert!(e.is_err_and(|e| e.to_string().contains("MaximumMessageSize")));
+        let letter = DeadLetter {
+            body,
+            reason: qo_core::Reason::InvalidJob(qo_core::job::JobError::TooLarge(0)),
+            origin: origin.clone(),
+        };
+        assert!(q.dead_letter(letter).await.is_err());
+        let fits = "x".repeat(200 * 1024);
+        q.requeue(&fits, &origin, Duration::ZERO)
+            .await
+            .expect("fits");
     }
 
     #[tokio::test(start_paused = true)]

@@ -102,23 +102,34 @@ impl ResultSink for MemoryResults {
                 detail: format!("destination `{}` refused the result", to.name),
             });
         }
-        let mut sent = result.clone();
-        let mut delivered = Delivered::default();
-        if result.to_json().len() > MAX_INLINE_RESULT_BYTES {
-            let key = format!("results/{}", result.result_id);
-            st.bucket
-                .insert(key.clone(), result.body.clone().unwrap_or_default());
-            let location = format!("s3://{LOCAL_BUCKET}/{key}");
-            sent.body = None;
-            sent.body_location = Some(location.clone());
-            delivered.body_location = Some(location);
-        }
+        let sent = stow(&mut st, result);
+        let delivered = Delivered {
+            body_location: sent.body_location.clone(),
+        };
         st.delivered.push(DeliveredResult {
             destination: to.name.clone(),
             result: sent,
         });
         Ok(delivered)
     }
+
+    async fn stow(&self, result: &JobResult) -> Result<JobResult, ResultError> {
+        Ok(stow(&mut self.lock(), result))
+    }
+}
+
+/// `result` as it can be sent: whole, or over [`MAX_INLINE_RESULT_BYTES`] with its body in
+/// the bucket (keyed by its `result_id`, so a second stow overwrites) and its location.
+fn stow(st: &mut State, result: &JobResult) -> JobResult {
+    let mut sent = result.clone();
+    if result.to_json().len() > MAX_INLINE_RESULT_BYTES {
+        let key = format!("results/{}", result.result_id);
+        st.bucket
+            .insert(key.clone(), result.body.clone().unwrap_or_default());
+        sent.body = None;
+        sent.body_location = Some(format!("s3://{LOCAL_BUCKET}/{key}"));
+    }
+    sent
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use qo_core::job::DeliverEvent;
 use qo_core::ports::{DeadLetter, JobSink, ResultSink};
-use qo_core::result::{Destination, Destinations, JobResult, ResultOutcome, ResultTimes};
+use qo_core::result::{
+    Destination, Destinations, JobResult, MAX_INLINE_RESULT_BYTES, ResultOutcome, ResultTimes,
+};
 use qo_core::{Clock, JobEvent, Observation, Observer, Origin, Reason, Timestamp};
 use tracing::{error, warn};
 
@@ -134,7 +136,9 @@ impl ResultPath {
             ),
         };
         // Kept and tried again later: re-queued (the orchestrator hands it back to the worker,
-        // no slot, no call), [`RESULT_REQUEUES`] times; then dead-lettered.
+        // no slot, no call), [`RESULT_REQUEUES`] times; then dead-lettered. A large body goes
+        // to the bucket first: the queues take 256 KiB.
+        let result = self.stowed(result).await;
         if origin.attempt < RESULT_REQUEUES {
             let delay = requeue_delay(origin.attempt);
             let next = Origin {
@@ -182,6 +186,21 @@ impl ResultPath {
 }
 
 impl ResultPath {
+    /// `result` with a body too large for a queue put in the bucket; as it is when the bucket
+    /// refuses too (the re-queue or the dead letter then fails, and the result is logged).
+    async fn stowed(&self, result: JobResult) -> JobResult {
+        if result.to_json().len() <= MAX_INLINE_RESULT_BYTES {
+            return result;
+        }
+        match self.sink.stow(&result).await {
+            Ok(stowed) => stowed,
+            Err(e) => {
+                warn!(error = %e, "the result's body could not be put in the bucket");
+                result
+            }
+        }
+    }
+
     /// [`DELIVERY_ATTEMPTS`] tries with [`DELIVERY_BACKOFF`] between; the last error's text.
     async fn tries(
         &self,

@@ -254,7 +254,7 @@ impl LocalArgs {
 }
 
 /// The template's `WorkerTimeout` (s): the worker's claim TTL follows it.
-const WORKER_TIMEOUT_S: u64 = 190;
+const WORKER_TIMEOUT_S: u64 = 240;
 
 /// Runs the local system and prints the report.
 pub async fn run(args: LocalArgs) -> Result<(), Box<dyn std::error::Error>> {

@@ -190,6 +190,11 @@ async fn results_reach_every_destination_kind_and_large_bodies_go_to_s3() {
     let out = sink.deliver(&d("orders"), &big).await.expect("large");
     let location = out.body_location.expect("offloaded");
     assert_eq!(location, "s3://qo-results/results/c-big:succeeded");
+    // Kept for a later delivery: the same object, and a result small enough for a queue.
+    let stowed = sink.stow(&big).await.expect("stowed");
+    assert_eq!(stowed.body_location.as_deref(), Some(location.as_str()));
+    assert!(stowed.body.is_none() && stowed.to_json().len() < 256 * 1024);
+    assert_eq!(sink.stow(&small).await.expect("small").body, small.body);
 
     let parse = |b: &str| serde_json::from_str::<Value>(b).expect("json");
     let got = bodies(&sqs, &orders_url).await;

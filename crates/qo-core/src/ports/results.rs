@@ -44,6 +44,13 @@ pub trait ResultSink: Send + Sync {
     /// Delivers `result` to `to`, once (a retry is the caller's).
     async fn deliver(&self, to: &Destination, result: &JobResult)
     -> Result<Delivered, ResultError>;
+
+    /// Makes `result` small enough to keep on one of the stack's queues, for a later delivery
+    /// or in the dead-letter queue: over [`crate::result::MAX_INLINE_RESULT_BYTES`] as JSON,
+    /// its body goes to the stack's bucket and the result returned carries its location; a
+    /// smaller one comes back as it is. Without it a large answer whose destination refuses
+    /// could be kept nowhere (the queues take 256 KiB unless raised).
+    async fn stow(&self, result: &JobResult) -> Result<JobResult, ResultError>;
 }
 
 #[async_trait]
@@ -54,5 +61,9 @@ impl<T: ResultSink + ?Sized> ResultSink for std::sync::Arc<T> {
         result: &JobResult,
     ) -> Result<Delivered, ResultError> {
         (**self).deliver(to, result).await
+    }
+
+    async fn stow(&self, result: &JobResult) -> Result<JobResult, ResultError> {
+        (**self).stow(result).await
     }
 }

@@ -192,6 +192,44 @@ async fn a_job_naming_an_unknown_destination_is_dead_lettered_uncalled() {
     );
 }
 
+/// A 600 KB answer whose destination keeps refusing: its body goes to the bucket before the
+/// result is re-queued (the queues take 256 KiB), and the dead letter carries the location,
+/// so the answer is kept, not only logged.
+#[tokio::test(start_paused = true)]
+async fn a_large_result_the_destination_refuses_is_kept_with_its_body_in_the_bucket() {
+    let big = ApiResponse {
+        body_start: vec![b'x'; 600_000],
+        ..ok_answer()
+    };
+    let (r, http, results) = results_rig(big, "orders");
+    results.refuse_next(1_000);
+    let out = r
+        .handle(job(r#"{"id":"big","path":"/x"}"#, "m-1", T0, 0))
+        .await;
+    assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+    let mut handed_back = 0;
+    while r.sink.requeues().len() > handed_back {
+        let last = r.sink.requeues().last().cloned().expect("a re-queue");
+        let size = last.body.len();
+        assert!(size < 256 * 1024, "a re-queued result is {size} bytes");
+        let kept: JobResult = serde_json::from_str(&last.body).expect("the result");
+        r.handle(qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
+            result: kept,
+            origin: last.origin.clone(),
+        }))
+        .await;
+        handed_back += 1;
+    }
+    assert_eq!(handed_back, 5, "re-queued five times");
+    let dead = r.sink.dead_letters();
+    assert_eq!(dead.len(), 1, "then dead-lettered");
+    let kept: JobResult = serde_json::from_str(&dead[0].body).expect("the body is the result");
+    let location = kept.body_location.expect("the body's location");
+    assert_eq!(kept.body, None);
+    assert_eq!(results.object(&location).map(|b| b.len()), Some(600_000));
+    assert_eq!(http.calls().len(), 1, "the API was called once throughout");
+}
+
 /// A destination that never answers.
 struct Hangs;
 
@@ -203,6 +241,10 @@ impl qo_core::ports::ResultSink for Hangs {
         _result: &JobResult,
     ) -> Result<qo_core::ports::Delivered, qo_core::ports::ResultError> {
         std::future::pending().await
+    }
+
+    async fn stow(&self, result: &JobResult) -> Result<JobResult, qo_core::ports::ResultError> {
+        Ok(result.clone())
     }
 }
 
