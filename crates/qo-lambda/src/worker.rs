@@ -44,7 +44,10 @@ pub async fn run(around: Arc<dyn AroundCall>) -> Result<(), lambda_runtime::Erro
         Some(k) => info!(source = ?k.source(), header = %config.auth_header, "API key loaded"),
         None => info!("no API key configured: calls go without a credential"),
     }
-    let client = ApiClient::new(&config, key.as_ref().map(|k| k.expose()))?;
+    let mut client = ApiClient::new(&config, key.as_ref().map(|k| k.expose()))?;
+    if around.reads_answers() {
+        client = client.reading_whole_answers(&config);
+    }
     drop(key);
     let (store, queue) = common.stores(&aws);
     info!(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use qo_core::ports::{Delivered, ResultError, ResultSink};
 use qo_core::result::{Destination, JobResult, MAX_INLINE_RESULT_BYTES};
+use qo_core::{Clock, Timestamp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -32,6 +33,7 @@ struct State {
     refuse_rate: f64,
     rng: Option<StdRng>,
     refused: u64,
+    outage: Option<(Arc<dyn Clock>, Timestamp)>,
 }
 
 /// Result destinations in memory. Clones share the state.
@@ -67,6 +69,12 @@ impl MemoryResults {
         self.lock().refuse_next = n;
     }
 
+    /// Refuses every delivery until `until` on `clock`, as a destination down for a while
+    /// (a deleted queue recreated, a policy fixed, a throttled topic) would.
+    pub fn refuse_until(&self, clock: Arc<dyn Clock>, until: Timestamp) {
+        self.lock().outage = Some((clock, until));
+    }
+
     /// Every delivery so far, in order.
     pub fn delivered(&self) -> Vec<DeliveredResult> {
         self.lock().delivered.clone()
@@ -94,7 +102,8 @@ impl ResultSink for MemoryResults {
         let mut st = self.lock();
         let rate = st.refuse_rate;
         let drawn = rate > 0.0 && st.rng.as_mut().is_some_and(|r| r.random::<f64>() < rate);
-        if st.refuse_next > 0 || drawn {
+        let down = (st.outage.as_ref()).is_some_and(|(clock, until)| clock.now() < *until);
+        if st.refuse_next > 0 || drawn || down {
             st.refuse_next = st.refuse_next.saturating_sub(1);
             st.refused += 1;
             return Err(ResultError::Refused {

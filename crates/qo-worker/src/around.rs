@@ -16,11 +16,13 @@ use qo_core::Job;
 pub struct Answer<'a> {
     /// The HTTP status.
     pub status: u16,
-    /// The response headers the stack keeps (`RESULT_HEADERS`), names in lower case; empty
-    /// without result destinations.
+    /// The response headers the stack keeps (`RESULT_HEADERS`), names in lower case.
     pub headers: &'a [(String, String)],
-    /// The body (up to `RESULT_BODY_MAX_BYTES` with result destinations; else its start).
+    /// The body, up to `RESULT_BODY_MAX_BYTES` (with result destinations, or when
+    /// [`AroundCall::reads_answers`]; else only its start, for a dead letter's excerpt).
     pub body: &'a [u8],
+    /// Whether `body` is cut short of what the API sent.
+    pub truncated: bool,
 }
 
 /// What becomes of a 2xx answer.
@@ -58,10 +60,22 @@ pub trait AroundCall: Send + Sync {
         let _ = (job, answer);
         Ok(AfterCall::Keep)
     }
+
+    /// Whether [`AroundCall::answered`] reads answers: then the worker reads each body up to
+    /// `RESULT_BODY_MAX_BYTES` and keeps the `RESULT_HEADERS`, with result destinations or
+    /// without. True by default; [`Passthrough`] reads none, so a stack without destinations
+    /// reads only an excerpt.
+    fn reads_answers(&self) -> bool {
+        true
+    }
 }
 
 /// Today's behaviour: call the job as it is, keep the answer.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Passthrough;
 
-impl AroundCall for Passthrough {}
+impl AroundCall for Passthrough {
+    fn reads_answers(&self) -> bool {
+        false
+    }
+}

@@ -56,8 +56,8 @@ pub struct ApiClient {
     body_limit: usize,
     /// The rate-limit headers kept from each answer (`RATE_LIMIT_HEADERS`).
     rate_names: Arc<[HeaderName]>,
-    /// Whether answers feed results (the stack has destinations): the body is read up to
-    /// `RESULT_BODY_MAX_BYTES`, and `result_headers` are kept.
+    /// Whether answers are read whole (the stack has destinations, or the user's code reads
+    /// them): the body is read up to `RESULT_BODY_MAX_BYTES`, and `result_headers` are kept.
     results: bool,
     result_headers: Arc<[HeaderName]>,
 }
@@ -115,6 +115,16 @@ impl ApiClient {
                 config.result_headers.clone().into()
             },
         })
+    }
+
+    /// The client reading whole answers (up to `RESULT_BODY_MAX_BYTES`, with the
+    /// `RESULT_HEADERS`) as with result destinations: for the user's code around the call
+    /// ([`crate::AroundCall::reads_answers`]), which sees every answer.
+    pub fn reading_whole_answers(mut self, config: &WorkerConfig) -> Self {
+        self.body_limit = (config.result_body_max).max(config.excerpt_bytes + EXCERPT_SLACK);
+        self.result_headers = config.result_headers.clone().into();
+        self.results = true;
+        self
     }
 
     fn credential(&self) -> Option<(HeaderName, HeaderValue)> {

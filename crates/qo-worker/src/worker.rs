@@ -647,6 +647,7 @@ where
                         status,
                         headers: &response.headers,
                         body: &response.body_start,
+                        truncated: response.body_truncated,
                     };
                     let body = match self.around.answered(job, seen).await {
                         Ok(AfterCall::Keep) => None,

@@ -147,6 +147,17 @@ pub struct LocalArgs {
     /// beside calls, and the run fails when a success has no result.
     #[arg(long, value_name = "FILE")]
     results: Option<std::path::PathBuf>,
+    /// With `--results`: the destination refuses every delivery for this many seconds from
+    /// the start, as one down for a while. Each result is kept on the queue and handed back
+    /// after 60 s, then 120, 240, 480 and 900 s (no slot, no call), so the run lasts until
+    /// the destination took them all.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "results",
+        default_value_t = 0
+    )]
+    results_refuse_for: u64,
     /// With `--aws-endpoint`: serve for this many seconds (0: until Ctrl-C) instead of running
     /// a backlog. Jobs sent to the queues (`qo send`, `qo call`) are paced and called, and
     /// their results delivered to a results queue of the run's own; the variables `qo call`
@@ -376,6 +387,14 @@ where
     config.worker_function_concurrency_cap = worker_concurrency;
     // --results: every job's result to one local queue, the default destination.
     let results = args.results.as_ref().map(|_| MemoryResults::new());
+    if let Some(r) = &results
+        && args.results_refuse_for > 0
+    {
+        let until = clock
+            .now()
+            .plus(Duration::from_secs(args.results_refuse_for));
+        r.refuse_until(clock.clone(), until);
+    }
     if results.is_some() {
         let destinations = Destinations::parse(LOCAL_RESULTS_ARN, "qo-local-results")?;
         worker_config.destinations = destinations.clone();
@@ -462,8 +481,12 @@ where
             })
         }
     };
-    while collector.finished() + elsewhere(collector.counts().dead_lettered).await?.ended()
+    // With results, kept ones wait on the queue for a later delivery: the run goes on until
+    // none is left.
+    let with_results = args.results.is_some();
+    while (collector.finished() + elsewhere(collector.counts().dead_lettered).await?.ended()
         < args.jobs
+        || (with_results && queue.pending().await? > 0))
         && Instant::now() < give_up
     {
         runs += 1;

@@ -912,6 +912,37 @@ mod tests {
         Report::new(jobs, &counts, Duration::from_secs(1), &quota, 1)
     }
 
+    /// A success whose result was neither delivered nor dead-lettered fails the run, and the
+    /// report sets results beside the successes.
+    #[test]
+    fn a_success_without_its_result_is_lost() {
+        use qo_core::result::{JobResult, ResultOutcome};
+        let mut r = report(3, 3, 0);
+        let one = |id: &str| qo_memory::DeliveredResult {
+            destination: "orders".into(),
+            result: JobResult::new(id, ResultOutcome::Succeeded),
+        };
+        // Two jobs' results, one of them delivered twice (at least once counts once).
+        let delivered = [one("a"), one("b"), one("b")];
+        let counts = Counts {
+            succeeded: 3,
+            ..Counts::default()
+        };
+        let seen = ResultsSeen::of(&delivered, &counts, std::path::Path::new("r.jsonl"));
+        assert_eq!((seen.delivered, seen.succeeded_delivered), (3, 2));
+        assert_eq!(seen.succeeded_without_result, 1);
+        r.results = Some(seen);
+        let why = r.lost().expect("a result is missing");
+        assert!(why.contains("1 succeeded with no result"), "{why}");
+        let all = [one("a"), one("b"), one("c")];
+        r.results = Some(ResultsSeen::of(
+            &all,
+            &counts,
+            std::path::Path::new("r.jsonl"),
+        ));
+        assert_eq!(r.lost(), None);
+    }
+
     #[test]
     fn every_job_is_somewhere_or_counted_as_nowhere() {
         let mut r = report(10, 6, 1);

@@ -373,6 +373,53 @@ async fn job_paths_are_joined_under_the_base_path() {
     assert_eq!(sim.records().len(), 1);
 }
 
+/// Records the body length and the truncation mark of each answer the user's code sees.
+#[derive(Default)]
+struct Reads(std::sync::Mutex<Vec<(usize, bool)>>);
+
+#[async_trait::async_trait]
+impl qo_worker::AroundCall for Reads {
+    async fn answered(
+        &self,
+        _job: &qo_core::Job,
+        answer: qo_worker::Answer<'_>,
+    ) -> Result<qo_worker::AfterCall, qo_worker::HandlerError> {
+        let seen = (answer.body.len(), answer.truncated);
+        self.0.lock().expect("lock").push(seen);
+        Ok(qo_worker::AfterCall::Keep)
+    }
+}
+
+/// The user's code sees whole answers even on a stack without result destinations, where the
+/// stock worker reads only an excerpt: the client reads them whole for it.
+#[tokio::test]
+async fn the_user_s_code_reads_whole_answers_without_result_destinations() {
+    let sim = sim("100/s").await;
+    let cfg = config(&sim.url(), &[]);
+    assert!(cfg.destinations.is_empty());
+    let long = format!(
+        r#"{{"path":"/items","query":{{"q":"{}"}}}}"#,
+        "x".repeat(3_000)
+    );
+    let mut seen = Vec::new();
+    for whole in [false, true] {
+        let reads = std::sync::Arc::new(Reads::default());
+        let client = if whole {
+            client(&cfg).reading_whole_answers(&cfg)
+        } else {
+            client(&cfg)
+        };
+        let mut r = rig(cfg.clone(), client, TokioClock::system());
+        r.worker = r.worker.with_around(reads.clone());
+        let out = r.handle(job(&long, "m-1", r.clock.now(), 0)).await;
+        assert!(matches!(out, Outcome::Succeeded { .. }), "{out:?}");
+        seen.push(reads.0.lock().expect("lock")[0]);
+    }
+    let (excerpt, whole) = (seen[0], seen[1]);
+    assert!(excerpt.0 < 1_024, "an excerpt only: {excerpt:?}");
+    assert!(whole.0 > 3_000 && !whole.1, "the whole answer: {whole:?}");
+}
+
 /// With `ALLOWED_METHODS` and `ALLOWED_PATH_PREFIXES` set, a job asking for anything else is
 /// dead-lettered with the reason and never sent; the orchestrator refuses it before its slot,
 /// and an event that reaches the worker anyway meets the same lists.

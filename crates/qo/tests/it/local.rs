@@ -407,34 +407,51 @@ async fn call_prints_the_answer_of_a_job_served_by_local() {
                 break;
             }
         }
-        let call = Command::new(env!("CARGO_BIN_EXE_qo"))
-            .args([
-                "call",
-                "/v1/customers/42",
-                "--meta",
-                r#"{"ticket":7}"#,
-                "--endpoint",
-                &endpoint,
-                "--queue-url",
-                &vars["QUEUE_URL"],
-                "--reply-queue-url",
-                &vars["REPLY_QUEUE_URL"],
-                "--timeout-s",
-                "60",
-                "--json",
-            ])
-            .env_clear()
-            .envs(OFFLINE_AWS_ENV)
-            .output()
-            .expect("qo call");
+        let call = |path: &str| {
+            Command::new(env!("CARGO_BIN_EXE_qo"))
+                .args([
+                    "call",
+                    path,
+                    "--meta",
+                    r#"{"ticket":7}"#,
+                    "--endpoint",
+                    &endpoint,
+                    "--queue-url",
+                    &vars["QUEUE_URL"],
+                    "--reply-queue-url",
+                    &vars["REPLY_QUEUE_URL"],
+                    "--timeout-s",
+                    "60",
+                    "--json",
+                ])
+                .env_clear()
+                .envs(OFFLINE_AWS_ENV)
+                .output()
+                .expect("qo call")
+        };
+        let ok = call("/v1/customers/42");
+        // The built-in API answers this path 404: the job is dead-lettered, and its failure
+        // result comes back.
+        let refused = call("/_sim/status/404");
         let _ = server.kill();
         let _ = server.wait();
-        call
+        (ok, refused)
     })
     .await
     else {
         return;
     };
+    let (out, refused) = out;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "a dead letter exits non-zero: {said}"
+    );
+    assert!(said.contains("the job was dead-lettered"), "{said}");
+    assert!(said.contains("404"), "{said}");
+    let printed: Value =
+        serde_json::from_str(String::from_utf8_lossy(&refused.stdout).trim()).expect("JSON");
+    assert_eq!(printed["result"]["outcome"], "dead_lettered", "{printed}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

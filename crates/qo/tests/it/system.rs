@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use qo_core::result::{Destinations, ResultOutcome};
 use qo_core::{Clock, Job, NoObserver, QuotaSpec, Timestamp, TokioClock};
-use qo_memory::{InvokerOptions, MemoryQueue, MemoryStore, QueueOptions};
+use qo_memory::{InvokerOptions, MemoryQueue, MemoryResults, MemoryStore, QueueOptions};
 use qo_orchestrator::OrchestratorConfig;
 use qo_worker::{ApiResponse, HttpCall, HttpError, WorkerConfig, WorkerError};
 
@@ -110,6 +111,16 @@ fn rig(limit: usize) -> (Rig, Arc<StrictApi>) {
 
 /// As [`rig`], with up to `batch_max_jobs` jobs in one worker invocation.
 fn rig_batched(limit: usize, batch_max_jobs: usize) -> (Rig, Arc<StrictApi>) {
+    rig_with(limit, batch_max_jobs, None)
+}
+
+/// As [`rig_batched`], every job's result delivered to `results` when given (the stack's one
+/// destination, `orders`, the default).
+fn rig_with(
+    limit: usize,
+    batch_max_jobs: usize,
+    results: Option<MemoryResults>,
+) -> (Rig, Arc<StrictApi>) {
     let clock = Arc::new(TokioClock::system());
     let api = Arc::new(StrictApi {
         clock: clock.clone(),
@@ -118,11 +129,16 @@ fn rig_batched(limit: usize, batch_max_jobs: usize) -> (Rig, Arc<StrictApi>) {
         calls: Mutex::default(),
         retry_after_at: Mutex::default(),
     });
-    let worker = WorkerConfig::new("http://api.invalid".parse().expect("url"));
+    let mut worker = WorkerConfig::new("http://api.invalid".parse().expect("url"));
     let mut orchestrator =
         OrchestratorConfig::with_quota("20/s".parse::<QuotaSpec>().expect("quota"));
     orchestrator.idle_exit = Some(Duration::from_secs(2));
     orchestrator.batch_max_jobs = batch_max_jobs;
+    if results.is_some() {
+        let d = Destinations::parse("arn:aws:sqs:us-east-1:123456789012:orders", "orders");
+        worker.destinations = d.expect("destinations");
+        orchestrator.destinations = worker.destinations.clone();
+    }
     let system = System::assemble(Parts {
         clock: clock.clone(),
         queue: MemoryQueue::with_options(clock.clone(), QueueOptions::template()),
@@ -137,7 +153,7 @@ fn rig_batched(limit: usize, batch_max_jobs: usize) -> (Rig, Arc<StrictApi>) {
             ..InvokerOptions::template()
         },
         observer: Arc::new(NoObserver),
-        results: None,
+        results: results.map(|r| Arc::new(r) as Arc<dyn qo_core::ports::ResultSink>),
         around: None,
     })
     .expect("system");
@@ -189,6 +205,58 @@ async fn every_job_is_called_once_within_the_quota_despite_duplicates_and_failed
     let span = ok[ok.len() - 1].since(ok[0]).as_secs_f64();
     let rate = (ok.len() - 1) as f64 / span;
     assert!(rate >= 0.95 * 20.0, "{rate:.2}/s");
+}
+
+/// The results' destination refuses every delivery for its first 5 minutes: each result is
+/// kept on the queue and handed back (no slot, no call) until the destination recovers, so
+/// every job's result arrives, and the API was called once per job.
+#[tokio::test(start_paused = true)]
+async fn a_destination_down_for_a_while_gets_every_result_once_it_recovers() {
+    let _one = crate::ONE_AT_A_TIME.lock().await;
+    let results = MemoryResults::new();
+    let (system, api) = rig_with(
+        20,
+        qo_orchestrator::config::DEFAULT_BATCH_MAX_JOBS,
+        Some(results.clone()),
+    );
+    let clock = system.clock().clone();
+    let recovers = clock.now().plus(Duration::from_secs(300));
+    results.refuse_until(clock.clone(), recovers);
+    drive(&system, &api, 100, Duration::from_secs(120)).await;
+    assert_eq!(api.successes().len(), 100, "every job was called");
+    assert!(
+        results.delivered().is_empty(),
+        "nothing is delivered while it is down"
+    );
+    let give_up = clock.now().plus(Duration::from_secs(3_600));
+    while results.delivered().len() < 100 && clock.now() < give_up {
+        let deadline = clock.now().plus(Duration::from_secs(60));
+        system.run_until(deadline).await.expect("run");
+    }
+    system.wait_idle().await;
+    let delivered = results.delivered();
+    let mut ids: Vec<&str> = delivered.iter().map(|d| d.result.job_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 100, "every job's result arrived");
+    assert!(
+        delivered
+            .iter()
+            .all(|d| d.result.outcome == ResultOutcome::Succeeded)
+    );
+    assert!(
+        results.refused() >= 100,
+        "each was refused first: {}",
+        results.refused()
+    );
+    assert!(
+        api.successes().values().all(|n| *n == 1),
+        "the API was called once per job"
+    );
+    assert!(
+        system.queue().dead_letters().is_empty(),
+        "none was given up on"
+    );
 }
 
 #[tokio::test(start_paused = true)]
