@@ -17,7 +17,7 @@
 //!   the pure plan of a delivered job before its call, and the decision on the API's answer)
 //!   one effect per variant.
 //! - [`window`]: the API's window read from each answer and reported after a success only
-//!   when few calls are left ([`window::is_low`]).
+//!   when its calls run ahead of an even spend ([`window::runs_ahead`]).
 //! - [`outcome`]: [`Outcome`], the function's JSON result.
 //! - [`retry_after`]: parsing `Retry-After`.
 //! - [`ratelimit`]: reading the API's rate-limit headers (`RATE_LIMIT_HEADERS`) into an

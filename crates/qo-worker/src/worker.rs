@@ -20,7 +20,7 @@
 //! ([`qo_core::ports::Retry::after_throttle`]). The API's rate-limit headers
 //! ([`crate::ratelimit`], `RATE_LIMIT_HEADERS`) are read on every answer and observed
 //! ([`Observation::ApiRemaining`]); they reach the control record's `api_window` with every
-//! 429, and after a success only when the window is nearly used up ([`is_low`]) or its limit
+//! 429, and after a success only when its calls run ahead of an even spend ([`runs_ahead`]) or its limit
 //! changed since this environment's previous answer (a limit that came back), at most once
 //! per `API_WINDOW_REPORT_MS` per execution environment and never over a newer observation:
 //! in normal operation a success writes no shared state.
@@ -81,7 +81,7 @@ use crate::plan::{
 use crate::records;
 use crate::results::{ResultPath, redeliver};
 use crate::window::WindowReports;
-pub use crate::window::is_low;
+pub use crate::window::{is_low, runs_ahead};
 
 /// The span of one job's handling, alone or in a batch.
 fn job_span(ev: &JobEvent) -> tracing::Span {
