@@ -85,7 +85,8 @@ impl WindowReports {
         // tenth of a second): not worth a write.
         let length = self.length_of(&window);
         let lasting = window.reset_at > now.plus(every);
-        if !(lasting && runs_ahead(&window, length)) && !changed {
+        let worth = changed || (lasting && runs_ahead(&window, length));
+        if !worth {
             return;
         }
         {
