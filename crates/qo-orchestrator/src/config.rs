@@ -426,10 +426,11 @@ impl FinishBudget {
     /// SQS batch calls at the stop, in one call's time each: the deletes of what the last
     /// invokes dispatched (up to `MAX_IN_FLIGHT` x `BATCH_MAX_JOBS` messages, plus the up to 9
     /// already waiting for a full batch) go in one round of concurrent batches of 10 once the
-    /// last invoke answered, and the release of up to `MAX_HELD` held messages (with those of
-    /// invokes that failed meanwhile) in another: one call's time each.
+    /// last invoke answered; the up to `MAX_HELD` held messages (with those of invokes that
+    /// failed meanwhile) in three: fresh copies of those that must rotate (SendMessageBatch),
+    /// the deletes of their originals, and the release of the rest.
     pub fn batches(&self) -> u32 {
-        u32::from(self.max_in_flight > 0) + u32::from(self.max_held > 0)
+        u32::from(self.max_in_flight > 0) + 3 * u32::from(self.max_held > 0)
     }
 
     /// The whole finish: the invokes, the batches, one fenced save and the lease release.
@@ -446,8 +447,8 @@ impl FinishBudget {
 #[error(
     "STOP_MARGIN_S={} is shorter than the orchestrator's worst-case finish of {} s: the invokes \
      in flight ((INVOKE_MAX_RETRIES={} + 1) x (SDK_CONNECT_TIMEOUT_MS + SDK_READ_TIMEOUT_MS={} ms) \
-     + {} x {} s between retries = {} s), then {} SQS batch calls (deletes of MAX_IN_FLIGHT={} and \
-     releases of {} held), a fenced save and the lease release: {} x {} s (SDK_MAX_ATTEMPTS x \
+     + {} x {} s between retries = {} s), then {} rounds of SQS batch calls (deletes of \
+     MAX_IN_FLIGHT={}; fresh copies, deletes and releases of {} held), a fenced save and the lease release: {} x {} s (SDK_MAX_ATTEMPTS x \
      (SDK_CONNECT_TIMEOUT_MS + SDK_READ_TIMEOUT_MS)); leave STOP_MARGIN_S unset (it defaults to \
      the worst case) or lower these",
     .stop_margin.as_secs(), .budget.total().as_secs_f64(), .budget.invoke_retries,
@@ -634,11 +635,12 @@ mod tests {
         let b = defaults_budget();
         // 5 x 8 + 4 x 10 = 80 s for the invokes.
         assert_eq!(b.invokes(), Duration::from_secs(80));
-        // One round of deletes (concurrent batches of 10), one of releases.
-        assert_eq!(b.batches(), 2);
-        // 80 + (2 + 2) x 24 = 176 s.
-        assert_eq!(b.total(), Duration::from_secs(176));
-        assert_eq!(stop_margin(None, &b), Ok(Duration::from_secs(176)));
+        // One round of deletes (concurrent batches of 10); three for what is held: fresh
+        // copies, the deletes of their originals, the releases.
+        assert_eq!(b.batches(), 4);
+        // 80 + (4 + 2) x 24 = 224 s.
+        assert_eq!(b.total(), Duration::from_secs(224));
+        assert_eq!(stop_margin(None, &b), Ok(Duration::from_secs(224)));
         assert_eq!(
             stop_margin(Some(Duration::from_secs(400)), &b),
             Ok(Duration::from_secs(400))
@@ -646,16 +648,16 @@ mod tests {
         let e = stop_margin(Some(Duration::from_secs(5)), &b).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 176 s: the \
+            "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 224 s: the \
              invokes in flight ((INVOKE_MAX_RETRIES=4 + 1) x (SDK_CONNECT_TIMEOUT_MS + \
-             SDK_READ_TIMEOUT_MS=8000 ms) + 4 x 10 s between retries = 80 s), then 2 SQS batch \
-             calls (deletes of MAX_IN_FLIGHT=64 and releases of 10 held), a fenced save and the \
-             lease release: 4 x 24 s (SDK_MAX_ATTEMPTS x (SDK_CONNECT_TIMEOUT_MS + \
-             SDK_READ_TIMEOUT_MS)); leave STOP_MARGIN_S unset (it defaults to the worst case) or \
-             lower these"
+             SDK_READ_TIMEOUT_MS=8000 ms) + 4 x 10 s between retries = 80 s), then 4 rounds of \
+             SQS batch calls (deletes of MAX_IN_FLIGHT=64; fresh copies, deletes and releases \
+             of 10 held), a fenced save and the lease release: 6 x 24 s (SDK_MAX_ATTEMPTS x \
+             (SDK_CONNECT_TIMEOUT_MS + SDK_READ_TIMEOUT_MS)); leave STOP_MARGIN_S unset (it \
+             defaults to the worst case) or lower these"
         );
         // Small settings: SDK 2 x (0.5 + 1) s, no Invoke retry, 16 in flight:
-        // 1.5 + (2 + 2) x 3 = 13.5 s, rounded up to 14 s.
+        // 1.5 + (4 + 2) x 3 = 19.5 s, rounded up to 20 s.
         let small = FinishBudget {
             sdk_call: Duration::from_secs(3),
             invoke_attempt: Duration::from_millis(1_500),
@@ -665,18 +667,18 @@ mod tests {
             batch_max_jobs: 1,
             max_held: 10,
         };
-        assert_eq!(small.batches(), 2);
-        assert_eq!(small.total(), Duration::from_millis(13_500));
-        assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(14)));
+        assert_eq!(small.batches(), 4);
+        assert_eq!(small.total(), Duration::from_millis(19_500));
+        assert_eq!(stop_margin(None, &small), Ok(Duration::from_secs(20)));
         // MAX_HELD's default (100) and the default batches of 20 jobs (1,280 messages to
-        // delete): each goes in one round of concurrent calls, so the default finish stays
-        // 176 s.
+        // delete): each goes in rounds of concurrent calls, so the default finish stays
+        // 224 s.
         let held = FinishBudget {
             max_held: DEFAULT_MAX_HELD,
             batch_max_jobs: DEFAULT_BATCH_MAX_JOBS,
             ..b
         };
-        assert_eq!(held.total(), Duration::from_secs(176));
+        assert_eq!(held.total(), Duration::from_secs(224));
     }
 
     #[test]

@@ -1293,31 +1293,57 @@ where
     }
 
     /// Re-sends each message as a fresh copy (receive count 0, a new retention period; same
-    /// job, idempotency key and attempt) visible after `after`, then deletes the originals. Returns the
-    /// messages it could not re-send, still held, for the caller to release.
+    /// job, idempotency key and attempt) visible after `after`, then deletes the originals.
+    /// Returns the messages it could not re-send, still held, for the caller to release.
+    ///
+    /// The copies go in SendMessageBatch calls of at most ten and 1 MiB ([`sqs::send_batches`]),
+    /// made concurrently: one call's time for up to `MAX_HELD` messages, where a SendMessage
+    /// each took a call's time per message.
     async fn resend_fresh(
         &mut self,
         messages: Vec<Message>,
         after: Duration,
     ) -> Result<Vec<Message>, OrchestratorError> {
-        let mut resent = Vec::new();
-        let mut failed = Vec::new();
-        for m in messages {
-            // The copy gets a new message id: the key goes in its body.
-            let body = qo_core::job::pin_key(&m.body, &m.origin.message_id);
-            match self
-                .ports
-                .queue
-                .requeue(&body, &m.origin, after.min(sqs::MAX_DELAY))
-                .await
-            {
-                Ok(()) => resent.push(m),
+        if messages.is_empty() {
+            return Ok(messages);
+        }
+        let delay = after.min(sqs::MAX_DELAY);
+        // The copy gets a new message id: the key goes in its body.
+        let copies: Vec<Message> = messages
+            .iter()
+            .map(|m| Message {
+                body: qo_core::job::pin_key(&m.body, &m.origin.message_id).into_owned(),
+                ..m.clone()
+            })
+            .collect();
+        let sizes: Vec<usize> = copies
+            .iter()
+            .map(|m| sqs::job_message_bytes(&m.body, &m.origin))
+            .collect();
+        let queue = self.ports.queue;
+        let groups = sqs::send_batches(&sizes).into_iter().map(|range| {
+            let group = &copies[range];
+            async move { (group, queue.resend(group, delay).await) }
+        });
+        // Not under `while_invoking`: an invoke's completion can give messages back itself.
+        let answers = futures::future::join_all(groups).await;
+        let mut not_copied: Vec<&str> = Vec::new();
+        for (group, answer) in &answers {
+            match answer {
+                Ok(()) => {}
+                Err(e @ QueueError::Partial { .. }) => {
+                    warn!(error = %e, "some fresh copies were refused; releasing their originals");
+                    not_copied.extend(e.refused().iter().map(String::as_str));
+                }
                 Err(e) => {
-                    warn!(message_id = %m.origin.message_id, error = %e, "could not re-send a fresh copy; releasing it");
-                    failed.push(m);
+                    warn!(count = group.len(), error = %e, "could not re-send fresh copies; releasing them");
+                    not_copied.extend(group.iter().map(|m| m.receipt.as_str()));
                 }
             }
         }
+        let (failed, resent): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|m| not_copied.contains(&m.receipt.as_str()));
         if !resent.is_empty() {
             info!(
                 count = resent.len(),
@@ -1333,11 +1359,21 @@ where
     /// from their receive; one that cannot be extended enough goes back as a fresh copy.
     async fn extend_held(&mut self, now: Timestamp) -> Result<(), OrchestratorError> {
         let margin = self.extend_margin();
+        if self
+            .held
+            .iter()
+            .all(|h| h.visible_until.minus(margin) > now)
+        {
+            return Ok(());
+        }
+        // Once one is due, those due within half a visibility timeout go with it: one batch
+        // call for what would otherwise be a call each, a few seconds apart.
+        let soon = now.plus(self.config.visibility_timeout / 2);
         let mut extend = Vec::new();
         let mut give_back = Vec::new();
         let mut keep = VecDeque::with_capacity(self.held.len());
         for mut h in self.held.drain(..) {
-            if h.visible_until.minus(margin) > now {
+            if h.visible_until.minus(margin) > soon {
                 keep.push_back(h);
                 continue;
             }
@@ -1354,9 +1390,15 @@ where
             }
         }
         self.held = keep;
+        // One ChangeMessageVisibilityBatch round per extension length (almost always one),
+        // not a call per message.
+        let mut by_length: std::collections::BTreeMap<Duration, Vec<Message>> = Default::default();
         for (m, by) in extend {
-            self.report.extended += 1;
-            self.settle(BatchCall::Release(by), vec![m]).await?;
+            by_length.entry(by).or_default().push(m);
+        }
+        for (by, messages) in by_length {
+            self.report.extended += messages.len() as u64;
+            self.settle(BatchCall::Release(by), messages).await?;
         }
         if !give_back.is_empty() {
             // Held for 12 h since the receive: SQS allows no more visibility.

@@ -24,7 +24,7 @@ fn a_stop_margin_below_the_worst_case_finish_is_refused() {
     let (ok, out) = start(&[("STOP_MARGIN_S", "5"), ("FUNCTION_TIMEOUT_S", "900")]);
     assert!(!ok, "{out}");
     for part in [
-        "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 176 s",
+        "STOP_MARGIN_S=5 is shorter than the orchestrator's worst-case finish of 224 s",
         "INVOKE_MAX_RETRIES=4",
         "MAX_IN_FLIGHT=64",
     ] {
@@ -34,11 +34,11 @@ fn a_stop_margin_below_the_worst_case_finish_is_refused() {
 
 #[test]
 fn a_function_timeout_that_cannot_hold_the_stop_margin_is_refused() {
-    // The margin defaults to the worst-case finish, 176 s; 24 s + 176 s > 150 s.
+    // The margin defaults to the worst-case finish, 224 s; 24 s + 224 s > 150 s.
     let (ok, out) = start(&[("FUNCTION_TIMEOUT_S", "150")]);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("+ margin 176 s = 200 s exceeds the function timeout 150 s"),
+        out.contains("+ margin 224 s = 248 s exceeds the function timeout 150 s"),
         "{out}"
     );
 }
@@ -46,7 +46,7 @@ fn a_function_timeout_that_cannot_hold_the_stop_margin_is_refused() {
 #[test]
 fn the_default_stop_margin_is_the_worst_case_finish() {
     let (_, out) = start(&[("FUNCTION_TIMEOUT_S", "900")]);
-    assert!(out.contains("stop_margin_s=176"), "{out}");
+    assert!(out.contains("stop_margin_s=224"), "{out}");
     assert!(out.contains("orchestrator ready"), "{out}");
 }
 

@@ -199,6 +199,13 @@ async fn held_messages_are_kept_by_extending_their_visibility() {
     let r = h.run_for(&c, Duration::from_secs(600)).await;
     assert_eq!(r.dispatched, 5);
     assert!(r.extended > 0, "{r:?}");
+    // Extended together, in ChangeMessageVisibilityBatch calls (review N11).
+    let calls = h.queue.requests().change_visibility;
+    assert!(
+        calls * 3 <= r.extended * 2,
+        "{calls} calls for {} extensions",
+        r.extended
+    );
     assert_eq!(
         h.queue.peak_receive_count(),
         1,
@@ -232,8 +239,15 @@ async fn a_flapping_pause_gives_back_fresh_copies_instead_of_raising_receive_cou
     });
     let mut c = config("1/s");
     c.hold_horizon = Duration::from_secs(10);
+    let sent_before = h.queue.requests().send;
     let reports = h.drive(&c, RUN, JOBS, Duration::from_secs(600)).await;
     assert_all_succeeded_untouched_by_redrive(&h);
     let rotated: u64 = reports.iter().map(|r| r.rotated).sum();
     assert!(rotated > 0, "{reports:?}");
+    // The copies go in SendMessageBatch calls, not a SendMessage each (review N11).
+    let sends = h.queue.requests().send - sent_before;
+    assert!(
+        sends * 3 <= rotated,
+        "{sends} send requests for {rotated} fresh copies"
+    );
 }
