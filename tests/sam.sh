@@ -162,6 +162,8 @@ PARAMETER_SETS["results"] = {
     "ResultFunctionArns": "arn:aws:lambda:us-east-1:123456789012:function:after-call:live",
     "DefaultResultDestination": "orders",
     "WorkerFunctionCount": 2,
+    "ResultHeaders": "Content-Type,X-Request-Id,ETag",
+    "ResultBodyMaxBytes": 65536,
 }
 # Values for the defaults' check: ApiBaseUrl has no default.
 REQUIRED_FOR_DEFAULTS = {"ApiBaseUrl": "https://api.example.com"}
@@ -343,7 +345,10 @@ def timeouts(name, r):
     # SDK call + that margin, and leave time to dispatch.
     INVOKE_MAX_RETRIES, INVOKE_RETRY_WAIT_S, MAX_IN_FLIGHT, MAX_HELD = 4, 10.0, 64, 10
     invokes = (INVOKE_MAX_RETRIES + 1) * (SDK_CONNECT_S + SDK_READ_S) + INVOKE_MAX_RETRIES * INVOKE_RETRY_WAIT_S
-    batches = -(-(MAX_IN_FLIGHT + 9) // 10) + -(-MAX_HELD // 10)
+    # One round of concurrent delete batches for what the last invokes dispatched; three for
+    # what is held: fresh copies of those that must rotate, their originals' deletes, the
+    # releases (qo_orchestrator::config::FinishBudget::batches).
+    batches = (1 if MAX_IN_FLIGHT else 0) + (3 if MAX_HELD else 0)
     stop_margin_s = invokes + (batches + 2) * sdk
     idle_exit_s = 30
     orch = num(v["OrchestratorTimeout"])
@@ -617,13 +622,17 @@ def producers_only(name, r, values):
             fail(f"{name}: {arn} may not send to the job queue (allowed: {allowed})")
 
 
-def allow_list(name, r, values):
-    """Every function reads the same allow-list (the Globals' variables, the parameters'
-    values); no function sets its own."""
+def globals_follow(name, r, values):
+    """Every function reads the same allow-list and result settings (the Globals' variables,
+    the parameters' values); no function sets its own. An empty ResultHeaders sets no
+    RESULT_HEADERS, so the worker keeps its default list."""
     glob_env = tpl["Globals"]["Function"]["Environment"]["Variables"]
-    for var, param in (("ALLOWED_METHODS", "AllowedMethods"), ("ALLOWED_PATH_PREFIXES", "AllowedPathPrefixes")):
-        want = str(values.get(param, ""))
+    defaults = {"ResultBodyMaxBytes": "1048576"}
+    for var, param in (("ALLOWED_METHODS", "AllowedMethods"), ("ALLOWED_PATH_PREFIXES", "AllowedPathPrefixes"),
+                       ("RESULT_HEADERS", "ResultHeaders"), ("RESULT_BODY_MAX_BYTES", "ResultBodyMaxBytes")):
+        want = str(values.get(param, defaults.get(param, "")))
         got = r.value(glob_env[var]) if var in glob_env else "<unset>"
+        got = "" if got is NO_VALUE else str(got)
         if got != want:
             fail(f"{name}: {var} is {got!r}, {param} is {want!r}")
         for fn, res in r.resources.items():
@@ -650,7 +659,7 @@ for name, values in sets.items():
     summary = timeouts(name, r)
     resolved_checks(name, r)
     producers_only(name, r, values)
-    allow_list(name, r, values)
+    globals_follow(name, r, values)
     print(f"sam.sh: ok: {name}: resolved template checks pass; {summary}")
     if name != "defaults":
         rendered = json.loads(json.dumps(tpl))
