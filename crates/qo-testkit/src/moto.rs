@@ -82,7 +82,10 @@ impl MotoServer {
         let mut cmd = server_command(exe);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // Unbuffered, so the log shows what happened before a crash.
-            .env("PYTHONUNBUFFERED", "1");
+            .env("PYTHONUNBUFFERED", "1")
+            // What moto writes (its recorder's `moto_recording`) goes to the server's own
+            // directory, removed with it, not to the test's working directory.
+            .current_dir(dir.path());
         let mut proc = Supervised::spawn(TOOL, &mut cmd, &dir.path().join("moto_server.log"))?;
         let endpoint = format!("http://127.0.0.1:{port}");
         let probe = format!("{endpoint}/moto-api/");

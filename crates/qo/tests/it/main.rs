@@ -8,6 +8,8 @@ mod local;
 mod ops;
 #[cfg(feature = "aws")]
 mod redrive_worker_failures;
+#[cfg(feature = "aws")]
+mod results_over_moto;
 mod simulate;
 mod system;
 
