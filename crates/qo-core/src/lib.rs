@@ -18,6 +18,7 @@
 //!   - [`quota::pacer`]: the [`Pacer`], the thin combinator over the tiers, with one call
 //!     that checks and records ([`Pacer::take`], [`Pacer::take_first_from`]) and a read-only
 //!     [`Pacer::peek`];
+//!   - [`quota::feedback`]: what the API told the worker (its 429s, its rate-limit window);
 //!   - [`quota::adaptive`]: the rate learned from the API's throttles;
 //!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.

@@ -2,11 +2,13 @@
 //! persisted usage ([`state`]), the constraints each tier puts on calls (`constraint`, a
 //! private module: the GCRA pace, the rolling count, the calendar count), the pacer that
 //! combines the tiers and hands out slots ([`pacer`]), which worker function of a pool makes
-//! each call ([`pool`]), the rate learned from the API's
-//! throttles ([`adaptive`]), and how much of the pace a run used ([`utilization`]).
+//! each call ([`pool`]), what the API told the worker ([`feedback`]: its 429s and its
+//! rate-limit window), the rate learned from it ([`adaptive`]), and how much of the pace a
+//! run used ([`utilization`]).
 
 pub mod adaptive;
 mod constraint;
+pub mod feedback;
 pub mod pacer;
 pub mod policy;
 pub mod pool;

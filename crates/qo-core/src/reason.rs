@@ -10,7 +10,6 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::job::JobError;
-use crate::retry::GiveUp;
 use crate::time::Timestamp;
 
 /// Why a job was re-queued or dead-lettered.
@@ -337,6 +336,44 @@ impl PartialEq<String> for Reason {
     fn eq(&self, other: &String) -> bool {
         let text = self.to_string();
         text == **other
+    }
+}
+
+/// Why a job is given up on and dead-lettered instead of re-queued. A failed attempt and a
+/// 429 have bounds of their own: a 429 is the pacer's signal, not the job's failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The job failed `MAX_ATTEMPTS` times (5xx, timeout, no connection).
+    Attempts {
+        /// Attempts made, this one included.
+        attempts: u32,
+        /// Why the last one failed.
+        last: Box<Reason>,
+    },
+    /// The API answered 429 `MAX_THROTTLED` times.
+    Throttled {
+        /// 429s answered, this one included.
+        times: u32,
+        /// The last 429's retry delay.
+        last_retry_after: Duration,
+    },
+}
+
+impl std::fmt::Display for GiveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GiveUp::Attempts { attempts, last } => {
+                write!(f, "gave up after {attempts} attempts; last: {last}")
+            }
+            GiveUp::Throttled {
+                times,
+                last_retry_after,
+            } => write!(
+                f,
+                "answered HTTP 429 {times} times (MAX_THROTTLED); last retry after {} ms",
+                last_retry_after.as_millis()
+            ),
+        }
     }
 }
 

@@ -7,45 +7,8 @@ use std::time::Duration;
 
 use crate::job::Origin;
 use crate::ports::{DeadLetter, JobSink, QueueError};
+pub use crate::reason::GiveUp;
 use crate::reason::Reason;
-
-/// Why a job is given up on and dead-lettered instead of re-queued. A failed attempt and a
-/// 429 have bounds of their own: a 429 is the pacer's signal, not the job's failure.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GiveUp {
-    /// The job failed `MAX_ATTEMPTS` times (5xx, timeout, no connection).
-    Attempts {
-        /// Attempts made, this one included.
-        attempts: u32,
-        /// Why the last one failed.
-        last: Box<Reason>,
-    },
-    /// The API answered 429 `MAX_THROTTLED` times.
-    Throttled {
-        /// 429s answered, this one included.
-        times: u32,
-        /// The last 429's retry delay.
-        last_retry_after: Duration,
-    },
-}
-
-impl std::fmt::Display for GiveUp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GiveUp::Attempts { attempts, last } => {
-                write!(f, "gave up after {attempts} attempts; last: {last}")
-            }
-            GiveUp::Throttled {
-                times,
-                last_retry_after,
-            } => write!(
-                f,
-                "answered HTTP 429 {times} times (MAX_THROTTLED); last retry after {} ms",
-                last_retry_after.as_millis()
-            ),
-        }
-    }
-}
 
 /// What becomes of a job that was tried and not done: back on a queue with its new origin,
 /// or dead-lettered past its bound.

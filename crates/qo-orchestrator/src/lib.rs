@@ -4,7 +4,9 @@
 //! # Layout
 //! - [`config`] - [`OrchestratorConfig`], read once from the environment.
 //! - [`run`] - one run of the dispatch loop, generic over the ports: it performs the steps.
-//! - [`step`] - the loop's decision, pure: [`step::next_step`] from a [`step::Snapshot`].
+//! - [`ports`] - [`ports::Ports`], what a run and the sweep are given to work with.
+//! - [`step`] - the loop's decision, pure: [`step::next_step`] from a [`step::Snapshot`], and
+//!   why a run stops ([`step::StopReason`]).
 //! - [`pool`] - the worker pool at dispatch: which function a job goes through, within each
 //!   function's own tiers, never the one that last failed it.
 //! - [`slots`] - [`slots::SlotLog`], recent slots, to judge the API's limit when it throttles.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod pool;
+pub mod ports;
 pub mod run;
 pub mod slots;
 pub mod step;

@@ -25,42 +25,20 @@ use qo_core::ports::{
 use qo_core::quota::{Reaction, Route, TierId, Utilization, UtilizationMeter};
 use qo_core::sqs;
 use qo_core::{
-    BatchEvent, Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent, Observation, Observer,
-    Pacer, QuotaState, Timestamp, WorkerEvent,
+    BatchEvent, Circuit, Control, HealthCheckEvent, Job, JobEvent, Observation, Pacer, QuotaState,
+    Timestamp, WorkerEvent,
 };
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
 use crate::pool::WorkerPool;
+pub use crate::ports::Ports;
 use crate::slots::SlotLog;
+pub use crate::step::StopReason;
 use crate::step::{
     Candidate, MAX_INVOKE_PAYLOAD, Snapshot, Step, Timers, WaitReason, batch_limit, cap_free_at,
     full_functions, group_len, is_due, may_join_batch, next_step,
 };
-
-/// Why a run stopped.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
-pub enum StopReason {
-    /// The deadline (less the margin) came.
-    Deadline,
-    /// Nothing to do for the idle time.
-    Idle,
-    /// Another orchestrator holds the lease.
-    LeaseHeld {
-        /// Its holder.
-        owner: String,
-        /// Its expiry.
-        until: Timestamp,
-    },
-    /// The lease was taken over while running.
-    LeaseLost,
-    /// A budget tier is used up until its reset.
-    Exhausted {
-        /// The reset.
-        until: Timestamp,
-    },
-}
 
 /// What a run did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,20 +153,6 @@ impl RunReport {
             waits: Waits::default(),
         }
     }
-}
-
-/// The ports a run uses.
-pub struct Ports<'a, Q: ?Sized, S: ?Sized, I: ?Sized> {
-    /// The job queue (receive, delete, release; dead-letter).
-    pub queue: &'a Q,
-    /// The state store (records and lease).
-    pub store: &'a S,
-    /// The worker invoker.
-    pub invoker: &'a I,
-    /// The clock.
-    pub clock: &'a dyn Clock,
-    /// Where observations go.
-    pub observer: &'a dyn Observer,
 }
 
 /// How many times a batch call is tried for the entries the queue refused.

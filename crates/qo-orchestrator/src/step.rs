@@ -9,11 +9,36 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use qo_core::quota::{NotNow, TierId};
 use qo_core::{Circuit, Pacer, Timestamp};
 
 use crate::config::OrchestratorConfig;
-use crate::run::StopReason;
+
+/// Why a run stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum StopReason {
+    /// The deadline (less the margin) came.
+    Deadline,
+    /// Nothing to do for the idle time.
+    Idle,
+    /// Another orchestrator holds the lease.
+    LeaseHeld {
+        /// Its holder.
+        owner: String,
+        /// Its expiry.
+        until: Timestamp,
+    },
+    /// The lease was taken over while running.
+    LeaseLost,
+    /// A budget tier is used up until its reset.
+    Exhausted {
+        /// The reset.
+        until: Timestamp,
+    },
+}
 
 /// The loop's timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

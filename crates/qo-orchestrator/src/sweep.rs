@@ -61,7 +61,7 @@ use qo_core::{Observation, Timestamp};
 
 use crate::config::OrchestratorConfig;
 use crate::error::OrchestratorError;
-use crate::run::Ports;
+use crate::ports::Ports;
 
 /// How many times a delete of originals whose copies were accepted is tried.
 const DELETE_ATTEMPTS: u32 = 3;

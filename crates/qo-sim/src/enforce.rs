@@ -24,7 +24,7 @@ use qo_core::quota::{Period, Tier, WindowKind};
 use qo_core::{QuotaSpec, Timestamp};
 
 use crate::calendar::{next_start, period_start};
-use crate::limiter::{Limiter, Meter};
+use crate::limiter::{Limiter, Meter, WindowView};
 use crate::schedule::LimitSchedule;
 
 /// The answer to one call.
@@ -38,29 +38,6 @@ pub enum Admission {
         /// Time until the windows would accept a call.
         retry_after: Duration,
     },
-}
-
-/// What an API's rate-limit headers say about one tier at one instant: its limit, the calls
-/// it still accepts, and when it resets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WindowView {
-    /// The tier's limit per window.
-    pub limit: u64,
-    /// `limit` minus the calls accepted in the window (rolling: `(t - period, t]`; calendar:
-    /// the current UTC period), at least 0.
-    pub remaining: u64,
-    /// Rolling: until the oldest accepted call in the window leaves it (zero when the window
-    /// is empty). Calendar: until the period ends.
-    pub reset: Duration,
-    /// The window's length (a calendar period's nominal length, 30 days for a month).
-    pub period: Duration,
-}
-
-impl WindowView {
-    /// [`WindowView::reset`] in whole seconds, rounded up (0 only when it is zero).
-    pub fn reset_secs(&self) -> u64 {
-        self.reset.as_secs() + u64::from(self.reset.subsec_nanos() > 0)
-    }
 }
 
 #[derive(Debug)]

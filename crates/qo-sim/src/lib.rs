@@ -22,10 +22,9 @@
 //! - [`config`]: [`SimConfig`], the quota, the limit enforced, another client on the key, the
 //!   rate-limit headers, faults, latency, seed and key.
 //! - [`schedule`]: [`LimitSchedule`], the limit enforced and when it changes (`20/s;10/s@30`).
-//! - [`enforce`]: [`Enforcer`], the pure admission decision per tier (rolling and calendar),
-//!   and the [`WindowView`] the headers report.
+//! - [`enforce`]: [`Enforcer`], the pure admission decision per tier (rolling and calendar).
 //! - [`limiter`]: [`Limiter`], how the API counts a rolling tier (sliding log, fixed window,
-//!   token bucket, GCRA), and each tier's meter.
+//!   token bucket, GCRA), each tier's meter, and the [`WindowView`] the headers report.
 //! - [`calendar`]: UTC calendar periods, computed independently of the pacer's arithmetic.
 //! - [`window`]: [`max_in_window`] and [`max_in_calendar_period`] over a log of call times.
 //! - [`record`]: [`CallRecord`] and [`SimStats`].
@@ -43,9 +42,9 @@ pub mod server;
 pub mod window;
 
 pub use config::{HeaderScheme, SimConfig};
-pub use enforce::{Admission, Enforcer, WindowView};
+pub use enforce::{Admission, Enforcer};
 pub use error::SimError;
-pub use limiter::Limiter;
+pub use limiter::{Limiter, WindowView};
 pub use record::{CallKind, CallRecord, InForce, SimStats};
 pub use schedule::{LimitSchedule, ScheduleError};
 pub use server::{HEALTH_PATH, SimServer};

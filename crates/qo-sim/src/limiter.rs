@@ -25,8 +25,6 @@ use std::time::Duration;
 
 use qo_core::Timestamp;
 
-use crate::enforce::WindowView;
-
 /// How the API counts each rolling tier of the limit it enforces (calendar tiers always
 /// count their UTC period).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -241,6 +239,29 @@ impl Meter {
 fn window_start(t: Timestamp, period: Duration) -> Timestamp {
     let p = qo_core::time::duration_micros(period).max(1);
     Timestamp::from_micros(t.as_micros() / p * p)
+}
+
+/// What an API's rate-limit headers say about one tier at one instant: its limit, the calls
+/// it still accepts, and when it resets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowView {
+    /// The tier's limit per window.
+    pub limit: u64,
+    /// `limit` minus the calls accepted in the window (rolling: `(t - period, t]`; calendar:
+    /// the current UTC period), at least 0.
+    pub remaining: u64,
+    /// Rolling: until the oldest accepted call in the window leaves it (zero when the window
+    /// is empty). Calendar: until the period ends.
+    pub reset: Duration,
+    /// The window's length (a calendar period's nominal length, 30 days for a month).
+    pub period: Duration,
+}
+
+impl WindowView {
+    /// [`WindowView::reset`] in whole seconds, rounded up (0 only when it is zero).
+    pub fn reset_secs(&self) -> u64 {
+        self.reset.as_secs() + u64::from(self.reset.subsec_nanos() > 0)
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::enforce::{Admission, Enforcer, WindowView, retry_after_secs};
+use crate::enforce::{Admission, Enforcer, retry_after_secs};
+use crate::limiter::WindowView;
 use crate::record::{CallKind, CallRecord, Ledger, SimStats, with_maxima};
 use crate::{HeaderScheme, LimitSchedule, SimConfig, SimError};
 

@@ -10,7 +10,6 @@ use qo_core::result::Destinations;
 use reqwest::Url;
 use reqwest::header::HeaderName;
 
-use crate::error::WorkerError;
 use crate::ratelimit::{self, RateLimitHeaders};
 
 /// Largest response excerpt a dead-letter reason may carry (SQS message attributes share the
@@ -104,7 +103,7 @@ pub struct WorkerConfig {
     /// `ALLOWED_METHODS` and `ALLOWED_PATH_PREFIXES` (default all): a job asking for another
     /// method or path is dead-lettered, never called (the orchestrator refuses it first).
     pub allow: qo_core::allow::AllowList,
-    /// `RESULT_HEADERS` (default [`crate::results::DEFAULT_RESULT_HEADERS`]): the response
+    /// `RESULT_HEADERS` (default [`DEFAULT_RESULT_HEADERS`]): the response
     /// headers a result keeps, comma-separated, any case.
     pub result_headers: Vec<HeaderName>,
     /// `RESULT_BODY_MAX_BYTES` (default 1 MiB, at most 16 MiB): the most of a response body a
@@ -116,6 +115,12 @@ pub struct WorkerConfig {
     /// read)), which the function timeout's budget counts.
     pub result_budget: Duration,
 }
+
+/// The response headers a result keeps by default (`RESULT_HEADERS`): the content type, the
+/// request ids APIs send, and the common rate-limit headers.
+pub const DEFAULT_RESULT_HEADERS: &str = "content-type,x-request-id,request-id,x-amzn-requestid,\
+     x-ratelimit-limit,x-ratelimit-remaining,x-ratelimit-reset,ratelimit-limit,\
+     ratelimit-remaining,ratelimit-reset,ratelimit,ratelimit-policy";
 
 /// The default of `RESULT_BODY_MAX_BYTES`.
 pub const DEFAULT_RESULT_BODY_MAX: usize = 1024 * 1024;
@@ -153,8 +158,7 @@ impl WorkerConfig {
             local_address: None,
             destinations: Destinations::default(),
             allow: qo_core::allow::AllowList::any(),
-            result_headers: result_headers(crate::results::DEFAULT_RESULT_HEADERS)
-                .unwrap_or_default(),
+            result_headers: result_headers(DEFAULT_RESULT_HEADERS).unwrap_or_default(),
             result_body_max: DEFAULT_RESULT_BODY_MAX,
             result_budget: qo_core::config::SdkSettings::default().operation_timeout(),
         }
@@ -169,8 +173,8 @@ impl WorkerConfig {
 
     /// Reads the configuration; a missing or bad value is an error naming the variable and
     /// the value.
-    pub fn from_env(env: &impl Env) -> Result<WorkerConfig, WorkerError> {
-        Ok(Self::read(env)?)
+    pub fn from_env(env: &impl Env) -> Result<WorkerConfig, ConfigError> {
+        Self::read(env)
     }
 
     fn read(env: &impl Env) -> Result<WorkerConfig, ConfigError> {
@@ -464,7 +468,7 @@ mod tests {
             ]))
             .unwrap_err();
             assert!(
-                matches!(&e, WorkerError::Config(ConfigError::FifoQueue { name: n, value }) if n == name && value == url),
+                matches!(&e, ConfigError::FifoQueue { name: n, value } if n == name && value == url),
                 "{e:?}"
             );
             let text = e.to_string();
@@ -676,7 +680,7 @@ mod tests {
             assert!(text.contains(name), "{name}: {text}");
             assert!(text.contains(why), "{name}: {text}");
             assert!(
-                matches!(&e, WorkerError::Config(ConfigError::Invalid { value: v, .. }) if v == value),
+                matches!(&e, ConfigError::Invalid { value: v, .. } if v == value),
                 "{name}: {text}"
             );
         }

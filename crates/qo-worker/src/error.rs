@@ -33,7 +33,7 @@ pub enum WorkerError {
     /// The function timeout cannot cover the worst case (or `CLAIM_TTL_S` is shorter than
     /// it): the worker refuses events rather than be killed mid-write.
     #[error(transparent)]
-    TimeoutBudget(#[from] crate::lambda::TimeoutBudgetError),
+    TimeoutBudget(#[from] crate::budget::TimeoutBudgetError),
     /// The fate of some jobs of a batch could not be recorded; the others were carried out
     /// (their outcomes are logged). The event fails so that Lambda retries it.
     #[error(

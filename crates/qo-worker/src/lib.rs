@@ -26,10 +26,12 @@
 //! - `records` (private): a job's idempotency records at its end, marked done or released.
 //! - [`results`]: the result path: a job's [`qo_core::result::JobResult`] built from the
 //!   answer and delivered to its destination, retried, or dead-lettered itself.
-//! - [`lambda`]: the Lambda [`handler`].
+//! - [`lambda`]: the Lambda [`handler`]; [`budget`]: the timeout budget it keeps, which the
+//!   function timeout must cover.
 //! - [`error`]: the crate's error, [`WorkerError`].
 
 pub mod around;
+pub mod budget;
 pub mod client;
 pub mod clock;
 pub mod config;

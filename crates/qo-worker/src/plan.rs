@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use qo_core::job::Origin;
-use qo_core::ports::{Claim, Retry};
+use qo_core::ports::Claim;
+use qo_core::retry::Retry;
 use qo_core::{JobEvent, Reason, Timestamp, TransportKind};
 
 use crate::config::WorkerConfig;

@@ -43,11 +43,7 @@ pub fn requeue_delay(attempt: u32) -> Duration {
 /// The pause before each retry of a delivery.
 pub const DELIVERY_BACKOFF: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 
-/// The response headers a result keeps by default (`RESULT_HEADERS`): the content type, the
-/// request ids APIs send, and the common rate-limit headers.
-pub const DEFAULT_RESULT_HEADERS: &str = "content-type,x-request-id,request-id,x-amzn-requestid,\
-     x-ratelimit-limit,x-ratelimit-remaining,x-ratelimit-reset,ratelimit-limit,\
-     ratelimit-remaining,ratelimit-reset,ratelimit,ratelimit-policy";
+pub use crate::config::DEFAULT_RESULT_HEADERS;
 
 /// The destinations and the sink that delivers to them.
 #[derive(Clone)]
@@ -248,8 +244,8 @@ fn status_of(reason: &Reason) -> Option<u16> {
         Reason::FinalStatus { status, .. }
         | Reason::ServerError { status, .. }
         | Reason::CredentialRefused { status } => Some(*status),
-        Reason::GaveUp(qo_core::ports::GiveUp::Attempts { last, .. }) => status_of(last),
-        Reason::GaveUp(qo_core::ports::GiveUp::Throttled { .. }) => Some(429),
+        Reason::GaveUp(qo_core::reason::GiveUp::Attempts { last, .. }) => status_of(last),
+        Reason::GaveUp(qo_core::reason::GiveUp::Throttled { .. }) => Some(429),
         _ => None,
     }
 }

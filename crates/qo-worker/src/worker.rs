@@ -58,10 +58,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use qo_core::ports::{
-    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, ResultSink, Retry, load_record,
+    DeadLetter, IdempotencyStore, JobSink, RecordKey, RecordStore, ResultSink, load_record,
     update_record,
 };
 use qo_core::result::JobResult;
+use qo_core::retry::Retry;
 use qo_core::{
     ApiWindow, BackoffReason, BatchEvent, Circuit, Clock, Control, HealthCheckEvent, Job, JobEvent,
     NoObserver, Observation, Observer, Reason, Throttles, Timestamp, WorkerEvent,

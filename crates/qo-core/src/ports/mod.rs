@@ -13,15 +13,13 @@
 //! | [`crate::time::Clock`] | yes | yes |
 //!
 //! One module per port: [`queue`], [`store`] (records, lease, idempotency), [`invoker`],
-//! [`results`]. The
-//! retry policy over [`JobSink`] lives in [`crate::retry`] and is re-exported here.
+//! [`results`]. The retry policy over [`JobSink`] is [`crate::retry`]'s.
 
 pub mod invoker;
 pub mod queue;
 pub mod results;
 pub mod store;
 
-pub use crate::retry::{GiveUp, Retry, requeue_or_dead_letter};
 pub use invoker::{InvokeError, Invoker, PoolInvoker, SharedError};
 pub use queue::{
     DeadLetter, JobSink, JobSource, Message, QueueError, QueueRole, Redrive, RedriveReport,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::{ApiWindow, Throttles};
+use crate::quota::feedback::{ApiWindow, Throttles};
 use crate::time::Timestamp;
 
 /// How the rate adapts to the API's throttles.

@@ -18,7 +18,7 @@ use super::constraint::{Binding, TierRule};
 use super::policy::PacingPolicy;
 use super::spec::{QuotaSpec, TierId};
 use super::state::{QuotaState, TierReport, TierUsage};
-use crate::control::{ApiWindow, Throttles};
+use crate::quota::feedback::{ApiWindow, Throttles};
 use crate::time::Timestamp;
 
 /// Why a call may not happen at the time asked, and the earliest it may: "not before T".
