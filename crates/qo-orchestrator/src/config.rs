@@ -442,6 +442,19 @@ impl FinishBudget {
     }
 }
 
+/// Jobs a second one MB of the orchestrator's memory dispatches over the real SDKs when every
+/// slot is its own invoke: Lambda's CPU share at 128 MB keeps up with about 120/s
+/// (docs/limiters.md, "Over the real SDKs"). Full batches go further.
+pub const CALLS_PER_S_PER_MB: f64 = 120.0 / 128.0;
+
+/// The memory a pace of `rate_per_s` wants when `memory_mb` is less, by
+/// [`CALLS_PER_S_PER_MB`]: the orchestrator warns at its start, since a CPU share too small
+/// for the pace makes slots late and leaves the quota unused.
+pub fn memory_shortfall(rate_per_s: f64, memory_mb: u32) -> Option<u32> {
+    let wanted = (rate_per_s / CALLS_PER_S_PER_MB).ceil();
+    (wanted > f64::from(memory_mb)).then(|| wanted.min(f64::from(u32::MAX)) as u32)
+}
+
 /// `STOP_MARGIN_S` is shorter than the worst-case finish.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -628,6 +641,15 @@ mod tests {
             batch_max_jobs: 1,
             max_held: 10,
         }
+    }
+
+    #[test]
+    fn a_pace_past_what_the_memory_keeps_up_with_names_the_memory_it_wants() {
+        assert_eq!(memory_shortfall(100.0, 128), None);
+        assert_eq!(memory_shortfall(120.0, 128), None);
+        assert_eq!(memory_shortfall(200.0, 128), Some(214));
+        assert_eq!(memory_shortfall(200.0, 256), None);
+        assert_eq!(memory_shortfall(1_000.0, 512), Some(1_067));
     }
 
     #[test]

@@ -107,6 +107,12 @@ pub struct BenchArgs {
     limiters: bool,
     #[command(flatten)]
     matrix: crate::limiters::LimitersArgs,
+    /// Instead of the rate steps: the CPU each AWS SDK call on the dispatch path costs
+    /// (ReceiveMessage, DeleteMessageBatch, Invoke) against a stub on a loopback port, and the
+    /// jobs a second each Lambda memory size's CPU share pays those calls for
+    /// ([`crate::sdk_calls`]; needs `qo` built with the `aws` feature).
+    #[arg(long)]
+    sdk_calls: bool,
 }
 
 /// Why the bench could not run.
@@ -194,6 +200,9 @@ pub struct BenchReport {
 
 /// Runs the bench and prints its report.
 pub async fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.sdk_calls {
+        return sdk_calls(&args).await;
+    }
     if args.limiters {
         let matrix = args.matrix.clone();
         let cells = tokio::task::spawn_blocking(move || crate::limiters::run_matrix(&matrix))
@@ -299,6 +308,25 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         cpu_share: None,
         month_usd: None,
     })
+}
+
+/// `--sdk-calls`: the SDK calls' CPU, printed.
+#[cfg(feature = "aws")]
+async fn sdk_calls(args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let batch = u32::try_from(args.batch_max_jobs).unwrap_or(u32::MAX);
+    let report = tokio::task::spawn_blocking(move || crate::sdk_calls::run(batch)).await??;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", crate::sdk_calls::table(&report));
+    }
+    Ok(())
+}
+
+/// `--sdk-calls` in a `qo` built without the AWS SDK.
+#[cfg(not(feature = "aws"))]
+async fn sdk_calls(_args: &BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    Err("bench --sdk-calls needs the AWS SDK: build qo with `--features aws`".into())
 }
 
 /// One step at `rate` per second, over the adapters `args` names.

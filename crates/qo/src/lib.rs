@@ -37,6 +37,8 @@ pub mod local;
 #[cfg(feature = "aws")]
 pub mod ops;
 mod report;
+#[cfg(feature = "aws")]
+pub mod sdk_calls;
 pub mod sim;
 pub mod simulate;
 pub mod system;

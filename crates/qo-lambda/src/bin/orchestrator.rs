@@ -13,7 +13,7 @@ use qo_aws::{
 use qo_core::config::{Env, ProcessEnv};
 use qo_core::{Clock, TokioClock};
 use qo_lambda::{Common, function_timeout};
-use qo_orchestrator::config::{FinishBudget, stop_margin};
+use qo_orchestrator::config::{FinishBudget, memory_shortfall, stop_margin};
 use qo_orchestrator::{
     OrchestratorConfig, OrchestratorEvent, OrchestratorResponse, Ports, continuation_event, handle,
 };
@@ -41,6 +41,19 @@ async fn run() -> Result<(), lambda_runtime::Error> {
     };
     let invoke = InvokeSettings::from_env(&env)?;
     invoke.check_covers(config.quota.pacing_rate_per_s())?;
+    // Lambda sets the function's memory; its CPU share bounds the pace the loop keeps.
+    let memory = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE");
+    if let Some(mb) = memory.and_then(|v| v.parse::<u32>().ok())
+        && let Some(wanted) = memory_shortfall(config.quota.pacing_rate_per_s(), mb)
+    {
+        warn!(
+            memory_mb = mb,
+            wanted_mb = wanted,
+            pace_per_s = config.quota.pacing_rate_per_s(),
+            "the orchestrator's memory (so its CPU share) is small for the quota's pace: slots may \
+             be late; raise OrchestratorMemorySize"
+        );
+    }
     // Seed 003: the stop margin covers the worst-case finish; the function timeout covers the
     // first SDK call and the stop margin. Either failing refuses to start (an init error).
     let backoff = Backoff::default();

@@ -59,3 +59,25 @@ fn a_bad_worker_pool_is_refused_naming_the_variable_and_value() {
         "missing the variable and value in: {out}"
     );
 }
+
+/// Lambda tells the function its memory; a pace past what that memory's CPU share keeps up
+/// with is warned of at the start, naming the memory it wants. A small pace is not.
+#[test]
+fn a_pace_past_the_memory_s_cpu_share_is_warned_of() {
+    let big = [
+        ("FUNCTION_TIMEOUT_S", "900"),
+        ("QUOTA_SPEC", "400/s"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+    ];
+    let (_, out) = start(&big);
+    assert!(out.contains("raise OrchestratorMemorySize"), "{out}");
+    assert!(out.contains("wanted_mb=427"), "{out}");
+    let small = [
+        ("FUNCTION_TIMEOUT_S", "900"),
+        ("QUOTA_SPEC", "20/s"),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+    ];
+    let (_, out) = start(&small);
+    assert!(!out.contains("raise OrchestratorMemorySize"), "{out}");
+    assert!(out.contains("orchestrator ready"), "{out}");
+}
