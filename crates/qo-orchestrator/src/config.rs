@@ -102,7 +102,7 @@ pub struct OrchestratorConfig {
 }
 
 impl OrchestratorConfig {
-    /// Defaults for a quota: as documented in the README.
+    /// Defaults for a quota: as docs/configuration.md documents them.
     pub fn with_quota(quota: QuotaSpec) -> Self {
         OrchestratorConfig {
             quota,
@@ -349,8 +349,8 @@ pub const DEFAULT_SWEEP_RUN: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_HELD: usize = 100;
 
 /// `BATCH_MAX_JOBS`'s default: up to 20 jobs in one invocation while the pace is settled, one
-/// while it follows the API ([`crate::step::batch_limit`]), chosen by measurement (the
-/// README's Batched invocations section). At a steady 10/s, with the 2 s window, batches of 20
+/// while it follows the API ([`crate::step::batch_limit`]), chosen by measurement
+/// (docs/design.md, Batched invocations). At a steady 10/s, with the 2 s window, batches of 20
 /// cut worker invocations twentyfold and the bill per million calls from $2.53 to $1.29 (an
 /// API answering in 1 to 5 ms; $2.69 to $1.30 at 50 to 150 ms); where the API's limit is below
 /// the quota or moves, each slot goes alone, as unbatched, so the pace reaches the very next

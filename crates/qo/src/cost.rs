@@ -4,7 +4,7 @@
 //! The counts are the run's own: worker invocations and their billed milliseconds (the
 //! invoker), orchestrator runs and their length, SQS requests (the queue), DynamoDB request
 //! units (the store). Log bytes are estimated per invocation from the sizes measured on
-//! deployed functions (the README's cost section). Free tiers are left out.
+//! deployed functions (docs/operations.md, Cost). Free tiers are left out.
 
 use serde::Serialize;
 
@@ -31,11 +31,11 @@ pub struct Prices {
     pub log_byte: f64,
 }
 
-/// The table the README's cost section lists, with its sources.
+/// The table docs/operations.md's Cost section lists, with its sources.
 pub const PRICES: Prices = Prices {
     as_of: "2026-12-01",
     source: "aws.amazon.com/{lambda,sqs,cloudwatch}/pricing and \
-             aws.amazon.com/dynamodb/pricing/on-demand, us-east-1 (see the README's Cost section)",
+             aws.amazon.com/dynamodb/pricing/on-demand, us-east-1 (see docs/operations.md, Cost)",
     lambda_gb_s: 0.000_013_333_4,
     lambda_request: 0.20 / 1e6,
     sqs_request: 0.40 / 1e6,
@@ -48,7 +48,7 @@ pub const PRICES: Prices = Prices {
 pub const FUNCTION_MEMORY_GB: f64 = 128.0 / 1024.0;
 
 /// Log bytes per worker invocation: the platform's start (~140 B) and report (~240 B) lines
-/// and the worker's EMF line (~290 B), as measured for the README.
+/// and the worker's EMF line (~290 B), as measured for docs/operations.md.
 pub const WORKER_LOG_BYTES: u64 = 670;
 
 /// Log bytes per orchestrator run (its platform lines and its start, stop and EMF lines).
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn the_readme_s_per_call_figures_price_as_it_says() {
-        // One million calls as the README counts them at L = 0.1 s: one invocation of 0.36 s
+        // One million calls as docs/operations.md counts them at L = 0.1 s: one invocation of 0.36 s
         // each, 1.3 SQS requests and 2 WRU a call; no orchestrator.
         let usage = Usage::new(
             1_000_000,

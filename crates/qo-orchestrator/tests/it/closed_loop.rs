@@ -11,7 +11,7 @@
 //! the runs that follow the limit go one job per event (`BATCH_MAX_JOBS` 1; the default, 20,
 //! batches only while the pace is settled, and goes one job per event too while it follows
 //! the limit): they test the controller. The closed loop with batches and the real
-//! worker is tested in `qo`'s system tests and measured with `qo local` (the README's Batched
+//! worker is tested in `qo`'s system tests and measured with `qo local` (docs/design.md's Batched
 //! invocations section).
 
 use std::collections::VecDeque;

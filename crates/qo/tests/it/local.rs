@@ -1,7 +1,7 @@
 //! `qo local` run as a user runs it (the built binary, `--json`): in memory, and over the AWS
 //! adapters against a moto server (`--aws-endpoint`). Both must drain the backlog with no call
 //! refused by the built-in API and never more than the quota in any window. Utilization is
-//! measured by the benchmark-style runs in the README, not asserted here: on a shared machine
+//! measured by the benchmark-style runs in docs/, not asserted here: on a shared machine
 //! a late worker costs slots, never the quota.
 
 use std::process::{Command, Output};
