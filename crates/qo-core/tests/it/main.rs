@@ -1,6 +1,8 @@
 //! The integration tests of `qo-core`, one test binary: the property tests of the pacing
-//! invariants (`properties`) and the deployment's numbers checked against `template.yaml`
-//! (`template`). Run one module with `cargo test -p qo-core --test it properties`.
+//! invariants (`properties`), the deployment's numbers checked against `template.yaml`
+//! (`template`), and the settings table checked against the code and the template
+//! (`settings`). Run one module with `cargo test -p qo-core --test it properties`.
 
 mod properties;
+mod settings;
 mod template;
