@@ -19,7 +19,7 @@ use aws_sdk_lambda::types::InvocationType;
 use aws_smithy_types::Blob;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use qo_core::config::{ConfigError, Env};
-use qo_core::job::WorkerEvent;
+use qo_core::event::WorkerEvent;
 use qo_core::ports::{InvokeError, Invoker};
 use rand::Rng;
 

@@ -38,6 +38,14 @@ pub const MAX_JOB_HEADER_BYTES: usize = 8_192;
 /// half of it for the query leaves the other half to the base URL and the path.
 pub const MAX_JOB_QUERY_BYTES: usize = 4_096;
 
+/// The most bytes of a job's `meta` object, as JSON: it is echoed in every result, and a
+/// job is at most [`MAX_JOB_BYTES`].
+pub const MAX_META_BYTES: usize = 8_192;
+
+/// The longest destination name: SNS topic and EventBridge bus names are at most 256
+/// characters (SQS queue names 80, Lambda function names 64).
+pub const MAX_DESTINATION_NAME_BYTES: usize = 256;
+
 /// An HTTP method a job may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -222,7 +230,7 @@ impl Job {
                 return Err(JobError::Header(value.clone()));
             }
         }
-        crate::result::check_job(self)
+        check_job(self)
     }
 }
 
@@ -245,6 +253,41 @@ pub fn check_path(p: &str) -> Result<(), JobError> {
     }
     if p.split(['/', '?', '#']).any(is_double_dot) {
         return Err(JobError::DotSegment(p.to_string()));
+    }
+    Ok(())
+}
+
+/// A destination name: 1 to [`MAX_DESTINATION_NAME_BYTES`] of ASCII letters, digits, `-`,
+/// `_` and `.` (what the four services allow in their names).
+pub(crate) fn check_name(name: &str) -> Result<(), JobError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_DESTINATION_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(JobError::ReplyTo(name.chars().take(80).collect()))
+    }
+}
+
+/// Checks what a job carries for its result: `reply_to` a name (never an ARN), `meta` an
+/// object of at most [`MAX_META_BYTES`].
+fn check_job(job: &Job) -> Result<(), JobError> {
+    if let Some(name) = &job.reply_to {
+        check_name(name)?;
+    }
+    if let Some(meta) = &job.meta {
+        if !meta.is_object() {
+            return Err(JobError::Meta("must be a JSON object".to_string()));
+        }
+        let bytes = serde_json::to_string(meta).map_or(usize::MAX, |s| s.len());
+        if bytes > MAX_META_BYTES {
+            return Err(JobError::Meta(format!(
+                "is {bytes} bytes; the limit is {MAX_META_BYTES}"
+            )));
+        }
     }
     Ok(())
 }
@@ -319,28 +362,6 @@ pub const DEFAULT_MAX_SLOT_WAIT: std::time::Duration = std::time::Duration::from
 /// `DISPATCH_LEAD_MS` of 250 it stays under [`DEFAULT_MAX_SLOT_WAIT`].
 pub const DEFAULT_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2_000);
 
-/// A job dispatched to the worker, with the slot it must call at.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobEvent {
-    /// The job.
-    pub job: Job,
-    /// Its message and attempt.
-    pub origin: Origin,
-    /// Call the API at this time, not before; the pacer counted it there.
-    pub slot_at: Timestamp,
-    /// The circuit's epoch at dispatch: a failure report carries it.
-    pub epoch: u64,
-    /// When the orchestrator sent the event.
-    pub dispatched_at: Timestamp,
-}
-
-impl JobEvent {
-    /// The idempotency key: the job's id, or its message id.
-    pub fn job_id(&self) -> &str {
-        self.job.id.as_deref().unwrap_or(&self.origin.message_id)
-    }
-}
-
 /// The body to send again for a message received with `body` under `message_id`: the job with
 /// its idempotency key made explicit (its `id`, else `message_id`), so that a copy keeps the
 /// key of the original, which may still be delivered (SQS delivers at least once, and a
@@ -357,69 +378,11 @@ pub fn pin_key<'a>(body: &'a str, message_id: &str) -> std::borrow::Cow<'a, str>
     serde_json::to_string(&job).map_or(body.into(), Into::into)
 }
 
-/// A health check of the API, sent while the circuit is open.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthCheckEvent {
-    /// The circuit's epoch: success closes the circuit only at this epoch.
-    pub epoch: u64,
-    /// When the orchestrator sent it.
-    pub sent_at: Timestamp,
-    /// The quota slot the orchestrator took for it: the worker calls the API's health path at
-    /// this time, not before, as it calls a job at its slot, so that the check counts against
-    /// the quota where the pacer counted it. Absent in events from before it was added: the
-    /// worker then calls at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot_at: Option<Timestamp>,
-}
-
-/// Several jobs in one worker invocation (`BATCH_MAX_JOBS`), each with its own slot: the
-/// worker calls each at its slot, concurrently, and each job's fate is its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BatchEvent {
-    /// The jobs, in slot order.
-    pub jobs: Vec<JobEvent>,
-}
-
-impl BatchEvent {
-    /// The batch's name in the idempotency store: its first job's id and slot
-    /// (`<job id>@<slot ms>`), the same for every delivery of this event (Lambda may deliver
-    /// it twice) and different for any other batch (a job is given a slot once per
-    /// dispatch). `None` for an empty batch.
-    pub fn key(&self) -> Option<String> {
-        self.jobs
-            .first()
-            .map(|ev| format!("{}@{}", ev.job_id(), ev.slot_at.as_millis()))
-    }
-}
-
-/// What the orchestrator sends to the worker.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-#[allow(clippy::large_enum_variant)] // built once per dispatch and moved, never stored in bulk
-pub enum WorkerEvent {
-    /// Call the API for a job.
-    Job(JobEvent),
-    /// Call the API for several jobs, each at its own slot.
-    Batch(BatchEvent),
-    /// Check the API's health.
-    HealthCheck(HealthCheckEvent),
-    /// Deliver a result again: one the worker dead-lettered when its destination kept
-    /// refusing it, brought back to the job queue by `qo redrive`. No API call, no slot.
-    Deliver(DeliverEvent),
-}
-
-/// A result to deliver again ([`WorkerEvent::Deliver`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeliverEvent {
-    /// The result, its `destination` set.
-    pub result: crate::result::JobResult,
-    /// The message it came on.
-    pub origin: Origin,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::event::*;
 
     #[test]
     fn parses_a_minimal_job() {

@@ -22,7 +22,7 @@
 //!   - [`quota::adaptive`]: the rate learned from the API's throttles;
 //!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
-//! - [`job`]: the job contract and the worker events; [`allow`]: the methods and path
+//! - [`job`]: the job contract; [`event`]: what the orchestrator sends the worker; [`allow`]: the methods and path
 //!   prefixes a stack lets jobs use.
 //! - [`control`]: the operator control record.
 //! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
@@ -46,6 +46,7 @@ pub mod batch;
 pub mod circuit;
 pub mod config;
 pub mod control;
+pub mod event;
 pub mod job;
 pub mod lambda;
 pub mod observe;
@@ -62,7 +63,8 @@ pub use circuit::{Circuit, CircuitPhase, CircuitPolicy, CircuitRefusal, CircuitS
 pub use control::{
     ApiWindow, BackoffReason, Control, ControlCommand, ControlOutcome, Throttles, apply_command,
 };
-pub use job::{BatchEvent, HealthCheckEvent, Job, JobError, JobEvent, Method, Origin, WorkerEvent};
+pub use event::{BatchEvent, DeliverEvent, HealthCheckEvent, JobEvent, WorkerEvent};
+pub use job::{Job, JobError, Method, Origin};
 pub use observe::{NoObserver, Observation, Observer};
 pub use quota::{
     Availability, BudgetMode, NotNow, Pacer, PacingPolicy, QuotaSpec, QuotaState, Slot, TierId,

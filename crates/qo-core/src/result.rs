@@ -12,16 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Job, JobError};
+use crate::job::{Job, JobError, check_name};
+pub use crate::job::{MAX_DESTINATION_NAME_BYTES, MAX_META_BYTES};
 use crate::time::Timestamp;
-
-/// The most bytes of a job's `meta` object, as JSON: it is echoed in every result, and a
-/// job is at most [`crate::job::MAX_JOB_BYTES`].
-pub const MAX_META_BYTES: usize = 8_192;
-
-/// The longest destination name: SNS topic and EventBridge bus names are at most 256
-/// characters (SQS queue names 80, Lambda function names 64).
-pub const MAX_DESTINATION_NAME_BYTES: usize = 256;
 
 /// The largest result sent whole to a destination, as JSON. SNS, EventBridge and Lambda's
 /// asynchronous invoke take 256 KB, and an SQS queue as much as its `MaximumMessageSize`
@@ -113,41 +106,6 @@ impl Destination {
     pub fn is_fifo(&self) -> bool {
         self.kind == DestinationKind::Sqs && self.name.ends_with(".fifo")
     }
-}
-
-/// A destination name: 1 to [`MAX_DESTINATION_NAME_BYTES`] of ASCII letters, digits, `-`,
-/// `_` and `.` (what the four services allow in their names).
-fn check_name(name: &str) -> Result<(), JobError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_DESTINATION_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(JobError::ReplyTo(name.chars().take(80).collect()))
-    }
-}
-
-/// Checks what a job carries for its result: `reply_to` a name (never an ARN), `meta` an
-/// object of at most [`MAX_META_BYTES`].
-pub(crate) fn check_job(job: &Job) -> Result<(), JobError> {
-    if let Some(name) = &job.reply_to {
-        check_name(name)?;
-    }
-    if let Some(meta) = &job.meta {
-        if !meta.is_object() {
-            return Err(JobError::Meta("must be a JSON object".to_string()));
-        }
-        let bytes = serde_json::to_string(meta).map_or(usize::MAX, |s| s.len());
-        if bytes > MAX_META_BYTES {
-            return Err(JobError::Meta(format!(
-                "is {bytes} bytes; the limit is {MAX_META_BYTES}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Why `RESULT_DESTINATIONS` or `RESULT_DEFAULT` cannot be read.

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qo_core::job::{HealthCheckEvent, WorkerEvent};
+use qo_core::event::{HealthCheckEvent, WorkerEvent};
 use qo_core::ports::{InvokeError, Invoker};
 use qo_core::time::{Clock, Timestamp, TokioClock};
 use qo_memory::invoker::{MAX_EVENT_BYTES, THROTTLE_REASON};
@@ -597,7 +597,10 @@ async fn fail_rate_fails_that_fraction_deterministically() {
 
 #[tokio::test(start_paused = true)]
 async fn oversized_payload_is_rejected() {
-    use qo_core::job::{Job, JobEvent, Origin};
+    use qo_core::{
+        event::JobEvent,
+        job::{Job, Origin},
+    };
     let c = clock();
     let (log, handler) = probe(c.clone(), |_| Duration::ZERO, never);
     let inv = LocalInvoker::with_options(c, handler, InvokerOptions::default()).expect("ok");
@@ -732,7 +735,10 @@ async fn an_invoke_takes_the_api_latency_before_it_is_accepted() {
 // ---- Batches ------------------------------------------------------------------------------
 
 fn batch(epoch: u64, jobs: usize) -> WorkerEvent {
-    use qo_core::job::{BatchEvent, Job, JobEvent, Origin};
+    use qo_core::{
+        event::{BatchEvent, JobEvent},
+        job::{Job, Origin},
+    };
     WorkerEvent::Batch(BatchEvent {
         jobs: (0..jobs)
             .map(|i| JobEvent {

@@ -954,7 +954,7 @@ where
     ) {
         let function = self.pool.health_check_function(1).to_string();
         let span = info_span!("deliver", job_id = %result.job_id);
-        let event = WorkerEvent::Deliver(qo_core::job::DeliverEvent { result, origin });
+        let event = WorkerEvent::Deliver(qo_core::event::DeliverEvent { result, origin });
         self.report.invocations += 1;
         let invoker = self.ports.invoker;
         self.in_flight.push(Box::pin(

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qo_core::job::DeliverEvent;
+use qo_core::event::DeliverEvent;
 use qo_core::ports::{DeadLetter, JobSink, ResultSink};
 use qo_core::result::{
     Destination, Destinations, JobResult, MAX_INLINE_RESULT_BYTES, ResultOutcome, ResultTimes,

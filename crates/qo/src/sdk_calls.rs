@@ -216,8 +216,11 @@ where
 
 /// A batch event of `n` jobs, as the orchestrator sends one.
 fn batch_event(n: u32) -> qo_core::WorkerEvent {
-    use qo_core::job::{BatchEvent, JobEvent, Origin};
     use qo_core::{Job, Timestamp};
+    use qo_core::{
+        event::{BatchEvent, JobEvent},
+        job::Origin,
+    };
     let at = Timestamp::from_system(std::time::SystemTime::now());
     let jobs = (0..n)
         .map(|i| JobEvent {

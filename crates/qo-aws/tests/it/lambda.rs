@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use qo_aws::{Backoff, InvokeSettings, LambdaInvoker};
-use qo_core::job::{HealthCheckEvent, WorkerEvent};
+use qo_core::event::{HealthCheckEvent, WorkerEvent};
 use qo_core::ports::{InvokeError, Invoker};
 use qo_core::time::Timestamp;
 

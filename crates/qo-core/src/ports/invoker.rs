@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::job::WorkerEvent;
+use crate::event::WorkerEvent;
 
 /// An error kept as the source of a cloneable error.
 pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -194,7 +194,7 @@ mod tests {
             ("a".to_string(), Named("a", log())),
             ("b".to_string(), Named("b", log())),
         ]);
-        let ev = WorkerEvent::HealthCheck(crate::job::HealthCheckEvent {
+        let ev = WorkerEvent::HealthCheck(crate::event::HealthCheckEvent {
             epoch: 1,
             sent_at: crate::Timestamp::from_millis(1),
             slot_at: None,

@@ -12,7 +12,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qo_core::job::WorkerEvent;
+use qo_core::event::WorkerEvent;
 use qo_core::time::Timestamp;
 
 use super::environments::Start;

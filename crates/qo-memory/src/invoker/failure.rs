@@ -1,6 +1,6 @@
 //! The on-failure destination: what Lambda sends an asynchronous event to when it gives up.
 
-use qo_core::job::WorkerEvent;
+use qo_core::event::WorkerEvent;
 use qo_core::time::Timestamp;
 
 /// Why Lambda gave up on an event: the `requestContext.condition` of its invocation record.

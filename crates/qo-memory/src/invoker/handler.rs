@@ -4,7 +4,7 @@ use std::fmt::Display;
 use std::future::Future;
 
 use async_trait::async_trait;
-use qo_core::job::WorkerEvent;
+use qo_core::event::WorkerEvent;
 
 /// A handler run that failed: Lambda's "function error" (an error returned by the function's
 /// code, or its runtime: a crash, a timeout). Lambda retries the event up to

@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qo_core::job::WorkerEvent;
+use qo_core::event::WorkerEvent;
 use qo_core::ports::{InvokeError, Invoker};
 use qo_core::time::{Clock, Timestamp, duration_micros};
 use rand::rngs::StdRng;

@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lambda_runtime::{Context, LambdaEvent};
-use qo_core::job::{BatchEvent, Job, JobEvent};
 use qo_core::{Clock, Timestamp, TokioClock, WorkerEvent};
+use qo_core::{
+    event::{BatchEvent, JobEvent},
+    job::Job,
+};
 use qo_memory::{JobStatus, MemoryStore};
 use qo_worker::{ApiResponse, HttpCall, HttpError, Outcome, Worker, WorkerError, handler};
 

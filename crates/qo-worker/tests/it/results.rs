@@ -121,10 +121,12 @@ async fn a_result_the_destination_keeps_refusing_is_requeued_then_dead_lettered(
         delays.push(last.delay.as_secs());
         let kept: JobResult = serde_json::from_str(&last.body).expect("the result");
         assert_eq!(kept.destination.as_deref(), Some("orders"));
-        r.handle(qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
-            result: kept,
-            origin: last.origin.clone(),
-        }))
+        r.handle(qo_core::WorkerEvent::Deliver(
+            qo_core::event::DeliverEvent {
+                result: kept,
+                origin: last.origin.clone(),
+            },
+        ))
         .await;
     }
     assert_eq!(delays, [60, 120, 240, 480, 900]);
@@ -213,10 +215,12 @@ async fn a_large_result_the_destination_refuses_is_kept_with_its_body_in_the_buc
         let size = last.body.len();
         assert!(size < 256 * 1024, "a re-queued result is {size} bytes");
         let kept: JobResult = serde_json::from_str(&last.body).expect("the result");
-        r.handle(qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
-            result: kept,
-            origin: last.origin.clone(),
-        }))
+        r.handle(qo_core::WorkerEvent::Deliver(
+            qo_core::event::DeliverEvent {
+                result: kept,
+                origin: last.origin.clone(),
+            },
+        ))
         .await;
         handed_back += 1;
     }
@@ -282,7 +286,7 @@ async fn a_kept_result_handed_back_is_delivered_without_a_call() {
     assert_eq!(kept.destination.as_deref(), Some("orders"));
     // The destination recovers; the orchestrator receives the result and hands it back.
     results.refuse_next(0);
-    let event = qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
+    let event = qo_core::WorkerEvent::Deliver(qo_core::event::DeliverEvent {
         result: kept.clone(),
         origin: dead[0].origin.clone(),
     });
@@ -302,10 +306,12 @@ async fn a_kept_result_handed_back_is_delivered_without_a_call() {
     let mut stray = kept;
     stray.destination = Some("gone".into());
     let out = r
-        .handle(qo_core::WorkerEvent::Deliver(qo_core::job::DeliverEvent {
-            result: stray,
-            origin: dead[0].origin.clone(),
-        }))
+        .handle(qo_core::WorkerEvent::Deliver(
+            qo_core::event::DeliverEvent {
+                result: stray,
+                origin: dead[0].origin.clone(),
+            },
+        ))
         .await;
     assert!(
         matches!(

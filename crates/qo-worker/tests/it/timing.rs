@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use crate::support::{FakeHttp, config, health, job, job_event, rig};
 use lambda_runtime::{Context, LambdaEvent};
-use qo_core::job::{Job, JobEvent};
 use qo_core::ports::{IdempotencyStore, RecordKey, save_record};
 use qo_core::{
     ApiWindow, BackoffReason, Clock, Control, Observation, Timestamp, TokioClock, WorkerEvent,
 };
+use qo_core::{event::JobEvent, job::Job};
 use qo_memory::JobStatus;
 use qo_worker::lambda::DEADLINE_MARGIN;
 use qo_worker::{ApiResponse, HttpError, Outcome, RateHeaders, handler};

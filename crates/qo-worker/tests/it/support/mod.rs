@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use qo_core::job::{HealthCheckEvent, Job, JobEvent, Origin, WorkerEvent};
 use qo_core::ports::{DeadLetter, JobSink, QueueError, RecordKey, Versioned, load_record};
 use qo_core::{Clock, Control, Observation, Observer, Timestamp, TokioClock};
+use qo_core::{
+    event::{HealthCheckEvent, JobEvent, WorkerEvent},
+    job::{Job, Origin},
+};
 use qo_memory::{MemoryQueue, MemoryStore, QueueOptions};
 use qo_worker::{ApiResponse, HttpCall, HttpError, Outcome, Worker, WorkerConfig};
 
