@@ -1,7 +1,7 @@
 //! The pure core of quota-orchestrator: no AWS SDK, no system clock.
 //!
 //! It decides when a call may happen ([`quota`]), whether calls may happen at all
-//! ([`circuit`]), what a job and a worker event are ([`job`]), and defines the ports the
+//! ([`circuit`]), what a job and a worker event are ([`job`], [`event`]), and defines the ports the
 //! orchestrator loop and the worker are generic over ([`ports`]).
 //!
 //! # Layout
@@ -22,8 +22,8 @@
 //!   - [`quota::adaptive`]: the rate learned from the API's throttles;
 //!     [`quota::utilization`]: the utilization meter.
 //! - [`circuit`]: the circuit breaker with epochs.
-//! - [`job`]: the job contract; [`event`]: what the orchestrator sends the worker; [`allow`]: the methods and path
-//!   prefixes a stack lets jobs use.
+//! - [`job`]: the job contract; [`event`]: what the orchestrator sends the worker;
+//!   [`allow`]: the methods and path prefixes a stack lets jobs use.
 //! - [`control`]: the operator control record.
 //! - [`ports`]: the port traits, one module each: [`ports::queue`] (job source and sink,
 //!   redrive), [`ports::store`] (records, lease, idempotency), [`ports::invoker`].
