@@ -9,7 +9,7 @@
 #      in cfn-lint 1.58), and each copy goes through cfn-lint and `sam validate --lint`;
 #   4. for the defaults and every set, the template as CloudFormation would resolve it:
 #      FUNCTION_TIMEOUT_S is each function's Timeout, the worker's timeout covers the worst
-#      case of one job (seed 003: the sum in template.yaml), the worker's reservation and the
+#      case of one job (the sum in template.yaml), the worker's reservation and the
 #      orchestrator's WORKER_FUNCTION_CONCURRENCY_CAP or WORKER_CONCURRENCY_CAP, queue retention, redrive and age alarms, the
 #      worker's asynchronous settings, the orchestrator's own ARN, the credential's
 #      permissions, alarm actions, and DynamoDB permissions scoped by dynamodb:LeadingKeys;
@@ -319,8 +319,8 @@ def timeouts(name, r):
         meta = tpl["Resources"][fn].get("Metadata", {})
         if meta.get("BuildMethod") != "rust-cargolambda" or not meta.get("BuildProperties", {}).get("Binary"):
             fail(f"{fn}: Metadata needs BuildMethod rust-cargolambda and BuildProperties.Binary")
-    # The worker's worst case for one job, as qo_worker::lambda::WorstCase counts it (seed 003:
-    # attempts x (connect + read) + margin): the slot wait and tolerance, one API call, the 5
+    # The worker's worst case for one job, as qo_worker::lambda::WorstCase counts it
+    # (attempts x (connect + read) + margin): the slot wait and tolerance, one API call, the 5
     # AWS SDK calls after it on the longest path, a 2 s margin. The SDK, slot-wait and
     # tolerance values are the binaries' defaults (not template parameters).
     MAX_SLOT_WAIT_S, CALL_TOLERANCE_S = 5.0, 0.005

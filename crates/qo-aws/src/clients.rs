@@ -1,6 +1,6 @@
 //! The shared AWS SDK configuration: connect and read timeouts, the retry budget, the region and
 //! an optional endpoint (moto), and the check that a function's timeout covers the SDK's worst
-//! case (seed 003: attempts x (connect + read) + a margin).
+//! case (attempts x (connect + read) + a margin).
 
 use std::fmt;
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub fn with_static_credentials(
     "SDK_MAX_ATTEMPTS={attempts} x (SDK_CONNECT_TIMEOUT_MS={connect_ms} + SDK_READ_TIMEOUT_MS={read_ms}) + margin {} = {} exceeds the function timeout {}",
     Secs(*.margin), Secs(*.needed), Secs(*.function_timeout)
 )]
-pub struct TimeoutBudgetError {
+pub struct SdkTimeoutError {
     /// `SDK_MAX_ATTEMPTS`.
     pub attempts: u32,
     /// `SDK_CONNECT_TIMEOUT_MS`.
@@ -122,16 +122,16 @@ impl fmt::Display for Secs {
     }
 }
 
-/// Checks seed 003's rule: a function's timeout must cover
+/// Checks the timeout rule: a function's timeout must cover
 /// attempts x (connect timeout + read timeout) + `margin`.
 pub fn check_function_timeout(
     settings: &SdkSettings,
     function_timeout: Duration,
     margin: Duration,
-) -> Result<(), TimeoutBudgetError> {
+) -> Result<(), SdkTimeoutError> {
     let needed = settings.operation_timeout().saturating_add(margin);
     if needed > function_timeout {
-        return Err(TimeoutBudgetError {
+        return Err(SdkTimeoutError {
             attempts: settings.max_attempts,
             connect_ms: settings.connect_timeout.as_millis(),
             read_ms: settings.read_timeout.as_millis(),

@@ -4,7 +4,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use qo_core::config::ConfigError;
 use qo_core::ports::{BoxError, QueueError, StoreError};
 
-use crate::clients::TimeoutBudgetError;
+use crate::clients::SdkTimeoutError;
 
 /// An AWS SDK error with its whole chain of causes rendered as text (the SDK's own `Display`
 /// says little more than "service error"); the SDK error stays the source.
@@ -59,7 +59,7 @@ pub enum AwsError {
     Config(#[from] ConfigError),
     /// The function's timeout cannot cover the SDK's attempts.
     #[error(transparent)]
-    TimeoutBudget(#[from] TimeoutBudgetError),
+    SdkTimeout(#[from] SdkTimeoutError),
 }
 
 impl AwsError {

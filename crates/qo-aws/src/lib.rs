@@ -44,8 +44,8 @@ pub mod sqs;
 pub mod worker_failures;
 
 pub use clients::{
-    DEFAULT_REGION, SdkSettings, SdkTimeouts, TimeoutBudgetError, check_function_timeout,
-    load_config, with_static_credentials,
+    DEFAULT_REGION, SdkSettings, SdkTimeoutError, SdkTimeouts, check_function_timeout, load_config,
+    with_static_credentials,
 };
 pub use dynamo::DynamoStore;
 pub use error::{AwsError, SdkFailure};

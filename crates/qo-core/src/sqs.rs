@@ -1,6 +1,6 @@
 //! What SQS allows, and the queue attributes the template deploys: one place for the numbers
 //! that the adapters, the loop, `qo setup`, `qo local` and the tests share, so that no test
-//! runs on friendlier settings than a deployment (DESIGN.md, invariant 7).
+//! runs on friendlier settings than a deployment.
 //!
 //! The limits are AWS's (Amazon SQS quotas and the ReceiveMessage, ChangeMessageVisibility,
 //! SendMessage and SendMessageBatch references); [`QueueAttributes::TEMPLATE`] must equal the

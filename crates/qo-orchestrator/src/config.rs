@@ -390,7 +390,7 @@ fn at_least_one(env: &impl Env, name: &str, default: usize) -> Result<usize, Con
     Ok(n)
 }
 
-/// What the orchestrator's finish may take at worst (seed 003), from its settings. At its stop
+/// What the orchestrator's finish may take at worst, from its settings. At its stop
 /// the loop waits for the invokes in flight, deletes what they dispatched and releases what it
 /// held (batches of 10), saves usage once (fenced) and releases the lease, one after the other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

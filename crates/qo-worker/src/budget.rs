@@ -8,7 +8,7 @@ use qo_core::config::SdkSettings;
 
 use crate::config::WorkerConfig;
 
-/// Time kept after the API call for the writes that record the job's fate (seed 003's margin).
+/// Time kept after the API call for the writes that record the job's fate.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// AWS SDK calls the worker may make after the API call, on its longest path: a 401/403 drops
@@ -49,7 +49,7 @@ impl std::fmt::Display for TimeoutSource {
     }
 }
 
-/// The worker's worst case for one event (seed 003: attempts x (connect + read) + a margin),
+/// The worker's worst case for one event (attempts x (connect + read) + a margin),
 /// from its settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorstCase {
@@ -189,7 +189,7 @@ fn whole_seconds(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
-/// Checks seed 003's rule for the worker: the function timeout must cover [`WorstCase::total`]
+/// Checks the timeout rule for the worker: the function timeout must cover [`WorstCase::total`]
 /// (the slot wait, the call, the SDK calls after it, the margin), `CLAIM_TTL_S` must be at
 /// least the function timeout, and `BATCH_WINDOW_MS` shorter than `MAX_SLOT_WAIT_MS` (which
 /// then bounds a batch's last job too, so a batch needs no more time than one job).

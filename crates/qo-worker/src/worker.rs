@@ -21,7 +21,7 @@
 //! bumps the control record's [`Throttles`] counter (the orchestrator's rate controller lowers
 //! the pace on each new one) and re-queues the job with its `attempt` unchanged and its
 //! `throttled` count raised; only `MAX_THROTTLED` 429s dead-letter it
-//! ([`qo_core::ports::Retry::after_throttle`]). The API's rate-limit headers
+//! ([`qo_core::retry::Retry::after_throttle`]). The API's rate-limit headers
 //! ([`crate::ratelimit`], `RATE_LIMIT_HEADERS`) are read on every answer and observed
 //! ([`Observation::ApiRemaining`]); they reach the control record's `api_window` with every
 //! 429, and after a success only when its calls run ahead of an even spend ([`runs_ahead`]) or its limit
@@ -272,7 +272,7 @@ where
             Plan::DeadLetter(reason) => self.dead_letter(ev, job_id, reason).await,
             Plan::TooEarly { early, reason } => {
                 warn!(early_ms = millis(early), "{reason}");
-                let requeued = self.give_back(ev, &job_id, &reason).await?;
+                let requeued = self.release_untried(ev, &job_id, &reason).await?;
                 Ok(Outcome::TooEarly {
                     job_id,
                     early_by_ms: millis(early),
@@ -356,7 +356,7 @@ where
             AtSlot::Call => self.call(ev, &job, job_id, at, policy, hold).await,
             AtSlot::Late { late, reason } => {
                 warn!(late_ms = millis(late), "{reason}");
-                let requeued = self.give_back(ev, &job_id, &reason).await?;
+                let requeued = self.release_untried(ev, &job_id, &reason).await?;
                 Ok(Outcome::Late {
                     job_id,
                     late_by_ms: millis(late),

@@ -1,4 +1,4 @@
-//! Property tests of the pacing invariants (DESIGN.md, invariants 1 and 2): for random specs,
+//! Property tests of the pacing invariants (never past a tier's limit, never a quota slot lost): for random specs,
 //! arrivals, worker lateness within the tolerance and restarts (clean or crashed), no tier is
 //! ever exceeded in any window, and with a backlog the pace never idles. Calendar periods are
 //! judged by the test's own UTC calendar (chrono's fields), never by the pacer's arithmetic.

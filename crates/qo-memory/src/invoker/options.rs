@@ -18,7 +18,7 @@ pub const MIN_MAXIMUM_EVENT_AGE: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAXIMUM_RETRY_ATTEMPTS: u32 = 2;
 
 /// Init delay of a new execution environment: the top of the published Rust init duration on
-/// arm64 (about 16 to 22 ms, DESIGN.md's "Numbers" table), so no test gets a faster start than
+/// arm64 (about 16 to 22 ms), so no test gets a faster start than
 /// a deployment.
 pub const DEFAULT_COLD_START: Duration = Duration::from_millis(22);
 

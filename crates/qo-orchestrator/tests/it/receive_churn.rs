@@ -199,7 +199,7 @@ async fn held_messages_are_kept_by_extending_their_visibility() {
     let r = h.run_for(&c, Duration::from_secs(600)).await;
     assert_eq!(r.dispatched, 5);
     assert!(r.extended > 0, "{r:?}");
-    // Extended together, in ChangeMessageVisibilityBatch calls (review N11).
+    // Extended together, in ChangeMessageVisibilityBatch calls.
     let calls = h.queue.requests().change_visibility;
     assert!(
         calls * 3 <= r.extended * 2,
@@ -244,7 +244,7 @@ async fn a_flapping_pause_gives_back_fresh_copies_instead_of_raising_receive_cou
     assert_all_succeeded_untouched_by_redrive(&h);
     let rotated: u64 = reports.iter().map(|r| r.rotated).sum();
     assert!(rotated > 0, "{reports:?}");
-    // The copies go in SendMessageBatch calls, not a SendMessage each (review N11).
+    // The copies go in SendMessageBatch calls, not a SendMessage each.
     let sends = h.queue.requests().send - sent_before;
     assert!(
         sends * 3 <= rotated,

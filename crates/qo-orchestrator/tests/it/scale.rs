@@ -1,4 +1,4 @@
-//! Dispatch at scale (issue 12): a high quota is used to the full, and batched invocations
+//! Dispatch at scale: a high quota is used to the full, and batched invocations
 //! carry the pace's own slots, never delayed.
 
 use std::time::Duration;

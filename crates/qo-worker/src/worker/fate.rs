@@ -94,7 +94,7 @@ where
         // A 429 is the pacer's signal, not the job's failure: its attempt count stays, its
         // 429 count rises, and only MAX_THROTTLED of them give up on it.
         let requeued = self
-            .settle(ev, &job_id, retry, retry_after, &reason)
+            .retry_or_dead_letter(ev, &job_id, retry, retry_after, &reason)
             .await?;
         Ok(Outcome::Throttled {
             job_id,
@@ -122,7 +122,9 @@ where
         self.store.abandon(&job_id).await?;
         let opened = self.record_failure(ev.epoch, now).await?;
         warn!(?status, %reason, "call failed");
-        let requeued = self.settle(ev, &job_id, retry, delay, &reason).await?;
+        let requeued = self
+            .retry_or_dead_letter(ev, &job_id, retry, delay, &reason)
+            .await?;
         Ok(Outcome::Failed {
             job_id,
             status,
@@ -207,10 +209,8 @@ where
         Ok(Outcome::DeadLettered { job_id, reason })
     }
 
-    /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt
-    /// count stays, so that delivery timing alone never sends a job to the dead-letter queue.
-    /// Gives back a job it did not call: releases the claim and re-queues it untried, at once.
-    pub(super) async fn give_back(
+    /// A job it did not call: releases the claim and re-queues it untried, at once.
+    pub(super) async fn release_untried(
         &self,
         ev: &JobEvent,
         job_id: &str,
@@ -220,6 +220,8 @@ where
         self.requeue_untried(ev, job_id, Duration::ZERO, why).await
     }
 
+    /// Re-queues a job that was not tried (late, too early, claimed elsewhere): its attempt
+    /// count stays, so that delivery timing alone never sends a job to the dead-letter queue.
     pub(super) async fn requeue_untried(
         &self,
         ev: &JobEvent,
@@ -240,9 +242,9 @@ where
     }
 
     /// Carries out a [`Retry`]: re-queues the job after `delay` (capped at SQS's limit) or
-    /// dead-letters it with its [`qo_core::ports::GiveUp`] reason. Returns whether it was
+    /// dead-letters it with its [`qo_core::reason::GiveUp`] reason. Returns whether it was
     /// re-queued.
-    pub(super) async fn settle(
+    pub(super) async fn retry_or_dead_letter(
         &self,
         ev: &JobEvent,
         job_id: &str,

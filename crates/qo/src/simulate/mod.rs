@@ -1,5 +1,5 @@
 //! `qo simulate`: the whole system under the faults the services document, one seed at a time,
-//! judged by a checker (DESIGN.md's invariant 8).
+//! judged by a checker.
 //!
 //! A seed draws a [`Scenario`]: a quota and the limit the API really enforces (lower, or
 //! changing), jobs with and without an `id`, small and about 100 KB, some malformed, sent over

@@ -520,7 +520,7 @@ fn errors_name_what_is_wrong_before_any_call() {
     assert!(err.contains("--prefix \"no spaces\" is invalid"), "{err}");
 }
 
-/// The Done-when of the operator controls, over the real adapters: an orchestrator runs
+/// The operator controls end to end, over the real adapters: an orchestrator runs
 /// against moto (SQS, DynamoDB; the worker is an in-memory stand-in that accepts every event)
 /// while `qo pause` and `qo resume` run as a user runs them. Dispatch stops within about a
 /// second of the pause (the loop re-reads the control record every second) and restarts after

@@ -1,4 +1,4 @@
-//! Issue 25 end to end: the real orchestrator loop and the real worker (wired by `qo::system`)
+//! Results end to end: the real orchestrator loop and the real worker (wired by `qo::system`)
 //! over the real AWS adapters against a private moto server, the queues with the template's
 //! attributes, results delivered by `qo_aws::AwsResults` on the real clock.
 //!
