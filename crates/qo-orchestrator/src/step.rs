@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use qo_core::quota::{NotNow, TierId};
-use qo_core::{Circuit, Pacer, Timestamp};
+use qo_core::quota::{NotNow, Route, TierId};
+use qo_core::{Circuit, JobEvent, Pacer, Timestamp};
 
 use crate::config::OrchestratorConfig;
+use crate::pool::WorkerPool;
 
 /// Why a run stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +258,62 @@ pub fn group_len(candidates: &[Candidate], max_jobs: usize, window: Duration) ->
         n += 1;
     }
     n
+}
+
+/// How many of `events` (held jobs at their slots, in order, at most the batch's size) go in
+/// the next invocation. Each must go through a function of `pool` not `full` whose own tiers
+/// allow its slot; when functions have tiers of their own, each is taken on a copy of the pool
+/// and `pacer` as dispatch takes it (through the function of the previous slot when it allows
+/// it), at exactly its slot. Of those, [`group_len`] keeps the ones that fit one invocation.
+/// Pure: the pool and the pacer are copied, never changed. 0 when no function allows the first.
+pub fn group_of(
+    events: &[JobEvent],
+    pool: &WorkerPool,
+    pacer: &Pacer,
+    full: &[String],
+    batch_max: usize,
+    window: Duration,
+) -> usize {
+    let mut trial =
+        (events.len() > 1 && pool.has_own_tiers()).then(|| (pool.clone(), pacer.clone()));
+    let mut last: Option<String> = None;
+    let routable = events
+        .iter()
+        .take_while(|e| {
+            let avoid = e.origin.function.as_deref();
+            if pool
+                .free_at(e.slot_at, avoid, full)
+                .is_none_or(|free| free > e.slot_at)
+            {
+                return false;
+            }
+            let Some((pool, pacer)) = trial.as_mut() else {
+                return true;
+            };
+            let route = Route {
+                avoid,
+                prefer: last.as_deref(),
+                full,
+            };
+            let Some(taken) = pool.take_routed(pacer, e.slot_at, route) else {
+                return false;
+            };
+            last = Some(taken.function().to_string());
+            taken.at() == e.slot_at
+        })
+        .count();
+    if routable <= 1 {
+        return routable;
+    }
+    let candidates: Vec<Candidate> = events[..routable]
+        .iter()
+        .map(|e| Candidate {
+            slot: e.slot_at,
+            size: serde_json::to_vec(e).map_or(MAX_INVOKE_PAYLOAD, |v| v.len()),
+            may_join: may_join_batch(&e.origin),
+        })
+        .collect();
+    group_len(&candidates, batch_max, window).max(1)
 }
 
 /// How many messages the loop wants held at `now`: the slots the pacer would hand out within
@@ -1145,5 +1202,72 @@ mod tests {
             .set_horizon(later, Some(later.plus(Duration::from_secs(60))));
         assert!(w.pacer.is_settled(later));
         assert_eq!(pass(&w, later).len(), 10);
+    }
+
+    fn events(slots_ms: &[u64], tried_by: Option<(usize, &str)>) -> Vec<JobEvent> {
+        slots_ms
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| JobEvent {
+                job: qo_core::Job {
+                    path: format!("/items/{i}"),
+                    ..qo_core::Job::default()
+                },
+                origin: qo_core::Origin {
+                    message_id: format!("m-{i}"),
+                    function: tried_by
+                        .filter(|(at, _)| *at == i)
+                        .map(|(_, f)| f.to_string()),
+                    ..qo_core::Origin::default()
+                },
+                slot_at: at(*ms),
+                epoch: 0,
+                dispatched_at: at(0),
+            })
+            .collect()
+    }
+
+    fn pool_and_pacer(quota: &str, functions: &[&str]) -> (WorkerPool, Pacer) {
+        let spec: QuotaSpec = quota.parse().expect("quota");
+        let mut config = OrchestratorConfig::with_quota(spec.clone());
+        config.worker_functions = functions.iter().map(|f| f.to_string()).collect();
+        let state = QuotaState::default();
+        let pool = WorkerPool::hydrate(&config, &qo_core::Control::default(), &state);
+        let mut pacer = Pacer::hydrate(spec, PacingPolicy::default(), state);
+        pacer.set_horizon(at(0), Some(at(60_000)));
+        (pool, pacer)
+    }
+
+    #[test]
+    fn a_group_is_the_jobs_one_function_may_take_in_one_invocation() {
+        let (pool, pacer) = pool_and_pacer("20/s", &[]);
+        let window = Duration::from_secs(2);
+        let evs = events(&[0, 50, 100, 150, 200], None);
+        assert_eq!(group_of(&evs, &pool, &pacer, &[], 20, window), 5);
+        assert_eq!(group_of(&evs, &pool, &pacer, &[], 3, window), 3);
+        // A job a function already tried goes on its own: the group ends before it.
+        let tried = events(&[0, 50, 100, 150], Some((2, "worker")));
+        assert_eq!(group_of(&tried, &pool, &pacer, &[], 20, window), 2);
+        // Every function at its cap: nothing goes.
+        let full = vec![crate::pool::UNNAMED.to_string()];
+        assert_eq!(group_of(&evs, &pool, &pacer, &full, 20, window), 0);
+        assert_eq!(group_of(&[], &pool, &pacer, &[], 20, window), 0);
+    }
+
+    #[test]
+    fn a_group_stops_where_no_function_s_own_tier_allows_the_slot() {
+        // Each function of two may call once a second: the slots at 0 and 300 ms go through
+        // one each, the one at 600 ms through neither, so the group is two. The pool and the
+        // pacer are tried on copies and left as they were.
+        let (pool, pacer) = pool_and_pacer("20/s,1/s per function", &["a", "b"]);
+        let evs = events(&[0, 300, 600], None);
+        let window = Duration::from_secs(2);
+        assert_eq!(group_of(&evs, &pool, &pacer, &[], 20, window), 2);
+        assert_eq!(group_of(&evs, &pool, &pacer, &[], 20, window), 2);
+        // With one of them at its concurrency cap, one job goes.
+        assert_eq!(
+            group_of(&evs, &pool, &pacer, &["b".to_string()], 20, window),
+            1
+        );
     }
 }

@@ -11,10 +11,7 @@ use qo_core::{
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::OrchestratorError;
-use crate::step::{
-    Candidate, MAX_INVOKE_PAYLOAD, batch_limit, cap_free_at, full_functions, group_len, is_due,
-    may_join_batch,
-};
+use crate::step::{batch_limit, cap_free_at, full_functions, group_of, is_due};
 
 use super::{Loop, names_of};
 
@@ -101,13 +98,9 @@ where
     /// takes them, so that the pool then takes exactly that slot), never through a function
     /// at its own concurrency cap. Empty when no function allows the first.
     pub(super) fn next_group(&self, slots: &[Timestamp], now: Timestamp) -> Vec<JobEvent> {
-        let cfg = self.config;
         let full = names_of(&self.full_functions(now));
-        let batch_max = batch_limit(cfg, &self.pacer, now);
+        let batch_max = batch_limit(self.config, &self.pacer, now);
         let look = slots.len().min(batch_max).min(self.held.len());
-        let mut trial = (look > 1 && self.pool.has_own_tiers())
-            .then(|| (self.pool.clone(), self.pacer.clone()));
-        let mut last: Option<String> = None;
         let mut events: Vec<JobEvent> = self
             .held
             .iter()
@@ -120,42 +113,16 @@ where
                 epoch: self.circuit.epoch,
                 dispatched_at: now,
             })
-            .take_while(|e| {
-                let avoid = e.origin.function.as_deref();
-                if self
-                    .pool
-                    .free_at(e.slot_at, avoid, &full)
-                    .is_none_or(|free| free > e.slot_at)
-                {
-                    return false;
-                }
-                let Some((pool, pacer)) = trial.as_mut() else {
-                    return true;
-                };
-                let route = Route {
-                    avoid,
-                    prefer: last.as_deref(),
-                    full: &full,
-                };
-                let Some(taken) = pool.take_routed(pacer, e.slot_at, route) else {
-                    return false;
-                };
-                last = Some(taken.function().to_string());
-                taken.at() == e.slot_at
-            })
             .collect();
-        if events.len() > 1 {
-            let candidates: Vec<Candidate> = events
-                .iter()
-                .map(|e| Candidate {
-                    slot: e.slot_at,
-                    size: serde_json::to_vec(e).map_or(MAX_INVOKE_PAYLOAD, |v| v.len()),
-                    may_join: may_join_batch(&e.origin),
-                })
-                .collect();
-            let n = group_len(&candidates, batch_max, cfg.batch_window).max(1);
-            events.truncate(n);
-        }
+        let n = group_of(
+            &events,
+            &self.pool,
+            &self.pacer,
+            &full,
+            batch_max,
+            self.config.batch_window,
+        );
+        events.truncate(n);
         events
     }
 
