@@ -315,6 +315,25 @@ async fn give_back<Q: JobSource + ?Sized>(
     }
 }
 
+/// Fresh copies of `messages`, and the index ranges SQS takes in one SendMessageBatch each
+/// ([`sqs::send_batches`]). Each copy gets a new message id, so its idempotency key is pinned
+/// into its body ([`qo_core::job::pin_key`]). The sweep and the loop's rotation send them.
+pub(crate) fn fresh_copies(messages: &[Message]) -> (Vec<Message>, Vec<std::ops::Range<usize>>) {
+    let copies: Vec<Message> = messages
+        .iter()
+        .map(|m| Message {
+            body: qo_core::job::pin_key(&m.body, &m.origin.message_id).into_owned(),
+            ..m.clone()
+        })
+        .collect();
+    let sizes: Vec<usize> = copies
+        .iter()
+        .map(|m| sqs::job_message_bytes(&m.body, &m.origin))
+        .collect();
+    let groups = sqs::send_batches(&sizes);
+    (copies, groups)
+}
+
 /// Re-sends `messages` as fresh copies and deletes the originals whose copy was accepted; a
 /// message whose copy was refused is released at once.
 ///
@@ -330,22 +349,11 @@ async fn copy<Q: JobSource + ?Sized>(
     report: &mut SweepReport,
     clock: &dyn qo_core::Clock,
 ) -> Result<(), OrchestratorError> {
-    // Each copy gets a new message id: the key goes in its body.
-    let copies: Vec<Message> = messages
-        .iter()
-        .map(|m| Message {
-            body: qo_core::job::pin_key(&m.body, &m.origin.message_id).into_owned(),
-            ..m.clone()
-        })
-        .collect();
-    let sizes: Vec<usize> = copies
-        .iter()
-        .map(|m| sqs::job_message_bytes(&m.body, &m.origin))
-        .collect();
+    let (copies, groups) = fresh_copies(&messages);
     let mut refused: Vec<String> = Vec::new();
     let mut failure = None;
     let mut tried = messages.len();
-    for range in sqs::send_batches(&sizes) {
+    for range in groups {
         match queue.resend(&copies[range.clone()], Duration::ZERO).await {
             Ok(()) => {}
             Err(e @ QueueError::Partial { .. }) => {

@@ -175,20 +175,9 @@ where
             return Ok(messages);
         }
         let delay = after.min(sqs::MAX_DELAY);
-        // The copy gets a new message id: the key goes in its body.
-        let copies: Vec<Message> = messages
-            .iter()
-            .map(|m| Message {
-                body: qo_core::job::pin_key(&m.body, &m.origin.message_id).into_owned(),
-                ..m.clone()
-            })
-            .collect();
-        let sizes: Vec<usize> = copies
-            .iter()
-            .map(|m| sqs::job_message_bytes(&m.body, &m.origin))
-            .collect();
+        let (copies, groups) = crate::sweep::fresh_copies(&messages);
         let queue = self.ports.queue;
-        let groups = sqs::send_batches(&sizes).into_iter().map(|range| {
+        let groups = groups.into_iter().map(|range| {
             let group = &copies[range];
             async move { (group, queue.resend(group, delay).await) }
         });
